@@ -1,0 +1,1 @@
+"""Reference applications (stcp_apps)."""

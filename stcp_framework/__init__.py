@@ -1,0 +1,20 @@
+"""stcp: stateless TCP servers on trio (see README.md).
+
+Public names: ``open_stack``, ``Stack``, ``Stream``, ``Listener``, ``TcpConfig``,
+``MemoryStore`` and the exceptions of ``stcp_framework.errors``.
+"""
+
+from __future__ import annotations
+
+from ._version import __version__ as __version__
+from .api import Listener as Listener
+from .api import Stack as Stack
+from .api import Stream as Stream
+from .api import open_stack as open_stack
+from .errors import ConnectionRefused as ConnectionRefused
+from .errors import ConnectionResetByPeer as ConnectionResetByPeer
+from .errors import ConnectionTimedOut as ConnectionTimedOut
+from .errors import StcpConfigError as StcpConfigError
+from .errors import StcpError as StcpError
+from .store.memory import MemoryStore as MemoryStore
+from .tcp.config import TcpConfig as TcpConfig

@@ -1,0 +1,68 @@
+"""The state store interface (DESIGN.md "Store layout")."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..tcp.delta import StateDelta
+
+
+class StoreError(Exception):
+    """Base class of store failures."""
+
+
+class StoreUnavailable(StoreError):
+    """Transient: the store cannot be reached. Stop ACKing, keep the flow (G7)."""
+
+
+class FencedOut(StoreError):
+    """Fatal for the flow on this instance: another owner holds a newer epoch (G5)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FlowDelta:
+    """One connection's delta in a group commit, tagged with its flow id and epoch."""
+
+    flow_id: str
+    epoch: int
+    delta: StateDelta
+
+
+@dataclass(slots=True)
+class FlowRecord:
+    """Everything the store holds for one flow, as loaded for recovery."""
+
+    flow_id: str
+    epoch: int
+    version: int
+    tcb: dict[str, object]
+    rx: bytes
+    rx_offset: int
+    tx: bytes
+    tx_offset: int
+    app_state: bytes | None
+    commit_offset: int
+
+
+class Store(Protocol):
+    """What the stack needs from a store. ``MemoryStore`` and ``RedisStore`` conform."""
+
+    async def claim(self, flow_id: str, epoch: int) -> None:
+        """Take ownership of a flow with ``epoch``; raises ``FencedOut`` if stale."""
+
+    async def commit(self, batch: Sequence[FlowDelta]) -> None:
+        """Make every delta of the batch durable (one round trip); all or raise."""
+
+    async def load(self, flow_id: str) -> FlowRecord | None:
+        """Load one flow, or ``None`` if the store does not know it."""
+
+    async def forget(self, flow_id: str, epoch: int) -> None:
+        """Remove a closed flow."""
+
+    async def list_flows(self) -> list[str]:
+        """Every flow id the store holds."""
+
+    async def aclose(self) -> None:
+        """Release connections."""

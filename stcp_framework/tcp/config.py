@@ -1,0 +1,53 @@
+"""Tunables of one connection, with the RFC or Linux value each default comes from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class TcpConfig:
+    """Per-connection settings; one instance is shared by every connection of a stack.
+
+    Attributes:
+        mss: Largest payload we accept per segment (advertised in our SYN); the stack
+            derives it from the device MTU (MTU - 40 for IPv4, - 60 for IPv6).
+        recv_buffer_size: Receive buffer cap in bytes (bytes received and not yet read
+            by the app, or in issue 3 not yet committed). The advertised window never
+            exceeds the free space (G6). The window scale is derived from it.
+        send_buffer_size: Send buffer cap: unacknowledged + unsent bytes (G6).
+        timestamps: Offer RFC 7323 timestamps.
+        window_scaling: Offer RFC 7323 window scaling.
+        initial_rto: RFC 6298 (2.1): 1 s.
+        min_rto: RFC 6298 (2.4) says 1 s; Linux uses 200 ms because 1 s is far too long
+            on low-latency paths. We follow Linux.
+        max_rto: RFC 6298 (2.5) allows a maximum of at least 60 s; Linux uses 120 s.
+        delayed_ack_timeout: RFC 9293 §3.8.6.3 requires < 0.5 s; Linux uses 40 ms.
+        time_wait_timeout: 2*MSL. RFC 9293 MSL is 2 min; Linux uses 60 s in total.
+        syn_retries: SYN retransmissions before giving up (Linux tcp_syn_retries = 6).
+        max_retries: Data retransmissions before TimedOut (Linux tcp_retries2 = 15).
+        zero_window_probe_max: probes without any answer before giving up.
+        initial_cwnd_segments: RFC 6928 initial window of 10 segments (Linux default).
+        keepalive_idle: None = keepalive off (RFC 9293 §3.8.4 makes it optional).
+        keepalive_interval, keepalive_probes: Linux tcp_keepalive_intvl / _probes.
+        challenge_ack_limit: RFC 5961 §7 challenge ACKs per second per connection.
+    """
+
+    mss: int = 1460
+    recv_buffer_size: int = 4 * 1024 * 1024
+    send_buffer_size: int = 4 * 1024 * 1024
+    timestamps: bool = True
+    window_scaling: bool = True
+    initial_rto: float = 1.0
+    min_rto: float = 0.2
+    max_rto: float = 120.0
+    delayed_ack_timeout: float = 0.04
+    time_wait_timeout: float = 60.0
+    syn_retries: int = 6
+    max_retries: int = 15
+    zero_window_probe_max: int = 15
+    initial_cwnd_segments: int = 10
+    keepalive_idle: float | None = None
+    keepalive_interval: float = 75.0
+    keepalive_probes: int = 9
+    challenge_ack_limit: int = 10

@@ -1,0 +1,72 @@
+"""State deltas: what the machine says must be durable (STYLE.md §4).
+
+Every op is *absolute and idempotent*: applying a delta twice (a retried Redis
+pipeline, a failover) gives the same store contents. Offsets are unbounded stream
+offsets: byte 0 is the first data byte after the SYN, in each direction. Sequence
+numbers never appear in store keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class TcbSet:
+    """Set these TCB fields (names of ``Tcb`` attributes) to these values."""
+
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RxAppend:
+    """Received, in-order bytes ``[offset, offset + len(data))`` of the inbound stream."""
+
+    offset: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RxTrim:
+    """Inbound bytes below ``below`` are no longer needed (read and committed)."""
+
+    below: int
+
+
+@dataclass(frozen=True, slots=True)
+class TxAppend:
+    """Accepted outbound bytes ``[offset, offset + len(data))`` (from ``app_send``)."""
+
+    offset: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TxTrim:
+    """Outbound bytes below ``below`` are acknowledged by the peer."""
+
+    below: int
+
+
+@dataclass(frozen=True, slots=True)
+class AppCommit:
+    """The application processed the inbound stream up to ``offset``; its ``state``."""
+
+    offset: int
+    state: bytes | None
+
+
+DeltaOp = TcbSet | RxAppend | RxTrim | TxAppend | TxTrim | AppCommit
+
+
+@dataclass(frozen=True, slots=True)
+class StateDelta:
+    """All ops produced by one connection since its last ``drain()``.
+
+    ``version`` numbers the deltas of one connection 1, 2, ...; a segment with
+    ``needs_version = v`` may leave only once every delta up to ``v`` is durable.
+    """
+
+    version: int
+    ops: tuple[DeltaOp, ...]

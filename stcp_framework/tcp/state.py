@@ -1,0 +1,39 @@
+"""Connection states with their RFC 9293 §3.3.2 spellings."""
+
+from __future__ import annotations
+
+import enum
+
+
+class TcpState(enum.Enum):
+    CLOSED = "CLOSED"
+    LISTEN = "LISTEN"
+    SYN_SENT = "SYN-SENT"
+    SYN_RECEIVED = "SYN-RECEIVED"
+    ESTABLISHED = "ESTABLISHED"
+    FIN_WAIT_1 = "FIN-WAIT-1"
+    FIN_WAIT_2 = "FIN-WAIT-2"
+    CLOSE_WAIT = "CLOSE-WAIT"
+    CLOSING = "CLOSING"
+    LAST_ACK = "LAST-ACK"
+    TIME_WAIT = "TIME-WAIT"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def synchronized(self) -> bool:
+        """True once the SYNs have been exchanged (RFC 9293 §3.10.7.4)."""
+        return self not in _UNSYNCHRONIZED
+
+    def can_send(self) -> bool:
+        """The application may still queue data (no FIN queued yet)."""
+        return self in (TcpState.SYN_SENT, TcpState.SYN_RECEIVED, TcpState.ESTABLISHED,
+                        TcpState.CLOSE_WAIT)
+
+    def can_recv(self) -> bool:
+        """The peer may still send data (no FIN received yet)."""
+        return self in (TcpState.SYN_SENT, TcpState.SYN_RECEIVED, TcpState.ESTABLISHED,
+                        TcpState.FIN_WAIT_1, TcpState.FIN_WAIT_2)
+
+
+_UNSYNCHRONIZED = frozenset({TcpState.CLOSED, TcpState.LISTEN, TcpState.SYN_SENT})

@@ -1,0 +1,43 @@
+"""What one ``Connection.drain()`` returns: deltas, segments and events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..wire.tcp import TcpOptions
+from .delta import StateDelta
+from .events import Event
+
+
+@dataclass(frozen=True, slots=True)
+class OutSegment:
+    """A segment to transmit; the stack adds addresses and ports and builds it.
+
+    Attributes:
+        seq, ack: 32-bit sequence numbers (``ack`` meaningful only with ACK set).
+        flags: ``TcpFlags`` bits.
+        window: The 16-bit header value, already shifted right by our window scale.
+        options: Options to emit.
+        payload: Data bytes (a view of the send buffer; valid until the next call
+            into the machine).
+        needs_version: Transmit only after this connection's deltas up to this
+            version are durable (0 = no requirement).
+    """
+
+    seq: int
+    ack: int
+    flags: int
+    window: int
+    options: TcpOptions
+    payload: bytes | memoryview
+    needs_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    delta: StateDelta | None
+    segments: tuple[OutSegment, ...]
+    events: tuple[Event, ...]
+
+
+EMPTY_STEP = Step(None, (), ())
