@@ -12,6 +12,16 @@ class PacketDevice(Protocol):
     ``recv_batch`` waits until at least one packet is available, then returns every
     packet that can be read without blocking, up to ``max_packets``. The returned
     buffers stay valid until the next ``recv_batch`` call.
+
+    Optional attributes (read with ``getattr``, default ``False``):
+
+    * ``rx_checksum_verified``: every packet ``recv_batch`` returns has a TCP checksum
+      that was verified (by the device or the kernel), or was produced locally with the
+      checksum left to offload; the stack then skips its own verification.
+    * ``tx_checksum_offload``: the device completes TCP checksums of sent packets; the
+      stack writes only the pseudo-header sum into the checksum field
+      (``build_packet(..., offload_checksum=True)``: csum_start = IP header length,
+      csum_offset = 16).
     """
 
     @property

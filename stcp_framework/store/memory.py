@@ -7,6 +7,7 @@ the store of unit and simulation tests and of benchmarks of the stack alone.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -16,28 +17,45 @@ from .base import FencedOut, FlowDelta, FlowRecord
 
 @dataclass(slots=True)
 class _Stream:
-    """Bytes ``[base, base + len(data))`` of one direction's stream."""
+    """Bytes ``[base, end)`` of one direction's stream, as a deque of chunks.
+
+    Appends keep the delta's own ``bytes`` objects (no copy, no resize of a big
+    buffer); trimming drops whole chunks and slices at most one.
+    """
 
     base: int = 0
-    data: bytearray = field(default_factory=bytearray)
+    end: int = 0
+    chunks: deque[bytes] = field(default_factory=deque)
 
     def append(self, offset: int, chunk: bytes) -> None:
-        end = self.base + len(self.data)
-        if offset > end:
-            raise ValueError(f"gap in stream: append at {offset}, have up to {end}")
-        skip = end - offset  # idempotent re-apply: only the part past `end` is new
+        if offset > self.end:
+            raise ValueError(f"gap in stream: append at {offset}, have up to {self.end}")
+        skip = self.end - offset  # idempotent re-apply: only the part past `end` is new
         if skip < len(chunk):
-            self.data += chunk[skip:] if skip > 0 else chunk
+            new = chunk[skip:] if skip > 0 else chunk
+            self.chunks.append(new)
+            self.end += len(new)
 
     def trim(self, below: int) -> None:
-        n = below - self.base
-        if n <= 0:
-            return
-        if n >= len(self.data):
-            self.data.clear()
-        else:
-            del self.data[:n]
-        self.base = below
+        below = min(below, self.end)
+        chunks = self.chunks
+        while chunks and self.base < below:
+            first = chunks[0]
+            n = below - self.base
+            if n >= len(first):
+                chunks.popleft()
+                self.base += len(first)
+            else:
+                chunks[0] = first[n:]
+                self.base = below
+        self.base = max(self.base, below)
+
+    @property
+    def size(self) -> int:
+        return self.end - self.base
+
+    def read(self) -> bytes:
+        return b"".join(self.chunks)
 
 
 @dataclass(slots=True)
@@ -113,9 +131,9 @@ class MemoryStore:
             epoch=flow.epoch,
             version=flow.version,
             tcb=dict(flow.tcb),
-            rx=bytes(flow.rx.data),
+            rx=flow.rx.read(),
             rx_offset=flow.rx.base,
-            tx=bytes(flow.tx.data),
+            tx=flow.tx.read(),
             tx_offset=flow.tx.base,
             app_state=flow.app_state,
             commit_offset=flow.commit_offset,
@@ -134,7 +152,7 @@ class MemoryStore:
     def bytes_buffered(self, flow_id: str) -> tuple[int, int]:
         """(receive, send) bytes held for a flow."""
         flow = self._flows[flow_id]
-        return len(flow.rx.data), len(flow.tx.data)
+        return flow.rx.size, flow.tx.size
 
     async def aclose(self) -> None:
         return None

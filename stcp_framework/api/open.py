@@ -1,0 +1,123 @@
+"""``open_stack``: run a stack on a device; ``Stack.serve`` and ``Stack.connect``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+
+import trio
+
+from ..link.base import PacketDevice
+from ..stack.runtime import Runtime
+from ..store.base import Store
+from ..store.memory import MemoryStore
+from ..tcp.config import TcpConfig
+from .listener import Listener
+from .stream import Stream
+
+logger = logging.getLogger("stcp.api")
+
+Handler = Callable[[Stream], Awaitable[object]]
+
+
+class Stack:
+    """A running user-space TCP/IP stack. Get one from ``open_stack``."""
+
+    def __init__(self, runtime: Runtime, nursery: trio.Nursery) -> None:
+        self._runtime = runtime
+        self._nursery = nursery
+
+    @property
+    def runtime(self) -> Runtime:
+        """The runtime (counters in ``runtime.stats`` and ``runtime.drops``)."""
+        return self._runtime
+
+    def listen(self, port: int, *, backlog: int | None = None) -> Listener:
+        """Start accepting connections on ``port`` (every local address)."""
+        return Listener(self._runtime, self._runtime.listen(port, backlog))
+
+    async def serve(
+        self,
+        handler: Handler,
+        port: int,
+        *,
+        backlog: int | None = None,
+        task_status: trio.TaskStatus[Listener] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept connections on ``port`` forever, running ``handler(stream)`` for each.
+
+        The stream is closed when the handler returns. An exception in a handler is
+        logged and resets that one connection; it does not stop the server.
+        """
+        listener = self.listen(port, backlog=backlog)
+        async with trio.open_nursery() as nursery:
+            task_status.started(listener)
+            try:
+                while True:
+                    stream = await listener.accept()
+                    nursery.start_soon(_run_handler, handler, stream)
+            finally:
+                await listener.aclose()
+
+    async def connect(self, host: str, port: int) -> Stream:
+        """Open a connection (active open) and wait until it is established.
+
+        Raises:
+            OSError subclasses from ``stcp_framework.errors`` chained in
+            ``trio.BrokenResourceError`` semantics are not used here: a refused or
+            timed-out connect raises ``ConnectionRefused`` / ``ConnectionTimedOut``.
+        """
+        runtime = self._runtime
+        flow = runtime.open_flow(host, port)
+        try:
+            while not flow.connected:
+                if flow.error is not None:
+                    raise flow.error
+                await flow.lot.park()
+        except BaseException:
+            if not flow.closed:
+                flow.conn.app_abort(trio.current_time())
+                runtime.touch(flow)
+            raise
+        return Stream(runtime, flow)
+
+
+async def _run_handler(handler: Handler, stream: Stream) -> None:
+    try:
+        await handler(stream)
+    except Exception:
+        logger.exception("[%s] handler failed; resetting the connection", stream.flow_id)
+        await stream.abort()
+    else:
+        await stream.aclose()
+
+
+@asynccontextmanager
+async def open_stack(
+    device: PacketDevice,
+    addresses: Iterable[str],
+    *,
+    store: Store | None = None,
+    config: TcpConfig | None = None,
+    **runtime_options: object,
+) -> AsyncIterator[Stack]:
+    """Run a stack on ``device`` answering for ``addresses`` until the block exits.
+
+    Args:
+        device: A ``PacketDevice`` (``TunDevice``, ``SimLink``, possibly wrapped in
+            ``PcapDevice``).
+        addresses: The stack's own IP addresses (the far side of the TUN device).
+        store: Where flow state is made durable; ``MemoryStore()`` by default.
+        config: TCP settings; MSS is derived from the device MTU.
+    """
+    runtime = Runtime(
+        device, store or MemoryStore(), addresses, config=config, **runtime_options  # type: ignore[arg-type]
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runtime.run)
+        stack = Stack(runtime, nursery)
+        try:
+            yield stack
+        finally:
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,84 @@
+"""The ``stcp`` command."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import sys
+from collections.abc import Sequence
+
+from .._version import __version__
+from ..errors import StcpConfigError
+
+DESCRIPTION = """\
+stcp: stateless TCP servers. A user-space TCP stack on trio over a Linux TUN device.
+
+Typical session (as root, inside a private network namespace, e.g. `unshare -n`):
+  stcp net up --dev stcp0 --addr 198.18.0.1/24
+  stcp run echo --dev stcp0 --listen 198.18.0.2:7 &
+  python3 -c 'import socket; s=socket.create_connection(("198.18.0.2", 7)); ...'
+  stcp net down --dev stcp0
+Or simply: stcp demo
+"""
+
+
+def parse_endpoint(text: str) -> tuple[str, int]:
+    """``198.18.0.2:7`` or ``[2001:db8::2]:7`` -> (address, port)."""
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r} is not ADDRESS:PORT (e.g. 198.18.0.2:7)")
+    try:
+        ipaddress.ip_address(host)
+        port_number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not ADDRESS:PORT (e.g. 198.18.0.2:7)")
+    if not 0 < port_number < 65536:
+        raise argparse.ArgumentTypeError(f"port {port_number} is not in 1..65535")
+    return host, port_number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stcp", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"stcp {__version__}")
+    parser.add_argument(
+        "--log-level", default="warning", choices=["debug", "info", "warning", "error"],
+        help="logging verbosity (default: warning)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    from .net import add_net_parser
+    from .run import add_run_parser
+
+    add_net_parser(sub)
+    add_run_parser(sub)
+    from .demo import add_demo_parser
+
+    add_demo_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    try:
+        result: int = args.func(args)
+    except StcpConfigError as exc:
+        print(f"stcp: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""``stcp run SERVICE``: serve echo / discard / chargen on the stack."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from typing import Any
+
+import trio
+
+from ..api import open_stack
+from ..errors import StcpConfigError
+from ..link.base import PacketDevice
+from ..link.pcap import PcapDevice
+from ..link.tun import TunDevice
+from ..services import DEFAULT_PORTS, SERVICES
+from ..store.memory import MemoryStore
+
+logger = logging.getLogger("stcp.cli")
+
+
+def add_run_parser(sub: Any) -> None:
+    from .main import parse_endpoint
+
+    p = sub.add_parser(
+        "run",
+        help="serve echo, discard or chargen on the user-space stack",
+        description=(
+            "Serve an RFC 862/863/864 service (echo, discard, chargen) on the stcp stack, "
+            "attached to a persistent TUN device made by `stcp net up`. Runs until "
+            "SIGINT/SIGTERM, then prints its counters."
+        ),
+    )
+    p.add_argument("service", choices=sorted(SERVICES), help="the service to run")
+    p.add_argument("--dev", default="stcp0", help="TUN device name (default: stcp0)")
+    p.add_argument(
+        "--listen", action="append", type=parse_endpoint, metavar="ADDR:PORT",
+        help="stack address and port to serve on, e.g. 198.18.0.2:7 or [2001:db8::2]:7; "
+        "repeatable (default port: the service's well-known port)",
+    )
+    p.add_argument(
+        "--store", default="memory", choices=["memory"],
+        help="where connection state lives (this release: memory only)",
+    )
+    p.add_argument("--pcap", metavar="FILE", help="write every packet to this libpcap file")
+    p.set_defaults(func=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    if not args.listen:
+        raise StcpConfigError("give the stack's address to serve on: --listen 198.18.0.2:PORT")
+    try:
+        trio.run(_serve, args)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    handler = SERVICES[args.service]
+    addresses = sorted({host for host, _ in args.listen})
+    ports = sorted({port for _, port in args.listen} or {DEFAULT_PORTS[args.service]})
+    device: PacketDevice = await TunDevice.open(args.dev)
+    if args.pcap:
+        device = PcapDevice(device, args.pcap)
+    async with open_stack(device, addresses, store=MemoryStore()) as stack:
+        async with trio.open_nursery() as nursery:
+            for port in ports:
+                await nursery.start(stack.serve, handler, port)
+            where = ", ".join(f"{a}:{p}" for a in addresses for p in ports)
+            print(f"stcp: serving {args.service} on {where} via {args.dev}", flush=True)
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    break
+            nursery.cancel_scope.cancel()
+        stats = stack.runtime.stats
+        drops = stack.runtime.drops
+        print(
+            "stcp: stopped; "
+            + ", ".join(f"{k}={v}" for k, v in sorted(stats.items()))
+            + ("; drops: " + ", ".join(f"{r.value}={n}" for r, n in drops.items()) if drops else ""),
+            file=sys.stderr,
+        )
+    await device.aclose()

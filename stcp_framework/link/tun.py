@@ -1,0 +1,438 @@
+"""A persistent Linux TUN device as a ``PacketDevice``.
+
+Theory of operation:
+    ``stcp net up`` creates the device once, *persistent* (``TUNSETPERSIST``), with the
+    kernel-side address, in a private network namespace. A server process attaches to it
+    with ``TunDevice.open(name)`` (``TUNSETIFF`` with ``IFF_TUN | IFF_NO_PI``: raw IP
+    packets, no packet-information prefix) and reads/writes one IP packet per
+    ``read``/``write`` system call on a non-blocking descriptor. When the process dies the
+    device stays, so the kernel silently drops packets while nobody holds it (DESIGN.md
+    "Recovery"): peers retransmit and see no RST.
+
+    Reads go into a pool of preallocated ``bytearray`` buffers sized to the MTU; the
+    returned ``memoryview`` slices stay valid until the next ``recv_batch`` (the
+    ``PacketDevice`` contract). About a million packets per second per core is the ceiling
+    of such a Python loop (ANCHORS.md), so the loop does as little as it can per packet.
+
+See ``linux/Documentation/networking/tuntap.rst`` and ``linux/include/uapi/linux/if_tun.h``.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import io
+import logging
+import os
+import socket
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import trio
+
+from ..errors import StcpConfigError
+
+__all__ = [
+    "TUN_PATH",
+    "TunCounters",
+    "TunDevice",
+    "create_persistent_tun",
+    "device_exists",
+    "get_device_flags",
+    "get_device_mtu",
+    "validate_device_name",
+]
+
+logger = logging.getLogger("stcp.link")
+
+TUN_PATH = "/dev/net/tun"
+
+# linux/include/uapi/linux/if_tun.h: _IOW('T', 202, int) and friends.
+TUNSETIFF = 0x400454CA
+TUNSETPERSIST = 0x400454CB
+TUNGETIFF = 0x800454D2
+IFF_TUN = 0x0001
+IFF_NO_PI = 0x1000
+IFF_PERSIST = 0x0800  # reported by TUNGETIFF
+IFF_TUN_EXCL = 0x8000  # TUNSETIFF fails with EBUSY if the device already exists
+
+# linux/include/uapi/linux/sockios.h and if.h
+SIOCGIFFLAGS = 0x8913
+SIOCGIFMTU = 0x8921
+SIOCSIFMTU = 0x8922
+
+IFF_UP = 0x1
+IFF_RUNNING = 0x40
+
+IFNAMSIZ = 16  # including the terminating NUL
+_IFREQ_FLAGS = struct.Struct("16sH22x")  # struct ifreq { char name[16]; short flags; ... }
+_IFREQ_INT = struct.Struct("16si20x")  # struct ifreq { char name[16]; int mtu; ... }
+
+_MAX_BLOCKED_WRITE_WAITS = 1000
+_RUNNING_TIMEOUT = 1.0  # seconds to wait for the carrier after attaching
+_RUNNING_POLL_DELAY = 0.001  # bound on wait_writable rounds for one packet
+
+
+@dataclass(slots=True)
+class TunCounters:
+    """Packet counters of one ``TunDevice``; never reset while the device is open."""
+
+    rx_packets: int = 0
+    rx_bytes: int = 0
+    tx_packets: int = 0
+    tx_bytes: int = 0
+    tx_errors: int = 0  # packets the kernel refused (e.g. EINVAL for a malformed packet)
+    tx_blocked: int = 0  # times a write would block and we waited for writability
+
+
+def _ifreq_name(name: str) -> bytes:
+    """Encode an interface name for ``struct ifreq``, checking IFNAMSIZ."""
+    raw = name.encode("ascii", "strict") if name.isascii() else b""
+    if not raw or len(raw) >= IFNAMSIZ or b"/" in raw or b" " in raw or b"\0" in raw:
+        raise StcpConfigError(
+            f"bad device name {name!r}: use 1-15 ASCII characters without '/' or spaces"
+        )
+    return raw
+
+
+def validate_device_name(name: str) -> None:
+    """Check that ``name`` is a legal interface name (1-15 ASCII characters).
+
+    Raises:
+        StcpConfigError: it is not.
+    """
+    _ifreq_name(name)
+
+
+def device_exists(name: str) -> bool:
+    """Whether a network interface called ``name`` exists in the current namespace.
+
+    Uses ``if_nametoindex`` (an ioctl on a socket of the *current* network namespace),
+    unlike ``/sys/class/net``, which shows the namespace ``/sys`` was mounted in.
+    """
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True
+
+
+def get_device_mtu(name: str) -> int:
+    """Read the MTU of interface ``name`` (``SIOCGIFMTU``)."""
+    req = _IFREQ_INT.pack(_ifreq_name(name), 0)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            res = fcntl.ioctl(sock.fileno(), SIOCGIFMTU, req)
+        except OSError as exc:
+            raise _device_error(name, exc) from exc
+    mtu: int = _IFREQ_INT.unpack(res)[1]
+    return mtu
+
+
+def get_device_flags(name: str) -> int:
+    """Read the interface flags of ``name`` (``SIOCGIFFLAGS``: IFF_UP, IFF_RUNNING, ...)."""
+    req = _IFREQ_FLAGS.pack(_ifreq_name(name), 0)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            res = fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, req)
+        except OSError as exc:
+            raise _device_error(name, exc) from exc
+    flags: int = _IFREQ_FLAGS.unpack(res)[1]
+    return flags
+
+
+async def _wait_running(name: str) -> None:
+    """Wait (bounded) until the kernel has processed the carrier-on of our attach.
+
+    Attaching turns the carrier on, but the kernel applies it asynchronously (linkwatch):
+    until then the device's queueing discipline is ``noop`` and packets the kernel
+    routes *to* the device are dropped. A restored stack's first "kick" would lose the
+    peer's answer to that window, so we wait for IFF_RUNNING.
+    """
+    flags = get_device_flags(name)
+    if not flags & IFF_UP:
+        logger.warning("TUN device %s is down: run `ip link set dev %s up`", name, name)
+        return
+    with trio.move_on_after(_RUNNING_TIMEOUT):
+        while not flags & IFF_RUNNING:
+            await trio.sleep(_RUNNING_POLL_DELAY)
+            flags = get_device_flags(name)
+        return
+    logger.warning("TUN device %s has no carrier after %.1f s", name, _RUNNING_TIMEOUT)
+
+
+def _set_device_mtu(name: str, mtu: int) -> None:
+    """Set the MTU of interface ``name`` (``SIOCSIFMTU``; needs CAP_NET_ADMIN)."""
+    req = _IFREQ_INT.pack(_ifreq_name(name), mtu)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            fcntl.ioctl(sock.fileno(), SIOCSIFMTU, req)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                raise StcpConfigError(
+                    f"MTU {mtu} rejected by device {name}: use a value between 68 and 65535"
+                ) from exc
+            raise _device_error(name, exc) from exc
+
+
+def _open_tun_fd(tun_path: str) -> int:
+    """Open ``/dev/net/tun`` non-blocking, translating errors into one-line advice."""
+    try:
+        return os.open(tun_path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise StcpConfigError(
+            f"{tun_path} is missing: load the tun module (`modprobe tun`) or give the "
+            "container the device (`--device /dev/net/tun`)"
+        ) from exc
+    except PermissionError as exc:
+        raise StcpConfigError(
+            f"cannot open {tun_path}: needs root or CAP_NET_ADMIN (run as root inside the "
+            "private network namespace)"
+        ) from exc
+
+
+def _device_error(name: str, exc: OSError) -> StcpConfigError:
+    """Map an ``OSError`` from a TUN/interface ioctl to a one-line ``StcpConfigError``."""
+    if exc.errno in (errno.EPERM, errno.EACCES):
+        return StcpConfigError(
+            f"no permission to use TUN device {name}: needs root or CAP_NET_ADMIN "
+            "(or the device's owner)"
+        )
+    if exc.errno == errno.EBUSY:
+        return StcpConfigError(
+            f"TUN device {name} is held by another process: stop that process first "
+            "(one process at a time may hold the device)"
+        )
+    if exc.errno in (errno.ENODEV, errno.ENXIO):
+        return _missing_device_error(name)
+    if exc.errno == errno.EINVAL:
+        return StcpConfigError(
+            f"device {name} is not a TUN device: pick another name or remove it with "
+            f"`stcp net down --dev {name}`"
+        )
+    return StcpConfigError(f"TUN device {name}: {os.strerror(exc.errno or 0)}")
+
+
+def _missing_device_error(name: str) -> StcpConfigError:
+    return StcpConfigError(
+        f"TUN device {name} not found: run `stcp net up --dev {name} --addr 198.18.0.1/24` "
+        "inside a private network namespace"
+    )
+
+
+def create_persistent_tun(name: str, *, tun_path: str = TUN_PATH) -> None:
+    """Create a persistent TUN device ``name`` (down, no address) in the current namespace.
+
+    The device outlives this call and every process (``TUNSETPERSIST``). ``stcp net up``
+    configures addresses, MTU and link state afterwards.
+
+    Raises:
+        StcpConfigError: the device already exists, or privileges/``/dev/net/tun`` are missing.
+    """
+    ifname = _ifreq_name(name)
+    if device_exists(name):
+        raise StcpConfigError(
+            f"device {name} already exists: remove it with `stcp net down --dev {name}` "
+            "or pick another name"
+        )
+    fd = _open_tun_fd(tun_path)
+    try:
+        try:
+            fcntl.ioctl(
+                fd, TUNSETIFF, _IFREQ_FLAGS.pack(ifname, IFF_TUN | IFF_NO_PI | IFF_TUN_EXCL)
+            )
+            fcntl.ioctl(fd, TUNSETPERSIST, 1)
+        except OSError as exc:
+            if exc.errno == errno.EBUSY:
+                raise StcpConfigError(
+                    f"device {name} already exists: remove it with `stcp net down --dev "
+                    f"{name}` or pick another name"
+                ) from exc
+            raise _device_error(name, exc) from exc
+    finally:
+        os.close(fd)
+
+
+class TunDevice:
+    """A persistent TUN device opened by this process (``PacketDevice``).
+
+    Use ``await TunDevice.open(name)``; the constructor takes an already attached fd.
+    Only one task may call ``recv_batch`` at a time, and one task ``send_batch``.
+    """
+
+    def __init__(self, fd: int, name: str, mtu: int) -> None:
+        self._fd = fd
+        self._name = name
+        self._mtu = mtu
+        self._file = io.FileIO(fd, "r+b", closefd=False)
+        self._buffers: list[bytearray] = []
+        self._views: list[memoryview] = []
+        self._closed = False
+        self.counters = TunCounters()
+
+    @classmethod
+    async def open(
+        cls, name: str, *, mtu: int | None = None, tun_path: str = TUN_PATH
+    ) -> TunDevice:
+        """Attach to the existing persistent TUN device ``name``.
+
+        Args:
+            name: interface name, e.g. ``"stcp0"``.
+            mtu: if given, set the device MTU to this value first (needs CAP_NET_ADMIN);
+                otherwise the device's MTU is used.
+            tun_path: the TUN clone device (for containers that put it elsewhere).
+
+        Raises:
+            StcpConfigError: device missing, not a persistent TUN device, held by another
+                process, or no permission; the message says what to do.
+        """
+        await trio.lowlevel.checkpoint()
+        ifname = _ifreq_name(name)
+        # TUNSETIFF on a missing name would *create* a new, non-persistent device; look
+        # first, and check IFF_PERSIST afterwards to close the race.
+        if not device_exists(name):
+            raise _missing_device_error(name)
+        fd = _open_tun_fd(tun_path)
+        try:
+            try:
+                fcntl.ioctl(fd, TUNSETIFF, _IFREQ_FLAGS.pack(ifname, IFF_TUN | IFF_NO_PI))
+                flags = _IFREQ_FLAGS.unpack(fcntl.ioctl(fd, TUNGETIFF, bytes(_IFREQ_FLAGS.size)))[1]
+            except OSError as exc:
+                raise _device_error(name, exc) from exc
+            if not flags & IFF_PERSIST:
+                raise _missing_device_error(name)
+            if mtu is not None:
+                _set_device_mtu(name, mtu)
+            device_mtu = get_device_mtu(name)
+            await _wait_running(name)
+        except BaseException:
+            os.close(fd)
+            raise
+        logger.info("attached to TUN device %s (mtu %d)", name, device_mtu)
+        return cls(fd, name, device_mtu)
+
+    @property
+    def name(self) -> str:
+        """The interface name."""
+        return self._name
+
+    @property
+    def mtu(self) -> int:
+        """The device MTU: the largest IP packet (header included) it carries."""
+        return self._mtu
+
+    def fileno(self) -> int:
+        """The TUN file descriptor (non-blocking)."""
+        return self._fd
+
+    def _grow_pool(self, count: int) -> None:
+        while len(self._buffers) < count:
+            buf = bytearray(self._mtu)
+            self._buffers.append(buf)
+            self._views.append(memoryview(buf))
+
+    async def recv_batch(self, max_packets: int) -> list[memoryview]:
+        """Wait for at least one packet, then read until EAGAIN or ``max_packets``.
+
+        Returns views into the pool buffers, valid until the next call.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("TUN device is closed")
+        if max_packets < 1:
+            raise ValueError("max_packets must be >= 1")
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if len(self._buffers) < max_packets:
+            self._grow_pool(max_packets)
+        readinto = self._file.readinto
+        buffers = self._buffers
+        views = self._views
+        out: list[memoryview] = []
+        waited = False
+        while True:
+            i = 0
+            rx_bytes = 0
+            while i < max_packets:
+                try:
+                    n = readinto(buffers[i])
+                except OSError as exc:
+                    if exc.errno == errno.EBADF and self._closed:
+                        raise trio.ClosedResourceError("TUN device was closed") from None
+                    raise
+                if n is None:  # EAGAIN: FileIO.readinto returns None on a non-blocking fd
+                    break
+                out.append(views[i][:n])
+                rx_bytes += n
+                i += 1
+            if i:
+                self.counters.rx_packets += i
+                self.counters.rx_bytes += rx_bytes
+                if not waited:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                return out
+            try:
+                await trio.lowlevel.wait_readable(self._fd)
+            except trio.ClosedResourceError:
+                raise trio.ClosedResourceError("TUN device was closed") from None
+            if self._closed:
+                raise trio.ClosedResourceError("TUN device was closed")
+            waited = True
+
+    async def send_batch(self, packets: Sequence[bytes | bytearray | memoryview]) -> None:
+        """Write each packet with one ``write``; wait while the device would block.
+
+        A packet the kernel refuses (e.g. ``EINVAL``) is counted in ``tx_errors`` and
+        skipped; nothing is dropped silently.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("TUN device is closed")
+        await trio.lowlevel.checkpoint_if_cancelled()
+        errors_before = self.counters.tx_errors
+        fd = self._fd
+        write = os.write
+        counters = self.counters
+        total = len(packets)
+        done = 0  # packets written or refused so far
+        tx_bytes = 0
+        blocked = False
+        waits = 0
+        while done < total:
+            try:
+                # Fast path: a plain loop; a TUN write practically never blocks.
+                for i in range(done, total):
+                    tx_bytes += write(fd, packets[i])
+                    done = i + 1
+            except BlockingIOError:
+                counters.tx_blocked += 1
+                blocked = True
+                waits += 1
+                if waits > _MAX_BLOCKED_WRITE_WAITS:
+                    counters.tx_errors += total - done
+                    logger.warning(
+                        "TUN %s stayed unwritable; %d packets counted as errors",
+                        self._name,
+                        total - done,
+                    )
+                    break
+                await trio.lowlevel.wait_writable(fd)
+            except OSError as exc:
+                if self._closed:
+                    raise trio.ClosedResourceError("TUN device was closed") from None
+                counters.tx_errors += 1
+                logger.debug(
+                    "TUN %s refused a %d-byte packet: %s", self._name, len(packets[done]), exc
+                )
+                done += 1
+        counters.tx_packets += done - (counters.tx_errors - errors_before)
+        counters.tx_bytes += tx_bytes
+        if not blocked:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def aclose(self) -> None:
+        """Detach from the device (it stays: it is persistent). Idempotent."""
+        if not self._closed:
+            self._closed = True
+            trio.lowlevel.notify_closing(self._fd)
+            self._file.close()
+            os.close(self._fd)
+        await trio.lowlevel.checkpoint()

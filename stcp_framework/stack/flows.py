@@ -1,0 +1,62 @@
+"""The flow table: 4-tuple -> connection, plus what the runtime keeps per flow."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import trio
+
+if TYPE_CHECKING:
+    from ..tcp.machine import Connection
+
+FlowKey = tuple[bytes, int, bytes, int]
+"""(remote address, remote port, local address, local port), addresses packed."""
+
+
+def format_addr(packed: bytes) -> str:
+    return str(ipaddress.ip_address(packed))
+
+
+def flow_id_of(key: FlowKey) -> str:
+    """A readable, stable id: ``local:port-remote:port`` (IPv6 in brackets)."""
+    remote, rport, local, lport = key
+
+    def part(addr: bytes, port: int) -> str:
+        text = format_addr(addr)
+        return f"[{text}]:{port}" if len(addr) == 16 else f"{text}:{port}"
+
+    return f"{part(local, lport)}-{part(remote, rport)}"
+
+
+@dataclass(eq=False, slots=True)
+class Flow:
+    """One connection as the runtime sees it.
+
+    ``lot`` wakes every task waiting on this flow (readers, writers, connect) whenever
+    the machine reported an event; waiters re-check their condition.
+    """
+
+    key: FlowKey
+    flow_id: str
+    conn: Connection
+    listener_port: int | None = None
+    lot: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)
+    deadline_at: float | None = None
+    connected: bool = False
+    accepted: bool = False  # handed to a listener's accept queue
+    error: BaseException | None = None  # Reset / TimedOut, as an exception for the API
+    reset: bool = False
+    eof: bool = False
+    closed: bool = False  # reached CLOSED and left the flow table
+    app_closed: bool = False
+    dirty: bool = False
+
+    @property
+    def remote(self) -> tuple[str, int]:
+        return format_addr(self.key[0]), self.key[1]
+
+    @property
+    def local(self) -> tuple[str, int]:
+        return format_addr(self.key[2]), self.key[3]
