@@ -42,8 +42,9 @@ def add_demo_parser(sub: Any) -> None:
             "verify every byte and clean up. Needs root and /dev/net/tun."
         ),
     )
-    p.add_argument("--size", type=int, default=256, metavar="MB",
-                   help="megabytes to echo (default: 256)")
+    p.add_argument(
+        "--size", type=int, default=256, metavar="MB", help="megabytes to echo (default: 256)"
+    )
     p.add_argument("--mtu", type=int, default=65000, help="TUN device MTU (default: 65000)")
     p.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=demo_command)
@@ -53,8 +54,10 @@ def _require_privileges() -> None:
     if not os.path.exists("/dev/net/tun"):
         raise StcpConfigError("stcp demo needs /dev/net/tun (load the tun module: modprobe tun)")
     if os.geteuid() != 0:
-        raise StcpConfigError("stcp demo needs root (it creates a network namespace and a TUN "
-                              "device): run it with sudo")
+        raise StcpConfigError(
+            "stcp demo needs root (it creates a network namespace and a TUN "
+            "device): run it with sudo"
+        )
 
 
 def demo_command(args: argparse.Namespace) -> int:
@@ -65,8 +68,20 @@ def demo_command(args: argparse.Namespace) -> int:
         unshare = shutil.which("unshare")
         if unshare is None:
             raise StcpConfigError("stcp demo needs `unshare` (Debian package util-linux)")
-        cmd = [unshare, "--net", "--", sys.executable, "-m", "stcp_framework.cli.main", "demo",
-               "--inside", "--size", str(args.size), "--mtu", str(args.mtu)]
+        cmd = [
+            unshare,
+            "--net",
+            "--",
+            sys.executable,
+            "-m",
+            "stcp_framework.cli.main",
+            "demo",
+            "--inside",
+            "--size",
+            str(args.size),
+            "--mtu",
+            str(args.mtu),
+        ]
         proc = subprocess.Popen(cmd)
         try:
             return proc.wait()
@@ -82,23 +97,37 @@ def _run_inside(total: int, mtu: int) -> int:
 
     check_private_namespace("demo")
     run_ip("link", "set", "lo", "up")
-    print(f"stcp demo: private network namespace; TUN {DEMO_DEV} {KERNEL_ADDR}/24 "
-          f"(kernel) <-> {STACK_ADDR} (stcp), MTU {mtu}")
+    print(
+        f"stcp demo: private network namespace; TUN {DEMO_DEV} {KERNEL_ADDR}/24 "
+        f"(kernel) <-> {STACK_ADDR} (stcp), MTU {mtu}"
+    )
     net_up(DEMO_DEV, f"{KERNEL_ADDR}/24", mtu=mtu)
     server: subprocess.Popen[str] | None = None
     try:
         server = subprocess.Popen(
-            [sys.executable, "-m", "stcp_framework.cli.main", "run", "echo", "--dev", DEMO_DEV,
-             "--listen", f"{STACK_ADDR}:{PORT}"],
-            stdout=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "stcp_framework.cli.main",
+                "run",
+                "echo",
+                "--dev",
+                DEMO_DEV,
+                "--listen",
+                f"{STACK_ADDR}:{PORT}",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
         )
         started = time.monotonic()
         assert server.stdout is not None
         line = server.stdout.readline()
         if "serving" not in line:
             raise StcpConfigError(f"the echo server did not start (exit code {server.poll()})")
-        print(f"stcp demo: server pid {server.pid} up in {time.monotonic() - started:.2f} s: "
-              f"{line.strip()}")
+        print(
+            f"stcp demo: server pid {server.pid} up in {time.monotonic() - started:.2f} s: "
+            f"{line.strip()}"
+        )
         ok = _echo_session(total)
         return 0 if ok else 1
     finally:
@@ -117,8 +146,10 @@ def _echo_session(total: int) -> bool:
     pattern = hashlib.shake_256(b"stcp demo").digest(PATTERN_SIZE)
     sock = socket.create_connection((STACK_ADDR, PORT), timeout=30)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    print(f"stcp demo: connected {sock.getsockname()[0]}:{sock.getsockname()[1]} -> "
-          f"{STACK_ADDR}:{PORT}; echoing {total >> 20} MB")
+    print(
+        f"stcp demo: connected {sock.getsockname()[0]}:{sock.getsockname()[1]} -> "
+        f"{STACK_ADDR}:{PORT}; echoing {total >> 20} MB"
+    )
     send_error: list[BaseException] = []
 
     def sender() -> None:
@@ -177,8 +208,10 @@ def _echo_session(total: int) -> bool:
     if received != total or tail:
         print(f"stcp demo: FAILED: received {received} of {total} bytes")
         return False
-    print(f"stcp demo: OK: {total >> 20} MB echoed byte-exact in {elapsed:.2f} s "
-          f"({2 * total / elapsed / 1e6:.0f} MB/s through the stack, both directions)")
+    print(
+        f"stcp demo: OK: {total >> 20} MB echoed byte-exact in {elapsed:.2f} s "
+        f"({2 * total / elapsed / 1e6:.0f} MB/s through the stack, both directions)"
+    )
     return True
 
 
@@ -186,6 +219,7 @@ def _progress(done: int, total: int, elapsed: float) -> None:
     width = 40
     filled = width * done // total
     rate = done / elapsed / 1e6 if elapsed > 0 else 0.0
-    sys.stdout.write(f"\r[{'#' * filled}{'.' * (width - filled)}] "
-                     f"{done >> 20}/{total >> 20} MB  {rate:.0f} MB/s")
+    sys.stdout.write(
+        f"\r[{'#' * filled}{'.' * (width - filled)}] {done >> 20}/{total >> 20} MB  {rate:.0f} MB/s"
+    )
     sys.stdout.flush()

@@ -36,12 +36,17 @@ def add_run_parser(sub: Any) -> None:
     p.add_argument("service", choices=sorted(SERVICES), help="the service to run")
     p.add_argument("--dev", default="stcp0", help="TUN device name (default: stcp0)")
     p.add_argument(
-        "--listen", action="append", type=parse_endpoint, metavar="ADDR:PORT",
+        "--listen",
+        action="append",
+        type=parse_endpoint,
+        metavar="ADDR:PORT",
         help="stack address and port to serve on, e.g. 198.18.0.2:7 or [2001:db8::2]:7; "
         "repeatable (default port: the service's well-known port)",
     )
     p.add_argument(
-        "--store", default="memory", choices=["memory"],
+        "--store",
+        default="memory",
+        choices=["memory"],
         help="where connection state lives (this release: memory only)",
     )
     p.add_argument("--pcap", metavar="FILE", help="write every packet to this libpcap file")
@@ -80,7 +85,9 @@ async def _serve(args: argparse.Namespace) -> None:
         print(
             "stcp: stopped; "
             + ", ".join(f"{k}={v}" for k, v in sorted(stats.items()))
-            + ("; drops: " + ", ".join(f"{r.value}={n}" for r, n in drops.items()) if drops else ""),
+            + (
+                "; drops: " + ", ".join(f"{r.value}={n}" for r, n in drops.items()) if drops else ""
+            ),
             file=sys.stderr,
         )
     await device.aclose()

@@ -122,7 +122,8 @@ class Runtime:
         self.stats: Counter[str] = Counter()
         self.drops: Counter[DropReason] = Counter()
         self._dirty: list[Flow] = []
-        self._pending_raw: list[bytes | bytearray | memoryview] = []  # RSTs for unknown flows (no delta)
+        # RSTs answering segments of unknown flows (they carry no delta)
+        self._pending_raw: list[bytes | bytearray | memoryview] = []
         self._tx_wakeup = trio.Event()
         self._timer_heap: list[tuple[float, int, Flow]] = []
         self._timer_seq = 0

@@ -9,9 +9,498 @@ Outputs accumulate until ``drain()`` returns them as one ``Step``: the ``StateDe
 to persist, the ``OutSegment``s to send (each with ``needs_version``) and the
 ``Event``s for the API layer. ``next_deadline()`` tells the driver when to call
 ``on_timer`` next.
+
+Code map: ``_listen.py`` handles SYN-SENT (RFC 9293 §3.10.7.3) and the passive-open SYN;
+``_arrive.py`` runs SEGMENT ARRIVES for the other states (§3.10.7.4) one step per
+function; ``_output.py`` decides what to send now. This module owns the entry points,
+the persisted ``Tcb`` and its mutators: every write to a ``Tcb`` field goes through
+``_set`` (or ``_set_state``), which also records it in the pending ``TcbSet``.
+
+Versions: ``drain()`` numbers its deltas 1, 2, ... A segment that carries an ACK has
+``needs_version`` = the version of the delta that recorded its ``rcv_nxt`` (G1); a
+segment with data or FIN also needs the version that recorded its bytes (G2).
 """
 
 from __future__ import annotations
 
-# The implementation is filled in by the tcp work package; the public surface below
-# is the contract the stack and api layers are written against.
+import logging
+from typing import Any
+
+from ..wire.seq import Seq, seq_add, seq_diff, seq_gt
+from ..wire.tcp import ACK, RST, SYN, TcpSegment
+from . import _arrive, _listen, _output
+from .buffers import Reassembly, RecvBuffer, SendBuffer
+from .config import TcpConfig
+from .congestion import NewReno
+from .delta import DeltaOp, RxAppend, RxTrim, StateDelta, TcbSet, TxAppend, TxTrim
+from .errors import LocalProtocolError
+from .events import Closed, DataReadable, Event, SendSpace
+from .rtt import RttEstimator
+from .state import TcpState
+from .step import EMPTY_STEP, OutSegment, Step
+from .tcb import TCB_FIELDS, Tcb
+from .timers import Timers
+
+logger = logging.getLogger("stcp.tcp")
+
+DEFAULT_MSS = 536  # RFC 9293 §3.7.1: send MSS when the peer sent no MSS option (IPv4)
+MIN_MSS = 48  # Linux tcp_min_snd_mss: never build smaller segments than this
+MAX_WSCALE = 14  # RFC 7323 §2.3
+COALESCE_LIMIT = 64 * 1024  # join contiguous appends of one drain up to this size
+
+
+def choose_rcv_wscale(recv_buffer_size: int) -> int:
+    """Smallest shift so that a 16-bit window covers the whole buffer (RFC 7323 §2.3)."""
+    ws = 0
+    while ws < MAX_WSCALE and (0xFFFF << ws) < recv_buffer_size:
+        ws += 1
+    return ws
+
+
+def _coalesce(pieces: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    """Join contiguous pieces while small; large pieces keep their own op (no copy)."""
+    out: list[tuple[int, bytes]] = []
+    run: list[bytes] = []
+    run_start = run_end = 0
+    run_len = 0
+    for off, data in pieces:
+        if run and off == run_end and run_len + len(data) <= COALESCE_LIMIT:
+            run.append(data)
+            run_len += len(data)
+            run_end += len(data)
+            continue
+        if run:
+            out.append((run_start, run[0] if len(run) == 1 else b"".join(run)))
+        run = [data]
+        run_start, run_end, run_len = off, off + len(data), len(data)
+    if run:
+        out.append((run_start, run[0] if len(run) == 1 else b"".join(run)))
+    return out
+
+
+class Connection:
+    """One connection: see the module docstring and docs/internals.md."""
+
+    def __init__(self, *, now: float, config: TcpConfig, iss: Seq, tsval_offset: int) -> None:
+        """Use ``open_active``, ``open_passive`` or ``restore``."""
+        self.config = config
+        self.name = ""  # the stack may set "[src:port>dst:port]" for log lines
+        self.tcb = Tcb(iss=iss, tsval_offset=tsval_offset & 0xFFFFFFFF, mss=DEFAULT_MSS)
+        self.timers = Timers()
+        self.rtt = RttEstimator(config.initial_rto, config.min_rto, config.max_rto)
+        self.cc = NewReno(DEFAULT_MSS, config.initial_cwnd_segments)
+        self.snd_buf = SendBuffer(0)
+        self.rcv_buf = RecvBuffer(0)
+        self.reasm = Reassembly()
+        # Outputs pending until drain().
+        self._out: list[OutSegment] = []
+        self._events: list[Event] = []
+        self._dirty: dict[str, Any] = {}
+        self._rx_ops: list[tuple[int, bytes]] = []
+        self._tx_ops: list[tuple[int, bytes]] = []
+        self._rx_trim: int | None = None
+        self._tx_trim: int | None = None
+        self._ev_readable = False
+        self._ev_space = False
+        # Versions (see module docstring).
+        self.version = 0  # last version returned by drain()
+        self.rx_needs = 0  # version that recorded the current rcv_nxt
+        self.tx_needs = 0  # version that recorded the newest accepted bytes
+        # Runtime (rebuilt on restore, never persisted).
+        self.ack_now = False  # send an ACK in this call's output
+        self.rcv_unacked = 0  # bytes received since our last ACK (delayed ACK)
+        self.rcv_mss = min(config.mss, DEFAULT_MSS)  # largest segment seen (Linux rcv_mss)
+        self.snd_ptr = 0  # offset of the next byte to (re)send; < snd_nxt after an RTO
+        self.retries = 0  # consecutive retransmission timeouts
+        self.dupacks = 0
+        self.probes = 0  # zero-window / keepalive probes without an answer
+        self.persist_backoff = 0  # zero-window probes sent while the window stays shut
+        self.rtt_offset: int | None = None  # Karn timing: sample when this offset is acked
+        self.rtt_sent_at = 0.0
+        self.offer_wscale = config.window_scaling
+        self.challenge_window_at = -1e18
+        self.challenge_count = 0
+        self.last_rx_at = now
+        self.counters: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ constructors
+
+    @classmethod
+    def open_active(
+        cls, *, now: float, config: TcpConfig, iss: Seq, tsval_offset: int
+    ) -> Connection:
+        """Active OPEN (RFC 9293 §3.10.1): SYN-SENT; the SYN is in the first ``drain()``."""
+        c = cls(now=now, config=config, iss=iss, tsval_offset=tsval_offset)
+        tcb = c.tcb
+        tcb.rcv_wscale = choose_rcv_wscale(config.recv_buffer_size) if c.offer_wscale else 0
+        tcb.timestamps = config.timestamps
+        tcb.mss = max(MIN_MSS, min(DEFAULT_MSS, config.mss))
+        c._dirty.update(tcb.to_record())
+        c._set_state(TcpState.SYN_SENT, "open_active")
+        _output.send_syn(c, now)
+        return c
+
+    @classmethod
+    def open_passive(
+        cls,
+        syn: TcpSegment,
+        *,
+        now: float,
+        config: TcpConfig,
+        iss: Seq,
+        tsval_offset: int,
+    ) -> Connection:
+        """A SYN arrived at a listening port (RFC 9293 §3.10.7.2): SYN-RECEIVED.
+
+        The SYN-ACK is in the first ``drain()``; it needs version 1 (the TCB) so that a
+        restarted instance knows the flow the peer's ACK belongs to. Data on the SYN is
+        not accepted (no TFO): the peer retransmits it.
+        """
+        c = cls(now=now, config=config, iss=iss, tsval_offset=tsval_offset)
+        _listen.accept_syn(c, syn, now)
+        return c
+
+    @classmethod
+    def restore(
+        cls,
+        tcb: Tcb,
+        *,
+        rx: bytes,
+        rx_offset: int,
+        tx: bytes,
+        tx_offset: int,
+        now: float,
+        config: TcpConfig,
+    ) -> Connection:
+        """Rebuild a connection from its persisted record and buffers (STYLE.md §4.5).
+
+        Timers and congestion state restart; the first ``drain()`` carries the "kick":
+        an ACK with the current window and a retransmission from ``snd_una``.
+
+        Args:
+            tcb: The record (``Tcb.from_record``).
+            rx, rx_offset: Stored inbound bytes starting at stream offset ``rx_offset``.
+            tx, tx_offset: Stored outbound bytes (unacknowledged + unsent).
+        """
+        c = cls(now=now, config=config, iss=tcb.iss, tsval_offset=tcb.tsval_offset)
+        c.tcb = tcb
+        c.offer_wscale = tcb.rcv_wscale > 0
+        c.cc.set_mss(tcb.mss, config.initial_cwnd_segments)
+        rcv_end = tcb.rcv_nxt_offset - (1 if tcb.fin_received else 0)
+        c.rcv_buf = RecvBuffer(tcb.read_offset)
+        start = tcb.read_offset - rx_offset
+        if start >= 0 and tcb.read_offset < rcv_end:
+            c.rcv_buf.append(bytes(memoryview(rx)[start : rcv_end - rx_offset]))
+        c.rcv_buf.end_offset = max(rcv_end, tcb.read_offset)
+        c.snd_buf = SendBuffer(tx_offset)
+        c.snd_buf.append(bytes(tx))
+        c.snd_ptr = max(tcb.snd_una_offset, 0)
+        state = tcb.state
+        if state is TcpState.TIME_WAIT:
+            c.timers.time_wait_at = now + config.time_wait_timeout
+        elif state is TcpState.SYN_SENT:
+            _output.send_syn(c, now)
+        elif state is not TcpState.CLOSED:
+            if tcb.snd_una_offset < 0:
+                _output.send_syn(c, now)
+            else:
+                c.ack_now = True
+                if tcb.snd_una != tcb.snd_nxt:
+                    c.timers.retransmit_at = now + c.rtt.rto
+            _output.transmit(c, now)
+        return c
+
+    # ------------------------------------------------------------------ public surface
+
+    @property
+    def state(self) -> TcpState:
+        return self.tcb.state
+
+    @property
+    def recv_available(self) -> int:
+        """Bytes ``app_receive`` can return now."""
+        return self.rcv_buf.end_offset - self.rcv_buf.read_offset
+
+    @property
+    def at_eof(self) -> bool:
+        """The peer's FIN arrived and every byte before it has been read."""
+        return self.tcb.fin_received and self.rcv_buf.end_offset == self.rcv_buf.read_offset
+
+    @property
+    def send_space(self) -> int:
+        """Bytes ``app_send`` would accept now (G6 cap)."""
+        if not self.tcb.state.can_send():
+            return 0
+        return max(0, self.config.send_buffer_size - len(self.snd_buf))
+
+    @property
+    def unacked(self) -> int:
+        """Bytes sent or queued but not acknowledged."""
+        return len(self.snd_buf)
+
+    def next_deadline(self) -> float | None:
+        """When ``on_timer`` must run next (None: only input can change anything)."""
+        return self.timers.next_deadline()
+
+    def accepts_new_syn(self, seg: TcpSegment) -> bool:
+        """RFC 6191: may this SYN open a new incarnation of a flow in TIME-WAIT?
+
+        With timestamps on both incarnations the SYN's TSval must be newer than
+        ``ts_recent``; otherwise its seq must be above ``rcv_nxt``. The stack then
+        drops this connection and calls ``open_passive`` with the SYN (its ISS from
+        RFC 6528 is then normally above ``tcb.snd_nxt``, as RFC 6191 wants).
+        """
+        tcb = self.tcb
+        if tcb.state is not TcpState.TIME_WAIT or seg.flags & (SYN | ACK | RST) != SYN:
+            return False
+        ts = seg.options.timestamps
+        if tcb.timestamps and ts is not None:
+            return seq_gt(Seq(ts[0]), Seq(tcb.ts_recent))
+        return seq_gt(Seq(seg.seq), tcb.rcv_nxt)
+
+    def on_segment(self, seg: TcpSegment, now: float) -> None:
+        """A segment for this connection arrived (ports already matched)."""
+        state = self.tcb.state
+        self.last_rx_at = now
+        if state is TcpState.SYN_SENT:
+            _listen.syn_sent_arrives(self, seg, now)
+        elif state is TcpState.CLOSED or state is TcpState.LISTEN:
+            return  # the stack answers segments for non-existent connections
+        elif state is TcpState.TIME_WAIT and self.accepts_new_syn(seg):
+            # RFC 6191: the stack should have replaced us before; do it ourselves.
+            self._set_state(TcpState.CLOSED, "new SYN in TIME-WAIT (RFC 6191)")
+            return
+        else:
+            _arrive.segment_arrives(self, seg, now)
+        _output.transmit(self, now)
+
+    def on_timer(self, now: float) -> None:
+        """Fire every deadline that is due, in STYLE.md §6 order."""
+        t = self.timers
+        at = t.retransmit_at
+        if at is not None and now >= at:
+            t.retransmit_at = None
+            _output.on_retransmit_timeout(self, now)
+        at = t.persist_at
+        if at is not None and now >= at and self.tcb.state is not TcpState.CLOSED:
+            t.persist_at = None
+            _output.on_persist_timeout(self, now)
+        at = t.delayed_ack_at
+        if at is not None and now >= at:
+            t.delayed_ack_at = None
+            self.ack_now = True
+        at = t.keepalive_at
+        if at is not None and now >= at and self.tcb.state is not TcpState.CLOSED:
+            t.keepalive_at = None
+            _output.on_keepalive_timeout(self, now)
+        at = t.time_wait_at
+        if at is not None and now >= at and self.tcb.state is not TcpState.CLOSED:
+            t.time_wait_at = None
+            reason = "2MSL" if self.tcb.state is TcpState.TIME_WAIT else "FIN-WAIT-2 timeout"
+            self._set_state(TcpState.CLOSED, reason)
+        _output.transmit(self, now)
+
+    def app_send(self, data: bytes | memoryview, now: float) -> int:
+        """Queue ``data`` (RFC 9293 §3.10.2 SEND); returns the bytes accepted (G6 cap).
+
+        Raises:
+            LocalProtocolError: The send side is closed (shutdown, close, reset).
+        """
+        tcb = self.tcb
+        if not tcb.state.can_send() or tcb.app_closed:
+            raise LocalProtocolError(f"send in state {tcb.state}")
+        n = min(len(data), self.config.send_buffer_size - len(self.snd_buf))
+        if n <= 0:
+            return 0
+        chunk = data if (type(data) is bytes and n == len(data)) else bytes(data[:n])
+        offset = self.snd_buf.append(chunk)
+        self._tx_ops.append((offset, chunk))
+        self.tx_needs = self.version + 1
+        _output.transmit(self, now)
+        return n
+
+    def app_receive(self, max_bytes: int, now: float) -> bytes:
+        """Take up to ``max_bytes`` received bytes (b"" when none are buffered).
+
+        Level 1: reading commits (``read_offset`` = ``commit_offset``; ``RxTrim``). A read
+        that opens the window significantly sends a window update at once.
+        """
+        data = self.rcv_buf.read(max_bytes)
+        if data:
+            off = self.rcv_buf.read_offset
+            self._set("read_offset", off)
+            self._set("commit_offset", off)
+            self._rx_trim = off
+            if self.tcb.state.synchronized() and _output.window_update_due(self):
+                self.ack_now = True
+                _output.transmit(self, now)
+        return data
+
+    def app_shutdown(self, now: float) -> None:
+        """Half-close (RFC 9293 §3.10.4 CLOSE of the send side): FIN after queued data."""
+        state = self.tcb.state
+        if state is TcpState.SYN_SENT:
+            self._set_state(TcpState.CLOSED, "app_shutdown in SYN-SENT")
+        elif state is TcpState.SYN_RECEIVED or state is TcpState.ESTABLISHED:
+            self._set_state(TcpState.FIN_WAIT_1, "app_shutdown")
+        elif state is TcpState.CLOSE_WAIT:
+            self._set_state(TcpState.LAST_ACK, "app_shutdown")
+        else:
+            return
+        _output.transmit(self, now)
+
+    def app_close(self, now: float) -> None:
+        """Full close, as Linux ``close()``: RST if unread data remains (RFC 2525 §2.17),
+        otherwise a FIN after queued data, and inbound data afterwards gets a RST."""
+        tcb = self.tcb
+        state = tcb.state
+        if state is TcpState.CLOSED:
+            return
+        if state is TcpState.SYN_SENT:
+            self._set_state(TcpState.CLOSED, "app_close in SYN-SENT")
+            return
+        if state is not TcpState.TIME_WAIT and (self.recv_available or self.reasm):
+            self.app_abort(now)
+            return
+        if not tcb.app_closed:
+            self._set("app_closed", True)
+        self.app_shutdown(now)
+        if tcb.state is TcpState.FIN_WAIT_2:
+            _output.arm_orphan_timer(self, now)
+
+    def app_abort(self, now: float) -> None:
+        """ABORT (RFC 9293 §3.10.5): RST now if synchronized, then CLOSED."""
+        tcb = self.tcb
+        state = tcb.state
+        if state is TcpState.CLOSED:
+            return
+        if state.synchronized() and state is not TcpState.TIME_WAIT:
+            _output.send_rst(self, tcb.snd_nxt, with_ack=True, now=now)
+        self._set_state(TcpState.CLOSED, "app_abort")
+
+    def drain(self) -> Step:
+        """Everything produced since the last drain: delta, segments, events."""
+        out, events = self._out, self._events
+        if not (
+            out or events or self._dirty or self._rx_ops or self._tx_ops
+            or self._rx_trim is not None or self._tx_trim is not None
+        ):
+            return EMPTY_STEP
+        ops: list[DeltaOp] = []
+        if self._rx_ops:
+            ops.extend(RxAppend(o, d) for o, d in _coalesce(self._rx_ops))
+            self._rx_ops = []
+        if self._tx_ops:
+            ops.extend(TxAppend(o, d) for o, d in _coalesce(self._tx_ops))
+            self._tx_ops = []
+        if self._rx_trim is not None:
+            ops.append(RxTrim(self._rx_trim))
+            self._rx_trim = None
+        if self._tx_trim is not None:
+            ops.append(TxTrim(self._tx_trim))
+            self._tx_trim = None
+        if self._dirty:
+            ops.append(TcbSet(self._dirty))
+            self._dirty = {}
+        delta: StateDelta | None = None
+        if ops:
+            self.version += 1
+            delta = StateDelta(self.version, tuple(ops))
+        self._out = []
+        self._events = []
+        self._ev_readable = self._ev_space = False
+        return Step(delta, tuple(out), tuple(events))
+
+    # ------------------------------------------------------------------ mutators
+
+    def _set(self, name: str, value: Any) -> None:
+        """The one generic writer of persisted fields: assign and record."""
+        setattr(self.tcb, name, value)
+        self._dirty[name] = value
+
+    def _set_state(self, new: TcpState, reason: str) -> None:
+        """The only writer of ``tcb.state``: logs, records, arms/clears timers, emits."""
+        tcb = self.tcb
+        old = tcb.state
+        if old is new:
+            return
+        tcb.state = new
+        self._dirty["state"] = new.value
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s %s -> %s (%s)", self.name, old, new, reason)
+        if new is TcpState.CLOSED:
+            self.timers.clear()
+            self._events.append(Closed())
+        elif new is TcpState.TIME_WAIT:
+            t = self.timers
+            t.clear()
+            t.time_wait_at = self.last_rx_at + self.config.time_wait_timeout
+
+    def _advance_rcv(self, new_offset: int) -> None:
+        """Move ``rcv_nxt`` to stream offset ``new_offset`` (data and/or FIN accepted)."""
+        tcb = self.tcb
+        rcv_nxt = seq_add(tcb.rcv_nxt, new_offset - tcb.rcv_nxt_offset)
+        tcb.rcv_nxt = rcv_nxt
+        tcb.rcv_nxt_offset = new_offset
+        d = self._dirty
+        d["rcv_nxt"] = rcv_nxt
+        d["rcv_nxt_offset"] = new_offset
+        self.rx_needs = self.version + 1
+
+    def _rx_append(self, offset: int, data: bytes) -> None:
+        self.rcv_buf.append(data)
+        self._rx_ops.append((offset, data))
+        if not self._ev_readable:
+            self._ev_readable = True
+            self._events.append(DataReadable())
+
+    def _ack_sent_data(self, ack: Seq, new_una_offset: int) -> None:
+        """``snd_una`` advances to ``ack``; trims acknowledged data (``TxTrim``)."""
+        tcb = self.tcb
+        tcb.snd_una = ack
+        tcb.snd_una_offset = new_una_offset
+        d = self._dirty
+        d["snd_una"] = ack
+        d["snd_una_offset"] = new_una_offset
+        buf = self.snd_buf
+        below = min(new_una_offset, buf.end_offset)
+        if below > buf.base_offset:
+            buf.trim(below)
+            self._tx_trim = below
+            if not self._ev_space:
+                self._ev_space = True
+                self._events.append(SendSpace())
+
+    def _advance_snd_nxt(self, new_offset: int) -> None:
+        tcb = self.tcb
+        snd_nxt = seq_add(tcb.snd_una, new_offset - tcb.snd_una_offset)
+        tcb.snd_nxt = snd_nxt
+        self._dirty["snd_nxt"] = snd_nxt
+
+    # ------------------------------------------------------------------ helpers
+
+    def snd_nxt_offset(self) -> int:
+        tcb = self.tcb
+        return tcb.snd_una_offset + seq_diff(tcb.snd_nxt, tcb.snd_una)
+
+    def tsval(self, now: float) -> int:
+        """Our TSval at ``now`` (RFC 7323 §5.4: 1 ms ticks from the persisted base, G3)."""
+        return (int(now * 1000) + self.tcb.tsval_offset) & 0xFFFFFFFF
+
+    def count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    def emit(self, event: Event) -> None:
+        self._events.append(event)
+
+    def emit_segment(self, seg: OutSegment) -> None:
+        self._out.append(seg)
+
+    def check_invariants(self) -> None:
+        """For tests: assert the identities the code maintains."""
+        tcb = self.tcb
+        assert set(TCB_FIELDS) <= set(dir(tcb))
+        assert seq_diff(tcb.snd_nxt, tcb.snd_una) >= 0
+        if tcb.state is not TcpState.CLOSED:
+            assert self.recv_available <= self.config.recv_buffer_size
+        assert self.snd_buf.base_offset <= self.snd_buf.end_offset

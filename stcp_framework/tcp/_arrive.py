@@ -1,0 +1,342 @@
+"""SEGMENT ARRIVES for SYN-RECEIVED and the synchronized states (RFC 9293 §3.10.7.4).
+
+One function per step of the RFC, called in the RFC's order by ``segment_arrives``:
+``check_sequence`` (first, with RFC 7323 PAWS before it), ``check_rst`` (second,
+RFC 5961 §3), ``check_syn`` (fourth, RFC 5961 §4), ``check_ack`` (fifth, RFC 5961 §5,
+RFC 5681/6582, RFC 6298), ``process_text`` (seventh) and ``check_fin`` (eighth). The
+third (security) and sixth (URG) steps are not implemented.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..wire.seq import Seq, seq_add, seq_diff, seq_le, seq_lt
+from ..wire.tcp import ACK, FIN, RST, SYN, TcpSegment
+from . import _output
+from .events import Connected, EofReceived, Reset
+from .state import TcpState
+
+if TYPE_CHECKING:
+    from .machine import Connection
+
+_ESTABLISHED = TcpState.ESTABLISHED
+# Tuples, not sets: membership by identity avoids Enum.__hash__ on the hot path.
+_RECV_TEXT_STATES = (TcpState.ESTABLISHED, TcpState.FIN_WAIT_1, TcpState.FIN_WAIT_2)
+
+
+def segment_arrives(c: Connection, seg: TcpSegment, now: float) -> None:
+    """Run the RFC 9293 §3.10.7.4 steps for one segment."""
+    tcb = c.tcb
+    flags = seg.flags
+    if flags & SYN and tcb.state is TcpState.SYN_RECEIVED and seg.seq == tcb.irs:
+        if not flags & ACK:
+            # A retransmitted SYN: our SYN-ACK was lost; answer it again (Linux).
+            if not flags & RST:
+                _output.send_syn(c, now, retransmit=True)
+            return
+        # Simultaneous open: the peer's SYN,ACK; its SYN is already accepted, so only
+        # its ACK is news (RFC 9293 figure 8).
+        seg = seg._replace(seq=seq_add(Seq(seg.seq), 1), flags=flags & ~SYN)
+        flags = seg.flags
+    ts = seg.options.timestamps
+    if (
+        ts is not None
+        and tcb.timestamps
+        and not flags & RST
+        and seq_lt(Seq(ts[0]), Seq(tcb.ts_recent))
+    ):
+        # RFC 7323 §5.3 R1 (PAWS): an older TSval than TS.Recent is a duplicate.
+        c.count("paws_drop")
+        c.ack_now = True
+        return
+    accepted = check_sequence(c, seg, now)
+    if accepted is None:
+        return
+    payload, off, fin = accepted
+    if ts is not None and tcb.timestamps and not flags & RST:
+        # RFC 7323 §4.3 (2): remember TSval if SEG.SEQ <= Last.ACK.sent (rcv_wup).
+        tsval = ts[0]
+        if tsval != tcb.ts_recent and seq_le(Seq(seg.seq), tcb.rcv_wup):
+            c._set("ts_recent", tsval)
+    if flags & RST:
+        check_rst(c, seg, now)
+        return
+    if flags & SYN:
+        check_syn(c, now)
+        return
+    if not flags & ACK:
+        return  # RFC 9293 step 5: "if the ACK bit is off, drop the segment"
+    if not check_ack(c, seg, now):
+        return
+    if payload:
+        process_text(c, payload, off, now)
+    if fin and tcb.state is not TcpState.CLOSED:
+        check_fin(c, off + len(payload), now)
+
+
+def receive_window(c: Connection) -> int:
+    """RCV.WND: what is left of the window we advertised (right edge never moves left)."""
+    tcb = c.tcb
+    wnd = seq_diff(seq_add(tcb.rcv_wup, tcb.rcv_wnd), tcb.rcv_nxt)
+    return wnd if wnd > 0 else 0
+
+
+def check_sequence(
+    c: Connection, seg: TcpSegment, now: float
+) -> tuple[bytes | memoryview, int, bool] | None:
+    """First: is the segment acceptable (RFC 9293 §3.10.7.4 table)? Trim it to the window.
+
+    Returns ``(payload, offset of its first byte, FIN still inside)`` or None (dropped;
+    an ACK is queued unless it was a RST, RFC 9293 / RFC 5961 §3.2).
+    """
+    tcb = c.tcb
+    flags = seg.flags
+    payload = seg.payload
+    plen = len(payload)
+    syn = 1 if flags & SYN else 0
+    fin = bool(flags & FIN)
+    seg_len = plen + syn + (1 if fin else 0)
+    wnd = receive_window(c)
+    d = seq_diff(Seq(seg.seq), tcb.rcv_nxt)  # segment start relative to RCV.NXT
+    if seg_len == 0:
+        ok = d == 0 if wnd == 0 else 0 <= d < wnd
+    elif wnd == 0:
+        ok = False
+        if d == 0 and plen and not syn:
+            # "Special allowance ... to accept valid ACKs, URGs, and RSTs": process the
+            # control information, drop the text, and tell the peer the window is zero.
+            c.ack_now = True
+            return b"", tcb.rcv_nxt_offset, False
+    else:
+        end = d + seg_len - 1
+        ok = (0 <= d < wnd) or (0 <= end < wnd)
+    if not ok:
+        if not flags & RST:
+            c.count("out_of_window")
+            if flags & SYN:
+                _output.challenge_ack(c, now)  # RFC 5961 §4.2
+            else:
+                c.ack_now = True
+            if fin and tcb.state is TcpState.TIME_WAIT:
+                # RFC 9293: a retransmitted FIN in TIME-WAIT restarts the 2 MSL timeout.
+                c.timers.time_wait_at = now + c.config.time_wait_timeout
+        return None
+    off = tcb.rcv_nxt_offset + d + syn  # stream offset of the first payload byte
+    if off < tcb.rcv_nxt_offset:
+        cut = tcb.rcv_nxt_offset - off
+        payload = payload[cut:]
+        off = tcb.rcv_nxt_offset
+    limit = tcb.rcv_nxt_offset + wnd
+    if off + len(payload) > limit:
+        payload = payload[: max(0, limit - off)]
+        fin = False
+    elif fin and off + len(payload) + 1 > limit:
+        fin = False
+    return payload, off, fin
+
+
+def check_rst(c: Connection, seg: TcpSegment, now: float) -> None:
+    """Second: RST (RFC 5961 §3.2): reset only if SEG.SEQ == RCV.NXT exactly, else a
+    (rate-limited) challenge ACK."""
+    tcb = c.tcb
+    if seg.seq != tcb.rcv_nxt:
+        _output.challenge_ack(c, now)
+        return
+    state = tcb.state
+    c.count("rst_received")
+    if state is TcpState.SYN_RECEIVED:
+        c.emit(Reset(refused=True))
+    elif state in (TcpState.ESTABLISHED, TcpState.FIN_WAIT_1, TcpState.FIN_WAIT_2,
+                   TcpState.CLOSE_WAIT):
+        c.emit(Reset())
+    c._set_state(TcpState.CLOSED, "RST")
+
+
+def check_syn(c: Connection, now: float) -> None:
+    """Fourth: a SYN in a synchronized state gets a challenge ACK (RFC 5961 §4.2)."""
+    _output.challenge_ack(c, now)
+
+
+def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
+    """Fifth: the ACK field. Returns False if the segment must be dropped."""
+    tcb = c.tcb
+    ack = Seq(seg.ack)
+    if tcb.snd_una_offset < 0:
+        # Our SYN is not acknowledged yet (SYN-RECEIVED, or FIN-WAIT-1 entered from it).
+        if not (seq_lt(tcb.snd_una, ack) and seq_le(ack, tcb.snd_nxt)):
+            _output.send_rst(c, ack, with_ack=False, now=now)  # RFC 9293 step 5
+            return False
+        _output.rtt_sample_on_ack(c, seg, 0, now)
+        c._ack_sent_data(seq_add(tcb.iss, 1), 0)
+        c.snd_ptr = 0
+        c.retries = 0
+        c.timers.retransmit_at = None
+        c._set("snd_wnd", seg.window << tcb.snd_wscale)
+        c._set("snd_wl1", Seq(seg.seq))
+        c._set("snd_wl2", ack)
+        if tcb.snd_wnd > tcb.max_window:
+            c._set("max_window", tcb.snd_wnd)
+        if tcb.state is TcpState.SYN_RECEIVED:
+            c._set_state(_ESTABLISHED, "ACK of SYN")
+        c.emit(Connected())
+    d_una = seq_diff(ack, tcb.snd_una)
+    d_nxt = seq_diff(ack, tcb.snd_nxt)
+    if d_nxt > 0:
+        # RFC 9293 / RFC 5961 §5.2: acknowledges something not yet sent: ACK, drop.
+        c.count("ack_too_new")
+        c.ack_now = True
+        return False
+    if d_una < -tcb.max_window:
+        # RFC 5961 §5.2: older than the largest window ever seen: blind-injection guard.
+        c.count("ack_too_old")
+        _output.challenge_ack(c, now)
+        return False
+    scaled_wnd = seg.window << tcb.snd_wscale
+    una_off = tcb.snd_una_offset
+    if d_una > 0:
+        new_una_off = una_off + d_una
+        flight_before = c.snd_nxt_offset() - una_off
+        _output.rtt_sample_on_ack(c, seg, new_una_off, now)
+        c._ack_sent_data(ack, new_una_off)
+        if c.snd_ptr < new_una_off:
+            c.snd_ptr = new_una_off
+        c.retries = 0
+        c.probes = 0
+        c.dupacks = 0
+        cc = c.cc
+        if cc.in_recovery:
+            if new_una_off >= cc.recover_offset:
+                cc.exit_recovery(flight_before - d_una)  # RFC 6582 §3.2 step 3 full ACK
+            else:
+                cc.on_partial_ack(d_una)  # RFC 6582 §3.2 step 3 partial ACK
+                _output.retransmit_first(c, now)
+        else:
+            cc.on_ack(d_una)
+        t = c.timers
+        if tcb.snd_una == tcb.snd_nxt:
+            t.retransmit_at = None  # RFC 6298 (5.2)
+        else:
+            t.retransmit_at = now + c.rtt.rto  # RFC 6298 (5.3)
+    elif d_una == 0:
+        c.probes = 0
+        if (
+            not seg.payload
+            and not seg.flags & (SYN | FIN)
+            and scaled_wnd == tcb.snd_wnd
+            and tcb.snd_una != tcb.snd_nxt
+        ):
+            # RFC 5681 §2 duplicate ACK.
+            c.dupacks += 1
+            cc = c.cc
+            if cc.in_recovery:
+                cc.on_dupack_in_recovery()  # RFC 5681 §3.2 step 4
+            elif c.dupacks == 3 and una_off >= cc.recover_offset:
+                # RFC 5681 §3.2 steps 2-3, RFC 6582 §3.2 step 2: fast retransmit.
+                c.count("fast_retransmit")
+                cc.enter_recovery(c.snd_nxt_offset() - una_off, c.snd_nxt_offset())
+                _output.retransmit_first(c, now)
+        else:
+            c.dupacks = 0
+    # RFC 9293 step 5: window update if the segment is not older than the last one.
+    if d_una >= 0 and (
+        seq_lt(tcb.snd_wl1, Seq(seg.seq))
+        or (tcb.snd_wl1 == seg.seq and seq_le(tcb.snd_wl2, ack))
+    ):
+        if scaled_wnd != tcb.snd_wnd:
+            c._set("snd_wnd", scaled_wnd)
+            if scaled_wnd > tcb.max_window:
+                c._set("max_window", scaled_wnd)
+            if scaled_wnd:
+                c.timers.persist_at = None
+                c.persist_backoff = 0
+        if tcb.snd_wl1 != seg.seq:
+            c._set("snd_wl1", Seq(seg.seq))
+        if tcb.snd_wl2 != ack:
+            c._set("snd_wl2", ack)
+    # State-specific processing of our FIN being acknowledged.
+    if tcb.fin_sent and tcb.snd_una == tcb.snd_nxt:
+        state = tcb.state
+        if state is TcpState.FIN_WAIT_1:
+            c._set_state(TcpState.FIN_WAIT_2, "ACK of FIN")
+            if tcb.app_closed:
+                _output.arm_orphan_timer(c, now)
+        elif state is TcpState.CLOSING:
+            c._set_state(TcpState.TIME_WAIT, "ACK of FIN")
+            return False
+        elif state is TcpState.LAST_ACK:
+            c._set_state(TcpState.CLOSED, "ACK of FIN")
+            return False
+    return True
+
+
+def process_text(c: Connection, payload: bytes | memoryview, off: int, now: float) -> None:
+    """Seventh: segment text (RFC 9293 step 7; delayed ACK per RFC 9293 §3.8.6.3)."""
+    tcb = c.tcb
+    if tcb.state not in _RECV_TEXT_STATES:
+        return  # CLOSE-WAIT, CLOSING, LAST-ACK, TIME-WAIT: "should not occur; ignore"
+    if tcb.app_closed:
+        # Linux: data for a socket the application has closed is answered with RST.
+        c.count("data_after_close")
+        _output.send_rst(c, tcb.snd_nxt, with_ack=True, now=now)
+        c._set_state(TcpState.CLOSED, "data after close")
+        return
+    plen = len(payload)
+    if plen > c.rcv_mss:
+        c.rcv_mss = min(plen, c.config.mss)
+    rcv_off = tcb.rcv_nxt_offset
+    if off != rcv_off:
+        # Out of order: queue, and send an immediate duplicate ACK (RFC 5681 §4.2).
+        c.reasm.insert(off, payload)
+        c.ack_now = True
+        return
+    data = payload if type(payload) is bytes else bytes(payload)  # the one copy
+    c._rx_append(off, data)
+    new_off = off + plen
+    reasm = c.reasm
+    if reasm:
+        # Fills (part of) a gap: ACK immediately (RFC 5681 §4.2).
+        c.ack_now = True
+        for chunk in reasm.pop_from(new_off):
+            c._rx_append(new_off, chunk)
+            new_off += len(chunk)
+    c._advance_rcv(new_off)
+    if reasm.fin_offset is not None and reasm.fin_offset == new_off:
+        reasm.fin_offset = None
+        check_fin(c, new_off, now)
+        return
+    # RFC 9293 §3.8.6.3 / RFC 5681 §4.2: ACK at least every second full-sized segment.
+    c.rcv_unacked += plen
+    if c.rcv_unacked >= 2 * c.rcv_mss:
+        c.ack_now = True
+    elif c.timers.delayed_ack_at is None:
+        c.timers.delayed_ack_at = now + c.config.delayed_ack_timeout
+
+
+def check_fin(c: Connection, fin_off: int, now: float) -> None:
+    """Eighth: FIN at stream offset ``fin_off`` (RFC 9293 step 8)."""
+    tcb = c.tcb
+    state = tcb.state
+    if not state.can_recv() or tcb.fin_received:
+        if state is TcpState.TIME_WAIT:
+            c.timers.time_wait_at = now + c.config.time_wait_timeout
+            c.ack_now = True
+        return
+    if fin_off != tcb.rcv_nxt_offset:
+        c.reasm.fin_offset = fin_off  # out of order: processed when the gap fills
+        c.ack_now = True
+        return
+    c._advance_rcv(fin_off + 1)
+    c._set("fin_received", True)
+    c.emit(EofReceived())
+    c.ack_now = True  # RFC 9293 §3.8.6.3: FIN is ACKed at once
+    if state is TcpState.ESTABLISHED or state is TcpState.SYN_RECEIVED:
+        c._set_state(TcpState.CLOSE_WAIT, "FIN")
+    elif state is TcpState.FIN_WAIT_1:
+        if tcb.fin_sent and tcb.snd_una == tcb.snd_nxt:
+            c._set_state(TcpState.TIME_WAIT, "FIN")
+        else:
+            c._set_state(TcpState.CLOSING, "simultaneous close")
+    elif state is TcpState.FIN_WAIT_2:
+        c._set_state(TcpState.TIME_WAIT, "FIN")
+

@@ -1,0 +1,386 @@
+"""What to send now: SYN, data, FIN, ACK, RST and probes; windows; timer expiries.
+
+Sender side: segments of up to ``tcb.mss`` inside ``min(cwnd, snd_wnd)``, with sender
+SWS avoidance (RFC 9293 §3.8.6.2.1; Nagle is off, as with ``TCP_NODELAY``).
+Receiver side: the advertised window is ``min(free buffer, 0xFFFF << rcv_wscale)``,
+opened only in steps of ``min(buffer/2, MSS)`` (RFC 9293 §3.8.6.2.2) and never moved
+left (RFC 7323 §2.4).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..wire.seq import Seq, seq_add, seq_diff
+from ..wire.tcp import ACK, FIN, NO_OPTIONS, PSH, RST, SYN, TcpOptions, TcpSegment
+from .events import TimedOut
+from .state import TcpState
+from .step import OutSegment
+
+if TYPE_CHECKING:
+    from .machine import Connection
+
+# Tuples, not sets: membership by identity avoids Enum.__hash__ on the hot path.
+_DATA_STATES = (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT, TcpState.FIN_WAIT_1,
+                TcpState.CLOSING, TcpState.LAST_ACK)
+_FIN_STATES = (TcpState.FIN_WAIT_1, TcpState.CLOSING, TcpState.LAST_ACK)
+CHALLENGE_ACK_INTERVAL = 1.0  # RFC 5961 §7: limit per interval (config.challenge_ack_limit)
+MAX_WINDOW = 0xFFFF
+
+
+def _free_space(c: Connection) -> int:
+    """Receive buffer space not holding unread bytes (G6: the window never exceeds it)."""
+    buf = c.rcv_buf
+    free = c.config.recv_buffer_size - (buf.end_offset - buf.read_offset)
+    return free if free > 0 else 0
+
+
+def advertise_window(c: Connection) -> int:
+    """The 16-bit window field for the next non-SYN segment; records rcv_wnd/rcv_wup."""
+    tcb = c.tcb
+    ws = tcb.rcv_wscale
+    rcv_nxt = tcb.rcv_nxt
+    cur = seq_diff(seq_add(tcb.rcv_wup, tcb.rcv_wnd), rcv_nxt)
+    if cur < 0:
+        cur = 0
+    free = _free_space(c)
+    target = min(free, MAX_WINDOW << ws)
+    threshold = min(c.config.recv_buffer_size // 2, c.rcv_mss)
+    wnd = target if target - cur >= threshold else cur  # RFC 9293 §3.8.6.2.2
+    header = wnd >> ws
+    if (header << ws) < cur and ((header + 1) << ws) <= free:
+        # Keep the right edge (RFC 7323 §2.4): round up, if the buffer allows it.
+        header += 1
+    if header > MAX_WINDOW:
+        header = MAX_WINDOW
+    new_wnd = header << ws
+    if new_wnd != tcb.rcv_wnd:
+        c._set("rcv_wnd", new_wnd)
+    if tcb.rcv_wup != rcv_nxt:
+        c._set("rcv_wup", rcv_nxt)
+    return header
+
+
+def window_update_due(c: Connection) -> bool:
+    """After a read: would the window at least double and grow by the SWS threshold
+    (Linux ``tcp_cleanup_rbuf``)? Then a window update is sent at once."""
+    tcb = c.tcb
+    cur = seq_diff(seq_add(tcb.rcv_wup, tcb.rcv_wnd), tcb.rcv_nxt)
+    if cur < 0:
+        cur = 0
+    target = min(_free_space(c), MAX_WINDOW << tcb.rcv_wscale)
+    threshold = min(c.config.recv_buffer_size // 2, c.rcv_mss)
+    return target - cur >= threshold and target >= 2 * cur
+
+
+def _options(c: Connection, now: float) -> TcpOptions:
+    tcb = c.tcb
+    if tcb.timestamps:
+        return TcpOptions(timestamps=(c.tsval(now), tcb.ts_recent))
+    return NO_OPTIONS
+
+
+def make_segment(
+    c: Connection, seq: Seq, flags: int, payload: bytes | memoryview, now: float
+) -> None:
+    """Emit one non-SYN segment carrying our ACK, window and timestamps."""
+    tcb = c.tcb
+    window = advertise_window(c)
+    needs = c.rx_needs
+    if payload or flags & FIN:
+        tx = c.tx_needs
+        if tx > needs:
+            needs = tx
+    opts = TcpOptions(timestamps=(c.tsval(now), tcb.ts_recent)) if tcb.timestamps else NO_OPTIONS
+    c._out.append(OutSegment(seq, tcb.rcv_nxt, flags | ACK, window, opts, payload, needs))
+    c.ack_now = False
+    c.rcv_unacked = 0
+    c.timers.delayed_ack_at = None
+
+
+def send_ack(c: Connection, now: float) -> None:
+    """A pure ACK <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK>."""
+    make_segment(c, c.tcb.snd_nxt, ACK, b"", now)
+
+
+def challenge_ack(c: Connection, now: float) -> None:
+    """RFC 5961 §3.2/§4.2/§5.2 challenge ACK, rate-limited per connection (§7)."""
+    if now - c.challenge_window_at >= CHALLENGE_ACK_INTERVAL:
+        c.challenge_window_at = now
+        c.challenge_count = 0
+    if c.challenge_count >= c.config.challenge_ack_limit:
+        c.count("challenge_ack_suppressed")
+        return
+    c.challenge_count += 1
+    c.count("challenge_ack")
+    send_ack(c, now)
+
+
+def send_rst(c: Connection, seq: Seq, *, with_ack: bool, now: float) -> None:
+    """A RST; ``with_ack`` for an abort of a synchronized connection (Linux sends
+    RST,ACK <SEQ=SND.NXT>), without for a reply to an unacceptable ACK (<SEQ=SEG.ACK>)."""
+    tcb = c.tcb
+    c.count("rst_sent")
+    if with_ack:
+        c._out.append(OutSegment(seq, tcb.rcv_nxt, RST | ACK, 0, _options(c, now), b"",
+                                 c.rx_needs))
+    else:
+        c._out.append(OutSegment(seq, 0, RST, 0, NO_OPTIONS, b"", 0))
+
+
+def send_syn(c: Connection, now: float, *, retransmit: bool = False) -> None:
+    """SYN (SYN-SENT) or SYN,ACK (otherwise) with our SYN options; arms the timer."""
+    tcb = c.tcb
+    config = c.config
+    ws = tcb.rcv_wscale if c.offer_wscale else None
+    state = tcb.state
+    active = state is TcpState.SYN_SENT
+    ts: tuple[int, int] | None = None
+    if tcb.timestamps:
+        ts = (c.tsval(now), 0 if active else tcb.ts_recent)
+    opts = TcpOptions(mss=config.mss, wscale=ws, timestamps=ts)
+    window = min(_free_space(c), MAX_WINDOW)  # RFC 7323 §2.2: never scaled in a SYN
+    if window != tcb.rcv_wnd:
+        c._set("rcv_wnd", window)
+    if active:
+        c._out.append(OutSegment(tcb.iss, 0, SYN, window, opts, b"", 0))
+    else:
+        c._out.append(OutSegment(tcb.iss, tcb.rcv_nxt, SYN | ACK, window, opts, b"",
+                                 c.rx_needs))
+        c.ack_now = False
+    if tcb.snd_nxt == tcb.iss:
+        c._advance_snd_nxt(0)
+    if retransmit:
+        c.count("syn_retransmit")
+        c.rtt_offset = None  # Karn
+    elif c.rtt_offset is None:
+        c.rtt_offset = 0
+        c.rtt_sent_at = now
+    if c.timers.retransmit_at is None or not retransmit:
+        c.timers.retransmit_at = now + c.rtt.rto
+
+
+def rtt_sample_on_ack(c: Connection, seg: TcpSegment, new_una_off: int, now: float) -> None:
+    """Take an RTT sample from an ACK that advances SND.UNA (RFC 7323 §4 RTTM with
+    TSecr, else RFC 6298 §3 timing with Karn's rule)."""
+    tcb = c.tcb
+    ts = seg.options.timestamps
+    if tcb.timestamps and ts is not None and ts[1]:
+        ms = (c.tsval(now) - ts[1]) & 0xFFFFFFFF
+        if ms < 0x7FFFFFFF:
+            c.rtt.sample(ms / 1000)
+        c.rtt_offset = None
+        return
+    rtt_off = c.rtt_offset
+    if rtt_off is not None and new_una_off >= rtt_off:
+        c.rtt.sample(now - c.rtt_sent_at)
+        c.rtt_offset = None
+
+
+def transmit(c: Connection, now: float) -> None:
+    """Send whatever is due now: data and FIN within the windows, else a pending ACK."""
+    tcb = c.tcb
+    state = tcb.state
+    if state in _DATA_STATES and tcb.snd_una_offset >= 0:
+        send_data(c, now, force=False)
+    if c.ack_now and state is not TcpState.CLOSED and state is not TcpState.SYN_SENT:
+        if tcb.snd_una_offset < 0 and state is TcpState.SYN_RECEIVED:
+            c.ack_now = False  # our SYN,ACK carries the ACK; nothing else to send
+        else:
+            send_ack(c, now)
+
+
+def send_data(c: Connection, now: float, *, force: bool) -> None:
+    """Segmentize queued data (and FIN) from ``snd_ptr`` within min(cwnd, snd_wnd).
+
+    ``force`` sends one segment even if sender SWS avoidance would wait (persist timer).
+    """
+    tcb = c.tcb
+    buf = c.snd_buf
+    end = buf.end_offset
+    una_off = tcb.snd_una_offset
+    nxt_off = una_off + seq_diff(tcb.snd_nxt, tcb.snd_una)
+    ptr = c.snd_ptr
+    if ptr < una_off:
+        ptr = una_off
+    mss = tcb.mss
+    cwnd = c.cc.cwnd
+    wnd = tcb.snd_wnd if tcb.snd_wnd < cwnd else cwnd
+    fin_queued = tcb.state in _FIN_STATES
+    half_max = tcb.max_window >> 1
+    sent = False
+    while ptr < end:
+        unsent = end - ptr
+        usable = una_off + wnd - ptr
+        n = mss
+        if unsent < n:
+            n = unsent
+        if usable < n:
+            n = usable
+        if n <= 0:
+            break
+        if n < mss and n < unsent and n < half_max and not force:
+            break  # RFC 9293 §3.8.6.2.1: wait for a useful amount of window
+        force = False
+        payload = buf.view(ptr, n)
+        new_ptr = ptr + n
+        flags = ACK
+        if new_ptr == end:
+            flags = ACK | PSH
+            if fin_queued:
+                flags = ACK | PSH | FIN
+        make_segment(c, seq_add(tcb.snd_una, ptr - una_off), flags, payload, now)
+        if flags & FIN:
+            new_ptr += 1
+        if new_ptr > nxt_off:
+            if ptr < nxt_off:
+                c.count("retransmit")
+            c._advance_snd_nxt(new_ptr)
+            nxt_off = new_ptr
+            if flags & FIN:
+                c._set("fin_sent", True)
+            if c.rtt_offset is None and not tcb.timestamps:
+                c.rtt_offset = new_ptr
+                c.rtt_sent_at = now
+        else:
+            c.count("retransmit")
+            c.rtt_offset = None  # Karn's rule
+        ptr = new_ptr
+        sent = True
+    if fin_queued and ptr == end and una_off <= end and (nxt_off == end or ptr < nxt_off):
+        # A FIN alone: all data is sent (or resent after a timeout). FIN needs no window.
+        make_segment(c, seq_add(tcb.snd_una, end - una_off), ACK | FIN, b"", now)
+        ptr = end + 1
+        if ptr > nxt_off:
+            c._advance_snd_nxt(ptr)
+            c._set("fin_sent", True)
+        else:
+            c.count("retransmit")
+        sent = True
+    c.snd_ptr = ptr
+    t = c.timers
+    if sent and t.retransmit_at is None:
+        t.retransmit_at = now + c.rtt.rto  # RFC 6298 (5.1)
+    if ptr < end and tcb.snd_una == tcb.snd_nxt and t.retransmit_at is None:
+        if t.persist_at is None:
+            t.persist_at = now + _persist_timeout(c)
+    elif t.persist_at is not None and tcb.snd_una != tcb.snd_nxt:
+        t.persist_at = None
+
+
+def _persist_timeout(c: Connection) -> float:
+    config = c.config
+    return min(max(c.rtt.rto, config.min_rto) * (1 << min(c.persist_backoff, 16)), config.max_rto)
+
+
+def retransmit_first(c: Connection, now: float) -> None:
+    """Resend the segment at SND.UNA (fast retransmit, NewReno partial ACK)."""
+    tcb = c.tcb
+    buf = c.snd_buf
+    una_off = tcb.snd_una_offset
+    nxt_off = c.snd_nxt_offset()
+    data_end = min(buf.end_offset, nxt_off)
+    n = min(tcb.mss, data_end - una_off)
+    c.count("retransmit")
+    c.rtt_offset = None  # Karn's rule
+    if n > 0:
+        flags = ACK
+        if una_off + n == buf.end_offset:
+            flags |= PSH
+            if tcb.fin_sent:
+                flags |= FIN
+        make_segment(c, tcb.snd_una, flags, buf.view(una_off, n), now)
+    elif tcb.fin_sent and una_off == buf.end_offset:
+        make_segment(c, tcb.snd_una, ACK | FIN, b"", now)
+
+
+def time_out(c: Connection, now: float, *, rst: bool) -> None:
+    """Give up: TimedOut and CLOSED (with a RST like Linux ``tcp_write_err`` paths)."""
+    tcb = c.tcb
+    if rst and tcb.state.synchronized():
+        send_rst(c, tcb.snd_nxt, with_ack=True, now=now)
+    c.emit(TimedOut())
+    c._set_state(TcpState.CLOSED, "timed out")
+
+
+def on_retransmit_timeout(c: Connection, now: float) -> None:
+    """RFC 6298 §5 (5.4)-(5.7) with RFC 5681 §3.1 (4) loss window; go-back-N from
+    SND.UNA. SYN and SYN,ACK are limited by ``syn_retries``, data by ``max_retries``."""
+    tcb = c.tcb
+    state = tcb.state
+    config = c.config
+    if state is TcpState.CLOSED or state is TcpState.TIME_WAIT:
+        return
+    if tcb.snd_una == tcb.snd_nxt:
+        return
+    c.retries += 1
+    c.rtt.backoff()  # RFC 6298 (5.5)
+    if tcb.snd_una_offset < 0:
+        if c.retries > config.syn_retries:
+            time_out(c, now, rst=False)
+            return
+        send_syn(c, now, retransmit=True)
+        c.timers.retransmit_at = now + c.rtt.rto
+        return
+    if c.retries > config.max_retries:
+        time_out(c, now, rst=True)
+        return
+    c.count("rto")
+    flight = c.snd_nxt_offset() - tcb.snd_una_offset
+    c.cc.on_rto(flight)
+    c.cc.recover_offset = c.snd_nxt_offset()  # RFC 6582 §3.2 step 4 (after an RTO)
+    c.dupacks = 0
+    c.rtt_offset = None  # Karn
+    c.snd_ptr = tcb.snd_una_offset
+    c.timers.retransmit_at = now + c.rtt.rto  # RFC 6298 (5.6)
+    c.timers.persist_at = None
+    send_data(c, now, force=True)
+
+
+def on_persist_timeout(c: Connection, now: float) -> None:
+    """Zero-window probe (RFC 9293 §3.8.6.1), or one forced segment if the window is
+    open but too small for SWS avoidance; the interval backs off."""
+    tcb = c.tcb
+    if tcb.state not in _DATA_STATES or tcb.snd_una_offset < 0:
+        return
+    if c.snd_ptr >= c.snd_buf.end_offset or tcb.snd_una != tcb.snd_nxt:
+        return
+    c.probes += 1
+    if c.probes > c.config.zero_window_probe_max:
+        time_out(c, now, rst=True)
+        return
+    c.persist_backoff += 1
+    wnd = min(tcb.snd_wnd, c.cc.cwnd)
+    if wnd > 0:
+        send_data(c, now, force=True)
+    else:
+        # Linux tcp_xmit_probe_skb: an old sequence number makes the peer answer with
+        # its current window, without putting a byte beyond the window in flight.
+        c.count("zero_window_probe")
+        make_segment(c, seq_add(tcb.snd_una, -1), ACK, b"", now)
+    if tcb.snd_una == tcb.snd_nxt:
+        c.timers.persist_at = now + _persist_timeout(c)
+
+
+def on_keepalive_timeout(c: Connection, now: float) -> None:
+    """RFC 9293 §3.8.4 keepalive probe <SEQ=SND.UNA-1>; RST + TimedOut when exhausted."""
+    config = c.config
+    idle = config.keepalive_idle
+    tcb = c.tcb
+    if idle is None or tcb.state not in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT):
+        return
+    if now - c.last_rx_at < idle and c.probes == 0:
+        c.timers.keepalive_at = c.last_rx_at + idle
+        return
+    if c.probes >= config.keepalive_probes:
+        time_out(c, now, rst=True)
+        return
+    c.probes += 1
+    make_segment(c, seq_add(tcb.snd_una, -1), ACK, b"", now)
+    c.timers.keepalive_at = now + config.keepalive_interval
+
+
+def arm_orphan_timer(c: Connection, now: float) -> None:
+    """FIN-WAIT-2 after ``app_close``: nobody can read, so do not wait forever
+    (Linux ``tcp_fin_timeout``; we reuse ``time_wait_timeout``)."""
+    c.timers.time_wait_at = now + c.config.time_wait_timeout

@@ -1,0 +1,213 @@
+"""Stream buffers indexed by unbounded stream offsets (byte 0 = first byte after the SYN).
+
+Payloads are kept as immutable ``bytes`` chunks, so a ``memoryview`` handed out in an
+``OutSegment`` stays valid however long the driver holds it (a resizable ``bytearray``
+could not be appended to while a view of it is alive). Each payload is copied once on
+the way in (``bytes(view)``; the same object then also goes into the delta op) and
+sliced without copying on the way out whenever the slice lies inside one chunk.
+
+Sequence number <-> offset conversions live here (STYLE.md §7).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections import deque
+
+from ..wire.seq import Seq, seq_add, seq_diff
+
+
+def seq_to_offset(s: Seq, ref_seq: Seq, ref_offset: int) -> int:
+    """Offset of ``s`` given that ``ref_seq`` sits at ``ref_offset`` (|distance| < 2**31)."""
+    return ref_offset + seq_diff(s, ref_seq)
+
+
+def offset_to_seq(offset: int, ref_seq: Seq, ref_offset: int) -> Seq:
+    """Seq of ``offset`` given that ``ref_seq`` sits at ``ref_offset``."""
+    return seq_add(ref_seq, offset - ref_offset)
+
+
+class SendBuffer:
+    """Unacknowledged + unsent outbound bytes ``[base_offset, end_offset)``."""
+
+    __slots__ = ("_chunks", "_head", "_starts", "base_offset", "end_offset")
+
+    def __init__(self, base_offset: int = 0) -> None:
+        self._chunks: list[bytes] = []
+        self._starts: list[int] = []
+        self._head = 0
+        self.base_offset = base_offset
+        self.end_offset = base_offset
+
+    def __len__(self) -> int:
+        return self.end_offset - self.base_offset
+
+    def append(self, data: bytes) -> int:
+        """Append ``data``; returns its start offset."""
+        start = self.end_offset
+        if data:
+            self._chunks.append(data)
+            self._starts.append(start)
+            self.end_offset = start + len(data)
+        return start
+
+    def view(self, offset: int, size: int) -> bytes | memoryview:
+        """Bytes ``[offset, offset+size)``: a zero-copy view when inside one chunk."""
+        assert self.base_offset <= offset and offset + size <= self.end_offset
+        if size <= 0:
+            return b""
+        starts = self._starts
+        i = bisect_right(starts, offset, self._head) - 1
+        chunk = self._chunks[i]
+        rel = offset - starts[i]
+        if rel + size <= len(chunk):
+            if rel == 0 and size == len(chunk):
+                return chunk
+            return memoryview(chunk)[rel : rel + size]
+        parts: list[bytes | memoryview] = []
+        remaining = size
+        while remaining > 0:
+            chunk = self._chunks[i]
+            piece = memoryview(chunk)[rel : rel + remaining]
+            parts.append(piece)
+            remaining -= len(piece)
+            rel = 0
+            i += 1
+        return b"".join(parts)
+
+    def trim(self, below: int) -> None:
+        """Forget bytes below ``below`` (acknowledged)."""
+        if below <= self.base_offset:
+            return
+        below = min(below, self.end_offset)
+        self.base_offset = below
+        chunks, starts = self._chunks, self._starts
+        head = self._head
+        n = len(chunks)
+        while head < n and starts[head] + len(chunks[head]) <= below:
+            head += 1
+        if head >= 64 and head * 2 >= n:
+            del chunks[:head]
+            del starts[:head]
+            head = 0
+        self._head = head
+
+
+class RecvBuffer:
+    """In-order inbound bytes ``[read_offset, end_offset)`` not yet read by the app."""
+
+    __slots__ = ("_chunks", "_first_pos", "end_offset", "read_offset")
+
+    def __init__(self, read_offset: int = 0) -> None:
+        self._chunks: deque[bytes] = deque()
+        self._first_pos = 0  # bytes of _chunks[0] already read
+        self.read_offset = read_offset
+        self.end_offset = read_offset
+
+    def __len__(self) -> int:
+        return self.end_offset - self.read_offset
+
+    def append(self, data: bytes) -> None:
+        if data:
+            self._chunks.append(data)
+            self.end_offset += len(data)
+
+    def read(self, max_bytes: int) -> bytes:
+        """Remove and return up to ``max_bytes``; a whole chunk is returned uncopied."""
+        n = min(max_bytes, self.end_offset - self.read_offset)
+        if n <= 0:
+            return b""
+        chunks = self._chunks
+        first = chunks[0]
+        pos = self._first_pos
+        if pos == 0 and len(first) == n:
+            chunks.popleft()
+            self.read_offset += n
+            return first
+        parts: list[bytes | memoryview] = []
+        remaining = n
+        while remaining > 0:
+            first = chunks[0]
+            avail = len(first) - pos
+            if avail <= remaining:
+                parts.append(memoryview(first)[pos:] if pos else first)
+                chunks.popleft()
+                remaining -= avail
+                pos = 0
+            else:
+                parts.append(memoryview(first)[pos : pos + remaining])
+                pos += remaining
+                remaining = 0
+        self._first_pos = pos
+        self.read_offset += n
+        if len(parts) == 1:
+            return bytes(parts[0])
+        return b"".join(parts)
+
+
+class Reassembly:
+    """Out-of-order inbound ranges (RFC 9293 §3.10.7.4 step 7 "queue for later").
+
+    Ranges are kept sorted and disjoint; overlapping retransmissions keep the bytes
+    already held. ``fin_offset`` remembers an out-of-order FIN.
+    """
+
+    __slots__ = ("_ranges", "fin_offset", "size")
+
+    def __init__(self) -> None:
+        self._ranges: list[tuple[int, bytes]] = []
+        self.fin_offset: int | None = None
+        self.size = 0
+
+    def __bool__(self) -> bool:
+        return bool(self._ranges) or self.fin_offset is not None
+
+    def ranges(self) -> list[tuple[int, int]]:
+        return [(s, s + len(d)) for s, d in self._ranges]
+
+    def insert(self, offset: int, data: bytes | memoryview) -> None:
+        """Hold ``data`` at ``offset``; only parts not already held are copied."""
+        end = offset + len(data)
+        new: list[tuple[int, bytes]] = []
+        pos = offset
+        for s, d in self._ranges:
+            e = s + len(d)
+            if e <= pos:
+                continue
+            if s >= end:
+                break
+            if s > pos:
+                new.append((pos, bytes(data[pos - offset : s - offset])))
+            pos = max(pos, e)
+            if pos >= end:
+                break
+        if pos < end:
+            new.append((pos, bytes(data[pos - offset :])))
+        if not new:
+            return
+        merged = self._ranges + new
+        merged.sort(key=lambda r: r[0])
+        self._ranges = merged
+        self.size += sum(len(d) for _, d in new)
+
+    def pop_from(self, offset: int) -> list[bytes]:
+        """Remove and return the chunks that continue the stream at ``offset``.
+
+        Ranges wholly below ``offset`` are dropped; a range straddling it is trimmed.
+        """
+        out: list[bytes] = []
+        ranges = self._ranges
+        i = 0
+        while i < len(ranges):
+            s, d = ranges[i]
+            e = s + len(d)
+            if s > offset:
+                break
+            self.size -= len(d)
+            if e > offset:
+                out.append(d if s == offset else d[offset - s :])
+                offset = e
+            i += 1
+        if i:
+            del ranges[:i]
+        return out

@@ -1,0 +1,76 @@
+"""Congestion control: Reno with NewReno fast recovery (RFC 5681, RFC 6582).
+
+Runtime only: after a restore the window restarts conservatively (DESIGN.md).
+Fast-retransmit decisions are taken by the machine (``_arrive.check_ack``); this
+object owns the numbers.
+"""
+
+from __future__ import annotations
+
+
+class NewReno:
+    """cwnd/ssthresh bookkeeping in bytes.
+
+    Attributes:
+        cwnd: Congestion window (bytes).
+        ssthresh: Slow start threshold (bytes).
+        in_recovery: In NewReno fast recovery until ``recover`` is acknowledged.
+        recover_offset: Stream offset of ``snd_nxt`` when recovery started (RFC 6582 §3.2).
+    """
+
+    __slots__ = ("bytes_acked", "cwnd", "in_recovery", "mss", "recover_offset", "ssthresh")
+
+    def __init__(self, mss: int, initial_segments: int) -> None:
+        self.mss = mss
+        # RFC 6928 / RFC 5681 §3.1: IW; Linux default 10 segments.
+        self.cwnd = max(1, initial_segments) * mss
+        self.ssthresh = 1 << 62  # RFC 5681 §3.1: "arbitrarily high"
+        self.in_recovery = False
+        self.recover_offset = 0
+        self.bytes_acked = 0
+
+    def set_mss(self, mss: int, initial_segments: int) -> None:
+        self.mss = mss
+        self.cwnd = max(1, initial_segments) * mss
+
+    def on_ack(self, acked: int) -> None:
+        """New data acknowledged outside fast recovery (RFC 5681 §3.1)."""
+        mss = self.mss
+        if self.cwnd < self.ssthresh:
+            # Slow start with RFC 3465 ABC, L = 2*SMSS.
+            self.cwnd += min(acked, 2 * mss)
+        else:
+            # Congestion avoidance: +1 SMSS per cwnd of acknowledged bytes (RFC 5681 (3)).
+            self.bytes_acked += acked
+            if self.bytes_acked >= self.cwnd:
+                self.bytes_acked -= self.cwnd
+                self.cwnd += mss
+
+    def enter_recovery(self, flight: int, snd_nxt_offset: int) -> None:
+        """Third duplicate ACK (RFC 5681 §3.2 steps 2-3; RFC 6582 §3.2 step 2)."""
+        self.ssthresh = max(flight // 2, 2 * self.mss)
+        self.cwnd = self.ssthresh + 3 * self.mss
+        self.in_recovery = True
+        self.recover_offset = snd_nxt_offset
+
+    def on_dupack_in_recovery(self) -> None:
+        """RFC 5681 §3.2 step 4: inflate by one SMSS per further duplicate ACK."""
+        self.cwnd += self.mss
+
+    def on_partial_ack(self, acked: int) -> None:
+        """RFC 6582 §3.2 step 3 (partial ACK): deflate by the amount acked, add back SMSS."""
+        self.cwnd = max(self.cwnd - acked, 0) + (self.mss if acked >= self.mss else 0)
+        self.cwnd = max(self.cwnd, self.mss)
+
+    def exit_recovery(self, flight: int) -> None:
+        """RFC 6582 §3.2 step 3 (full ACK): ``min(ssthresh, max(FlightSize, SMSS) + SMSS)``."""
+        self.cwnd = min(self.ssthresh, max(flight, self.mss) + self.mss)
+        self.in_recovery = False
+        self.bytes_acked = 0
+
+    def on_rto(self, flight: int) -> None:
+        """RFC 5681 §3.1 (4): ssthresh = max(FlightSize/2, 2*SMSS); cwnd = 1 SMSS (LW)."""
+        self.ssthresh = max(flight // 2, 2 * self.mss)
+        self.cwnd = self.mss
+        self.in_recovery = False
+        self.bytes_acked = 0

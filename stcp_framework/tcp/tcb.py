@@ -1,0 +1,177 @@
+"""The persisted transmission control block (RFC 9293 §3.3.1, CRIU ``libsoccr_sk_data``).
+
+``Tcb`` holds exactly what a restore needs and nothing that can be rebuilt (timers, RTT
+estimator, congestion state: STYLE.md §4). It is a mutable slots record for speed; only
+``Connection``'s mutators assign to it, and each assignment is mirrored into the pending
+``TcbSet`` of the next delta, so the store always sees what the machine sees.
+
+Record encoding (``to_record``/``from_record`` and ``TcbSet.fields``): plain ``int``,
+``bool`` and ``str`` values; ``state`` is the RFC spelling (``"ESTABLISHED"``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..wire.seq import Seq
+from .state import TcpState
+
+SCHEMA_VERSION = 1
+"""Bumped whenever a field changes meaning; ``from_record`` refuses newer schemas."""
+
+TCB_FIELDS: tuple[str, ...] = (
+    "state",
+    "iss",
+    "irs",
+    "snd_una",
+    "snd_nxt",
+    "snd_wnd",
+    "snd_wl1",
+    "snd_wl2",
+    "max_window",
+    "rcv_nxt",
+    "rcv_wnd",
+    "rcv_wup",
+    "mss",
+    "snd_wscale",
+    "rcv_wscale",
+    "timestamps",
+    "tsval_offset",
+    "ts_recent",
+    "sack_permitted",
+    "fin_sent",
+    "fin_received",
+    "snd_una_offset",
+    "rcv_nxt_offset",
+    "read_offset",
+    "commit_offset",
+    "app_closed",
+)
+
+
+class Tcb:
+    """The persisted record of one connection.
+
+    Attributes:
+        state: RFC 9293 state.
+        iss, irs: Initial send / receive sequence numbers (the SYNs' seqs).
+        snd_una: Oldest unacknowledged seq.
+        snd_nxt: Highest seq sent so far + 1 (BSD ``snd_max``): after an RTO the machine
+            resends from ``snd_una`` with a runtime pointer, and ``snd_nxt`` never moves
+            back, so an ACK of anything ever sent stays acceptable after a restore.
+            ``snd_nxt - snd_una`` == bytes in flight (+1 while SYN or FIN unacked).
+        snd_wnd: Peer's window in bytes (already scaled); ``snd_wl1``/``snd_wl2``: seq
+            and ack of the segment that last updated it (RFC 9293 §3.10.7.4 step 5).
+        max_window: Largest ``snd_wnd`` seen (RFC 5961 §5, sender SWS avoidance).
+        rcv_nxt: Next seq expected. ``rcv_wnd``: window advertised in the last segment
+            sent, in bytes; ``rcv_wup``: ``rcv_nxt`` at that moment, so the advertised
+            right edge is ``rcv_wup + rcv_wnd`` and never moves left (RFC 7323 §2.4).
+        mss: Effective send MSS: payload bytes per segment, option bytes deducted.
+        snd_wscale, rcv_wscale: Window shift counts (RFC 7323 §2), 0 if not negotiated.
+        timestamps: RFC 7323 timestamps negotiated.
+        tsval_offset: Our timestamp clock base: ``tsval = int(now*1000) + tsval_offset``.
+        ts_recent: Latest peer TSval to echo (RFC 7323 §4.3).
+        sack_permitted: Always False for now (SACK not implemented).
+        fin_sent, fin_received: A FIN was transmitted / accepted in order.
+        snd_una_offset: Stream offset of ``snd_una`` (-1 while the SYN is unacknowledged;
+            data length + 1 once our FIN is acknowledged).
+        rcv_nxt_offset: Stream offset of ``rcv_nxt`` (data length + 1 after the FIN).
+        read_offset: Inbound bytes the app has read. ``commit_offset``: app committed.
+        app_closed: The app called ``close()``: inbound data from now on gets a RST.
+    """
+
+    __slots__ = TCB_FIELDS
+
+    state: TcpState
+    iss: Seq
+    irs: Seq
+    snd_una: Seq
+    snd_nxt: Seq
+    snd_wnd: int
+    snd_wl1: Seq
+    snd_wl2: Seq
+    max_window: int
+    rcv_nxt: Seq
+    rcv_wnd: int
+    rcv_wup: Seq
+    mss: int
+    snd_wscale: int
+    rcv_wscale: int
+    timestamps: bool
+    tsval_offset: int
+    ts_recent: int
+    sack_permitted: bool
+    fin_sent: bool
+    fin_received: bool
+    snd_una_offset: int
+    rcv_nxt_offset: int
+    read_offset: int
+    commit_offset: int
+    app_closed: bool
+
+    def __init__(self, *, iss: Seq, tsval_offset: int, mss: int) -> None:
+        self.state = TcpState.CLOSED
+        self.iss = iss
+        self.irs = Seq(0)
+        self.snd_una = iss
+        self.snd_nxt = iss
+        self.snd_wnd = 0
+        self.snd_wl1 = Seq(0)
+        self.snd_wl2 = Seq(0)
+        self.max_window = 0
+        self.rcv_nxt = Seq(0)
+        self.rcv_wnd = 0
+        self.rcv_wup = Seq(0)
+        self.mss = mss
+        self.snd_wscale = 0
+        self.rcv_wscale = 0
+        self.timestamps = False
+        self.tsval_offset = tsval_offset
+        self.ts_recent = 0
+        self.sack_permitted = False
+        self.fin_sent = False
+        self.fin_received = False
+        self.snd_una_offset = -1
+        self.rcv_nxt_offset = -1
+        self.read_offset = 0
+        self.commit_offset = 0
+        self.app_closed = False
+
+    def to_record(self) -> dict[str, Any]:
+        """Every field as plain values, plus ``"schema"``."""
+        rec: dict[str, Any] = {name: getattr(self, name) for name in TCB_FIELDS}
+        rec["state"] = self.state.value
+        rec["schema"] = SCHEMA_VERSION
+        return rec
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> Tcb:
+        """Inverse of ``to_record``.
+
+        Raises:
+            ValueError: The record was written by a newer schema, or misses a field.
+        """
+        schema = int(rec.get("schema", SCHEMA_VERSION))
+        if schema > SCHEMA_VERSION:
+            raise ValueError(f"TCB schema {schema} is newer than {SCHEMA_VERSION}")
+        missing = [name for name in TCB_FIELDS if name not in rec]
+        if missing:
+            raise ValueError(f"TCB record misses {', '.join(missing)}")
+        tcb = cls(iss=Seq(int(rec["iss"])), tsval_offset=0, mss=0)
+        for name in TCB_FIELDS:
+            value = rec[name]
+            if name == "state":
+                value = TcpState(value)
+            setattr(tcb, name, value)
+        return tcb
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Tcb):
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in TCB_FIELDS)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in TCB_FIELDS)
+        return f"Tcb({inner})"

@@ -1,0 +1,85 @@
+"""The ``stcp`` command: complete help, and one clear line for bad input or privilege."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+STCP = [sys.executable, "-m", "stcp_framework.cli.main"]
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+
+
+def run(
+    *args: str, prefix: list[str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*(prefix or []), *STCP, *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_top_level_help_lists_every_command() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    for command in ("net", "run", "demo"):
+        assert command in result.stdout
+    assert "unshare -n" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["net", "--help"], ["up", "down"]),
+        (["net", "up", "--help"], ["--dev", "--addr", "--addr6", "--mtu"]),
+        (["net", "down", "--help"], ["--dev"]),
+        (
+            ["run", "--help"],
+            ["echo", "discard", "chargen", "--dev", "--listen", "--store", "--pcap"],
+        ),
+        (["demo", "--help"], ["--size", "root"]),
+    ],
+)
+def test_every_subcommand_has_complete_help(args: list[str], expected: list[str]) -> None:
+    result = run(*args)
+    assert result.returncode == 0, result.stderr
+    for word in expected:
+        assert word in result.stdout, word
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.returncode == 0 and result.stdout.startswith("stcp ")
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("stcp: error: ")
+    return lines[0]
+
+
+def test_run_with_missing_device_prints_one_line() -> None:
+    line = one_error_line(run("run", "echo", "--dev", "stcpnope9", "--listen", "198.18.0.2:7"))
+    assert "stcpnope9 not found" in line and "stcp net up" in line
+
+
+def test_run_without_listen_address_prints_one_line() -> None:
+    line = one_error_line(run("run", "echo", "--dev", "stcp0"))
+    assert "--listen" in line
+
+
+def test_bad_listen_address_is_a_usage_error() -> None:
+    result = run("run", "echo", "--listen", "not-an-address")
+    assert result.returncode == 2
+    assert "ADDRESS:PORT" in result.stderr
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) missing")
+def test_demo_without_root_prints_one_line() -> None:
+    result = run("demo") if os.geteuid() != 0 else run("demo", prefix=NOBODY)
+    line = one_error_line(result)
+    assert "root" in line or "/dev/net/tun" in line
