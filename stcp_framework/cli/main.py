@@ -54,13 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    from .demo import add_demo_parser
     from .net import add_net_parser
     from .run import add_run_parser
+    from .store import add_store_parser
 
     add_net_parser(sub)
     add_run_parser(sub)
-    from .demo import add_demo_parser
-
+    add_store_parser(sub)
     add_demo_parser(sub)
     return parser
 

@@ -40,6 +40,7 @@ def test_top_level_help_lists_every_command() -> None:
             ["echo", "discard", "chargen", "--dev", "--listen", "--store", "--pcap"],
         ),
         (["demo", "--help"], ["--size", "root"]),
+        (["store", "--help"], ["up", "down", "status"]),
     ],
 )
 def test_every_subcommand_has_complete_help(args: list[str], expected: list[str]) -> None:
@@ -83,3 +84,10 @@ def test_demo_without_root_prints_one_line() -> None:
     result = run("demo") if os.geteuid() != 0 else run("demo", prefix=NOBODY)
     line = one_error_line(result)
     assert "root" in line or "/dev/net/tun" in line
+
+
+def test_store_cli_fsync_choices_match_the_embedded_store() -> None:
+    from stcp_framework.cli.store import FSYNC_POLICIES
+    from stcp_framework.store import embedded
+
+    assert FSYNC_POLICIES == embedded.FSYNC_POLICIES

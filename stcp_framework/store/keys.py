@@ -1,0 +1,98 @@
+"""Redis key layout of the store (DESIGN.md "Store layout").
+
+Every key of one flow carries the same hash tag, so the flow lives in one Redis Cluster
+slot and one Lua script can touch all of it atomically::
+
+    stcp:{<service>:<flow hash>}:tcb        hash: the TCB record + the flow's meta fields
+    stcp:{<service>:<flow hash>}:owner      string: the owner's fencing epoch (G5)
+    stcp:{<service>:<flow hash>}:app        string: the app state of the last commit (G4);
+                                            absent when the state is ``None``
+    stcp:{<service>:<flow hash>}:rx:<n>     string: inbound stream chunk n
+    stcp:{<service>:<flow hash>}:tx:<n>     string: outbound stream chunk n
+    stcp:{<service>}:flows                  set: every flow id of the service (the index)
+
+``<flow hash>`` is 16 hex digits of BLAKE2b over the flow id (the readable 4-tuple
+``local:port-remote:port``), so key names have a fixed length whatever the addresses.
+
+Chunks: chunk ``n`` covers stream offsets ``[n * CHUNK_SIZE, (n + 1) * CHUNK_SIZE)``, so
+appending, reading a range and trimming are each O(chunk), and offsets never wrap (they
+are unbounded stream offsets, not sequence numbers). The *first* live chunk of a stream
+is allowed to start late, at the stream's ``head`` offset (kept in the TCB hash): when a
+stream becomes empty every chunk is deleted and the next append starts a fresh chunk at
+its own offset instead of padding it with zeros from the chunk's start. So an idle flow
+holds no chunk at all, and an active one wastes at most one partly trimmed chunk per
+direction. The position of stream offset ``o`` in chunk ``n`` is
+``o - max(n * CHUNK_SIZE, head)``.
+
+The TCB hash's meta field ``.m`` (a name no ``Tcb`` field can take: see ``codec.py``)
+holds ``"<version> <rx base> <rx head> <rx end> <tx base> <tx head> <tx end> <commit
+offset>"`` in decimal: the version of the last applied delta, each stream's base (trimmed
+below), head (start of the first live chunk's bytes) and end, and the app's commit
+offset. One field read with one pattern match is the cheapest thing a commit script can
+check per flow (seven ``HMGET`` fields cost three times as much on a listpack hash).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+PREFIX = "stcp"
+CHUNK_SIZE = 65536 - 16
+"""Bytes per buffer chunk. Part of the layout: every writer of one store must agree."""
+
+META_FIELD = ".m"
+"""The TCB hash field holding the flow's meta values (see above)."""
+
+
+def flow_hash(flow_id: str) -> str:
+    """16 hex digits naming a flow inside its hash tag."""
+    return hashlib.blake2b(flow_id.encode(), digest_size=8).hexdigest()
+
+
+def flow_tag(service: str, flow_id: str) -> str:
+    """``stcp:{<service>:<flow hash>}``: the prefix of every key of one flow."""
+    return f"{PREFIX}:{{{service}:{flow_hash(flow_id)}}}"
+
+
+def tcb_key(tag: str) -> str:
+    return f"{tag}:tcb"
+
+
+def owner_key(tag: str) -> str:
+    return f"{tag}:owner"
+
+
+def app_key(tag: str) -> str:
+    return f"{tag}:app"
+
+
+def rx_chunk_key(tag: str, n: int) -> str:
+    """Inbound chunk ``n`` (stream offsets ``[n * CHUNK_SIZE, (n + 1) * CHUNK_SIZE)``)."""
+    return f"{tag}:rx:{n}"
+
+
+def tx_chunk_key(tag: str, n: int) -> str:
+    """Outbound chunk ``n``."""
+    return f"{tag}:tx:{n}"
+
+
+def index_key(service: str) -> str:
+    """The set of every flow id of ``service``."""
+    return f"{PREFIX}:{{{service}}}:flows"
+
+
+INDEX_PATTERN = f"{PREFIX}:{{*}}:flows"
+"""SCAN pattern matching every service's index (for ``stcp store status``)."""
+
+
+def validate_service(service: str) -> str:
+    """A service name is part of every key: refuse ones that would break the hash tag.
+
+    Raises:
+        ValueError: Empty, or contains ``{``, ``}`` or whitespace.
+    """
+    if not service or any(c in service for c in "{}") or any(c.isspace() for c in service):
+        raise ValueError(
+            f"bad service name {service!r}: use a non-empty name without braces or spaces"
+        )
+    return service

