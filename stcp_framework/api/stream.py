@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -142,7 +143,7 @@ class Stream(trio.abc.HalfCloseableStream):
         """Up to ``max_bytes`` received bytes; ``b""`` once the peer sent FIN and all was read."""
         if max_bytes is None:
             max_bytes = DEFAULT_RECEIVE_SIZE
-        elif max_bytes < 1:
+        elif operator.index(max_bytes) < 1:  # TypeError for 1.5 (trio's stream contract)
             raise ValueError("max_bytes must be >= 1")
         with self._recv_conflict:
             self._check_usable()

@@ -1,0 +1,353 @@
+"""The ``Stream``, ``Listener`` and ``Stack`` API over the simulator (trio's contract).
+
+Every test runs two stacks from ``stcp_framework.testing.open_sim_pair`` on trio's
+``MockClock(autojump_threshold=0)``; the ``fail_after`` budgets are virtual seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import trio
+import trio.testing
+
+from stcp_framework.api import Stream
+from stcp_framework.errors import ConnectionRefused, ConnectionResetByPeer, ConnectionTimedOut
+from stcp_framework.services import echo
+from stcp_framework.tcp.config import TcpConfig
+from stcp_framework.tcp.state import TcpState
+from stcp_framework.testing import (
+    CHECK_CONFIG,
+    CLIENT_ADDRESS,
+    CLIENT_ADDRESS6,
+    SERVER_ADDRESS,
+    SERVER_ADDRESS6,
+    clog,
+    open_sim_pair,
+    send_space,
+)
+from stcp_framework.wire.drop import DropReason
+
+PORT = 7
+BUDGET = 600.0  # virtual seconds; a hang fails instead of spinning forever
+
+
+async def receive_exactly(stream: Stream, size: int) -> bytes:
+    got = bytearray()
+    while len(got) < size:
+        chunk = await stream.receive_some(size - len(got))
+        assert chunk, f"EOF after {len(got)} of {size} bytes"
+        got += chunk
+    return bytes(got)
+
+
+# ----------------------------------------------------------------- addresses
+
+
+@pytest.mark.parametrize(
+    ("ipv6", "client_host", "server_host"),
+    [(False, CLIENT_ADDRESS, SERVER_ADDRESS), (True, CLIENT_ADDRESS6, SERVER_ADDRESS6)],
+)
+async def test_local_and_remote_address(
+    autojump_clock: trio.testing.MockClock, ipv6: bool, client_host: str, server_host: str
+) -> None:
+    with trio.fail_after(BUDGET):
+        async with open_sim_pair(10, ipv6=ipv6) as pair:
+            listener = pair.server.listen(PORT)
+            client, server = await pair.stream_pair(listener)
+            host, port = client.local_address
+            assert host == client_host
+            assert 32768 <= port < 61000  # Linux ip_local_port_range
+            assert client.remote_address == (server_host, PORT)
+            assert server.local_address == (server_host, PORT)
+            assert server.remote_address == client.local_address
+            assert client.state is TcpState.ESTABLISHED
+            assert server.state is TcpState.ESTABLISHED
+            await client.aclose()
+            await server.aclose()
+
+
+async def test_each_connect_gets_its_own_ephemeral_port(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(BUDGET):
+        async with open_sim_pair(11) as pair:
+            listener = pair.server.listen(PORT)
+            pairs = [await pair.stream_pair(listener) for _ in range(20)]
+            ports = {client.local_address[1] for client, _ in pairs}
+            assert len(ports) == 20
+            for client, server in pairs:
+                await client.aclose()
+                await server.aclose()
+
+
+# ------------------------------------------------------------- busy / closed
+
+
+async def test_concurrent_receive_is_busy(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(BUDGET):
+        async with open_sim_pair(12) as pair:
+            client, server = await pair.stream_pair(pair.server.listen(PORT))
+            with pytest.RaisesGroup(trio.BusyResourceError):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(server.receive_some, 10)
+                    await trio.testing.wait_all_tasks_blocked()
+                    nursery.start_soon(server.receive_some, 10)
+            await client.aclose()
+            await server.aclose()
+
+
+async def test_concurrent_send_is_busy(autojump_clock: trio.testing.MockClock) -> None:
+    """A second sender while the first waits for window (the stream is clogged)."""
+    with trio.fail_after(BUDGET):
+        async with open_sim_pair(13, config=CHECK_CONFIG) as pair:
+            client, server = await pair.stream_pair(pair.server.listen(PORT))
+            await clog(client)
+            assert send_space(client) == 0
+            with pytest.RaisesGroup(trio.BusyResourceError):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(client.send_all, b"a")
+                    await trio.testing.wait_all_tasks_blocked()
+                    nursery.start_soon(client.send_all, b"b")
+            with pytest.RaisesGroup(trio.BusyResourceError):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(client.send_all, b"a")
+                    await trio.testing.wait_all_tasks_blocked()
+                    nursery.start_soon(client.send_eof)
+            await client.aclose()
+            await server.aclose()
+
+
+async def test_every_call_after_aclose_is_closed_resource_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(BUDGET):
+        async with open_sim_pair(14) as pair:
+            client, server = await pair.stream_pair(pair.server.listen(PORT))
+            await client.aclose()
+            await client.aclose()  # idempotent
+            with pytest.raises(trio.ClosedResourceError):
+                await client.send_all(b"x")
+            with pytest.raises(trio.ClosedResourceError):
+                await client.send_all(b"")
+            with pytest.raises(trio.ClosedResourceError):
+                await client.receive_some(1)
+            with pytest.raises(trio.ClosedResourceError):
+                await client.send_eof()
+            with pytest.raises(trio.ClosedResourceError):
+                await client.wait_send_all_might_not_block()
+            # The peer sees an orderly close (FIN), not an error.
+            assert await server.receive_some(10) == b""
+            await server.aclose()
+
+
+async def test_send_after_send_eof_is_closed_but_receive_continues(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(BUDGET):
+        async with open_sim_pair(15) as pair:
+            client, server = await pair.stream_pair(pair.server.listen(PORT))
+            await client.send_all(b"question")
+            await client.send_eof()
+            with pytest.raises(trio.ClosedResourceError):
+                await client.send_all(b"more")
+            assert await receive_exactly(server, 8) == b"question"
+            assert await server.receive_some(10) == b""
+            assert server.state is TcpState.CLOSE_WAIT
+            await server.send_all(b"answer")
+            await server.send_eof()
+            assert await receive_exactly(client, 6) == b"answer"
+            assert await client.receive_some(10) == b""
+            await client.aclose()
+            await server.aclose()
+
+
+# ------------------------------------------------------------------- resets
+
+
+async def test_peer_reset_is_broken_resource_error_caused_by_reset(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(BUDGET):
+        async with open_sim_pair(16) as pair:
+            client, server = await pair.stream_pair(pair.server.listen(PORT))
+            await server.abort()  # RST
+            with pytest.raises(trio.BrokenResourceError) as info:
+                await client.receive_some(10)
+            assert isinstance(info.value.__cause__, ConnectionResetByPeer)
+            # Once broken, it stays broken, on both directions.
+            with pytest.raises(trio.BrokenResourceError) as info:
+                await client.send_all(b"x")
+            assert isinstance(info.value.__cause__, ConnectionResetByPeer)
+            assert client.state is TcpState.CLOSED
+            await client.aclose()
+            with pytest.raises(trio.ClosedResourceError):
+                await client.receive_some(10)
+
+
+async def test_close_with_unread_data_resets_the_peer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Linux close(): unread received data turns the FIN into a RST (RFC 2525 §2.17)."""
+    with trio.fail_after(BUDGET):
+        async with open_sim_pair(17) as pair:
+            client, server = await pair.stream_pair(pair.server.listen(PORT))
+            await client.send_all(b"unread")
+            await trio.sleep(1)  # the bytes arrive at the server
+            await server.aclose()
+            with pytest.raises(trio.BrokenResourceError) as info:
+                await client.receive_some(10)
+            assert isinstance(info.value.__cause__, ConnectionResetByPeer)
+
+
+# ------------------------------------------------------------------ connect
+
+
+async def test_connect_to_closed_port_is_refused(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(BUDGET):
+        async with open_sim_pair(18) as pair:
+            start = trio.current_time()
+            with pytest.raises(ConnectionRefused):
+                await pair.client.connect(pair.server_address, 4444)
+            # One round trip: SYN out, RST+ACK back (RFC 9293 §3.10.7.1).
+            assert trio.current_time() - start == pytest.approx(2 * pair.network.delay)
+            assert pair.server.runtime.stats["rst_sent"] == 1
+            assert not pair.client.runtime.flows
+
+
+async def test_connect_across_a_partition_times_out(autojump_clock: trio.testing.MockClock) -> None:
+    """SYN retransmissions back off 1, 2, 4, ... s (RFC 6298 (5.5)) until syn_retries."""
+    config = TcpConfig(syn_retries=3)
+    with trio.fail_after(BUDGET):
+        async with open_sim_pair(19, config=config) as pair:
+            pair.network.partition(pair.client_link, pair.server_link)
+            start = trio.current_time()
+            with pytest.raises(ConnectionTimedOut):
+                await pair.client.connect(pair.server_address, PORT)
+            # SYN at 0, retransmits at 1, 3, 7; give up at 15 (Linux tcp_syn_retries math).
+            assert trio.current_time() - start == pytest.approx(1 + 2 + 4 + 8)
+            assert pair.client_link.counters.dropped_by_reason["partition"] == 4
+            assert not pair.client.runtime.flows
+
+
+async def test_cancelled_connect_leaves_no_flow(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(BUDGET):
+        async with open_sim_pair(20) as pair:
+            pair.network.partition(pair.client_link, pair.server_link)
+            with trio.move_on_after(2.5):
+                await pair.client.connect(pair.server_address, PORT)
+            await trio.sleep(1)
+            assert not pair.client.runtime.flows
+
+
+# ------------------------------------------------------------------ listener
+
+
+async def test_listener_backlog_drops_and_counts_extra_syns(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """SYNs beyond the backlog are dropped (Linux), the clients get in on retransmission."""
+    with trio.fail_after(BUDGET):
+        async with open_sim_pair(21) as pair:
+            listener = pair.server.listen(PORT, backlog=2)
+            streams: list[Stream] = []
+
+            async def connect_one() -> None:
+                streams.append(await pair.client.connect(pair.server_address, PORT))
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(5):
+                    nursery.start_soon(connect_one)
+                await trio.sleep(0.5)  # before the first SYN retransmission (1 s)
+                drops = pair.server.runtime.drops
+                assert drops[DropReason.BACKLOG_FULL] == 3
+                assert len(streams) == 2
+                accepted = [await listener.accept(), await listener.accept()]
+                # The three clients retransmit their SYN at 1 s: two fit in the backlog.
+                await trio.sleep(1)
+                assert len(streams) == 4
+                assert drops[DropReason.BACKLOG_FULL] == 4
+                accepted += [await listener.accept(), await listener.accept()]
+                accepted.append(await listener.accept())  # the last one, at 3 s
+            assert len(streams) == 5
+            assert trio.current_time() == pytest.approx(3 + 2 * pair.network.delay, abs=0.01)
+            assert sorted(s.local_address for s in streams) == sorted(
+                s.remote_address for s in accepted
+            )
+            await listener.aclose()
+            with pytest.raises(trio.ClosedResourceError):
+                await listener.accept()
+
+
+async def test_accept_wakes_with_closed_when_listener_closes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(BUDGET):
+        async with open_sim_pair(22) as pair:
+            listener = pair.server.listen(PORT)
+            async with trio.open_nursery() as nursery:
+
+                async def accept_expecting_closed() -> None:
+                    with pytest.raises(trio.ClosedResourceError):
+                        await listener.accept()
+
+                nursery.start_soon(accept_expecting_closed)
+                await trio.testing.wait_all_tasks_blocked()
+                await listener.aclose()
+            # The port is free again: a SYN to it is refused.
+            with pytest.raises(ConnectionRefused):
+                await pair.client.connect(pair.server_address, PORT)
+
+
+async def test_handler_exception_resets_only_its_connection(
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def fragile_echo(stream: Stream) -> None:
+        while data := await stream.receive_some(100):
+            if data == b"boom":
+                raise RuntimeError("handler bug")
+            await stream.send_all(data)
+
+    with trio.fail_after(BUDGET):
+        async with open_sim_pair(23) as pair, trio.open_nursery() as nursery:
+            await nursery.start(pair.server.serve, fragile_echo, PORT)
+            good = await pair.client.connect(pair.server_address, PORT)
+            bad = await pair.client.connect(pair.server_address, PORT)
+            await good.send_all(b"hello")
+            assert await receive_exactly(good, 5) == b"hello"
+            with caplog.at_level(logging.ERROR, logger="stcp.api"):
+                await bad.send_all(b"boom")
+                with pytest.raises(trio.BrokenResourceError) as info:
+                    await bad.receive_some(10)
+            assert isinstance(info.value.__cause__, ConnectionResetByPeer)
+            assert "handler failed" in caplog.text
+            # The other connection and the server carry on.
+            await good.send_all(b"still here")
+            assert await receive_exactly(good, 10) == b"still here"
+            third = await pair.client.connect(pair.server_address, PORT)
+            await third.send_all(b"new")
+            assert await receive_exactly(third, 3) == b"new"
+            for stream in (good, bad, third):
+                await stream.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_serve_echo_closes_after_handler_returns(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(BUDGET):
+        async with open_sim_pair(24) as pair, trio.open_nursery() as nursery:
+            await nursery.start(pair.server.serve, echo, PORT)
+            client = await pair.client.connect(pair.server_address, PORT)
+            await client.send_all(b"ping")
+            await client.send_eof()
+            assert await receive_exactly(client, 4) == b"ping"
+            assert await client.receive_some(10) == b""
+            await client.aclose()
+            # Orderly close on both ends: the client (active closer of the last FIN
+            # exchange) holds TIME-WAIT, the server flow is gone.
+            await trio.sleep(1)
+            assert not pair.server.runtime.flows
+            nursery.cancel_scope.cancel()
