@@ -18,7 +18,28 @@ class StoreUnavailable(StoreError):
 
 
 class FencedOut(StoreError):
-    """Fatal for the flow on this instance: another owner holds a newer epoch (G5)."""
+    """Fatal for the flow on this instance: another owner holds a newer epoch (G5).
+
+    Attributes:
+        flow_ids: The fenced flows (empty when the store could not tell).
+    """
+
+    def __init__(self, message: str, flow_ids: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.flow_ids = tuple(flow_ids)
+
+
+class FlowLost(StoreError):
+    """The store no longer holds (all of) these flows' state: reset them, keep the others.
+
+    Attributes:
+        flow_ids: The flows whose state is gone.
+    """
+
+    def __init__(self, flow_ids: Sequence[str], detail: str) -> None:
+        self.flow_ids = tuple(flow_ids)
+        shown = ", ".join(self.flow_ids[:5]) + (", ..." if len(self.flow_ids) > 5 else "")
+        super().__init__(f"store lost the state of {shown}: {detail}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +69,9 @@ class FlowRecord:
 
 class Store(Protocol):
     """What the stack needs from a store. ``MemoryStore`` and ``RedisStore`` conform."""
+
+    async def next_epoch(self, scope: str) -> int:
+        """A fencing epoch for ``scope`` (an instance) larger than any handed out before."""
 
     async def claim(self, flow_id: str, epoch: int) -> None:
         """Take ownership of a flow with ``epoch``; raises ``FencedOut`` if stale."""

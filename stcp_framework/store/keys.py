@@ -85,6 +85,11 @@ INDEX_PATTERN = f"{PREFIX}:{{*}}:flows"
 """SCAN pattern matching every service's index (for ``stcp store status``)."""
 
 
+def epoch_key(service: str) -> str:
+    """The counter behind ``next_epoch`` for one service (instance)."""
+    return f"stcp:{{{service}}}:epoch"
+
+
 def validate_service(service: str) -> str:
     """A service name is part of every key: refuse ones that would break the hash tag.
 

@@ -74,7 +74,12 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._flows: dict[str, _Flow] = {}
+        self._epochs: dict[str, int] = {}
         self.commits = 0  # group commits served (for tests and benchmarks)
+
+    async def next_epoch(self, scope: str) -> int:
+        self._epochs[scope] = epoch = self._epochs.get(scope, 0) + 1
+        return epoch
 
     async def claim(self, flow_id: str, epoch: int) -> None:
         self.claim_sync(flow_id, epoch)
@@ -84,7 +89,7 @@ class MemoryStore:
         if flow is None:
             self._flows[flow_id] = _Flow(epoch=epoch)
         elif epoch < flow.epoch:
-            raise FencedOut(f"{flow_id}: epoch {epoch} < owner epoch {flow.epoch}")
+            raise FencedOut(f"{flow_id}: epoch {epoch} < owner epoch {flow.epoch}", [flow_id])
         else:
             flow.epoch = epoch
 
@@ -94,10 +99,13 @@ class MemoryStore:
     def commit_sync(self, batch: Sequence[FlowDelta]) -> None:
         """Apply a group commit. Fencing is checked for the whole batch first."""
         flows = self._flows
-        for item in batch:
-            flow = flows.get(item.flow_id)
-            if flow is not None and item.epoch < flow.epoch:
-                raise FencedOut(f"{item.flow_id}: epoch {item.epoch} < owner {flow.epoch}")
+        fenced = [
+            item.flow_id
+            for item in batch
+            if (flow := flows.get(item.flow_id)) is not None and item.epoch < flow.epoch
+        ]
+        if fenced:
+            raise FencedOut(f"stale epoch for {', '.join(fenced[:5])}", fenced)
         for item in batch:
             flow = flows.get(item.flow_id)
             if flow is None:
@@ -143,7 +151,7 @@ class MemoryStore:
         flow = self._flows.get(flow_id)
         if flow is not None:
             if epoch < flow.epoch:
-                raise FencedOut(f"{flow_id}: epoch {epoch} < owner epoch {flow.epoch}")
+                raise FencedOut(f"{flow_id}: epoch {epoch} < owner epoch {flow.epoch}", [flow_id])
             del self._flows[flow_id]
 
     async def list_flows(self) -> list[str]:

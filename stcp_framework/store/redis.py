@@ -72,7 +72,7 @@ from redis.retry import Retry
 
 from ..tcp.delta import AppCommit, RxAppend, RxTrim, TcbSet, TxAppend, TxTrim
 from . import keys as K
-from .base import FencedOut, FlowDelta, FlowRecord, StoreError, StoreUnavailable
+from .base import FencedOut, FlowDelta, FlowLost, FlowRecord, StoreError, StoreUnavailable
 from .codec import decode_tcb, encode_fields
 
 __all__ = ["FlowLost", "RedisStore"]
@@ -346,18 +346,6 @@ return {'OK'}
 """
 
 
-class FlowLost(StoreError):
-    """Redis no longer holds (all of) these flows' state: reset them, keep the others.
-
-    Attributes:
-        flow_ids: The flows whose state is gone.
-    """
-
-    def __init__(self, flow_ids: Sequence[str], detail: str) -> None:
-        self.flow_ids = tuple(flow_ids)
-        super().__init__(f"store lost the state of {_summary(self.flow_ids, ', ')}: {detail}")
-
-
 def _summary(items: Sequence[str], sep: str = "; ", limit: int = 5) -> str:
     """At most ``limit`` items of a long list, for one readable error line."""
     text = sep.join(items[:limit])
@@ -526,6 +514,14 @@ class RedisStore:
     async def claim(self, flow_id: str, epoch: int) -> None:
         await trio.to_thread.run_sync(self.claim_sync, flow_id, epoch)
 
+    async def next_epoch(self, scope: str) -> int:
+        return await trio.to_thread.run_sync(self.next_epoch_sync, scope)
+
+    def next_epoch_sync(self, scope: str) -> int:
+        """``INCR`` of the scope's epoch counter: larger than every epoch handed out."""
+        with _store_errors("next_epoch"):
+            return int(self._client.incr(K.epoch_key(K.validate_service(scope))))
+
     def claim_sync(self, flow_id: str, epoch: int) -> None:
         """Raise the owner epoch of ``flow_id`` to ``epoch`` (G5).
 
@@ -537,7 +533,7 @@ class RedisStore:
         with _store_errors("claim"):
             reply = self._claim(keys=[K.owner_key(tag), self._index], args=[epoch, flow_id])
         if reply[0] == b"FENCED":
-            raise FencedOut(f"{flow_id}: epoch {epoch} < owner epoch {int(reply[1])}")
+            raise FencedOut(f"{flow_id}: epoch {epoch} < owner epoch {int(reply[1])}", [flow_id])
 
     # -- commit ----------------------------------------------------------------------
 
@@ -573,6 +569,7 @@ class RedisStore:
     def _raise_failures(self, batch: Sequence[FlowDelta], reply: list[Any]) -> None:
         """Raise for a refused batch, or note the chunks to declare and return."""
         fenced: list[str] = []
+        fenced_ids: list[str] = []
         lost: list[str] = []
         gaps: list[str] = []
         lost_why = ""
@@ -581,6 +578,7 @@ class RedisStore:
             item = batch[int(i) - 1]
             if kind == b"FENCED":
                 fenced.append(f"{item.flow_id}: epoch {item.epoch} < owner epoch {int(x)}")
+                fenced_ids.append(item.flow_id)
             elif kind == b"LOST":
                 lost.append(item.flow_id)
                 lost_why = x.decode() if isinstance(x, bytes) else str(x)
@@ -589,7 +587,7 @@ class RedisStore:
             else:  # KEYS: declare from these chunks on
                 self._first[item.flow_id] = (int(x), int(y))
         if fenced:
-            raise FencedOut(_summary(fenced))
+            raise FencedOut(_summary(fenced), fenced_ids)
         if lost:
             raise FlowLost(lost, lost_why)
         if gaps:
@@ -781,7 +779,7 @@ class RedisStore:
                 self._names.pop(flow_id, None)
                 return
             if reply[0] == b"FENCED":
-                raise FencedOut(f"{flow_id}: epoch {epoch} < owner epoch {int(reply[1])}")
+                raise FencedOut(f"{flow_id}: epoch {epoch} < owner epoch {int(reply[1])}", [flow_id])
             rx = (int(reply[1]), int(reply[2]))
             tx = (int(reply[3]), int(reply[4]))
         raise StoreError(f"forget {flow_id}: its buffers kept changing; retry later")
