@@ -79,8 +79,16 @@ __all__ = ["FlowLost", "RedisStore"]
 
 CHUNK_SIZE = K.CHUNK_SIZE
 _KEY_RETRIES = 3
-_TRANSIENT_REPLIES = ("LOADING", "MISCONF", "READONLY", "OOM", "BUSY", "MASTERDOWN",
-                      "NOREPLICAS", "TRYAGAIN")
+_TRANSIENT_REPLIES = (
+    "LOADING",
+    "MISCONF",
+    "READONLY",
+    "OOM",
+    "BUSY",
+    "MASTERDOWN",
+    "NOREPLICAS",
+    "TRYAGAIN",
+)
 
 
 # The Lua scripts. Plain scripts run with EVALSHA (redis-py's ``Script`` reloads them
@@ -652,8 +660,10 @@ class RedisStore:
                 rx_lo = tx_lo = 0
             rx_first, rx_n = _chunk_range(rx_lo, rx_hi)
             tx_first, tx_n = _chunk_range(tx_lo, tx_hi)
-            args += (flow_id, f"{item.epoch} {delta.version} {rx_first} {rx_n} {tx_first} "
-                              f"{tx_n} {len(ops)}")
+            args += (
+                flow_id,
+                f"{item.epoch} {delta.version} {rx_first} {rx_n} {tx_first} {tx_n} {len(ops)}",
+            )
             args += ops
             keys += flow_names.fixed
             if rx_n:
@@ -779,7 +789,9 @@ class RedisStore:
                 self._names.pop(flow_id, None)
                 return
             if reply[0] == b"FENCED":
-                raise FencedOut(f"{flow_id}: epoch {epoch} < owner epoch {int(reply[1])}", [flow_id])
+                raise FencedOut(
+                    f"{flow_id}: epoch {epoch} < owner epoch {int(reply[1])}", [flow_id]
+                )
             rx = (int(reply[1]), int(reply[2]))
             tx = (int(reply[3]), int(reply[4]))
         raise StoreError(f"forget {flow_id}: its buffers kept changing; retry later")
