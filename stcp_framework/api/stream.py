@@ -77,7 +77,7 @@ class Stream(trio.abc.HalfCloseableStream):
     @property
     def recovered(self) -> bool:
         """True when this stream was restored from the store after a restart."""
-        return False
+        return self._flow.recovered
 
     @property
     def flow_id(self) -> str:
@@ -112,7 +112,7 @@ class Stream(trio.abc.HalfCloseableStream):
                     view = view[n:]
                 if view:
                     await flow.lot.park()
-            await runtime.wait_round()
+            await runtime.wait_durable(flow)
             self._check_usable()
 
     async def wait_send_all_might_not_block(self) -> None:

@@ -9,7 +9,12 @@ Theory of operation:
     packets when ``recv_batch`` returns them, sent packets before they are handed to the
     inner device. Timestamps come from the ``clock`` callable (seconds as a float;
     ``time.time`` by default, ``trio.current_time`` for simulated runs) with microsecond
-    resolution.
+    resolution. The optional offload flags of ``link/base.py`` are the inner device's:
+    with checksum offload the recorded TCP checksums of packets the kernel or the stack
+    left for the other to complete are partial, as tcpdump shows on an offloading NIC.
+    ``snaplen`` keeps only the first bytes of each packet (the record's
+    ``orig_len`` still says how long it was), as ``tcpdump -s``: 128 bytes hold the
+    IPv6 and TCP headers with every option, so bulk transfers leave small captures.
 """
 
 from __future__ import annotations
@@ -22,11 +27,12 @@ from typing import BinaryIO
 
 from .base import PacketDevice
 
-__all__ = ["LINKTYPE_RAW", "PCAP_MAGIC", "PcapDevice", "PcapWriter"]
+__all__ = ["HEADERS_SNAPLEN", "LINKTYPE_RAW", "PCAP_MAGIC", "PcapDevice", "PcapWriter"]
 
 PCAP_MAGIC = 0xA1B2C3D4  # microsecond timestamps
 LINKTYPE_RAW = 101  # raw IPv4/IPv6, https://www.tcpdump.org/linktypes.html
 _SNAPLEN = 262144  # tcpdump's default; larger than any TUN packet (MTU <= 65535)
+HEADERS_SNAPLEN = 128  # IPv6 (40) + TCP with the largest options (60), rounded up
 _FILE_HEADER = struct.Struct(
     "<IHHiIII"
 )  # magic, major, minor, thiszone, sigfigs, snaplen, linktype
@@ -37,11 +43,18 @@ class PcapWriter:
     """Writes packets to a libpcap file; usable on its own or through ``PcapDevice``."""
 
     def __init__(
-        self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Callable[[], float] = time.time,
+        snaplen: int = _SNAPLEN,
     ) -> None:
+        if snaplen < 1:
+            raise ValueError(f"snaplen must be >= 1, not {snaplen}")
         self._clock = clock
+        self._snaplen = snaplen
         self._file: BinaryIO = open(path, "wb")  # noqa: SIM115 -- closed by close()
-        self._file.write(_FILE_HEADER.pack(PCAP_MAGIC, 2, 4, 0, 0, _SNAPLEN, LINKTYPE_RAW))
+        self._file.write(_FILE_HEADER.pack(PCAP_MAGIC, 2, 4, 0, 0, snaplen, LINKTYPE_RAW))
         self.packets_written = 0
 
     @property
@@ -57,7 +70,7 @@ class PcapWriter:
         ts_usec_total = max(0, round(ts * 1_000_000))
         ts_sec, ts_usec = divmod(ts_usec_total, 1_000_000)
         orig_len = len(packet)
-        incl_len = min(orig_len, _SNAPLEN)
+        incl_len = min(orig_len, self._snaplen)
         self._file.write(_RECORD_HEADER.pack(ts_sec & 0xFFFFFFFF, ts_usec, incl_len, orig_len))
         self._file.write(packet[:incl_len])
         self.packets_written += 1
@@ -81,6 +94,8 @@ class PcapDevice:
         inner: the device to wrap.
         path: pcap file to create (truncated if it exists).
         clock: timestamp source in seconds (``time.time`` by default).
+        snaplen: bytes kept of each packet (all of it by default; ``HEADERS_SNAPLEN``
+            keeps the IP and TCP headers only).
     """
 
     def __init__(
@@ -89,15 +104,26 @@ class PcapDevice:
         path: str | os.PathLike[str],
         *,
         clock: Callable[[], float] = time.time,
+        snaplen: int = _SNAPLEN,
     ) -> None:
         self.inner = inner
         self.path = os.fspath(path)
-        self.writer = PcapWriter(path, clock=clock)
+        self.writer = PcapWriter(path, clock=clock, snaplen=snaplen)
 
     @property
     def mtu(self) -> int:
         """The inner device's MTU."""
         return self.inner.mtu
+
+    @property
+    def rx_checksum_verified(self) -> bool:
+        """The inner device's optional offload flag (``link/base.py``), passed through."""
+        return bool(getattr(self.inner, "rx_checksum_verified", False))
+
+    @property
+    def tx_checksum_offload(self) -> bool:
+        """The inner device's optional offload flag (``link/base.py``), passed through."""
+        return bool(getattr(self.inner, "tx_checksum_offload", False))
 
     async def recv_batch(self, max_packets: int) -> list[memoryview]:
         """Receive from the inner device and record each packet."""

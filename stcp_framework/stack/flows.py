@@ -10,6 +10,7 @@ import trio
 
 if TYPE_CHECKING:
     from ..tcp.machine import Connection
+    from .runtime import Listener
 
 FlowKey = tuple[bytes, int, bytes, int]
 """(remote address, remote port, local address, local port), addresses packed."""
@@ -19,15 +20,39 @@ def format_addr(packed: bytes) -> str:
     return str(ipaddress.ip_address(packed))
 
 
-def flow_id_of(key: FlowKey) -> str:
-    """A readable, stable id: ``local:port-remote:port`` (IPv6 in brackets)."""
+def flow_id_of(key: FlowKey, iss: int) -> str:
+    """A readable id, unique per incarnation: ``local:port-remote:port/ISS`` (hex ISS).
+
+    The ISS makes a new connection that reuses a 4-tuple (Linux reuses ports within
+    seconds) a different record from the one before it, whatever state that one left.
+    """
     remote, rport, local, lport = key
 
     def part(addr: bytes, port: int) -> str:
         text = format_addr(addr)
         return f"[{text}]:{port}" if len(addr) == 16 else f"{text}:{port}"
 
-    return f"{part(local, lport)}-{part(remote, rport)}"
+    return f"{part(local, lport)}-{part(remote, rport)}/{iss:08x}"
+
+
+def flow_key_of(flow_id: str) -> FlowKey:
+    """Inverse of ``flow_id_of`` (the ISS is dropped).
+
+    Raises:
+        ValueError: Not an id made by ``flow_id_of``.
+    """
+    ends, _, _iss = flow_id.partition("/")
+    local_text, sep, remote_text = ends.partition("-")
+    if not sep:
+        raise ValueError(f"not a flow id: {flow_id!r}")
+
+    def parse(text: str) -> tuple[bytes, int]:
+        host, _, port = text.rpartition(":")
+        return ipaddress.ip_address(host.strip("[]")).packed, int(port)
+
+    local, lport = parse(local_text)
+    remote, rport = parse(remote_text)
+    return remote, rport, local, lport
 
 
 @dataclass(eq=False, slots=True)
@@ -52,6 +77,10 @@ class Flow:
     closed: bool = False  # reached CLOSED and left the flow table
     app_closed: bool = False
     dirty: bool = False
+    durable_version: int = 0  # the newest of this flow's delta versions the store holds
+    recovered: bool = False  # restored from the store after a restart
+    forgettable: bool = True  # remove the store record once CLOSED
+    backlog: Listener | None = None  # counted in this listener's SYN backlog
 
     @property
     def remote(self) -> tuple[str, int]:

@@ -35,17 +35,19 @@ import trio
 
 from ..errors import ConnectionRefused, ConnectionResetByPeer, ConnectionTimedOut, StcpConfigError
 from ..link.base import PacketDevice
-from ..store.base import FlowDelta, Store
+from ..store.base import FencedOut, FlowDelta, FlowLost, Store, StoreError, StoreUnavailable
 from ..tcp.config import TcpConfig
 from ..tcp.events import Closed, Connected, EofReceived, Reset, TimedOut
 from ..tcp.isn import iss_rfc6528
 from ..tcp.machine import Connection
 from ..tcp.state import TcpState
+from ..tcp.step import OutSegment
 from ..wire.drop import DropReason, MalformedPacket
 from ..wire.packet import build_packet, parse_packet_untrusted
 from ..wire.seq import Seq
 from ..wire.tcp import ACK, NO_OPTIONS, RST, SYN, Packet
 from .flows import Flow, FlowKey, flow_id_of
+from .recovery import restore_flows
 
 logger = logging.getLogger("stcp.stack")
 
@@ -54,6 +56,8 @@ IPV6_TCP_OVERHEAD = 60  # 40 B IPv6 + 20 B TCP header
 RECV_BATCH = 256
 EPHEMERAL_PORTS = range(32768, 61000)  # Linux ip_local_port_range default
 DEFAULT_SYN_BACKLOG = 1024  # Linux tcp_max_syn_backlog is of this order
+DURABILITY_MODES = ("strict", "async")
+FORGET_QUEUE = 65536  # closed flows waiting to be removed from the store
 
 
 class Listener:
@@ -77,7 +81,12 @@ class Runtime:
         addresses: The local IPv4/IPv6 addresses this stack answers for.
         config: Per-connection settings; ``mss`` is derived from the device MTU
             unless set explicitly (``None``).
-        epoch: The fencing epoch written with every delta (G5).
+        instance: Whose flows these are: on start the runtime takes a new fencing epoch
+            for this name (G5) and restores every flow the store holds for it.
+        durability: ``"strict"`` (default): a segment leaves only after the state it
+            depends on is durable (G1, G2). ``"async"``: segments leave at once and the
+            store catches up (the paper's offloader); a crash may lose what was
+            acknowledged but not yet written: at most the deltas of the rounds in flight.
         rng: Source of ephemeral ports (injected so tests are deterministic).
         iss_secret: Key of the RFC 6528 ISS function.
     """
@@ -89,11 +98,16 @@ class Runtime:
         addresses: Iterable[str],
         *,
         config: TcpConfig | None = None,
-        epoch: int = 1,
         rng: random.Random | None = None,
         iss_secret: bytes | None = None,
         syn_backlog: int = DEFAULT_SYN_BACKLOG,
+        durability: str = "strict",
+        instance: str = "default",
     ) -> None:
+        if durability not in DURABILITY_MODES:
+            raise StcpConfigError(
+                f"durability must be one of {', '.join(DURABILITY_MODES)}, not {durability!r}"
+            )
         self.device = device
         self.store = store
         self._addrs: set[bytes] = set()
@@ -113,7 +127,8 @@ class Runtime:
         mtu = device.mtu
         self._config4 = replace(base, mss=min(base.mss, mtu - IPV4_TCP_OVERHEAD))
         self._config6 = replace(base, mss=min(base.mss, mtu - IPV6_TCP_OVERHEAD))
-        self.epoch = epoch
+        self.epoch = 0  # set by run() from store.next_epoch(instance)
+        self.restored = 0
         self._rng = rng or random.Random()
         self._iss_secret = iss_secret if iss_secret is not None else os.urandom(16)
         self._syn_backlog = syn_backlog
@@ -130,7 +145,16 @@ class Runtime:
         self._timer_scope: trio.CancelScope | None = None
         self._rounds_started = 0
         self._rounds_done = 0
-        self._round_lot = trio.lowlevel.ParkingLot()
+        self.durability = durability
+        self._uncommitted: list[tuple[Flow, FlowDelta]] = []
+        self._store_retry_at = -math.inf
+        self._store_backoff = 0.0
+        self._closed_flows: list[Flow] = []
+        self._unclaimed: dict[int, list[Flow]] = {}  # restored flows waiting for listen()
+        self.instance = instance
+        self._forget_send, self._forget_receive = trio.open_memory_channel[tuple[str, int]](
+            FORGET_QUEUE
+        )
         self.store_error: BaseException | None = None
         # Checksum offload (link/base.py): the device verified received TCP checksums,
         # and/or completes the checksums of what we send.
@@ -140,9 +164,17 @@ class Runtime:
     # ------------------------------------------------------------------ tasks
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run the receive, timer and transmit loops until cancelled."""
+        """Claim and restore this instance's flows, then run the loops until cancelled.
+
+        Restoring comes first (gVisor's order): every stored flow is in the flow table
+        before the device is read, so no segment of a known flow meets "no such flow"
+        and an RST (G3).
+        """
+        self.epoch = await self.store.next_epoch(self.instance)
+        self.restored = await restore_flows(self)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._transmit_loop)
+            nursery.start_soon(self._forget_loop)
             nursery.start_soon(self._timer_loop)
             nursery.start_soon(self._receive_loop)
             task_status.started()
@@ -204,8 +236,11 @@ class Runtime:
                 iss=self._iss(now, key),
                 tsval_offset=self._rng.getrandbits(32),
             )
-            flow = Flow(key=key, flow_id=flow_id_of(key), conn=conn, listener_port=seg.dst_port)
+            flow = Flow(
+                key=key, flow_id=flow_id_of(key, conn.tcb.iss), conn=conn, listener_port=seg.dst_port
+            )
             listener.half_open += 1
+            flow.backlog = listener
             self.flows[key] = flow
             self.stats["passive_opens"] += 1
             self._mark(flow)
@@ -269,34 +304,35 @@ class Runtime:
 
     async def _transmit_loop(self) -> None:
         while True:
-            await self._tx_wakeup.wait()
+            retry_at = self._store_retry_at if self._uncommitted else math.inf
+            with trio.move_on_at(retry_at):
+                await self._tx_wakeup.wait()
             self._tx_wakeup = trio.Event()
             await self._round()
 
     async def _round(self) -> None:
-        """Drain every marked flow, group-commit the deltas, then transmit and wake."""
+        """Drain every marked flow, group-commit the deltas, then transmit and wake.
+
+        In strict mode a segment leaves only once the version it ``needs_version`` is
+        durable (G1, G2): while the store is unreachable (G7) such segments are withheld
+        -- the peer retransmits and nothing is acknowledged -- and the deltas are retried,
+        in order, with backoff. In async mode segments leave before the commit.
+        """
         self._rounds_started += 1
         dirty, self._dirty = self._dirty, []
         raw, self._pending_raw = self._pending_raw, []
         epoch = self.epoch
-        deltas: list[FlowDelta] = []
-        packets: list[bytes | bytearray | memoryview] = raw
+        items = self._uncommitted  # earlier deltas the store has not taken yet come first
+        self._uncommitted = []
+        outs: list[tuple[Flow, OutSegment]] = []
         woken: list[Flow] = []
-        offload = self._offload_checksum
         for flow in dirty:
             flow.dirty = False
             step = flow.conn.drain()
             if step.delta is not None:
-                deltas.append(FlowDelta(flow.flow_id, epoch, step.delta))
-            if step.segments:
-                remote, rport, local, lport = flow.key
-                for out in step.segments:
-                    packets.append(
-                        build_packet(
-                            local, remote, lport, rport, out.seq, out.ack, out.flags,
-                            out.window, out.options, out.payload, offload_checksum=offload,
-                        )
-                    )
+                items.append((flow, FlowDelta(flow.flow_id, epoch, step.delta)))
+            for out in step.segments:
+                outs.append((flow, out))
             if step.events:
                 self._on_events(flow, step.events)
                 woken.append(flow)
@@ -304,29 +340,144 @@ class Runtime:
                 woken.append(flow)  # window or buffer space may have changed
             if not flow.closed:
                 self._schedule(flow, flow.conn.next_deadline())
-        if deltas:
-            await self.store.commit(deltas)
-            self.stats["group_commits"] += 1
-        if packets:
-            self.stats["packets_out"] += len(packets)
-            await self.device.send_batch(packets)
+        if self.durability == "async":
+            await self._transmit(raw, outs, check_durable=False)
+            if items:
+                woken.extend(await self._commit(items))
+        else:
+            if items:
+                woken.extend(await self._commit(items))
+            await self._transmit(raw, outs, check_durable=True)
         for flow in woken:
             flow.lot.unpark_all()
         self._rounds_done += 1
-        self._round_lot.unpark_all()
+        if self._closed_flows:
+            self._forget_closed()
+
+    async def _commit(self, items: list[tuple[Flow, FlowDelta]]) -> list[Flow]:
+        """Group-commit ``items``; returns the flows whose durable version moved.
+
+        A flow the store fenced off (another instance owns it, G5) is dropped here
+        silently -- never reset, the new owner has it. A flow whose state the store lost
+        is reset (RST) and removed. Either way the other flows of the batch are retried
+        at once. If the store is unreachable, the batch is kept and retried later.
+        """
+        now = trio.current_time()
+        if now < self._store_retry_at:
+            self._uncommitted = items
+            return []
+        while items:
+            try:
+                await self.store.commit([delta for _, delta in items])
+            except StoreUnavailable as exc:
+                if self.store_error is None:
+                    logger.warning("store unavailable, holding ACKs and retrying: %s", exc)
+                self.store_error = exc
+                self.stats["store_unavailable"] += 1
+                self._store_backoff = min(max(self._store_backoff * 2, 0.05), 1.0)
+                self._store_retry_at = trio.current_time() + self._store_backoff
+                self._uncommitted = items
+                return []
+            except FencedOut as exc:
+                items = self._drop_failed(items, exc.flow_ids, exc, reset=False)
+            except FlowLost as exc:
+                items = self._drop_failed(items, exc.flow_ids, exc, reset=True)
+            else:
+                if self.store_error is not None:
+                    logger.warning("store is back; resuming")
+                self.store_error = None
+                self._store_backoff = 0.0
+                self._store_retry_at = -math.inf
+                self.stats["group_commits"] += 1
+                moved: list[Flow] = []
+                for flow, delta in items:
+                    flow.durable_version = delta.delta.version
+                    if flow.lot:
+                        moved.append(flow)
+                return moved
+        return []
+
+    def _drop_failed(
+        self,
+        items: list[tuple[Flow, FlowDelta]],
+        flow_ids: Iterable[str],
+        exc: StoreError,
+        *,
+        reset: bool,
+    ) -> list[tuple[Flow, FlowDelta]]:
+        failed = set(flow_ids) or {flow.flow_id for flow, _ in items}
+        for flow, _ in items:
+            if flow.flow_id in failed and not flow.closed:
+                logger.warning("[%s] %s", flow.flow_id, exc)
+                if reset:
+                    self.stats["flows_lost"] += 1
+                    self._send_reset(flow)
+                else:
+                    self.stats["flows_fenced"] += 1
+                flow.error = exc
+                flow.forgettable = False  # the store is not ours to clean up
+                self._remove_flow(flow)
+        return [item for item in items if item[0].flow_id not in failed]
+
+    def _send_reset(self, flow: Flow) -> None:
+        """RST a flow we cannot continue (RFC 9293 §3.10.7.4: <SEQ=SND.NXT><CTL=RST>)."""
+        remote, rport, local, lport = flow.key
+        seq = flow.conn.tcb.snd_nxt
+        self._pending_raw.append(
+            build_packet(local, remote, lport, rport, seq, 0, RST, 0, NO_OPTIONS, b"",
+                         offload_checksum=self._offload_checksum)
+        )
+        self._tx_wakeup.set()
+
+    async def _transmit(
+        self,
+        packets: list[bytes | bytearray | memoryview],
+        outs: list[tuple[Flow, OutSegment]],
+        *,
+        check_durable: bool,
+    ) -> None:
+        offload = self._offload_checksum
+        withheld = 0
+        for flow, out in outs:
+            if check_durable and out.needs_version > flow.durable_version:
+                withheld += 1  # G1/G2: its state is not durable yet; the peer retransmits
+                continue
+            remote, rport, local, lport = flow.key
+            packets.append(
+                build_packet(
+                    local, remote, lport, rport, out.seq, out.ack, out.flags,
+                    out.window, out.options, out.payload, offload_checksum=offload,
+                )
+            )
+        if withheld:
+            self.stats["segments_withheld"] += withheld
+        if packets:
+            self.stats["packets_out"] += len(packets)
+            await self.device.send_batch(packets)
+
+    def _forget_closed(self) -> None:
+        """Remove the store records of closed flows, off the transmit path."""
+        closed, self._closed_flows = self._closed_flows, []
+        for flow in closed:
+            try:
+                self._forget_send.send_nowait((flow.flow_id, self.epoch))
+            except trio.WouldBlock:
+                self.stats["forget_backlog_full"] += 1  # recovery will clean it up
+
+    async def _forget_loop(self) -> None:
+        async for flow_id, epoch in self._forget_receive:
+            try:
+                await self.store.forget(flow_id, epoch)
+            except StoreError as exc:
+                logger.info("[%s] could not forget: %s", flow_id, exc)
 
     def _on_events(self, flow: Flow, events: Iterable[object]) -> None:
         for event in events:
             if isinstance(event, Connected):
                 flow.connected = True
+                self._leave_backlog(flow)
                 if flow.listener_port is not None and not flow.accepted:
-                    listener = self.listeners.get(flow.listener_port)
-                    if listener is not None:
-                        listener.half_open -= 1
-                        if not listener.closed:
-                            flow.accepted = True
-                            listener.queue.append(flow)
-                            listener.lot.unpark_all()
+                    self._offer(flow)
             elif isinstance(event, EofReceived):
                 flow.eof = True
             elif isinstance(event, Reset):
@@ -341,14 +492,46 @@ class Runtime:
         if flow.closed:
             return
         flow.closed = True
+        if flow.forgettable and flow.durable_version > 0:
+            self._closed_flows.append(flow)
         flow.deadline_at = None
         if self.flows.get(flow.key) is flow:
             del self.flows[flow.key]
-        if flow.listener_port is not None and not flow.connected:
-            listener = self.listeners.get(flow.listener_port)
-            if listener is not None:
-                listener.half_open -= 1
+        self._leave_backlog(flow)
         flow.lot.unpark_all()
+
+    def _leave_backlog(self, flow: Flow) -> None:
+        listener = flow.backlog
+        if listener is not None:
+            flow.backlog = None
+            listener.half_open -= 1
+
+    def _offer(self, flow: Flow) -> None:
+        """Hand an established (or restored) flow to its port's listener."""
+        listener = self.listeners.get(flow.key[3])
+        if listener is None or listener.closed:
+            if flow.recovered:
+                self._unclaimed.setdefault(flow.key[3], []).append(flow)
+            return
+        flow.accepted = True
+        listener.queue.append(flow)
+        listener.lot.unpark_all()
+
+    # ------------------------------------------------------------ recovery support
+
+    @property
+    def local_addresses(self) -> frozenset[bytes]:
+        return frozenset(self._addrs)
+
+    def config_for(self, key: FlowKey) -> TcpConfig:
+        return self._config4 if len(key[0]) == 4 else self._config6
+
+    def adopt(self, flow: Flow, *, offer: bool) -> None:
+        """Take in a restored flow: kick it at the first round, offer its stream."""
+        self._mark(flow)
+        if offer:
+            flow.listener_port = flow.key[3]
+            self._offer(flow)
 
     # ------------------------------------------------------------ app support
 
@@ -356,15 +539,22 @@ class Runtime:
         """An application call changed ``flow``'s machine: transmit what it produced."""
         self._mark(flow)
 
-    async def wait_round(self) -> None:
-        """Wait until a transmit round that started after this call has completed.
+    async def wait_durable(self, flow: Flow) -> None:
+        """Wait until everything the app did on ``flow`` so far is durable (G2).
 
-        After ``touch(flow)``, this returns once the flow's delta is durable and its
-        segments are on the device (G2 for ``send_all``).
+        Call it right after the app call (``app_send``/``app_commit``) and ``touch``:
+        the next drain of the flow numbers its delta ``conn.version + 1``. In async
+        durability mode this returns at once.
         """
-        target = self._rounds_started + 1
-        while self._rounds_done < target:
-            await self._round_lot.park()
+        if self.durability == "async":
+            await trio.lowlevel.checkpoint()
+            return
+        target = flow.conn.version + (1 if flow.dirty else 0)
+        if flow.durable_version >= target or flow.closed:
+            await trio.lowlevel.checkpoint()
+            return
+        while flow.durable_version < target and not flow.closed:
+            await flow.lot.park()
 
     def listen(self, port: int, backlog: int | None = None) -> Listener:
         if not 0 < port < 65536:
@@ -373,6 +563,9 @@ class Runtime:
             raise StcpConfigError(f"port {port} already has a listener on this stack")
         listener = Listener(port, backlog or self._syn_backlog)
         self.listeners[port] = listener
+        for flow in self._unclaimed.pop(port, []):
+            if not flow.closed:
+                self._offer(flow)  # restored streams go to the app first (recovered=True)
         return listener
 
     def close_listener(self, listener: Listener) -> None:
@@ -400,7 +593,7 @@ class Runtime:
         conn = Connection.open_active(
             now=now, config=config, iss=self._iss(now, key), tsval_offset=self._rng.getrandbits(32)
         )
-        flow = Flow(key=key, flow_id=flow_id_of(key), conn=conn)
+        flow = Flow(key=key, flow_id=flow_id_of(key, conn.tcb.iss), conn=conn)
         self.flows[key] = flow
         self.stats["active_opens"] += 1
         self._mark(flow)

@@ -1,0 +1,77 @@
+"""``PcapDevice`` options: ``snaplen`` (headers-only captures) and the offload flags it
+passes through from the device it wraps (``link/base.py``)."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+
+from stcp_framework.link.pcap import HEADERS_SNAPLEN, PcapDevice
+from stcp_framework.link.sim import SimNetwork
+
+A = "198.18.0.1"
+B = "198.18.0.2"
+
+
+def ip4(payload: bytes) -> bytes:
+    return (
+        struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, 0, 64, 17, 0,
+                    bytes([198, 18, 0, 1]), bytes([198, 18, 0, 2]))
+        + payload
+    )  # fmt: skip
+
+
+def records(path: Path) -> tuple[int, list[tuple[int, int, bytes]]]:
+    """(file snaplen, [(incl_len, orig_len, data)]) of a libpcap file."""
+    data = path.read_bytes()
+    snaplen = struct.unpack_from("<I", data, 16)[0]
+    out = []
+    off = 24
+    while off < len(data):
+        _sec, _usec, incl_len, orig_len = struct.unpack_from("<IIII", data, off)
+        off += 16
+        out.append((incl_len, orig_len, data[off : off + incl_len]))
+        off += incl_len
+    assert off == len(data)
+    return snaplen, out
+
+
+async def test_snaplen_keeps_the_first_bytes_and_the_original_length(tmp_path: Path) -> None:
+    net = SimNetwork(1)
+    dev = PcapDevice(net.attach(A), tmp_path / "s.pcap", snaplen=HEADERS_SNAPLEN)
+    net.attach(B)
+    big, small = ip4(bytes(range(256)) * 10), ip4(b"tiny")
+    await dev.send_batch([big, small])
+    await dev.aclose()
+    snaplen, recs = records(tmp_path / "s.pcap")
+    assert snaplen == HEADERS_SNAPLEN == 128
+    assert recs == [(128, len(big), big[:128]), (len(small), len(small), small)]
+
+
+async def test_snaplen_must_be_positive(tmp_path: Path) -> None:
+    net = SimNetwork(1)
+    with pytest.raises(ValueError, match="snaplen"):
+        PcapDevice(net.attach(A), tmp_path / "z.pcap", snaplen=0)
+
+
+class _Offloading:
+    """The attributes of an offloading device that matter here."""
+
+    mtu = 1500
+    rx_checksum_verified = True
+    tx_checksum_offload = True
+
+
+async def test_offload_flags_are_the_inner_devices(tmp_path: Path) -> None:
+    # Hiding them made the stack verify checksums the kernel had left partial, and
+    # drop every kernel SYN-ACK as bad-tcp-checksum.
+    plain = PcapDevice(SimNetwork(1).attach(A), tmp_path / "p.pcap")
+    offloading = PcapDevice(_Offloading(), tmp_path / "o.pcap")  # type: ignore[arg-type]
+    try:
+        assert (plain.rx_checksum_verified, plain.tx_checksum_offload) == (False, False)
+        assert (offloading.rx_checksum_verified, offloading.tx_checksum_offload) == (True, True)
+    finally:
+        plain.writer.close()
+        offloading.writer.close()

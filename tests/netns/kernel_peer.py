@@ -1,0 +1,323 @@
+"""A kernel-socket TCP client for the netns tests, run in its own process.
+
+Bulk tests run this as a script (``python kernel_peer.py MODE ...``) so the client's
+socket calls do not compete with the stack for the GIL of the pytest process. It
+connects with an ordinary Python socket (the Linux kernel's TCP), does one transfer
+and prints one JSON object on stdout; the test decides what is right.
+
+Modes:
+    ``send``: send ``--size`` bytes of ``pattern_bytes`` (half-close when done), wait
+        for the server's FIN; reports the SHA-256 of what was sent.
+    ``chargen``: read ``--size`` bytes and compare each with the RFC 864 pattern at its
+        stream offset (``chargen_bytes``); reports the first differing offset.
+    ``echo``: one thread sends ``--size`` pattern bytes then half-closes, the main thread
+        reads until EOF and compares every byte with the pattern at its offset.
+
+The pattern is a seeded pseudo-random block whose length is a prime, repeated: a byte
+delivered at the wrong offset (lost, duplicated, reordered segment) is almost surely a
+mismatch, unlike with a block length that divides the segment size.
+
+The tests import the same module for the in-process side: ``run_kernel_peer`` (start
+this script and parse its JSON), ``kernel_tcp_state`` (the kernel's view of one
+connection, from ``ss -tan``), ``wait_for`` (bounded polling of the real kernel) and
+``stack_on`` (a stack on a fixture's TUN device, recorded by ``PcapDevice``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import socket
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from stcp_framework.services import CHARGEN_CYCLE
+
+PATTERN_LEN = 1_048_573  # the largest prime below 2**20
+CHUNK = 256 * 1024
+IO_TIMEOUT = 20.0  # seconds a single socket call may block
+
+
+def pattern(seed: int) -> bytes:
+    """The ``PATTERN_LEN``-byte block of seed ``seed``."""
+    return random.Random(seed).randbytes(PATTERN_LEN)
+
+
+def pattern_bytes(seed: int, offset: int, length: int) -> bytes:
+    """Bytes ``[offset, offset + length)`` of the endless pattern stream of ``seed``."""
+    block = pattern(seed)
+    out = bytearray()
+    while len(out) < length:
+        start = (offset + len(out)) % PATTERN_LEN
+        out += block[start : start + length - len(out)]
+    return bytes(out)
+
+
+class _Cycle:
+    """Compares received bytes with an endless repetition of ``block``, by offset."""
+
+    def __init__(self, block: bytes) -> None:
+        self.period = len(block)
+        # Two periods plus a chunk: any window of CHUNK bytes is one slice.
+        reps = (2 * self.period + CHUNK) // self.period + 1
+        self.view = memoryview(block * reps)
+
+    def slice(self, offset: int, length: int) -> memoryview:
+        start = offset % self.period
+        return self.view[start : start + length]
+
+    def first_mismatch(self, offset: int, data: memoryview) -> int | None:
+        """The stream offset of the first byte of ``data`` that differs, or None."""
+        expected = self.slice(offset, len(data))
+        if expected == data:
+            return None
+        for i in range(len(data)):
+            if expected[i] != data[i]:
+                return offset + i
+        raise AssertionError("unreachable: slices differ but no byte does")
+
+
+def _connect(host: str, port: int) -> socket.socket:
+    sock = socket.create_connection((host, port), timeout=IO_TIMEOUT)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _send_stream(sock: socket.socket, cycle: _Cycle, size: int, digest: Any = None) -> None:
+    offset = 0
+    while offset < size:
+        chunk = cycle.slice(offset, min(CHUNK, size - offset))
+        if digest is not None:
+            digest.update(chunk)
+        sock.sendall(chunk)
+        offset += len(chunk)
+    sock.shutdown(socket.SHUT_WR)
+
+
+def _receive_checked(
+    sock: socket.socket, cycle: _Cycle, limit: int | None
+) -> tuple[int, int | None, str | None]:
+    """Read until EOF (or ``limit`` bytes).
+
+    Returns:
+        (bytes read, first mismatching offset or None, the socket error that ended the
+        reading early or None): a stalled transfer reports how far it got.
+    """
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    received = 0
+    mismatch: int | None = None
+    while limit is None or received < limit:
+        want = CHUNK if limit is None else min(CHUNK, limit - received)
+        try:
+            n = sock.recv_into(view[:want])
+        except OSError as exc:
+            return received, mismatch, repr(exc)
+        if n == 0:
+            break
+        if mismatch is None:
+            mismatch = cycle.first_mismatch(received, view[:n])
+        received += n
+    return received, mismatch, None
+
+
+def run_send(host: str, port: int, size: int, seed: int) -> dict[str, Any]:
+    cycle = _Cycle(pattern(seed))
+    digest = hashlib.sha256()
+    with _connect(host, port) as sock:
+        started = time.perf_counter()
+        _send_stream(sock, cycle, size, digest)
+        tail = sock.recv(1)  # the server's FIN after it read everything
+        seconds = time.perf_counter() - started
+    return {"sent": size, "sha256": digest.hexdigest(), "seconds": seconds, "tail": tail.hex()}
+
+
+def run_chargen(host: str, port: int, size: int) -> dict[str, Any]:
+    cycle = _Cycle(CHARGEN_CYCLE)
+    with _connect(host, port) as sock:
+        started = time.perf_counter()
+        received, mismatch, error = _receive_checked(sock, cycle, size)
+        seconds = time.perf_counter() - started
+    return {"received": received, "mismatch_at": mismatch, "seconds": seconds, "error": error}
+
+
+def run_echo(host: str, port: int, size: int, seed: int) -> dict[str, Any]:
+    cycle = _Cycle(pattern(seed))
+    errors: list[str] = []
+
+    def sender() -> None:
+        try:
+            _send_stream(sock, cycle, size)
+        except OSError as exc:
+            errors.append(repr(exc))
+
+    with _connect(host, port) as sock:
+        started = time.perf_counter()
+        thread = threading.Thread(target=sender, daemon=True)
+        thread.start()
+        received, mismatch, error = _receive_checked(sock, cycle, None)
+        seconds = time.perf_counter() - started
+        thread.join(IO_TIMEOUT)
+    return {
+        "sent": size,
+        "received": received,
+        "mismatch_at": mismatch,
+        "seconds": seconds,
+        "error": error,
+        "sender_errors": errors,
+    }
+
+
+# ------------------------------------------------------------------ in the test process
+
+
+async def run_kernel_peer(
+    mode: str, host: str, port: int, size: int, *, seed: int = 1
+) -> dict[str, Any]:
+    """Run this file as a client process and return its JSON result.
+
+    Raises:
+        AssertionError: the client exited non-zero (its stderr is in the message).
+    """
+    done = await trio.run_process(
+        [sys.executable, __file__, mode, "--host", host, "--port", str(port),
+         "--size", str(size), "--seed", str(seed)],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )  # fmt: skip
+    stderr = done.stderr.decode(errors="replace").strip()
+    assert done.returncode == 0, f"kernel peer {mode} failed ({done.returncode}): {stderr}"
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def _split_endpoint(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _same_endpoint(a: tuple[str, int], b: tuple[str, int]) -> bool:
+    return a[1] == b[1] and socket.inet_pton(_family(a[0]), a[0]) == socket.inet_pton(
+        _family(b[0]), b[0]
+    )
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+async def kernel_tcp_state(local: tuple[str, int], peer: tuple[str, int]) -> str | None:
+    """The kernel's state of the TCP socket ``local`` -> ``peer`` (``ss -tan`` spelling:
+    ``ESTAB``, ``FIN-WAIT-2``, ``TIME-WAIT``, ``CLOSE-WAIT``, ...), or None if it has none.
+    """
+    done = await trio.run_process(["ss", "-tanH"], capture_stdout=True)
+    for line in done.stdout.decode().splitlines():
+        fields = line.split()
+        if len(fields) < 5:
+            continue
+        state, local_text, peer_text = fields[0], fields[3], fields[4]
+        if "*" in peer_text:
+            continue  # a listener
+        if _same_endpoint(_split_endpoint(local_text), local) and _same_endpoint(
+            _split_endpoint(peer_text), peer
+        ):
+            return state
+    return None
+
+
+POLL_DELAY = 0.005  # seconds between looks at the real kernel
+
+
+async def wait_for(predicate: Callable[[], object], what: str, within: float = 5.0) -> None:
+    """Poll ``predicate`` (a real kernel or stack condition) until true, at most ``within`` s.
+
+    Polling, not an event: the condition is the real kernel's (or the stack's, driven by
+    the kernel's packets), and nothing signals it.
+    """
+    with trio.move_on_after(within):
+        while not predicate():  # noqa: ASYNC110 -- nothing to wait on but the kernel
+            await trio.sleep(POLL_DELAY)
+        return
+    raise AssertionError(f"timed out after {within} s waiting for {what}")
+
+
+async def wait_for_kernel_state(
+    local: tuple[str, int], peer: tuple[str, int], expected: str | None, within: float = 5.0
+) -> None:
+    """Poll ``ss`` until the kernel socket ``local`` -> ``peer`` is in ``expected``."""
+    seen: list[str | None] = []
+    with trio.move_on_after(within):
+        while True:
+            state = await kernel_tcp_state(local, peer)
+            if not seen or seen[-1] != state:
+                seen.append(state)
+            if state == expected:
+                return
+            await trio.sleep(POLL_DELAY)
+    raise AssertionError(f"kernel socket {local} -> {peer}: wanted {expected}, saw {seen}")
+
+
+@asynccontextmanager
+async def stack_on(
+    tun: Any,
+    pcap_path: Path,
+    *,
+    snaplen: int | None = None,
+    tun_options: dict[str, Any] | None = None,
+    **options: Any,
+) -> AsyncIterator[Any]:
+    """``open_stack`` on the fixture's TUN device (IPv4 and, if it has one, IPv6),
+    recorded in ``pcap_path``; the device is detached afterwards.
+
+    ``tun_options`` go to ``TunDevice.open`` (e.g. ``offload=False``), ``options`` to
+    ``open_stack``.
+    """
+    from stcp_framework import open_stack
+    from stcp_framework.link.pcap import PcapDevice
+    from stcp_framework.link.tun import TunDevice
+
+    tun_device = await TunDevice.open(tun.dev, **(tun_options or {}))
+    device = (
+        PcapDevice(tun_device, pcap_path)
+        if snaplen is None
+        else PcapDevice(tun_device, pcap_path, snaplen=snaplen)
+    )
+    addresses = [tun.stack_addr] + ([tun.stack_addr6] if tun.mtu >= 1280 else [])
+    try:
+        async with open_stack(device, addresses, **options) as stack:
+            yield stack
+    finally:
+        await device.aclose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=["send", "chargen", "echo"])
+    parser.add_argument("--host", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--size", type=int, required=True, help="bytes to transfer")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    if args.mode == "send":
+        result = run_send(args.host, args.port, args.size, args.seed)
+    elif args.mode == "chargen":
+        result = run_chargen(args.host, args.port, args.size)
+    else:
+        result = run_echo(args.host, args.port, args.size, args.seed)
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""``stcp run echo`` as a real process, with the Linux kernel as its client."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+from kernel_peer import run_kernel_peer
+from netns_fixtures import TunNet
+
+MB = 1 << 20
+PORT = 7
+START_TIMEOUT = 10.0  # seconds until the server says it is serving
+TRANSFER_TIMEOUT = 60.0  # 100 MB through echo takes a few seconds
+STOP_TIMEOUT = 10.0
+
+pytestmark = [pytest.mark.slow, pytest.mark.netns, pytest.mark.timeout(120)]
+
+
+def stcp_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "stcp_framework.cli.main", *args]
+
+
+async def read_line(stream: trio.abc.ReceiveStream) -> bytes:
+    """One line from a pipe (bounded: 64 KB without a newline is a failure)."""
+    line = bytearray()
+    while not line.endswith(b"\n"):
+        chunk = await stream.receive_some(1)
+        assert chunk, f"EOF before a full line: {bytes(line)!r}"
+        line += chunk
+        assert len(line) < 65536
+    return bytes(line)
+
+
+@pytest.mark.parametrize("tun_net", [65000], indirect=True)
+async def test_stcp_run_echo_100mb_byte_exact(
+    tun_net: TunNet, pcap_path: Path, tmp_path: Path
+) -> None:
+    stderr_path = tmp_path / "stderr"
+    command = stcp_command(
+        "run", "echo", "--dev", tun_net.dev, "--listen", f"{tun_net.stack_addr}:{PORT}",
+        "--pcap", str(pcap_path),
+    )  # fmt: skip
+    with stderr_path.open("wb") as stderr:
+        process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE, stderr=stderr)
+        try:
+            assert process.stdout is not None
+            with trio.fail_after(START_TIMEOUT):
+                banner = await read_line(process.stdout)
+            assert banner.startswith(b"stcp: serving echo on "), banner
+            with trio.fail_after(TRANSFER_TIMEOUT):
+                result = await run_kernel_peer("echo", tun_net.stack_addr, PORT, 100 * MB)
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(STOP_TIMEOUT):
+                returncode = await process.wait()
+        except BaseException as exc:
+            exc.add_note(f"stcp run stderr: {stderr_path.read_text()!r}")
+            raise
+        finally:
+            if process.returncode is None:
+                process.kill()
+                with trio.move_on_after(STOP_TIMEOUT):
+                    await process.wait()
+    errors = stderr_path.read_text()
+    assert result["error"] is None and result["sender_errors"] == [], (result, errors)
+    assert result["received"] == 100 * MB
+    assert result["mismatch_at"] is None
+    assert returncode == 0, errors
+    assert errors.startswith("stcp: stopped; "), errors
+    assert "passive_opens=1" in errors
+
+
+async def test_stcp_run_on_missing_device_says_one_line() -> None:
+    with trio.fail_after(START_TIMEOUT):
+        done = await trio.run_process(
+            stcp_command("run", "echo", "--dev", "stcpnope0", "--listen", "198.18.0.2:7"),
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    lines = done.stderr.decode().splitlines()
+    assert done.returncode != 0
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("stcp: error: ") and "stcpnope0" in lines[0]
+    assert done.stdout == b""
