@@ -237,7 +237,10 @@ class Runtime:
                 tsval_offset=self._rng.getrandbits(32),
             )
             flow = Flow(
-                key=key, flow_id=flow_id_of(key, conn.tcb.iss), conn=conn, listener_port=seg.dst_port
+                key=key,
+                flow_id=flow_id_of(key, conn.tcb.iss),
+                conn=conn,
+                listener_port=seg.dst_port,
             )
             listener.half_open += 1
             flow.backlog = listener
@@ -256,8 +259,17 @@ class Runtime:
             seg_len = len(seg.payload) + (1 if seg.flags & SYN else 0) + (seg.flags & 1)
             rst_seq, rst_ack, flags = 0, (seg.seq + seg_len) & 0xFFFFFFFF, RST | ACK
         packet = build_packet(
-            pkt.dst, pkt.src, seg.dst_port, seg.src_port, rst_seq, rst_ack, flags, 0,
-            NO_OPTIONS, b"", offload_checksum=self._offload_checksum,
+            pkt.dst,
+            pkt.src,
+            seg.dst_port,
+            seg.src_port,
+            rst_seq,
+            rst_ack,
+            flags,
+            0,
+            NO_OPTIONS,
+            b"",
+            offload_checksum=self._offload_checksum,
         )
         self.stats["rst_sent"] += 1
         self._pending_raw.append(packet)
@@ -424,8 +436,19 @@ class Runtime:
         remote, rport, local, lport = flow.key
         seq = flow.conn.tcb.snd_nxt
         self._pending_raw.append(
-            build_packet(local, remote, lport, rport, seq, 0, RST, 0, NO_OPTIONS, b"",
-                         offload_checksum=self._offload_checksum)
+            build_packet(
+                local,
+                remote,
+                lport,
+                rport,
+                seq,
+                0,
+                RST,
+                0,
+                NO_OPTIONS,
+                b"",
+                offload_checksum=self._offload_checksum,
+            )
         )
         self._tx_wakeup.set()
 
@@ -445,8 +468,17 @@ class Runtime:
             remote, rport, local, lport = flow.key
             packets.append(
                 build_packet(
-                    local, remote, lport, rport, out.seq, out.ack, out.flags,
-                    out.window, out.options, out.payload, offload_checksum=offload,
+                    local,
+                    remote,
+                    lport,
+                    rport,
+                    out.seq,
+                    out.ack,
+                    out.flags,
+                    out.window,
+                    out.options,
+                    out.payload,
+                    offload_checksum=offload,
                 )
             )
         if withheld:
@@ -598,4 +630,3 @@ class Runtime:
         self.stats["active_opens"] += 1
         self._mark(flow)
         return flow
-
