@@ -70,9 +70,23 @@ class Stream(trio.abc.HalfCloseableStream):
         return self._flow.remote
 
     @property
-    def state(self) -> TcpState:
+    def tcp_state(self) -> TcpState:
         """The TCP state (RFC 9293 spelling with ``str()``)."""
         return TcpState.CLOSED if self._flow.closed else self._flow.conn.state
+
+    @property
+    def send_offset(self) -> int:
+        """Stream offset of the next byte ``send_all`` will accept (bytes accepted so far).
+
+        Accepted bytes are durable (G2), so after a restart a sender that regenerates its
+        data (chargen, a file) continues from here.
+        """
+        return self._flow.conn.snd_buf.end_offset
+
+    @property
+    def read_offset(self) -> int:
+        """Stream offset of the next byte ``receive_some`` returns."""
+        return self._flow.conn.rcv_buf.read_offset
 
     @property
     def recovered(self) -> bool:
@@ -192,4 +206,4 @@ class Stream(trio.abc.HalfCloseableStream):
         await trio.lowlevel.checkpoint()
 
     def __repr__(self) -> str:
-        return f"<stcp.Stream {self.flow_id} {self.state}>"
+        return f"<stcp.Stream {self.flow_id} {self.tcp_state}>"

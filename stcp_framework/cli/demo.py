@@ -115,6 +115,8 @@ def _run_inside(total: int, mtu: int) -> int:
                 DEMO_DEV,
                 "--listen",
                 f"{STACK_ADDR}:{PORT}",
+                "--store",
+                "memory",
             ],
             stdout=subprocess.PIPE,
             text=True,

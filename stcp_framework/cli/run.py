@@ -16,6 +16,7 @@ from ..link.base import PacketDevice
 from ..link.pcap import PcapDevice
 from ..link.tun import TunDevice
 from ..services import DEFAULT_PORTS, SERVICES
+from ..store.base import Store
 from ..store.memory import MemoryStore
 
 logger = logging.getLogger("stcp.cli")
@@ -45,17 +46,58 @@ def add_run_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--store",
-        default="memory",
-        choices=["memory"],
-        help="where connection state lives (this release: memory only)",
+        default="embedded",
+        metavar="STORE",
+        help="where connection state lives: `embedded` (default: the private Redis of "
+        "`stcp store up`, started when needed), a URL (redis://[:password@]host:port/db, "
+        "rediss://..., unix:///path/redis.sock) or `memory` (lost on exit: no recovery)",
+    )
+    p.add_argument(
+        "--store-dir",
+        metavar="DIR",
+        help="directory of the embedded store (default: as `stcp store up`)",
+    )
+    p.add_argument(
+        "--instance",
+        default="default",
+        help="instance name: on start the server restores every connection the store "
+        "holds for this name and fences off any older process of the same name "
+        "(default: default)",
+    )
+    p.add_argument(
+        "--durability",
+        choices=["strict", "async"],
+        default="strict",
+        help="strict (default): nothing is acknowledged before it is durable in the "
+        "store; async: acknowledge at once and write behind (faster; a crash may lose "
+        "what was acknowledged in the last moments)",
     )
     p.add_argument("--pcap", metavar="FILE", help="write every packet to this libpcap file")
     p.set_defaults(func=run_command)
 
 
+def open_store(spec: str, *, instance: str, store_dir: str | None) -> Store:
+    """``memory``, ``embedded`` or a Redis URL -> a store (before ``trio.run``)."""
+    if spec == "memory":
+        return MemoryStore()
+    from ..store import embedded
+    from ..store.redis import RedisStore
+
+    url = embedded.ensure_running(store_dir) if spec == "embedded" else spec
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise StcpConfigError(
+            f"--store {spec!r}: use embedded, memory or a redis://, rediss:// or unix:// URL"
+        )
+    try:
+        return RedisStore.from_url(url, service=instance, socket_timeout=1.0)
+    except ValueError as exc:
+        raise StcpConfigError(f"--store {spec!r}: {exc}") from exc
+
+
 def run_command(args: argparse.Namespace) -> int:
     if not args.listen:
         raise StcpConfigError("give the stack's address to serve on: --listen 198.18.0.2:PORT")
+    args.store_obj = open_store(args.store, instance=args.instance, store_dir=args.store_dir)
     try:
         trio.run(_serve, args)
     except KeyboardInterrupt:
@@ -70,12 +112,24 @@ async def _serve(args: argparse.Namespace) -> None:
     device: PacketDevice = await TunDevice.open(args.dev)
     if args.pcap:
         device = PcapDevice(device, args.pcap)
-    async with open_stack(device, addresses, store=MemoryStore()) as stack:
+    async with open_stack(
+        device,
+        addresses,
+        store=args.store_obj,
+        instance=args.instance,
+        durability=args.durability,
+    ) as stack:
         async with trio.open_nursery() as nursery:
             for port in ports:
                 await nursery.start(stack.serve, handler, port)
             where = ", ".join(f"{a}:{p}" for a in addresses for p in ports)
-            print(f"stcp: serving {args.service} on {where} via {args.dev}", flush=True)
+            restored = stack.runtime.restored
+            print(
+                f"stcp: serving {args.service} on {where} via {args.dev} "
+                f"(instance {args.instance}, epoch {stack.runtime.epoch}, "
+                f"{restored} connections restored)",
+                flush=True,
+            )
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for _ in signals:
                     break

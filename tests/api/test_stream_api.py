@@ -62,8 +62,8 @@ async def test_local_and_remote_address(
             assert client.remote_address == (server_host, PORT)
             assert server.local_address == (server_host, PORT)
             assert server.remote_address == client.local_address
-            assert client.state is TcpState.ESTABLISHED
-            assert server.state is TcpState.ESTABLISHED
+            assert client.tcp_state is TcpState.ESTABLISHED
+            assert server.tcp_state is TcpState.ESTABLISHED
             await client.aclose()
             await server.aclose()
 
@@ -154,7 +154,7 @@ async def test_send_after_send_eof_is_closed_but_receive_continues(
                 await client.send_all(b"more")
             assert await receive_exactly(server, 8) == b"question"
             assert await server.receive_some(10) == b""
-            assert server.state is TcpState.CLOSE_WAIT
+            assert server.tcp_state is TcpState.CLOSE_WAIT
             await server.send_all(b"answer")
             await server.send_eof()
             assert await receive_exactly(client, 6) == b"answer"
@@ -180,7 +180,7 @@ async def test_peer_reset_is_broken_resource_error_caused_by_reset(
             with pytest.raises(trio.BrokenResourceError) as info:
                 await client.send_all(b"x")
             assert isinstance(info.value.__cause__, ConnectionResetByPeer)
-            assert client.state is TcpState.CLOSED
+            assert client.tcp_state is TcpState.CLOSED
             await client.aclose()
             with pytest.raises(trio.ClosedResourceError):
                 await client.receive_some(10)

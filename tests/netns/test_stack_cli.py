@@ -43,7 +43,7 @@ async def test_stcp_run_echo_100mb_byte_exact(
     stderr_path = tmp_path / "stderr"
     command = stcp_command(
         "run", "echo", "--dev", tun_net.dev, "--listen", f"{tun_net.stack_addr}:{PORT}",
-        "--pcap", str(pcap_path),
+        "--store", "memory", "--pcap", str(pcap_path),
     )  # fmt: skip
     with stderr_path.open("wb") as stderr:
         process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE, stderr=stderr)

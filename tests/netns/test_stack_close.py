@@ -1,7 +1,7 @@
 """Opening and closing against the Linux kernel's TCP, over IPv4 and IPv6.
 
 Each test ends by checking both sides' view of the connection (RFC 9293 §3.6): the
-stack's from ``Stream.state`` and ``runtime.flows``, the kernel's from ``ss -tan``. The
+stack's from ``Stream.tcp_state`` and ``runtime.flows``, the kernel's from ``ss -tan``. The
 side that sends the first FIN (the active closer) ends in TIME-WAIT; the other side's
 connection is gone (CLOSED). A RST leaves nothing on either side.
 """
@@ -149,7 +149,7 @@ async def test_stack_connects_to_kernel_listener_data_both_ways_stack_closes_fir
                 await pair.stack_state_is(TcpState.FIN_WAIT_2)
             await pair.kernel_state_is(None)  # LAST-ACK acknowledged: gone
             await pair.stack_state_is(TcpState.TIME_WAIT)
-            assert stream.state is TcpState.TIME_WAIT
+            assert stream.tcp_state is TcpState.TIME_WAIT
 
 
 async def test_stack_connects_to_kernel_listener_kernel_closes_first(
@@ -177,7 +177,7 @@ async def test_stack_connects_to_kernel_listener_kernel_closes_first(
             await stream.aclose()
             await pair.stack_state_is(TcpState.CLOSED)
             await pair.kernel_state_is("TIME-WAIT")
-            assert stream.state is TcpState.CLOSED
+            assert stream.tcp_state is TcpState.CLOSED
 
 
 # ---------------------------------------------------------------- passive open
@@ -224,7 +224,7 @@ async def test_kernel_reset_breaks_the_stack_stream(
             await pair.stream.receive_some()
         assert isinstance(info.value.__cause__, ConnectionResetByPeer)
         await pair.stack_state_is(TcpState.CLOSED)
-        assert pair.stream.state is TcpState.CLOSED
+        assert pair.stream.tcp_state is TcpState.CLOSED
         await pair.kernel_state_is(None)
 
 

@@ -101,7 +101,7 @@ async def test_partition_that_never_heals_times_out_both_ends(
             # and the fifth expiry (3.0 + 3.2 s) gives up.
             assert 6.2 <= elapsed < 7.0
             assert connection_counters(client)["rto"] == config.max_retries
-            assert client.state is TcpState.CLOSED
+            assert client.tcp_state is TcpState.CLOSED
             assert not pair.client.runtime.flows
             assert not pair.server.runtime.flows
 
