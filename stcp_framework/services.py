@@ -50,9 +50,17 @@ async def discard(stream: trio.abc.Stream) -> None:
 
 
 async def chargen(stream: trio.abc.Stream) -> None:
-    """RFC 864: send the character pattern until the peer goes away."""
+    """RFC 864: send the character pattern until the peer goes away.
+
+    On an stcp stream restored after a restart it continues at ``stream.send_offset``
+    (every byte accepted before the crash is durable, G2), so the peer sees one unbroken
+    pattern.
+    """
     block = memoryview(_CHARGEN_BLOCK)
+    start = getattr(stream, "send_offset", 0) % len(CHARGEN_CYCLE)
     try:
+        if start:
+            await stream.send_all(block[start:])
         while True:
             await stream.send_all(block)
     except (trio.BrokenResourceError, trio.ClosedResourceError):

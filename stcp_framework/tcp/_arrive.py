@@ -5,16 +5,24 @@ One function per step of the RFC, called in the RFC's order by ``segment_arrives
 RFC 5961 §3), ``check_syn`` (fourth, RFC 5961 §4), ``check_ack`` (fifth, RFC 5961 §5,
 RFC 5681/6582, RFC 6298), ``process_text`` (seventh) and ``check_fin`` (eighth). The
 third (security) and sixth (URG) steps are not implemented.
+
+``header_prediction`` is an optimisation of exactly these steps for the common case
+of a bulk transfer (an in-order segment in ESTABLISHED), as Van Jacobson's header
+prediction in BSD and Linux (``tcp_rcv_established``; RFC 1323 appendix D's PAWS
+placement). It decides from the segment and the TCB, before changing anything,
+whether every general step would take its "nothing unusual" branch; if so it applies
+those branches' effects inline, otherwise it returns False and the general steps run.
+``tests/tcp/test_tcp_fast_path.py`` checks that both give identical results.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..wire.seq import Seq, seq_add, seq_diff, seq_le, seq_lt
-from ..wire.tcp import ACK, FIN, RST, SYN, TcpSegment
+from ..wire.seq import SEQ_MASK, Seq, seq_add, seq_diff, seq_le, seq_lt
+from ..wire.tcp import ACK, FIN, PSH, RST, SYN, TcpSegment
 from . import _output
-from .events import Connected, EofReceived, Reset
+from .events import Connected, DataReadable, EofReceived, Reset
 from .state import TcpState
 
 if TYPE_CHECKING:
@@ -23,6 +31,138 @@ if TYPE_CHECKING:
 _ESTABLISHED = TcpState.ESTABLISHED
 # Tuples, not sets: membership by identity avoids Enum.__hash__ on the hot path.
 _RECV_TEXT_STATES = (TcpState.ESTABLISHED, TcpState.FIN_WAIT_1, TcpState.FIN_WAIT_2)
+_HALF = 1 << 31  # seq_diff(a, b) inlined: ((a - b + _HALF) & SEQ_MASK) - _HALF
+_ACK_PSH = ACK | PSH
+_DATA_READABLE = DataReadable()
+
+
+def header_prediction(c: Connection, seg: TcpSegment, now: float) -> bool:
+    """SEGMENT ARRIVES for the predicted segment; False (nothing changed) otherwise.
+
+    Predicted (all must hold; each line names the general step it short-cuts):
+
+    * ESTABLISHED, flags ACK with or without PSH: steps 2, 4 and 8 (RST, SYN, FIN)
+      have nothing to do and step 5's ACK bit is on;
+    * with timestamps, TSval present and not older than TS.Recent: PAWS passes
+      (RFC 7323 §5.3 R1);
+    * SEG.SEQ == RCV.NXT and the whole text inside RCV.WND: step 1 accepts the segment
+      untrimmed (RFC 9293 §3.10.7.4 table);
+    * SND.UNA <= SEG.ACK <= SND.NXT, our SYN acknowledged, our FIN not sent, not in
+      NewReno recovery, and not a duplicate ACK (RFC 5681 §2): step 5 takes its
+      "advance SND.UNA" or "ignore" branch, without fast retransmit;
+    * no out-of-order data queued and the application has not closed: step 7 appends
+      in order and nothing fills a gap.
+
+    The effects, in the general steps' order: TS.Recent (RFC 7323 §4.3), SND.UNA, RTT
+    and congestion window, the window update (snd_wl1/snd_wl2), then the text and the
+    delayed-ACK decision.
+    """
+    tcb = c.tcb
+    if tcb.state is not _ESTABLISHED or (seg.flags | PSH) != _ACK_PSH:
+        return False
+    seq: Seq = seg.seq  # type: ignore[assignment]  # the parser gives 32-bit values
+    rcv_nxt = tcb.rcv_nxt
+    if seq != rcv_nxt:
+        return False
+    timestamps = tcb.timestamps
+    tsval = 0
+    if timestamps:
+        ts = seg.options.timestamps
+        if ts is None:
+            return False
+        tsval = ts[0]
+        if (tsval - tcb.ts_recent) & SEQ_MASK >= _HALF:
+            return False  # PAWS: older than TS.Recent
+    payload = seg.payload
+    plen = len(payload)
+    if plen:
+        rcv_wnd = ((tcb.rcv_wup + tcb.rcv_wnd - rcv_nxt + _HALF) & SEQ_MASK) - _HALF
+        if plen > rcv_wnd or c.reasm or tcb.app_closed:
+            return False
+    ack: Seq = seg.ack  # type: ignore[assignment]
+    snd_una = tcb.snd_una
+    d_una = ((ack - snd_una + _HALF) & SEQ_MASK) - _HALF
+    if d_una < 0 or tcb.snd_una_offset < 0 or tcb.fin_sent:
+        return False
+    flight = ((tcb.snd_nxt - snd_una + _HALF) & SEQ_MASK) - _HALF
+    if d_una > flight:
+        return False
+    cc = c.cc
+    if cc.in_recovery:
+        return False
+    scaled_wnd = seg.window << tcb.snd_wscale
+    if d_una == 0 and not plen and flight and scaled_wnd == tcb.snd_wnd:
+        return False  # a duplicate ACK (RFC 5681 §2): counted by check_ack
+    # --- Predicted: every check above passed, now the general steps' effects.
+    d = c._dirty
+    if timestamps and tsval != tcb.ts_recent and (
+        rcv_nxt == tcb.rcv_wup or (rcv_nxt - tcb.rcv_wup) & SEQ_MASK >= _HALF
+    ):
+        tcb.ts_recent = tsval  # RFC 7323 §4.3 (2): SEG.SEQ <= Last.ACK.sent
+        d["ts_recent"] = tsval
+    # Step 5 (check_ack).
+    if d_una:
+        new_una_off = tcb.snd_una_offset + d_una
+        _output.rtt_sample_on_ack(c, seg, new_una_off, now)
+        c._ack_sent_data(ack, new_una_off)
+        if c.snd_ptr < new_una_off:
+            c.snd_ptr = new_una_off
+        c.retries = 0
+        cc.on_ack(d_una)
+        if d_una == flight:
+            c.timers.retransmit_at = None  # RFC 6298 (5.2)
+        else:
+            c.timers.retransmit_at = now + c.rtt.rto  # RFC 6298 (5.3)
+    c.probes = 0
+    c.dupacks = 0
+    # RFC 9293 step 5 window update: SND.WL1 < SEG.SEQ or (SND.WL1 = SEG.SEQ and
+    # SND.WL2 =< SEG.ACK); seq_lt(a, b) is ``(a - b) & SEQ_MASK >= _HALF``.
+    wl1 = tcb.snd_wl1
+    wl2 = tcb.snd_wl2
+    if (wl1 - seq) & SEQ_MASK >= _HALF or (
+        wl1 == seq and (wl2 == ack or (wl2 - ack) & SEQ_MASK >= _HALF)
+    ):
+        if scaled_wnd != tcb.snd_wnd:
+            tcb.snd_wnd = scaled_wnd
+            d["snd_wnd"] = scaled_wnd
+            if scaled_wnd > tcb.max_window:
+                tcb.max_window = scaled_wnd
+                d["max_window"] = scaled_wnd
+            if scaled_wnd:
+                c.timers.persist_at = None
+                c.persist_backoff = 0
+        if wl1 != seq:
+            tcb.snd_wl1 = seq
+            d["snd_wl1"] = seq
+        if wl2 != ack:
+            tcb.snd_wl2 = ack
+            d["snd_wl2"] = ack
+    if not plen:
+        return True
+    # Step 7 (process_text), in order with no gap to fill.
+    if plen > c.rcv_mss:
+        c.rcv_mss = min(plen, c.config.mss)
+    data = payload if type(payload) is bytes else bytes(payload)  # the one copy
+    off = tcb.rcv_nxt_offset
+    c.rcv_buf.append(data)
+    c._rx_ops.append((off, data))
+    if not c._ev_readable:
+        c._ev_readable = True
+        c._events.append(_DATA_READABLE)
+    new_off = off + plen
+    new_rcv_nxt: Seq = (rcv_nxt + plen) & SEQ_MASK  # type: ignore[assignment]  # seq_add
+    tcb.rcv_nxt = new_rcv_nxt
+    tcb.rcv_nxt_offset = new_off
+    d["rcv_nxt"] = new_rcv_nxt
+    d["rcv_nxt_offset"] = new_off
+    c.rx_needs = c.version + 1
+    # RFC 9293 §3.8.6.3 / RFC 5681 §4.2: ACK at least every second full-sized segment.
+    c.rcv_unacked += plen
+    if c.rcv_unacked >= 2 * c.rcv_mss:
+        c.ack_now = True
+    elif c.timers.delayed_ack_at is None:
+        c.timers.delayed_ack_at = now + c.config.delayed_ack_timeout
+    return True
 
 
 def segment_arrives(c: Connection, seg: TcpSegment, now: float) -> None:

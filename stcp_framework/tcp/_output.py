@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..wire.seq import Seq, seq_add, seq_diff
+from ..wire.seq import SEQ_MASK, Seq, seq_add
 from ..wire.tcp import ACK, FIN, NO_OPTIONS, PSH, RST, SYN, TcpOptions, TcpSegment
 from .events import TimedOut
 from .state import TcpState
@@ -26,6 +26,8 @@ _DATA_STATES = (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT, TcpState.FIN_WAIT_1,
 _FIN_STATES = (TcpState.FIN_WAIT_1, TcpState.CLOSING, TcpState.LAST_ACK)
 CHALLENGE_ACK_INTERVAL = 1.0  # RFC 5961 §7: limit per interval (config.challenge_ack_limit)
 MAX_WINDOW = 0xFFFF
+_HALF = 1 << 31  # seq_diff inlined on the hot path: ((a - b + _HALF) & SEQ_MASK) - _HALF
+_new = tuple.__new__  # OutSegment/TcpOptions built positionally, without keyword parsing
 
 
 def _free_space(c: Connection) -> int:
@@ -36,16 +38,31 @@ def _free_space(c: Connection) -> int:
 
 
 def advertise_window(c: Connection) -> int:
-    """The 16-bit window field for the next non-SYN segment; records rcv_wnd/rcv_wup."""
+    """The 16-bit window field for the next non-SYN segment; records rcv_wnd/rcv_wup.
+
+    Calling it again with nothing changed (same rcv_nxt, free space and rcv_mss)
+    returns the same value and records nothing, so a burst computes it once.
+    """
     tcb = c.tcb
     ws = tcb.rcv_wscale
     rcv_nxt = tcb.rcv_nxt
-    cur = seq_diff(seq_add(tcb.rcv_wup, tcb.rcv_wnd), rcv_nxt)
+    rcv_wnd = tcb.rcv_wnd
+    # cur = seq_diff(seq_add(rcv_wup, rcv_wnd), rcv_nxt), inlined (hot path).
+    cur = ((tcb.rcv_wup + rcv_wnd - rcv_nxt + _HALF) & SEQ_MASK) - _HALF
     if cur < 0:
         cur = 0
-    free = _free_space(c)
-    target = min(free, MAX_WINDOW << ws)
-    threshold = min(c.config.recv_buffer_size // 2, c.rcv_mss)
+    buf = c.rcv_buf
+    config = c.config
+    size = config.recv_buffer_size
+    free = size - (buf.end_offset - buf.read_offset)
+    if free < 0:
+        free = 0
+    target = MAX_WINDOW << ws
+    if free < target:
+        target = free
+    threshold = size >> 1
+    if c.rcv_mss < threshold:
+        threshold = c.rcv_mss
     wnd = target if target - cur >= threshold else cur  # RFC 9293 §3.8.6.2.2
     header = wnd >> ws
     if (header << ws) < cur and ((header + 1) << ws) <= free:
@@ -54,10 +71,12 @@ def advertise_window(c: Connection) -> int:
     if header > MAX_WINDOW:
         header = MAX_WINDOW
     new_wnd = header << ws
-    if new_wnd != tcb.rcv_wnd:
-        c._set("rcv_wnd", new_wnd)
+    if new_wnd != rcv_wnd:
+        tcb.rcv_wnd = new_wnd
+        c._dirty["rcv_wnd"] = new_wnd
     if tcb.rcv_wup != rcv_nxt:
-        c._set("rcv_wup", rcv_nxt)
+        tcb.rcv_wup = rcv_nxt
+        c._dirty["rcv_wup"] = rcv_nxt
     return header
 
 
@@ -65,34 +84,52 @@ def window_update_due(c: Connection) -> bool:
     """After a read: would the window at least double and grow by the SWS threshold
     (Linux ``tcp_cleanup_rbuf``)? Then a window update is sent at once."""
     tcb = c.tcb
-    cur = seq_diff(seq_add(tcb.rcv_wup, tcb.rcv_wnd), tcb.rcv_nxt)
+    cur = ((tcb.rcv_wup + tcb.rcv_wnd - tcb.rcv_nxt + _HALF) & SEQ_MASK) - _HALF
     if cur < 0:
         cur = 0
-    target = min(_free_space(c), MAX_WINDOW << tcb.rcv_wscale)
-    threshold = min(c.config.recv_buffer_size // 2, c.rcv_mss)
+    buf = c.rcv_buf
+    size = c.config.recv_buffer_size
+    target = size - (buf.end_offset - buf.read_offset)  # free space
+    if target < 0:
+        target = 0
+    cap = MAX_WINDOW << tcb.rcv_wscale
+    if cap < target:
+        target = cap
+    threshold = size >> 1
+    if c.rcv_mss < threshold:
+        threshold = c.rcv_mss
     return target - cur >= threshold and target >= 2 * cur
 
 
 def _options(c: Connection, now: float) -> TcpOptions:
+    """The options of a non-SYN segment: timestamps (RFC 7323 §3) or none.
+
+    The ``TcpOptions`` value is reused while TSval and TS.Recent stay the same (every
+    segment of a burst), instead of building one per segment.
+    """
     tcb = c.tcb
-    if tcb.timestamps:
-        return TcpOptions(timestamps=(c.tsval(now), tcb.ts_recent))
-    return NO_OPTIONS
+    if not tcb.timestamps:
+        return NO_OPTIONS
+    tsval = (int(now * 1000) + tcb.tsval_offset) & SEQ_MASK
+    opts = c.ts_options
+    ts = opts.timestamps
+    if ts is None or ts[0] != tsval or ts[1] != tcb.ts_recent:
+        opts = c.ts_options = _new(TcpOptions, (None, None, False, (tsval, tcb.ts_recent), ()))
+    return opts
 
 
 def make_segment(
     c: Connection, seq: Seq, flags: int, payload: bytes | memoryview, now: float
 ) -> None:
     """Emit one non-SYN segment carrying our ACK, window and timestamps."""
-    tcb = c.tcb
     window = advertise_window(c)
     needs = c.rx_needs
     if payload or flags & FIN:
         tx = c.tx_needs
         if tx > needs:
             needs = tx
-    opts = TcpOptions(timestamps=(c.tsval(now), tcb.ts_recent)) if tcb.timestamps else NO_OPTIONS
-    c._out.append(OutSegment(seq, tcb.rcv_nxt, flags | ACK, window, opts, payload, needs))
+    c._out.append(_new(OutSegment, (seq, c.tcb.rcv_nxt, flags | ACK, window,
+                                    _options(c, now), payload, needs)))
     c.ack_now = False
     c.rcv_unacked = 0
     c.timers.delayed_ack_at = None
@@ -194,24 +231,43 @@ def send_data(c: Connection, now: float, *, force: bool) -> None:
     """Segmentize queued data (and FIN) from ``snd_ptr`` within min(cwnd, snd_wnd).
 
     ``force`` sends one segment even if sender SWS avoidance would wait (persist timer).
+    Every segment of one call carries the same ACK, window and timestamps, so those are
+    computed once, at the first segment (``make_segment`` would give the same values).
     """
     tcb = c.tcb
     buf = c.snd_buf
     end = buf.end_offset
     una_off = tcb.snd_una_offset
-    nxt_off = una_off + seq_diff(tcb.snd_nxt, tcb.snd_una)
     ptr = c.snd_ptr
     if ptr < una_off:
         ptr = una_off
+    fin_queued = tcb.state in _FIN_STATES
+    t = c.timers
+    if ptr >= end and not fin_queued:
+        # Nothing to send (a receiver's common case): only the timer bookkeeping below.
+        c.snd_ptr = ptr
+        if t.persist_at is not None and tcb.snd_una != tcb.snd_nxt:
+            t.persist_at = None
+        return
+    snd_una = tcb.snd_una
+    nxt_off = una_off + (((tcb.snd_nxt - snd_una + _HALF) & SEQ_MASK) - _HALF)
+    old_nxt_off = nxt_off
     mss = tcb.mss
     cwnd = c.cc.cwnd
     wnd = tcb.snd_wnd if tcb.snd_wnd < cwnd else cwnd
-    fin_queued = tcb.state in _FIN_STATES
+    limit = una_off + wnd  # right edge of the usable window (offset)
     half_max = tcb.max_window >> 1
-    sent = False
+    needs = c.rx_needs
+    if c.tx_needs > needs:
+        needs = c.tx_needs
+    out = c._out
+    window = -1  # the header fields, computed at the first segment
+    ack: int = 0
+    opts = NO_OPTIONS
+    fin_sent = sent = False
     while ptr < end:
         unsent = end - ptr
-        usable = una_off + wnd - ptr
+        usable = limit - ptr
         n = mss
         if unsent < n:
             n = unsent
@@ -222,23 +278,26 @@ def send_data(c: Connection, now: float, *, force: bool) -> None:
         if n < mss and n < unsent and n < half_max and not force:
             break  # RFC 9293 §3.8.6.2.1: wait for a useful amount of window
         force = False
-        payload = buf.view(ptr, n)
+        if window < 0:
+            window = advertise_window(c)
+            opts = _options(c, now)
+            ack = tcb.rcv_nxt
         new_ptr = ptr + n
         flags = ACK
         if new_ptr == end:
             flags = ACK | PSH
             if fin_queued:
                 flags = ACK | PSH | FIN
-        make_segment(c, seq_add(tcb.snd_una, ptr - una_off), flags, payload, now)
+        out.append(_new(OutSegment, ((snd_una + ptr - una_off) & SEQ_MASK, ack, flags,
+                                     window, opts, buf.view(ptr, n), needs)))
         if flags & FIN:
             new_ptr += 1
         if new_ptr > nxt_off:
             if ptr < nxt_off:
                 c.count("retransmit")
-            c._advance_snd_nxt(new_ptr)
             nxt_off = new_ptr
             if flags & FIN:
-                c._set("fin_sent", True)
+                fin_sent = True
             if c.rtt_offset is None and not tcb.timestamps:
                 c.rtt_offset = new_ptr
                 c.rtt_sent_at = now
@@ -247,9 +306,18 @@ def send_data(c: Connection, now: float, *, force: bool) -> None:
             c.rtt_offset = None  # Karn's rule
         ptr = new_ptr
         sent = True
+    if sent:
+        # What make_segment does per segment.
+        c.ack_now = False
+        c.rcv_unacked = 0
+        t.delayed_ack_at = None
+        if nxt_off != old_nxt_off:
+            c._advance_snd_nxt(nxt_off)
+        if fin_sent:
+            c._set("fin_sent", True)
     if fin_queued and ptr == end and una_off <= end and (nxt_off == end or ptr < nxt_off):
         # A FIN alone: all data is sent (or resent after a timeout). FIN needs no window.
-        make_segment(c, seq_add(tcb.snd_una, end - una_off), ACK | FIN, b"", now)
+        make_segment(c, seq_add(snd_una, end - una_off), ACK | FIN, b"", now)
         ptr = end + 1
         if ptr > nxt_off:
             c._advance_snd_nxt(ptr)
@@ -258,7 +326,6 @@ def send_data(c: Connection, now: float, *, force: bool) -> None:
             c.count("retransmit")
         sent = True
     c.snd_ptr = ptr
-    t = c.timers
     if sent and t.retransmit_at is None:
         t.retransmit_at = now + c.rtt.rto  # RFC 6298 (5.1)
     if ptr < end and tcb.snd_una == tcb.snd_nxt and t.retransmit_at is None:
@@ -334,7 +401,13 @@ def on_retransmit_timeout(c: Connection, now: float) -> None:
     c.snd_ptr = tcb.snd_una_offset
     c.timers.retransmit_at = now + c.rtt.rto  # RFC 6298 (5.6)
     c.timers.persist_at = None
+    emitted = len(c._out)
     send_data(c, now, force=True)
+    if len(c._out) == emitted:
+        # The peer shut its window with our data in flight: resend the first segment
+        # anyway (RFC 9293 §3.8.6.1: keep retransmitting into a zero window; Linux
+        # tcp_retransmit_timer), or a live peer would never be asked again.
+        retransmit_first(c, now)
 
 
 def on_persist_timeout(c: Connection, now: float) -> None:
@@ -363,11 +436,19 @@ def on_persist_timeout(c: Connection, now: float) -> None:
 
 
 def on_keepalive_timeout(c: Connection, now: float) -> None:
-    """RFC 9293 §3.8.4 keepalive probe <SEQ=SND.UNA-1>; RST + TimedOut when exhausted."""
+    """RFC 9293 §3.8.4 keepalive probe <SEQ=SND.UNA-1>; RST + TimedOut when exhausted.
+
+    Armed on entering ESTABLISHED (``arm_keepalive``) when ``keepalive_idle`` is set.
+    While data is outstanding the retransmission or persist timer watches the peer,
+    so the keepalive only reschedules itself (Linux ``tcp_keepalive_timer``).
+    """
     config = c.config
     idle = config.keepalive_idle
     tcb = c.tcb
     if idle is None or tcb.state not in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT):
+        return
+    if c.snd_buf.end_offset > tcb.snd_una_offset or tcb.snd_una != tcb.snd_nxt:
+        c.timers.keepalive_at = now + idle
         return
     if now - c.last_rx_at < idle and c.probes == 0:
         c.timers.keepalive_at = c.last_rx_at + idle
@@ -378,6 +459,13 @@ def on_keepalive_timeout(c: Connection, now: float) -> None:
     c.probes += 1
     make_segment(c, seq_add(tcb.snd_una, -1), ACK, b"", now)
     c.timers.keepalive_at = now + config.keepalive_interval
+
+
+def arm_keepalive(c: Connection, now: float) -> None:
+    """Start the keepalive timer (RFC 9293 §3.8.4; off unless ``keepalive_idle``)."""
+    idle = c.config.keepalive_idle
+    if idle is not None:
+        c.timers.keepalive_at = now + idle
 
 
 def arm_orphan_timer(c: Connection, now: float) -> None:

@@ -27,7 +27,7 @@ import logging
 from typing import Any
 
 from ..wire.seq import Seq, seq_add, seq_diff, seq_gt
-from ..wire.tcp import ACK, RST, SYN, TcpSegment
+from ..wire.tcp import ACK, NO_OPTIONS, RST, SYN, TcpSegment
 from . import _arrive, _listen, _output
 from .buffers import Reassembly, RecvBuffer, SendBuffer
 from .config import TcpConfig
@@ -47,6 +47,14 @@ DEFAULT_MSS = 536  # RFC 9293 §3.7.1: send MSS when the peer sent no MSS option
 MIN_MSS = 48  # Linux tcp_min_snd_mss: never build smaller segments than this
 MAX_WSCALE = 14  # RFC 7323 §2.3
 COALESCE_LIMIT = 64 * 1024  # join contiguous appends of one drain up to this size
+# RFC 9293 §3.10.5 ABORT: the states that send <SEQ=SND.NXT><CTL=RST>.
+_ABORT_RST_STATES = (TcpState.ESTABLISHED, TcpState.SYN_RECEIVED, TcpState.FIN_WAIT_1,
+                     TcpState.FIN_WAIT_2, TcpState.CLOSE_WAIT)
+_new_tuple = tuple.__new__  # Step built positionally
+# Field-less events are equal to each other: emit one shared instance of each.
+_CLOSED = Closed()
+_DATA_READABLE = DataReadable()
+_SEND_SPACE = SendSpace()
 
 
 def choose_rcv_wscale(recv_buffer_size: int) -> int:
@@ -118,6 +126,7 @@ class Connection:
         self.rtt_offset: int | None = None  # Karn timing: sample when this offset is acked
         self.rtt_sent_at = 0.0
         self.offer_wscale = config.window_scaling
+        self.ts_options = NO_OPTIONS  # the last timestamps option built (_output._options)
         self.challenge_window_at = -1e18
         self.challenge_count = 0
         self.last_rx_at = now
@@ -171,6 +180,7 @@ class Connection:
         tx_offset: int,
         now: float,
         config: TcpConfig,
+        version: int = 0,
     ) -> Connection:
         """Rebuild a connection from its persisted record and buffers (STYLE.md §4.5).
 
@@ -181,8 +191,12 @@ class Connection:
             tcb: The record (``Tcb.from_record``).
             rx, rx_offset: Stored inbound bytes starting at stream offset ``rx_offset``.
             tx, tx_offset: Stored outbound bytes (unacknowledged + unsent).
+            version: The durable version loaded with the record (``FlowRecord.version``):
+                the restored machine numbers its deltas after it, since a store skips a
+                delta whose version it already holds (idempotent retries).
         """
         c = cls(now=now, config=config, iss=tcb.iss, tsval_offset=tcb.tsval_offset)
+        c.version = c.rx_needs = c.tx_needs = version
         c.tcb = tcb
         c.offer_wscale = tcb.rcv_wscale > 0
         c.cc.set_mss(tcb.mss, config.initial_cwnd_segments)
@@ -207,6 +221,8 @@ class Connection:
                 c.ack_now = True
                 if tcb.snd_una != tcb.snd_nxt:
                     c.timers.retransmit_at = now + c.rtt.rto
+                if state is TcpState.ESTABLISHED or state is TcpState.CLOSE_WAIT:
+                    _output.arm_keepalive(c, now)
             _output.transmit(c, now)
         return c
 
@@ -260,8 +276,13 @@ class Connection:
 
     def on_segment(self, seg: TcpSegment, now: float) -> None:
         """A segment for this connection arrived (ports already matched)."""
-        state = self.tcb.state
         self.last_rx_at = now
+        if _arrive.header_prediction(self, seg, now):
+            # The common in-order segment in ESTABLISHED: the general steps' results
+            # without their checks (see _arrive's module docstring).
+            _output.transmit(self, now)
+            return
+        state = self.tcb.state
         if state is TcpState.SYN_SENT:
             _listen.syn_sent_arrives(self, seg, now)
         elif state is TcpState.CLOSED or state is TcpState.LISTEN:
@@ -325,13 +346,17 @@ class Connection:
         Level 1: reading commits (``read_offset`` = ``commit_offset``; ``RxTrim``). A read
         that opens the window significantly sends a window update at once.
         """
-        data = self.rcv_buf.read(max_bytes)
+        buf = self.rcv_buf
+        data = buf.read(max_bytes)
         if data:
-            off = self.rcv_buf.read_offset
-            self._set("read_offset", off)
-            self._set("commit_offset", off)
+            off = buf.read_offset
+            tcb = self.tcb
+            tcb.read_offset = tcb.commit_offset = off
+            d = self._dirty
+            d["read_offset"] = off
+            d["commit_offset"] = off
             self._rx_trim = off
-            if self.tcb.state.synchronized() and _output.window_update_due(self):
+            if tcb.state.synchronized() and _output.window_update_due(self):
                 self.ack_now = True
                 _output.transmit(self, now)
         return data
@@ -369,29 +394,41 @@ class Connection:
             _output.arm_orphan_timer(self, now)
 
     def app_abort(self, now: float) -> None:
-        """ABORT (RFC 9293 §3.10.5): RST now if synchronized, then CLOSED."""
+        """ABORT (RFC 9293 §3.10.5): CLOSED, with a RST in SYN-RECEIVED, ESTABLISHED,
+        FIN-WAIT-1/2 and CLOSE-WAIT; in CLOSING, LAST-ACK and TIME-WAIT the RFC says
+        only "delete the TCB" (no RST; Linux ``tcp_need_reset`` agrees)."""
         tcb = self.tcb
         state = tcb.state
         if state is TcpState.CLOSED:
             return
-        if state.synchronized() and state is not TcpState.TIME_WAIT:
+        if state in _ABORT_RST_STATES:
             _output.send_rst(self, tcb.snd_nxt, with_ack=True, now=now)
         self._set_state(TcpState.CLOSED, "app_abort")
 
     def drain(self) -> Step:
         """Everything produced since the last drain: delta, segments, events."""
-        out, events = self._out, self._events
+        out = self._out
+        events = self._events
+        dirty = self._dirty
+        rx_ops = self._rx_ops
+        tx_ops = self._tx_ops
         if not (
-            out or events or self._dirty or self._rx_ops or self._tx_ops
+            out or events or dirty or rx_ops or tx_ops
             or self._rx_trim is not None or self._tx_trim is not None
         ):
             return EMPTY_STEP
         ops: list[DeltaOp] = []
-        if self._rx_ops:
-            ops.extend(RxAppend(o, d) for o, d in _coalesce(self._rx_ops))
+        if rx_ops:
+            if len(rx_ops) > 1:
+                rx_ops = _coalesce(rx_ops)
+            for o, data in rx_ops:
+                ops.append(RxAppend(o, data))
             self._rx_ops = []
-        if self._tx_ops:
-            ops.extend(TxAppend(o, d) for o, d in _coalesce(self._tx_ops))
+        if tx_ops:
+            if len(tx_ops) > 1:
+                tx_ops = _coalesce(tx_ops)
+            for o, data in tx_ops:
+                ops.append(TxAppend(o, data))
             self._tx_ops = []
         if self._rx_trim is not None:
             ops.append(RxTrim(self._rx_trim))
@@ -399,17 +436,19 @@ class Connection:
         if self._tx_trim is not None:
             ops.append(TxTrim(self._tx_trim))
             self._tx_trim = None
-        if self._dirty:
-            ops.append(TcbSet(self._dirty))
+        if dirty:
+            ops.append(TcbSet(dirty))
             self._dirty = {}
         delta: StateDelta | None = None
         if ops:
             self.version += 1
             delta = StateDelta(self.version, tuple(ops))
-        self._out = []
-        self._events = []
+        if out:
+            self._out = []
+        if events:
+            self._events = []
         self._ev_readable = self._ev_space = False
-        return Step(delta, tuple(out), tuple(events))
+        return _new_tuple(Step, (delta, tuple(out), tuple(events)))
 
     # ------------------------------------------------------------------ mutators
 
@@ -430,11 +469,14 @@ class Connection:
             logger.debug("%s %s -> %s (%s)", self.name, old, new, reason)
         if new is TcpState.CLOSED:
             self.timers.clear()
-            self._events.append(Closed())
+            self._events.append(_CLOSED)
         elif new is TcpState.TIME_WAIT:
             t = self.timers
             t.clear()
             t.time_wait_at = self.last_rx_at + self.config.time_wait_timeout
+        elif new is TcpState.ESTABLISHED:
+            # Only a segment (the ACK of our SYN, or the SYN-ACK) gets us here.
+            _output.arm_keepalive(self, self.last_rx_at)
 
     def _advance_rcv(self, new_offset: int) -> None:
         """Move ``rcv_nxt`` to stream offset ``new_offset`` (data and/or FIN accepted)."""
@@ -452,7 +494,7 @@ class Connection:
         self._rx_ops.append((offset, data))
         if not self._ev_readable:
             self._ev_readable = True
-            self._events.append(DataReadable())
+            self._events.append(_DATA_READABLE)
 
     def _ack_sent_data(self, ack: Seq, new_una_offset: int) -> None:
         """``snd_una`` advances to ``ack``; trims acknowledged data (``TxTrim``)."""
@@ -469,7 +511,7 @@ class Connection:
             self._tx_trim = below
             if not self._ev_space:
                 self._ev_space = True
-                self._events.append(SendSpace())
+                self._events.append(_SEND_SPACE)
 
     def _advance_snd_nxt(self, new_offset: int) -> None:
         tcb = self.tcb

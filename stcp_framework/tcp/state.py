@@ -27,13 +27,17 @@ class TcpState(enum.Enum):
 
     def can_send(self) -> bool:
         """The application may still queue data (no FIN queued yet)."""
-        return self in (TcpState.SYN_SENT, TcpState.SYN_RECEIVED, TcpState.ESTABLISHED,
-                        TcpState.CLOSE_WAIT)
+        return self in _CAN_SEND
 
     def can_recv(self) -> bool:
         """The peer may still send data (no FIN received yet)."""
-        return self in (TcpState.SYN_SENT, TcpState.SYN_RECEIVED, TcpState.ESTABLISHED,
-                        TcpState.FIN_WAIT_1, TcpState.FIN_WAIT_2)
+        return self in _CAN_RECV
 
 
-_UNSYNCHRONIZED = frozenset({TcpState.CLOSED, TcpState.LISTEN, TcpState.SYN_SENT})
+# Tuples, not sets: membership tests identity first, where a set would call the
+# (Python-level) Enum.__hash__; these predicates run on every app call.
+_UNSYNCHRONIZED = (TcpState.CLOSED, TcpState.LISTEN, TcpState.SYN_SENT)
+_CAN_SEND = (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT, TcpState.SYN_SENT,
+             TcpState.SYN_RECEIVED)
+_CAN_RECV = (TcpState.ESTABLISHED, TcpState.FIN_WAIT_1, TcpState.FIN_WAIT_2,
+             TcpState.SYN_SENT, TcpState.SYN_RECEIVED)

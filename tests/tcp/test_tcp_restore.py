@@ -3,12 +3,21 @@ persisted equals the live one, and its first drain is the kick."""
 
 from __future__ import annotations
 
+import copy
+from dataclasses import replace
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tcp_helpers import CONFIG, LOCAL_SEQ, MSS, REMOTE_SEQ, r, sq, syn_options
+from tcp_peer import drive, likely_segment
 from test_tcp_properties import Mirror
 
+from stcp_framework.tcp.config import TcpConfig
 from stcp_framework.tcp.machine import Connection
-from stcp_framework.tcp.tcb import Tcb
-from stcp_framework.wire.tcp import SYN
+from stcp_framework.tcp.state import TcpState
+from stcp_framework.tcp.tcb import TCB_FIELDS, Tcb
+from stcp_framework.wire.seq import seq_add, seq_diff, seq_le
+from stcp_framework.wire.tcp import ACK, FIN, SYN
 
 
 def test_restore_from_deltas_equals_live_and_kicks() -> None:
@@ -42,3 +51,97 @@ def test_restore_from_deltas_equals_live_and_kicks() -> None:
     assert bytes(step.segments[0].payload) == bytes(MSS)
     assert all(seg.ack == sq(REMOTE_SEQ, 7) for seg in step.segments)
     assert restored.next_deadline() is not None
+
+
+def _restore(mirror: Mirror, now: float, config: TcpConfig) -> Connection:
+    tcb = Tcb.from_record(mirror.tcb)
+    return Connection.restore(tcb, rx=bytes(mirror.rx), rx_offset=mirror.rx_base,
+                              tx=bytes(mirror.tx), tx_offset=mirror.tx_base, now=now,
+                              config=config, version=mirror.version)
+
+
+# Fields the kick itself may move: its ACK records the window it advertises
+# (rcv_wnd, rcv_wup), and its segments may include new data or a FIN (snd_nxt, fin_sent).
+KICK_FIELDS = ("rcv_wnd", "rcv_wup", "snd_nxt", "fin_sent")
+
+
+def _check_kick(live: Connection, restored: Connection, mirror: Mirror, now: float) -> None:
+    """The restored machine equals the live one, and its first drain is the kick."""
+    tcb = live.tcb
+    got = restored.tcb
+    for name in TCB_FIELDS:
+        if name not in KICK_FIELDS:
+            assert getattr(got, name) == getattr(tcb, name), name
+    assert seq_le(tcb.snd_nxt, got.snd_nxt)
+    assert restored.recv_available == live.recv_available
+    assert restored.at_eof == live.at_eof
+    assert restored.unacked == live.unacked
+    buf = live.snd_buf
+    assert bytes(restored.snd_buf.view(buf.base_offset, len(buf))) == bytes(
+        buf.view(buf.base_offset, len(buf)))
+    step = restored.drain()
+    after = copy.deepcopy(mirror)
+    after.apply(restored, step)  # what the kick changed is in its delta
+    reader = copy.deepcopy(restored)
+    assert reader.app_receive(1 << 30, now) == copy.deepcopy(live).app_receive(1 << 30, now)
+    segs = step.segments
+    state = tcb.state
+    if state in (TcpState.CLOSED, TcpState.TIME_WAIT):
+        assert segs == ()
+        return
+    assert segs, f"no kick in {state}"
+    first = segs[0]
+    if tcb.snd_una_offset < 0 or state is TcpState.SYN_SENT:
+        assert first.flags & SYN and first.seq == tcb.iss  # SYN / SYN-ACK again
+        return
+    assert all(seg.flags & ACK and seg.ack == tcb.rcv_nxt for seg in segs)
+    flight = seq_diff(tcb.snd_nxt, tcb.snd_una)
+    if flight and tcb.snd_wnd >= min(tcb.mss, flight):
+        # (A smaller peer window waits for the RTO: sender SWS avoidance, as live.)
+        assert first.seq == tcb.snd_una  # retransmission from snd_una
+        assert first.payload or first.flags & FIN
+    # The current window: recorded as advertised, never beyond the free buffer (G6; it
+    # may open wider than the live one would, as rcv_mss restarts small) and never a
+    # shrunken right edge (G3, RFC 7323 §2.4).
+    ws = tcb.rcv_wscale
+    assert (got.rcv_wnd, got.rcv_wup) == (first.window << ws, tcb.rcv_nxt)
+    free = restored.config.recv_buffer_size - live.recv_available
+    assert first.window << ws <= max(free, 0) + (1 << ws) - 1 or first.window == 0
+    right_edge = seq_add(tcb.rcv_nxt, first.window << ws)
+    assert seq_le(seq_add(tcb.rcv_wup, tcb.rcv_wnd), right_edge) or first.window == 0xFFFF
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data(), st.booleans(), st.booleans())
+def test_restore_after_random_steps_equals_live(data: st.DataObject, ts: bool,
+                                                ws: bool) -> None:
+    config = replace(CONFIG, timestamps=ts, window_scaling=ws, send_buffer_size=30000)
+    opts = syn_options(wscale=2 if ws else None, ts=(100, 0) if ts else None)
+    mirror = Mirror()
+    syn = r(seq=sq(REMOTE_SEQ, -1), ack=0, flags=SYN, options=opts)
+    conn = Connection.open_passive(syn, now=0.0, config=config, iss=sq(LOCAL_SEQ, -1),
+                                   tsval_offset=12345)
+    mirror.apply(conn, conn.drain())
+    _check_kick(conn, _restore(mirror, 50.0, config), mirror, 50.0)
+    now = 0.0
+    for _ in range(data.draw(st.integers(1, 25), label="steps")):
+        now = drive(data, conn, now, 0)
+        now += 0.01
+        kind = data.draw(st.sampled_from(["peer"] * 4 + ["send", "recv", "timer", "close"]))
+        if kind == "peer":
+            conn.on_segment(likely_segment(data, conn, now), now)
+        elif kind == "send":
+            if conn.state.can_send() and not conn.tcb.app_closed:
+                conn.app_send(bytes(range(256)) * data.draw(st.integers(1, 20)), now)
+        elif kind == "recv":
+            conn.app_receive(data.draw(st.integers(1, 3000)), now)
+        elif kind == "timer":
+            deadline = conn.next_deadline()
+            if deadline is not None:
+                now = max(now, deadline)
+                conn.on_timer(now)
+        else:
+            conn.app_shutdown(now)
+        mirror.apply(conn, conn.drain())
+        later = now + data.draw(st.floats(0.0, 100.0), label="restart after")
+        _check_kick(conn, _restore(mirror, later, config), mirror, later)

@@ -147,3 +147,14 @@ def test_fin_is_retransmitted() -> None:
     expect(conn, [fin])
     expect(conn, [fin], at=conn.next_deadline())
     assert conn.tcb.rcv_nxt == REMOTE_SEQ
+
+
+def test_rto_resends_into_a_zero_window() -> None:
+    """Data in flight when the peer shuts its window is still retransmitted on RTO
+    (RFC 9293 §3.8.6.1), so a live peer is asked again instead of timing out."""
+    conn = conn_established()
+    conn.app_send(b"hello", 1.0)
+    conn.drain()
+    send(conn, r(window=0), at=1.05)  # acknowledges nothing, window shut
+    expect_nothing(conn)
+    expect(conn, [HELLO], at=1.0 + conn.rtt.rto)
