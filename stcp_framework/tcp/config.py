@@ -51,3 +51,7 @@ class TcpConfig:
     keepalive_interval: float = 75.0
     keepalive_probes: int = 9
     challenge_ack_limit: int = 10
+    manual_commit: bool = False
+    """Level 2 (``Stream.commit``): received bytes stay in the store until the app
+    commits them, count against the window (G6), and are replayed after a restore.
+    ``False``: reading commits (level 1). Persisted in the TCB."""

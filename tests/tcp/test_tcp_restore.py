@@ -96,7 +96,7 @@ def _check_kick(live: Connection, restored: Connection, mirror: Mirror, now: flo
         return
     assert all(seg.flags & ACK and seg.ack == tcb.rcv_nxt for seg in segs)
     flight = seq_diff(tcb.snd_nxt, tcb.snd_una)
-    if flight and tcb.snd_wnd >= min(tcb.mss, flight):
+    if flight and tcb.snd_wnd >= min(tcb.mss, live.unacked):
         # (A smaller peer window waits for the RTO: sender SWS avoidance, as live.)
         assert first.seq == tcb.snd_una  # retransmission from snd_una
         assert first.payload or first.flags & FIN
