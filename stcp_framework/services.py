@@ -11,6 +11,9 @@ benchmarks compare the stacks, not the services.
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Callable
+
 import trio
 
 CHARGEN_LINE = 72
@@ -33,20 +36,58 @@ def chargen_bytes(offset: int, length: int) -> bytes:
 
 
 async def echo(stream: trio.abc.Stream) -> None:
-    """RFC 862: echo every byte; when the peer half-closes, finish and close."""
+    """RFC 862: echo every byte; when the peer half-closes, finish and close.
+
+    On an stcp stream served with ``commit="manual"`` each answer is sent and the input
+    committed in one atomic store write (``send_all_and_commit``), so across any number
+    of crashes every byte is echoed exactly once: input that was not answered is
+    replayed after the restart, input that was answered is not.
+    """
+    atomic = getattr(stream, "send_all_and_commit", None)
     while True:
         data = await stream.receive_some(RECEIVE_SIZE)
         if not data:
             break
-        await stream.send_all(data)
+        if atomic is not None:
+            await atomic(data)
+        else:
+            await stream.send_all(data)
     if isinstance(stream, trio.abc.HalfCloseableStream):
         await stream.send_eof()
 
 
-async def discard(stream: trio.abc.Stream) -> None:
-    """RFC 863: read and drop everything until the peer closes."""
-    while await stream.receive_some(RECEIVE_SIZE):
-        pass
+DISCARD_COMMIT_EVERY = 1 << 20  # level 2: commit (with the running CRC) every MiB
+
+
+def parse_discard_state(state: bytes | None) -> tuple[int, int]:
+    """``(bytes, crc32)`` from a discard commit state (``b"<bytes>:<crc32 hex>"``)."""
+    if not state:
+        return 0, 0
+    count, _, crc = state.decode().partition(":")
+    return int(count), int(crc, 16)
+
+
+async def discard(stream: trio.abc.Stream, report: Callable[[str], None] | None = None) -> None:
+    """RFC 863: read and drop everything until the peer closes.
+
+    It keeps a running count and CRC-32 of what it received. On an stcp stream served
+    with ``commit="manual"`` both are committed with the stream offset every MiB (and at
+    the end), so they survive crashes and count every byte exactly once; ``report``
+    gets one line with them when the peer closes.
+    """
+    commit = getattr(stream, "commit", None)
+    count, crc = parse_discard_state(getattr(stream, "state", None))
+    committed = count
+    while data := await stream.receive_some(RECEIVE_SIZE):
+        crc = zlib.crc32(data, crc)
+        count += len(data)
+        if commit is not None and count - committed >= DISCARD_COMMIT_EVERY:
+            await commit(state=f"{count}:{crc:08x}".encode())
+            committed = count
+    if commit is not None and count != committed:
+        await commit(state=f"{count}:{crc:08x}".encode())
+    if report is not None:
+        report(f"discard: received {count} bytes, crc32 {crc:08x}")
 
 
 async def chargen(stream: trio.abc.Stream) -> None:
@@ -68,4 +109,6 @@ async def chargen(stream: trio.abc.Stream) -> None:
 
 
 SERVICES = {"echo": echo, "discard": discard, "chargen": chargen}
+COMMIT_MODES = {"echo": "manual", "discard": "manual", "chargen": "auto"}
+"""How ``stcp run`` serves each service: echo and discard commit explicitly (level 2)."""
 DEFAULT_PORTS = {"echo": 7, "discard": 9, "chargen": 19}

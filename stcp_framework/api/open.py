@@ -14,7 +14,7 @@ from ..store.base import Store
 from ..store.memory import MemoryStore
 from ..tcp.config import TcpConfig
 from .listener import Listener
-from .stream import Stream
+from .stream import Stream, Transaction
 
 logger = logging.getLogger("stcp.api")
 
@@ -33,9 +33,23 @@ class Stack:
         """The runtime (counters in ``runtime.stats`` and ``runtime.drops``)."""
         return self._runtime
 
-    def listen(self, port: int, *, backlog: int | None = None) -> Listener:
-        """Start accepting connections on ``port`` (every local address)."""
-        return Listener(self._runtime, self._runtime.listen(port, backlog))
+    def listen(self, port: int, *, backlog: int | None = None, commit: str = "auto") -> Listener:
+        """Start accepting connections on ``port`` (every local address).
+
+        Args:
+            backlog: Cap on connections in SYN-RECEIVED or waiting for ``accept``.
+            commit: ``"auto"`` (level 1): reading a byte commits it. ``"manual"``
+                (level 2): bytes stay in the store until ``Stream.commit``, and after a
+                restart reading resumes at the commit offset (replay). Uncommitted bytes
+                count against the receive window (G6).
+        """
+        return Listener(
+            self._runtime, self._runtime.listen(port, backlog, manual_commit=_manual(commit))
+        )
+
+    def transaction(self) -> Transaction:
+        """Sends and commits on several streams that become durable atomically."""
+        return Transaction(self._runtime)
 
     async def serve(
         self,
@@ -43,14 +57,17 @@ class Stack:
         port: int,
         *,
         backlog: int | None = None,
+        commit: str = "auto",
         task_status: trio.TaskStatus[Listener] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Accept connections on ``port`` forever, running ``handler(stream)`` for each.
 
         The stream is closed when the handler returns. An exception in a handler is
-        logged and resets that one connection; it does not stop the server.
+        logged and resets that one connection; it does not stop the server. Streams
+        restored after a restart come first, with ``stream.recovered == True`` (see
+        ``listen`` for ``commit``).
         """
-        listener = self.listen(port, backlog=backlog)
+        listener = self.listen(port, backlog=backlog, commit=commit)
         async with trio.open_nursery() as nursery:
             task_status.started(listener)
             try:
@@ -60,7 +77,7 @@ class Stack:
             finally:
                 await listener.aclose()
 
-    async def connect(self, host: str, port: int) -> Stream:
+    async def connect(self, host: str, port: int, *, commit: str = "auto") -> Stream:
         """Open a connection (active open) and wait until it is established.
 
         Raises:
@@ -69,7 +86,7 @@ class Stack:
             timed-out connect raises ``ConnectionRefused`` / ``ConnectionTimedOut``.
         """
         runtime = self._runtime
-        flow = runtime.open_flow(host, port)
+        flow = runtime.open_flow(host, port, manual_commit=_manual(commit))
         try:
             while not flow.connected:
                 if flow.error is not None:
@@ -81,6 +98,12 @@ class Stack:
                 runtime.touch(flow)
             raise
         return Stream(runtime, flow)
+
+
+def _manual(commit: str) -> bool:
+    if commit not in ("auto", "manual"):
+        raise ValueError(f'commit must be "auto" or "manual", not {commit!r}')
+    return commit == "manual"
 
 
 async def _run_handler(handler: Handler, stream: Stream) -> None:

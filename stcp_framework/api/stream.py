@@ -89,6 +89,65 @@ class Stream(trio.abc.HalfCloseableStream):
         return self._flow.conn.rcv_buf.read_offset
 
     @property
+    def commit_offset(self) -> int:
+        """Inbound bytes below this offset are processed for good (``commit``).
+
+        After a restart, reading resumes here: bytes read but not committed are
+        delivered again (replay, G4).
+        """
+        return self._flow.conn.tcb.commit_offset
+
+    @property
+    def state(self) -> bytes | None:
+        """The application state stored by the last ``commit`` (restored with it, G4)."""
+        return self._flow.app_state
+
+    # ------------------------------------------------------------- level 2
+
+    async def commit(self, offset: int | None = None, *, state: bytes | None = None) -> None:
+        """Level 2: the app has durably processed the inbound stream up to ``offset``.
+
+        ``offset`` (default: ``read_offset``, everything read so far) and ``state`` are
+        written to the store in one atomic step; this returns once they are durable.
+        After a restart ``self.state`` is ``state`` and reading resumes at ``offset``.
+        Only streams served or connected with ``commit="manual"`` keep uncommitted bytes
+        for replay; in the default ``"auto"`` mode every read commits.
+
+        Raises:
+            ValueError: ``offset`` is below ``commit_offset`` or beyond ``read_offset``.
+        """
+        flow = self._flow
+        if self._closed:
+            raise trio.ClosedResourceError("this stream was closed")
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if offset is None:
+            offset = self.read_offset
+        if not flow.closed:
+            flow.conn.app_commit(offset, state, trio.current_time())
+            flow.app_state = state
+            self._runtime.touch(flow)
+        await self._runtime.wait_durable(flow)
+
+    async def send_all_and_commit(
+        self,
+        data: bytes | bytearray | memoryview,
+        *,
+        offset: int | None = None,
+        state: bytes | None = None,
+    ) -> None:
+        """Send ``data`` and commit this stream's inbound side, as one atomic store write.
+
+        After a crash either both happened or neither: a replayed input is answered
+        exactly once (an echo, a request/response server). ``data`` must fit the send
+        buffer (``TcpConfig.send_buffer_size``). See ``Stack.transaction`` for sends
+        and commits on several streams.
+        """
+        txn = Transaction(self._runtime)
+        txn.send(self, data)
+        txn.commit(self, offset, state=state)
+        await txn.apply()
+
+    @property
     def recovered(self) -> bool:
         """True when this stream was restored from the store after a restart."""
         return self._flow.recovered
@@ -205,5 +264,80 @@ class Stream(trio.abc.HalfCloseableStream):
             flow.lot.unpark_all()
         await trio.lowlevel.checkpoint()
 
+    async def _wait_send_space(self, size: int) -> None:
+        flow = self._flow
+        limit = flow.conn.config.send_buffer_size
+        if size > limit:
+            raise ValueError(f"{size} bytes do not fit the send buffer ({limit}) atomically")
+        while True:
+            self._check_usable()
+            if self._eof_sent:
+                raise trio.ClosedResourceError("cannot send after send_eof()")
+            if flow.closed or not flow.conn.state.can_send():
+                raise trio.BrokenResourceError("the connection is closed")
+            if flow.conn.send_space >= size:
+                return
+            await flow.lot.park()
+
     def __repr__(self) -> str:
         return f"<stcp.Stream {self.flow_id} {self.tcp_state}>"
+
+
+class Transaction:
+    """Sends and commits on several streams that become durable together or not at all.
+
+    Every machine call of ``apply()`` runs without a checkpoint in between, so all of
+    their deltas land in the same group commit, which the store applies atomically
+    (one script for the whole batch). A relay forwards each byte exactly once::
+
+        txn = stack.transaction()
+        txn.send(downstream, data)
+        txn.commit(upstream, upstream.read_offset)
+        await txn.apply()
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._sends: list[tuple[Stream, bytes | bytearray | memoryview]] = []
+        self._commits: list[tuple[Stream, int | None, bytes | None]] = []
+
+    def send(self, stream: Stream, data: bytes | bytearray | memoryview) -> None:
+        self._sends.append((stream, data))
+
+    def commit(
+        self, stream: Stream, offset: int | None = None, *, state: bytes | None = None
+    ) -> None:
+        self._commits.append((stream, offset, state))
+
+    async def apply(self) -> None:
+        """Wait for send space, then send and commit everything atomically; returns once
+        it is durable (strict mode)."""
+        sends = [(s, memoryview(d).cast("B")) for s, d in self._sends]
+        streams = {id(s): s for s, _ in sends} | {id(s): s for s, _, _ in self._commits}
+        for stream in streams.values():
+            if stream._closed:
+                raise trio.ClosedResourceError("this stream was closed")
+        needed: dict[int, int] = {}
+        for stream, view in sends:
+            needed[id(stream)] = needed.get(id(stream), 0) + len(view)
+        while True:
+            for stream, _ in sends:
+                await stream._wait_send_space(needed[id(stream)])
+            if all(s._flow.conn.send_space >= needed[id(s)] for s, _ in sends):
+                break  # space can only have grown meanwhile, but check: atomic or nothing
+        await trio.lowlevel.checkpoint_if_cancelled()
+        # -- no checkpoint from here to the touches: one round takes all of it --
+        now = trio.current_time()
+        for stream, view in sends:
+            accepted = stream._flow.conn.app_send(view, now)
+            assert accepted == len(view), "send space was checked"
+        for stream, offset, state in self._commits:
+            flow = stream._flow
+            if offset is None:
+                offset = stream.read_offset
+            flow.conn.app_commit(offset, state, now)
+            flow.app_state = state
+        for stream in streams.values():
+            self._runtime.touch(stream._flow)
+        for stream in streams.values():
+            await self._runtime.wait_durable(stream._flow)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import signal
 import sys
@@ -15,7 +16,8 @@ from ..errors import StcpConfigError
 from ..link.base import PacketDevice
 from ..link.pcap import PcapDevice
 from ..link.tun import TunDevice
-from ..services import DEFAULT_PORTS, SERVICES
+from ..services import COMMIT_MODES, DEFAULT_PORTS, SERVICES, discard
+from ..stack.clock import MonotonicClock
 from ..store.base import Store
 from ..store.memory import MemoryStore
 
@@ -99,7 +101,9 @@ def run_command(args: argparse.Namespace) -> int:
         raise StcpConfigError("give the stack's address to serve on: --listen 198.18.0.2:PORT")
     args.store_obj = open_store(args.store, instance=args.instance, store_dir=args.store_dir)
     try:
-        trio.run(_serve, args)
+        # CLOCK_MONOTONIC, not trio's randomly offset clock: a restarted process must
+        # continue the TCP timestamps of the flows it restores (stack/clock.py, G3).
+        trio.run(_serve, args, clock=MonotonicClock())
     except KeyboardInterrupt:
         pass
     return 0
@@ -120,8 +124,14 @@ async def _serve(args: argparse.Namespace) -> None:
         durability=args.durability,
     ) as stack:
         async with trio.open_nursery() as nursery:
+            if args.service == "discard":
+                handler = functools.partial(discard, report=_report)
             for port in ports:
-                await nursery.start(stack.serve, handler, port)
+                await nursery.start(
+                    functools.partial(stack.serve, commit=COMMIT_MODES[args.service]),
+                    handler,
+                    port,
+                )
             where = ", ".join(f"{a}:{p}" for a in addresses for p in ports)
             restored = stack.runtime.restored
             print(
@@ -145,3 +155,7 @@ async def _serve(args: argparse.Namespace) -> None:
             file=sys.stderr,
         )
     await device.aclose()
+
+
+def _report(line: str) -> None:
+    print(f"stcp: {line}", file=sys.stderr, flush=True)

@@ -79,6 +79,7 @@ class Flow:
     dirty: bool = False
     durable_version: int = 0  # the newest of this flow's delta versions the store holds
     recovered: bool = False  # restored from the store after a restart
+    app_state: bytes | None = None  # stored with the last commit (level 2)
     forgettable: bool = True  # remove the store record once CLOSED
     backlog: Listener | None = None  # counted in this listener's SYN backlog
 

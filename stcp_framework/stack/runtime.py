@@ -63,8 +63,9 @@ FORGET_QUEUE = 65536  # closed flows waiting to be removed from the store
 class Listener:
     """Connections accepted on one port, waiting for ``accept()``."""
 
-    def __init__(self, port: int, backlog: int) -> None:
+    def __init__(self, port: int, backlog: int, *, manual_commit: bool = False) -> None:
         self.port = port
+        self.manual_commit = manual_commit
         self.backlog = backlog
         self.queue: deque[Flow] = deque()
         self.lot = trio.lowlevel.ParkingLot()
@@ -127,6 +128,12 @@ class Runtime:
         mtu = device.mtu
         self._config4 = replace(base, mss=min(base.mss, mtu - IPV4_TCP_OVERHEAD))
         self._config6 = replace(base, mss=min(base.mss, mtu - IPV6_TCP_OVERHEAD))
+        # (IPv6?, manual commit?) -> config
+        self._configs = {
+            (ipv6, manual): replace(cfg, manual_commit=manual)
+            for ipv6, cfg in ((False, self._config4), (True, self._config6))
+            for manual in (False, True)
+        }
         self.epoch = 0  # set by run() from store.next_epoch(instance)
         self.restored = 0
         self._rng = rng or random.Random()
@@ -228,7 +235,7 @@ class Runtime:
                 self.drops[DropReason.BACKLOG_FULL] += 1
                 return
             key = (pkt.src, seg.src_port, pkt.dst, seg.dst_port)
-            config = self._config4 if pkt.version == 4 else self._config6
+            config = self._configs[pkt.version == 6, listener.manual_commit]
             conn = Connection.open_passive(
                 seg,
                 now=now,
@@ -588,12 +595,14 @@ class Runtime:
         while flow.durable_version < target and not flow.closed:
             await flow.lot.park()
 
-    def listen(self, port: int, backlog: int | None = None) -> Listener:
+    def listen(
+        self, port: int, backlog: int | None = None, *, manual_commit: bool = False
+    ) -> Listener:
         if not 0 < port < 65536:
             raise StcpConfigError(f"port {port} is not in 1..65535")
         if port in self.listeners and not self.listeners[port].closed:
             raise StcpConfigError(f"port {port} already has a listener on this stack")
-        listener = Listener(port, backlog or self._syn_backlog)
+        listener = Listener(port, backlog or self._syn_backlog, manual_commit=manual_commit)
         self.listeners[port] = listener
         for flow in self._unclaimed.pop(port, []):
             if not flow.closed:
@@ -606,7 +615,7 @@ class Runtime:
             del self.listeners[listener.port]
         listener.lot.unpark_all()
 
-    def open_flow(self, remote: str, remote_port: int) -> Flow:
+    def open_flow(self, remote: str, remote_port: int, *, manual_commit: bool = False) -> Flow:
         """Start an active open towards ``remote:remote_port`` (the SYN goes out next round)."""
         raddr = ipaddress.ip_address(remote).packed
         local = self._addr4 if len(raddr) == 4 else self._addr6
@@ -621,7 +630,7 @@ class Runtime:
         else:
             raise StcpConfigError("no free ephemeral port")
         now = trio.current_time()
-        config = self._config4 if len(raddr) == 4 else self._config6
+        config = self._configs[len(raddr) == 16, manual_commit]
         conn = Connection.open_active(
             now=now, config=config, iss=self._iss(now, key), tsval_offset=self._rng.getrandbits(32)
         )

@@ -54,6 +54,7 @@ ALIASES: dict[str, str] = {
     "read_offset": "ro",
     "commit_offset": "co",
     "app_closed": "ac",
+    "manual_commit": "mc",
     "schema": "sc",
 }
 """Stored name of each known TCB field (a stable part of the layout)."""

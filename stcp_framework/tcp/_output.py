@@ -31,9 +31,9 @@ _new = tuple.__new__  # OutSegment/TcpOptions built positionally, without keywor
 
 
 def _free_space(c: Connection) -> int:
-    """Receive buffer space not holding unread bytes (G6: the window never exceeds it)."""
+    """Receive buffer space not holding uncommitted bytes (G6: the window never exceeds it)."""
     buf = c.rcv_buf
-    free = c.config.recv_buffer_size - (buf.end_offset - buf.read_offset)
+    free = c.config.recv_buffer_size - (buf.end_offset - buf.commit_offset)
     return free if free > 0 else 0
 
 
@@ -54,7 +54,7 @@ def advertise_window(c: Connection) -> int:
     buf = c.rcv_buf
     config = c.config
     size = config.recv_buffer_size
-    free = size - (buf.end_offset - buf.read_offset)
+    free = size - (buf.end_offset - buf.commit_offset)
     if free < 0:
         free = 0
     target = MAX_WINDOW << ws
@@ -89,7 +89,7 @@ def window_update_due(c: Connection) -> bool:
         cur = 0
     buf = c.rcv_buf
     size = c.config.recv_buffer_size
-    target = size - (buf.end_offset - buf.read_offset)  # free space
+    target = size - (buf.end_offset - buf.commit_offset)  # free space
     if target < 0:
         target = 0
     cap = MAX_WINDOW << tcb.rcv_wscale

@@ -94,14 +94,21 @@ class SendBuffer:
 
 
 class RecvBuffer:
-    """In-order inbound bytes ``[read_offset, end_offset)`` not yet read by the app."""
+    """In-order inbound bytes ``[read_offset, end_offset)`` not yet read by the app.
 
-    __slots__ = ("_chunks", "_first_pos", "end_offset", "read_offset")
+    ``commit_offset <= read_offset``: bytes from ``commit_offset`` on still occupy the
+    receive window (G6) -- with level-2 commits (``manual_commit``), bytes read but not
+    committed stay in the store for replay; in level 1 every read commits, so the two
+    offsets move together. Bytes already read are not kept here: the store has them.
+    """
+
+    __slots__ = ("_chunks", "_first_pos", "commit_offset", "end_offset", "read_offset")
 
     def __init__(self, read_offset: int = 0) -> None:
         self._chunks: deque[bytes] = deque()
         self._first_pos = 0  # bytes of _chunks[0] already read
         self.read_offset = read_offset
+        self.commit_offset = read_offset
         self.end_offset = read_offset
 
     def __len__(self) -> int:

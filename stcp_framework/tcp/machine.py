@@ -32,7 +32,7 @@ from . import _arrive, _listen, _output
 from .buffers import Reassembly, RecvBuffer, SendBuffer
 from .config import TcpConfig
 from .congestion import NewReno
-from .delta import DeltaOp, RxAppend, RxTrim, StateDelta, TcbSet, TxAppend, TxTrim
+from .delta import AppCommit, DeltaOp, RxAppend, RxTrim, StateDelta, TcbSet, TxAppend, TxTrim
 from .errors import LocalProtocolError
 from .events import Closed, DataReadable, Event, SendSpace
 from .rtt import RttEstimator
@@ -94,6 +94,7 @@ class Connection:
         self.config = config
         self.name = ""  # the stack may set "[src:port>dst:port]" for log lines
         self.tcb = Tcb(iss=iss, tsval_offset=tsval_offset & 0xFFFFFFFF, mss=DEFAULT_MSS)
+        self.tcb.manual_commit = config.manual_commit
         self.timers = Timers()
         self.rtt = RttEstimator(config.initial_rto, config.min_rto, config.max_rto)
         self.cc = NewReno(DEFAULT_MSS, config.initial_cwnd_segments)
@@ -107,6 +108,7 @@ class Connection:
         self._rx_ops: list[tuple[int, bytes]] = []
         self._tx_ops: list[tuple[int, bytes]] = []
         self._rx_trim: int | None = None
+        self._app_commit: AppCommit | None = None
         self._tx_trim: int | None = None
         self._ev_readable = False
         self._ev_space = False
@@ -201,11 +203,14 @@ class Connection:
         c.offer_wscale = tcb.rcv_wscale > 0
         c.cc.set_mss(tcb.mss, config.initial_cwnd_segments)
         rcv_end = tcb.rcv_nxt_offset - (1 if tcb.fin_received else 0)
-        c.rcv_buf = RecvBuffer(tcb.read_offset)
-        start = tcb.read_offset - rx_offset
-        if start >= 0 and tcb.read_offset < rcv_end:
+        # Reading resumes at the commit point: level 2 replays what was read but not
+        # committed (G4); in level 1 the two offsets are equal.
+        resume = tcb.read_offset = tcb.commit_offset
+        c.rcv_buf = RecvBuffer(resume)
+        start = resume - rx_offset
+        if start >= 0 and resume < rcv_end:
             c.rcv_buf.append(bytes(memoryview(rx)[start : rcv_end - rx_offset]))
-        c.rcv_buf.end_offset = max(rcv_end, tcb.read_offset)
+        c.rcv_buf.end_offset = max(rcv_end, resume)
         c.snd_buf = SendBuffer(tx_offset)
         c.snd_buf.append(bytes(tx))
         c.snd_ptr = max(tcb.snd_una_offset, 0)
@@ -343,23 +348,48 @@ class Connection:
     def app_receive(self, max_bytes: int, now: float) -> bytes:
         """Take up to ``max_bytes`` received bytes (b"" when none are buffered).
 
-        Level 1: reading commits (``read_offset`` = ``commit_offset``; ``RxTrim``). A read
-        that opens the window significantly sends a window update at once.
+        Level 1: reading commits (``read_offset`` = ``commit_offset``; ``RxTrim``), and a
+        read that opens the window significantly sends a window update at once. Level 2
+        (``manual_commit``): reading only moves the in-memory cursor; the bytes stay
+        stored and keep their window space until ``app_commit``.
         """
         buf = self.rcv_buf
         data = buf.read(max_bytes)
-        if data:
-            off = buf.read_offset
-            tcb = self.tcb
-            tcb.read_offset = tcb.commit_offset = off
-            d = self._dirty
-            d["read_offset"] = off
-            d["commit_offset"] = off
-            self._rx_trim = off
-            if tcb.state.synchronized() and _output.window_update_due(self):
-                self.ack_now = True
-                _output.transmit(self, now)
+        if data and not self.tcb.manual_commit:
+            self._commit_to(buf.read_offset, now)
         return data
+
+    def app_commit(self, offset: int, state: bytes | None, now: float) -> None:
+        """Level 2: the app has durably processed the inbound stream up to ``offset``.
+
+        Records ``AppCommit(offset, state)`` atomically with the trim of the stored bytes
+        below ``offset`` (G4); the freed window may be announced at once.
+
+        Raises:
+            ValueError: ``offset`` is below the last commit or beyond what was read.
+        """
+        buf = self.rcv_buf
+        if not buf.commit_offset <= offset <= buf.read_offset:
+            raise ValueError(
+                f"commit offset {offset} outside [{buf.commit_offset}, {buf.read_offset}]"
+                " (committed .. read)"
+            )
+        self._app_commit = AppCommit(offset, state)
+        self._commit_to(offset, now)
+
+    def _commit_to(self, offset: int, now: float) -> None:
+        buf = self.rcv_buf
+        buf.commit_offset = offset
+        tcb = self.tcb
+        if offset != tcb.commit_offset:
+            tcb.read_offset = tcb.commit_offset = offset
+            d = self._dirty
+            d["read_offset"] = offset
+            d["commit_offset"] = offset
+            self._rx_trim = offset
+        if tcb.state.synchronized() and _output.window_update_due(self):
+            self.ack_now = True
+            _output.transmit(self, now)
 
     def app_shutdown(self, now: float) -> None:
         """Half-close (RFC 9293 §3.10.4 CLOSE of the send side): FIN after queued data."""
@@ -415,6 +445,7 @@ class Connection:
         if not (
             out or events or dirty or rx_ops or tx_ops
             or self._rx_trim is not None or self._tx_trim is not None
+            or self._app_commit is not None
         ):
             return EMPTY_STEP
         ops: list[DeltaOp] = []
@@ -433,6 +464,9 @@ class Connection:
         if self._rx_trim is not None:
             ops.append(RxTrim(self._rx_trim))
             self._rx_trim = None
+        if self._app_commit is not None:
+            ops.append(self._app_commit)
+            self._app_commit = None
         if self._tx_trim is not None:
             ops.append(TxTrim(self._tx_trim))
             self._tx_trim = None

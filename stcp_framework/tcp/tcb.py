@@ -46,6 +46,7 @@ TCB_FIELDS: tuple[str, ...] = (
     "read_offset",
     "commit_offset",
     "app_closed",
+    "manual_commit",
 )
 
 
@@ -76,8 +77,11 @@ class Tcb:
         snd_una_offset: Stream offset of ``snd_una`` (-1 while the SYN is unacknowledged;
             data length + 1 once our FIN is acknowledged).
         rcv_nxt_offset: Stream offset of ``rcv_nxt`` (data length + 1 after the FIN).
-        read_offset: Inbound bytes the app has read. ``commit_offset``: app committed.
+        read_offset: Inbound bytes the app has read, as persisted: with level-2 commits
+            only the commit point is persisted, so it equals ``commit_offset`` (reading
+            resumes there after a restore). ``commit_offset``: app committed.
         app_closed: The app called ``close()``: inbound data from now on gets a RST.
+        manual_commit: Level 2: bytes stay stored until ``app_commit`` (replay).
     """
 
     __slots__ = TCB_FIELDS
@@ -108,6 +112,7 @@ class Tcb:
     read_offset: int
     commit_offset: int
     app_closed: bool
+    manual_commit: bool
 
     def __init__(self, *, iss: Seq, tsval_offset: int, mss: int) -> None:
         self.state = TcpState.CLOSED
@@ -135,6 +140,7 @@ class Tcb:
         self.rcv_nxt_offset = -1
         self.read_offset = 0
         self.commit_offset = 0
+        self.manual_commit = False
         self.app_closed = False
 
     def to_record(self) -> dict[str, Any]:

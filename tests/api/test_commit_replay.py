@@ -1,0 +1,192 @@
+"""Level 2 (G4): commit with state, replay after a crash, atomic send + commit."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+import trio.testing
+
+from stcp_framework import MemoryStore, Stack, Stream, open_stack
+from stcp_framework.link.sim import SimNetwork
+from stcp_framework.services import echo
+
+CLIENT, SERVER, PORT = "198.18.0.1", "198.18.0.2", 7
+
+
+@asynccontextmanager
+async def server_incarnation(
+    net: SimNetwork,
+    store: MemoryStore,
+    handler: Callable[[Stream], Awaitable[object]],
+    seed: int,
+) -> AsyncIterator[Stack]:
+    """One life of the server: crash it by leaving the block (only the store survives)."""
+    link = net.attach(SERVER)
+    try:
+        async with (
+            open_stack(
+                link,
+                [SERVER],
+                store=store,
+                instance="srv",
+                rng=random.Random(seed),
+                iss_secret=b"server",
+            ) as stack,
+            trio.open_nursery() as nursery,
+        ):
+            await nursery.start(
+                lambda task_status: stack.serve(
+                    handler, PORT, commit="manual", task_status=task_status
+                )
+            )
+            yield stack
+            nursery.cancel_scope.cancel()
+    finally:
+        await link.aclose()
+
+
+async def test_replay_resumes_at_the_commit_offset_with_its_state(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    net = SimNetwork(1)
+    store = MemoryStore()
+    seen: list[tuple[bool, bytes | None, int, bytes]] = []
+    first_read = trio.Event()
+    replayed = trio.Event()
+
+    async def handler(stream: Stream) -> None:
+        data = await stream.receive_some(5)
+        seen.append((stream.recovered, stream.state, stream.commit_offset, data))
+        if stream.recovered:
+            replayed.set()
+        else:
+            await stream.commit(2, state=b"after-2")  # processed "ab" only
+            await stream.receive_some(100)  # read more, never committed
+            first_read.set()
+        await trio.sleep_forever()
+
+    async with open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(2)) as client:
+        async with server_incarnation(net, store, handler, seed=3):
+            stream = await client.connect(SERVER, PORT)
+            await stream.send_all(b"abcdefgh")
+            await first_read.wait()
+        # crashed; a new incarnation restores the flow from the store
+        async with server_incarnation(net, store, handler, seed=4):
+            with trio.fail_after(5):
+                await replayed.wait()
+    assert seen[0] == (False, None, 0, b"abcde")
+    # replay: from the commit offset, with the state stored by that commit
+    assert seen[1] == (True, b"after-2", 2, b"cdefg")
+
+
+async def test_commit_outside_read_range_is_refused(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    net = SimNetwork(1)
+    errors: list[BaseException] = []
+    done = trio.Event()
+
+    async def handler(stream: Stream) -> None:
+        await stream.receive_some(3)
+        for bad in (4, -1):
+            try:
+                await stream.commit(bad)
+            except ValueError as exc:
+                errors.append(exc)
+        done.set()
+        await trio.sleep_forever()
+
+    async with (
+        open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(2)) as client,
+        server_incarnation(net, MemoryStore(), handler, seed=3),
+    ):
+        stream = await client.connect(SERVER, PORT)
+        await stream.send_all(b"abc")
+        await done.wait()
+    assert len(errors) == 2
+
+
+async def test_uncommitted_bytes_hold_the_window(autojump_clock: trio.testing.MockClock) -> None:
+    """G6: with level 2, read-but-uncommitted bytes keep occupying the receive window."""
+    from stcp_framework import TcpConfig
+
+    net = SimNetwork(1)
+    config = TcpConfig(recv_buffer_size=64 * 1024, send_buffer_size=1 << 20)
+    read = 0
+    reading_done = trio.Event()
+
+    async def handler(stream: Stream) -> None:
+        nonlocal read
+        with trio.move_on_after(5):
+            while True:
+                read += len(await stream.receive_some())
+        reading_done.set()
+        await trio.sleep_forever()
+
+    async with open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(2)) as client:
+        link = net.attach(SERVER)
+        async with (
+            open_stack(link, [SERVER], config=config) as server,
+            trio.open_nursery() as nursery,
+        ):
+            await nursery.start(
+                lambda task_status: server.serve(
+                    handler, PORT, commit="manual", task_status=task_status
+                )
+            )
+            stream = await client.connect(SERVER, PORT)
+            with trio.move_on_after(5):
+                await stream.send_all(b"x" * 500_000)
+            await reading_done.wait()
+            nursery.cancel_scope.cancel()
+    assert 0 < read <= 64 * 1024
+
+
+@pytest.mark.parametrize("crash_after", [1, 3, 7])
+async def test_echo_is_exactly_once_across_crashes(
+    autojump_clock: trio.testing.MockClock, crash_after: int
+) -> None:
+    """send_all_and_commit: every input is answered once, whatever the crash point."""
+    net = SimNetwork(5, delay=0.002)
+    store = MemoryStore()
+    payload = random.Random(crash_after).randbytes(300_000)
+    received = bytearray()
+
+    async with open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(2)) as client:
+        crashes = 0
+        async with trio.open_nursery() as nursery:
+            stream: Stream | None = None
+
+            async def run_client() -> None:
+                nonlocal stream
+                stream = await client.connect(SERVER, PORT)
+                for i in range(0, len(payload), 10_000):
+                    await stream.send_all(payload[i : i + 10_000])
+                    await trio.sleep(0.01)
+                await stream.send_eof()
+                while data := await stream.receive_some():
+                    received.extend(data)
+
+            client_done = trio.Event()
+
+            async def client_task() -> None:
+                await run_client()
+                client_done.set()
+
+            server_cm = server_incarnation(net, store, echo, seed=10)
+            await server_cm.__aenter__()
+            nursery.start_soon(client_task)
+            while crashes < crash_after and not client_done.is_set():
+                await trio.sleep(0.05 + 0.01 * crashes)
+                await server_cm.__aexit__(None, None, None)  # crash
+                crashes += 1
+                server_cm = server_incarnation(net, store, echo, seed=10 + crashes)
+                await server_cm.__aenter__()
+            with trio.fail_after(60):
+                await client_done.wait()
+            await server_cm.__aexit__(None, None, None)
+    assert bytes(received) == payload
