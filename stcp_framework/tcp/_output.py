@@ -65,8 +65,10 @@ def advertise_window(c: Connection) -> int:
         threshold = c.rcv_mss
     wnd = target if target - cur >= threshold else cur  # RFC 9293 §3.8.6.2.2
     header = wnd >> ws
-    if (header << ws) < cur and ((header + 1) << ws) <= free:
-        # Keep the right edge (RFC 7323 §2.4): round up, if the buffer allows it.
+    if (header << ws) < cur:
+        # Keep the right edge (RFC 7323 §2.4): round up to the next scale unit, as Linux
+        # tcp_select_window does, even if that offers up to 2**ws - 1 bytes more than
+        # the free space; the edge must never move left.
         header += 1
     if header > MAX_WINDOW:
         header = MAX_WINDOW

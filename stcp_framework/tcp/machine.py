@@ -387,7 +387,10 @@ class Connection:
             d["read_offset"] = offset
             d["commit_offset"] = offset
             self._rx_trim = offset
-        if tcb.state.synchronized() and _output.window_update_due(self):
+        # No window update once the peer's FIN arrived (Linux tcp_cleanup_rbuf under
+        # RCV_SHUTDOWN): it can send nothing more, and from TIME-WAIT an update would
+        # meet a peer that already forgot the connection (and answers RST).
+        if tcb.state.synchronized() and tcb.state.can_recv() and _output.window_update_due(self):
             self.ack_now = True
             _output.transmit(self, now)
 
