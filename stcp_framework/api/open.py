@@ -94,7 +94,7 @@ class Stack:
                 await flow.lot.park()
         except BaseException:
             if not flow.closed:
-                flow.conn.app_abort(trio.current_time())
+                flow.conn.app_abort(runtime.now())
                 runtime.touch(flow)
             raise
         return Stream(runtime, flow)

@@ -123,7 +123,7 @@ class Stream(trio.abc.HalfCloseableStream):
         if offset is None:
             offset = self.read_offset
         if not flow.closed:
-            flow.conn.app_commit(offset, state, trio.current_time())
+            flow.conn.app_commit(offset, state, self._runtime.now())
             flow.app_state = state
             self._runtime.touch(flow)
         await self._runtime.wait_durable(flow)
@@ -179,7 +179,7 @@ class Stream(trio.abc.HalfCloseableStream):
                 self._check_usable()
                 if flow.closed or not flow.conn.state.can_send():
                     raise trio.BrokenResourceError("the connection is closed")
-                n = flow.conn.app_send(view, trio.current_time())
+                n = flow.conn.app_send(view, self._runtime.now())
                 if n:
                     runtime.touch(flow)
                     view = view[n:]
@@ -207,7 +207,7 @@ class Stream(trio.abc.HalfCloseableStream):
             self._eof_sent = True
             flow = self._flow
             if not flow.closed:
-                flow.conn.app_shutdown(trio.current_time())
+                flow.conn.app_shutdown(self._runtime.now())
                 self._runtime.touch(flow)
 
     # ------------------------------------------------------------- receiving
@@ -224,7 +224,7 @@ class Stream(trio.abc.HalfCloseableStream):
             flow = self._flow
             while True:
                 conn = flow.conn
-                data = conn.app_receive(max_bytes, trio.current_time())
+                data = conn.app_receive(max_bytes, self._runtime.now())
                 if data:
                     self._runtime.touch(flow)  # may open the window: let the machine decide
                     await trio.lowlevel.cancel_shielded_checkpoint()
@@ -248,7 +248,7 @@ class Stream(trio.abc.HalfCloseableStream):
             self._closed = True
             flow = self._flow
             if not flow.closed:
-                flow.conn.app_close(trio.current_time())
+                flow.conn.app_close(self._runtime.now())
                 self._runtime.touch(flow)
             flow.lot.unpark_all()
         await trio.lowlevel.checkpoint()
@@ -259,7 +259,7 @@ class Stream(trio.abc.HalfCloseableStream):
             self._closed = True
             flow = self._flow
             if not flow.closed:
-                flow.conn.app_abort(trio.current_time())
+                flow.conn.app_abort(self._runtime.now())
                 self._runtime.touch(flow)
             flow.lot.unpark_all()
         await trio.lowlevel.checkpoint()
@@ -327,7 +327,7 @@ class Transaction:
                 break  # space can only have grown meanwhile, but check: atomic or nothing
         await trio.lowlevel.checkpoint_if_cancelled()
         # -- no checkpoint from here to the touches: one round takes all of it --
-        now = trio.current_time()
+        now = self._runtime.now()
         for stream, view in sends:
             accepted = stream._flow.conn.app_send(view, now)
             assert accepted == len(view), "send space was checked"

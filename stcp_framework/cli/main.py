@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     from .demo import add_demo_parser
+    from .flows import add_flows_parser
     from .net import add_net_parser
     from .run import add_run_parser
     from .store import add_store_parser
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_parser(sub)
     add_store_parser(sub)
     add_demo_parser(sub)
+    add_flows_parser(sub)
     return parser
 
 

@@ -6,25 +6,34 @@ the flow table before the device is read. Its first drain is the "kick" -- an AC
 the current window and a retransmission from ``snd_una`` -- so the peer resumes at once
 instead of waiting for its retransmission timer. Streams the application still held are
 offered to the listener of their port with ``recovered=True``.
+
+Flows are claimed and loaded ``RESTORE_BATCH`` at a time with the store's batched calls
+(``claim_many``, ``load_many``: a few round trips per thousand flows instead of three
+per flow), then rebuilt one by one (``_restore_one``).
 """
 
 from __future__ import annotations
 
+import enum
+import gc
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-import trio
-
-from ..store.base import FencedOut, StoreError
+from ..store.base import FlowRecord, StoreError
 from ..tcp.machine import Connection
 from ..tcp.state import TcpState
 from ..tcp.tcb import Tcb
-from .flows import Flow, flow_key_of
+from .flows import Flow, FlowKey, flow_key_of
 
 if TYPE_CHECKING:
     from .runtime import Runtime
 
 logger = logging.getLogger("stcp.stack")
+
+RESTORE_BATCH = 1000
+"""Flows claimed, loaded and rebuilt at a time (bounds the loaded records held at once)."""
 
 # States whose stream the application may still hold (it had not called close()).
 _APP_STATES = frozenset(
@@ -39,53 +48,93 @@ _APP_STATES = frozenset(
 )
 
 
+class _Outcome(enum.Enum):
+    RESTORED = "restored"
+    FORGET = "forget"  # nothing to restore: remove the record
+    KEEP = "keep"  # unreadable here (e.g. a newer schema): leave the record alone
+
+
 async def restore_flows(runtime: Runtime) -> int:
     """Claim, load and rebuild every flow of ``runtime.instance``; returns how many."""
     store = runtime.store
-    restored = 0
+    keys: dict[str, FlowKey] = {}
     for flow_id in await store.list_flows():
         try:
-            key = flow_key_of(flow_id)
+            keys[flow_id] = flow_key_of(flow_id)
         except ValueError:
             logger.warning("ignoring a store record that is not a flow: %r", flow_id)
-            continue
-        try:
-            await store.claim(flow_id, runtime.epoch)
-        except FencedOut:
-            continue  # a newer instance owns it
-        record = await store.load(flow_id)
-        if record is None or not record.tcb:
-            await _forget(runtime, flow_id)
-            continue
-        try:
-            tcb = Tcb.from_record(record.tcb)
-        except ValueError as exc:
-            logger.warning("[%s] cannot restore: %s", flow_id, exc)
-            continue
-        if tcb.state is TcpState.CLOSED or key[2] not in runtime.local_addresses:
-            await _forget(runtime, flow_id)
-            continue
-        conn = Connection.restore(
-            tcb,
-            rx=record.rx,
-            rx_offset=record.rx_offset,
-            tx=record.tx,
-            tx_offset=record.tx_offset,
-            now=trio.current_time(),
-            config=runtime.config_for(key),
-            version=record.version,
-        )
-        flow = Flow(key=key, flow_id=flow_id, conn=conn, recovered=True)
-        flow.durable_version = record.version
-        flow.connected = tcb.state.synchronized()
-        if tcb.state is TcpState.SYN_RECEIVED:
-            flow.listener_port = key[3]  # accepted once the handshake completes
-        runtime.flows[key] = flow
-        runtime.adopt(flow, offer=tcb.state in _APP_STATES and not tcb.app_closed)
-        restored += 1
+    flow_ids = list(keys)
+    restored = 0
+    with _collector_paused():
+        for start in range(0, len(flow_ids), RESTORE_BATCH):
+            # Fenced flows are left out: a newer instance owns them.
+            claimed = await store.claim_many(flow_ids[start : start + RESTORE_BATCH],
+                                             runtime.epoch)
+            records = await store.load_many(claimed)
+            stale: list[str] = []
+            for flow_id in claimed:
+                outcome = _restore_one(runtime, flow_id, keys[flow_id], records.get(flow_id))
+                if outcome is _Outcome.RESTORED:
+                    restored += 1
+                elif outcome is _Outcome.FORGET:
+                    stale.append(flow_id)
+            for flow_id in stale:
+                await _forget(runtime, flow_id)
     if restored:
         logger.info("restored %d flows (epoch %d)", restored, runtime.epoch)
     return restored
+
+
+def _restore_one(
+    runtime: Runtime, flow_id: str, key: FlowKey, record: FlowRecord | None
+) -> _Outcome:
+    """Rebuild one claimed flow and put it in the flow table."""
+    if record is None or not record.tcb:
+        return _Outcome.FORGET  # unknown, claim-only, or its buffers are lost
+    try:
+        tcb = Tcb.from_record(record.tcb)
+    except ValueError as exc:
+        logger.warning("[%s] cannot restore: %s", flow_id, exc)
+        return _Outcome.KEEP
+    if tcb.state is TcpState.CLOSED or key[2] not in runtime.local_addresses:
+        return _Outcome.FORGET
+    conn = Connection.restore(
+        tcb,
+        rx=record.rx,
+        rx_offset=record.rx_offset,
+        tx=record.tx,
+        tx_offset=record.tx_offset,
+        now=runtime.now(),
+        config=runtime.config_for(key),
+        version=record.version,
+    )
+    flow = Flow(key=key, flow_id=flow_id, conn=conn, recovered=True, app_state=record.app_state)
+    flow.durable_version = record.version
+    flow.connected = tcb.state.synchronized()
+    if tcb.state is TcpState.SYN_RECEIVED:
+        flow.listener_port = key[3]  # accepted once the handshake completes
+    runtime.flows[key] = flow
+    runtime.adopt(flow, offer=tcb.state in _APP_STATES and not tcb.app_closed)
+    return _Outcome.RESTORED
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause CPython's cyclic garbage collector while the flows are rebuilt.
+
+    Each restored connection is a few dozen objects that all survive. With the collector
+    on, every few hundred allocations start a collection, and the older generations --
+    the flows restored so far -- are rescanned again and again: that was 0.8 s of the
+    1.2 s it took to rebuild 10,000 flows. None of it is garbage, so waiting loses
+    nothing; the previous setting is put back afterwards.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 async def _forget(runtime: Runtime, flow_id: str) -> None:

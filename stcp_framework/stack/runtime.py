@@ -46,6 +46,7 @@ from ..wire.drop import DropReason, MalformedPacket
 from ..wire.packet import build_packet, parse_packet_untrusted
 from ..wire.seq import Seq
 from ..wire.tcp import ACK, NO_OPTIONS, RST, SYN, Packet
+from .clock import machine_clock_skew
 from .flows import Flow, FlowKey, flow_id_of
 from .recovery import restore_flows
 
@@ -136,6 +137,7 @@ class Runtime:
         }
         self.epoch = 0  # set by run() from store.next_epoch(instance)
         self.restored = 0
+        self._skew = 0.0  # trio clock - machine clock (clock.machine_clock_skew)
         self._rng = rng or random.Random()
         self._iss_secret = iss_secret if iss_secret is not None else os.urandom(16)
         self._syn_backlog = syn_backlog
@@ -177,6 +179,7 @@ class Runtime:
         before the device is read, so no segment of a known flow meets "no such flow"
         and an RST (G3).
         """
+        self._skew = machine_clock_skew()
         self.epoch = await self.store.next_epoch(self.instance)
         self.restored = await restore_flows(self)
         async with trio.open_nursery() as nursery:
@@ -193,7 +196,7 @@ class Runtime:
         verify = self._verify_checksum
         while True:
             batch = await device.recv_batch(RECV_BATCH)
-            now = trio.current_time()
+            now = self.now()
             stats["packets_in"] += len(batch)
             for buf in batch:
                 try:
@@ -289,11 +292,11 @@ class Runtime:
     async def _timer_loop(self) -> None:
         heap = self._timer_heap
         while True:
-            with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as scope:
+            with trio.CancelScope(deadline=heap[0][0] + self._skew if heap else math.inf) as scope:
                 self._timer_scope = scope
                 await trio.sleep_forever()
             self._timer_scope = None
-            now = trio.current_time()
+            now = self.now()
             while heap and heap[0][0] <= now:
                 at, _, flow = heapq.heappop(heap)
                 if flow.deadline_at != at or flow.closed:
@@ -311,8 +314,8 @@ class Runtime:
         self._timer_seq += 1
         heapq.heappush(self._timer_heap, (at, self._timer_seq, flow))
         scope = self._timer_scope
-        if scope is not None and at < scope.deadline:
-            scope.deadline = at
+        if scope is not None and at + self._skew < scope.deadline:
+            scope.deadline = at + self._skew
 
     def _mark(self, flow: Flow) -> None:
         """Queue a flow for the next transmit round."""
@@ -385,9 +388,14 @@ class Runtime:
         if now < self._store_retry_at:
             self._uncommitted = items
             return []
+        moved: list[Flow] = []
         while items:
+            # Deltas held back during a store outage pile up: a flow may have several.
+            # Commit one generation at a time (each flow at most once per call), so the
+            # store validates every delta against the state its predecessor left.
+            batch, later = _one_delta_per_flow(items)
             try:
-                await self.store.commit([delta for _, delta in items])
+                await self.store.commit([delta for _, delta in batch])
             except StoreUnavailable as exc:
                 if self.store_error is None:
                     logger.warning("store unavailable, holding ACKs and retrying: %s", exc)
@@ -396,7 +404,7 @@ class Runtime:
                 self._store_backoff = min(max(self._store_backoff * 2, 0.05), 1.0)
                 self._store_retry_at = trio.current_time() + self._store_backoff
                 self._uncommitted = items
-                return []
+                return moved
             except FencedOut as exc:
                 items = self._drop_failed(items, exc.flow_ids, exc, reset=False)
             except FlowLost as exc:
@@ -408,13 +416,12 @@ class Runtime:
                 self._store_backoff = 0.0
                 self._store_retry_at = -math.inf
                 self.stats["group_commits"] += 1
-                moved: list[Flow] = []
-                for flow, delta in items:
+                for flow, delta in batch:
                     flow.durable_version = delta.delta.version
                     if flow.lot:
                         moved.append(flow)
-                return moved
-        return []
+                items = later
+        return moved
 
     def _drop_failed(
         self,
@@ -556,6 +563,10 @@ class Runtime:
         listener.queue.append(flow)
         listener.lot.unpark_all()
 
+    def now(self) -> float:
+        """The machines' clock: ``time.monotonic()`` seconds (see ``clock.py``)."""
+        return trio.current_time() - self._skew
+
     # ------------------------------------------------------------ recovery support
 
     @property
@@ -629,7 +640,7 @@ class Runtime:
                 break
         else:
             raise StcpConfigError("no free ephemeral port")
-        now = trio.current_time()
+        now = self.now()
         config = self._configs[len(raddr) == 16, manual_commit]
         conn = Connection.open_active(
             now=now, config=config, iss=self._iss(now, key), tsval_offset=self._rng.getrandbits(32)
@@ -639,3 +650,20 @@ class Runtime:
         self.stats["active_opens"] += 1
         self._mark(flow)
         return flow
+
+
+def _one_delta_per_flow(
+    items: list[tuple[Flow, FlowDelta]],
+) -> tuple[list[tuple[Flow, FlowDelta]], list[tuple[Flow, FlowDelta]]]:
+    """Split ``items`` into the first delta of each flow and the rest (order kept)."""
+    seen: set[int] = set()
+    first: list[tuple[Flow, FlowDelta]] = []
+    rest: list[tuple[Flow, FlowDelta]] = []
+    for item in items:
+        key = id(item[0])
+        if key in seen:
+            rest.append(item)
+        else:
+            seen.add(key)
+            first.append(item)
+    return first, rest

@@ -67,6 +67,34 @@ class FlowRecord:
     commit_offset: int
 
 
+@dataclass(frozen=True, slots=True)
+class FlowInfo:
+    """What the store holds for one flow, without the bytes (for ``stcp flows``).
+
+    Attributes:
+        flow_id: The flow (``stack.flows.flow_id_of``).
+        epoch: The owner's fencing epoch (0 if none).
+        version: The version of the last delta applied.
+        tcb: The TCB record (``Tcb.to_record`` fields); empty for a claim-only record.
+        rx_offset, rx_len: Inbound bytes held: stream offsets ``[rx_offset, rx_offset +
+            rx_len)``.
+        tx_offset, tx_len: Outbound bytes held (unacknowledged and unsent).
+        app_state_len: Size of the app state of the last commit (``None``: no state).
+        commit_offset: Inbound offset of the app's last commit.
+    """
+
+    flow_id: str
+    epoch: int
+    version: int
+    tcb: dict[str, object]
+    rx_offset: int
+    rx_len: int
+    tx_offset: int
+    tx_len: int
+    app_state_len: int | None
+    commit_offset: int
+
+
 class Store(Protocol):
     """What the stack needs from a store. ``MemoryStore`` and ``RedisStore`` conform."""
 
@@ -81,6 +109,23 @@ class Store(Protocol):
 
     async def load(self, flow_id: str) -> FlowRecord | None:
         """Load one flow, or ``None`` if the store does not know it."""
+
+    async def claim_many(self, flow_ids: Sequence[str], epoch: int) -> list[str]:
+        """``claim`` for many flows at once (a few round trips per thousand flows).
+
+        Returns:
+            The flows claimed, in the order given; a flow whose owner epoch is larger
+            than ``epoch`` is left out (fenced), not raised for.
+        """
+
+    async def load_many(self, flow_ids: Sequence[str]) -> dict[str, FlowRecord | None]:
+        """``load`` for many flows at once (a few round trips per thousand flows).
+
+        Returns:
+            Every flow id given, mapped to its record, or to ``None`` if the store does
+            not know it -- or no longer holds it whole (its buffers are gone: ``load``
+            would raise ``FlowLost``); such a flow cannot be restored, only forgotten.
+        """
 
     async def forget(self, flow_id: str, epoch: int) -> None:
         """Remove a closed flow."""

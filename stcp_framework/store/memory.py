@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..tcp.delta import AppCommit, RxAppend, RxTrim, TcbSet, TxAppend, TxTrim
-from .base import FencedOut, FlowDelta, FlowRecord
+from .base import FencedOut, FlowDelta, FlowInfo, FlowRecord
 
 
 @dataclass(slots=True)
@@ -130,7 +130,42 @@ class MemoryStore:
             flow.version = delta.version
         self.commits += 1
 
+    async def claim_many(self, flow_ids: Sequence[str], epoch: int) -> list[str]:
+        claimed = []
+        for flow_id in flow_ids:
+            try:
+                self.claim_sync(flow_id, epoch)
+            except FencedOut:
+                continue
+            claimed.append(flow_id)
+        return claimed
+
+    async def load_many(self, flow_ids: Sequence[str]) -> dict[str, FlowRecord | None]:
+        return {flow_id: self.load_sync(flow_id) for flow_id in flow_ids}
+
+    async def describe_many(self, flow_ids: Sequence[str]) -> dict[str, FlowInfo | None]:
+        """What the store holds for each flow, without the bytes (``None``: unknown)."""
+        out: dict[str, FlowInfo | None] = {}
+        for flow_id in flow_ids:
+            flow = self._flows.get(flow_id)
+            out[flow_id] = None if flow is None else FlowInfo(
+                flow_id=flow_id,
+                epoch=flow.epoch,
+                version=flow.version,
+                tcb=dict(flow.tcb),
+                rx_offset=flow.rx.base,
+                rx_len=flow.rx.size,
+                tx_offset=flow.tx.base,
+                tx_len=flow.tx.size,
+                app_state_len=None if flow.app_state is None else len(flow.app_state),
+                commit_offset=flow.commit_offset,
+            )
+        return out
+
     async def load(self, flow_id: str) -> FlowRecord | None:
+        return self.load_sync(flow_id)
+
+    def load_sync(self, flow_id: str) -> FlowRecord | None:
         flow = self._flows.get(flow_id)
         if flow is None:
             return None

@@ -7,11 +7,22 @@ and prints one JSON object on stdout; the test decides what is right.
 
 Modes:
     ``send``: send ``--size`` bytes of ``pattern_bytes`` (half-close when done), wait
-        for the server's FIN; reports the SHA-256 of what was sent.
+        for the server's FIN; reports the SHA-256 and CRC-32 of what was sent.
     ``chargen``: read ``--size`` bytes and compare each with the RFC 864 pattern at its
         stream offset (``chargen_bytes``); reports the first differing offset.
     ``echo``: one thread sends ``--size`` pattern bytes then half-closes, the main thread
         reads until EOF and compares every byte with the pattern at its offset.
+    ``idle``: open ``--connections`` connections and echo ``--size`` bytes on each, write
+        ``ready`` on stderr, wait for a line on stdin (the test restarts the server
+        meanwhile), then echo ``--size`` new bytes on each, half-close and expect a clean
+        EOF; reports which connections failed and how.
+
+``--progress BYTES`` writes ``progress <offset> <time.monotonic()>`` on stderr each time
+another ``BYTES`` have been received (chargen, echo) or sent (send), so a test can act at
+a given point of a transfer. Every mode that moves bulk data also reports ``stalls``: the
+``[start, end]`` monotonic times of each pause of at least ``STALL_MIN`` seconds between
+two received chunks (or two sent chunks in ``send`` mode), and ``local``, the client's
+own ``[host, port]``.
 
 The pattern is a seeded pseudo-random block whose length is a prime, repeated: a byte
 delivered at the wrong offset (lost, duplicated, reordered segment) is almost surely a
@@ -29,10 +40,12 @@ import argparse
 import hashlib
 import json
 import random
+import resource
 import socket
 import sys
 import threading
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -45,6 +58,41 @@ from stcp_framework.services import CHARGEN_CYCLE
 PATTERN_LEN = 1_048_573  # the largest prime below 2**20
 CHUNK = 256 * 1024
 IO_TIMEOUT = 20.0  # seconds a single socket call may block
+STALL_MIN = 0.02  # seconds: shorter pauses between chunks are not reported as stalls
+MAX_STALLS = 10_000  # bound the report
+
+
+class _Digests:
+    """SHA-256 and CRC-32 (what ``stcp run discard`` reports) of a byte stream."""
+
+    def __init__(self) -> None:
+        self.sha256 = hashlib.sha256()
+        self.crc32 = 0
+
+    def update(self, data: bytes | memoryview) -> None:
+        self.sha256.update(data)
+        self.crc32 = zlib.crc32(data, self.crc32)
+
+
+class _Watch:
+    """Progress lines and stall records of one transfer direction."""
+
+    def __init__(self, progress_every: int = 0) -> None:
+        self.progress_every = progress_every
+        self.next_report = progress_every
+        self.last_at = time.monotonic()
+        self.stalls: list[list[float]] = []
+
+    def advanced(self, offset: int) -> None:
+        now = time.monotonic()
+        if now - self.last_at >= STALL_MIN and len(self.stalls) < MAX_STALLS:
+            self.stalls.append([self.last_at, now])
+        self.last_at = now
+        if self.progress_every and offset >= self.next_report:
+            sys.stderr.write(f"progress {offset} {now:.6f}\n")
+            sys.stderr.flush()
+            while self.next_report <= offset:
+                self.next_report += self.progress_every
 
 
 def pattern(seed: int) -> bytes:
@@ -92,7 +140,13 @@ def _connect(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _send_stream(sock: socket.socket, cycle: _Cycle, size: int, digest: Any = None) -> None:
+def _send_stream(
+    sock: socket.socket,
+    cycle: _Cycle,
+    size: int,
+    digest: Any = None,
+    watch: _Watch | None = None,
+) -> None:
     offset = 0
     while offset < size:
         chunk = cycle.slice(offset, min(CHUNK, size - offset))
@@ -100,11 +154,13 @@ def _send_stream(sock: socket.socket, cycle: _Cycle, size: int, digest: Any = No
             digest.update(chunk)
         sock.sendall(chunk)
         offset += len(chunk)
+        if watch is not None:
+            watch.advanced(offset)
     sock.shutdown(socket.SHUT_WR)
 
 
 def _receive_checked(
-    sock: socket.socket, cycle: _Cycle, limit: int | None
+    sock: socket.socket, cycle: _Cycle, limit: int | None, watch: _Watch | None = None
 ) -> tuple[int, int | None, str | None]:
     """Read until EOF (or ``limit`` bytes).
 
@@ -127,32 +183,42 @@ def _receive_checked(
         if mismatch is None:
             mismatch = cycle.first_mismatch(received, view[:n])
         received += n
+        if watch is not None:
+            watch.advanced(received)
     return received, mismatch, None
 
 
-def run_send(host: str, port: int, size: int, seed: int) -> dict[str, Any]:
+def run_send(host: str, port: int, size: int, seed: int, progress: int = 0) -> dict[str, Any]:
     cycle = _Cycle(pattern(seed))
-    digest = hashlib.sha256()
+    digest = _Digests()
+    watch = _Watch(progress)
     with _connect(host, port) as sock:
+        local = sock.getsockname()[:2]
         started = time.perf_counter()
-        _send_stream(sock, cycle, size, digest)
+        watch.last_at = time.monotonic()
+        _send_stream(sock, cycle, size, digest, watch)
         tail = sock.recv(1)  # the server's FIN after it read everything
         seconds = time.perf_counter() - started
-    return {"sent": size, "sha256": digest.hexdigest(), "seconds": seconds, "tail": tail.hex()}
+    return {"sent": size, "sha256": digest.sha256.hexdigest(), "crc32": f"{digest.crc32:08x}",
+            "seconds": seconds, "tail": tail.hex(), "stalls": watch.stalls, "local": local}
 
 
-def run_chargen(host: str, port: int, size: int) -> dict[str, Any]:
+def run_chargen(host: str, port: int, size: int, progress: int = 0) -> dict[str, Any]:
     cycle = _Cycle(CHARGEN_CYCLE)
+    watch = _Watch(progress)
     with _connect(host, port) as sock:
+        local = sock.getsockname()[:2]
         started = time.perf_counter()
-        received, mismatch, error = _receive_checked(sock, cycle, size)
+        received, mismatch, error = _receive_checked(sock, cycle, size, watch)
         seconds = time.perf_counter() - started
-    return {"received": received, "mismatch_at": mismatch, "seconds": seconds, "error": error}
+    return {"received": received, "mismatch_at": mismatch, "seconds": seconds, "error": error,
+            "stalls": watch.stalls, "local": local}
 
 
-def run_echo(host: str, port: int, size: int, seed: int) -> dict[str, Any]:
+def run_echo(host: str, port: int, size: int, seed: int, progress: int = 0) -> dict[str, Any]:
     cycle = _Cycle(pattern(seed))
     errors: list[str] = []
+    watch = _Watch(progress)
 
     def sender() -> None:
         try:
@@ -161,10 +227,11 @@ def run_echo(host: str, port: int, size: int, seed: int) -> dict[str, Any]:
             errors.append(repr(exc))
 
     with _connect(host, port) as sock:
+        local = sock.getsockname()[:2]
         started = time.perf_counter()
         thread = threading.Thread(target=sender, daemon=True)
         thread.start()
-        received, mismatch, error = _receive_checked(sock, cycle, None)
+        received, mismatch, error = _receive_checked(sock, cycle, None, watch)
         seconds = time.perf_counter() - started
         thread.join(IO_TIMEOUT)
     return {
@@ -174,6 +241,88 @@ def run_echo(host: str, port: int, size: int, seed: int) -> dict[str, Any]:
         "seconds": seconds,
         "error": error,
         "sender_errors": errors,
+        "stalls": watch.stalls,
+        "local": local,
+    }
+
+
+def _raise_fd_limit(wanted: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(wanted, hard)
+    if wanted > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+def idle_payload(seed: int, index: int, round_number: int, size: int) -> bytes:
+    """The ``size`` bytes connection ``index`` sends in round ``round_number``."""
+    return random.Random(f"{seed}/{index}/{round_number}").randbytes(size)
+
+
+def _echo_round(
+    socks: list[socket.socket], seed: int, size: int, round_number: int
+) -> dict[int, str]:
+    """Send ``size`` bytes on every socket, then read the echo of each back; returns what
+    went wrong, by connection index."""
+    failed: dict[int, str] = {}
+    for index, sock in enumerate(socks):
+        try:
+            sock.sendall(idle_payload(seed, index, round_number, size))
+        except OSError as exc:
+            failed[index] = f"send: {exc!r}"
+    for index, sock in enumerate(socks):
+        if index in failed:
+            continue
+        expected = idle_payload(seed, index, round_number, size)
+        got = bytearray()
+        try:
+            while len(got) < size:
+                chunk = sock.recv(size - len(got))
+                if not chunk:
+                    break
+                got += chunk
+        except OSError as exc:
+            failed[index] = f"recv after {len(got)} bytes: {exc!r}"
+            continue
+        if got != expected:
+            failed[index] = f"echo of {len(got)} bytes differs from the {size} sent"
+    return failed
+
+
+def run_idle(host: str, port: int, size: int, seed: int, connections: int) -> dict[str, Any]:
+    _raise_fd_limit(2 * connections + 64)
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(connections):
+            socks.append(_connect(host, port))
+        first = _echo_round(socks, seed, size, 0)
+        sys.stderr.write("ready\n")
+        sys.stderr.flush()
+        sys.stdin.readline()  # the test restarts the server, then says go
+        started = time.perf_counter()
+        second = _echo_round(socks, seed, size, 1)
+        seconds = time.perf_counter() - started
+        closing: dict[int, str] = {}
+        for index, sock in enumerate(socks):
+            if index in first or index in second:
+                continue
+            try:
+                sock.shutdown(socket.SHUT_WR)
+                tail = sock.recv(1)
+            except OSError as exc:
+                closing[index] = repr(exc)
+                continue
+            if tail:
+                closing[index] = f"unexpected byte {tail!r} instead of EOF"
+    finally:
+        for sock in socks:
+            sock.close()
+    return {
+        "connections": connections,
+        "first_round_failed": {str(k): v for k, v in first.items()},
+        "second_round_failed": {str(k): v for k, v in second.items()},
+        "close_failed": {str(k): v for k, v in closing.items()},
+        "second_round_seconds": seconds,
     }
 
 
@@ -302,18 +451,23 @@ async def stack_on(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["send", "chargen", "echo"])
+    parser.add_argument("mode", choices=["send", "chargen", "echo", "idle"])
     parser.add_argument("--host", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--size", type=int, required=True, help="bytes to transfer")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--progress", type=int, default=0, metavar="BYTES",
+                        help="report progress on stderr every BYTES bytes (0: never)")
+    parser.add_argument("--connections", type=int, default=1, help="idle mode: how many")
     args = parser.parse_args(argv)
     if args.mode == "send":
-        result = run_send(args.host, args.port, args.size, args.seed)
+        result = run_send(args.host, args.port, args.size, args.seed, args.progress)
     elif args.mode == "chargen":
-        result = run_chargen(args.host, args.port, args.size)
+        result = run_chargen(args.host, args.port, args.size, args.progress)
+    elif args.mode == "idle":
+        result = run_idle(args.host, args.port, args.size, args.seed, args.connections)
     else:
-        result = run_echo(args.host, args.port, args.size, args.seed)
+        result = run_echo(args.host, args.port, args.size, args.seed, args.progress)
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
     return 0

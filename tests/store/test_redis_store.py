@@ -9,12 +9,14 @@ import time
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 from store_helpers import RedisServer
 
 from stcp_framework.store import codec
 from stcp_framework.store.base import FencedOut, FlowDelta, StoreUnavailable
 from stcp_framework.store.keys import CHUNK_SIZE, flow_tag, validate_service
-from stcp_framework.store.redis import FlowLost, RedisStore
+from stcp_framework.store.redis import FlowLost, RedisStore, _decode_tcb_flat
 from stcp_framework.tcp.delta import (
     AppCommit,
     RxAppend,
@@ -94,6 +96,25 @@ def test_codec_aliases_cover_the_tcb_and_are_unique() -> None:
         codec.encode_value([1])
 
 
+_tcb_values = st.one_of(st.integers(-(2**63), 2**63), st.booleans(), st.text(), st.none(),
+                       st.floats(allow_nan=False))
+_tcb_names = st.one_of(st.sampled_from(sorted(codec.ALIASES)),
+                       st.text(min_size=1).filter(lambda n: not n.startswith(".")))
+
+
+@given(fields=st.dictionaries(_tcb_names, _tcb_values, max_size=30),
+       meta=st.one_of(st.none(), st.binary(max_size=40)))
+def test_the_fast_tcb_decoder_equals_the_codec(fields: dict[str, object],
+                                               meta: bytes | None) -> None:
+    flat = [*codec.encode_fields(fields), b".other", b"x"]
+    if meta is not None:
+        flat += [b".m", meta]
+    expected = codec.decode_tcb(dict(zip(flat[::2], flat[1::2], strict=True)))
+    assert _decode_tcb_flat(flat) == expected
+    assert _decode_tcb_flat(dict(zip(flat[::2], flat[1::2], strict=True))) == expected
+    assert expected[0] == fields
+
+
 async def test_a_real_tcb_round_trips(redis7_server: RedisServer) -> None:
     store = new_store(redis7_server)
     tcb = established_tcb()
@@ -165,6 +186,48 @@ async def test_a_lost_chunk_is_detected(redis7_server: RedisServer) -> None:
     await store.aclose()
 
 
+async def test_load_many_maps_a_flow_with_a_lost_chunk_to_none_and_loads_the_rest(
+    redis7_server: RedisServer, caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = new_store(redis7_server)
+    await store.commit([d("a", 1, 1, RxAppend(0, b"a" * (C + 5))),
+                        d("f", 1, 1, TxAppend(0, b"x" * (C + 5))),
+                        d("z", 1, 1, TxAppend(0, b"z"))])
+    store.client.delete(f"{flow_tag(store.service, 'f')}:tx:1")
+    records = await store.load_many(["a", "f", "z"])
+    assert records["f"] is None
+    assert [r.rx if r else None for r in records.values()] == [b"a" * (C + 5), None, b""]
+    assert "[f] the store lost its buffers" in caplog.text
+    assert (await store.describe_many(["f"]))["f"] is not None  # describe reads no chunk
+    await store.aclose()
+
+
+async def test_batched_calls_survive_a_script_cache_flush(redis7_server: RedisServer) -> None:
+    store = new_store(redis7_server)
+    await store.commit([d("f", 1, 1, RxAppend(0, b"a"))])
+    store.client.script_flush()
+    assert await store.claim_many(["f"], 2) == ["f"]
+    store.client.script_flush()
+    rec = (await store.load_many(["f"]))["f"]
+    assert rec is not None and (rec.rx, rec.epoch) == (b"a", 2)
+    await store.aclose()
+
+
+async def test_claim_many_fences_the_previous_owner_of_another_client(
+    redis7_server: RedisServer,
+) -> None:
+    old = new_store(redis7_server, "fence-many")
+    new = new_store(redis7_server, "fence-many")
+    await old.commit([d("f", 1, 1, RxAppend(0, b"a")), d("g", 1, 1, RxAppend(0, b"b"))])
+    assert await new.claim_many(["f", "g"], 2) == ["f", "g"]
+    with pytest.raises(FencedOut) as info:
+        await old.commit([d("f", 1, 2, RxAppend(1, b"zombie")), d("g", 1, 2, RxTrim(1))])
+    assert set(info.value.flow_ids) == {"f", "g"}
+    assert await old.claim_many(["f", "g"], 1) == []
+    await old.aclose()
+    await new.aclose()
+
+
 # -- the chunk-key protocol ---------------------------------------------------------------
 
 async def test_an_instance_that_never_saw_the_flow_declares_keys_by_retrying(
@@ -228,6 +291,12 @@ async def test_store_unavailable_while_the_server_is_down_then_recovery(
         await store.load("f")
     with pytest.raises(StoreUnavailable):
         await store.claim("f", 1)
+    with pytest.raises(StoreUnavailable):
+        await store.claim_many(["f"], 1)
+    with pytest.raises(StoreUnavailable):
+        await store.load_many(["f"])
+    with pytest.raises(StoreUnavailable):
+        await store.describe_many(["f"])
     own_redis.start()  # same directory: the AOF brings the first commit back
     await store.commit(batch)  # the stack's retry of the same batch
     await store.commit(batch)  # ...twice (the first reply was lost): harmless

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stcp_framework.store.base import FencedOut, FlowDelta, FlowRecord, Store
+from stcp_framework.store.base import FencedOut, FlowDelta, FlowInfo, FlowRecord, Store
 from stcp_framework.store.keys import CHUNK_SIZE
 from stcp_framework.store.memory import MemoryStore
 from stcp_framework.store.redis import RedisStore
@@ -245,6 +245,86 @@ async def test_forget_drops_buffers(store: Store) -> None:
     await store.commit([d("f", 2, 1, RxAppend(0, b"new"))])  # the 4-tuple is reused
     rec = await store.load("f")
     assert rec is not None and rec.rx == b"new" and rec.tx == b""
+
+
+# -- batched claim, load and describe (restoring many flows at once) -----------------------
+
+async def test_claim_many_claims_in_order_and_skips_fenced_flows(store: Store) -> None:
+    await store.claim("b", 5)  # a newer owner
+    await store.claim("c", 1)
+    assert await store.claim_many(["c", "b", "a"], 3) == ["c", "a"]
+    assert await store.claim_many([], 3) == []
+    assert await store.claim_many(["a"], 3) == ["a"]  # the same epoch again: idempotent
+    assert await store.list_flows() == ["a", "b", "c"]
+    records = await store.load_many(["a", "b", "c"])
+    assert {flow: rec.epoch for flow, rec in records.items() if rec is not None} == {
+        "a": 3, "b": 5, "c": 3}
+    with pytest.raises(FencedOut):  # the new epoch fences the old owner's deltas
+        await store.commit([d("c", 1, 1, TcbSet({"rcv_nxt": 1}))])
+
+
+async def test_claim_many_of_more_flows_than_one_batch(store: Store) -> None:
+    flows = [f"f{i:04d}" for i in range(1203)]
+    fenced = flows[::7]
+    for flow in fenced:
+        await store.claim(flow, 9)
+    claimed = await store.claim_many(flows, 4)
+    assert claimed == [f for f in flows if f not in set(fenced)]
+    assert await store.list_flows() == flows
+
+
+def _mixed_history() -> list[list[FlowDelta]]:
+    """Commits leaving flows in every shape a load must get right."""
+    big = bytes(i % 251 for i in range(2 * C + 3))
+    return [
+        [d("buffers", 1, 1, TcbSet({"state": "ESTABLISHED"}), RxAppend(0, big),
+           TxAppend(0, b"tx" * 100)),
+         d("app-none", 1, 1, TcbSet({"state": "ESTABLISHED"}), AppCommit(4, None)),
+         d("app-empty", 1, 1, AppCommit(0, b"")),
+         d("app-bytes", 1, 1, AppCommit(3, b"\x00state\xff"), RxAppend(0, b"abcdef"))],
+        [d("buffers", 1, 2, RxTrim(C + 1), TxTrim(150)),
+         d("app-bytes", 1, 2, RxTrim(6))],
+        [*(d(f"small{i:03d}", 1, 1, TcbSet({"rcv_nxt": i}), RxAppend(0, b"x" * i))
+           for i in range(600))],  # more flows than one read batch
+    ]
+
+
+async def test_load_many_equals_load_of_each(store: Store) -> None:
+    for batch in _mixed_history():
+        await store.commit(batch)
+    await store.claim("claim-only", 2)
+    flows = [*await store.list_flows(), "unknown"]
+    many = await store.load_many(flows)
+    assert list(many) == flows
+    assert many == {flow: await store.load(flow) for flow in flows}
+    assert many["unknown"] is None
+    buffers = many["buffers"]
+    assert buffers is not None and (buffers.rx_offset, len(buffers.rx)) == (C + 1, C + 2)
+    assert (buffers.tx_offset, buffers.tx) == (150, b"tx" * 25)
+    assert await store.load_many([]) == {}
+
+
+async def test_describe_many_tells_sizes_and_offsets_without_the_bytes(store: Store) -> None:
+    assert isinstance(store, MemoryStore | RedisStore)
+    for batch in _mixed_history():
+        await store.commit(batch)
+    flows = [*await store.list_flows(), "unknown"]
+    described = await store.describe_many(flows)
+    loaded = await store.load_many(flows)
+    assert list(described) == flows
+    for flow in flows:
+        rec = loaded[flow]
+        if rec is None:
+            assert described[flow] is None
+            continue
+        assert described[flow] == FlowInfo(
+            flow_id=flow, epoch=rec.epoch, version=rec.version, tcb=rec.tcb,
+            rx_offset=rec.rx_offset, rx_len=len(rec.rx), tx_offset=rec.tx_offset,
+            tx_len=len(rec.tx),
+            app_state_len=None if rec.app_state is None else len(rec.app_state),
+            commit_offset=rec.commit_offset)
+    app = described["app-empty"]
+    assert app is not None and app.app_state_len == 0
 
 
 # -- the model test: random deltas, Redis must end where MemoryStore ends ------------------
