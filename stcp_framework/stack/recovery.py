@@ -133,6 +133,10 @@ def _collector_paused() -> Iterator[None]:
     try:
         yield
     finally:
+        # What was restored lives as long as its connection: move it out of the
+        # collector's generations for good, so the first full collection after a large
+        # restore does not rescan it (gc.freeze, Python 3.7+).
+        gc.freeze()
         if enabled:
             gc.enable()
 
