@@ -99,7 +99,6 @@ def open_store(spec: str, *, instance: str, store_dir: str | None) -> Store:
 def run_command(args: argparse.Namespace) -> int:
     if not args.listen:
         raise StcpConfigError("give the stack's address to serve on: --listen 198.18.0.2:PORT")
-    args.store_obj = open_store(args.store, instance=args.instance, store_dir=args.store_dir)
     try:
         # CLOCK_MONOTONIC, not trio's randomly offset clock: a restarted process must
         # continue the TCP timestamps of the flows it restores (stack/clock.py, G3).
@@ -113,13 +112,18 @@ async def _serve(args: argparse.Namespace) -> None:
     handler = SERVICES[args.service]
     addresses = sorted({host for host, _ in args.listen})
     ports = sorted({port for _, port in args.listen} or {DEFAULT_PORTS[args.service]})
+    # The device first: a missing device or privilege is the likeliest mistake, and its
+    # one-line error should not wait for (or depend on) the store.
     device: PacketDevice = await TunDevice.open(args.dev)
+    store = await trio.to_thread.run_sync(
+        functools.partial(open_store, args.store, instance=args.instance, store_dir=args.store_dir)
+    )
     if args.pcap:
         device = PcapDevice(device, args.pcap)
     async with open_stack(
         device,
         addresses,
-        store=args.store_obj,
+        store=store,
         instance=args.instance,
         durability=args.durability,
     ) as stack:

@@ -87,3 +87,22 @@ async def test_stcp_run_on_missing_device_says_one_line() -> None:
     assert len(lines) == 1, lines
     assert lines[0].startswith("stcp: error: ") and "stcpnope0" in lines[0]
     assert done.stdout == b""
+
+
+async def test_stcp_run_without_privilege_says_one_line(tun_net: TunNet) -> None:
+    """As an unprivileged user, attaching to the device fails first, in one line,
+    before any store is touched."""
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+    with trio.fail_after(START_TIMEOUT):
+        done = await trio.run_process(
+            [*nobody, *stcp_command("run", "echo", "--dev", tun_net.dev, "--listen",
+                                    f"{tun_net.stack_addr}:7")],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )  # fmt: skip
+    lines = done.stderr.decode().splitlines()
+    assert done.returncode != 0
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("stcp: error: ") and "needs root or CAP_NET_ADMIN" in lines[0]
+    assert done.stdout == b""
