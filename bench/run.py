@@ -102,6 +102,8 @@ class Server:
     dev: str | None = None
     mtu: int | None = None
     offload: bool | None = None
+    store: str = "memory"  # "memory", or "redis" (the run's private redis-server)
+    durability: str = "strict"
     netns: bool = False  # runs in its own namespace behind the veth pair
     proc: subprocess.Popen[str] | None = None
     log_path: Path | None = None
@@ -215,6 +217,24 @@ def plan_servers(selected: set[str] | None) -> list[Server]:
                 )
             )
             subnet += 1
+    # Issue 3: the same stack with its state in Redis (strict: nothing is acknowledged
+    # before it is durable; async: write-behind), against stcp + MemoryStore above.
+    offload = True if variants[0][1] is not None else None
+    for durability in ("strict", "async"):
+        servers.append(
+            Server(
+                f"stcp-65000-redis-{durability}",
+                f"stcp, TUN MTU 65000, Redis {durability}",
+                "stcp",
+                f"198.18.{subnet}.2",
+                dev=f"bnchtun{subnet}",
+                mtu=65000,
+                offload=offload,
+                store="redis",
+                durability=durability,
+            )
+        )
+        subnet += 1
     if selected:
         unknown = selected - {s.key for s in servers}
         if unknown:
@@ -237,6 +257,8 @@ def start_server(server: Server, logdir: Path, cleanups: list[Callable[[], None]
         cmd += ["--dev", server.dev, "--addr", server.host]
         if server.offload is not None:
             cmd += ["--offload", "on" if server.offload else "off"]
+        if server.store == "redis":
+            cmd += ["--store", _redis_url(logdir, cleanups), "--durability", server.durability]
     if server.netns:
         unshare = shutil.which("unshare")
         if unshare is None:
@@ -259,6 +281,20 @@ def start_server(server: Server, logdir: Path, cleanups: list[Callable[[], None]
     if server.netns:
         _connect_veth(server.pid, cleanups)
     _probe(server)
+
+
+_REDIS: dict[str, str] = {}
+
+
+def _redis_url(logdir: Path, cleanups: list[Callable[[], None]]) -> str:
+    """The run's private redis-server (the embedded store, AOF on), started once."""
+    if "url" not in _REDIS:
+        from stcp_framework.store import embedded
+
+        directory = logdir / "redis"
+        _REDIS["url"] = embedded.start(directory)
+        cleanups.append(lambda: None if embedded.stop(directory) else None)
+    return _REDIS["url"]
 
 
 def _connect_veth(pid: int, cleanups: list[Callable[[], None]]) -> None:

@@ -80,7 +80,9 @@ async def serve_kernel() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def serve_stcp(dev: str, addr: str, offload: bool | None) -> None:
+async def serve_stcp(
+    dev: str, addr: str, offload: bool | None, store_url: str = "memory", durability: str = "strict"
+) -> None:
     """Serve echo/discard/chargen with stcp on TUN device ``dev`` until a stop signal.
 
     Args:
@@ -88,16 +90,29 @@ async def serve_stcp(dev: str, addr: str, offload: bool | None) -> None:
         addr: The stack's own address on that subnet.
         offload: Passed to ``TunDevice.open(offload=...)`` when not ``None``; the
             orchestrator only asks for it when the signature has that keyword.
+        store_url: ``memory`` (MemoryStore) or a Redis URL (RedisStore).
+        durability: ``strict`` or ``async`` (see ``open_stack``).
     """
-    from stcp_framework import open_stack
+    from stcp_framework import MemoryStore, open_stack
     from stcp_framework.link.tun import TunDevice
+    from stcp_framework.store.base import Store
 
     kwargs: dict[str, object] = {}
     if offload is not None:
         kwargs["offload"] = offload
     device = await TunDevice.open(dev, **kwargs)  # type: ignore[arg-type]
     try:
-        async with open_stack(device, [addr]) as stack, trio.open_nursery() as nursery:
+        store: Store
+        if store_url == "memory":
+            store = MemoryStore()
+        else:
+            from stcp_framework.store.redis import RedisStore
+
+            store = RedisStore.from_url(store_url, service=f"bench-{dev}")
+        async with (
+            open_stack(device, [addr], store=store, durability=durability) as stack,
+            trio.open_nursery() as nursery,
+        ):
             for name, service in SERVICES.items():
                 await nursery.start(stack.serve, service, DEFAULT_PORTS[name])
             _announce_ready()
@@ -127,10 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.server", description=__doc__)
     sub = parser.add_subparsers(dest="kind", required=True)
     sub.add_parser("kernel", help="trio.serve_tcp on kernel sockets")
-    stcp = sub.add_parser("stcp", help="stcp with MemoryStore on a TUN device")
+    stcp = sub.add_parser("stcp", help="stcp (MemoryStore or Redis) on a TUN device")
     stcp.add_argument("--dev", required=True)
     stcp.add_argument("--addr", required=True)
     stcp.add_argument("--offload", choices=("on", "off"), default=None)
+    stcp.add_argument("--store", default="memory", help="memory or a redis:// / unix:// URL")
+    stcp.add_argument("--durability", choices=("strict", "async"), default="strict")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     raise_nofile_limit()
@@ -138,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         trio.run(serve_kernel)
     else:
         offload = None if args.offload is None else args.offload == "on"
-        trio.run(serve_stcp, args.dev, args.addr, offload)
+        trio.run(serve_stcp, args.dev, args.addr, offload, args.store, args.durability)
     return 0
 
 

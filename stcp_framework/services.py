@@ -23,8 +23,8 @@ CHARGEN_CYCLE = b"".join(
 )
 """One full period of the RFC 864 pattern: 95 lines of 74 bytes (7,030 bytes)."""
 
-_CHARGEN_BLOCK = CHARGEN_CYCLE * 32  # 224,960 bytes: whole periods, so blocks chain
-RECEIVE_SIZE = 256 * 1024
+_CHARGEN_BLOCK = CHARGEN_CYCLE * 149  # 1,047,470 bytes: whole periods, so blocks chain
+RECEIVE_SIZE = 1024 * 1024
 
 
 def chargen_bytes(offset: int, length: int) -> bytes:
