@@ -172,7 +172,9 @@ class Stream(trio.abc.HalfCloseableStream):
             if self._eof_sent:
                 raise trio.ClosedResourceError("cannot send after send_eof()")
             await trio.lowlevel.checkpoint_if_cancelled()
-            view = memoryview(data).cast("B")
+            # bytes are immutable: the machine keeps the object itself (no copy) when it
+            # takes all of it; anything else is copied once as it is accepted.
+            view: bytes | memoryview = data if type(data) is bytes else memoryview(data).cast("B")
             flow = self._flow
             runtime = self._runtime
             while view:
@@ -182,7 +184,7 @@ class Stream(trio.abc.HalfCloseableStream):
                 n = flow.conn.app_send(view, self._runtime.now())
                 if n:
                     runtime.touch(flow)
-                    view = view[n:]
+                    view = memoryview(view)[n:]
                 if view:
                     await flow.lot.park()
             await runtime.wait_durable(flow)
@@ -298,7 +300,7 @@ class Transaction:
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
-        self._sends: list[tuple[Stream, bytes | bytearray | memoryview]] = []
+        self._sends: list[tuple[Stream, bytes | bytearray | memoryview]] = []  # as given
         self._commits: list[tuple[Stream, int | None, bytes | None]] = []
 
     def send(self, stream: Stream, data: bytes | bytearray | memoryview) -> None:
@@ -312,7 +314,7 @@ class Transaction:
     async def apply(self) -> None:
         """Wait for send space, then send and commit everything atomically; returns once
         it is durable (strict mode)."""
-        sends = [(s, memoryview(d).cast("B")) for s, d in self._sends]
+        sends = [(s, d if type(d) is bytes else memoryview(d).cast("B")) for s, d in self._sends]
         streams = {id(s): s for s, _ in sends} | {id(s): s for s, _, _ in self._commits}
         for stream in streams.values():
             if stream._closed:

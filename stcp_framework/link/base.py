@@ -5,6 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+SplitPacket = tuple[bytearray, "bytes | memoryview"]
+"""A packet as its headers and its payload (see ``accepts_split_packets``)."""
+
+OutPacket = bytes | bytearray | memoryview | SplitPacket
+"""What ``send_batch`` takes: a whole packet, or a split one where accepted."""
+
 
 class PacketDevice(Protocol):
     """A source and sink of raw IPv4/IPv6 packets (no link-layer header).
@@ -18,6 +24,9 @@ class PacketDevice(Protocol):
     * ``rx_checksum_verified``: every packet ``recv_batch`` returns has a TCP checksum
       that was verified (by the device or the kernel), or was produced locally with the
       checksum left to offload; the stack then skips its own verification.
+    * ``accepts_split_packets``: ``send_batch`` also takes ``(headers, payload)`` pairs
+      (``SplitPacket``), written as one packet without joining them in Python (a
+      ``writev``): big payloads are never copied by the stack.
     * ``tx_checksum_offload``: the device completes TCP checksums of sent packets; the
       stack writes only the pseudo-header sum into the checksum field
       (``build_packet(..., offload_checksum=True)``: csum_start = IP header length,
@@ -29,6 +38,6 @@ class PacketDevice(Protocol):
 
     async def recv_batch(self, max_packets: int) -> list[memoryview]: ...
 
-    async def send_batch(self, packets: Sequence[bytes | bytearray | memoryview]) -> None: ...
+    async def send_batch(self, packets: Sequence[OutPacket]) -> None: ...
 
     async def aclose(self) -> None: ...

@@ -109,8 +109,11 @@ _NEEDS_CSUM_V6 = VirtioNetHdr(
 ).pack()
 
 
-def tx_vnet_header(packet: Buffer) -> bytes:
+def tx_vnet_header(packet: Buffer, length: int | None = None) -> bytes:
     """The virtio-net header to write before ``packet`` (an IPv4/IPv6 packet).
+
+    ``length``: the whole packet's length when ``packet`` holds only its headers (the
+    payload follows in the same ``writev``).
 
     ``NEEDS_CSUM`` (``csum_start`` = IP header length, ``csum_offset`` = 16) when the
     packet is TCP directly after the IP header and its checksum field holds the
@@ -119,8 +122,8 @@ def tx_vnet_header(packet: Buffer) -> bytes:
 
     Under a microsecond for IPv4 without options: one ``unpack_from``.
     """
-    n = len(packet)
-    if n < _IPV4_MIN + _TCP_MIN:
+    n = len(packet) if length is None else length
+    if len(packet) < _IPV4_MIN + _TCP_MIN:
         return VNET_HDR_PLAIN
     # Big-endian integers of the addresses are congruent (mod 0xFFFF) to their word sums.
     ver_ihl, total_len, proto, addrs, field = _V4_TCP.unpack_from(packet)

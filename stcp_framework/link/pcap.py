@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import BinaryIO
 
-from .base import PacketDevice
+from .base import OutPacket, PacketDevice
 
 __all__ = ["HEADERS_SNAPLEN", "LINKTYPE_RAW", "PCAP_MAGIC", "PcapDevice", "PcapWriter"]
 
@@ -133,11 +133,15 @@ class PcapDevice:
             write(pkt)
         return packets
 
-    async def send_batch(self, packets: Sequence[bytes | bytearray | memoryview]) -> None:
+    @property
+    def accepts_split_packets(self) -> bool:
+        return bool(getattr(self.inner, "accepts_split_packets", False))
+
+    async def send_batch(self, packets: Sequence[OutPacket]) -> None:
         """Record each packet, then send the batch on the inner device."""
         write = self.writer.write
         for pkt in packets:
-            write(pkt)
+            write(b"".join(pkt) if isinstance(pkt, tuple) else pkt)
         await self.inner.send_batch(packets)
 
     async def aclose(self) -> None:

@@ -38,6 +38,8 @@ from typing import Literal, NamedTuple
 
 import trio
 
+from .base import OutPacket
+
 __all__ = [
     "SimCounters",
     "SimLink",
@@ -435,12 +437,12 @@ class SimLink:
             with trio.move_on_at(wake_at):
                 await self._wakeup.wait()
 
-    async def send_batch(self, packets: Sequence[bytes | bytearray | memoryview]) -> None:
+    async def send_batch(self, packets: Sequence[OutPacket]) -> None:
         """Hand ``packets`` to the network (never blocks beyond a checkpoint)."""
         if self._closed:
             raise trio.ClosedResourceError("SimLink is closed")
         await trio.lowlevel.checkpoint()
-        self._network._route(self, packets)
+        self._network._route(self, [b"".join(p) if isinstance(p, tuple) else p for p in packets])
 
     async def aclose(self) -> None:
         """Close the link and release its addresses (a new link may attach to them)."""

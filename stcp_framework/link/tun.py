@@ -56,6 +56,7 @@ from dataclasses import dataclass
 import trio
 
 from ..errors import StcpConfigError
+from .base import OutPacket
 from .offload import VNET_HDR_LEN, rx_tcp_checksum_bad, tx_vnet_header
 
 __all__ = [
@@ -425,7 +426,10 @@ class TunDevice:
             raise
         logger.info(
             "attached to TUN device %s (mtu %d, offload %s%s)",
-            name, device_mtu, "on" if offload else "off", ", gso" if gso else "",
+            name,
+            device_mtu,
+            "on" if offload else "off",
+            ", gso" if gso else "",
         )
         return cls(fd, name, device_mtu, offload=offload, gso=gso)
 
@@ -544,7 +548,9 @@ class TunDevice:
         counters.rx_gso_packets += gso_packets
         return out
 
-    async def send_batch(self, packets: Sequence[bytes | bytearray | memoryview]) -> None:
+    accepts_split_packets = True  # (headers, payload) pairs go out with one writev
+
+    async def send_batch(self, packets: Sequence[OutPacket]) -> None:
         """Write each packet with one ``write``; wait while the device would block.
 
         With offload, each packet is written with its virtio-net header in one
@@ -572,11 +578,20 @@ class TunDevice:
                 if hdr_len:
                     for i in range(done, total):
                         packet = packets[i]
-                        tx_bytes += writev(fd, (tx_vnet_header(packet), packet)) - hdr_len
+                        if isinstance(packet, tuple):  # (headers, payload): no join, no copy
+                            head, body = packet
+                            vnet = tx_vnet_header(head, len(head) + len(body))
+                            tx_bytes += writev(fd, (vnet, head, body)) - hdr_len
+                        else:
+                            tx_bytes += writev(fd, (tx_vnet_header(packet), packet)) - hdr_len
                         done = i + 1
                 else:
                     for i in range(done, total):
-                        tx_bytes += write(fd, packets[i])
+                        packet = packets[i]
+                        if isinstance(packet, tuple):
+                            tx_bytes += writev(fd, packet)
+                        else:
+                            tx_bytes += write(fd, packet)
                         done = i + 1
             except BlockingIOError:
                 counters.tx_blocked += 1

@@ -34,7 +34,7 @@ from dataclasses import replace
 import trio
 
 from ..errors import ConnectionRefused, ConnectionResetByPeer, ConnectionTimedOut, StcpConfigError
-from ..link.base import PacketDevice
+from ..link.base import OutPacket, PacketDevice
 from ..store.base import FencedOut, FlowDelta, FlowLost, Store, StoreError, StoreUnavailable
 from ..tcp.config import TcpConfig
 from ..tcp.events import Closed, Connected, EofReceived, Reset, TimedOut
@@ -59,6 +59,7 @@ EPHEMERAL_PORTS = range(32768, 61000)  # Linux ip_local_port_range default
 DEFAULT_SYN_BACKLOG = 1024  # Linux tcp_max_syn_backlog is of this order
 DURABILITY_MODES = ("strict", "async")
 FORGET_QUEUE = 65536  # closed flows waiting to be removed from the store
+SPLIT_PAYLOAD = 4096  # below this, one copy into the packet is cheaper than a 3-part writev
 
 
 class Listener:
@@ -147,7 +148,7 @@ class Runtime:
         self.drops: Counter[DropReason] = Counter()
         self._dirty: list[Flow] = []
         # RSTs answering segments of unknown flows (they carry no delta)
-        self._pending_raw: list[bytes | bytearray | memoryview] = []
+        self._pending_raw: list[OutPacket] = []
         self._tx_wakeup = trio.Event()
         self._timer_heap: list[tuple[float, int, Flow]] = []
         self._timer_seq = 0
@@ -169,6 +170,9 @@ class Runtime:
         # and/or completes the checksums of what we send.
         self._verify_checksum = not getattr(device, "rx_checksum_verified", False)
         self._offload_checksum = bool(getattr(device, "tx_checksum_offload", False))
+        # Payloads of at least this size go to the device beside their headers, never
+        # copied (link/base.py "accepts_split_packets").
+        self._split_at = SPLIT_PAYLOAD if getattr(device, "accepts_split_packets", False) else 0
 
     # ------------------------------------------------------------------ tasks
 
@@ -390,12 +394,10 @@ class Runtime:
             return []
         moved: list[Flow] = []
         while items:
-            # Deltas held back during a store outage pile up: a flow may have several.
-            # Commit one generation at a time (each flow at most once per call), so the
-            # store validates every delta against the state its predecessor left.
-            batch, later = _one_delta_per_flow(items)
+            # Deltas held back during a store outage pile up, so a flow may have several,
+            # in version order: the store applies them in order in the one commit.
             try:
-                await self.store.commit([delta for _, delta in batch])
+                await self.store.commit([delta for _, delta in items])
             except StoreUnavailable as exc:
                 if self.store_error is None:
                     logger.warning("store unavailable, holding ACKs and retrying: %s", exc)
@@ -416,11 +418,10 @@ class Runtime:
                 self._store_backoff = 0.0
                 self._store_retry_at = -math.inf
                 self.stats["group_commits"] += 1
-                for flow, delta in batch:
+                for flow, delta in items:  # in order: a flow's last delta is its newest
                     flow.durable_version = delta.delta.version
-                    if flow.lot:
-                        moved.append(flow)
-                items = later
+                moved += [flow for flow in dict.fromkeys(f for f, _ in items) if flow.lot]
+                return moved
         return moved
 
     def _drop_failed(
@@ -468,33 +469,27 @@ class Runtime:
 
     async def _transmit(
         self,
-        packets: list[bytes | bytearray | memoryview],
+        packets: list[OutPacket],
         outs: list[tuple[Flow, OutSegment]],
         *,
         check_durable: bool,
     ) -> None:
         offload = self._offload_checksum
+        split_at = self._split_at
         withheld = 0
         for flow, out in outs:
             if check_durable and out.needs_version > flow.durable_version:
                 withheld += 1  # G1/G2: its state is not durable yet; the peer retransmits
                 continue
             remote, rport, local, lport = flow.key
-            packets.append(
-                build_packet(
-                    local,
-                    remote,
-                    lport,
-                    rport,
-                    out.seq,
-                    out.ack,
-                    out.flags,
-                    out.window,
-                    out.options,
-                    out.payload,
-                    offload_checksum=offload,
-                )
-            )
+            payload = out.payload
+            split = 0 < split_at <= len(payload)
+            head = build_packet(
+                local, remote, lport, rport, out.seq, out.ack, out.flags, out.window,
+                out.options, payload, offload_checksum=offload, header_only=split,
+            )  # fmt: skip
+            # The payload is a view of an immutable send-buffer chunk: safe to hand over.
+            packets.append((head, payload) if split else head)
         if withheld:
             self.stats["segments_withheld"] += withheld
         if packets:
@@ -650,20 +645,3 @@ class Runtime:
         self.stats["active_opens"] += 1
         self._mark(flow)
         return flow
-
-
-def _one_delta_per_flow(
-    items: list[tuple[Flow, FlowDelta]],
-) -> tuple[list[tuple[Flow, FlowDelta]], list[tuple[Flow, FlowDelta]]]:
-    """Split ``items`` into the first delta of each flow and the rest (order kept)."""
-    seen: set[int] = set()
-    first: list[tuple[Flow, FlowDelta]] = []
-    rest: list[tuple[Flow, FlowDelta]] = []
-    for item in items:
-        key = id(item[0])
-        if key in seen:
-            rest.append(item)
-        else:
-            seen.add(key)
-            first.append(item)
-    return first, rest

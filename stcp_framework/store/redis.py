@@ -7,12 +7,16 @@ Theory of operation:
     Group commit: ``commit(batch)`` sends *one* ``EVALSHA`` of the commit script for the
     whole batch, so all deltas of a packet batch cost one round trip, and the batch is
     atomic exactly like ``MemoryStore.commit_sync``: the script first validates every
-    flow (fencing epoch, flow present, chunk keys declared, no gap) and only then
-    writes, so a refused batch writes nothing. Per flow it skips a delta whose version
-    is <= the stored version (a retried batch is harmless, the ops are absolute anyway),
-    applies the ops with ``HSET`` (TCB fields), ``SETRANGE`` at ``offset mod chunk``
-    (appends: absolute and idempotent), ``DEL`` of whole chunks (trims) and ``SET``/
-    ``DEL`` of the app state, then stores the new version and stream geometry.
+    delta (fencing epoch, flow present, chunk keys declared, no gap) and only then
+    writes, so a refused batch writes nothing. A flow may have several deltas in one
+    batch (the stack retries the deltas it held back during a store outage together):
+    the script keeps each flow's running version and stream geometry across them, so
+    each delta is checked against the state its predecessors leave, in order. It skips
+    a delta whose version is <= the flow's running version (a retried batch is harmless,
+    the ops are absolute anyway), applies the ops with ``HSET`` (TCB fields),
+    ``SETRANGE`` at ``offset mod chunk`` (appends: absolute and idempotent), ``DEL`` of
+    whole chunks (trims) and ``SET``/``DEL`` of the app state, then stores the new
+    version and stream geometry.
     The blocking redis-py call runs in a worker thread (``trio.to_thread.run_sync``), so
     the trio thread parses batch k+1 while batch k commits.
 
@@ -119,35 +123,42 @@ _TRANSIENT_REPLIES = (
 # ``%.0f`` (Lua numbers are doubles: stream offsets are exact up to 2**53).
 
 COMMIT = r"""
--- Group commit: every flow's delta of one batch, validated first, then applied.
--- KEYS[1] = the service's flow index; then per flow: tcb, owner, app,
+-- Group commit: every delta of one batch, validated first, then applied.
+-- KEYS[1] = the service's flow index; then per item (one delta): tcb, owner, app,
 --           rx chunks rx_lo .. rx_lo+rx_n-1, tx chunks tx_lo .. tx_lo+tx_n-1.
--- ARGV[1] = chunk size, ARGV[2] = number of flows; then per flow:
+-- ARGV[1] = chunk size, ARGV[2] = number of items; then per item:
 --   flow_id, 'epoch version rx_lo rx_n tx_lo tx_n nargs', nargs op args...
+-- A flow may have several items (deltas held back during an outage and retried
+-- together): they are validated in order, each against the state the earlier ones
+-- leave -- the flow's running version, stream geometry and commit offset -- and an item
+-- whose version is <= the running version is skipped, exactly as MemoryStore applies
+-- them. Fencing compares with the owner epoch stored before the batch (as MemoryStore).
 -- The TCB hash's meta field '.m' is 'version rb rh re tb th te co' (see keys.py).
 -- Ops: S n (name value)*n | R offset data | T offset data | r below | t below
 --      | C offset state | c offset   (c = app commit with state None)
--- Returns {'OK', rx_first_chunk, tx_first_chunk, ...per flow} after writing, or
--- {'FAIL', (kind, flow number, x, y)*} without writing anything; kind is FENCED
--- (x = owner epoch), LOST (x = reason), GAP, or KEYS (x, y = first rx/tx chunk the
--- flow needs declared: the caller retries with them).
+-- Returns {'OK', rx_first_chunk, tx_first_chunk, ...per item} after writing (each
+-- item gets its flow's chunks after the whole batch), or {'FAIL', (kind, item number,
+-- x, y)*} without writing anything, at most one failure per flow; kind is FENCED
+-- (x = owner epoch), LOST (x = reason), GAP, or KEYS (x, y = first rx/tx chunk live
+-- before the batch: the caller declares from there for every item of the flow and
+-- retries).
 local C = tonumber(ARGV[1])
-local nflows = tonumber(ARGV[2])
+local nitems = tonumber(ARGV[2])
 local floor = math.floor
 local a = 3
 local k = 2
 local plans = {}
+local flows = {}  -- tcb key -> the flow's running state across its items
 local fails = {}
-local fatal = false
 
 local function fmt(n) return string.format('%.0f', n) end
 
-local function stream(m_b, m_h, m_e, lo, n, first_key)
+local function stream(m_b, m_h, m_e)
   return {b = tonumber(m_b) or 0, h = tonumber(m_h) or 0, e = tonumber(m_e) or 0,
-          lo = lo, n = n, k = first_key, touched = false}
+          lo = 0, n = 0, k = 0, touched = false}
 end
 
--- returns the key of chunk n, or nil when the caller did not declare it
+-- returns the key of chunk n, or nil when the current item did not declare it
 local function key_of(s, n)
   if n < s.lo or n >= s.lo + s.n then return nil end
   return KEYS[s.k + n - s.lo]
@@ -155,7 +166,7 @@ end
 
 local HEADER = '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$'
 local META = '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$'
-for i = 1, nflows do
+for i = 1, nitems do
   local id = ARGV[a]
   local epoch, version, rx_lo, rx_n, tx_lo, tx_n, nargs = string.match(ARGV[a + 1], HEADER)
   epoch, version = tonumber(epoch), tonumber(version)
@@ -168,30 +179,42 @@ for i = 1, nflows do
   local tx_k = rx_k + rx_n
   k = tx_k + tx_n
 
-  local owner = redis.call('GET', owner_k)
-  local meta = redis.call('HGET', tcb, '.m')
-  local have_tcb = meta ~= false
-  local m = {}
-  if have_tcb then m = {string.match(meta, META)} end
-  local stored_version = tonumber(m[1]) or 0
-  local rx = stream(m[2], m[3], m[4], rx_lo, rx_n, rx_k)
-  local tx = stream(m[5], m[6], m[7], tx_lo, tx_n, tx_k)
-  local rx_first, tx_first = floor(rx.h / C), floor(tx.h / C)
-  local plan = {id = id, tcb = tcb, owner_k = owner_k, rx = rx, tx = tx, skip = true,
-                co = tonumber(m[8]) or 0}
+  local fs = flows[tcb]
+  if not fs then
+    -- the flow's first item in this batch: its stored state
+    local owner = redis.call('GET', owner_k)
+    local meta = redis.call('HGET', tcb, '.m')
+    local m = {}
+    if meta then m = {string.match(meta, META)} end
+    fs = {stored_owner = owner, owner = owner, have_tcb = meta ~= false,
+          version = tonumber(m[1]) or 0, rx = stream(m[2], m[3], m[4]),
+          tx = stream(m[5], m[6], m[7]), co = tonumber(m[8]) or 0, failed = false}
+    fs.rx_first, fs.tx_first = floor(fs.rx.h / C), floor(fs.tx.h / C)
+    flows[tcb] = fs
+  end
+  local rx, tx = fs.rx, fs.tx
+  rx.lo, rx.n, rx.k = rx_lo, rx_n, rx_k
+  tx.lo, tx.n, tx.k = tx_lo, tx_n, tx_k
+  local plan = {fs = fs, skip = true}
   plans[i] = plan
   local fail = nil
-  if owner and epoch < tonumber(owner) then
-    fail = {'FENCED', i, owner, 0}
-  elseif (not have_tcb) and version > 1 then
+  if fs.failed then
+    -- an earlier item of this flow failed: the batch is refused, nothing to check
+  elseif fs.stored_owner and epoch < tonumber(fs.stored_owner) then
+    fail = {'FENCED', i, fs.stored_owner, 0}
+  elseif (not fs.have_tcb) and version > 1 then
     fail = {'LOST', i, 'no TCB for a non-initial delta', 0}
-  elseif have_tcb and not owner then
+  elseif fs.have_tcb and not fs.owner then
     fail = {'LOST', i, 'no owner epoch', 0}
-  elseif version > stored_version then
+  elseif version > fs.version then
     plan.skip = false
-    plan.new_owner = (not owner) and fmt(epoch) or nil
-    plan.new_flow = not have_tcb
-    plan.version = version
+    plan.id, plan.tcb, plan.owner_k = id, tcb, owner_k
+    if not fs.owner then
+      plan.new_owner = fmt(epoch)
+      fs.owner = plan.new_owner
+    end
+    plan.new_flow = not fs.have_tcb
+    fs.have_tcb = true
     local acts = {}
     local hset = {}
     local need_keys = false
@@ -213,7 +236,8 @@ for i = 1, nflows do
         if take > stop then take = stop end
         take = take - p
         if not s.touched then
-          -- the chunk must hold exactly the bytes before p: else the store lost data
+          -- nothing of this batch wrote the stream yet: the chunk must hold exactly the
+          -- bytes before p, else the store lost data
           if redis.call('STRLEN', key) ~= p - start then
             fail = {'LOST', i, 'buffer chunk missing or short', 0}
             return
@@ -280,22 +304,27 @@ for i = 1, nflows do
       elseif op == 't' then
         trim(tx, tonumber(ARGV[j + 1])); j = j + 2
       elseif op == 'C' then
-        plan.co = tonumber(ARGV[j + 1])
+        fs.co = tonumber(ARGV[j + 1])
         acts[#acts + 1] = {'SET', app, ARGV[j + 2]}; j = j + 3
       elseif op == 'c' then
-        plan.co = tonumber(ARGV[j + 1])
+        fs.co = tonumber(ARGV[j + 1])
         acts[#acts + 1] = {'DEL', app}; j = j + 2
       else
         return redis.error_reply('stcp commit: unknown op ' .. tostring(op))
       end
     end
     if need_keys and not fail then
-      fail = {'KEYS', i, fmt(rx_first), fmt(tx_first)}
+      fail = {'KEYS', i, fmt(fs.rx_first), fmt(fs.tx_first)}
     end
+    fs.version = version
+    hset[#hset + 1] = '.m'
+    hset[#hset + 1] = string.format('%.0f %.0f %.0f %.0f %.0f %.0f %.0f %.0f', version,
+                                    rx.b, rx.h, rx.e, tx.b, tx.h, tx.e, fs.co)
     plan.acts = acts
     plan.hset = hset
   end
   if fail then
+    fs.failed = true
     for q = 1, 4 do fails[#fails + 1] = fail[q] end
   end
 end
@@ -306,7 +335,7 @@ if #fails > 0 then
 end
 
 local out = {'OK'}
-for i = 1, nflows do
+for i = 1, nitems do
   local p = plans[i]
   if not p.skip then
     if p.new_owner then redis.call('SET', p.owner_k, p.new_owner) end
@@ -318,15 +347,10 @@ for i = 1, nflows do
         redis.call(unpack(act))
       end
     end
-    local h = p.hset
-    local rx, tx = p.rx, p.tx
-    h[#h + 1] = '.m'
-    h[#h + 1] = string.format('%.0f %.0f %.0f %.0f %.0f %.0f %.0f %.0f', p.version,
-                              rx.b, rx.h, rx.e, tx.b, tx.h, tx.e, p.co)
-    redis.call('HSET', p.tcb, unpack(h))
+    redis.call('HSET', p.tcb, unpack(p.hset))
   end
-  out[#out + 1] = fmt(floor(p.rx.h / C))
-  out[#out + 1] = fmt(floor(p.tx.h / C))
+  out[#out + 1] = fmt(floor(p.fs.rx.h / C))
+  out[#out + 1] = fmt(floor(p.fs.tx.h / C))
 end
 return out
 """
@@ -725,11 +749,18 @@ class RedisStore:
             raise ValueError("gap in stream: " + _summary(gaps))
 
     def _encode(self, batch: Sequence[FlowDelta]) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV of the commit script (format documented in the script)."""
+        """KEYS and ARGV of the commit script (format documented in the script).
+
+        Each delta is one item, declaring its flow's chunks from the first live chunk
+        the client knows (the previous reply's) up to the highest its ops touch: every
+        delta of a flow in the batch starts from the same chunk, at or below where the
+        earlier deltas leave the stream's head, so the script can trim from there.
+        """
         keys: list[str] = [self._index]
         args: list[Any] = [CHUNK_SIZE, len(batch)]
         first = self._first
         names = self._names
+        starts: dict[str, tuple[int, int]] = {}
         for item in batch:
             flow_id = item.flow_id
             delta = item.delta
@@ -777,10 +808,14 @@ class RedisStore:
                 else:
                     raise TypeError(f"unknown delta op {op!r}")
             known = first.get(flow_id)
+            if known is None:
+                # a flow new to this client: a later delta of it in the batch declares
+                # from where its first one did (chunk 0 if that one created the flow)
+                known = starts.get(flow_id)
+                if known is None and delta.version == 1:
+                    known = starts[flow_id] = (0, 0)
             if known is not None:
                 rx_lo, tx_lo = known
-            elif delta.version == 1:
-                rx_lo = tx_lo = 0
             rx_first, rx_n = _chunk_range(rx_lo, rx_hi)
             tx_first, tx_n = _chunk_range(tx_lo, tx_hi)
             args += (

@@ -237,6 +237,7 @@ def build_packet(
     ttl: int = DEFAULT_TTL,
     urgent: int = 0,
     offload_checksum: bool = False,
+    header_only: bool = False,
 ) -> bytearray:
     """Build an IPv4 (``len(src) == 4``) or IPv6 packet carrying one TCP segment.
 
@@ -260,32 +261,36 @@ def build_packet(
             the folded pseudo-header sum, not complemented, as Linux's
             ``CHECKSUM_PARTIAL`` / virtio-net ``VIRTIO_NET_HDR_F_NEEDS_CSUM``
             expects (``csum_start`` = IP header length, ``csum_offset`` = 16).
+        header_only: Return only the IP and TCP headers (lengths and checksums still
+            cover ``payload``): the caller writes ``payload`` right after them (a
+            ``writev``), so a 64 KB payload is never copied in Python.
 
     Returns:
-        The packet bytes.
+        The packet bytes (or its headers, with ``header_only``).
     """
     opt = b"" if options is NO_OPTIONS else emit_options(options)
     thl = TCP_HEADER_LEN + len(opt)
     tcp_len = thl + len(payload)
     if tcp_len > 0xFFFF - IPV4_HEADER_LEN if len(src) == 4 else tcp_len > 0xFFFF:
         raise ValueError(f"segment of {tcp_len} bytes does not fit an IP packet")
+    size = tcp_len - len(payload) if header_only else tcp_len
     if len(src) == 4:
         off = IPV4_HEADER_LEN
         total = off + tcp_len
-        buf = bytearray(total)
+        buf = bytearray(off + size)
         _IPV4.pack_into(buf, 0, 0x45, 0, total, 0, _IPV4_DF, ttl, IPPROTO_TCP, 0, src, dst)
         view = memoryview(buf)
         _U16.pack_into(buf, 10, 0xFFFF - _fold(_from_bytes(view[:IPV4_HEADER_LEN], "big")))
     else:
         off = IPV6_HEADER_LEN
-        buf = bytearray(off + tcp_len)
+        buf = bytearray(off + size)
         _IPV6.pack_into(buf, 0, 0x60000000, tcp_len, IPPROTO_TCP, ttl, src, dst)
         view = memoryview(buf)
     _TCP.pack_into(buf, off, src_port, dst_port, seq, ack, thl << 2, flags, window, 0, urgent)
     data_at = off + thl
     if opt:
         buf[off + TCP_HEADER_LEN : data_at] = opt
-    if payload:
+    if payload and not header_only:
         buf[data_at:] = payload
     # Pseudo-header (addresses read back from the packet), then the TCP header;
     # the payload's sum is taken from the caller's buffer (bytes: no extra copy).

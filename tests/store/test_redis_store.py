@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import re
 import time
+from typing import cast
 
 import pytest
 import trio
@@ -67,7 +68,7 @@ async def test_every_key_of_a_flow_shares_its_hash_tag(redis7_server: RedisServe
                          RxAppend(0, b"r" * (C + 1)), TxAppend(0, b"t"), AppCommit(0, b"s"))])
     tag = flow_tag("layout", "198.18.0.2:80-198.18.0.1:40000")
     assert re.fullmatch(r"stcp:\{layout:[0-9a-f]{16}\}", tag)
-    names = sorted(k.decode() for k in store.client.keys("stcp:{layout*"))
+    names = sorted(k.decode() for k in server_keys(store, "stcp:{layout*"))
     assert names == sorted([f"{tag}:tcb", f"{tag}:owner", f"{tag}:app", f"{tag}:rx:0",
                             f"{tag}:rx:1", f"{tag}:tx:0", "stcp:{layout}:flows"])
     assert store.client.hget(f"{tag}:tcb", "ms") == b"1460"
@@ -248,9 +249,75 @@ async def test_an_instance_that_never_saw_the_flow_declares_keys_by_retrying(
     await second.aclose()
 
 
+async def test_a_new_instance_retries_a_multi_delta_batch_once_for_keys(
+    redis7_server: RedisServer,
+) -> None:
+    """Several deltas of a flow the client never saw: one KEYS retry declares, for every
+    one of them, the chunks from the flow's first live chunk before the batch."""
+    first = new_store(redis7_server, "handover-many")
+    await first.commit([d("f", 1, 1, RxAppend(0, bytes(5 * C)))])
+    await first.commit([d("f", 1, 2, RxTrim(C + 1))])
+    second = new_store(redis7_server, "handover-many")
+    await second.commit([d("f", 1, 3, RxTrim(3 * C)), d("f", 1, 4, RxTrim(5 * C)),
+                         d("f", 1, 5, RxAppend(5 * C, b"z"))])
+    assert second.key_retries == 1
+    assert store_chunk_keys(second, "f") == [f"{flow_tag(second.service, 'f')}:rx:5".encode()]
+    rec = await second.load("f")
+    assert rec is not None and (rec.rx, rec.rx_offset, rec.version) == (b"z", 5 * C, 5)
+    await first.aclose()
+    await second.aclose()
+
+
+async def test_a_new_flows_deltas_in_one_batch_need_no_key_retry(
+    redis7_server: RedisServer,
+) -> None:
+    """A flow created in the batch: its later deltas declare from chunk 0 too, so a trim
+    of chunks its first delta wrote succeeds at once and leaves no chunk behind."""
+    store = new_store(redis7_server)
+    await store.commit([d("f", 1, 1, TxAppend(0, bytes(4 * C))), d("f", 1, 2, TxTrim(3 * C)),
+                        d("f", 1, 3, TxTrim(4 * C)), d("f", 1, 4, TxAppend(4 * C, b"t"))])
+    assert store.key_retries == 0
+    assert store_chunk_keys(store, "f") == [f"{flow_tag(store.service, 'f')}:tx:4".encode()]
+    await store.aclose()
+
+
+async def test_a_refused_multi_delta_batch_writes_nothing(redis7_server: RedisServer) -> None:
+    """All or nothing: the gap in f's second delta refuses f's first delta and g's."""
+    store = new_store(redis7_server)
+    await store.commit([d("g", 1, 1, RxAppend(0, b"g"))])
+    before = server_keys(store, f"stcp:{{{store.service}*")
+    with pytest.raises(ValueError, match="f: append at 150, have up to 100"):
+        await store.commit([d("g", 1, 2, RxAppend(1, b"h"), TcbSet({"x": 1})),
+                            d("f", 1, 1, RxAppend(0, b"a" * 100)),
+                            d("f", 1, 2, RxAppend(150, b"b"))])
+    assert server_keys(store, f"stcp:{{{store.service}*") == before
+    assert await store.load("f") is None
+    rec = await store.load("g")
+    assert rec is not None and (rec.rx, rec.version, rec.tcb) == (b"g", 1, {})
+    await store.aclose()
+
+
+async def test_a_lost_flow_is_named_once_for_all_its_deltas(redis7_server: RedisServer) -> None:
+    store = new_store(redis7_server)
+    await store.commit([d("a", 1, 1, RxAppend(0, b"a")), d("b", 1, 1, RxAppend(0, b"b"))])
+    store.client.delete(*store.flow_keys_sync("b"))
+    with pytest.raises(FlowLost) as info:
+        await store.commit([d("b", 1, 2, RxAppend(1, b"2")), d("a", 1, 2, RxAppend(1, b"2")),
+                            d("b", 1, 3, RxAppend(2, b"3"))])
+    assert info.value.flow_ids == ("b",)
+    rec = await store.load("a")
+    assert rec is not None and rec.rx == b"a"
+    await store.aclose()
+
+
+def server_keys(store: RedisStore, pattern: str) -> list[bytes]:
+    """``KEYS pattern``, sorted (the client does not decode replies)."""
+    return sorted(cast(list[bytes], store.client.keys(pattern)))
+
+
 def store_chunk_keys(store: RedisStore, flow: str) -> list[bytes]:
     tag = flow_tag(store.service, flow)
-    return sorted(store.client.keys(f"{tag}:rx:*") + store.client.keys(f"{tag}:tx:*"))
+    return sorted(server_keys(store, f"{tag}:rx:*") + server_keys(store, f"{tag}:tx:*"))
 
 
 async def test_full_chunks_are_sized_exactly(redis7_server: RedisServer) -> None:
@@ -262,7 +329,8 @@ async def test_full_chunks_are_sized_exactly(redis7_server: RedisServer) -> None
         offset += 1448
     full = f"{flow_tag(store.service, 'f')}:rx:0"
     assert store.client.strlen(full) == C
-    assert store.client.memory_usage(full, samples=0) <= C + 256
+    usage = store.client.memory_usage(full, samples=0)
+    assert usage is not None and usage <= C + 256
     await store.aclose()
 
 

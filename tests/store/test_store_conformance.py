@@ -17,6 +17,7 @@ from stcp_framework.store.memory import MemoryStore
 from stcp_framework.store.redis import RedisStore
 from stcp_framework.tcp.delta import (
     AppCommit,
+    DeltaOp,
     RxAppend,
     RxTrim,
     StateDelta,
@@ -327,6 +328,140 @@ async def test_describe_many_tells_sizes_and_offsets_without_the_bytes(store: St
     assert app is not None and app.app_state_len == 0
 
 
+# -- several deltas of one flow in one group commit ---------------------------------------
+# The stack retries the deltas it held back during a store outage together, so a batch may
+# hold a flow's versions n, n+1, ...: each applies to the state the one before it left.
+
+async def test_two_appends_of_one_flow_in_one_batch(store: Store) -> None:
+    await store.commit([d("f", 1, 1, RxAppend(0, b"a" * 100)),
+                        d("f", 1, 2, RxAppend(100, b"b" * 100))])
+    rec = await store.load("f")
+    assert rec is not None
+    assert (rec.rx, rec.rx_offset, rec.version) == (b"a" * 100 + b"b" * 100, 0, 2)
+
+
+async def test_a_batch_of_one_flow_counts_as_one_commit(store: Store) -> None:
+    assert isinstance(store, MemoryStore | RedisStore)
+    await store.commit([d("f", 1, v, TxAppend(10 * (v - 1), b"x" * 10)) for v in (1, 2, 3)])
+    assert store.commits == 1
+    rec = await store.load("f")
+    assert rec is not None and (rec.tx, rec.version) == (b"x" * 30, 3)
+
+
+async def test_three_deltas_of_one_flow_cross_chunk_edges_among_other_flows(
+    store: Store,
+) -> None:
+    """Appends and trims across chunk boundaries, TCB fields and app commits, three
+    versions of one new flow in one batch, next to an existing flow's two versions and
+    a third flow's one."""
+    data = bytes(i % 251 for i in range(4 * C + 7))
+    await store.commit([d("old", 1, 1, TcbSet({"state": "ESTABLISHED"}),
+                          TxAppend(0, b"t" * (C - 3)))])
+    await store.commit([
+        d("new", 1, 1, TcbSet({"state": "SYN-RECEIVED", "rcv_nxt": 1}),
+          RxAppend(0, data[: C - 1])),
+        d("old", 1, 2, TxAppend(C - 3, b"u" * 10), TxTrim(C - 1)),
+        d("new", 1, 2, TcbSet({"state": "ESTABLISHED"}), RxAppend(C - 1, data[C - 1 : 3 * C]),
+          RxTrim(C + 1), AppCommit(C + 1, b"app-2")),
+        d("other", 1, 1, RxAppend(0, b"o")),
+        d("new", 1, 3, RxAppend(3 * C, data[3 * C :]), RxTrim(3 * C + 2),
+          TcbSet({"rcv_nxt": 9}), AppCommit(3 * C + 2, None), TxAppend(0, b"reply")),
+        d("old", 1, 3, TxTrim(2 * C), TxAppend(C + 7, b"v"), AppCommit(7, b"old-3")),
+    ])
+    new = await store.load("new")
+    assert new is not None
+    assert (new.version, new.tcb) == (3, {"state": "ESTABLISHED", "rcv_nxt": 9})
+    assert (new.rx, new.rx_offset) == (data[3 * C + 2 :], 3 * C + 2)
+    assert (new.tx, new.tx_offset) == (b"reply", 0)
+    assert (new.commit_offset, new.app_state) == (3 * C + 2, None)
+    old = await store.load("old")
+    assert old is not None
+    assert (old.version, old.tcb) == (3, {"state": "ESTABLISHED"})
+    assert (old.tx, old.tx_offset) == (b"v", C + 7)  # the trim emptied it mid-chunk 1
+    assert (old.commit_offset, old.app_state) == (7, b"old-3")
+    other = await store.load("other")
+    assert other is not None and (other.rx, other.version) == (b"o", 1)
+    assert await store.list_flows() == ["new", "old", "other"]
+
+
+async def test_later_delta_trims_chunks_an_earlier_one_of_the_batch_wrote(
+    store: Store,
+) -> None:
+    """Chunk keys must be declared for what the earlier deltas of the batch left."""
+    await store.commit([d("f", 1, 1, TxAppend(0, b"a"))])
+    await store.commit([
+        d("f", 1, 2, TxAppend(1, bytes(5 * C))),
+        d("f", 1, 3, TxTrim(4 * C + 1)),
+        d("f", 1, 4, TxTrim(5 * C + 1)),  # empty: every chunk gone
+        d("f", 1, 5, TxAppend(5 * C + 1, b"tail")),
+    ])
+    rec = await store.load("f")
+    assert rec is not None and (rec.tx, rec.tx_offset, rec.version) == (b"tail", 5 * C + 1, 5)
+
+
+async def test_a_repeated_version_later_in_the_batch_is_skipped(store: Store) -> None:
+    """Idempotence per delta: a version at or below the flow's running version -- stored
+    before the batch or applied earlier in it -- changes nothing."""
+    await store.commit([d("f", 1, 1, TcbSet({"x": 1}), RxAppend(0, b"abc"))])
+    await store.commit([
+        d("f", 1, 1, TcbSet({"x": 100}), RxAppend(0, b"abc"), RxTrim(3)),  # stored already
+        d("f", 1, 2, TcbSet({"x": 2}), RxAppend(3, b"de")),
+        d("f", 1, 2, TcbSet({"x": 200}), RxAppend(3, b"de"), AppCommit(5, b"no")),  # again
+        d("g", 1, 1, TcbSet({"x": 1})),
+        d("f", 1, 3, RxTrim(1)),
+        d("f", 1, 2, RxAppend(3, b"dezzz")),  # below the running version 3
+    ])
+    rec = await store.load("f")
+    assert rec is not None
+    assert (rec.version, rec.tcb, rec.rx, rec.rx_offset) == (3, {"x": 2}, b"bcde", 1)
+    assert (rec.commit_offset, rec.app_state) == (0, None)
+
+
+async def test_a_multi_delta_batch_retried_whole_changes_nothing(store: Store) -> None:
+    batch = [
+        d("f", 1, 1, TcbSet({"rcv_nxt": 1}), RxAppend(0, b"r" * (C + 9))),
+        d("g", 1, 1, TxAppend(0, b"g" * 3)),
+        d("f", 1, 2, RxTrim(C + 2), TxAppend(0, b"t" * 5), AppCommit(C + 2, b"s")),
+        d("f", 1, 3, TcbSet({"rcv_nxt": 3}), RxAppend(C + 9, b"more"), TxTrim(2)),
+    ]
+    await store.commit(batch)
+    first = {flow: await store.load(flow) for flow in ("f", "g")}
+    await store.commit(batch)
+    await store.commit(batch[:2])
+    assert {flow: await store.load(flow) for flow in ("f", "g")} == first
+    f = first["f"]
+    assert f is not None
+    assert (f.rx, f.rx_offset, f.tx, f.tx_offset) == (b"r" * 7 + b"more", C + 2, b"ttt", 2)
+    assert (f.version, f.tcb, f.app_state) == (3, {"rcv_nxt": 3}, b"s")
+
+
+async def test_a_batch_where_only_some_versions_landed_applies_the_rest(store: Store) -> None:
+    await store.commit([d("f", 1, 1, RxAppend(0, b"a")), d("f", 1, 2, RxAppend(1, b"b"))])
+    await store.commit([d("f", 1, v, RxAppend(v - 1, b"abcd"[v - 1 : v])) for v in (1, 2, 3, 4)])
+    rec = await store.load("f")
+    assert rec is not None and (rec.rx, rec.version) == (b"abcd", 4)
+
+
+async def test_a_gap_is_found_against_the_running_state(store: Store) -> None:
+    """The second delta is checked against where the first one left the stream (what a
+    refused batch leaves written differs: RedisStore writes nothing, see
+    test_redis_store.py; MemoryStore keeps the deltas before the gap)."""
+    with pytest.raises(ValueError, match="append at 150, have up to 100"):
+        await store.commit([d("f", 1, 1, RxAppend(0, b"a" * 100)),
+                            d("f", 1, 2, RxAppend(150, b"b"))])
+
+
+async def test_a_fenced_flow_refuses_the_batch_with_all_its_deltas(store: Store) -> None:
+    await store.claim("f", 2)
+    with pytest.raises(FencedOut) as info:
+        await store.commit([d("g", 1, 1, RxAppend(0, b"g")), d("f", 2, 1, RxAppend(0, b"a")),
+                            d("f", 1, 2, RxAppend(1, b"b"))])
+    assert info.value.flow_ids == ("f",)
+    assert await store.load("g") is None
+    rec = await store.load("f")
+    assert rec is not None and (rec.rx, rec.version) == (b"", 0)
+
+
 # -- the model test: random deltas, Redis must end where MemoryStore ends ------------------
 
 _sizes = st.one_of(st.sampled_from([1, 2, C - 1, C, C + 1, 2 * C]), st.integers(1, 3 * C))
@@ -362,8 +497,8 @@ def _stream_byte(side: str, offset: int) -> int:
     return (offset * 7 + (3 if side == "rx" else 5)) % 256
 
 
-def _ops(ops: list[tuple[str, int, int]]) -> tuple[object, ...]:
-    out: list[object] = []
+def _ops(ops: list[tuple[str, int, int]]) -> tuple[DeltaOp, ...]:
+    out: list[DeltaOp] = []
     for name, a, b in ops:
         if name.endswith("append"):
             side = name[:2]
@@ -395,4 +530,30 @@ async def test_redis_matches_memory_on_random_histories(
         await store.commit(batch)
         if version % 3 == 0:
             await store.commit(batch)  # a retried group commit changes nothing
+        assert await store.load(flow) == await model.load(flow)
+
+
+@pytest.mark.slow
+@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                   HealthCheck.too_slow,
+                                                   HealthCheck.data_too_large])
+@given(history=_histories(), data=st.data())
+async def test_consecutive_deltas_batched_together_end_where_memory_ends(
+    store: Store, history: list[list[tuple[str, int, int]]], data: st.DataObject
+) -> None:
+    """Random histories committed in random runs of consecutive versions (as the stack
+    retries held-back deltas), a run sometimes re-sent from an earlier version, must
+    leave what committing one delta at a time leaves."""
+    model = MemoryStore()
+    flow = f"batched-{next(_services)}"
+    deltas = [FlowDelta(flow, 1, StateDelta(v, _ops(ops))) for v, ops in
+              enumerate(history, start=1)]
+    done = 0
+    while done < len(deltas):
+        back = data.draw(st.integers(0, done), label="resent")  # versions landed already
+        size = data.draw(st.integers(1, len(deltas) - done), label="new")
+        for item in deltas[done : done + size]:
+            await model.commit([item])
+        await store.commit(deltas[done - back : done + size])
+        done += size
         assert await store.load(flow) == await model.load(flow)

@@ -474,3 +474,20 @@ def test_every_parse_drop_reason_has_a_test() -> None:
     tested |= {"FRAGMENT"}  # test_drop_ipv4_fragment, test_drop_ipv6_fragment_header
     stack_only = {"NO_FLOW", "BACKLOG_FULL", "RESTORING"}
     assert {r.name for r in DropReason} - stack_only <= tested
+
+
+@pytest.mark.parametrize(
+    "src,dst",
+    [(bytes([198, 18, 0, 2]), bytes([198, 18, 0, 1])), (bytes(15) + b"\x02", bytes(15) + b"\x01")],
+)
+@pytest.mark.parametrize("offload", [False, True])
+def test_header_only_plus_payload_is_the_whole_packet(
+    src: bytes, dst: bytes, offload: bool
+) -> None:
+    payload = bytes(range(256)) * 40
+    opts = TcpOptions(timestamps=(1, 2))
+    args = (src, dst, 7, 40000, 123, 456, 0x18, 500, opts, payload)
+    whole = build_packet(*args, offload_checksum=offload)
+    head = build_packet(*args, offload_checksum=offload, header_only=True)
+    assert len(head) == len(whole) - len(payload)
+    assert bytes(head) + payload == bytes(whole)
