@@ -246,22 +246,19 @@ class Stream(trio.abc.HalfCloseableStream):
 
     async def aclose(self) -> None:
         """Close both directions (FIN, or RST if received data was left unread)."""
-        if not self._closed:
-            self._closed = True
-            flow = self._flow
-            if not flow.closed:
-                flow.conn.app_close(self._runtime.now())
-                self._runtime.touch(flow)
-            flow.lot.unpark_all()
-        await trio.lowlevel.checkpoint()
+        await self._close(abort=False)
 
     async def abort(self) -> None:
         """Reset the connection (RST) and close the stream."""
+        await self._close(abort=True)
+
+    async def _close(self, *, abort: bool) -> None:
         if not self._closed:
             self._closed = True
             flow = self._flow
             if not flow.closed:
-                flow.conn.app_abort(self._runtime.now())
+                conn = flow.conn
+                (conn.app_abort if abort else conn.app_close)(self._runtime.now())
                 self._runtime.touch(flow)
             flow.lot.unpark_all()
         await trio.lowlevel.checkpoint()
