@@ -157,6 +157,7 @@ class Runtime:
         self._rounds_done = 0
         self.durability = durability
         self._uncommitted: list[tuple[Flow, FlowDelta]] = []
+        self._commit_wakeup = trio.Event()  # async durability: deltas are queued
         self._store_retry_at = -math.inf
         self._store_backoff = 0.0
         self._closed_flows: list[Flow] = []
@@ -189,6 +190,8 @@ class Runtime:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._transmit_loop)
             nursery.start_soon(self._forget_loop)
+            if self.durability == "async":
+                nursery.start_soon(self._async_commit_loop)
             nursery.start_soon(self._timer_loop)
             nursery.start_soon(self._receive_loop)
             task_status.started()
@@ -328,9 +331,25 @@ class Runtime:
             self._dirty.append(flow)
         self._tx_wakeup.set()
 
-    async def _transmit_loop(self) -> None:
+    async def _async_commit_loop(self) -> None:
+        """Async durability: commit whatever the rounds queued, one batch at a time."""
         while True:
             retry_at = self._store_retry_at if self._uncommitted else math.inf
+            with trio.move_on_at(retry_at):
+                await self._commit_wakeup.wait()
+            self._commit_wakeup = trio.Event()
+            items, self._uncommitted = self._uncommitted, []
+            if items:
+                for flow in await self._commit(items):
+                    flow.lot.unpark_all()
+
+    async def _transmit_loop(self) -> None:
+        while True:
+            retry_at = (
+                self._store_retry_at
+                if self._uncommitted and self.durability == "strict"
+                else math.inf
+            )
             with trio.move_on_at(retry_at):
                 await self._tx_wakeup.wait()
             self._tx_wakeup = trio.Event()
@@ -367,9 +386,12 @@ class Runtime:
             if not flow.closed:
                 self._schedule(flow, flow.conn.next_deadline())
         if self.durability == "async":
-            await self._transmit(raw, outs, check_durable=False)
+            # Write-behind: the segments leave now; the deltas queue for the commit
+            # task, which runs while the next rounds drain and transmit.
+            self._uncommitted = items
             if items:
-                woken.extend(await self._commit(items))
+                self._commit_wakeup.set()
+            await self._transmit(raw, outs, check_durable=False)
         else:
             if items:
                 woken.extend(await self._commit(items))
@@ -390,7 +412,8 @@ class Runtime:
         """
         now = trio.current_time()
         if now < self._store_retry_at:
-            self._uncommitted = items
+            # (in async mode rounds may have queued more meanwhile: those come after)
+            self._uncommitted = items + self._uncommitted
             return []
         moved: list[Flow] = []
         while items:
@@ -405,7 +428,7 @@ class Runtime:
                 self.stats["store_unavailable"] += 1
                 self._store_backoff = min(max(self._store_backoff * 2, 0.05), 1.0)
                 self._store_retry_at = trio.current_time() + self._store_backoff
-                self._uncommitted = items
+                self._uncommitted = items + self._uncommitted
                 return moved
             except FencedOut as exc:
                 items = self._drop_failed(items, exc.flow_ids, exc, reset=False)

