@@ -293,7 +293,11 @@ def _redis_url(logdir: Path, cleanups: list[Callable[[], None]]) -> str:
 
         directory = logdir / "redis"
         _REDIS["url"] = embedded.start(directory)
-        cleanups.append(lambda: None if embedded.stop(directory) else None)
+
+        def stop_redis() -> None:
+            embedded.stop(directory)
+
+        cleanups.append(stop_redis)
     return _REDIS["url"]
 
 
