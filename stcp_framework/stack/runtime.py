@@ -350,8 +350,11 @@ class Runtime:
                 if self._uncommitted and self.durability == "strict"
                 else math.inf
             )
-            with trio.move_on_at(retry_at):
-                await self._tx_wakeup.wait()
+            if retry_at == math.inf:
+                await self._tx_wakeup.wait()  # the common case: no cancel scope to build
+            else:
+                with trio.move_on_at(retry_at):
+                    await self._tx_wakeup.wait()
             self._tx_wakeup = trio.Event()
             await self._round()
 
