@@ -8,7 +8,11 @@ from typing import Protocol
 SplitPacket = tuple[bytearray, "bytes | memoryview"]
 """A packet as its headers and its payload (see ``accepts_split_packets``)."""
 
-OutPacket = bytes | bytearray | memoryview | SplitPacket
+GsoPacket = tuple[bytearray, "bytes | memoryview", int]
+"""A TCP super-segment as its headers, its payload and its ``gso_size`` (see
+``tx_gso_max``)."""
+
+OutPacket = bytes | bytearray | memoryview | SplitPacket | GsoPacket
 """What ``send_batch`` takes: a whole packet, or a split one where accepted."""
 
 
@@ -31,6 +35,13 @@ class PacketDevice(Protocol):
       stack writes only the pseudo-header sum into the checksum field
       (``build_packet(..., offload_checksum=True)``: csum_start = IP header length,
       csum_offset = 16).
+    * ``tx_gso_max`` (an ``int``, default 0): with ``accepts_split_packets`` and
+      ``tx_checksum_offload``, ``send_batch`` also takes ``(headers, payload, gso_size)``
+      triples (``GsoPacket``): one TCP super-segment of up to ``tx_gso_max`` payload
+      bytes, whose IP length covers it all and whose checksum field holds the
+      pseudo-header sum of the whole; the device (Linux GSO/TSO) splits it into
+      segments of ``gso_size`` payload bytes with their own sequence numbers and
+      checksums, PSH and FIN on the last only.
     """
 
     @property

@@ -13,6 +13,12 @@ Theory of operation:
     super-segments of up to 64 KB (``gso_type`` TCPV4/TCPV6, ``gso_size`` = the MSS)
     whose IP total length / payload length is that of the whole super-segment.
 
+    A TCP super-segment we send (``tx_gso_vnet_header``) carries ``gso_type``
+    TCPV4/TCPV6, ``gso_size`` = the MSS, ``hdr_len`` = the IP + TCP header length and
+    ``NEEDS_CSUM``; the kernel takes it as one large segment (locally delivered, as a
+    GRO packet) or splits it into ``gso_size`` segments (sequence numbers, checksums,
+    IPv4 ids; PSH and FIN on the last only), like the segments of a TSO NIC.
+
     On transmit, a header with ``NEEDS_CSUM``, ``csum_start`` = the IP header length and
     ``csum_offset`` = 16 (the TCP checksum field, RFC 9293 §3.1) asks the kernel to
     complete the checksum: it sums from ``csum_start`` to the end, starting from the
@@ -47,6 +53,7 @@ __all__ = [
     "VNET_HDR_PLAIN",
     "VirtioNetHdr",
     "rx_tcp_checksum_bad",
+    "tx_gso_vnet_header",
     "tx_vnet_header",
 ]
 
@@ -157,6 +164,31 @@ def tx_vnet_header(packet: Buffer, length: int | None = None) -> bytes:
             return VNET_HDR_PLAIN
         return _NEEDS_CSUM_V6
     return VNET_HDR_PLAIN
+
+
+def tx_gso_vnet_header(headers: Buffer, gso_size: int) -> bytes:
+    """The virtio-net header of a TCP super-segment whose IP and TCP headers are ``headers``.
+
+    ``headers`` starts with the IPv4 or IPv6 header, TCP directly after it (the stack's
+    own packets), and holds at least the whole TCP header; the checksum field must hold
+    the pseudo-header sum over the whole super-segment (``build_packet(...,
+    offload_checksum=True)``). ``gso_size``: the payload bytes of each segment (the MSS).
+    """
+    if headers[0] >> 4 == 4:
+        ip_len = (headers[0] & 0x0F) << 2
+        gso_type = VIRTIO_NET_HDR_GSO_TCPV4
+    else:
+        ip_len = _IPV6_LEN
+        gso_type = VIRTIO_NET_HDR_GSO_TCPV6
+    tcp_len = (headers[ip_len + 12] >> 4) << 2  # data offset (RFC 9293 §3.1)
+    return VNET_HDR.pack(
+        VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        gso_type,
+        ip_len + tcp_len,
+        gso_size,
+        ip_len,
+        _TCP_CHECKSUM_OFFSET,
+    )
 
 
 def rx_tcp_checksum_bad(packet: memoryview) -> bool:

@@ -134,6 +134,12 @@ class PcapDevice:
         return packets
 
     @property
+    def tx_gso_max(self) -> int:
+        """The inner device's ``tx_gso_max`` (``link/base.py``), passed through; each
+        super-segment is recorded as is, one record of more than the MTU."""
+        return int(getattr(self.inner, "tx_gso_max", 0))
+
+    @property
     def accepts_split_packets(self) -> bool:
         return bool(getattr(self.inner, "accepts_split_packets", False))
 
@@ -141,7 +147,7 @@ class PcapDevice:
         """Record each packet, then send the batch on the inner device."""
         write = self.writer.write
         for pkt in packets:
-            write(b"".join(pkt) if isinstance(pkt, tuple) else pkt)
+            write(b"".join(pkt[:2]) if isinstance(pkt, tuple) else pkt)
         await self.inner.send_batch(packets)
 
     async def aclose(self) -> None:

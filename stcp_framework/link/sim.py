@@ -442,7 +442,8 @@ class SimLink:
         if self._closed:
             raise trio.ClosedResourceError("SimLink is closed")
         await trio.lowlevel.checkpoint()
-        self._network._route(self, [b"".join(p) if isinstance(p, tuple) else p for p in packets])
+        joined = [b"".join(p[:2]) if isinstance(p, tuple) else p for p in packets]
+        self._network._route(self, joined)
 
     async def aclose(self) -> None:
         """Close the link and release its addresses (a new link may attach to them)."""

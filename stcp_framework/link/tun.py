@@ -32,6 +32,11 @@ Offloads (``offload=True``, the default):
     * send: ``tx_checksum_offload`` is set; each TCP packet whose checksum field holds
       the pseudo-header sum goes out with ``NEEDS_CSUM`` and the kernel completes it
       (``os.writev`` of header and packet: no copy). Other packets go out as they are.
+      With ``tx_gso`` (the default), ``tx_gso_max`` is ``TX_GSO_MAX``: ``send_batch``
+      takes ``(headers, payload, gso_size)`` TCP super-segments and writes them with a
+      GSO header (``tx_gso_vnet_header``, ``counters.tx_gso_packets``); the kernel
+      splits them into ``gso_size`` segments where it must (TSO send needs no
+      ``TUNSETOFFLOAD`` flag: those describe what the kernel may hand *us*).
 
     Offload settings are device state and survive our detach: ``offload=False`` resets
     them (``TUNSETOFFLOAD(0)``) so the kernel again completes every checksum and
@@ -57,10 +62,11 @@ import trio
 
 from ..errors import StcpConfigError
 from .base import OutPacket
-from .offload import VNET_HDR_LEN, rx_tcp_checksum_bad, tx_vnet_header
+from .offload import VNET_HDR_LEN, rx_tcp_checksum_bad, tx_gso_vnet_header, tx_vnet_header
 
 __all__ = [
     "TUN_PATH",
+    "TX_GSO_MAX",
     "TunCounters",
     "TunDevice",
     "create_persistent_tun",
@@ -91,6 +97,9 @@ TUN_F_CSUM = 0x01  # "you can hand me unchecksummed packets"
 TUN_F_TSO4 = 0x02  # ... and IPv4 TCP super-segments
 TUN_F_TSO6 = 0x04  # ... and IPv6 TCP super-segments
 _GSO_MAX_PACKET = 0xFFFF  # IP total length is 16 bits: the largest super-segment we read
+TX_GSO_MAX = 65000
+"""Payload bytes of the super-segments we send: with IPv6 + the largest TCP header
+(100 bytes) it still fits the 16-bit IP length, as Linux's GSO_LEGACY_MAX_SIZE."""
 _INT = struct.Struct("i")
 _UINT = struct.Struct("I")
 
@@ -123,6 +132,7 @@ class TunCounters:
     tx_blocked: int = 0  # times a write would block and we waited for writability
     rx_bad_checksum: int = 0  # offload: packets with a wrong TCP checksum, dropped here
     rx_gso_packets: int = 0  # offload: TCP super-segments (gso_type != NONE) received
+    tx_gso_packets: int = 0  # offload: TCP super-segments written (tx_gso_max)
 
 
 def _ifreq_name(name: str) -> bytes:
@@ -350,11 +360,20 @@ class TunDevice:
         tx_checksum_offload: ``offload``: TCP packets whose checksum field holds the
             pseudo-header sum are completed by the kernel.
         gso: the kernel may hand us TCP super-segments of up to 64 KB.
+        tx_gso_max: ``offload`` and ``tx_gso``: the largest payload of a TCP
+            super-segment ``send_batch`` takes (``TX_GSO_MAX``); 0 = none (``link/base.py``).
         counters: packet counters (``TunCounters``).
     """
 
     def __init__(
-        self, fd: int, name: str, mtu: int, *, offload: bool = False, gso: bool = False
+        self,
+        fd: int,
+        name: str,
+        mtu: int,
+        *,
+        offload: bool = False,
+        gso: bool = False,
+        tx_gso: bool = False,
     ) -> None:
         self._fd = fd
         self._name = name
@@ -368,6 +387,7 @@ class TunDevice:
         self._buffer_size = self._vnet_hdr_len + (max(mtu, _GSO_MAX_PACKET) if self.gso else mtu)
         self.rx_checksum_verified = offload
         self.tx_checksum_offload = offload
+        self.tx_gso_max = TX_GSO_MAX if offload and tx_gso else 0
         self.counters = TunCounters()
 
     @classmethod
@@ -377,6 +397,7 @@ class TunDevice:
         *,
         offload: bool = True,
         gso: bool = True,
+        tx_gso: bool = True,
         mtu: int | None = None,
         tun_path: str = TUN_PATH,
     ) -> TunDevice:
@@ -389,6 +410,8 @@ class TunDevice:
                 writes bare IP packets with complete checksums.
             gso: with ``offload``, also accept TCP super-segments (``TUN_F_TSO4 |
                 TUN_F_TSO6``): fewer, larger packets to handle at small MTUs.
+            tx_gso: with ``offload``, take TCP super-segments to send (``tx_gso_max``):
+                the stack then sends fewer, larger packets at small MTUs.
             mtu: if given, set the device MTU to this value first (needs CAP_NET_ADMIN);
                 otherwise the device's MTU is used.
             tun_path: the TUN clone device (for containers that put it elsewhere).
@@ -431,7 +454,7 @@ class TunDevice:
             "on" if offload else "off",
             ", gso" if gso else "",
         )
-        return cls(fd, name, device_mtu, offload=offload, gso=gso)
+        return cls(fd, name, device_mtu, offload=offload, gso=gso, tx_gso=tx_gso)
 
     @property
     def name(self) -> str:
@@ -554,7 +577,8 @@ class TunDevice:
         """Write each packet with one ``write``; wait while the device would block.
 
         With offload, each packet is written with its virtio-net header in one
-        ``writev`` (``link/offload.py`` ``tx_vnet_header``). A packet the kernel refuses
+        ``writev`` (``link/offload.py`` ``tx_vnet_header``; ``tx_gso_vnet_header`` for
+        a ``(headers, payload, gso_size)`` super-segment). A packet the kernel refuses
         (e.g. ``EINVAL``) is counted in ``tx_errors`` and skipped; nothing is dropped
         silently.
         """
@@ -570,6 +594,7 @@ class TunDevice:
         total = len(packets)
         done = 0  # packets written or refused so far
         tx_bytes = 0
+        gso_packets = 0
         blocked = False
         waits = 0
         while done < total:
@@ -579,8 +604,13 @@ class TunDevice:
                     for i in range(done, total):
                         packet = packets[i]
                         if isinstance(packet, tuple):  # (headers, payload): no join, no copy
-                            head, body = packet
-                            vnet = tx_vnet_header(head, len(head) + len(body))
+                            head = packet[0]
+                            body = packet[1]
+                            if len(packet) == 3:  # a super-segment: (headers, payload, gso_size)
+                                vnet = tx_gso_vnet_header(head, packet[2])
+                                gso_packets += 1
+                            else:
+                                vnet = tx_vnet_header(head, len(head) + len(body))
                             tx_bytes += writev(fd, (vnet, head, body)) - hdr_len
                         else:
                             tx_bytes += writev(fd, (tx_vnet_header(packet), packet)) - hdr_len
@@ -589,7 +619,7 @@ class TunDevice:
                     for i in range(done, total):
                         packet = packets[i]
                         if isinstance(packet, tuple):
-                            tx_bytes += writev(fd, packet)
+                            tx_bytes += writev(fd, packet[:2])
                         else:
                             tx_bytes += write(fd, packet)
                         done = i + 1
@@ -616,6 +646,7 @@ class TunDevice:
                 done += 1
         counters.tx_packets += done - (counters.tx_errors - errors_before)
         counters.tx_bytes += tx_bytes
+        counters.tx_gso_packets += gso_packets
         if not blocked:
             await trio.lowlevel.cancel_shielded_checkpoint()
 

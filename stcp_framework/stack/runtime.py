@@ -128,6 +128,17 @@ class Runtime:
         # Without an explicit config the MSS follows the device MTU (TcpConfig.mss caps it).
         base = config or TcpConfig(mss=65535)
         mtu = device.mtu
+        # Send-side segmentation offload (link/base.py "tx_gso_max"): super-segments
+        # need split packets and a partial checksum the device completes per segment.
+        # The device decides; a config's gso_max never outlives a device without it.
+        gso_max = int(getattr(device, "tx_gso_max", 0))
+        if not (
+            getattr(device, "accepts_split_packets", False)
+            and getattr(device, "tx_checksum_offload", False)
+        ):
+            gso_max = 0
+        if base.gso_max != gso_max:
+            base = replace(base, gso_max=gso_max)
         self._config4 = replace(base, mss=min(base.mss, mtu - IPV4_TCP_OVERHEAD))
         self._config6 = replace(base, mss=min(base.mss, mtu - IPV6_TCP_OVERHEAD))
         # (IPv6?, manual commit?) -> config
@@ -509,13 +520,17 @@ class Runtime:
                 continue
             remote, rport, local, lport = flow.key
             payload = out.payload
-            split = 0 < split_at <= len(payload)
+            gso_size = out.gso_size  # a super-segment (TcpConfig.gso_max): always split
+            split = 0 < split_at <= len(payload) or gso_size > 0
             head = build_packet(
                 local, remote, lport, rport, out.seq, out.ack, out.flags, out.window,
                 out.options, payload, offload_checksum=offload, header_only=split,
             )  # fmt: skip
             # The payload is a view of an immutable send-buffer chunk: safe to hand over.
-            packets.append((head, payload) if split else head)
+            if split:
+                packets.append((head, payload, gso_size) if gso_size else (head, payload))
+            else:
+                packets.append(head)
         if withheld:
             self.stats["segments_withheld"] += withheld
         if packets:

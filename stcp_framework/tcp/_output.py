@@ -131,7 +131,7 @@ def make_segment(
         if tx > needs:
             needs = tx
     c._out.append(_new(OutSegment, (seq, c.tcb.rcv_nxt, flags | ACK, window,
-                                    _options(c, now), payload, needs)))
+                                    _options(c, now), payload, needs, 0)))
     c.ack_now = False
     c.rcv_unacked = 0
     c.timers.delayed_ack_at = None
@@ -235,6 +235,12 @@ def send_data(c: Connection, now: float, *, force: bool) -> None:
     ``force`` sends one segment even if sender SWS avoidance would wait (persist timer).
     Every segment of one call carries the same ACK, window and timestamps, so those are
     computed once, at the first segment (``make_segment`` would give the same values).
+
+    With ``config.gso_max`` (segmentation offload), new data goes out in super-segments
+    of up to ``gso_max`` bytes (``OutSegment.gso_size`` = MSS): exactly the bytes, in
+    the same order, that the loop would have sent as MSS-sized segments, because the
+    windows and sender SWS avoidance bound the total and a super-segment ends at a
+    multiple of the MSS unless it ends the queued data. Retransmissions stay one MSS.
     """
     tcb = c.tcb
     buf = c.snd_buf
@@ -255,6 +261,7 @@ def send_data(c: Connection, now: float, *, force: bool) -> None:
     nxt_off = una_off + (((tcb.snd_nxt - snd_una + _HALF) & SEQ_MASK) - _HALF)
     old_nxt_off = nxt_off
     mss = tcb.mss
+    gso_chunk = c.config.gso_max // mss * mss  # super-segment payload cap; <= mss: off
     cwnd = c.cc.cwnd
     wnd = tcb.snd_wnd if tcb.snd_wnd < cwnd else cwnd
     limit = una_off + wnd  # right edge of the usable window (offset)
@@ -271,6 +278,18 @@ def send_data(c: Connection, now: float, *, force: bool) -> None:
         unsent = end - ptr
         usable = limit - ptr
         n = mss
+        gso_size = 0
+        if gso_chunk > mss and ptr >= nxt_off and unsent > mss and usable > mss:
+            # Segmentation offload: as many whole MSS-sized segments as the windows
+            # allow, plus the short tail when that ends the queued data.
+            n = gso_chunk
+            if unsent <= n and unsent <= usable:
+                n = unsent
+            else:
+                if usable < n:
+                    n = usable
+                n -= n % mss
+            gso_size = mss
         if unsent < n:
             n = unsent
         if usable < n:
@@ -291,7 +310,8 @@ def send_data(c: Connection, now: float, *, force: bool) -> None:
             if fin_queued:
                 flags = ACK | PSH | FIN
         out.append(_new(OutSegment, ((snd_una + ptr - una_off) & SEQ_MASK, ack, flags,
-                                     window, opts, buf.view(ptr, n), needs)))
+                                     window, opts, buf.view(ptr, n), needs,
+                                     gso_size if n > mss else 0)))
         if flags & FIN:
             new_ptr += 1
         if new_ptr > nxt_off:
@@ -301,7 +321,8 @@ def send_data(c: Connection, now: float, *, force: bool) -> None:
             if flags & FIN:
                 fin_sent = True
             if c.rtt_offset is None and not tcb.timestamps:
-                c.rtt_offset = new_ptr
+                # The end of the first MSS-sized segment, as if sent one by one.
+                c.rtt_offset = ptr + mss if n > mss else new_ptr
                 c.rtt_sent_at = now
         else:
             c.count("retransmit")

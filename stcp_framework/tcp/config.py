@@ -31,6 +31,10 @@ class TcpConfig:
         keepalive_idle: None = keepalive off (RFC 9293 §3.8.4 makes it optional).
         keepalive_interval, keepalive_probes: Linux tcp_keepalive_intvl / _probes.
         challenge_ack_limit: RFC 5961 §7 challenge ACKs per second per connection.
+        gso_max: 0 = off. Otherwise the largest payload of one super-segment
+            (``OutSegment.gso_size``): new data goes out in segments of up to this many
+            bytes, a multiple of the MSS, which the device splits (Linux TSO/GSO). The
+            stack sets it from the device's ``tx_gso_max`` (``link/base.py``).
     """
 
     mss: int = 1460
@@ -51,6 +55,7 @@ class TcpConfig:
     keepalive_interval: float = 75.0
     keepalive_probes: int = 9
     challenge_ack_limit: int = 10
+    gso_max: int = 0
     manual_commit: bool = False
     """Level 2 (``Stream.commit``): received bytes stay in the store until the app
     commits them, count against the window (G6), and are replayed after a restore.

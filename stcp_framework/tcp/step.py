@@ -25,6 +25,11 @@ class OutSegment(NamedTuple):
             into the machine).
         needs_version: Transmit only after this connection's deltas up to this
             version are durable (0 = no requirement).
+        gso_size: 0 for an ordinary segment. Otherwise the segment is a super-segment
+            (``TcpConfig.gso_max``): its payload is longer than one MSS and the device
+            splits it into segments of ``gso_size`` payload bytes (the last may be
+            shorter), each with the same ACK, window and options (RFC 7323: one TSval,
+            as Linux TSO), PSH and FIN on the last only.
     """
 
     seq: int
@@ -34,6 +39,7 @@ class OutSegment(NamedTuple):
     options: TcpOptions
     payload: bytes | memoryview
     needs_version: int
+    gso_size: int = 0
 
 
 class Step(NamedTuple):

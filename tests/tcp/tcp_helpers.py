@@ -78,7 +78,7 @@ def sq(base: int, n: int) -> Seq:
 
 def _norm(seg: OutSegment, psh: bool) -> tuple[object, ...]:
     flags = seg.flags if psh else seg.flags & ~PSH
-    return (seg.seq, seg.ack, flags, seg.window, seg.options, bytes(seg.payload))
+    return (seg.seq, seg.ack, flags, seg.window, seg.options, bytes(seg.payload), seg.gso_size)
 
 
 def send(conn: Connection, seg: TcpSegment, *, at: float) -> None:
