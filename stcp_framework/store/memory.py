@@ -106,6 +106,7 @@ class MemoryStore:
         ]
         if fenced:
             raise FencedOut(f"stale epoch for {', '.join(fenced[:5])}", fenced)
+        self._check_gaps(batch)
         for item in batch:
             flow = flows.get(item.flow_id)
             if flow is None:
@@ -129,6 +130,32 @@ class MemoryStore:
                     flow.app_state = op.state
             flow.version = delta.version
         self.commits += 1
+
+    def _check_gaps(self, batch: Sequence[FlowDelta]) -> None:
+        """Refuse the whole batch if an append would leave a gap (nothing is written),
+        following each flow's stream ends and version through the batch in order, as
+        the Redis script does."""
+        running: dict[str, list[int]] = {}  # flow -> [rx end, tx end, version]
+        for item in batch:
+            state = running.get(item.flow_id)
+            if state is None:
+                flow = self._flows.get(item.flow_id)
+                state = running[item.flow_id] = (
+                    [flow.rx.end, flow.tx.end, flow.version] if flow else [0, 0, 0]
+                )
+            delta = item.delta
+            if delta.version <= state[2]:
+                continue
+            for op in delta.ops:
+                side = 0 if type(op) is RxAppend else 1 if type(op) is TxAppend else -1
+                if side >= 0:
+                    offset, size = op.offset, len(op.data)  # type: ignore[union-attr]
+                    if offset > state[side]:
+                        raise ValueError(
+                            f"gap in stream: append at {offset}, have up to {state[side]}"
+                        )
+                    state[side] = max(state[side], offset + size)
+            state[2] = delta.version
 
     async def claim_many(self, flow_ids: Sequence[str], epoch: int) -> list[str]:
         claimed = []

@@ -443,12 +443,16 @@ async def test_a_batch_where_only_some_versions_landed_applies_the_rest(store: S
 
 
 async def test_a_gap_is_found_against_the_running_state(store: Store) -> None:
-    """The second delta is checked against where the first one left the stream (what a
-    refused batch leaves written differs: RedisStore writes nothing, see
-    test_redis_store.py; MemoryStore keeps the deltas before the gap)."""
+    """The second delta is checked against where the first one left the stream, and the
+    refused batch writes nothing at all (all or nothing)."""
+    await store.claim("g", 1)
     with pytest.raises(ValueError, match="append at 150, have up to 100"):
-        await store.commit([d("f", 1, 1, RxAppend(0, b"a" * 100)),
+        await store.commit([d("g", 1, 1, RxAppend(0, b"g")),
+                            d("f", 1, 1, RxAppend(0, b"a" * 100)),
                             d("f", 1, 2, RxAppend(150, b"b"))])
+    rec = await store.load("g")
+    assert rec is not None and (rec.rx, rec.version) == (b"", 0)
+    assert await store.load("f") is None
 
 
 async def test_a_fenced_flow_refuses_the_batch_with_all_its_deltas(store: Store) -> None:
