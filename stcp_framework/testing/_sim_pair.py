@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
 import trio
@@ -124,22 +124,20 @@ async def open_sim_pair(
     )
     client_link = network.attach(client_address)
     server_link = network.attach(server_address)
+
+    def open_side(link: SimLink, address: str, role: str) -> AbstractAsyncContextManager[Stack]:
+        return open_stack(
+            link,
+            [address],
+            config=config,
+            rng=stack_rng(seed, role),
+            iss_secret=stack_iss_secret(seed, role),
+        )
+
     try:
         async with (
-            open_stack(
-                client_link,
-                [client_address],
-                config=config,
-                rng=stack_rng(seed, "client"),
-                iss_secret=stack_iss_secret(seed, "client"),
-            ) as client,
-            open_stack(
-                server_link,
-                [server_address],
-                config=config,
-                rng=stack_rng(seed, "server"),
-                iss_secret=stack_iss_secret(seed, "server"),
-            ) as server,
+            open_side(client_link, client_address, "client") as client,
+            open_side(server_link, server_address, "server") as server,
         ):
             yield SimPair(
                 network=network,

@@ -25,6 +25,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -279,6 +281,18 @@ class StcpServer:
             with trio.move_on_after(STOP_TIMEOUT):
                 await process.wait()
         self._process = None
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[Incarnation]:
+        """Start the server for the block; a failure inside gets the servers' stderr as
+        a note, and whatever still runs is killed at the end."""
+        try:
+            yield await self.start()
+        except BaseException as exc:
+            exc.add_note(self.stderr_tail())
+            raise
+        finally:
+            await self.aclose()
 
     def stderr_tail(self, chars: int = 1500) -> str:
         """The end of every incarnation's stderr (for assertion messages)."""

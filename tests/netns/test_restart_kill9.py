@@ -92,8 +92,7 @@ async def test_chargen_1gb_with_five_kills_is_byte_exact(
     rng = random.Random(864)
     size = GB
     server = server_for("chargen", CHARGEN_PORT, tun_net, redis_server, tmp_path)
-    try:
-        await server.start()
+    async with server.session():
         async with trio.open_nursery() as nursery:
             peer = await Peer.start(
                 nursery, "chargen", tun_net.stack_addr, CHARGEN_PORT, size, progress=MB
@@ -102,11 +101,6 @@ async def test_chargen_1gb_with_five_kills_is_byte_exact(
                 kills = await transfer_with_kills(server, peer, kill_offsets(rng, size, 5), rng)
                 result = await peer.result()
         counters = await server.stop()
-    except BaseException as exc:
-        exc.add_note(server.stderr_tail())
-        raise
-    finally:
-        await server.aclose()
     lines = kill_report(server, kills, result["stalls"])
     lines.append(f"transfer: {size / MB:.0f} MB in {result['seconds']:.1f} s")
     report("chargen 1 GB, 5 kills", lines)
@@ -125,8 +119,7 @@ async def test_echo_100mb_with_ten_kills_is_byte_exact(
     rng = random.Random(862)
     size = 100 * MB
     server = server_for("echo", ECHO_PORT, tun_net, redis_server, tmp_path)
-    try:
-        await server.start()
+    async with server.session():
         async with trio.open_nursery() as nursery:
             peer = await Peer.start(
                 nursery, "echo", tun_net.stack_addr, ECHO_PORT, size, seed=862, progress=MB
@@ -137,11 +130,6 @@ async def test_echo_100mb_with_ten_kills_is_byte_exact(
                 )
                 result = await peer.result()
         counters = await server.stop()
-    except BaseException as exc:
-        exc.add_note(server.stderr_tail())
-        raise
-    finally:
-        await server.aclose()
     lines = kill_report(server, kills, result["stalls"])
     lines.append(
         f"transfer: {result['received'] / MB:.1f} of {size / MB:.0f} MB echoed in "
@@ -173,8 +161,7 @@ async def test_discard_upload_of_1gb_with_five_kills_completes(
     size = GB
     server = server_for("discard", DISCARD_PORT, tun_net, redis_server, tmp_path)
     peer_endpoint = (tun_net.stack_addr, DISCARD_PORT)
-    try:
-        await server.start()
+    async with server.session():
         async with trio.open_nursery() as nursery:
             peer = await Peer.start(
                 nursery, "send", tun_net.stack_addr, DISCARD_PORT, size, seed=863, progress=MB
@@ -186,11 +173,6 @@ async def test_discard_upload_of_1gb_with_five_kills_completes(
         await wait_for_kernel_state(local, peer_endpoint, "TIME-WAIT")
         await wait_for(lambda: not redis_server.flow_ids("t1"), "the server to forget the flow")
         counters = await server.stop()
-    except BaseException as exc:
-        exc.add_note(server.stderr_tail())
-        raise
-    finally:
-        await server.aclose()
     lines = kill_report(server, kills, result["stalls"])
     lines.append(f"transfer: {size / MB:.0f} MB sent in {result['seconds']:.1f} s")
     report("discard 1 GB upload, 5 kills", lines)
@@ -214,8 +196,7 @@ async def test_1000_idle_echo_connections_survive_a_kill(
 ) -> None:
     rng = random.Random(1000)
     server = server_for("echo", ECHO_PORT, tun_net, redis_server, tmp_path)
-    try:
-        await server.start()
+    async with server.session():
         async with trio.open_nursery() as nursery:
             peer = await Peer.start(
                 nursery, "idle", tun_net.stack_addr, ECHO_PORT, 1000, seed=1000,
@@ -228,11 +209,6 @@ async def test_1000_idle_echo_connections_survive_a_kill(
                 await peer.go()
                 result = await peer.result()
         counters = await server.stop()
-    except BaseException as exc:
-        exc.add_note(server.stderr_tail())
-        raise
-    finally:
-        await server.aclose()
     report(
         "1,000 idle echo connections, 1 kill",
         [

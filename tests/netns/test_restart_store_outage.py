@@ -65,24 +65,20 @@ async def test_store_outage_of_5s_mid_transfer_loses_nothing(
         workdir=tmp_path / "stcp",
     )
     try:
-        await server.start()
-        async with trio.open_nursery() as nursery:
-            peer = await Peer.start(
-                nursery, service, tun_net.stack_addr, port, SIZE, seed=7, progress=MB
-            )
-            with trio.fail_after(60):
-                await peer.wait_offset(OUTAGE_AT)
-                outage_at = time.monotonic()
-                await outage(redis_server, kind)
-                result = await peer.result()
-        counters = await server.stop()
-    except BaseException as exc:
-        exc.add_note(server.stderr_tail())
-        raise
+        async with server.session():
+            async with trio.open_nursery() as nursery:
+                peer = await Peer.start(
+                    nursery, service, tun_net.stack_addr, port, SIZE, seed=7, progress=MB
+                )
+                with trio.fail_after(60):
+                    await peer.wait_offset(OUTAGE_AT)
+                    outage_at = time.monotonic()
+                    await outage(redis_server, kind)
+                    result = await peer.result()
+            counters = await server.stop()
     finally:
-        if redis_server.paused:
+        if redis_server.paused:  # never leave the store frozen
             redis_server.resume()
-        await server.aclose()
     stall = stall_after(result["stalls"], outage_at, float("inf"))
     report(
         f"store outage ({kind}, {OUTAGE_SECONDS:g} s) during {service}",
