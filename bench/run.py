@@ -77,6 +77,7 @@ STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL
 PROBE_TIMEOUT = 10.0  # seconds for a server to answer its first echo
 CLIENT_GRACE = 30.0  # seconds a client may overrun its own deadline before it is killed
 
+TARGET_DURABLE_RATIO = 0.80  # issue 3: stcp + Redis vs stcp + MemoryStore
 TARGET_BULK_RATIO = 0.5
 TARGET_CONNS_PER_S = 2000.0
 TARGET_SCALE_RATIO = 10.0
@@ -218,9 +219,10 @@ def plan_servers(selected: set[str] | None) -> list[Server]:
             )
             subnet += 1
     # Issue 3: the same stack with its state in Redis (strict: nothing is acknowledged
-    # before it is durable; async: write-behind), against stcp + MemoryStore above.
+    # before it is durable; async: write-behind; ack-on-commit: only committed bytes
+    # are acknowledged, received bytes are not stored), against stcp + MemoryStore.
     offload = True if variants[0][1] is not None else None
-    for durability in ("strict", "async"):
+    for durability in ("strict", "async", "ack-on-commit"):
         servers.append(
             Server(
                 f"stcp-65000-redis-{durability}",
@@ -558,6 +560,45 @@ def _flag(cell: dict[str, Any] | None) -> str:
     return " (partial)" if cell.get("timed_out") else ""
 
 
+def _durability_table(
+    servers: list[Server], results: dict[str, dict[str, Any]]
+) -> tuple[str, dict[str, Any]] | None:
+    """Issue 3's figure: each Redis row's bulk MB/s over stcp + MemoryStore on the same
+    MTU and offload (``stcp-65000-offload``), in the same run."""
+    base_key = next(
+        (s.key for s in servers if s.kind == "stcp" and s.store == "memory" and s.mtu == 65000
+         and s.offload is not False),
+        None,
+    )
+    redis_rows = [s for s in servers if s.store == "redis"]
+    if base_key is None or not redis_rows:
+        return None
+    headers = ["server"]
+    modes = [m for m in BULK_MODES if m in results]
+    for mode in modes:
+        headers.append(f"{mode} /mem")
+    rows = []
+    data: dict[str, Any] = {}
+    for server in redis_rows:
+        row = [server.key]
+        for mode in modes:
+            base = _figure(results[mode].get(base_key), "mb_s")
+            ratio = _ratio(_figure(results[mode].get(server.key), "mb_s"), base)
+            ok = None if ratio is None else ratio >= TARGET_DURABLE_RATIO
+            row.append(_fmt(ratio, 2) + _mark(ok))
+            data.setdefault(server.key, {})[mode] = {"ratio": ratio, "ok": ok}
+        rows.append(row)
+    text = render_table(
+        f"Durability cost: Redis rows / {base_key}",
+        headers,
+        rows,
+        f"target (issue 3): >= {TARGET_DURABLE_RATIO:.0%} of stcp + MemoryStore. strict "
+        "writes every byte before its ACK; ack-on-commit acknowledges committed bytes only "
+        "and stores none it receives (it still stores what it sends); async writes behind.",
+    )
+    return text, data
+
+
 def summarize(
     servers: list[Server], results: dict[str, dict[str, Any]], plan: Plan
 ) -> tuple[str, dict[str, Any]]:
@@ -593,6 +634,11 @@ def summarize(
                 "one direction). MB = 10^6 bytes.",
             )
         )
+        table = _durability_table(servers, results)
+        if table is not None:
+            text, data = table
+            tables.append(text)
+            summary["durability"] = data
 
     if "conns_seq" in results:
         rows = []

@@ -147,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     stcp.add_argument("--addr", required=True)
     stcp.add_argument("--offload", choices=("on", "off"), default=None)
     stcp.add_argument("--store", default="memory", help="memory or a redis:// / unix:// URL")
-    stcp.add_argument("--durability", choices=("strict", "async"), default="strict")
+    stcp.add_argument(
+        "--durability", choices=("strict", "async", "ack-on-commit"), default="strict"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     raise_nofile_limit()

@@ -68,11 +68,13 @@ def add_run_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--durability",
-        choices=["strict", "async"],
+        choices=["strict", "async", "ack-on-commit"],
         default="strict",
         help="strict (default): nothing is acknowledged before it is durable in the "
         "store; async: acknowledge at once and write behind (faster; a crash may lose "
-        "what was acknowledged in the last moments)",
+        "what was acknowledged in the last moments); ack-on-commit: acknowledge only "
+        "what the service has committed, so received bytes never go to the store (the "
+        "client resends the rest after a crash)",
     )
     p.add_argument("--pcap", metavar="FILE", help="write every packet to this libpcap file")
     p.set_defaults(func=run_command)

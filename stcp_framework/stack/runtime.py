@@ -57,7 +57,7 @@ IPV6_TCP_OVERHEAD = 60  # 40 B IPv6 + 20 B TCP header
 RECV_BATCH = 256
 EPHEMERAL_PORTS = range(32768, 61000)  # Linux ip_local_port_range default
 DEFAULT_SYN_BACKLOG = 1024  # Linux tcp_max_syn_backlog is of this order
-DURABILITY_MODES = ("strict", "async")
+DURABILITY_MODES = ("strict", "async", "ack-on-commit")
 FORGET_QUEUE = 65536  # closed flows waiting to be removed from the store
 SPLIT_PAYLOAD = 4096  # below this, one copy into the packet is cheaper than a 3-part writev
 
@@ -90,6 +90,10 @@ class Runtime:
             depends on is durable (G1, G2). ``"async"``: segments leave at once and the
             store catches up (the paper's offloader); a crash may lose what was
             acknowledged but not yet written: at most the deltas of the rounds in flight.
+            ``"ack-on-commit"`` (TCPR): as strict for what we send, but an ACK covers
+            only what the application committed, so received bytes are never stored:
+            after a crash the peer sends again what was not committed
+            (``TcpConfig.ack_on_commit``).
         rng: Source of ephemeral ports (injected so tests are deterministic).
         iss_secret: Key of the RFC 6528 ISS function.
     """
@@ -127,6 +131,8 @@ class Runtime:
             raise StcpConfigError("a stack needs at least one local address (--listen ADDR:PORT)")
         # Without an explicit config the MSS follows the device MTU (TcpConfig.mss caps it).
         base = config or TcpConfig(mss=65535)
+        if base.ack_on_commit != (durability == "ack-on-commit"):
+            base = replace(base, ack_on_commit=durability == "ack-on-commit")
         mtu = device.mtu
         # Send-side segmentation offload (link/base.py "tx_gso_max"): super-segments
         # need split packets and a partial checksum the device completes per segment.
@@ -358,7 +364,7 @@ class Runtime:
         while True:
             retry_at = (
                 self._store_retry_at
-                if self._uncommitted and self.durability == "strict"
+                if self._uncommitted and self.durability != "async"
                 else math.inf
             )
             if retry_at == math.inf:

@@ -55,6 +55,7 @@ ALIASES: dict[str, str] = {
     "commit_offset": "co",
     "app_closed": "ac",
     "manual_commit": "mc",
+    "ack_on_commit": "ak",
     "schema": "sc",
 }
 """Stored name of each known TCB field (a stable part of the layout)."""

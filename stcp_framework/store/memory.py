@@ -37,7 +37,12 @@ class _Stream:
             self.end += len(new)
 
     def trim(self, below: int) -> None:
-        below = min(below, self.end)
+        if below > self.end:
+            # Bytes up to ``below`` were never stored (ack-on-commit): the stream
+            # continues there, empty.
+            self.chunks.clear()
+            self.base = self.end = below
+            return
         chunks = self.chunks
         while chunks and self.base < below:
             first = chunks[0]
@@ -147,7 +152,12 @@ class MemoryStore:
             if delta.version <= state[2]:
                 continue
             for op in delta.ops:
-                side = 0 if type(op) is RxAppend else 1 if type(op) is TxAppend else -1
+                kind = type(op)
+                if kind is RxTrim or kind is TxTrim:
+                    side = 0 if kind is RxTrim else 1
+                    state[side] = max(state[side], op.below)  # type: ignore[union-attr]
+                    continue
+                side = 0 if kind is RxAppend else 1 if kind is TxAppend else -1
                 if side >= 0:
                     offset, size = op.offset, len(op.data)  # type: ignore[union-attr]
                     if offset > state[side]:

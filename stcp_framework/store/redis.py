@@ -266,8 +266,16 @@ for i = 1, nitems do
       s.e = stop
     end
     local function trim(s, below)
-      if below > s.e then below = s.e end
-      if below <= s.b then return end
+      local beyond = nil
+      if below > s.e then
+        -- bytes up to below were never stored: drop all, continue (empty) at below
+        beyond = below
+        below = s.e
+      end
+      if below <= s.b then
+        if beyond then s.touched = true; s.b = beyond; s.e = beyond; s.h = beyond end
+        return
+      end
       s.touched = true
       local first = floor(s.h / C)
       local last = floor(below / C) - 1
@@ -289,6 +297,7 @@ for i = 1, nitems do
       elseif floor(below / C) > first then
         s.h = floor(below / C) * C
       end
+      if beyond then s.b = beyond; s.e = beyond; s.h = beyond end
     end
     local j = op_at
     local stop_at = op_at + nargs

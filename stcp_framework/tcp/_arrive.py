@@ -145,7 +145,6 @@ def header_prediction(c: Connection, seg: TcpSegment, now: float) -> bool:
     data = payload if type(payload) is bytes else bytes(payload)  # the one copy
     off = tcb.rcv_nxt_offset
     c.rcv_buf.append(data)
-    c._rx_ops.append((off, data))
     if not c._ev_readable:
         c._ev_readable = True
         c._events.append(_DATA_READABLE)
@@ -155,6 +154,13 @@ def header_prediction(c: Connection, seg: TcpSegment, now: float) -> bool:
     tcb.rcv_nxt_offset = new_off
     d["rcv_nxt"] = new_rcv_nxt
     d["rcv_nxt_offset"] = new_off
+    if tcb.ack_on_commit:
+        # Neither stored nor acknowledged before the app commits it, unless it waits
+        # longer than commit_wait (Connection._spill).
+        if c.timers.delayed_ack_at is None:
+            c.timers.delayed_ack_at = now + c.config.commit_wait
+        return True
+    c._rx_ops.append((off, data))
     c.rx_needs = c.version + 1
     # RFC 9293 §3.8.6.3 / RFC 5681 §4.2: ACK at least every second full-sized segment.
     c.rcv_unacked += plen
@@ -425,10 +431,13 @@ def process_text(c: Connection, payload: bytes | memoryview, off: int, now: floa
     if plen > c.rcv_mss:
         c.rcv_mss = min(plen, c.config.mss)
     rcv_off = tcb.rcv_nxt_offset
+    aoc = tcb.ack_on_commit
     if off != rcv_off:
-        # Out of order: queue, and send an immediate duplicate ACK (RFC 5681 §4.2).
+        # Out of order: queue, and send an immediate duplicate ACK (RFC 5681 §4.2) --
+        # with ack-on-commit only while it names the hole (everything committed).
         c.reasm.insert(off, payload)
-        c.ack_now = True
+        if not aoc or c.ack_point() == tcb.rcv_nxt:
+            c.ack_now = True
         return
     data = payload if type(payload) is bytes else bytes(payload)  # the one copy
     c._rx_append(off, data)
@@ -436,7 +445,7 @@ def process_text(c: Connection, payload: bytes | memoryview, off: int, now: floa
     reasm = c.reasm
     if reasm:
         # Fills (part of) a gap: ACK immediately (RFC 5681 §4.2).
-        c.ack_now = True
+        c.ack_now = not aoc
         for chunk in reasm.pop_from(new_off):
             c._rx_append(new_off, chunk)
             new_off += len(chunk)
@@ -444,6 +453,12 @@ def process_text(c: Connection, payload: bytes | memoryview, off: int, now: floa
     if reasm.fin_offset is not None and reasm.fin_offset == new_off:
         reasm.fin_offset = None
         check_fin(c, new_off, now)
+        return
+    if aoc:
+        # Acknowledged when committed (Connection._commit_to), or spilled after
+        # commit_wait (Connection._spill).
+        if c.timers.delayed_ack_at is None:
+            c.timers.delayed_ack_at = now + c.config.commit_wait
         return
     # RFC 9293 §3.8.6.3 / RFC 5681 §4.2: ACK at least every second full-sized segment.
     c.rcv_unacked += plen
@@ -464,11 +479,23 @@ def check_fin(c: Connection, fin_off: int, now: float) -> None:
         return
     if fin_off != tcb.rcv_nxt_offset:
         c.reasm.fin_offset = fin_off  # out of order: processed when the gap fills
-        c.ack_now = True
+        c.ack_now = not tcb.ack_on_commit or c.ack_point() == tcb.rcv_nxt
         return
+    if tcb.ack_on_commit:
+        if fin_off != c.ack_offset():
+            # Acknowledged with the last byte's commit (Connection._commit_to); the
+            # app may read up to EOF already.
+            if not c.pending_fin:
+                c.pending_fin = True
+                c.emit(EofReceived())
+            return
+        c.rx_needs = c.version + 1  # the ACK of the FIN needs fin_received durable
     c._advance_rcv(fin_off + 1)
     c._set("fin_received", True)
-    c.emit(EofReceived())
+    if c.pending_fin:
+        c.pending_fin = False  # EOF was reported when the FIN arrived
+    else:
+        c.emit(EofReceived())
     c.ack_now = True  # RFC 9293 §3.8.6.3: FIN is ACKed at once
     if state is TcpState.ESTABLISHED or state is TcpState.SYN_RECEIVED:
         c._set_state(TcpState.CLOSE_WAIT, "FIN")

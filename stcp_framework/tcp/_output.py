@@ -45,18 +45,24 @@ def advertise_window(c: Connection) -> int:
     """
     tcb = c.tcb
     ws = tcb.rcv_wscale
-    rcv_nxt = tcb.rcv_nxt
+    config = c.config
+    size = config.recv_buffer_size
+    buf = c.rcv_buf
+    if tcb.ack_on_commit:
+        # The window counts from the commit point, which is what we acknowledge: its
+        # right edge is commit + buffer size, as in the normal mode.
+        rcv_nxt = c.ack_point()
+        free = size
+    else:
+        rcv_nxt = tcb.rcv_nxt
+        free = size - (buf.end_offset - buf.commit_offset)
+        if free < 0:
+            free = 0
     rcv_wnd = tcb.rcv_wnd
     # cur = seq_diff(seq_add(rcv_wup, rcv_wnd), rcv_nxt), inlined (hot path).
     cur = ((tcb.rcv_wup + rcv_wnd - rcv_nxt + _HALF) & SEQ_MASK) - _HALF
     if cur < 0:
         cur = 0
-    buf = c.rcv_buf
-    config = c.config
-    size = config.recv_buffer_size
-    free = size - (buf.end_offset - buf.commit_offset)
-    if free < 0:
-        free = 0
     target = MAX_WINDOW << ws
     if free < target:
         target = free
@@ -86,14 +92,17 @@ def window_update_due(c: Connection) -> bool:
     """After a read: would the window at least double and grow by the SWS threshold
     (Linux ``tcp_cleanup_rbuf``)? Then a window update is sent at once."""
     tcb = c.tcb
-    cur = ((tcb.rcv_wup + tcb.rcv_wnd - tcb.rcv_nxt + _HALF) & SEQ_MASK) - _HALF
+    cur = ((tcb.rcv_wup + tcb.rcv_wnd - c.ack_point() + _HALF) & SEQ_MASK) - _HALF
     if cur < 0:
         cur = 0
     buf = c.rcv_buf
     size = c.config.recv_buffer_size
-    target = size - (buf.end_offset - buf.commit_offset)  # free space
-    if target < 0:
-        target = 0
+    if tcb.ack_on_commit:
+        target = size  # counted from the commit point (see advertise_window)
+    else:
+        target = size - (buf.end_offset - buf.commit_offset)  # free space
+        if target < 0:
+            target = 0
     cap = MAX_WINDOW << tcb.rcv_wscale
     if cap < target:
         target = cap
@@ -130,7 +139,9 @@ def make_segment(
         tx = c.tx_needs
         if tx > needs:
             needs = tx
-    c._out.append(_new(OutSegment, (seq, c.tcb.rcv_nxt, flags | ACK, window,
+    tcb = c.tcb
+    ack = c.ack_point() if tcb.ack_on_commit else tcb.rcv_nxt
+    c._out.append(_new(OutSegment, (seq, ack, flags | ACK, window,
                                     _options(c, now), payload, needs, 0)))
     c.ack_now = False
     c.rcv_unacked = 0
@@ -158,10 +169,9 @@ def challenge_ack(c: Connection, now: float) -> None:
 def send_rst(c: Connection, seq: Seq, *, with_ack: bool, now: float) -> None:
     """A RST; ``with_ack`` for an abort of a synchronized connection (Linux sends
     RST,ACK <SEQ=SND.NXT>), without for a reply to an unacceptable ACK (<SEQ=SEG.ACK>)."""
-    tcb = c.tcb
     c.count("rst_sent")
     if with_ack:
-        c._out.append(OutSegment(seq, tcb.rcv_nxt, RST | ACK, 0, _options(c, now), b"",
+        c._out.append(OutSegment(seq, c.ack_point(), RST | ACK, 0, _options(c, now), b"",
                                  c.rx_needs))
     else:
         c._out.append(OutSegment(seq, 0, RST, 0, NO_OPTIONS, b"", 0))
@@ -302,7 +312,7 @@ def send_data(c: Connection, now: float, *, force: bool) -> None:
         if window < 0:
             window = advertise_window(c)
             opts = _options(c, now)
-            ack = tcb.rcv_nxt
+            ack = c.ack_point() if tcb.ack_on_commit else tcb.rcv_nxt
         new_ptr = ptr + n
         flags = ACK
         if new_ptr == end:

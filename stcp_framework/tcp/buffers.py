@@ -99,14 +99,19 @@ class RecvBuffer:
     ``commit_offset <= read_offset``: bytes from ``commit_offset`` on still occupy the
     receive window (G6) -- with level-2 commits (``manual_commit``), bytes read but not
     committed stay in the store for replay; in level 1 every read commits, so the two
-    offsets move together. Bytes already read are not kept here: the store has them.
+    offsets move together. Bytes already read are not kept here (the store has them),
+    unless ``keep_read``: ACK-on-commit with level 2, where nothing is stored unless the
+    machine spills ``[commit_offset, end_offset)`` (``pieces_from``).
     """
 
-    __slots__ = ("_chunks", "_first_pos", "commit_offset", "end_offset", "read_offset")
+    __slots__ = ("_chunks", "_first_pos", "_held", "commit_offset", "end_offset",
+                 "read_offset")
 
-    def __init__(self, read_offset: int = 0) -> None:
+    def __init__(self, read_offset: int = 0, *, keep_read: bool = False) -> None:
         self._chunks: deque[bytes] = deque()
         self._first_pos = 0  # bytes of _chunks[0] already read
+        # keep_read: (start offset, chunk) of whole chunks read but maybe not committed
+        self._held: deque[tuple[int, bytes]] | None = deque() if keep_read else None
         self.read_offset = read_offset
         self.commit_offset = read_offset
         self.end_offset = read_offset
@@ -127,18 +132,25 @@ class RecvBuffer:
         chunks = self._chunks
         first = chunks[0]
         pos = self._first_pos
+        held = self._held
         if pos == 0 and len(first) == n:
             chunks.popleft()
+            if held is not None:
+                held.append((self.read_offset, first))
             self.read_offset += n
             return first
         parts: list[bytes | memoryview] = []
         remaining = n
+        at = self.read_offset - pos  # stream offset of chunks[0]
         while remaining > 0:
             first = chunks[0]
             avail = len(first) - pos
             if avail <= remaining:
                 parts.append(memoryview(first)[pos:] if pos else first)
                 chunks.popleft()
+                if held is not None:
+                    held.append((at, first))
+                at += len(first)
                 remaining -= avail
                 pos = 0
             else:
@@ -150,6 +162,38 @@ class RecvBuffer:
         if len(parts) == 1:
             return bytes(parts[0])
         return b"".join(parts)
+
+    def release(self, below: int) -> None:
+        """``keep_read``: forget read bytes below ``below`` (committed)."""
+        held = self._held
+        while held and held[0][0] + len(held[0][1]) <= below:
+            held.popleft()
+
+    def pieces_from(self, offset: int) -> list[tuple[int, bytes]]:
+        """(offset, bytes) pieces covering ``[offset, end_offset)``; ``offset`` must not
+        be below ``read_offset`` unless ``keep_read`` holds the bytes from there."""
+        out: list[tuple[int, bytes]] = []
+
+        def take(start: int, chunk: bytes) -> None:
+            stop = start + len(chunk)
+            if stop > offset:
+                piece = chunk if start >= offset else chunk[offset - start :]
+                out.append((max(start, offset), piece))
+
+        if offset < self.read_offset:
+            assert self._held is not None, "read bytes are not kept"
+            for start, chunk in self._held:
+                take(start, chunk)
+            partial = self.read_offset - self._first_pos
+            if self._first_pos and self._chunks and partial < self.read_offset:
+                take(partial, self._chunks[0][: self._first_pos])
+        at = self.read_offset
+        for i, chunk in enumerate(self._chunks):
+            if i == 0 and self._first_pos:
+                chunk = chunk[self._first_pos :]
+            take(at, chunk)
+            at += len(chunk)
+        return out
 
 
 class Reassembly:

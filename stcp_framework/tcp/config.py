@@ -60,3 +60,14 @@ class TcpConfig:
     """Level 2 (``Stream.commit``): received bytes stay in the store until the app
     commits them, count against the window (G6), and are replayed after a restore.
     ``False``: reading commits (level 1). Persisted in the TCB."""
+    ack_on_commit: bool = False
+    """ACK-on-commit (TCPR, DSN'13): the ACK we send covers only what the application
+    has committed, so the peer's send buffer is the replay buffer and received bytes
+    are never written to the store. The peer's FIN is acknowledged (and the state
+    moves to CLOSE-WAIT & co.) once every byte before it is committed; the
+    application sees EOF as soon as it has read them. Persisted in the TCB."""
+    commit_wait: float = 0.005
+    """ACK-on-commit: how long received bytes may wait for a commit before they are
+    stored and acknowledged as in the strict mode (a *spill*), so that an application
+    committing less often than the peer's window fills cannot stall the peer. Short,
+    because the peer's congestion window grows only with ACKs."""

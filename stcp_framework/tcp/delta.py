@@ -29,7 +29,12 @@ class RxAppend:
 
 @dataclass(frozen=True, slots=True)
 class RxTrim:
-    """Inbound bytes below ``below`` are no longer needed (read and committed)."""
+    """Inbound bytes below ``below`` are no longer needed (read and committed).
+
+    ``below`` may lie beyond the stored end (ack-on-commit never stores bytes committed
+    at once): the stream then continues, empty, at ``below``. A delta lists it before
+    its ``RxAppend`` ops.
+    """
 
     below: int
 

@@ -19,6 +19,17 @@ the persisted ``Tcb`` and its mutators: every write to a ``Tcb`` field goes thro
 Versions: ``drain()`` numbers its deltas 1, 2, ... A segment that carries an ACK has
 ``needs_version`` = the version of the delta that recorded its ``rcv_nxt`` (G1); a
 segment with data or FIN also needs the version that recorded its bytes (G2).
+
+ACK-on-commit (``TcpConfig.ack_on_commit``, TCPR): received bytes are held in memory
+only and the ACK field is the *commit point* (``ack_point``), so an ACK needs the
+version that recorded the commit, and ``rcv_wup`` (the base of the advertised window)
+is the commit point too. Segment arrival then sends no ACK of its own (the ACK could
+not move, and the peer would count it as a duplicate); a commit does, with the usual
+delayed-ACK rule. An in-order FIN waits (``pending_fin``) until every byte before it
+is committed; the application sees EOF as soon as it has read them. An application
+that commits less often than the peer's window fills would stall the peer, so bytes
+left unacknowledged for the delayed-ACK timeout are *spilled*: stored as in the
+strict mode (``RxAppend``) and then acknowledged (``rx_stored``).
 """
 
 from __future__ import annotations
@@ -47,6 +58,7 @@ DEFAULT_MSS = 536  # RFC 9293 §3.7.1: send MSS when the peer sent no MSS option
 MIN_MSS = 48  # Linux tcp_min_snd_mss: never build smaller segments than this
 MAX_WSCALE = 14  # RFC 7323 §2.3
 COALESCE_LIMIT = 64 * 1024  # join contiguous appends of one drain up to this size
+KICK_DUPACKS = 3  # ack-on-commit restore: duplicate ACKs after the kick (RFC 5681 §3.2)
 # RFC 9293 §3.10.5 ABORT: the states that send <SEQ=SND.NXT><CTL=RST>.
 _ABORT_RST_STATES = (TcpState.ESTABLISHED, TcpState.SYN_RECEIVED, TcpState.FIN_WAIT_1,
                      TcpState.FIN_WAIT_2, TcpState.CLOSE_WAIT)
@@ -95,11 +107,13 @@ class Connection:
         self.name = ""  # the stack may set "[src:port>dst:port]" for log lines
         self.tcb = Tcb(iss=iss, tsval_offset=tsval_offset & 0xFFFFFFFF, mss=DEFAULT_MSS)
         self.tcb.manual_commit = config.manual_commit
+        self.tcb.ack_on_commit = config.ack_on_commit
         self.timers = Timers()
         self.rtt = RttEstimator(config.initial_rto, config.min_rto, config.max_rto)
         self.cc = NewReno(DEFAULT_MSS, config.initial_cwnd_segments)
         self.snd_buf = SendBuffer(0)
-        self.rcv_buf = RecvBuffer(0)
+        self.rcv_buf = RecvBuffer(0, keep_read=config.ack_on_commit and config.manual_commit)
+        self.rx_stored = 0  # ack-on-commit: inbound bytes below this are spilled (stored)
         self.reasm = Reassembly()
         # Outputs pending until drain().
         self._out: list[OutSegment] = []
@@ -118,6 +132,7 @@ class Connection:
         self.tx_needs = 0  # version that recorded the newest accepted bytes
         # Runtime (rebuilt on restore, never persisted).
         self.ack_now = False  # send an ACK in this call's output
+        self.pending_fin = False  # ack-on-commit: FIN received in order, data uncommitted
         self.rcv_unacked = 0  # bytes received since our last ACK (delayed ACK)
         self.rcv_mss = min(config.mss, DEFAULT_MSS)  # largest segment seen (Linux rcv_mss)
         self.snd_ptr = 0  # offset of the next byte to (re)send; < snd_nxt after an RTO
@@ -202,11 +217,19 @@ class Connection:
         c.tcb = tcb
         c.offer_wscale = tcb.rcv_wscale > 0
         c.cc.set_mss(tcb.mss, config.initial_cwnd_segments)
+        if tcb.ack_on_commit and tcb.rcv_nxt_offset >= 0:
+            # Nothing past the commit point (or the spilled bytes) was stored or
+            # acknowledged: the peer still holds it and sends it again (FIN included:
+            # only a FIN after acknowledged bytes is ever processed).
+            c.rx_stored = rx_offset + len(rx)
+            acked = max(tcb.commit_offset, c.rx_stored) + (1 if tcb.fin_received else 0)
+            tcb.rcv_nxt = seq_add(tcb.irs, 1 + acked)
+            tcb.rcv_nxt_offset = acked
         rcv_end = tcb.rcv_nxt_offset - (1 if tcb.fin_received else 0)
         # Reading resumes at the commit point: level 2 replays what was read but not
         # committed (G4); in level 1 the two offsets are equal.
         resume = tcb.read_offset = tcb.commit_offset
-        c.rcv_buf = RecvBuffer(resume)
+        c.rcv_buf = RecvBuffer(resume, keep_read=tcb.ack_on_commit and tcb.manual_commit)
         start = resume - rx_offset
         if start >= 0 and resume < rcv_end:
             c.rcv_buf.append(bytes(memoryview(rx)[start : rcv_end - rx_offset]))
@@ -229,6 +252,13 @@ class Connection:
                 if state is TcpState.ESTABLISHED or state is TcpState.CLOSE_WAIT:
                     _output.arm_keepalive(c, now)
             _output.transmit(c, now)
+            if tcb.ack_on_commit and state.can_recv():
+                # What the peer sent past the ACK point died with the old process, and
+                # it is waiting on its retransmission timer, backed off while we were
+                # down. Three duplicate ACKs after the kick (which may move its window)
+                # make it retransmit at once (RFC 5681 §3.2 fast retransmit).
+                for _ in range(KICK_DUPACKS):
+                    _output.send_ack(c, now)
         return c
 
     # ------------------------------------------------------------------ public surface
@@ -245,7 +275,25 @@ class Connection:
     @property
     def at_eof(self) -> bool:
         """The peer's FIN arrived and every byte before it has been read."""
-        return self.tcb.fin_received and self.rcv_buf.end_offset == self.rcv_buf.read_offset
+        return (self.tcb.fin_received or self.pending_fin) and (
+            self.rcv_buf.end_offset == self.rcv_buf.read_offset
+        )
+
+    def ack_point(self) -> Seq:
+        """The ACK field we send: RCV.NXT, or with ack-on-commit the commit point."""
+        tcb = self.tcb
+        if not tcb.ack_on_commit:
+            return tcb.rcv_nxt
+        acked = tcb.commit_offset
+        if self.rx_stored > acked:
+            acked = self.rx_stored
+        lag = self.rcv_buf.end_offset - acked
+        return tcb.rcv_nxt if lag <= 0 else seq_add(tcb.rcv_nxt, -lag)
+
+    def ack_offset(self) -> int:
+        """Stream offset of the ACK point with ack-on-commit: committed or spilled."""
+        commit = self.tcb.commit_offset
+        return commit if commit >= self.rx_stored else self.rx_stored
 
     @property
     def send_space(self) -> int:
@@ -315,6 +363,8 @@ class Connection:
         if at is not None and now >= at:
             t.delayed_ack_at = None
             self.ack_now = True
+            if self.tcb.ack_on_commit:
+                self._spill()
         at = t.keepalive_at
         if at is not None and now >= at and self.tcb.state is not TcpState.CLOSED:
             t.keepalive_at = None
@@ -377,15 +427,36 @@ class Connection:
         self._app_commit = AppCommit(offset, state)
         self._commit_to(offset, now)
 
-    def _commit_to(self, offset: int, now: float) -> None:
+    def _commit_to(self, offset: int, now: float, *, transmit: bool = True) -> None:
         buf = self.rcv_buf
         buf.commit_offset = offset
         tcb = self.tcb
         if offset != tcb.commit_offset:
+            old_commit = tcb.commit_offset
+            old_ack = self.ack_offset() if tcb.ack_on_commit else 0
             tcb.read_offset = tcb.commit_offset = offset
             d = self._dirty
             d["read_offset"] = offset
             d["commit_offset"] = offset
+            if tcb.ack_on_commit:
+                buf.release(offset)
+                if self.rx_stored > old_commit:
+                    self._rx_trim = offset  # spilled bytes below offset: not needed
+                advanced = self.ack_offset() - old_ack
+                if advanced > 0:
+                    # The ACK moves with the commit, so it needs the commit durable;
+                    # the delayed-ACK rule counts committed bytes (RFC 5681 §4.2).
+                    self.rx_needs = self.version + 1
+                    self.rcv_unacked += advanced
+                    if self.rcv_unacked >= 2 * self.rcv_mss:
+                        self.ack_now = True
+                    elif self.timers.delayed_ack_at is None:
+                        self.timers.delayed_ack_at = now + self.config.delayed_ack_timeout
+                if self.pending_fin and self.ack_offset() == buf.end_offset:
+                    _arrive.check_fin(self, offset, now)
+                if transmit:
+                    _output.transmit(self, now)
+                return
             self._rx_trim = offset
         # No window update once the peer's FIN arrived (Linux tcp_cleanup_rbuf under
         # RCV_SHUTDOWN): it can send nothing more, and from TIME-WAIT an update would
@@ -420,6 +491,12 @@ class Connection:
         if state is not TcpState.TIME_WAIT and (self.recv_available or self.reasm):
             self.app_abort(now)
             return
+        if tcb.ack_on_commit and self.rcv_buf.commit_offset < self.rcv_buf.read_offset:
+            # Closing says the app is done with what it read: acknowledge it (and a
+            # pending FIN), or the peer would retransmit it for ever.
+            self._commit_to(self.rcv_buf.read_offset, now, transmit=False)
+            if tcb.state is TcpState.CLOSED:
+                return
         if not tcb.app_closed:
             self._set("app_closed", True)
         self.app_shutdown(now)
@@ -452,6 +529,20 @@ class Connection:
         ):
             return EMPTY_STEP
         ops: list[DeltaOp] = []
+        rx_trim = self._rx_trim
+        if rx_trim is not None:
+            # Before the appends: a trim may move the stored stream's end up to where
+            # the appends start (ack-on-commit spills), and bytes appended and
+            # committed in the same delta are not written at all.
+            ops.append(RxTrim(rx_trim))
+            self._rx_trim = None
+            if rx_ops and rx_ops[0][0] < rx_trim:
+                rx_ops = [
+                    (o, d) if o >= rx_trim else (rx_trim, d[rx_trim - o :])
+                    for o, d in rx_ops
+                    if o + len(d) > rx_trim
+                ]
+                self._rx_ops = []
         if rx_ops:
             if len(rx_ops) > 1:
                 rx_ops = _coalesce(rx_ops)
@@ -464,9 +555,6 @@ class Connection:
             for o, data in tx_ops:
                 ops.append(TxAppend(o, data))
             self._tx_ops = []
-        if self._rx_trim is not None:
-            ops.append(RxTrim(self._rx_trim))
-            self._rx_trim = None
         if self._app_commit is not None:
             ops.append(self._app_commit)
             self._app_commit = None
@@ -524,14 +612,38 @@ class Connection:
         d = self._dirty
         d["rcv_nxt"] = rcv_nxt
         d["rcv_nxt_offset"] = new_offset
-        self.rx_needs = self.version + 1
+        if not tcb.ack_on_commit:
+            self.rx_needs = self.version + 1
 
     def _rx_append(self, offset: int, data: bytes) -> None:
         self.rcv_buf.append(data)
-        self._rx_ops.append((offset, data))
+        if not self.tcb.ack_on_commit:
+            self._rx_ops.append((offset, data))
         if not self._ev_readable:
             self._ev_readable = True
             self._events.append(_DATA_READABLE)
+
+    def _spill(self) -> None:
+        """Ack-on-commit: store the unacknowledged inbound bytes so they can be ACKed
+        (the app commits too rarely for the peer's window; see the module docstring)."""
+        tcb = self.tcb
+        start = self.ack_offset()
+        buf = self.rcv_buf
+        end = buf.end_offset
+        if end <= start or not tcb.state.synchronized():
+            return
+        self.count("rx_spill")
+        # The store's stream may end below ``start`` (committed bytes never stored): a
+        # trim to the commit point moves its end up there first (drain puts RxTrim
+        # before RxAppend); spilled bytes from the commit point on stay.
+        commit = tcb.commit_offset
+        self._rx_trim = commit if self._rx_trim is None else max(self._rx_trim, commit)
+        for offset, data in buf.pieces_from(start):
+            self._rx_ops.append((offset, data))
+        self.rx_stored = end
+        self.rx_needs = self.version + 1
+        if self.pending_fin:
+            _arrive.check_fin(self, end, self.last_rx_at)
 
     def _ack_sent_data(self, ack: Seq, new_una_offset: int) -> None:
         """``snd_una`` advances to ``ack``; trims acknowledged data (``TxTrim``)."""

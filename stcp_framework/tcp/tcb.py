@@ -47,7 +47,10 @@ TCB_FIELDS: tuple[str, ...] = (
     "commit_offset",
     "app_closed",
     "manual_commit",
+    "ack_on_commit",
 )
+_DEFAULTS: dict[str, Any] = {"ack_on_commit": False}
+"""Fields added after schema 1, with the value older records mean."""
 
 
 class Tcb:
@@ -82,6 +85,9 @@ class Tcb:
             resumes there after a restore). ``commit_offset``: app committed.
         app_closed: The app called ``close()``: inbound data from now on gets a RST.
         manual_commit: Level 2: bytes stay stored until ``app_commit`` (replay).
+        ack_on_commit: ACKs cover committed bytes only (``TcpConfig.ack_on_commit``):
+            received bytes are never stored; ``rcv_nxt`` as persisted may run ahead of
+            the commit point, and ``Connection.restore`` moves it back there.
     """
 
     __slots__ = TCB_FIELDS
@@ -113,6 +119,7 @@ class Tcb:
     commit_offset: int
     app_closed: bool
     manual_commit: bool
+    ack_on_commit: bool
 
     def __init__(self, *, iss: Seq, tsval_offset: int, mss: int) -> None:
         self.state = TcpState.CLOSED
@@ -141,6 +148,7 @@ class Tcb:
         self.read_offset = 0
         self.commit_offset = 0
         self.manual_commit = False
+        self.ack_on_commit = False
         self.app_closed = False
 
     def to_record(self) -> dict[str, Any]:
@@ -160,12 +168,12 @@ class Tcb:
         schema = int(rec.get("schema", SCHEMA_VERSION))
         if schema > SCHEMA_VERSION:
             raise ValueError(f"TCB schema {schema} is newer than {SCHEMA_VERSION}")
-        missing = [name for name in TCB_FIELDS if name not in rec]
+        missing = [name for name in TCB_FIELDS if name not in rec and name not in _DEFAULTS]
         if missing:
             raise ValueError(f"TCB record misses {', '.join(missing)}")
         tcb = cls(iss=Seq(int(rec["iss"])), tsval_offset=0, mss=0)
         for name in TCB_FIELDS:
-            value = rec[name]
+            value = rec[name] if name in rec else _DEFAULTS[name]
             if name == "state":
                 value = TcpState(value)
             setattr(tcb, name, value)

@@ -17,7 +17,8 @@ The ``Oracle`` sees every packet on the network:
 
 * each packet the server sends: its ACK never covers a byte the store does not hold
   yet (G1: ack offset <= the durable TCB's ``rcv_nxt_offset``, and every data byte
-  below it was appended to the durable receive stream); each byte it sends is durable
+  below it was appended to the durable receive stream; with ack-on-commit: below the
+  durable commit point or the durable end of the spilled bytes); each byte it sends is durable
   (G2) and equals the pattern at its offset (G3); never a RST.
 * each packet the client receives from the server: no RST, no FIN before the last
   byte of the download, and the right window edge ``ack + (window << scale)`` never
@@ -205,7 +206,18 @@ class Oracle:
             rcv_nxt_offset = int(tcb["rcv_nxt_offset"])
             data_acked = min(ack_offset, len(self.upload))
             self.checked_acks += 1
-            if ack_offset > rcv_nxt_offset or rx_end < data_acked:
+            if tcb.get("ack_on_commit"):
+                # ACK-on-commit: the ACK covers committed bytes, or spilled (stored)
+                # ones, and a FIN after them -- nothing else.
+                committed = max(int(tcb["commit_offset"]), rx_end)
+                committed += 1 if tcb["fin_received"] else 0
+                if ack_offset > max(committed, 0):
+                    self._violation(
+                        now,
+                        f"G1: ACK covers stream offset {ack_offset} but the store holds "
+                        f"commit_offset {committed} (ack-on-commit)",
+                    )
+            elif ack_offset > rcv_nxt_offset or rx_end < data_acked:
                 self._violation(
                     now,
                     f"G1: ACK covers stream offset {ack_offset} but the store holds "

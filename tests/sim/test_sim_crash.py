@@ -88,7 +88,11 @@ BUDGET = 600.0  # virtual seconds per run
 
 
 def _run(
-    seed: int, size: int, crash_after: set[int] | None = None, config: TcpConfig | None = None
+    seed: int,
+    size: int,
+    crash_after: set[int] | None = None,
+    config: TcpConfig | None = None,
+    durability: str = "strict",
 ) -> CrashRun:
     """One whole run in a fresh ``trio.run`` (used at collection time)."""
 
@@ -96,7 +100,11 @@ def _run(
         seed_trio_scheduler(seed)
         with trio.fail_after(BUDGET):
             return await crash_transfer(
-                seed=seed, size=size, crash_after=crash_after or set(), config=config
+                seed=seed,
+                size=size,
+                crash_after=crash_after or set(),
+                config=config,
+                durability=durability,
             )
 
     return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
@@ -160,6 +168,29 @@ async def test_crash_after_packet_small_buffers(
     check_bytes(run)
     check_kicks(run)
     check_oracle(run, allow_rst_after_close=True)
+    (restart,) = run.server.restarts
+    assert restart.after_packet == after_packet
+
+
+AOC_PACKETS = _run(SWEEP_SEED, SMALL, durability="ack-on-commit").packets  # crash-free
+
+
+@pytest.mark.parametrize("after_packet", range(1, AOC_PACKETS + 1))
+async def test_crash_after_packet_ack_on_commit(
+    autojump_clock: trio.testing.MockClock, after_packet: int
+) -> None:
+    """ACK-on-commit: an ACK covers committed bytes only (the oracle's G1 for this
+    mode), nothing received is stored, and what a crash loses the client sends again."""
+    seed_trio_scheduler(SWEEP_SEED)
+    with trio.fail_after(BUDGET):
+        run = await crash_transfer(
+            seed=SWEEP_SEED,
+            size=SMALL,
+            crash_after={after_packet},
+            downtime=DOWNTIME,
+            durability="ack-on-commit",
+        )
+    check_run(run)
     (restart,) = run.server.restarts
     assert restart.after_packet == after_packet
 

@@ -205,11 +205,36 @@ async def test_trim_to_empty_then_append_mid_chunk(store: Store) -> None:
     assert rec is not None and (rec.tx, rec.tx_offset) == (b"y" * (C - 10), C + 20)
 
 
-async def test_trim_beyond_end_stops_at_end(store: Store) -> None:
+async def test_trim_beyond_end_continues_there(store: Store) -> None:
+    """Bytes committed without ever being stored (ack-on-commit): the stream goes on,
+    empty, at the trim point; appends below it add nothing."""
     await store.commit([d("f", 1, 1, RxAppend(0, b"abc"), RxTrim(10))])
-    await store.commit([d("f", 1, 2, RxAppend(3, b"de"))])
     rec = await store.load("f")
-    assert rec is not None and (rec.rx, rec.rx_offset) == (b"de", 3)
+    assert rec is not None and (rec.rx, rec.rx_offset) == (b"", 10)
+    await store.commit([d("f", 1, 2, RxAppend(3, b"de"))])
+    await store.commit([d("f", 1, 3, RxAppend(10, b"xyz"))])
+    rec = await store.load("f")
+    assert rec is not None and (rec.rx, rec.rx_offset) == (b"xyz", 10)
+
+
+async def test_trim_first_then_append_across_a_chunk(store: Store) -> None:
+    """A delta's trim comes before its appends: only the part above it is written."""
+    data = bytes(range(256)) * ((C + 300) // 256 + 1)
+    await store.commit([d("f", 1, 1, RxTrim(C - 5), RxAppend(0, data[: C + 20]))])
+    rec = await store.load("f")
+    assert rec is not None and (rec.rx, rec.rx_offset) == (data[C - 5 : C + 20], C - 5)
+    await store.commit([d("f", 1, 2, RxTrim(2 * C + 7), RxAppend(2 * C + 7, b"q" * 9))])
+    rec = await store.load("f")
+    assert rec is not None and (rec.rx, rec.rx_offset) == (b"q" * 9, 2 * C + 7)
+
+
+async def test_a_trim_beyond_the_end_makes_a_later_append_in_the_batch_no_gap(
+    store: Store,
+) -> None:
+    await store.commit([d("f", 1, 1, TxAppend(0, b"t")),
+                        d("f", 1, 2, RxTrim(50), RxAppend(50, b"r"))])  # fmt: skip
+    rec = await store.load("f")
+    assert rec is not None and (rec.rx, rec.rx_offset, rec.tx) == (b"r", 50, b"t")
 
 
 async def test_gap_is_refused(store: Store) -> None:
@@ -366,7 +391,7 @@ async def test_three_deltas_of_one_flow_cross_chunk_edges_among_other_flows(
         d("other", 1, 1, RxAppend(0, b"o")),
         d("new", 1, 3, RxAppend(3 * C, data[3 * C :]), RxTrim(3 * C + 2),
           TcbSet({"rcv_nxt": 9}), AppCommit(3 * C + 2, None), TxAppend(0, b"reply")),
-        d("old", 1, 3, TxTrim(2 * C), TxAppend(C + 7, b"v"), AppCommit(7, b"old-3")),
+        d("old", 1, 3, TxTrim(C + 7), TxAppend(C + 7, b"v"), AppCommit(7, b"old-3")),
     ])
     new = await store.load("new")
     assert new is not None

@@ -45,6 +45,9 @@ class Mirror:
                 elif isinstance(op, RxAppend):
                     assert op.offset == self.rx_base + len(self.rx)
                     self.rx += op.data
+                elif isinstance(op, RxTrim) and op.below > self.rx_base + len(self.rx):
+                    self.rx.clear()  # never stored (ack-on-commit): continue at below
+                    self.rx_base = op.below
                 elif isinstance(op, TxAppend):
                     assert op.offset == self.tx_base + len(self.tx)
                     self.tx += op.data
@@ -104,9 +107,10 @@ actions = st.lists(
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
-@given(actions, st.booleans())
-def test_random_inputs_keep_invariants(acts: list[tuple[str, Any]], ts: bool) -> None:
-    config = replace(CONFIG, timestamps=ts, recv_buffer_size=8000, send_buffer_size=20000)
+@given(actions, st.booleans(), st.booleans())
+def test_random_inputs_keep_invariants(acts: list[tuple[str, Any]], ts: bool, aoc: bool) -> None:
+    config = replace(CONFIG, timestamps=ts, recv_buffer_size=8000, send_buffer_size=20000,
+                     ack_on_commit=aoc)
     opts = TcpOptions(mss=1000, timestamps=(100, 0) if ts else None)
     conn = conn_established(config, options=opts)
     mirror = Mirror()
@@ -255,15 +259,17 @@ def _run_pair(seed: int, data_a: bytes, data_b: bytes, loss: float, dup: float,
     ts=st.booleans(),
     ws=st.booleans(),
     mss=st.sampled_from([536, 1460, 9000]),
+    aoc=st.booleans(),
 )
 def test_transfer_over_lossy_pipe(seed: int, len_a: int, len_b: int, loss: float, dup: float,
-                                  jitter: float, ts: bool, ws: bool, mss: int) -> None:
+                                  jitter: float, ts: bool, ws: bool, mss: int,
+                                  aoc: bool) -> None:
     rng = random.Random(seed)
     data_a = rng.randbytes(len_a)
     data_b = rng.randbytes(len_b)
     config = TcpConfig(timestamps=ts, window_scaling=ws, recv_buffer_size=100_000,
                        send_buffer_size=30_000, max_retries=30, syn_retries=30,
-                       time_wait_timeout=5.0)
+                       time_wait_timeout=5.0, ack_on_commit=aoc)
     _run_pair(seed, data_a, data_b, loss, dup, jitter, config, mss)
 
 
