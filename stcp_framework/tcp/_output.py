@@ -49,10 +49,10 @@ def advertise_window(c: Connection) -> int:
     size = config.recv_buffer_size
     buf = c.rcv_buf
     if tcb.ack_on_commit:
-        # The window counts from the commit point, which is what we acknowledge: its
-        # right edge is commit + buffer size, as in the normal mode.
+        # The window counts from the ACK point (the commit point, or the end of spilled
+        # bytes): its right edge is commit + buffer size, as in the normal mode (G6).
         rcv_nxt = c.ack_point()
-        free = size
+        free = size - (c.ack_offset() - buf.commit_offset)
     else:
         rcv_nxt = tcb.rcv_nxt
         free = size - (buf.end_offset - buf.commit_offset)
@@ -98,7 +98,7 @@ def window_update_due(c: Connection) -> bool:
     buf = c.rcv_buf
     size = c.config.recv_buffer_size
     if tcb.ack_on_commit:
-        target = size  # counted from the commit point (see advertise_window)
+        target = size - (c.ack_offset() - buf.commit_offset)  # see advertise_window
     else:
         target = size - (buf.end_offset - buf.commit_offset)  # free space
         if target < 0:

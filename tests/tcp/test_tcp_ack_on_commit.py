@@ -202,3 +202,15 @@ def test_records_without_the_field_mean_ack_on_commit_off() -> None:
     record = conn_established(CONFIG).tcb.to_record()
     del record["ack_on_commit"]
     assert Tcb.from_record(record).ack_on_commit is False
+
+
+def test_spilled_bytes_still_count_against_the_buffer_until_committed() -> None:
+    """G6: the right edge stays commit + buffer size; spilling moves the ACK, not it."""
+    conn = conn_established(AOC)
+    send(conn, r(payload=b"a" * 3000), at=1.0)
+    conn.drain()
+    conn.on_timer(1.0 + AOC.commit_wait)
+    step = conn.drain()
+    assert [(seg.ack, seg.window) for seg in step.segments] == [(sq(REMOTE_SEQ, 3000), BUF - 3000)]
+    send(conn, r(seq=sq(REMOTE_SEQ, 3000), payload=b"b" * BUF), at=1.1)
+    assert conn.recv_available == BUF  # trimmed to the edge
