@@ -69,12 +69,18 @@ class Stack:
         """
         listener = self.listen(port, backlog=backlog, commit=commit)
         async with trio.open_nursery() as nursery:
+
+            def start(stream: Stream) -> None:
+                nursery.start_soon(_run_handler, handler, stream)
+
+            # The runtime starts each handler as the handshake completes (no accept
+            # loop: one task hop and scheduler batch less per connection).
+            listener.deliver_to(start)
             task_status.started(listener)
             try:
-                while True:
-                    stream = await listener.accept()
-                    nursery.start_soon(_run_handler, handler, stream)
+                await trio.sleep_forever()
             finally:
+                listener.deliver_to(None)
                 await listener.aclose()
 
     async def connect(self, host: str, port: int, *, commit: str = "auto") -> Stream:

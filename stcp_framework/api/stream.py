@@ -203,14 +203,16 @@ class Stream(trio.abc.HalfCloseableStream):
         """Half-close: send FIN after the queued data; receiving continues."""
         with self._send_conflict:
             self._check_usable()
-            await trio.lowlevel.checkpoint()
-            if self._eof_sent:
-                return
-            self._eof_sent = True
-            flow = self._flow
-            if not flow.closed:
-                flow.conn.app_shutdown(self._runtime.now())
-                self._runtime.touch(flow)
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if not self._eof_sent:
+                self._eof_sent = True
+                flow = self._flow
+                if not flow.closed:
+                    flow.conn.app_shutdown(self._runtime.now())
+                    self._runtime.touch(flow)
+            # The schedule point after the work (trio's pattern): an ``aclose()`` right
+            # after joins the same round, so FIN and close share one commit.
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     # ------------------------------------------------------------- receiving
 

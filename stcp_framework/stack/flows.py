@@ -18,7 +18,11 @@ FlowKey = tuple[bytes, int, bytes, int]
 
 
 def format_addr(packed: bytes) -> str:
-    return str(ipaddress.ip_address(packed))
+    """Text form of a packed IPv4/IPv6 address (``inet_ntop``: ~10x cheaper than
+    ``ipaddress``, and it runs for every new connection's flow id)."""
+    if len(packed) == 4:
+        return socket.inet_ntop(socket.AF_INET, packed)
+    return str(ipaddress.IPv6Address(packed))  # the same compressed form as before
 
 
 def flow_id_of(key: FlowKey, iss: int) -> str:

@@ -28,7 +28,7 @@ import math
 import os
 import random
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 import trio
@@ -73,6 +73,9 @@ class Listener:
         self.lot = trio.lowlevel.ParkingLot()
         self.half_open = 0  # flows in SYN-RECEIVED (the SYN backlog)
         self.closed = False
+        # Set by ``Stack.serve``: established flows go straight to it (it starts their
+        # handler) instead of through the queue and an accepting task.
+        self.deliver: Callable[[Flow], None] | None = None
 
 
 class Runtime:
@@ -328,6 +331,12 @@ class Runtime:
                 flow.deadline_at = None
                 flow.conn.on_timer(now)
                 self._mark(flow)
+            # Entries superseded since they were pushed (an ACK cleared the retransmit
+            # timer, the flow closed) go now, not when they come due: otherwise every
+            # connection would wake this task once more for nothing (heap order is
+            # kept; a valid entry stops the sweep).
+            while heap and (heap[0][2].deadline_at != heap[0][0] or heap[0][2].closed):
+                heapq.heappop(heap)
 
     def _schedule(self, flow: Flow, at: float | None) -> None:
         if at == flow.deadline_at:
@@ -602,6 +611,9 @@ class Runtime:
                 self._unclaimed.setdefault(flow.key[3], []).append(flow)
             return
         flow.accepted = True
+        if listener.deliver is not None:
+            listener.deliver(flow)
+            return
         listener.queue.append(flow)
         listener.lot.unpark_all()
 

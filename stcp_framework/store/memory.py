@@ -20,12 +20,15 @@ class _Stream:
     """Bytes ``[base, end)`` of one direction's stream, as a deque of chunks.
 
     Appends keep the delta's own ``bytes`` objects (no copy, no resize of a big
-    buffer); trimming drops whole chunks and slices at most one.
+    buffer); trimming drops whole chunks and only moves ``head`` inside the first one
+    (slicing it would copy the rest of the chunk at every ACK: a 1 MiB ``send_all``
+    chunk acknowledged 64 KB at a time was copied ~8 MB over).
     """
 
     base: int = 0
     end: int = 0
     chunks: deque[bytes] = field(default_factory=deque)
+    head: int = 0  # bytes of chunks[0] below ``base`` (already trimmed)
 
     def append(self, offset: int, chunk: bytes) -> None:
         if offset > self.end:
@@ -45,13 +48,14 @@ class _Stream:
             return
         chunks = self.chunks
         while chunks and self.base < below:
-            first = chunks[0]
+            avail = len(chunks[0]) - self.head
             n = below - self.base
-            if n >= len(first):
+            if n >= avail:
                 chunks.popleft()
-                self.base += len(first)
+                self.base += avail
+                self.head = 0
             else:
-                chunks[0] = first[n:]
+                self.head += n
                 self.base = below
         self.base = max(self.base, below)
 
@@ -60,7 +64,12 @@ class _Stream:
         return self.end - self.base
 
     def read(self) -> bytes:
-        return b"".join(self.chunks)
+        chunks = self.chunks
+        if not chunks:
+            return b""
+        if not self.head:
+            return b"".join(chunks)
+        return b"".join([memoryview(chunks[0])[self.head :], *list(chunks)[1:]])
 
 
 @dataclass(slots=True)

@@ -76,6 +76,25 @@ async def test_trim_and_append_track_offsets(store: Store) -> None:
     assert (rec.tx, rec.tx_offset) == (b"2345", 2)
 
 
+async def test_many_trims_inside_one_append(store: Store) -> None:
+    """A big ``send_all`` chunk acknowledged piece by piece (each ACK trims inside it)."""
+    data = bytes(range(256)) * 40  # 10,240 bytes in one op
+    await store.claim("f", 1)
+    await store.commit([d("f", 1, 1, TxAppend(0, data), RxAppend(0, data))])
+    version = 1
+    for below in (1, 100, 1000, 4095, 4096, 7000, 10_000):
+        version += 1
+        await store.commit([d("f", 1, version, TxTrim(below), RxTrim(below))])
+        rec = await store.load("f")
+        assert rec is not None
+        assert (rec.tx, rec.tx_offset) == (data[below:], below)
+        assert (rec.rx, rec.rx_offset) == (data[below:], below)
+    await store.commit([d("f", 1, version + 1, TxAppend(len(data), b"tail"))])
+    rec = await store.load("f")
+    assert rec is not None
+    assert (rec.tx, rec.tx_offset) == (data[10_000:] + b"tail", 10_000)
+
+
 async def test_reapplying_a_batch_is_harmless(store: Store) -> None:
     """Deltas are absolute and idempotent: a retried group commit changes nothing."""
     await store.claim("f", 1)
