@@ -44,6 +44,7 @@ class _Stream:
             # Bytes up to ``below`` were never stored (ack-on-commit): the stream
             # continues there, empty.
             self.chunks.clear()
+            self.head = 0
             self.base = self.end = below
             return
         chunks = self.chunks
