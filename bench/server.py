@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from stcp_framework.services import DEFAULT_PORTS, SERVICES
+from stcp_framework.services import DEFAULT_PORTS, SERVICES, SOURCES
 
 Service = Callable[[trio.abc.Stream], Awaitable[None]]
 
@@ -140,7 +140,9 @@ async def serve_stcp(
 
             store = RedisStore.from_url(store_url, service=f"bench-{dev}")
         async with (
-            open_stack(device, [addr], store=store, durability=durability) as stack,
+            open_stack(
+                device, [addr], store=store, durability=durability, sources=SOURCES
+            ) as stack,
             trio.open_nursery() as nursery,
         ):
             for name, service in SERVICES.items():

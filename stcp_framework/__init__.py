@@ -16,5 +16,8 @@ from .errors import ConnectionResetByPeer as ConnectionResetByPeer
 from .errors import ConnectionTimedOut as ConnectionTimedOut
 from .errors import StcpConfigError as StcpConfigError
 from .errors import StcpError as StcpError
+from .stack.sources import FileSource as FileSource
+from .stack.sources import Source as Source
+from .stack.sources import SourceError as SourceError
 from .store.memory import MemoryStore as MemoryStore
 from .tcp.config import TcpConfig as TcpConfig

@@ -24,6 +24,7 @@ CHARGEN_CYCLE = b"".join(
 """One full period of the RFC 864 pattern: 95 lines of 74 bytes (7,030 bytes)."""
 
 _CHARGEN_BLOCK = CHARGEN_CYCLE * 149  # 1,047,470 bytes: whole periods, so blocks chain
+_CHARGEN_SPAN = CHARGEN_CYCLE * 150  # a block from any phase of the period is a slice
 RECEIVE_SIZE = 1024 * 1024
 
 
@@ -90,13 +91,42 @@ async def discard(stream: trio.abc.Stream, report: Callable[[str], None] | None 
         report(f"discard: received {count} bytes, crc32 {crc:08x}")
 
 
+class ChargenSource:
+    """The chargen pattern as a regenerable source (``Stream.send_from``): the byte at
+    stream offset *n* is ``chargen_bytes(n, 1)``, so the store never holds it."""
+
+    name = "chargen"
+
+    def read(self, offset: int, size: int) -> bytes:
+        start = offset % len(CHARGEN_CYCLE)
+        if start == 0 and size == len(_CHARGEN_BLOCK):
+            return _CHARGEN_BLOCK  # the shared object, uncopied
+        if start + size <= len(_CHARGEN_SPAN):
+            return _CHARGEN_SPAN[start : start + size]
+        return chargen_bytes(offset, size)
+
+
+CHARGEN_SOURCE = ChargenSource()
+SOURCES = (CHARGEN_SOURCE,)
+"""What a server running these services passes to ``open_stack(sources=...)``."""
+
+
 async def chargen(stream: trio.abc.Stream) -> None:
     """RFC 864: send the character pattern until the peer goes away.
 
-    On an stcp stream restored after a restart it continues at ``stream.send_offset``
-    (every byte accepted before the crash is durable, G2), so the peer sees one unbroken
-    pattern.
+    On an stcp stream it is a regenerable send (``send_from`` with ``CHARGEN_SOURCE``):
+    the store records offsets, not bytes, and a restored stream continues at
+    ``stream.send_offset``, so the peer sees one unbroken pattern.
     """
+    send_from = getattr(stream, "send_from", None)
+    if send_from is not None:
+        try:
+            await send_from(
+                CHARGEN_SOURCE, stream.send_offset, block_size=len(_CHARGEN_BLOCK)  # type: ignore[attr-defined]
+            )
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        return
     block = _CHARGEN_BLOCK  # bytes: an stcp stream keeps the object, without a copy
     start = getattr(stream, "send_offset", 0) % len(CHARGEN_CYCLE)
     try:

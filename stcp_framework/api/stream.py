@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from ..stack.sources import Source
 from ..tcp.state import TcpState
 
 if TYPE_CHECKING:
@@ -39,6 +40,9 @@ class _ConflictDetector:
     ) -> None:
         self._busy = False
 
+
+SOURCE_BLOCK = 1024 * 1024
+"""Bytes ``Stream.send_from`` reads from its source at a time."""
 
 class Stream(trio.abc.HalfCloseableStream):
     """One connection. Like ``trio.SocketStream``, but its state lives in the store.
@@ -189,6 +193,56 @@ class Stream(trio.abc.HalfCloseableStream):
                     await flow.lot.park()
             await runtime.wait_durable(flow)
             self._check_usable()
+
+    async def send_from(
+        self,
+        source: Source,
+        offset: int = 0,
+        count: int | None = None,
+        *,
+        block_size: int = SOURCE_BLOCK,
+    ) -> int:
+        """Send ``source``'s bytes ``[offset, offset + count)`` (to its end when ``count``
+        is None) as *regenerable* bytes: the store records where they come from instead
+        of the bytes, and after a restart the stack reads what the peer has not
+        acknowledged from the source again (``stcp_framework.stack.sources``).
+
+        Returns the number of bytes sent (less than ``count`` only if the source ended)
+        once every extent is durable (G2). A ``FileSource`` is found again by itself;
+        any other source must be passed to ``open_stack(sources=[...])`` by every
+        incarnation, or its connections are reset on restore.
+        """
+        name = source.name  # read once: a source that renames itself is not one
+        sent = 0
+        with self._send_conflict:
+            self._check_usable()
+            if self._eof_sent:
+                raise trio.ClosedResourceError("cannot send after send_eof()")
+            await trio.lowlevel.checkpoint_if_cancelled()
+            flow = self._flow
+            runtime = self._runtime
+            while count is None or sent < count:
+                want = block_size if count is None else min(block_size, count - sent)
+                data = source.read(offset + sent, want)
+                if not data:
+                    break
+                view: bytes | memoryview = data
+                at = offset + sent
+                while view:
+                    self._check_usable()
+                    if flow.closed or not flow.conn.state.can_send():
+                        raise trio.BrokenResourceError("the connection is closed")
+                    n = flow.conn.app_send_ref(view, name, at, runtime.now())
+                    if n:
+                        runtime.touch(flow)
+                        view = memoryview(view)[n:]
+                        at += n
+                    if view:
+                        await flow.lot.park()
+                sent += len(data)
+            await runtime.wait_durable(flow)
+            self._check_usable()
+        return sent
 
     async def wait_send_all_might_not_block(self) -> None:
         with self._send_conflict:

@@ -16,7 +16,7 @@ from ..errors import StcpConfigError
 from ..link.base import PacketDevice
 from ..link.pcap import PcapDevice
 from ..link.tun import TunDevice
-from ..services import COMMIT_MODES, DEFAULT_PORTS, SERVICES, discard
+from ..services import COMMIT_MODES, DEFAULT_PORTS, SERVICES, SOURCES, discard
 from ..stack.clock import MonotonicClock
 from ..store.base import Store
 from ..store.memory import MemoryStore
@@ -128,6 +128,7 @@ async def _serve(args: argparse.Namespace) -> None:
         store=store,
         instance=args.instance,
         durability=args.durability,
+        sources=SOURCES,
     ) as stack:
         async with trio.open_nursery() as nursery:
             if args.service == "discard":

@@ -26,6 +26,7 @@ from ..tcp.machine import Connection
 from ..tcp.state import TcpState
 from ..tcp.tcb import Tcb
 from .flows import Flow, FlowKey, flow_key_of
+from .sources import SourceError
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -98,16 +99,23 @@ def _restore_one(
         return _Outcome.KEEP
     if tcb.state is TcpState.CLOSED or key[2] not in runtime.local_addresses:
         return _Outcome.FORGET
-    conn = Connection.restore(
-        tcb,
-        rx=record.rx,
-        rx_offset=record.rx_offset,
-        tx=record.tx,
-        tx_offset=record.tx_offset,
-        now=runtime.now(),
-        config=runtime.config_for(key),
-        version=record.version,
-    )
+    try:
+        conn = Connection.restore(
+            tcb,
+            rx=record.rx,
+            rx_offset=record.rx_offset,
+            tx=record.tx,
+            tx_offset=record.tx_offset,
+            now=runtime.now(),
+            config=runtime.config_for(key),
+            version=record.version,
+            regenerate=runtime.sources.read,
+        )
+    except (ValueError, SourceError) as exc:
+        # Bytes the peer has not acknowledged cannot be produced again: the connection
+        # cannot continue byte-exact (G3). Forgotten, its next segment meets a RST.
+        logger.warning("[%s] cannot restore, resetting it: %s", flow_id, exc)
+        return _Outcome.FORGET
     flow = Flow(key=key, flow_id=flow_id, conn=conn, recovered=True, app_state=record.app_state)
     flow.durable_version = record.version
     flow.connected = tcb.state.synchronized()

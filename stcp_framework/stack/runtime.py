@@ -49,6 +49,7 @@ from ..wire.tcp import ACK, NO_OPTIONS, RST, SYN, Packet
 from .clock import machine_clock_skew
 from .flows import Flow, FlowKey, flow_id_of
 from .recovery import restore_flows
+from .sources import Source, SourceRegistry
 
 logger = logging.getLogger("stcp.stack")
 
@@ -97,6 +98,8 @@ class Runtime:
             only what the application committed, so received bytes are never stored:
             after a crash the peer sends again what was not committed
             (``TcpConfig.ack_on_commit``).
+        sources: The sources of regenerable sends (``Stream.send_from``) other than
+            files, so a restore can read their unacknowledged bytes again.
         rng: Source of ephemeral ports (injected so tests are deterministic).
         iss_secret: Key of the RFC 6528 ISS function.
     """
@@ -113,6 +116,7 @@ class Runtime:
         syn_backlog: int = DEFAULT_SYN_BACKLOG,
         durability: str = "strict",
         instance: str = "default",
+        sources: Iterable[Source] = (),
     ) -> None:
         if durability not in DURABILITY_MODES:
             raise StcpConfigError(
@@ -183,6 +187,7 @@ class Runtime:
         self._closed_flows: list[Flow] = []
         self._unclaimed: dict[int, list[Flow]] = {}  # restored flows waiting for listen()
         self.instance = instance
+        self.sources = SourceRegistry(sources)  # regenerable sends, for restores
         self._forget_send, self._forget_receive = trio.open_memory_channel[tuple[str, int]](
             FORGET_QUEUE
         )

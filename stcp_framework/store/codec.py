@@ -56,6 +56,8 @@ ALIASES: dict[str, str] = {
     "app_closed": "ac",
     "manual_commit": "mc",
     "ack_on_commit": "ak",
+    "tx_refs": "xr",
+    "tx_ref_base": "xb",
     "schema": "sc",
 }
 """Stored name of each known TCB field (a stable part of the layout)."""

@@ -35,6 +35,7 @@ strict mode (``RxAppend``) and then acknowledged (``rx_stored``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from ..wire.seq import Seq, seq_add, seq_diff, seq_gt
@@ -51,6 +52,7 @@ from .state import TcpState
 from .step import EMPTY_STEP, OutSegment, Step
 from .tcb import TCB_FIELDS, Tcb
 from .timers import Timers
+from .txmap import TxMap
 
 logger = logging.getLogger("stcp.tcp")
 
@@ -98,6 +100,38 @@ def _coalesce(pieces: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
     return out
 
 
+Regenerate = Callable[[str, int, int], bytes]
+"""``(source name, source offset, length) -> bytes``: re-reads a regenerable send."""
+
+
+def _rebuild_send_buffer(
+    txmap: TxMap, tcb: Tcb, tx: bytes, tx_offset: int, regenerate: Regenerate | None
+) -> SendBuffer:
+    """The unacknowledged send stream from the stored literal bytes (``tx`` from literal
+    offset ``tx_offset``) and the ref extents, re-read through ``regenerate``."""
+    end = txmap.stream_end(tx_offset + len(tx))
+    start = min(max(tcb.snd_una_offset, 0), end)
+    if not (txmap.refs or txmap.ref_base):
+        start = tx_offset  # literal == stream offsets: the store's base is the start
+    buf = SendBuffer(start)
+    view = memoryview(tx)
+    for a, b, ref in txmap.pieces(start, end):
+        if ref is None:
+            lo = txmap.literal(a) - tx_offset
+            buf.append(bytes(view[lo : lo + (b - a)]))
+            continue
+        if regenerate is None:
+            raise ValueError(f"send bytes [{a}, {b}) come from {ref.name!r}: no way to read them")
+        data = regenerate(ref.name, ref.src_offset + (a - ref.start), b - a)
+        if len(data) != b - a:
+            raise ValueError(
+                f"source {ref.name!r} gave {len(data)} bytes at {ref.src_offset + a - ref.start}"
+                f", {b - a} were sent"
+            )
+        buf.append(bytes(data))
+    return buf
+
+
 class Connection:
     """One connection: see the module docstring and docs/internals.md."""
 
@@ -112,6 +146,7 @@ class Connection:
         self.rtt = RttEstimator(config.initial_rto, config.min_rto, config.max_rto)
         self.cc = NewReno(DEFAULT_MSS, config.initial_cwnd_segments)
         self.snd_buf = SendBuffer(0)
+        self.txmap = TxMap([])  # regenerable sends (txmap.py); mirrors tcb.tx_refs
         self.rcv_buf = RecvBuffer(0, keep_read=config.ack_on_commit and config.manual_commit)
         self.rx_stored = 0  # ack-on-commit: inbound bytes below this are spilled (stored)
         self.reasm = Reassembly()
@@ -198,6 +233,7 @@ class Connection:
         now: float,
         config: TcpConfig,
         version: int = 0,
+        regenerate: Regenerate | None = None,
     ) -> Connection:
         """Rebuild a connection from its persisted record and buffers (STYLE.md §4.5).
 
@@ -211,6 +247,12 @@ class Connection:
             version: The durable version loaded with the record (``FlowRecord.version``):
                 the restored machine numbers its deltas after it, since a store skips a
                 delta whose version it already holds (idempotent retries).
+            regenerate: ``(name, src_offset, length) -> bytes`` reads a regenerable
+                send's bytes again (``app_send_ref``); needed when ``tcb.tx_refs``.
+
+        Raises:
+            ValueError: Regenerable bytes cannot be read again (no ``regenerate``, or it
+                returned fewer bytes than were sent).
         """
         c = cls(now=now, config=config, iss=tcb.iss, tsval_offset=tcb.tsval_offset)
         c.version = c.rx_needs = c.tx_needs = version
@@ -234,8 +276,8 @@ class Connection:
         if start >= 0 and resume < rcv_end:
             c.rcv_buf.append(bytes(memoryview(rx)[start : rcv_end - rx_offset]))
         c.rcv_buf.end_offset = max(rcv_end, resume)
-        c.snd_buf = SendBuffer(tx_offset)
-        c.snd_buf.append(bytes(tx))
+        c.txmap = TxMap.decode(tcb.tx_refs, tcb.tx_ref_base)
+        c.snd_buf = _rebuild_send_buffer(c.txmap, tcb, tx, tx_offset, regenerate)
         c.snd_ptr = max(tcb.snd_una_offset, 0)
         state = tcb.state
         if state is TcpState.TIME_WAIT:
@@ -390,8 +432,35 @@ class Connection:
             return 0
         chunk = data if (type(data) is bytes and n == len(data)) else bytes(data[:n])
         offset = self.snd_buf.append(chunk)
+        txmap = self.txmap
+        if txmap.refs or txmap.ref_base:
+            offset = txmap.literal(offset)  # the store holds literal bytes only
         self._tx_ops.append((offset, chunk))
         self.tx_needs = self.version + 1
+        _output.transmit(self, now)
+        return n
+
+    def app_send_ref(
+        self, data: bytes | memoryview, name: str, src_offset: int, now: float
+    ) -> int:
+        """Queue ``data``, which is source ``name``'s bytes from ``src_offset``: a
+        regenerable send (``txmap.py``). The store records the extent, not the bytes;
+        a restore reads them from the source again. Returns the bytes accepted.
+
+        Raises:
+            LocalProtocolError: The send side is closed (shutdown, close, reset).
+        """
+        tcb = self.tcb
+        if not tcb.state.can_send() or tcb.app_closed:
+            raise LocalProtocolError(f"send in state {tcb.state}")
+        n = min(len(data), self.config.send_buffer_size - len(self.snd_buf))
+        if n <= 0:
+            return 0
+        chunk = data if (type(data) is bytes and n == len(data)) else bytes(data[:n])
+        offset = self.snd_buf.append(chunk)
+        self.txmap.add(offset, n, name, src_offset)
+        self._set("tx_refs", self.txmap.encode())
+        self.tx_needs = self.version + 1  # the extent is durable before its bytes leave
         _output.transmit(self, now)
         return n
 
@@ -657,7 +726,14 @@ class Connection:
         below = min(new_una_offset, buf.end_offset)
         if below > buf.base_offset:
             buf.trim(below)
-            self._tx_trim = below
+            txmap = self.txmap
+            if txmap.refs or txmap.ref_base:
+                self._tx_trim = txmap.literal(below)
+                if txmap.trim(below):
+                    self._set("tx_refs", txmap.encode())
+                    self._set("tx_ref_base", txmap.ref_base)
+            else:
+                self._tx_trim = below
             if not self._ev_space:
                 self._ev_space = True
                 self._events.append(_SEND_SPACE)

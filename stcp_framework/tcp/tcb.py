@@ -48,8 +48,10 @@ TCB_FIELDS: tuple[str, ...] = (
     "app_closed",
     "manual_commit",
     "ack_on_commit",
+    "tx_refs",
+    "tx_ref_base",
 )
-_DEFAULTS: dict[str, Any] = {"ack_on_commit": False}
+_DEFAULTS: dict[str, Any] = {"ack_on_commit": False, "tx_refs": "", "tx_ref_base": 0}
 """Fields added after schema 1, with the value older records mean."""
 
 
@@ -88,6 +90,8 @@ class Tcb:
         ack_on_commit: ACKs cover committed bytes only (``TcpConfig.ack_on_commit``):
             received bytes are never stored; ``rcv_nxt`` as persisted may run ahead of
             the commit point, and ``Connection.restore`` moves it back there.
+        tx_refs, tx_ref_base: Regenerable sends (``txmap.TxMap``): the source extents of
+            the unacknowledged send stream, and the ref bytes before them.
     """
 
     __slots__ = TCB_FIELDS
@@ -120,6 +124,8 @@ class Tcb:
     app_closed: bool
     manual_commit: bool
     ack_on_commit: bool
+    tx_refs: str
+    tx_ref_base: int
 
     def __init__(self, *, iss: Seq, tsval_offset: int, mss: int) -> None:
         self.state = TcpState.CLOSED
@@ -149,6 +155,8 @@ class Tcb:
         self.commit_offset = 0
         self.manual_commit = False
         self.ack_on_commit = False
+        self.tx_refs = ""
+        self.tx_ref_base = 0
         self.app_closed = False
 
     def to_record(self) -> dict[str, Any]:

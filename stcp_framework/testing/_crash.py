@@ -38,6 +38,7 @@ import trio
 
 from ..api import Stack, open_stack
 from ..link.sim import SimNetwork, Tap, TapEvent, TapVerdict
+from ..stack.sources import Source
 from ..store.base import FlowDelta, FlowRecord, Store
 from ..store.memory import MemoryStore
 from ..tcp.config import TcpConfig
@@ -147,6 +148,7 @@ class RestartableServer:
         seed: int = 0,
         downtime: float = 0.0,
         durability: str = "strict",
+        sources: Sequence[Source] = (),
     ) -> None:
         if downtime < 0:
             raise ValueError("downtime must be >= 0")
@@ -158,6 +160,7 @@ class RestartableServer:
         self.seed = seed
         self.downtime = downtime
         self.durability = durability
+        self.sources = tuple(sources)
         self.incarnation = 0
         self.restarts: list[Restart] = []
         self._app = app
@@ -223,6 +226,7 @@ class RestartableServer:
                             config=self.config,
                             instance=self.instance,
                             durability=self.durability,
+                            sources=self.sources,
                             rng=stack_rng(self.seed, f"server-{incarnation}"),
                             iss_secret=stack_iss_secret(self.seed, "server"),
                         ) as stack,

@@ -51,6 +51,7 @@ from stcp_framework.testing import (
     crash_after_each_packet,
 )
 from stcp_framework.testing._sim_pair import stack_iss_secret, stack_rng
+from stcp_framework.tcp.txmap import TxMap
 from stcp_framework.wire.drop import MalformedPacket
 from stcp_framework.wire.fmt import format_packet
 from stcp_framework.wire.packet import parse_packet_untrusted
@@ -226,7 +227,8 @@ class Oracle:
         n = len(seg.payload)
         if n:
             offset = seq_diff(Seq(seg.seq), Seq(iss)) - 1
-            if tx_end < offset + n:
+            tx_map = TxMap.decode(str(tcb.get("tx_refs", "")), int(tcb.get("tx_ref_base", 0)))
+            if tx_map.stream_end(tx_end) < offset + n:
                 self._violation(
                     now, f"G2: bytes [{offset}, {offset + n}) sent, store holds up to {tx_end}"
                 )
@@ -320,8 +322,24 @@ class Sink:
         self.data += data[overlap:]
 
 
+class BytesSource:
+    """A regenerable source over bytes the test owns (``Stream.send_from``)."""
+
+    name = "download"
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def read(self, offset: int, size: int) -> bytes:
+        return self.data[offset : offset + size]
+
+
 def make_app(
-    server_ref: list[RestartableServer], store: MemoryStore, sink: Sink, download: bytes
+    server_ref: list[RestartableServer],
+    store: MemoryStore,
+    sink: Sink,
+    download: bytes,
+    regenerable: bool = False,
 ) -> Callable[[Stack], Any]:
     """The level-1 server app: sink for the upload, pattern source for the download.
 
@@ -341,7 +359,10 @@ def make_app(
         async def source(stream: Stream) -> None:
             start = stream.send_offset
             if start < len(download):
-                await stream.send_all(download[start:])
+                if regenerable:
+                    await stream.send_from(BytesSource(download), start, block_size=40_000)
+                else:
+                    await stream.send_all(download[start:])
             await stream.send_eof()
 
         async def handler(stream: Stream) -> None:
@@ -445,6 +466,7 @@ async def crash_transfer(
     loss: float = 0.0,
     strict_window: bool = True,
     config: TcpConfig | None = None,
+    regenerable: bool = False,
 ) -> CrashRun:
     """Move ``size`` bytes each way while the server is crashed after chosen packets.
 
@@ -454,6 +476,8 @@ async def crash_transfer(
         durability, loss: Passed to the server stack and to the network.
         strict_window: See ``Oracle``.
         config: TCP settings of both stacks.
+        regenerable: The download is a regenerable send (``send_from``) of a source
+            every incarnation registers, instead of stored bytes.
     """
     upload = payload(seed, size)
     download = payload(seed + 1, size)
@@ -464,12 +488,13 @@ async def crash_transfer(
     server = RestartableServer(
         network,
         SERVER_ADDRESS,
-        make_app(server_ref, store, sink, download),
+        make_app(server_ref, store, sink, download, regenerable),
         store=store,
         seed=seed,
         downtime=downtime,
         durability=durability,
         config=config,
+        sources=[BytesSource(download)] if regenerable else (),
     )
     server_ref.append(server)
     oracle = Oracle(server, store, upload, download, strict_window=strict_window)

@@ -93,6 +93,7 @@ def _run(
     crash_after: set[int] | None = None,
     config: TcpConfig | None = None,
     durability: str = "strict",
+    regenerable: bool = False,
 ) -> CrashRun:
     """One whole run in a fresh ``trio.run`` (used at collection time)."""
 
@@ -105,6 +106,7 @@ def _run(
                 crash_after=crash_after or set(),
                 config=config,
                 durability=durability,
+                regenerable=regenerable,
             )
 
     return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
@@ -193,6 +195,31 @@ async def test_crash_after_packet_ack_on_commit(
     check_run(run)
     (restart,) = run.server.restarts
     assert restart.after_packet == after_packet
+
+
+REGEN_PACKETS = _run(SWEEP_SEED, SMALL, regenerable=True).packets  # crash-free
+
+
+@pytest.mark.parametrize("after_packet", range(1, REGEN_PACKETS + 1))
+async def test_crash_after_packet_regenerable_download(
+    autojump_clock: trio.testing.MockClock, after_packet: int
+) -> None:
+    """The download is a regenerable send: the store holds extents, not bytes (the
+    oracle's G2 counts extents as durable), and every incarnation re-reads what the
+    client has not acknowledged from the source (G3: byte-identical retransmissions)."""
+    seed_trio_scheduler(SWEEP_SEED)
+    with trio.fail_after(BUDGET):
+        run = await crash_transfer(
+            seed=SWEEP_SEED,
+            size=SMALL,
+            crash_after={after_packet},
+            downtime=DOWNTIME,
+            regenerable=True,
+        )
+    check_run(run)
+    assert run.server.restarts[0].after_packet == after_packet
+    if after_packet == REGEN_PACKETS // 2:  # nothing of the download was ever stored
+        assert all(not flow.tx.end for flow in run.server.store._flows.values())  # type: ignore[attr-defined]
 
 
 # ------------------------------------------------------------ 2 MB, strided
