@@ -294,6 +294,18 @@ class Connection:
                 if state is TcpState.ESTABLISHED or state is TcpState.CLOSE_WAIT:
                     _output.arm_keepalive(c, now)
             _output.transmit(c, now)
+            if (
+                tcb.snd_una_offset >= 0
+                and c.snd_buf.end_offset > c.snd_nxt_offset()
+                and tcb.snd_wnd - (c.snd_nxt_offset() - tcb.snd_una_offset) < tcb.mss
+            ):
+                # Data waits on a closed window: the peer's window update may have died
+                # with the old process, and it never repeats one. A probe with an old
+                # sequence number makes it answer with its window now (Linux
+                # tcp_xmit_probe_skb), instead of at our persist timer (1 s after a
+                # restore, as the RTT estimate starts over).
+                c.count("restore_window_probe")
+                _output.make_segment(c, seq_add(tcb.snd_una, -1), ACK, b"", now)
             if tcb.ack_on_commit and state.can_recv():
                 # What the peer sent past the ACK point died with the old process, and
                 # it is waiting on its retransmission timer, backed off while we were

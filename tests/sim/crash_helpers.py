@@ -44,6 +44,7 @@ from stcp_framework.stack.flows import flow_id_of
 from stcp_framework.store.memory import MemoryStore
 from stcp_framework.tcp.config import TcpConfig
 from stcp_framework.tcp.state import TcpState
+from stcp_framework.tcp.txmap import TxMap
 from stcp_framework.testing import (
     CLIENT_ADDRESS,
     SERVER_ADDRESS,
@@ -51,7 +52,6 @@ from stcp_framework.testing import (
     crash_after_each_packet,
 )
 from stcp_framework.testing._sim_pair import stack_iss_secret, stack_rng
-from stcp_framework.tcp.txmap import TxMap
 from stcp_framework.wire.drop import MalformedPacket
 from stcp_framework.wire.fmt import format_packet
 from stcp_framework.wire.packet import parse_packet_untrusted

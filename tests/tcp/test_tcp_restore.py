@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tcp_helpers import CONFIG, LOCAL_SEQ, MSS, REMOTE_SEQ, r, sq, syn_options
+from tcp_helpers import CONFIG, LOCAL_SEQ, MSS, REMOTE_SEQ, conn_established, r, sq, syn_options
 from tcp_peer import drive, likely_segment
 from test_tcp_properties import Mirror
 
@@ -145,3 +145,25 @@ def test_restore_after_random_steps_equals_live(data: st.DataObject, ts: bool,
         mirror.apply(conn, conn.drain())
         later = now + data.draw(st.floats(0.0, 100.0), label="restart after")
         _check_kick(conn, _restore(mirror, later, config), mirror, later)
+
+
+def test_restore_with_data_waiting_on_a_closed_window_probes_at_once() -> None:
+    """The peer's window update may have been lost while we were down: the kick adds a
+    probe <SEQ=SND.UNA-1> that the peer must answer with its window (RFC 9293
+    §3.10.7.4 first step: an unacceptable segment gets an ACK)."""
+    conn = conn_established()
+    conn.on_segment(r(window=0), 0.5)  # the peer's window closes
+    conn.app_send(b"x" * 5000, 1.0)
+    step = conn.drain()
+    assert not any(seg.payload for seg in step.segments)
+    record = conn.tcb.to_record()
+    restored = Connection.restore(
+        Tcb.from_record(record), rx=b"", rx_offset=0, tx=b"x" * 5000, tx_offset=0,
+        now=5.0, config=CONFIG, version=conn.version,
+    )
+    kick = restored.drain()
+    assert [(seg.seq, seg.flags, len(seg.payload)) for seg in kick.segments] == [
+        (LOCAL_SEQ, ACK, 0),
+        (sq(LOCAL_SEQ, -1), ACK, 0),
+    ]
+    assert restored.counters["restore_window_probe"] == 1
