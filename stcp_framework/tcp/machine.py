@@ -35,7 +35,7 @@ strict mode (``RxAppend``) and then acknowledged (``rx_stored``).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, overload
 
 from ..wire.seq import Seq, seq_add, seq_diff, seq_gt
 from ..wire.tcp import ACK, NO_OPTIONS, RST, SYN, TcpSegment
@@ -77,10 +77,17 @@ def choose_rcv_wscale(recv_buffer_size: int) -> int:
     return ws
 
 
-def _coalesce(pieces: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+_Piece = tuple[int, "bytes | memoryview"]  # received data: bytes or a kept view
+
+
+@overload
+def _coalesce(pieces: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]: ...
+@overload
+def _coalesce(pieces: list[_Piece]) -> list[_Piece]: ...
+def _coalesce(pieces: list[Any]) -> list[Any]:
     """Join contiguous pieces while small; large pieces keep their own op (no copy)."""
-    out: list[tuple[int, bytes]] = []
-    run: list[bytes] = []
+    out: list[_Piece] = []
+    run: list[bytes | memoryview] = []
     run_start = run_end = 0
     run_len = 0
     for off, data in pieces:
@@ -119,7 +126,7 @@ class Connection:
         self._out: list[OutSegment] = []
         self._events: list[Event] = []
         self._dirty: dict[str, Any] = {}
-        self._rx_ops: list[tuple[int, bytes]] = []
+        self._rx_ops: list[_Piece] = []
         self._tx_ops: list[tuple[int, bytes]] = []
         self._rx_trim: int | None = None
         self._app_commit: AppCommit | None = None
@@ -132,6 +139,7 @@ class Connection:
         self.tx_needs = 0  # version that recorded the newest accepted bytes
         # Runtime (rebuilt on restore, never persisted).
         self.ack_now = False  # send an ACK in this call's output
+        self.ack_deferred_at: float | None = None  # ack_now set at this time; drain() sends
         self.pending_fin = False  # ack-on-commit: FIN received in order, data uncommitted
         self.rcv_unacked = 0  # bytes received since our last ACK (delayed ACK)
         self.rcv_mss = min(config.mss, DEFAULT_MSS)  # largest segment seen (Linux rcv_mss)
@@ -399,7 +407,8 @@ class Connection:
         """Take up to ``max_bytes`` received bytes (b"" when none are buffered).
 
         Level 1: reading commits (``read_offset`` = ``commit_offset``; ``RxTrim``), and a
-        read that opens the window significantly sends a window update at once. Level 2
+        read that opens the window significantly sends a window update in this call's
+        output (the next ``drain()``, unless a data segment or FIN carries it). Level 2
         (``manual_commit``): reading only moves the in-memory cursor; the bytes stay
         stored and keep their window space until ``app_commit``.
         """
@@ -462,8 +471,11 @@ class Connection:
         # RCV_SHUTDOWN): it can send nothing more, and from TIME-WAIT an update would
         # meet a peer that already forgot the connection (and answers RST).
         if tcb.state.synchronized() and tcb.state.can_recv() and _output.window_update_due(self):
+            # The window update is due in this call's output, but only ``drain()`` sends
+            # it on its own (``ack_deferred_at``): data or a FIN the application sends
+            # before the drain carries it instead (one segment, not two).
             self.ack_now = True
-            _output.transmit(self, now)
+            self.ack_deferred_at = now
 
     def app_shutdown(self, now: float) -> None:
         """Half-close (RFC 9293 §3.10.4 CLOSE of the send side): FIN after queued data."""
@@ -516,7 +528,16 @@ class Connection:
         self._set_state(TcpState.CLOSED, "app_abort")
 
     def drain(self) -> Step:
-        """Everything produced since the last drain: delta, segments, events."""
+        """Everything produced since the last drain: delta, segments, events.
+
+        A window update deferred by a read (``_commit_to``) that no segment has carried
+        since is sent now, stamped with the time of that read.
+        """
+        deferred_at = self.ack_deferred_at
+        if deferred_at is not None:
+            self.ack_deferred_at = None
+            if self.ack_now:
+                _output.transmit(self, deferred_at)
         out = self._out
         events = self._events
         dirty = self._dirty
@@ -615,7 +636,7 @@ class Connection:
         if not tcb.ack_on_commit:
             self.rx_needs = self.version + 1
 
-    def _rx_append(self, offset: int, data: bytes) -> None:
+    def _rx_append(self, offset: int, data: bytes | memoryview) -> None:
         self.rcv_buf.append(data)
         if not self.tcb.ack_on_commit:
             self._rx_ops.append((offset, data))
