@@ -258,15 +258,22 @@ class Stream(trio.abc.HalfCloseableStream):
         with self._send_conflict:
             self._check_usable()
             await trio.lowlevel.checkpoint_if_cancelled()
-            if not self._eof_sent:
+            flow = self._flow
+            runtime = self._runtime
+            if self._eof_sent or flow.closed:
                 self._eof_sent = True
-                flow = self._flow
-                if not flow.closed:
-                    flow.conn.app_shutdown(self._runtime.now())
-                    self._runtime.touch(flow)
-            # The schedule point after the work (trio's pattern): an ``aclose()`` right
-            # after joins the same round, so FIN and close share one commit.
-            await trio.lowlevel.cancel_shielded_checkpoint()
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return
+            self._eof_sent = True
+            flow.conn.app_shutdown(runtime.now())
+            # The schedule point after the work (trio's pattern), with the flow held
+            # until this task resumes: an ``aclose()`` right after joins the same round,
+            # so FIN and close share one commit.
+            runtime.hold(flow)
+            try:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            finally:
+                runtime.release(flow)
 
     # ------------------------------------------------------------- receiving
 
@@ -284,8 +291,15 @@ class Stream(trio.abc.HalfCloseableStream):
                 conn = flow.conn
                 data = conn.app_receive(max_bytes, self._runtime.now())
                 if data:
-                    self._runtime.touch(flow)  # may open the window: let the machine decide
-                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    # The read changed the machine (commit, maybe a window update). The
+                    # flow waits for a round until this task resumes, so that the app's
+                    # answer to these bytes joins that round (Runtime.hold).
+                    runtime = self._runtime
+                    runtime.hold(flow)
+                    try:
+                        await trio.lowlevel.cancel_shielded_checkpoint()
+                    finally:
+                        runtime.release(flow)
                     return data
                 if conn.at_eof:
                     await trio.lowlevel.cancel_shielded_checkpoint()

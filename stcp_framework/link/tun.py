@@ -9,10 +9,13 @@ Theory of operation:
     device stays, so the kernel silently drops packets while nobody holds it (DESIGN.md
     "Recovery"): peers retransmit and see no RST.
 
-    Reads go into a pool of preallocated ``bytearray`` buffers sized to the MTU; the
-    returned ``memoryview`` slices stay valid until the next ``recv_batch`` (the
-    ``PacketDevice`` contract). About a million packets per second per core is the ceiling
-    of such a Python loop (ANCHORS.md), so the loop does as little as it can per packet.
+    Each read goes into a fresh ``bytes`` object (``FileIO.read``: allocated at the
+    buffer size, filled by the kernel, shrunk to the packet), never reused: the returned
+    ``memoryview`` slices stay valid for good (more than the ``PacketDevice`` contract),
+    so the stack keeps a large payload as a view of it instead of copying it
+    (``tcp/_arrive.py`` ``keep_payload``). About a million packets per second per core is
+    the ceiling of such a Python loop (ANCHORS.md), so the loop does as little as it can
+    per packet.
 
 Offloads (``offload=True``, the default):
     The pure-Python TCP checksum costs about 90 µs per 64 KB, on receive and on send; the
@@ -379,8 +382,6 @@ class TunDevice:
         self._name = name
         self._mtu = mtu
         self._file = io.FileIO(fd, "r+b", closefd=False)
-        self._buffers: list[bytearray] = []
-        self._views: list[memoryview] = []
         self._closed = False
         self._vnet_hdr_len = VNET_HDR_LEN if offload else 0
         self.gso = offload and gso
@@ -475,24 +476,16 @@ class TunDevice:
         """The TUN file descriptor (non-blocking)."""
         return self._fd
 
-    def _grow_pool(self, count: int) -> None:
-        while len(self._buffers) < count:
-            buf = bytearray(self._buffer_size)
-            self._buffers.append(buf)
-            self._views.append(memoryview(buf))
-
     async def recv_batch(self, max_packets: int) -> list[memoryview]:
         """Wait for at least one packet, then read until EAGAIN or ``max_packets``.
 
-        Returns views into the pool buffers (bare IP packets), valid until the next call.
+        Returns views of fresh ``bytes`` objects (bare IP packets), never reused.
         """
         if self._closed:
             raise trio.ClosedResourceError("TUN device is closed")
         if max_packets < 1:
             raise ValueError("max_packets must be >= 1")
         await trio.lowlevel.checkpoint_if_cancelled()
-        if len(self._buffers) < max_packets:
-            self._grow_pool(max_packets)
         read = self._read_offload if self._vnet_hdr_len else self._read
         waited = False
         while True:
@@ -516,18 +509,17 @@ class TunDevice:
 
     def _read(self, max_packets: int) -> list[memoryview]:
         """Read up to ``max_packets`` bare IP packets without blocking."""
-        readinto = self._file.readinto
-        buffers = self._buffers
-        views = self._views
+        read = self._file.read
+        size = self._buffer_size
         out: list[memoryview] = []
         i = 0
         rx_bytes = 0
         while i < max_packets:
-            n = readinto(buffers[i])
-            if n is None:  # EAGAIN: FileIO.readinto returns None on a non-blocking fd
+            data = read(size)
+            if data is None:  # EAGAIN: FileIO.read returns None on a non-blocking fd
                 break
-            out.append(views[i][:n])
-            rx_bytes += n
+            out.append(memoryview(data))
+            rx_bytes += len(data)
             i += 1
         self.counters.rx_packets += i
         self.counters.rx_bytes += rx_bytes
@@ -540,9 +532,8 @@ class TunDevice:
         partial (``NEEDS_CSUM``) nor verified (``DATA_VALID``), and drops a bad one.
         At most ``2 * max_packets`` reads, so a flood of bad packets cannot hold the loop.
         """
-        readinto = self._file.readinto
-        buffers = self._buffers
-        views = self._views
+        read = self._file.read
+        size = self._buffer_size
         hdr_len = self._vnet_hdr_len
         counters = self.counters
         out: list[memoryview] = []
@@ -550,19 +541,18 @@ class TunDevice:
         rx_bytes = 0
         gso_packets = 0
         for _ in range(2 * max_packets):
-            buf = buffers[i]
-            n = readinto(buf)
-            if n is None:
+            data = read(size)
+            if data is None:
                 break
-            packet = views[i][hdr_len:n]
-            if not buf[0] & 3:  # neither VIRTIO_NET_HDR_F_NEEDS_CSUM nor _DATA_VALID
+            packet = memoryview(data)[hdr_len:]
+            if not data[0] & 3:  # neither VIRTIO_NET_HDR_F_NEEDS_CSUM nor _DATA_VALID
                 if rx_tcp_checksum_bad(packet):
                     counters.rx_bad_checksum += 1
-                    continue  # buffer i is reused
-            elif buf[1]:  # gso_type: a TCP super-segment
+                    continue
+            elif data[1]:  # gso_type: a TCP super-segment
                 gso_packets += 1
             out.append(packet)
-            rx_bytes += n - hdr_len
+            rx_bytes += len(packet)
             i += 1
             if i == max_packets:
                 break

@@ -87,6 +87,7 @@ class Flow:
     closed: bool = False  # reached CLOSED and left the flow table
     app_closed: bool = False
     dirty: bool = False
+    held: bool = False  # rounds leave it dirty until its app task resumes (Runtime.hold)
     durable_version: int = 0  # the newest of this flow's delta versions the store holds
     recovered: bool = False  # restored from the store after a restart
     app_state: bytes | None = None  # stored with the last commit (level 2)

@@ -406,6 +406,9 @@ class Runtime:
         outs: list[tuple[Flow, OutSegment]] = []
         woken: list[Flow] = []
         for flow in dirty:
+            if flow.held:
+                self._dirty.append(flow)  # its task resumes soon (hold/release)
+                continue
             flow.dirty = False
             step = flow.conn.drain()
             if step.delta is not None:
@@ -647,6 +650,29 @@ class Runtime:
     def touch(self, flow: Flow) -> None:
         """An application call changed ``flow``'s machine: transmit what it produced."""
         self._mark(flow)
+
+    def hold(self, flow: Flow) -> None:
+        """``touch`` for an app call that yields right after; ``release`` once it resumes.
+
+        A flow that no round has queued yet is left queued by the rounds until then (one
+        schedule point of its task), so that what the application does next -- the
+        answer to what it read -- joins the same round: a window update the read made
+        due rides on the answer's segment. A flow already queued is not held: it goes
+        out with the next round as usual (so a task that reads in a loop cannot hold it
+        back round after round).
+        """
+        if not flow.dirty:
+            flow.held = True
+            flow.dirty = True
+            self._dirty.append(flow)
+        else:
+            self._tx_wakeup.set()
+
+    def release(self, flow: Flow) -> None:
+        """End ``hold``: the flow goes out with the next round."""
+        if flow.held:
+            flow.held = False
+            self._tx_wakeup.set()
 
     async def wait_durable(self, flow: Flow) -> None:
         """Wait until everything the app did on ``flow`` so far is durable (G2).

@@ -27,10 +27,10 @@ class _Stream:
 
     base: int = 0
     end: int = 0
-    chunks: deque[bytes] = field(default_factory=deque)
+    chunks: deque[bytes | memoryview] = field(default_factory=deque)  # views: immutable
     head: int = 0  # bytes of chunks[0] below ``base`` (already trimmed)
 
-    def append(self, offset: int, chunk: bytes) -> None:
+    def append(self, offset: int, chunk: bytes | memoryview) -> None:
         if offset > self.end:
             raise ValueError(f"gap in stream: append at {offset}, have up to {self.end}")
         skip = self.end - offset  # idempotent re-apply: only the part past `end` is new

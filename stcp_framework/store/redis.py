@@ -842,10 +842,12 @@ class RedisStore:
             for op in delta.ops:
                 t = type(op)
                 if t is RxAppend or t is TxAppend:
-                    data: bytes = op.data  # type: ignore[union-attr]
+                    data: bytes | memoryview = op.data  # type: ignore[union-attr]
                     data_len = len(data)
                     if not data_len:
                         continue
+                    if data_len < zero_copy_len and type(data) is not bytes:
+                        data = bytes(data)  # a view (RxAppend): packed with the small ones
                     offset: int = op.offset  # type: ignore[union-attr]
                     lo, hi = offset // CHUNK_SIZE, (offset + data_len - 1) // CHUNK_SIZE
                     if t is RxAppend:

@@ -36,6 +36,24 @@ _ACK_PSH = ACK | PSH
 _DATA_READABLE = DataReadable()
 
 
+KEEP_VIEW_MIN = 1 << 15  # the store's zero-copy size (store/redis.py _ZERO_COPY_LEN)
+
+
+def keep_payload(payload: bytes | memoryview) -> bytes | memoryview:
+    """``payload`` as an object the buffers and the store may keep for good.
+
+    ``bytes`` as is. A large view of an immutable ``bytes`` object (what ``TunDevice``
+    reads into) as is too: nobody can change those bytes, so keeping the view saves
+    a copy of every large segment (the app's read joins the pieces anyway). Anything
+    else -- a view of a reused buffer, a small payload -- is copied: the one copy.
+    """
+    if type(payload) is bytes:
+        return payload
+    if len(payload) >= KEEP_VIEW_MIN and type(payload.obj) is bytes:  # type: ignore[union-attr]
+        return payload
+    return bytes(payload)
+
+
 def header_prediction(c: Connection, seg: TcpSegment, now: float) -> bool:
     """SEGMENT ARRIVES for the predicted segment; False (nothing changed) otherwise.
 
@@ -142,7 +160,7 @@ def header_prediction(c: Connection, seg: TcpSegment, now: float) -> bool:
     # Step 7 (process_text), in order with no gap to fill.
     if plen > c.rcv_mss:
         c.rcv_mss = min(plen, c.config.mss)
-    data = payload if type(payload) is bytes else bytes(payload)  # the one copy
+    data = keep_payload(payload)
     off = tcb.rcv_nxt_offset
     c.rcv_buf.append(data)
     if not c._ev_readable:
@@ -439,7 +457,7 @@ def process_text(c: Connection, payload: bytes | memoryview, off: int, now: floa
         if not aoc or c.ack_point() == tcb.rcv_nxt:
             c.ack_now = True
         return
-    data = payload if type(payload) is bytes else bytes(payload)  # the one copy
+    data = keep_payload(payload)
     c._rx_append(off, data)
     new_off = off + plen
     reasm = c.reasm
@@ -496,10 +514,19 @@ def check_fin(c: Connection, fin_off: int, now: float) -> None:
         c.pending_fin = False  # EOF was reported when the FIN arrived
     else:
         c.emit(EofReceived())
-    c.ack_now = True  # RFC 9293 §3.8.6.3: FIN is ACKed at once
     if state is TcpState.ESTABLISHED or state is TcpState.SYN_RECEIVED:
+        # A passive close: the ACK of the FIN is a delayed ACK (RFC 1122 §4.2.3.2, RFC
+        # 9293 §3.8.6.3: less than 0.5 s), as Linux does (tcp_fin enters pingpong mode),
+        # so that the FIN of an application that closes at once carries it: one segment
+        # instead of two. Anything else pending (a filled gap, two full-sized segments)
+        # has already set ack_now.
+        t = c.timers
+        if t.delayed_ack_at is None:
+            t.delayed_ack_at = now + c.config.delayed_ack_timeout
         c._set_state(TcpState.CLOSE_WAIT, "FIN")
-    elif state is TcpState.FIN_WAIT_1:
+        return
+    c.ack_now = True  # we closed first: the FIN is ACKed at once (Linux tcp_fin)
+    if state is TcpState.FIN_WAIT_1:
         if tcb.fin_sent and tcb.snd_una == tcb.snd_nxt:
             c._set_state(TcpState.TIME_WAIT, "FIN")
         else:

@@ -108,10 +108,13 @@ class RecvBuffer:
                  "read_offset")
 
     def __init__(self, read_offset: int = 0, *, keep_read: bool = False) -> None:
-        self._chunks: deque[bytes] = deque()
+        # bytes, or large views of immutable bytes (_arrive.keep_payload)
+        self._chunks: deque[bytes | memoryview] = deque()
         self._first_pos = 0  # bytes of _chunks[0] already read
         # keep_read: (start offset, chunk) of whole chunks read but maybe not committed
-        self._held: deque[tuple[int, bytes]] | None = deque() if keep_read else None
+        self._held: deque[tuple[int, bytes | memoryview]] | None = (
+            deque() if keep_read else None
+        )
         self.read_offset = read_offset
         self.commit_offset = read_offset
         self.end_offset = read_offset
@@ -119,7 +122,7 @@ class RecvBuffer:
     def __len__(self) -> int:
         return self.end_offset - self.read_offset
 
-    def append(self, data: bytes) -> None:
+    def append(self, data: bytes | memoryview) -> None:
         if data:
             self._chunks.append(data)
             self.end_offset += len(data)
@@ -138,7 +141,7 @@ class RecvBuffer:
             if held is not None:
                 held.append((self.read_offset, first))
             self.read_offset += n
-            return first
+            return first if type(first) is bytes else bytes(first)
         parts: list[bytes | memoryview] = []
         remaining = n
         at = self.read_offset - pos  # stream offset of chunks[0]
@@ -169,12 +172,12 @@ class RecvBuffer:
         while held and held[0][0] + len(held[0][1]) <= below:
             held.popleft()
 
-    def pieces_from(self, offset: int) -> list[tuple[int, bytes]]:
+    def pieces_from(self, offset: int) -> list[tuple[int, bytes | memoryview]]:
         """(offset, bytes) pieces covering ``[offset, end_offset)``; ``offset`` must not
         be below ``read_offset`` unless ``keep_read`` holds the bytes from there."""
-        out: list[tuple[int, bytes]] = []
+        out: list[tuple[int, bytes | memoryview]] = []
 
-        def take(start: int, chunk: bytes) -> None:
+        def take(start: int, chunk: bytes | memoryview) -> None:
             stop = start + len(chunk)
             if stop > offset:
                 piece = chunk if start >= offset else chunk[offset - start :]

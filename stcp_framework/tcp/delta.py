@@ -21,10 +21,11 @@ class TcbSet:
 
 @dataclass(frozen=True, slots=True)
 class RxAppend:
-    """Received, in-order bytes ``[offset, offset + len(data))`` of the inbound stream."""
+    """Received, in-order bytes ``[offset, offset + len(data))`` of the inbound stream
+    (a large segment's payload may be a view of an immutable ``bytes``: keep it as is)."""
 
     offset: int
-    data: bytes
+    data: bytes | memoryview
 
 
 @dataclass(frozen=True, slots=True)

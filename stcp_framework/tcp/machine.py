@@ -28,7 +28,7 @@ not move, and the peer would count it as a duplicate); a commit does, with the u
 delayed-ACK rule. An in-order FIN waits (``pending_fin``) until every byte before it
 is committed; the application sees EOF as soon as it has read them. An application
 that commits less often than the peer's window fills would stall the peer, so bytes
-left unacknowledged for the delayed-ACK timeout are *spilled*: stored as in the
+left unacknowledged for ``TcpConfig.commit_wait`` are *spilled*: stored as in the
 strict mode (``RxAppend``) and then acknowledged (``rx_stored``).
 """
 
@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, overload
 
 from ..wire.seq import Seq, seq_add, seq_diff, seq_gt
 from ..wire.tcp import ACK, NO_OPTIONS, RST, SYN, TcpSegment
@@ -79,10 +79,17 @@ def choose_rcv_wscale(recv_buffer_size: int) -> int:
     return ws
 
 
-def _coalesce(pieces: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+_Piece = tuple[int, "bytes | memoryview"]  # received data: bytes or a kept view
+
+
+@overload
+def _coalesce(pieces: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]: ...
+@overload
+def _coalesce(pieces: list[_Piece]) -> list[_Piece]: ...
+def _coalesce(pieces: list[Any]) -> list[Any]:
     """Join contiguous pieces while small; large pieces keep their own op (no copy)."""
-    out: list[tuple[int, bytes]] = []
-    run: list[bytes] = []
+    out: list[_Piece] = []
+    run: list[bytes | memoryview] = []
     run_start = run_end = 0
     run_len = 0
     for off, data in pieces:
@@ -154,7 +161,7 @@ class Connection:
         self._out: list[OutSegment] = []
         self._events: list[Event] = []
         self._dirty: dict[str, Any] = {}
-        self._rx_ops: list[tuple[int, bytes]] = []
+        self._rx_ops: list[_Piece] = []
         self._tx_ops: list[tuple[int, bytes]] = []
         self._rx_trim: int | None = None
         self._app_commit: AppCommit | None = None
@@ -167,6 +174,7 @@ class Connection:
         self.tx_needs = 0  # version that recorded the newest accepted bytes
         # Runtime (rebuilt on restore, never persisted).
         self.ack_now = False  # send an ACK in this call's output
+        self.ack_deferred_at: float | None = None  # ack_now set at this time; drain() sends
         self.pending_fin = False  # ack-on-commit: FIN received in order, data uncommitted
         self.rcv_unacked = 0  # bytes received since our last ACK (delayed ACK)
         self.rcv_mss = min(config.mss, DEFAULT_MSS)  # largest segment seen (Linux rcv_mss)
@@ -480,7 +488,8 @@ class Connection:
         """Take up to ``max_bytes`` received bytes (b"" when none are buffered).
 
         Level 1: reading commits (``read_offset`` = ``commit_offset``; ``RxTrim``), and a
-        read that opens the window significantly sends a window update at once. Level 2
+        read that opens the window significantly sends a window update in this call's
+        output (the next ``drain()``, unless a data segment or FIN carries it). Level 2
         (``manual_commit``): reading only moves the in-memory cursor; the bytes stay
         stored and keep their window space until ``app_commit``.
         """
@@ -508,7 +517,7 @@ class Connection:
         self._app_commit = AppCommit(offset, state)
         self._commit_to(offset, now)
 
-    def _commit_to(self, offset: int, now: float, *, transmit: bool = True) -> None:
+    def _commit_to(self, offset: int, now: float) -> None:
         buf = self.rcv_buf
         buf.commit_offset = offset
         tcb = self.tcb
@@ -535,16 +544,19 @@ class Connection:
                         self.timers.delayed_ack_at = now + self.config.delayed_ack_timeout
                 if self.pending_fin and self.ack_offset() == buf.end_offset:
                     _arrive.check_fin(self, offset, now)
-                if transmit:
-                    _output.transmit(self, now)
+                if self.ack_now:
+                    self.ack_deferred_at = now  # as a window update: a reply may carry it
                 return
             self._rx_trim = offset
         # No window update once the peer's FIN arrived (Linux tcp_cleanup_rbuf under
         # RCV_SHUTDOWN): it can send nothing more, and from TIME-WAIT an update would
         # meet a peer that already forgot the connection (and answers RST).
         if tcb.state.synchronized() and tcb.state.can_recv() and _output.window_update_due(self):
+            # The window update is due in this call's output, but only ``drain()`` sends
+            # it on its own (``ack_deferred_at``): data or a FIN the application sends
+            # before the drain carries it instead (one segment, not two).
             self.ack_now = True
-            _output.transmit(self, now)
+            self.ack_deferred_at = now
 
     def app_shutdown(self, now: float) -> None:
         """Half-close (RFC 9293 §3.10.4 CLOSE of the send side): FIN after queued data."""
@@ -575,7 +587,7 @@ class Connection:
         if tcb.ack_on_commit and self.rcv_buf.commit_offset < self.rcv_buf.read_offset:
             # Closing says the app is done with what it read: acknowledge it (and a
             # pending FIN), or the peer would retransmit it for ever.
-            self._commit_to(self.rcv_buf.read_offset, now, transmit=False)
+            self._commit_to(self.rcv_buf.read_offset, now)
             if tcb.state is TcpState.CLOSED:
                 return
         if not tcb.app_closed:
@@ -597,7 +609,16 @@ class Connection:
         self._set_state(TcpState.CLOSED, "app_abort")
 
     def drain(self) -> Step:
-        """Everything produced since the last drain: delta, segments, events."""
+        """Everything produced since the last drain: delta, segments, events.
+
+        A window update deferred by a read (``_commit_to``) that no segment has carried
+        since is sent now, stamped with the time of that read.
+        """
+        deferred_at = self.ack_deferred_at
+        if deferred_at is not None:
+            self.ack_deferred_at = None
+            if self.ack_now:
+                _output.transmit(self, deferred_at)
         out = self._out
         events = self._events
         dirty = self._dirty
@@ -696,7 +717,7 @@ class Connection:
         if not tcb.ack_on_commit:
             self.rx_needs = self.version + 1
 
-    def _rx_append(self, offset: int, data: bytes) -> None:
+    def _rx_append(self, offset: int, data: bytes | memoryview) -> None:
         self.rcv_buf.append(data)
         if not self.tcb.ack_on_commit:
             self._rx_ops.append((offset, data))

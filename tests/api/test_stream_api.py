@@ -334,6 +334,29 @@ async def test_handler_exception_resets_only_its_connection(
             nursery.cancel_scope.cancel()
 
 
+async def test_request_response_server_sends_three_segments(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Client closes first, as a short HTTP/1.0 exchange. The server sends its SYN-ACK,
+    # the answer -- which carries the window update the read of the request made due
+    # (the answer joins the read's round: Runtime.hold) -- and its FIN, which carries
+    # the delayed ACK of the client's FIN (RFC 1122 §4.2.3.2; Linux does the same).
+    with trio.fail_after(BUDGET):
+        async with open_sim_pair(25) as pair, trio.open_nursery() as nursery:
+            await nursery.start(pair.server.serve, echo, PORT)
+            stats = pair.server.runtime.stats
+            for _ in range(3):
+                before = stats["packets_out"]
+                client = await pair.client.connect(pair.server_address, PORT)
+                await client.send_all(b"x" * 100)
+                assert await receive_exactly(client, 100) == b"x" * 100
+                await client.aclose()
+                await trio.sleep(1)
+                assert not pair.server.runtime.flows
+                assert stats["packets_out"] - before == 3
+            nursery.cancel_scope.cancel()
+
+
 async def test_serve_echo_closes_after_handler_returns(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

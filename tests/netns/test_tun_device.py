@@ -74,6 +74,8 @@ async def recv_udp_payload(dev: TunDevice, dport: int) -> bytes:
     """Read batches until a UDP datagram to ``dport`` arrives (MLD etc. are skipped)."""
     for _ in range(100):
         for pkt in await dev.recv_batch(64):
+            # A view of a fresh, immutable bytes object: the stack may keep it for good.
+            assert type(pkt.obj) is bytes
             payload = udp_payload_of(bytes(pkt), dport)
             if payload is not None:
                 return payload

@@ -152,6 +152,7 @@ async def read_tcp(dev: TunDevice, port: int, *, batches: int = 200) -> tuple[by
     """Read until a TCP packet from or to ``port`` arrives; return its bytes and parse."""
     for _ in range(batches):
         for raw in await dev.recv_batch(64):
+            assert type(raw.obj) is bytes  # fresh and immutable: the stack may keep views
             try:
                 pkt = parse_packet_untrusted(raw, verify_checksum=False)
             except Exception:

@@ -95,6 +95,23 @@ async def test_many_trims_inside_one_append(store: Store) -> None:
     assert (rec.tx, rec.tx_offset) == (data[10_000:] + b"tail", 10_000)
 
 
+async def test_received_bytes_as_views_of_immutable_bytes(store: Store) -> None:
+    """``RxAppend`` data may be a view of a packet's ``bytes`` (tcp/_arrive.keep_payload):
+    large ones go uncopied, small ones (a spill's slice) are packed like ``bytes``."""
+    packet = bytes(range(256)) * 300  # 76,800 bytes
+    big = memoryview(packet)[100:70_100]
+    small = memoryview(packet)[70_100:70_200]
+    await store.claim("f", 1)
+    await store.commit([d("f", 1, 1, RxAppend(0, big), RxAppend(70_000, small))])
+    rec = await store.load("f")
+    assert rec is not None
+    assert (rec.rx, rec.rx_offset) == (packet[100:70_200], 0)
+    await store.commit([d("f", 1, 2, RxTrim(50_000))])
+    rec = await store.load("f")
+    assert rec is not None
+    assert (rec.rx, rec.rx_offset) == (packet[50_100:70_200], 50_000)
+
+
 async def test_reapplying_a_batch_is_harmless(store: Store) -> None:
     """Deltas are absolute and idempotent: a retried group commit changes nothing."""
     await store.claim("f", 1)

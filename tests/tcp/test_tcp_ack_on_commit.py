@@ -158,8 +158,16 @@ def test_fin_waits_for_the_commit_of_every_byte_before_it() -> None:
     assert step.delta is not None
     fields = tcb_fields(step)
     assert fields["fin_received"] is True and fields["state"] == "CLOSE-WAIT"
+    # A passive close: the FIN's ACK is a delayed ACK (RFC 1122 §4.2.3.2; Linux), which
+    # the app's own FIN would carry; here the app does not close, so the timer sends it.
+    assert step.segments == ()
+    deadline = conn.next_deadline()  # (here the spill timer armed by the arrival)
+    assert deadline is not None and deadline <= 1.1 + AOC.delayed_ack_timeout
+    version = step.delta.version
+    conn.on_timer(max(deadline, 1.1))
+    step = conn.drain()
     assert list(step.segments) == [  # the FIN's ACK needs fin_received durable
-        s(ack=sq(REMOTE_SEQ, 5), window=BUF - 5, needs_version=step.delta.version)
+        s(ack=sq(REMOTE_SEQ, 5), window=BUF - 5, needs_version=version)
     ]
 
 

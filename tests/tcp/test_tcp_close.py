@@ -6,6 +6,7 @@ from tcp_helpers import (
     BUF,
     CONFIG,
     LOCAL_SEQ,
+    MSS,
     REMOTE_ISS,
     REMOTE_SEQ,
     conn_close_wait,
@@ -94,20 +95,45 @@ def test_closing_fixture() -> None:
 def test_passive_close() -> None:
     conn = conn_established()
     send(conn, r(payload=b"bye", flags=ACK | FIN), at=1.0)
-    step = expect(conn, [s(ack=sq(REMOTE_SEQ, 4), window=BUF - 4)])  # FIN: ACK at once
+    # The FIN's ACK is a delayed ACK (RFC 1122 §4.2.3.2, RFC 9293 §3.8.6.3), as Linux
+    # delays it on a passive close (tcp_fin: pingpong mode): our own FIN carries it if
+    # the application closes within the delay -- one segment instead of two.
+    step = expect_nothing(conn)
+    assert conn.next_deadline() == 1.0 + CONFIG.delayed_ack_timeout
     assert step.events == (DataReadable(), EofReceived())
     assert conn.state is TcpState.CLOSE_WAIT
     assert not conn.at_eof
     assert conn.app_receive(10, 1.0) == b"bye"
     assert conn.at_eof
-    conn.drain()
-    conn.app_close(1.1)
+    expect_nothing(conn)  # no window update once the peer's FIN arrived
+    conn.app_close(1.01)
     expect(conn, [s(ack=sq(REMOTE_SEQ, 4), flags=ACK | FIN, window=BUF - 4)])
     assert conn.state is TcpState.LAST_ACK
     send(conn, r(seq=sq(REMOTE_SEQ, 4), ack=sq(LOCAL_SEQ, 1)), at=1.2)
     step = expect_nothing(conn)
     assert step.events == (Closed(),)
     assert conn.state is TcpState.CLOSED
+
+
+def test_passive_close_acks_the_fin_at_the_delayed_ack_deadline() -> None:
+    conn = conn_established()
+    send(conn, r(flags=ACK | FIN), at=1.0)
+    expect_nothing(conn, at=1.0 + CONFIG.delayed_ack_timeout / 2)
+    assert conn.state is TcpState.CLOSE_WAIT
+    delack = s(ack=sq(REMOTE_SEQ, 1), window=BUF - 1)  # the edge stays (RFC 7323 §2.4)
+    expect(conn, [delack], at=1.0 + CONFIG.delayed_ack_timeout)
+    conn.app_close(2.0)  # later: the FIN alone
+    expect(conn, [s(ack=sq(REMOTE_SEQ, 1), flags=ACK | FIN, window=BUF - 1)])
+    assert conn.state is TcpState.LAST_ACK
+
+
+def test_passive_close_acks_at_once_what_else_is_due() -> None:
+    # Two full-sized segments with the FIN: RFC 5681 §4.2 wants their ACK at once.
+    conn = conn_established()
+    send(conn, r(payload=b"x" * MSS), at=1.0)
+    send(conn, r(seq=sq(REMOTE_SEQ, MSS), payload=b"y" * MSS, flags=ACK | FIN), at=1.0)
+    expect(conn, [s(ack=sq(REMOTE_SEQ, 2 * MSS + 1), window=BUF - 2 * MSS - 1)])
+    assert conn.state is TcpState.CLOSE_WAIT
 
 
 def test_last_ack_retransmits_fin() -> None:

@@ -22,6 +22,7 @@ from tcp_helpers import (
 
 from stcp_framework.tcp.delta import RxAppend, RxTrim, TcbSet, TxAppend, TxTrim
 from stcp_framework.tcp.events import DataReadable, SendSpace
+from stcp_framework.tcp.machine import Connection
 from stcp_framework.wire.tcp import ACK, PSH
 
 
@@ -211,3 +212,33 @@ def test_bulk_64k_segments_zero_copy() -> None:
     assert rx[0].data == bytes(incoming)
     out = conn.app_receive(1 << 20, 1.2)
     assert out is rx[0].data  # the delta's bytes and the app's bytes are one copy
+
+
+def _rx_appends(conn: Connection) -> list[RxAppend]:
+    step = conn.drain()
+    assert step.delta is not None
+    return [op for op in step.delta.ops if isinstance(op, RxAppend)]
+
+
+def test_a_large_view_of_immutable_bytes_is_kept_uncopied() -> None:
+    # What TunDevice reads into (a fresh bytes object per packet): nobody can change it.
+    conn = conn_established(replace(CONFIG, recv_buffer_size=1 << 16))
+    packet = bytes(range(256)) * 200
+    payload = memoryview(packet)[1000:41000]
+    send(conn, r(payload=payload), at=1.0)
+    (op,) = _rx_appends(conn)
+    assert isinstance(op.data, memoryview) and op.data.obj is packet  # no copy
+    assert conn.app_receive(1 << 16, 1.0) == packet[1000:41000]
+
+
+def test_a_view_of_a_reusable_buffer_or_a_small_view_is_copied() -> None:
+    conn = conn_established(replace(CONFIG, recv_buffer_size=1 << 16))
+    pool = bytearray(range(256)) * 200  # a device's reused receive buffer
+    send(conn, r(payload=memoryview(pool)[1000:41000]), at=1.0)
+    small = bytes(range(100))
+    send(conn, r(seq=sq(REMOTE_SEQ, 40000), payload=memoryview(small)[:50]), at=1.0)
+    ops = _rx_appends(conn)
+    assert all(type(op.data) is bytes for op in ops)
+    expected = bytes(pool[1000:41000]) + small[:50]
+    pool[1000:41000] = bytes(40000)  # the device reuses its buffer
+    assert conn.app_receive(1 << 16, 1.0) == expected
