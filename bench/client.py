@@ -300,7 +300,11 @@ def _echo_round(socks: list[socket.socket], selector: selectors.BaseSelector) ->
 def scale(
     host: str, port: int, levels: list[int], rounds: int, server_pid: int, deadline_s: float
 ) -> Result:
-    """Grow to each level of concurrent echo connections; RSS and echo-round time there."""
+    """Grow to each level of concurrent echo connections; RSS and echo-round time there,
+    and the server's CPU time per round (the client's own epoll loop grows faster than
+    linearly, so its wall time overstates the server's cost at high levels)."""
+    from bench.run import server_cpu_s  # the same clock as the CPU table
+
     _raise_nofile_limit()
     socks: list[socket.socket] = []
     selector = selectors.DefaultSelector()
@@ -324,6 +328,7 @@ def scale(
             _echo_round(socks, selector)  # warm-up: buffers and per-connection state exist now
             rss_kb = read_vm_rss_kb(server_pid)
             times: list[float] = []
+            cpu_before = server_cpu_s(server_pid)
             for _ in range(rounds):
                 if time.perf_counter() > stop_at:
                     timed_out = True
@@ -331,6 +336,11 @@ def scale(
                 times.append(_echo_round(socks, selector))
             if not times:
                 break
+            cpu_after = server_cpu_s(server_pid)
+            server_ms = (
+                None if cpu_before is None or cpu_after is None
+                else (cpu_after - cpu_before) / len(times) * 1e3
+            )
             out.append(
                 {
                     "connections": level,
@@ -338,6 +348,7 @@ def scale(
                     "rss_after_rounds_kb": read_vm_rss_kb(server_pid),
                     "round_ms": statistics.median(times) * 1e3,
                     "round_ms_min": min(times) * 1e3,
+                    "server_cpu_ms": server_ms,
                     "open_s": open_s,
                 }
             )
