@@ -130,6 +130,15 @@ class Store(Protocol):
     async def forget(self, flow_id: str, epoch: int) -> None:
         """Remove a closed flow."""
 
+    async def forget_many(self, items: Sequence[tuple[str, int]]) -> list[str]:
+        """Remove closed flows ``(flow_id, epoch)`` in one round trip where the store
+        can; returns the ids left alone because a newer epoch owns them (fenced).
+
+        Raises:
+            StoreUnavailable: The store is unreachable (nothing or part was removed;
+                recovery removes the rest).
+        """
+
     async def list_flows(self) -> list[str]:
         """Every flow id the store holds."""
 

@@ -236,6 +236,18 @@ class MemoryStore:
                 raise FencedOut(f"{flow_id}: epoch {epoch} < owner epoch {flow.epoch}", [flow_id])
             del self._flows[flow_id]
 
+    async def forget_many(self, items: Sequence[tuple[str, int]]) -> list[str]:
+        fenced = []
+        for flow_id, epoch in items:
+            flow = self._flows.get(flow_id)
+            if flow is None:
+                continue
+            if epoch < flow.epoch:
+                fenced.append(flow_id)
+            else:
+                del self._flows[flow_id]
+        return fenced
+
     async def list_flows(self) -> list[str]:
         return sorted(self._flows)
 

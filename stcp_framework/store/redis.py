@@ -1142,18 +1142,11 @@ class RedisStore:
         rx_geo, tx_geo = meta.rx, meta.tx
         rx, tx = rx_geo.live_bounds(), tx_geo.live_bounds()
         for _ in range(_KEY_RETRIES):
-            rx_first, rx_n = _chunk_range(*rx)
-            tx_first, tx_n = _chunk_range(*tx)
-            keys = [K.tcb_key(tag), K.owner_key(tag), K.app_key(tag), self._index]
-            keys += [K.rx_chunk_key(tag, n) for n in range(rx_first, rx_first + rx_n)]
-            keys += [K.tx_chunk_key(tag, n) for n in range(tx_first, tx_first + tx_n)]
-            args: list[Any] = [CHUNK_SIZE, epoch, flow_id, rx_first, rx_n, tx_first, tx_n]
+            keys, args = self._forget_call(flow_id, epoch, rx, tx)
             with _store_errors("forget"):
                 reply = self._forget(keys=keys, args=args)
             if reply[0] == b"OK":
-                self._first.pop(flow_id, None)
-                self._tags.pop(flow_id, None)
-                self._names.pop(flow_id, None)
+                self._drop_caches(flow_id)
                 return
             if reply[0] == b"FENCED":
                 raise FencedOut(
@@ -1162,6 +1155,61 @@ class RedisStore:
             rx = (int(reply[1]), int(reply[2]))
             tx = (int(reply[3]), int(reply[4]))
         raise StoreError(f"forget {flow_id}: its buffers kept changing; retry later")
+
+    async def forget_many(self, items: Sequence[tuple[str, int]]) -> list[str]:
+        return await trio.to_thread.run_sync(self.forget_many_sync, items)
+
+    def forget_many_sync(self, items: Sequence[tuple[str, int]]) -> list[str]:
+        """``forget`` of many flows in two pipelined round trips (their chunk geometry,
+        then one FORGET script each); a flow whose chunks moved meanwhile is retried
+        alone. Returns the fenced flow ids.
+
+        Raises:
+            StoreUnavailable: Redis unreachable.
+        """
+        if not items:
+            return []
+        with _store_errors("forget"):
+            pipe = self._client.pipeline(transaction=False)
+            for flow_id, _ in items:
+                pipe.hget(K.tcb_key(self._tag(flow_id)), K.META_FIELD)
+            metas = pipe.execute()
+            pipe = self._client.pipeline(transaction=False)
+            for (flow_id, epoch), raw in zip(items, metas, strict=True):
+                meta = _Meta.parse(raw)
+                keys, args = self._forget_call(flow_id, epoch, meta.rx.live_bounds(),
+                                               meta.tx.live_bounds())
+                self._forget(keys=keys, args=args, client=pipe)
+            replies = pipe.execute()
+        fenced: list[str] = []
+        for (flow_id, epoch), reply in zip(items, replies, strict=True):
+            if reply[0] == b"OK":
+                self._drop_caches(flow_id)
+            elif reply[0] == b"FENCED":
+                fenced.append(flow_id)
+            else:  # its buffers changed between the two round trips
+                try:
+                    self.forget_sync(flow_id, epoch)
+                except FencedOut:
+                    fenced.append(flow_id)
+        return fenced
+
+    def _forget_call(
+        self, flow_id: str, epoch: int, rx: tuple[int, int], tx: tuple[int, int]
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of the FORGET script for the given live chunk ranges."""
+        tag = self._tag(flow_id)
+        rx_first, rx_n = _chunk_range(*rx)
+        tx_first, tx_n = _chunk_range(*tx)
+        keys = [K.tcb_key(tag), K.owner_key(tag), K.app_key(tag), self._index]
+        keys += [K.rx_chunk_key(tag, n) for n in range(rx_first, rx_first + rx_n)]
+        keys += [K.tx_chunk_key(tag, n) for n in range(tx_first, tx_first + tx_n)]
+        return keys, [CHUNK_SIZE, epoch, flow_id, rx_first, rx_n, tx_first, tx_n]
+
+    def _drop_caches(self, flow_id: str) -> None:
+        self._first.pop(flow_id, None)
+        self._tags.pop(flow_id, None)
+        self._names.pop(flow_id, None)
 
     async def list_flows(self) -> list[str]:
         return await trio.to_thread.run_sync(self.list_flows_sync)

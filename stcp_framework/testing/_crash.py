@@ -108,6 +108,10 @@ class _GatedStore:
         await self._gate()
         await self._inner.forget(flow_id, epoch)
 
+    async def forget_many(self, items: Sequence[tuple[str, int]]) -> list[str]:
+        await self._gate()
+        return await self._inner.forget_many(items)
+
     async def list_flows(self) -> list[str]:
         await self._gate()
         return await self._inner.list_flows()

@@ -309,6 +309,20 @@ async def test_forget_drops_buffers(store: Store) -> None:
     assert rec is not None and rec.rx == b"new" and rec.tx == b""
 
 
+
+async def test_forget_many_removes_each_and_reports_the_fenced(store: Store) -> None:
+    await store.commit([d("a", 1, 1, RxAppend(0, b"r" * (2 * C + 5)), TxAppend(0, b"t" * 5)),
+                        d("b", 1, 1, TcbSet({"state": "CLOSED"}))])  # fmt: skip
+    await store.claim("c", 3)
+    assert await store.forget_many([("a", 1), ("c", 2), ("nope", 1), ("b", 1)]) == ["c"]
+    assert await store.list_flows() == ["c"]
+    assert await store.load("a") is None
+    await store.commit([d("a", 2, 1, RxAppend(0, b"new"))])  # the 4-tuple is reused
+    rec = await store.load("a")
+    assert rec is not None and rec.rx == b"new"
+    assert await store.forget_many([]) == []
+
+
 # -- batched claim, load and describe (restoring many flows at once) -----------------------
 
 async def test_claim_many_claims_in_order_and_skips_fenced_flows(store: Store) -> None:
