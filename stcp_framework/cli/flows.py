@@ -35,6 +35,8 @@ _COLUMNS = (
     ("sent_offset", "Sent", ">"),
     ("rx_buffered", "Rx-Q", ">"),
     ("tx_buffered", "Tx-Q", ">"),
+    ("tx_from_sources", "Tx-Src", ">"),
+    ("acks", "Acks", "<"),
     ("app_state_size", "App", ">"),
 )
 
@@ -48,7 +50,10 @@ class FlowRow:
     Offsets are stream offsets (``tcp/tcb.py``): ``recv_offset`` (``rcv_nxt``) is the end
     of what was received, ``read_offset`` what the app read, ``commit_offset`` what it
     committed; ``acked_offset`` (``snd_una``) and ``sent_offset`` (``snd_nxt``) are the
-    outbound ones. ``rx_buffered``/``tx_buffered`` are the bytes the store holds.
+    outbound ones. ``rx_buffered``/``tx_buffered`` are the bytes the store holds;
+    ``tx_from_sources`` the unacknowledged outbound bytes a restart re-reads from their
+    sources instead (``Stream.send_from``). ``acks``: ``"store"`` (ACKs cover stored
+    bytes: strict or async durability) or ``"commit"`` (ack-on-commit).
     """
 
     instance: str
@@ -66,6 +71,8 @@ class FlowRow:
     sent_offset: int | None
     rx_buffered: int | None
     tx_buffered: int | None
+    tx_from_sources: int | None
+    acks: str | None
     app_state_size: int | None
 
 
@@ -85,11 +92,23 @@ def _endpoints(flow_id: str) -> tuple[str, str, tuple[Any, ...]]:
     return ends[0], ends[2], (0, len(local), local, lport, len(remote), remote, rport, flow_id)
 
 
+def _from_sources(tcb: dict[str, Any], acked: int | None) -> int | None:
+    """Unacknowledged bytes of the flow's regenerable extents (``tcp/txmap.py``)."""
+    from ..tcp.txmap import TxMap
+
+    try:
+        txmap = TxMap.decode(str(tcb.get("tx_refs") or ""), 0)
+    except ValueError:
+        return None
+    below = max(acked or 0, 0)
+    return sum(max(0, r.end - max(r.start, below)) for r in txmap.refs)
+
+
 def make_row(instance: str, flow_id: str, info: FlowInfo | None) -> FlowRow:
     """A table row from what the store described (``info`` None: the record vanished)."""
     local, peer, _ = _endpoints(flow_id)
     if info is None:
-        return FlowRow(instance, flow_id, local, peer, *([None] * 12))
+        return FlowRow(instance, flow_id, local, peer, *([None] * 14))
     tcb = info.tcb
     state = tcb.get("state")
     snd_una, snd_nxt = _int(tcb.get("snd_una")), _int(tcb.get("snd_nxt"))
@@ -113,6 +132,8 @@ def make_row(instance: str, flow_id: str, info: FlowInfo | None) -> FlowRow:
         sent_offset=sent,
         rx_buffered=info.rx_len,
         tx_buffered=info.tx_len,
+        tx_from_sources=_from_sources(tcb, acked),
+        acks="commit" if tcb.get("ack_on_commit") else "store",
         app_state_size=info.app_state_len,
     )
 
@@ -269,7 +290,10 @@ def add_flows_parser(subparsers: Any) -> None:
             "local and peer address:port, the owner's fencing epoch, stream offsets (Read "
             "and Commit: inbound bytes the app read and committed; Acked: outbound bytes "
             "the peer acknowledged, snd_una; Sent: snd_nxt), the bytes buffered in the "
-            "store (Rx-Q received, Tx-Q to send) and the size of the app state, then a "
+            "store (Rx-Q received, Tx-Q to send), the bytes to send that a restart re-reads "
+            "from their source instead (Tx-Src, Stream.send_from), what ACKs cover (Acks: "
+            "store, or commit with --durability ack-on-commit) and the size of the app "
+            "state, then a "
             "summary line. Reads only: a running server is not disturbed. Exits 2 with "
             "one line if the store does not answer."
         ),

@@ -23,7 +23,7 @@ from stcp_framework.store.redis import RedisStore
 from stcp_framework.tcp.delta import AppCommit, StateDelta
 
 HEADER = ["State", "Local", "Peer", "Epoch", "Read", "Commit", "Acked", "Sent", "Rx-Q", "Tx-Q",
-          "App"]
+          "Tx-Src", "Acks", "App"]
 
 
 @pytest.fixture(scope="module")
@@ -91,10 +91,11 @@ def test_the_table_lists_every_flow_sorted_with_offsets_and_sizes(
         ["[2001:db8::2]:8443", "[2001:db8::1]:443"],
     ]
     busy = rows[2]
-    # state, epoch, read, commit, acked, sent, rx-q (received - read), tx-q (sent - acked), app
+    # state, epoch, read, commit, acked, sent, rx-q (received - read), tx-q (sent - acked),
+    # tx-src (nothing sent from a source), acks (strict: ACKs cover stored bytes), app
     assert busy[0] == "ESTABLISHED"
-    assert busy[3:] == ["4", "40", "40", "1000", "3000", "60", "2000", "12"]
-    assert rows[1][3:] == ["4", "5", "5", "0", "0", "0", "0", "-"]
+    assert busy[3:] == ["4", "40", "40", "1000", "3000", "60", "2000", "0", "store", "12"]
+    assert rows[1][3:] == ["4", "5", "5", "0", "0", "0", "0", "0", "store", "-"]
     assert lines[-1] == ("4 flows (instance default; 4 ESTABLISHED); buffered: 60 B received, "
                          "2000 B to send, 12 B app state")
     assert max(len(line) for line in lines) <= 120
@@ -109,7 +110,7 @@ def test_all_lists_every_instance_with_its_name(
     rows = [line.split() for line in lines[1:-1]]
     assert [row[0] for row in rows] == ["default"] * 4 + ["web"]
     assert rows[-1][1:5] == ["ESTABLISHED", "198.18.0.2:80", "198.19.0.1:20000", "9"]
-    assert rows[-1][-3:] == ["7", "0", "-"]
+    assert rows[-1][-5:] == ["7", "0", "0", "store", "-"]
     assert lines[-1].startswith("5 flows (2 instances; 5 ESTABLISHED); buffered: 67 B received")
 
 
@@ -128,7 +129,7 @@ def test_json_has_every_field_of_each_flow(
         "version": driven.deltas[-1].delta.version, "recv_offset": tcb.rcv_nxt_offset,
         "read_offset": 0, "commit_offset": tcb.commit_offset, "app_commit_offset": 0,
         "acked_offset": 0, "sent_offset": 0, "rx_buffered": 7, "tx_buffered": 0,
-        "app_state_size": None,
+        "tx_from_sources": 0, "acks": "store", "app_state_size": None,
     }]
     assert report["totals"] == {"flows": 1, "rx_buffered": 7, "tx_buffered": 0,
                                 "app_state_size": 0}
@@ -162,3 +163,18 @@ def test_an_unreachable_url_is_one_line_without_the_password(
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "store at redis://:***@127.0.0.1:1/0 is not reachable" in err[0]
     assert "hunter2" not in err[0]
+
+
+def test_a_row_shows_bytes_sent_from_sources_and_ack_on_commit() -> None:
+    from stcp_framework.cli.flows import make_row
+    from stcp_framework.store.base import FlowInfo
+
+    tcb: dict[str, object] = {
+        "state": "ESTABLISHED", "snd_una": 100, "snd_nxt": 5100, "snd_una_offset": 1000,
+        "ack_on_commit": True, "tx_refs": '[[0,3000,0,"chargen"],[4000,9000,0,"file:1:2:3:/x"]]',
+    }
+    info = FlowInfo("198.18.0.2:19-198.19.0.1:5/00000001", 3, 7, tcb, 0, 0, 0, 12, None, 0)
+    row = make_row("default", info.flow_id, info)
+    assert (row.acked_offset, row.sent_offset) == (1000, 6000)
+    assert row.tx_from_sources == 2000 + 9000  # what is not acknowledged of each extent
+    assert row.acks == "commit" and row.tx_buffered == 12
