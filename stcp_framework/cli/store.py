@@ -15,7 +15,8 @@ FSYNC_POLICIES = ("everysec", "always")  # as store.embedded.FSYNC_POLICIES
 
 _DIR_HELP = (
     "store directory: socket, pidfile, log and AOF live here (default: /var/lib/stcp/store "
-    "for root, else $XDG_STATE_HOME/stcp/store, i.e. ~/.local/state/stcp/store)"
+    "for root, else $XDG_STATE_HOME/stcp/store, i.e. ~/.local/state/stcp/store); "
+    "--store-dir is the same option, spelled as `stcp run` and `stcp flows` spell it"
 )
 
 
@@ -78,7 +79,7 @@ def add_store_parser(subparsers: Any) -> None:
             "commit before acknowledging it (slower, nothing lost on power loss)."
         ),
     )
-    up.add_argument("--dir", help=_DIR_HELP)
+    up.add_argument("--dir", "--store-dir", dest="dir", help=_DIR_HELP)
     up.add_argument(
         "--appendfsync",
         choices=FSYNC_POLICIES,
@@ -96,7 +97,7 @@ def add_store_parser(subparsers: Any) -> None:
             "running `stcp run` stall (no data is acknowledged) until the store is back."
         ),
     )
-    down.add_argument("--dir", help=_DIR_HELP)
+    down.add_argument("--dir", "--store-dir", dest="dir", help=_DIR_HELP)
     down.set_defaults(func=_cmd_down)
 
     status = sub.add_parser(
@@ -108,5 +109,5 @@ def add_store_parser(subparsers: Any) -> None:
             "if it runs, 3 if not."
         ),
     )
-    status.add_argument("--dir", help=_DIR_HELP)
+    status.add_argument("--dir", "--store-dir", dest="dir", help=_DIR_HELP)
     status.set_defaults(func=_cmd_status)

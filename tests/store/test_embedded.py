@@ -63,7 +63,8 @@ def test_up_status_down_end_to_end(store_dir: Path, capsys: pytest.CaptureFixtur
     store = RedisStore.from_url(url, service="web")
     store.commit_sync([FlowDelta("f", 1, StateDelta(1, (RxAppend(0, b"kept"),)))])
     store.client.close()
-    assert stcp("store", "status", "--dir", str(store_dir)) == 0
+    # --store-dir, as `stcp run` and `stcp flows` spell it, names the same directory
+    assert stcp("store", "status", "--store-dir", str(store_dir)) == 0
     report = capsys.readouterr().out
     assert f"pid: {pid}" in report and "flows: 1 (web: 1)" in report
     assert "appendfsync: everysec" in report and "version: " in report
