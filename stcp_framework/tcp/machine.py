@@ -546,8 +546,10 @@ class Connection:
                     _arrive.check_fin(self, offset, now)
                 if self.ack_now:
                     self.ack_deferred_at = now  # as a window update: a reply may carry it
-                return
-            self._rx_trim = offset
+                # Committing spilled bytes moves the right edge but not the ACK: the
+                # window update below is then the only news for the peer.
+            else:
+                self._rx_trim = offset
         # No window update once the peer's FIN arrived (Linux tcp_cleanup_rbuf under
         # RCV_SHUTDOWN): it can send nothing more, and from TIME-WAIT an update would
         # meet a peer that already forgot the connection (and answers RST).
@@ -557,6 +559,10 @@ class Connection:
             # before the drain carries it instead (one segment, not two).
             self.ack_now = True
             self.ack_deferred_at = now
+            if tcb.ack_on_commit:
+                # Its right edge is the new commit point + buffer: a restore must not
+                # find an older commit and shrink the window the peer saw (G3).
+                self.rx_needs = self.version + 1
 
     def app_shutdown(self, now: float) -> None:
         """Half-close (RFC 9293 §3.10.4 CLOSE of the send side): FIN after queued data."""

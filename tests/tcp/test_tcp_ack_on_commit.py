@@ -222,3 +222,18 @@ def test_spilled_bytes_still_count_against_the_buffer_until_committed() -> None:
     assert [(seg.ack, seg.window) for seg in step.segments] == [(sq(REMOTE_SEQ, 3000), BUF - 3000)]
     send(conn, r(seq=sq(REMOTE_SEQ, 3000), payload=b"b" * BUF), at=1.1)
     assert conn.recv_available == BUF  # trimmed to the edge
+
+
+def test_a_read_after_a_spill_reopens_the_window_with_an_update() -> None:
+    """Spilled bytes already ACKed fill the window; committing them (a read) moves the
+    right edge but not the ACK, so only a window update tells the peer -- without it
+    the peer waits on its zero-window probe timer (seen once as a 37 s stall)."""
+    conn = conn_established(AOC)
+    send(conn, r(payload=b"x" * BUF), at=1.0)
+    conn.drain()
+    conn.on_timer(1.0 + AOC.commit_wait)  # spill: everything stored and acknowledged
+    step = conn.drain()
+    assert [(seg.ack, seg.window) for seg in step.segments] == [(sq(REMOTE_SEQ, BUF), 0)]
+    assert conn.app_receive(BUF // 2, 1.1) == b"x" * (BUF // 2)
+    step = conn.drain()
+    assert [(seg.ack, seg.window) for seg in step.segments] == [(sq(REMOTE_SEQ, BUF), BUF // 2)]
