@@ -63,6 +63,7 @@ from types import FrameType
 
 import redis
 import trio
+from run import render_table  # bench/run.py: run as a script, bench/ is on sys.path
 
 from stcp_framework.stack.flows import flow_id_of
 from stcp_framework.stack.recovery import RESTORE_BATCH
@@ -475,23 +476,6 @@ async def measure_memory(level: Level, flows: Sequence[IdleFlow], server: RedisS
 
 
 # ------------------------------------------------------------------ output
-
-
-def render_table(title: str, headers: list[str], rows: list[list[str]], note: str = "") -> str:
-    """A Markdown table (readable as plain text too); as ``bench/run.py``'s."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    out = [f"### {title}", ""]
-    out.append("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |")
-    out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        cells = [
-            c.rjust(w) if i else c.ljust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        out.append("| " + " | ".join(cells) + " |")
-    if note:
-        out += ["", note]
-    return "\n".join(out)
 
 
 def fmt(value: float | None) -> str:

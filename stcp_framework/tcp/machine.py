@@ -444,21 +444,33 @@ class Connection:
         Raises:
             LocalProtocolError: The send side is closed (shutdown, close, reset).
         """
-        tcb = self.tcb
-        if not tcb.state.can_send() or tcb.app_closed:
-            raise LocalProtocolError(f"send in state {tcb.state}")
-        n = min(len(data), self.config.send_buffer_size - len(self.snd_buf))
-        if n <= 0:
+        accepted = self._accept(data)
+        if accepted is None:
             return 0
-        chunk = data if (type(data) is bytes and n == len(data)) else bytes(data[:n])
-        offset = self.snd_buf.append(chunk)
+        chunk, offset = accepted
         txmap = self.txmap
         if txmap.refs or txmap.ref_base:
             offset = txmap.literal(offset)  # the store holds literal bytes only
         self._tx_ops.append((offset, chunk))
         self.tx_needs = self.version + 1
         _output.transmit(self, now)
-        return n
+        return len(chunk)
+
+    def _accept(self, data: bytes | memoryview) -> tuple[bytes, int] | None:
+        """SEND's common part: refuse a closed send side, take what the send buffer cap
+        allows (G6) into the buffer; (the chunk kept, its stream offset) or None if full.
+
+        Raises:
+            LocalProtocolError: The send side is closed (shutdown, close, reset).
+        """
+        tcb = self.tcb
+        if not tcb.state.can_send() or tcb.app_closed:
+            raise LocalProtocolError(f"send in state {tcb.state}")
+        n = min(len(data), self.config.send_buffer_size - len(self.snd_buf))
+        if n <= 0:
+            return None
+        chunk = data if (type(data) is bytes and n == len(data)) else bytes(data[:n])
+        return chunk, self.snd_buf.append(chunk)
 
     def app_send_ref(
         self, data: bytes | memoryview, name: str, src_offset: int, now: float
@@ -470,14 +482,11 @@ class Connection:
         Raises:
             LocalProtocolError: The send side is closed (shutdown, close, reset).
         """
-        tcb = self.tcb
-        if not tcb.state.can_send() or tcb.app_closed:
-            raise LocalProtocolError(f"send in state {tcb.state}")
-        n = min(len(data), self.config.send_buffer_size - len(self.snd_buf))
-        if n <= 0:
+        accepted = self._accept(data)
+        if accepted is None:
             return 0
-        chunk = data if (type(data) is bytes and n == len(data)) else bytes(data[:n])
-        offset = self.snd_buf.append(chunk)
+        chunk, offset = accepted
+        n = len(chunk)
         self.txmap.add(offset, n, name, src_offset)
         self._set("tx_refs", self.txmap.encode())
         self.tx_needs = self.version + 1  # the extent is durable before its bytes leave

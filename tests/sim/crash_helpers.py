@@ -144,6 +144,7 @@ class Oracle:
         self.max_edge: int | None = None
         self.strict_window = strict_window
         self.checked_acks = 0
+        self.max_tx_stored = 0  # largest send stream end the store held (literal bytes)
         self._flow_ids: dict[tuple[bytes, int, bytes, int, int], str] = {}
         # Server packets on their way to the client, to tell which incarnation sent
         # each one the client receives (the network is FIFO: constant delay).
@@ -201,6 +202,7 @@ class Oracle:
             self._violation(now, f"segment of {flow_id} sent with no durable TCB")
             return
         tcb, rx_end, tx_end = view
+        self.max_tx_stored = max(self.max_tx_stored, tx_end)
         if seg.flags & ACK:
             # G1: ack = IRS + 1 + offset (the SYN takes one sequence number).
             ack_offset = seq_diff(Seq(seg.ack), Seq(int(tcb["irs"]))) - 1
