@@ -56,6 +56,13 @@ class TcpConfig:
     keepalive_probes: int = 9
     challenge_ack_limit: int = 10
     gso_max: int = 0
+    ack_stretch_max: int = 1024 * 1024
+    """Stretch ACKs: in-order data arriving between two ``drain()`` calls (one batch of
+    packets from the device) is acknowledged once, at the drain, instead of at every
+    second full-sized segment (RFC 5681 §4.2 SHOULD) -- unless this many bytes are
+    unacknowledged, then at once. The ACKs of one batch leave together in any case;
+    fewer of them cost us and the peer less (Linux's GRO receivers send the same kind
+    of stretch ACK). ``0``: one ACK per two full-sized segments."""
     manual_commit: bool = False
     """Level 2 (``Stream.commit``): received bytes stay in the store until the app
     commits them, count against the window (G6), and are replayed after a restore.

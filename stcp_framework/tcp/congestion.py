@@ -37,14 +37,21 @@ class NewReno:
         """New data acknowledged outside fast recovery (RFC 5681 §3.1)."""
         mss = self.mss
         if self.cwnd < self.ssthresh:
-            # Slow start with RFC 3465 ABC, L = 2*SMSS.
-            self.cwnd += min(acked, 2 * mss)
-        else:
-            # Congestion avoidance: +1 SMSS per cwnd of acknowledged bytes (RFC 5681 (3)).
-            self.bytes_acked += acked
-            if self.bytes_acked >= self.cwnd:
-                self.bytes_acked -= self.cwnd
-                self.cwnd += mss
+            # Slow start, counting bytes (RFC 3465 ABC) without its L = 2*SMSS limit
+            # per ACK, as Linux's tcp_slow_start does: a stretch ACK (a GRO receiver's,
+            # or ours, TcpConfig.ack_stretch_max) credits all it covers, up to ssthresh;
+            # the rest counts towards congestion avoidance.
+            grown = min(self.cwnd + acked, self.ssthresh)
+            acked -= grown - self.cwnd
+            self.cwnd = grown
+            if not acked:
+                return
+        # Congestion avoidance: +1 SMSS per cwnd of acknowledged bytes (RFC 5681 (3)),
+        # for every cwnd a stretch ACK covers (Linux tcp_cong_avoid_ai).
+        self.bytes_acked += acked
+        while self.bytes_acked >= self.cwnd:
+            self.bytes_acked -= self.cwnd
+            self.cwnd += mss
 
     def enter_recovery(self, flight: int, snd_nxt_offset: int) -> None:
         """Third duplicate ACK (RFC 5681 §3.2 steps 2-3; RFC 6582 §3.2 step 2)."""

@@ -395,6 +395,19 @@ class Connection:
         if _arrive.header_prediction(self, seg, now):
             # The common in-order segment in ESTABLISHED: the general steps' results
             # without their checks (see _arrive's module docstring).
+            if (
+                self.ack_now
+                and seg.payload
+                and self.rcv_unacked < self.config.ack_stretch_max
+            ):
+                # Stretch ACK: in-order data that arrives between two drains (one batch
+                # from the device) is acknowledged once, by drain(). Those ACKs would
+                # leave in one burst anyway, so the others tell the peer nothing new;
+                # each costs a build, a write and the peer kernel's work (Linux's GRO
+                # receiver acknowledges its super-segments the same way).
+                if self.ack_deferred_at is None:
+                    self.ack_deferred_at = now
+                return
             _output.transmit(self, now)
             return
         state = self.tcb.state

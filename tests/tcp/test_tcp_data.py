@@ -60,9 +60,9 @@ def test_receive_window_shrinks_with_unread_data_and_opens_on_read() -> None:
     data = bytes(range(256)) * 44  # 11264 bytes: 7 full segments and 1044 bytes
     for i in range(0, len(data), MSS):
         send(conn, r(seq=sq(REMOTE_SEQ, i), payload=data[i : i + MSS]), at=1.0)
-    # An ACK every two full segments; the right edge stays put as free space shrinks.
-    expect(conn, [s(ack=sq(REMOTE_SEQ, k * MSS), window=BUF - k * MSS) for k in (2, 4, 6)])
-    expect(conn, [s(ack=sq(REMOTE_SEQ, 11264), window=BUF - 11264)], at=1.04)
+    # One stretch ACK for the batch; the right edge stays put as free space shrinks.
+    expect(conn, [s(ack=sq(REMOTE_SEQ, 11264), window=BUF - 11264)])
+    expect_nothing(conn, at=1.04)  # nothing left for the delayed-ACK timer
     # A small read does not double the window: no update (Linux tcp_cleanup_rbuf).
     assert conn.app_receive(1000, 1.1) == data[:1000]
     expect_nothing(conn)
@@ -72,6 +72,36 @@ def test_receive_window_shrinks_with_unread_data_and_opens_on_read() -> None:
     assert step.delta is not None
     assert RxTrim(11264) in step.delta.ops
     assert tcb_fields(step)["read_offset"] == 11264
+
+
+def test_every_second_full_segment_is_acked_without_stretch_acks() -> None:
+    # RFC 5681 §4.2 / RFC 9293 §3.8.6.3: an ACK at least every second full-sized
+    # segment; the rest waits for the delayed-ACK timer.
+    conn = conn_established(replace(CONFIG, ack_stretch_max=0))
+    data = bytes(range(256)) * 44  # 11264 bytes: 7 full segments and 1044 bytes
+    for i in range(0, len(data), MSS):
+        send(conn, r(seq=sq(REMOTE_SEQ, i), payload=data[i : i + MSS]), at=1.0)
+    expect(conn, [s(ack=sq(REMOTE_SEQ, k * MSS), window=BUF - k * MSS) for k in (2, 4, 6)])
+    expect(conn, [s(ack=sq(REMOTE_SEQ, 11264), window=BUF - 11264)], at=1.04)
+
+
+def test_stretch_ack_covers_at_most_ack_stretch_max_bytes() -> None:
+    # Past ack_stretch_max unacknowledged bytes the ACK leaves at once (with the
+    # segment that set it due), then stretching starts over.
+    conn = conn_established(replace(CONFIG, ack_stretch_max=3 * MSS))
+    for k in range(7):
+        send(conn, r(seq=sq(REMOTE_SEQ, k * MSS), payload=b"x" * MSS), at=1.0)
+    expect(conn, [s(ack=sq(REMOTE_SEQ, k * MSS), window=BUF - k * MSS) for k in (3, 6)])
+    expect(conn, [s(ack=sq(REMOTE_SEQ, 7 * MSS), window=BUF - 7 * MSS)], at=1.04)  # delayed
+
+
+def test_out_of_order_data_is_not_stretched() -> None:
+    # Out of order: a duplicate ACK per segment, at once (RFC 5681 §4.2), so the
+    # peer's fast retransmit counts them.
+    conn = conn_established()
+    for k in (1, 2, 3):
+        send(conn, r(seq=sq(REMOTE_SEQ, k * MSS), payload=b"x" * MSS), at=1.0)
+    expect(conn, [s(), s(), s()])
 
 
 def test_out_of_order_segments_are_reassembled() -> None:
