@@ -1,0 +1,249 @@
+"""Micro-benchmark of the whole stack in one process (not a test): ``python bench/stack_micro.py``.
+
+The real ``Runtime`` with a ``MemoryStore`` and the real services (discard, chargen,
+echo), but instead of a TUN device a scripted peer that behaves like a Linux client
+behind an offloading TUN device: 64 KB segments (MSS 64,960, timestamps, window
+scaling), ``--burst`` of them per device read, ACKs for what it received, FIN at the
+end. No kernel, no second process: what is measured is the stack's own CPU time per MB,
+robust on a shared machine, and with ``--profile`` a cProfile of just the stack.
+
+The peer's own work (building and parsing packets, copying payloads) is timed
+separately and subtracted: ``stack us/MB`` is process CPU time minus the peer's, per
+MB moved. Compare with ``bench/run.py``'s "Server CPU per unit of work" to see how much
+of the server's cost is the stack's Python and how much is the kernel (TUN reads and
+writes, the peer kernel's work done in our context) and the service (CRC-32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import struct
+import time
+from collections.abc import Sequence
+
+import trio
+from server import tune_malloc  # bench/server.py: the same heap settings as the bench
+
+from stcp_framework import MemoryStore, open_stack
+from stcp_framework.link.base import OutPacket
+from stcp_framework.services import DEFAULT_PORTS, SERVICES, SOURCES
+from stcp_framework.wire.packet import build_packet, parse_packet_untrusted
+from stcp_framework.wire.tcp import ACK, FIN, PSH, RST, SYN, TcpOptions
+
+PEER = bytes([198, 18, 0, 1])
+SERVER = bytes([198, 18, 0, 2])
+MTU = 65000
+MSS = MTU - 40
+PEER_WSCALE = 7
+PEER_WINDOW = 6 << 20  # the peer's receive window (Linux tcp_rmem max)
+_TCP_FIELDS = struct.Struct("!IIBBH")  # seq, ack, data offset, flags, window
+_TS = struct.Struct("!II")
+_MASK = 0xFFFFFFFF
+
+
+class ScriptedPeer:
+    """A ``PacketDevice`` that is also the client: one connection, scripted."""
+
+    mtu = MTU
+    rx_checksum_verified = True
+    tx_checksum_offload = True
+    accepts_split_packets = True
+    tx_gso_max = 65535 - 40 - 60
+
+    def __init__(self, mode: str, total: int, burst: int) -> None:
+        self.mode = mode
+        self.total = total
+        self.burst = burst
+        self.port = 40000
+        self.iss = 1_000_000
+        self.snd_nxt = self.iss  # peer's next sequence number
+        self.snd_una = self.iss
+        self.rcv_nxt = 0  # next byte expected from the server
+        self.server_wnd = 0  # in bytes, scaled
+        self.server_wscale = 0
+        self.ts_recent = 0
+        self.sent = 0  # payload bytes the peer sent
+        self.received = 0  # payload bytes the peer received
+        self.state = "syn"  # syn -> established -> fin_sent -> done
+        self.ack_due = False
+        self.peer_cpu = 0.0  # process time spent in this object
+        self.packets_in = 0  # to the stack
+        self.packets_out = 0  # from the stack
+        self.done = trio.Event()
+        self.go = trio.Event()  # set once the services listen
+        self._wakeup = trio.Event()
+        self._payload = bytes(range(256)) * (MSS // 256) + bytes(MSS % 256)
+        self.server_port = DEFAULT_PORTS[{"upload": "discard", "download": "chargen",
+                                          "echo": "echo"}[mode]]  # fmt: skip
+
+    # --------------------------------------------------------------- helpers
+
+    def _packet(self, seq: int, flags: int, payload: bytes = b"",
+                options: TcpOptions | None = None) -> memoryview:  # fmt: skip
+        tsval = int(time.monotonic() * 1000) & _MASK
+        opts = options or TcpOptions(timestamps=(tsval, self.ts_recent))
+        wnd = min(PEER_WINDOW >> PEER_WSCALE, 0xFFFF) if flags & SYN == 0 else 0xFFFF
+        head = build_packet(PEER, SERVER, self.port, self.server_port, seq, self.rcv_nxt,
+                            flags, wnd, opts, payload, offload_checksum=True,
+                            header_only=bool(payload))  # fmt: skip
+        # A fresh immutable bytes object per packet, as TunDevice reads them.
+        return memoryview(bytes(head) + payload if payload else bytes(head))
+
+    def _outgoing(self) -> list[memoryview]:
+        out: list[memoryview] = []
+        if self.state == "syn":
+            opts = TcpOptions(mss=MSS, wscale=PEER_WSCALE, sack_permitted=True,
+                              timestamps=(1, 0))  # fmt: skip
+            out.append(self._packet(self.iss, SYN, options=opts))
+            self.snd_nxt = self.iss + 1
+            self.state = "syn_sent"
+            return out
+        if self.state in ("established", "fin_sent") and self.mode != "download":
+            while len(out) < self.burst and self.sent < self.total:
+                in_flight = self.snd_nxt - self.snd_una
+                if in_flight + MSS > self.server_wnd:
+                    break
+                n = min(MSS, self.total - self.sent)
+                out.append(self._packet(self.snd_nxt & _MASK, ACK | PSH, self._payload[:n]))
+                self.snd_nxt += n
+                self.sent += n
+            if self.sent >= self.total and self.state == "established":
+                out.append(self._packet(self.snd_nxt & _MASK, ACK | FIN))
+                self.snd_nxt += 1
+                self.state = "fin_sent"
+        if self.mode == "download" and self.received >= self.total and self.state != "done":
+            out.append(self._packet(self.snd_nxt & _MASK, RST))
+            self.state = "done"
+            self.done.set()
+            return out
+        if self.ack_due and not out:
+            out.append(self._packet(self.snd_nxt & _MASK, ACK))
+        self.ack_due = False
+        return out
+
+    def _on_server_segment(self, head: bytes | bytearray | memoryview, plen: int) -> None:
+        ihl = (head[0] & 0x0F) * 4
+        seq, ack, doff, flags, window = _TCP_FIELDS.unpack_from(head, ihl + 4)
+        hlen = (doff >> 4) * 4
+        opts = bytes(head[ihl + 20 : ihl + hlen])
+        if flags & SYN:
+            parsed = parse_packet_untrusted(bytes(head), verify_checksum=False)
+            self.server_wscale = parsed.tcp.options.wscale or 0
+            self.rcv_nxt = (seq + 1) & _MASK
+            self.state = "established"
+            self.ack_due = True
+        if flags & RST:
+            self.state = "done"
+            self.done.set()
+            return
+        ts_at = opts.find(b"\x08\x0a")
+        if ts_at >= 0:
+            self.ts_recent = _TS.unpack_from(opts, ts_at + 2)[0]
+        if flags & ACK:
+            acked = (ack - (self.snd_una & _MASK)) & _MASK
+            if acked < 1 << 31:
+                self.snd_una += acked
+            if not flags & SYN:
+                self.server_wnd = window << self.server_wscale
+            else:
+                self.server_wnd = window
+        if plen and seq == self.rcv_nxt:
+            self.rcv_nxt = (self.rcv_nxt + plen) & _MASK
+            self.received += plen
+            self.ack_due = True
+        if flags & FIN and self.state == "fin_sent":
+            self.rcv_nxt = (self.rcv_nxt + 1) & _MASK
+            self.ack_due = True
+            self.state = "done"
+            self.done.set()
+
+    # ------------------------------------------------------ PacketDevice API
+
+    async def recv_batch(self, max_packets: int) -> list[memoryview]:
+        await self.go.wait()
+        while True:
+            t0 = time.process_time()
+            out = self._outgoing() if self.state != "done" or self.ack_due else []
+            self.peer_cpu += time.process_time() - t0
+            if out:
+                self.packets_in += len(out)
+                await trio.lowlevel.checkpoint()
+                return out
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+
+    async def send_batch(self, packets: Sequence[OutPacket]) -> None:
+        t0 = time.process_time()
+        for packet in packets:
+            self.packets_out += 1
+            if isinstance(packet, tuple):
+                self._on_server_segment(packet[0], len(packet[1]))
+            else:
+                ihl = (packet[0] & 0x0F) * 4
+                doff = (packet[ihl + 12] >> 4) * 4
+                total = (packet[2] << 8) | packet[3]
+                self._on_server_segment(packet[: ihl + doff], total - ihl - doff)
+        self.peer_cpu += time.process_time() - t0
+        self._wakeup.set()
+        await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def run_one(mode: str, total: int, burst: int) -> tuple[float, ScriptedPeer]:
+    peer = ScriptedPeer(mode, total, burst)
+    async with (
+        open_stack(peer, ["198.18.0.2"], store=MemoryStore(), sources=SOURCES) as stack,
+        trio.open_nursery() as nursery,
+    ):
+        for name, service in SERVICES.items():
+            await nursery.start(stack.serve, service, DEFAULT_PORTS[name])
+        start = time.process_time()
+        peer.go.set()
+        with trio.fail_after(120):
+            await peer.done.wait()
+            await trio.sleep(0.01)  # the last round
+        cpu = time.process_time() - start
+        nursery.cancel_scope.cancel()
+    return cpu, peer
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--modes", default="upload,download,echo")
+    ap.add_argument("--size", type=int, default=300, help="MB per run (10^6 bytes)")
+    ap.add_argument("--burst", type=int, default=8, help="peer segments per device read")
+    ap.add_argument("--repeat", type=int, default=3, help="best of N")
+    ap.add_argument("--profile", action="store_true", help="cProfile one run of each mode")
+    args = ap.parse_args()
+    tune_malloc()
+    total = args.size * 1_000_000
+    print(f"{'mode':10} {'stack us/MB':>12} {'peer us/MB':>11} {'pkts in/MB':>11} "
+          f"{'pkts out/MB':>12}")  # fmt: skip
+    for mode in args.modes.split(","):
+        if args.profile:
+            prof = cProfile.Profile()
+            prof.enable()
+            trio.run(run_one, mode, total, args.burst)
+            prof.disable()
+            print(f"== {mode}")
+            pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+            continue
+        best: tuple[float, ScriptedPeer] | None = None
+        for _ in range(args.repeat):
+            cpu, peer = trio.run(run_one, mode, total, args.burst)
+            stack_cpu = cpu - peer.peer_cpu
+            if best is None or stack_cpu < best[0]:
+                best = (stack_cpu, peer)
+        assert best is not None
+        stack_cpu, peer = best
+        mb = total / 1e6
+        print(f"{mode:10} {stack_cpu / mb * 1e6:12.0f} {peer.peer_cpu / mb * 1e6:11.0f} "
+              f"{peer.packets_in / mb:11.1f} {peer.packets_out / mb:12.1f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
