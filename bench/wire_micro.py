@@ -73,6 +73,37 @@ def main() -> None:
             ),
             len(p64k),
         ),
+        (
+            "build 64 KiB headers (offload, GSO)",
+            best_us(
+                lambda: build_packet(
+                    A4,
+                    B4,
+                    80,
+                    51234,
+                    1,
+                    2,
+                    ACK,
+                    502,
+                    TS,
+                    p64k,
+                    offload_checksum=True,
+                    header_only=True,
+                ),
+                20000,
+            ),
+            len(p64k),
+        ),
+        (
+            "build pure ACK (offload)",
+            best_us(
+                lambda: build_packet(
+                    A4, B4, 80, 51234, 1, 2, ACK, 502, TS, b"", offload_checksum=True
+                ),
+                20000,
+            ),
+            1,
+        ),
     ]
     print(f"{'operation':40s} {'µs':>9s} {'MB/s of payload':>16s}")
     for name, us, nbytes in rows:

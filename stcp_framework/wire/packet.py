@@ -47,6 +47,9 @@ _U16 = struct.Struct("!H")
 _NOP_NOP_TS = struct.Struct("!III")
 _NOP_NOP_TS_WORD = 0x0101080A
 _TS_ONLY_DOFF = TCP_HEADER_LEN + 12
+_TS_THL = _TS_ONLY_DOFF
+# IPv4 header, TCP header, NOP NOP TS (build_packet's common case, one pack_into).
+_V4_TS_HEADERS = struct.Struct("!BBHHHBBH4s4sHHIIBBHHHIII")
 
 _IPV4_DF = 0x4000
 _IPV4_MF_OR_OFFSET = 0x3FFF
@@ -276,6 +279,83 @@ def build_packet(
     Returns:
         The packet bytes (or its headers, with ``header_only``).
     """
+    if (
+        offload_checksum
+        and options is not NO_OPTIONS
+        and options[3] is not None  # timestamps only: every segment after the SYNs
+        and options[0] is None
+        and options[1] is None
+        and not options[2]
+        and not options[4]
+        and len(src) == 4
+        and not urgent
+    ):
+        return _build_v4_ts_offload(
+            src, dst, src_port, dst_port, seq, ack, flags, window, options[3], payload,
+            ttl, header_only,
+        )  # fmt: skip
+    return _build_general(
+        src, dst, src_port, dst_port, seq, ack, flags, window, options, payload,
+        ttl, urgent, offload_checksum, header_only,
+    )  # fmt: skip
+
+
+def _build_v4_ts_offload(
+    src: bytes,
+    dst: bytes,
+    src_port: int,
+    dst_port: int,
+    seq: int,
+    ack: int,
+    flags: int,
+    window: int,
+    timestamps: tuple[int, int],
+    payload: bytes | bytearray | memoryview,
+    ttl: int,
+    header_only: bool,
+) -> bytearray:
+    """``build_packet``'s common case in one ``pack_into``: IPv4, the NOP NOP TS options
+    alone, checksum offload. The sums are taken from the fields (one's complement
+    addition commutes with the byte order), which ``_build_general`` reads back from
+    the packet; ``tests/wire/test_packet_build.py`` checks that both agree."""
+    plen = len(payload)
+    tcp_len = _TS_THL + plen
+    if tcp_len > 0xFFFF - IPV4_HEADER_LEN:
+        raise ValueError(f"segment of {tcp_len} bytes does not fit an IP packet")
+    total = IPV4_HEADER_LEN + tcp_len
+    a = _from_bytes(src, "big")
+    b = _from_bytes(dst, "big")
+    addr = (a >> 16) + (a & 0xFFFF) + (b >> 16) + (b & 0xFFFF)
+    ip_csum = 0xFFFF - _fold(0x4500 + total + _IPV4_DF + (ttl << 8 | IPPROTO_TCP) + addr)
+    tcp_csum = _fold(addr + IPPROTO_TCP + tcp_len)  # pseudo-header sum, not complemented
+    copy = plen and not header_only
+    buf = bytearray(_V4_TS_HEADERS.size + plen if copy else _V4_TS_HEADERS.size)
+    _V4_TS_HEADERS.pack_into(
+        buf, 0, 0x45, 0, total, 0, _IPV4_DF, ttl, IPPROTO_TCP, ip_csum, src, dst,
+        src_port, dst_port, seq, ack, _TS_THL << 2, flags, window, tcp_csum, 0,
+        _NOP_NOP_TS_WORD, timestamps[0], timestamps[1],
+    )  # fmt: skip
+    if copy:
+        buf[_V4_TS_HEADERS.size :] = payload
+    return buf
+
+
+def _build_general(
+    src: bytes,
+    dst: bytes,
+    src_port: int,
+    dst_port: int,
+    seq: int,
+    ack: int,
+    flags: int,
+    window: int,
+    options: TcpOptions,
+    payload: bytes | bytearray | memoryview,
+    ttl: int,
+    urgent: int,
+    offload_checksum: bool,
+    header_only: bool,
+) -> bytearray:
     opt = b"" if options is NO_OPTIONS else emit_options(options)
     thl = TCP_HEADER_LEN + len(opt)
     tcp_len = thl + len(payload)

@@ -491,3 +491,47 @@ def test_header_only_plus_payload_is_the_whole_packet(
     head = build_packet(*args, offload_checksum=offload, header_only=True)
     assert len(head) == len(whole) - len(payload)
     assert bytes(head) + payload == bytes(whole)
+
+
+@given(
+    src=ipv4_addresses,
+    dst=ipv4_addresses,
+    sport=ports,
+    dport=ports,
+    seq=u32,
+    ack=u32,
+    flags=tcp_flags,
+    window=u16,
+    ts=st.tuples(u32, u32),
+    payload=st.binary(max_size=64) | st.integers(0, 65535 - 52).map(bytes),
+    ttl=st.integers(0, 255),
+    header_only=st.booleans(),
+)
+def test_timestamp_only_offload_fast_path_equals_the_general_builder(
+    src: bytes,
+    dst: bytes,
+    sport: int,
+    dport: int,
+    seq: int,
+    ack: int,
+    flags: int,
+    window: int,
+    ts: tuple[int, int],
+    payload: bytes,
+    ttl: int,
+    header_only: bool,
+) -> None:
+    # build_packet's common case (IPv4, NOP NOP TS alone, checksum offload) is built in
+    # one pack_into from the field values; byte for byte what the general path gives.
+    from stcp_framework.wire.packet import _build_general
+
+    opts = TcpOptions(timestamps=ts)
+    fast = build_packet(
+        src, dst, sport, dport, seq, ack, flags, window, opts, payload,
+        ttl=ttl, offload_checksum=True, header_only=header_only,
+    )  # fmt: skip
+    general = _build_general(
+        src, dst, sport, dport, seq, ack, flags, window, opts, payload,
+        ttl, 0, True, header_only,
+    )  # fmt: skip
+    assert fast == general
