@@ -287,14 +287,20 @@ class Stream(trio.abc.HalfCloseableStream):
             self._check_usable()
             await trio.lowlevel.checkpoint_if_cancelled()
             flow = self._flow
+            parked = False  # a park is this call's schedule point: no second one needed
             while True:
                 conn = flow.conn
                 data = conn.app_receive(max_bytes, self._runtime.now())
                 if data:
-                    # The read changed the machine (commit, maybe a window update). The
-                    # flow waits for a round until this task resumes, so that the app's
-                    # answer to these bytes joins that round (Runtime.hold).
+                    # The read changed the machine (commit, maybe a window update).
                     runtime = self._runtime
+                    if parked:
+                        # The app's answer to these bytes follows before any round
+                        # can run (no schedule point in between): it joins that round.
+                        runtime.touch(flow)
+                        return data
+                    # The flow waits for a round until this task resumes, so that the
+                    # app's answer to these bytes joins that round (Runtime.hold).
                     runtime.hold(flow)
                     try:
                         await trio.lowlevel.cancel_shielded_checkpoint()
@@ -302,13 +308,16 @@ class Stream(trio.abc.HalfCloseableStream):
                         runtime.release(flow)
                     return data
                 if conn.at_eof:
-                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    if not parked:
+                        await trio.lowlevel.cancel_shielded_checkpoint()
                     return b""
                 self._check_usable()
                 if flow.closed:
-                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    if not parked:
+                        await trio.lowlevel.cancel_shielded_checkpoint()
                     return b""
-                await flow.lot.park()
+                await flow.rx_lot.park()
+                parked = True
                 if self._closed:
                     raise trio.ClosedResourceError("this stream was closed")
 
@@ -323,6 +332,12 @@ class Stream(trio.abc.HalfCloseableStream):
         await self._close(abort=True)
 
     async def _close(self, *, abort: bool) -> None:
+        self._close_now(abort=abort)
+        await trio.lowlevel.checkpoint()
+
+    def _close_now(self, *, abort: bool) -> None:
+        """``aclose``/``abort`` without the schedule point (for ``Stack.serve``, which
+        closes the stream as the handler's task ends)."""
         if not self._closed:
             self._closed = True
             flow = self._flow
@@ -331,7 +346,7 @@ class Stream(trio.abc.HalfCloseableStream):
                 (conn.app_abort if abort else conn.app_close)(self._runtime.now())
                 self._runtime.touch(flow)
             flow.lot.unpark_all()
-        await trio.lowlevel.checkpoint()
+            flow.rx_lot.unpark_all()
 
     async def _wait_send_space(self, size: int) -> None:
         flow = self._flow
@@ -381,6 +396,44 @@ class Transaction:
     async def apply(self) -> None:
         """Wait for send space, then send and commit everything atomically; returns once
         it is durable (strict mode)."""
+        sends, commits = self._sends, self._commits
+        if len(sends) == 1 and len(commits) == 1 and sends[0][0] is commits[0][0]:
+            # One stream's answer and commit (``send_all_and_commit``): the same calls,
+            # without the bookkeeping for several streams.
+            stream, data = sends[0]
+            _, offset, state = commits[0]
+            await self._apply_one(stream, data, offset, state)
+            return
+        await self._apply_general()
+
+    async def _apply_one(
+        self,
+        stream: Stream,
+        data: bytes | bytearray | memoryview,
+        offset: int | None,
+        state: bytes | None,
+    ) -> None:
+        """``_apply_general`` for one send and one commit on the same stream."""
+        view = data if type(data) is bytes else memoryview(data).cast("B")
+        if stream._closed:
+            raise trio.ClosedResourceError("this stream was closed")
+        await stream._wait_send_space(len(view))
+        await trio.lowlevel.checkpoint_if_cancelled()
+        # -- no checkpoint from here to the touch: one round takes all of it --
+        runtime = self._runtime
+        flow = stream._flow
+        conn = flow.conn
+        now = runtime.now()
+        accepted = conn.app_send(view, now)
+        assert accepted == len(view), "send space was checked"
+        if offset is None:
+            offset = conn.rcv_buf.read_offset
+        conn.app_commit(offset, state, now)
+        flow.app_state = state
+        runtime.touch(flow)
+        await runtime.wait_durable(flow)
+
+    async def _apply_general(self) -> None:
         sends = [(s, d if type(d) is bytes else memoryview(d).cast("B")) for s, d in self._sends]
         streams = {id(s): s for s, _ in sends} | {id(s): s for s, _, _ in self._commits}
         for stream in streams.values():

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from ..tcp.machine import Connection
     from .runtime import Listener
 
+_AF_INET = socket.AF_INET
 FlowKey = tuple[bytes, int, bytes, int]
 """(remote address, remote port, local address, local port), addresses packed."""
 
@@ -32,6 +33,9 @@ def flow_id_of(key: FlowKey, iss: int) -> str:
     seconds) a different record from the one before it, whatever state that one left.
     """
     remote, rport, local, lport = key
+    if len(local) == 4:  # IPv4, the common case, in one format
+        ntop = socket.inet_ntop
+        return f"{ntop(_AF_INET, local)}:{lport}-{ntop(_AF_INET, remote)}:{rport}/{iss:08x}"
 
     def part(addr: bytes, port: int) -> str:
         text = format_addr(addr)
@@ -69,8 +73,11 @@ def flow_key_of(flow_id: str) -> FlowKey:
 class Flow:
     """One connection as the runtime sees it.
 
-    ``lot`` wakes every task waiting on this flow (readers, writers, connect) whenever
-    the machine reported an event; waiters re-check their condition.
+    ``lot`` wakes every task waiting on this flow's send side or connection (writers,
+    ``wait_durable``, connect) whenever the machine reported an event or the durable
+    version moved; ``rx_lot`` wakes the reader, on events other than ``SendSpace``
+    alone (the peer's ACK of our data is no news to a reader). Waiters re-check their
+    condition.
     """
 
     key: FlowKey
@@ -78,7 +85,9 @@ class Flow:
     conn: Connection
     listener_port: int | None = None
     lot: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)
-    deadline_at: float | None = None
+    rx_lot: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)
+    deadline_at: float | None = None  # the machine's next deadline
+    heap_at: float | None = None  # its live timer-heap entry (<= deadline_at)
     connected: bool = False
     accepted: bool = False  # handed to a listener's accept queue
     error: BaseException | None = None  # Reset / TimedOut, as an exception for the API

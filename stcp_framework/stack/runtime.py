@@ -35,10 +35,18 @@ import trio
 
 from ..errors import ConnectionRefused, ConnectionResetByPeer, ConnectionTimedOut, StcpConfigError
 from ..link.base import OutPacket, PacketDevice
-from ..store.base import FencedOut, FlowDelta, FlowLost, Store, StoreError, StoreUnavailable
+from ..store.base import (
+    FencedOut,
+    FlowDelta,
+    FlowLost,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    new_flow_delta,
+)
 from ..tcp.config import TcpConfig
-from ..tcp.events import Closed, Connected, EofReceived, Reset, TimedOut
-from ..tcp.isn import iss_rfc6528
+from ..tcp.events import Closed, Connected, EofReceived, Reset, SendSpace, TimedOut
+from ..tcp.isn import IssGenerator
 from ..tcp.machine import Connection
 from ..tcp.state import TcpState
 from ..tcp.step import OutSegment
@@ -166,6 +174,7 @@ class Runtime:
         self._skew = 0.0  # trio clock - machine clock (clock.machine_clock_skew)
         self._rng = rng or random.Random()
         self._iss_secret = iss_secret if iss_secret is not None else os.urandom(16)
+        self._iss_of = IssGenerator(self._iss_secret)
         self._syn_backlog = syn_backlog
         self.flows: dict[FlowKey, Flow] = {}
         self.listeners: dict[int, Listener] = {}
@@ -320,7 +329,7 @@ class Runtime:
 
     def _iss(self, now: float, key: FlowKey) -> Seq:
         remote, rport, local, lport = key
-        return iss_rfc6528(now, local, lport, remote, rport, self._iss_secret)
+        return self._iss_of(now, local, lport, remote, rport)
 
     async def _timer_loop(self) -> None:
         heap = self._timer_heap
@@ -332,24 +341,52 @@ class Runtime:
             now = self.now()
             while heap and heap[0][0] <= now:
                 at, _, flow = heapq.heappop(heap)
-                if flow.deadline_at != at or flow.closed:
-                    continue  # superseded by a later reschedule
+                if flow.heap_at != at:
+                    continue  # superseded: the flow has an earlier entry
+                flow.heap_at = None
+                due = flow.deadline_at
+                if due is None or flow.closed:
+                    continue  # nothing due any more (an ACK cleared the timer)
+                if due > now:
+                    self._arm(flow, due)  # the deadline moved later since the push
+                    continue
                 flow.deadline_at = None
                 flow.conn.on_timer(now)
                 self._mark(flow)
-            # Entries superseded since they were pushed (an ACK cleared the retransmit
-            # timer, the flow closed) go now, not when they come due: otherwise every
-            # connection would wake this task once more for nothing (heap order is
-            # kept; a valid entry stops the sweep).
-            while heap and (heap[0][2].deadline_at != heap[0][0] or heap[0][2].closed):
-                heapq.heappop(heap)
+            # Entries that would only wake this task for nothing (superseded, timer
+            # cleared, flow closed) go now, not when they come due, and a flow whose
+            # deadline moved later is re-armed at it. A live entry stops the sweep.
+            while heap:
+                at, _, flow = heap[0]
+                if flow.heap_at == at:
+                    due = flow.deadline_at
+                    if due == at and not flow.closed:
+                        break
+                    heapq.heappop(heap)
+                    flow.heap_at = None
+                    if due is not None and not flow.closed:
+                        self._arm(flow, due)
+                else:
+                    heapq.heappop(heap)
 
     def _schedule(self, flow: Flow, at: float | None) -> None:
+        """Set ``flow``'s next deadline. The heap keeps one live entry per flow, never
+        later than its deadline: a deadline that moves later (an ACK restarts the
+        retransmission timer, a delayed ACK is followed by data) pushes nothing, the
+        flow's earlier entry re-arms it when it comes due."""
         if at == flow.deadline_at:
             return
         flow.deadline_at = at
         if at is None:
             return
+        heap_at = flow.heap_at
+        if heap_at is not None and heap_at <= at:
+            return
+        self._arm(flow, at)
+
+    def _arm(self, flow: Flow, at: float) -> None:
+        """Push ``flow``'s live heap entry at ``at``."""
+        flow.heap_at = at
         self._timer_seq += 1
         heapq.heappush(self._timer_heap, (at, self._timer_seq, flow))
         scope = self._timer_scope
@@ -357,11 +394,15 @@ class Runtime:
             scope.deadline = at + self._skew
 
     def _mark(self, flow: Flow) -> None:
-        """Queue a flow for the next transmit round."""
+        """Queue a flow for the next transmit round.
+
+        A flow already queued needs no wakeup: whoever queued it set one (a held flow
+        sets it on ``release``).
+        """
         if not flow.dirty:
             flow.dirty = True
             self._dirty.append(flow)
-        self._tx_wakeup.set()
+            self._tx_wakeup.set()
 
     async def _async_commit_loop(self) -> None:
         """Async durability: commit whatever the rounds queued, one batch at a time."""
@@ -406,6 +447,7 @@ class Runtime:
         self._uncommitted = []
         outs: list[tuple[Flow, OutSegment]] = []
         woken: list[Flow] = []
+        readers: list[Flow] = []
         for flow in dirty:
             if flow.held:
                 self._dirty.append(flow)  # its task resumes soon (hold/release)
@@ -413,12 +455,15 @@ class Runtime:
             flow.dirty = False
             step = flow.conn.drain()
             if step.delta is not None:
-                items.append((flow, FlowDelta(flow.flow_id, epoch, step.delta)))
+                items.append((flow, new_flow_delta(flow.flow_id, epoch, step.delta)))
             for out in step.segments:
                 outs.append((flow, out))
-            if step.events:
-                self._on_events(flow, step.events)
+            events = step.events
+            if events:
+                self._on_events(flow, events)
                 woken.append(flow)
+                if flow.rx_lot and (len(events) > 1 or type(events[0]) is not SendSpace):
+                    readers.append(flow)
             elif flow.lot:
                 woken.append(flow)  # window or buffer space may have changed
             if not flow.closed:
@@ -436,6 +481,8 @@ class Runtime:
             await self._transmit(raw, outs, check_durable=True)
         for flow in woken:
             flow.lot.unpark_all()
+        for flow in readers:
+            flow.rx_lot.unpark_all()
         self._rounds_done += 1
         if self._closed_flows:
             self._forget_closed()
@@ -481,7 +528,8 @@ class Runtime:
                 self.stats["group_commits"] += 1
                 for flow, delta in items:  # in order: a flow's last delta is its newest
                     flow.durable_version = delta.delta.version
-                moved += [flow for flow in dict.fromkeys(f for f, _ in items) if flow.lot]
+                    if flow.lot:
+                        moved.append(flow)  # (twice if twice in items: the 2nd is a no-op)
                 return moved
         return moved
 
@@ -594,19 +642,20 @@ class Runtime:
 
     def _on_events(self, flow: Flow, events: Iterable[object]) -> None:
         for event in events:
-            if isinstance(event, Connected):
+            kind = type(event)  # event classes are final: no isinstance needed
+            if kind is Connected:
                 flow.connected = True
                 self._leave_backlog(flow)
                 if flow.listener_port is not None and not flow.accepted:
                     self._offer(flow)
-            elif isinstance(event, EofReceived):
+            elif kind is EofReceived:
                 flow.eof = True
-            elif isinstance(event, Reset):
+            elif isinstance(event, Reset):  # (narrows the type for .refused)
                 flow.reset = True
                 flow.error = ConnectionRefused() if event.refused else ConnectionResetByPeer()
-            elif isinstance(event, TimedOut):
+            elif kind is TimedOut:
                 flow.error = ConnectionTimedOut()
-            elif isinstance(event, Closed):
+            elif kind is Closed:
                 self._remove_flow(flow)
 
     def _remove_flow(self, flow: Flow) -> None:
@@ -620,6 +669,7 @@ class Runtime:
             del self.flows[flow.key]
         self._leave_backlog(flow)
         flow.lot.unpark_all()
+        flow.rx_lot.unpark_all()
 
     def _leave_backlog(self, flow: Flow) -> None:
         listener = flow.backlog

@@ -51,6 +51,21 @@ class FlowDelta:
     delta: StateDelta
 
 
+_set_flow_id = FlowDelta.__dict__["flow_id"].__set__
+_set_epoch = FlowDelta.__dict__["epoch"].__set__
+_set_delta = FlowDelta.__dict__["delta"].__set__
+
+
+def new_flow_delta(flow_id: str, epoch: int, delta: StateDelta) -> FlowDelta:
+    """``FlowDelta(flow_id, epoch, delta)`` without the frozen dataclass ``__init__``
+    (``object.__setattr__`` per field): the runtime makes one per drained delta."""
+    item: FlowDelta = object.__new__(FlowDelta)
+    _set_flow_id(item, flow_id)
+    _set_epoch(item, epoch)
+    _set_delta(item, delta)
+    return item
+
+
 @dataclass(slots=True)
 class FlowRecord:
     """Everything the store holds for one flow, as loaded for recovery."""

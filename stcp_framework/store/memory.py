@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..tcp.delta import AppCommit, RxAppend, RxTrim, TcbSet, TxAppend, TxTrim
 from .base import FencedOut, FlowDelta, FlowInfo, FlowRecord
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class _Stream:
     """Bytes ``[base, end)`` of one direction's stream, as a deque of chunks.
 
@@ -25,10 +25,14 @@ class _Stream:
     chunk acknowledged 64 KB at a time was copied ~8 MB over).
     """
 
-    base: int = 0
-    end: int = 0
-    chunks: deque[bytes | memoryview] = field(default_factory=deque)  # views: immutable
-    head: int = 0  # bytes of chunks[0] below ``base`` (already trimmed)
+    base: int
+    end: int
+    chunks: deque[bytes | memoryview]  # views: immutable
+    head: int  # bytes of chunks[0] below ``base`` (already trimmed)
+
+    def __init__(self) -> None:  # (hand-written: one pair per new flow, no factories)
+        self.base = self.end = self.head = 0
+        self.chunks = deque()
 
     def append(self, offset: int, chunk: bytes | memoryview) -> None:
         if offset > self.end:
@@ -73,15 +77,23 @@ class _Stream:
         return b"".join([memoryview(chunks[0])[self.head :], *list(chunks)[1:]])
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class _Flow:
     epoch: int
-    version: int = 0
-    tcb: dict[str, object] = field(default_factory=dict)
-    rx: _Stream = field(default_factory=_Stream)
-    tx: _Stream = field(default_factory=_Stream)
-    app_state: bytes | None = None
-    commit_offset: int = 0
+    version: int
+    tcb: dict[str, object]
+    rx: _Stream
+    tx: _Stream
+    app_state: bytes | None
+    commit_offset: int
+
+    def __init__(self, epoch: int) -> None:  # (hand-written: one per new flow)
+        self.epoch = epoch
+        self.version = self.commit_offset = 0
+        self.tcb = {}
+        self.rx = _Stream()
+        self.tx = _Stream()
+        self.app_state = None
 
 
 class MemoryStore:
@@ -112,16 +124,24 @@ class MemoryStore:
         self.commit_sync(batch)
 
     def commit_sync(self, batch: Sequence[FlowDelta]) -> None:
-        """Apply a group commit. Fencing is checked for the whole batch first."""
+        """Apply a group commit. Fencing is checked for the whole batch first, then
+        gaps (``_check_gaps``); nothing is written unless every item passes."""
         flows = self._flows
-        fenced = [
-            item.flow_id
-            for item in batch
-            if (flow := flows.get(item.flow_id)) is not None and item.epoch < flow.epoch
-        ]
+        fenced: list[str] = []
+        appends = False  # only appends can leave a gap
+        for item in batch:
+            flow = flows.get(item.flow_id)
+            if flow is not None and item.epoch < flow.epoch:
+                fenced.append(item.flow_id)
+            elif not appends:
+                for op in item.delta.ops:
+                    if type(op) is RxAppend or type(op) is TxAppend:
+                        appends = True
+                        break
         if fenced:
             raise FencedOut(f"stale epoch for {', '.join(fenced[:5])}", fenced)
-        self._check_gaps(batch)
+        if appends:
+            self._check_gaps(batch)
         for item in batch:
             flow = flows.get(item.flow_id)
             if flow is None:
@@ -130,19 +150,20 @@ class MemoryStore:
             if delta.version <= flow.version:
                 continue  # already applied (a retried batch)
             for op in delta.ops:
-                if type(op) is RxAppend:
-                    flow.rx.append(op.offset, op.data)
-                elif type(op) is TxAppend:
-                    flow.tx.append(op.offset, op.data)
-                elif type(op) is TcbSet:
-                    flow.tcb.update(op.fields)
-                elif type(op) is RxTrim:
-                    flow.rx.trim(op.below)
-                elif type(op) is TxTrim:
-                    flow.tx.trim(op.below)
-                elif type(op) is AppCommit:
-                    flow.commit_offset = op.offset
-                    flow.app_state = op.state
+                kind = type(op)
+                if kind is TcbSet:
+                    flow.tcb.update(op.fields)  # type: ignore[union-attr]
+                elif kind is RxAppend:
+                    flow.rx.append(op.offset, op.data)  # type: ignore[union-attr]
+                elif kind is TxAppend:
+                    flow.tx.append(op.offset, op.data)  # type: ignore[union-attr]
+                elif kind is RxTrim:
+                    flow.rx.trim(op.below)  # type: ignore[union-attr]
+                elif kind is TxTrim:
+                    flow.tx.trim(op.below)  # type: ignore[union-attr]
+                elif kind is AppCommit:
+                    flow.commit_offset = op.offset  # type: ignore[union-attr]
+                    flow.app_state = op.state  # type: ignore[union-attr]
             flow.version = delta.version
         self.commits += 1
 

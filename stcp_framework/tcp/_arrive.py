@@ -204,12 +204,9 @@ def segment_arrives(c: Connection, seg: TcpSegment, now: float) -> None:
         seg = seg._replace(seq=seq_add(Seq(seg.seq), 1), flags=flags & ~SYN)
         flags = seg.flags
     ts = seg.options.timestamps
-    if (
-        ts is not None
-        and tcb.timestamps
-        and not flags & RST
-        and seq_lt(Seq(ts[0]), Seq(tcb.ts_recent))
-    ):
+    use_ts = ts is not None and tcb.timestamps and not flags & RST
+    # (seq_lt(a, b) inlined below as ``(a - b) & SEQ_MASK >= _HALF``.)
+    if use_ts and (ts[0] - tcb.ts_recent) & SEQ_MASK >= _HALF:  # type: ignore[index]
         # RFC 7323 §5.3 R1 (PAWS): an older TSval than TS.Recent is a duplicate.
         c.count("paws_drop")
         c.ack_now = True
@@ -218,9 +215,9 @@ def segment_arrives(c: Connection, seg: TcpSegment, now: float) -> None:
     if accepted is None:
         return
     payload, off, fin = accepted
-    if ts is not None and tcb.timestamps and not flags & RST:
+    if use_ts:
         # RFC 7323 §4.3 (2): remember TSval if SEG.SEQ <= Last.ACK.sent (rcv_wup).
-        tsval = ts[0]
+        tsval = ts[0]  # type: ignore[index]
         if tsval != tcb.ts_recent and seq_le(Seq(seg.seq), tcb.rcv_wup):
             c._set("ts_recent", tsval)
     if flags & RST:
@@ -261,8 +258,12 @@ def check_sequence(
     syn = 1 if flags & SYN else 0
     fin = bool(flags & FIN)
     seg_len = plen + syn + (1 if fin else 0)
-    wnd = receive_window(c)
-    d = seq_diff(Seq(seg.seq), tcb.rcv_nxt)  # segment start relative to RCV.NXT
+    rcv_nxt = tcb.rcv_nxt
+    # receive_window(c) and seq_diff(SEG.SEQ, RCV.NXT), inlined.
+    wnd = ((tcb.rcv_wup + tcb.rcv_wnd - rcv_nxt + _HALF) & SEQ_MASK) - _HALF
+    if wnd < 0:
+        wnd = 0
+    d = ((seg.seq - rcv_nxt + _HALF) & SEQ_MASK) - _HALF  # segment start relative to RCV.NXT
     if seg_len == 0:
         ok = d == 0 if wnd == 0 else 0 <= d < wnd
     elif wnd == 0:
@@ -344,8 +345,9 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
         if tcb.state is TcpState.SYN_RECEIVED:
             c._set_state(_ESTABLISHED, "ACK of SYN")
         c.emit(Connected())
-    d_una = seq_diff(ack, tcb.snd_una)
-    d_nxt = seq_diff(ack, tcb.snd_nxt)
+    # seq_diff(ack, SND.UNA) and seq_diff(ack, SND.NXT), inlined.
+    d_una = ((ack - tcb.snd_una + _HALF) & SEQ_MASK) - _HALF
+    d_nxt = ((ack - tcb.snd_nxt + _HALF) & SEQ_MASK) - _HALF
     if d_nxt > 0:
         # RFC 9293 / RFC 5961 §5.2: acknowledges something not yet sent: ACK, drop.
         c.count("ack_too_new")
@@ -402,10 +404,14 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
                 _output.retransmit_first(c, now)
         else:
             c.dupacks = 0
-    # RFC 9293 step 5: window update if the segment is not older than the last one.
+    # RFC 9293 step 5: window update if the segment is not older than the last one:
+    # SND.WL1 < SEG.SEQ or (SND.WL1 = SEG.SEQ and SND.WL2 =< SEG.ACK), inlined.
+    seq: Seq = seg.seq  # type: ignore[assignment]  # the parser gives 32-bit values
+    wl1 = tcb.snd_wl1
+    wl2 = tcb.snd_wl2
     if d_una >= 0 and (
-        seq_lt(tcb.snd_wl1, Seq(seg.seq))
-        or (tcb.snd_wl1 == seg.seq and seq_le(tcb.snd_wl2, ack))
+        (wl1 - seq) & SEQ_MASK >= _HALF
+        or (wl1 == seq and (wl2 == ack or (wl2 - ack) & SEQ_MASK >= _HALF))
     ):
         if scaled_wnd != tcb.snd_wnd:
             c._set("snd_wnd", scaled_wnd)
@@ -414,9 +420,9 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
             if scaled_wnd:
                 c.timers.persist_at = None
                 c.persist_backoff = 0
-        if tcb.snd_wl1 != seg.seq:
-            c._set("snd_wl1", Seq(seg.seq))
-        if tcb.snd_wl2 != ack:
+        if wl1 != seq:
+            c._set("snd_wl1", seq)
+        if wl2 != ack:
             c._set("snd_wl2", ack)
     # State-specific processing of our FIN being acknowledged.
     if tcb.fin_sent and tcb.snd_una == tcb.snd_nxt:

@@ -7,6 +7,7 @@ listener table: a Connection starts at the SYN.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 from ..wire.seq import Seq, seq_add, seq_gt, seq_le
@@ -19,12 +20,25 @@ if TYPE_CHECKING:
     from .machine import Connection
 
 TS_OPTION_LEN = 12  # RFC 7323 §3: 10 bytes + 2 NOPs, deducted from every segment
+DEFAULT_MSS = 536  # RFC 9293 §3.7.1: send MSS when the peer sent no MSS option (IPv4)
+MIN_MSS = 48  # Linux tcp_min_snd_mss: never build smaller segments than this
+MAX_WSCALE = 14  # RFC 7323 §2.3
+
+
+@functools.cache
+def choose_rcv_wscale(recv_buffer_size: int) -> int:
+    """Smallest shift so that a 16-bit window covers the whole buffer (RFC 7323 §2.3).
+
+    (Cached: one value per configured buffer size, asked at every SYN.)
+    """
+    ws = 0
+    while ws < MAX_WSCALE and (0xFFFF << ws) < recv_buffer_size:
+        ws += 1
+    return ws
 
 
 def negotiate(c: Connection, opts: TcpOptions) -> None:
     """Apply the peer's SYN options (RFC 9293 §3.7.1, RFC 7323 §2.2 and §3.2)."""
-    from .machine import DEFAULT_MSS, MAX_WSCALE, MIN_MSS, choose_rcv_wscale
-
     config = c.config
     ts_ok = config.timestamps and opts.timestamps is not None
     if c.offer_wscale and opts.wscale is not None:
@@ -35,39 +49,49 @@ def negotiate(c: Connection, opts: TcpOptions) -> None:
         c.offer_wscale = False
     peer_mss = opts.mss if opts.mss else DEFAULT_MSS
     mss = max(MIN_MSS, min(peer_mss, config.mss) - (TS_OPTION_LEN if ts_ok else 0))
-    c._set("timestamps", ts_ok)
-    c._set("snd_wscale", snd_wscale)
-    c._set("rcv_wscale", rcv_wscale)
-    c._set("mss", mss)
-    c._set("sack_permitted", False)  # SACK not implemented: never offered
+    fields = {
+        "timestamps": ts_ok,
+        "snd_wscale": snd_wscale,
+        "rcv_wscale": rcv_wscale,
+        "mss": mss,
+        "sack_permitted": False,  # SACK not implemented: never offered
+    }
     if ts_ok:
         assert opts.timestamps is not None
-        c._set("ts_recent", opts.timestamps[0])
+        fields["ts_recent"] = opts.timestamps[0]
+    c._set_many(fields)
     c.cc.set_mss(mss, config.initial_cwnd_segments)
 
 
 def _accept_peer_syn(c: Connection, seg: TcpSegment) -> None:
     """Record IRS, RCV.NXT and the unscaled SYN window (RFC 9293 §3.10.7.2/3)."""
     irs = Seq(seg.seq)
-    c._set("irs", irs)
-    c._set("rcv_nxt", seq_add(irs, 1))
-    c._set("rcv_nxt_offset", 0)
-    c._set("rcv_wup", seq_add(irs, 1))
+    rcv_nxt = seq_add(irs, 1)
+    c._set_many(
+        {
+            "irs": irs,
+            "rcv_nxt": rcv_nxt,
+            "rcv_nxt_offset": 0,
+            "rcv_wup": rcv_nxt,
+            "snd_wnd": seg.window,  # RFC 7323 §2.2: the window in a SYN is never scaled
+            "max_window": seg.window,
+            "snd_wl1": irs,
+            "snd_wl2": Seq(seg.ack),
+        }
+    )
     c.rx_needs = c.version + 1
-    c._set("snd_wnd", seg.window)  # RFC 7323 §2.2: the window in a SYN is never scaled
-    c._set("max_window", seg.window)
-    c._set("snd_wl1", irs)
-    c._set("snd_wl2", Seq(seg.ack))
 
 
 def accept_syn(c: Connection, syn: TcpSegment, now: float) -> None:
     """A SYN at a listening port: SYN-RECEIVED and a SYN-ACK (RFC 9293 §3.10.7.2)."""
     c.offer_wscale = c.config.window_scaling and syn.options.wscale is not None
-    c._dirty.update(c.tcb.to_record())
     negotiate(c, syn.options)
     _accept_peer_syn(c, syn)
     c._set_state(TcpState.SYN_RECEIVED, "passive open")
     _output.send_syn(c, now)
+    # The first delta is the whole record (a restarted instance must know the flow
+    # the peer's ACK belongs to): every field as it is now, the ones set above too.
+    c._dirty = c.tcb.to_record()
 
 
 def syn_sent_arrives(c: Connection, seg: TcpSegment, now: float) -> None:

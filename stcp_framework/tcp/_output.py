@@ -187,15 +187,17 @@ def send_syn(c: Connection, now: float, *, retransmit: bool = False) -> None:
     ts: tuple[int, int] | None = None
     if tcb.timestamps:
         ts = (c.tsval(now), 0 if active else tcb.ts_recent)
-    opts = TcpOptions(mss=config.mss, wscale=ws, timestamps=ts)
-    window = min(_free_space(c), MAX_WINDOW)  # RFC 7323 §2.2: never scaled in a SYN
+    opts = _new(TcpOptions, (config.mss, ws, False, ts, ()))
+    window = _free_space(c)
+    if window > MAX_WINDOW:
+        window = MAX_WINDOW  # RFC 7323 §2.2: never scaled in a SYN
     if window != tcb.rcv_wnd:
         c._set("rcv_wnd", window)
     if active:
-        c._out.append(OutSegment(tcb.iss, 0, SYN, window, opts, b"", 0))
+        c._out.append(_new(OutSegment, (tcb.iss, 0, SYN, window, opts, b"", 0, 0)))
     else:
-        c._out.append(OutSegment(tcb.iss, tcb.rcv_nxt, SYN | ACK, window, opts, b"",
-                                 c.rx_needs))
+        c._out.append(_new(OutSegment, (tcb.iss, tcb.rcv_nxt, SYN | ACK, window, opts, b"",
+                                        c.rx_needs, 0)))
         c.ack_now = False
     if tcb.snd_nxt == tcb.iss:
         c._advance_snd_nxt(0)

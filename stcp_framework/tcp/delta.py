@@ -8,6 +8,7 @@ numbers never appear in store keys.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,3 +77,35 @@ class StateDelta:
 
     version: int
     ops: tuple[DeltaOp, ...]
+
+
+# Fast constructors for the two records every drain() makes. A frozen dataclass's
+# __init__ assigns each field with object.__setattr__ (about 0.9 us for two fields);
+# writing the slots through their descriptors gives the same object in 0.5 us. They
+# are as immutable as ever afterwards.
+_object_new = object.__new__
+
+
+def _slot_setter(cls: type, name: str) -> Callable[[object, object], None]:
+    setter: Callable[[object, object], None] = cls.__dict__[name].__set__
+    return setter
+
+
+_set_tcb_set_fields = _slot_setter(TcbSet, "fields")
+_set_delta_version = _slot_setter(StateDelta, "version")
+_set_delta_ops = _slot_setter(StateDelta, "ops")
+
+
+def new_tcb_set(fields: dict[str, Any]) -> TcbSet:
+    """``TcbSet(fields)``, built faster (see above)."""
+    op: TcbSet = _object_new(TcbSet)
+    _set_tcb_set_fields(op, fields)
+    return op
+
+
+def new_state_delta(version: int, ops: tuple[DeltaOp, ...]) -> StateDelta:
+    """``StateDelta(version, ops)``, built faster (see above)."""
+    delta: StateDelta = _object_new(StateDelta)
+    _set_delta_version(delta, version)
+    _set_delta_ops(delta, ops)
+    return delta

@@ -41,10 +41,21 @@ from typing import Any, overload
 from ..wire.seq import Seq, seq_add, seq_diff, seq_gt
 from ..wire.tcp import ACK, NO_OPTIONS, RST, SYN, TcpSegment
 from . import _arrive, _listen, _output
+from ._listen import DEFAULT_MSS, MIN_MSS, choose_rcv_wscale
 from .buffers import Reassembly, RecvBuffer, SendBuffer
 from .config import TcpConfig
 from .congestion import NewReno
-from .delta import AppCommit, DeltaOp, RxAppend, RxTrim, StateDelta, TcbSet, TxAppend, TxTrim
+from .delta import (
+    AppCommit,
+    DeltaOp,
+    RxAppend,
+    RxTrim,
+    StateDelta,
+    TxAppend,
+    TxTrim,
+    new_state_delta,
+    new_tcb_set,
+)
 from .errors import LocalProtocolError
 from .events import Closed, DataReadable, Event, SendSpace
 from .rtt import RttEstimator
@@ -56,9 +67,6 @@ from .txmap import TxMap
 
 logger = logging.getLogger("stcp.tcp")
 
-DEFAULT_MSS = 536  # RFC 9293 §3.7.1: send MSS when the peer sent no MSS option (IPv4)
-MIN_MSS = 48  # Linux tcp_min_snd_mss: never build smaller segments than this
-MAX_WSCALE = 14  # RFC 7323 §2.3
 COALESCE_LIMIT = 64 * 1024  # join contiguous appends of one drain up to this size
 KICK_DUPACKS = 3  # ack-on-commit restore: duplicate ACKs after the kick (RFC 5681 §3.2)
 # RFC 9293 §3.10.5 ABORT: the states that send <SEQ=SND.NXT><CTL=RST>.
@@ -69,14 +77,6 @@ _new_tuple = tuple.__new__  # Step built positionally
 _CLOSED = Closed()
 _DATA_READABLE = DataReadable()
 _SEND_SPACE = SendSpace()
-
-
-def choose_rcv_wscale(recv_buffer_size: int) -> int:
-    """Smallest shift so that a 16-bit window covers the whole buffer (RFC 7323 §2.3)."""
-    ws = 0
-    while ws < MAX_WSCALE and (0xFFFF << ws) < recv_buffer_size:
-        ws += 1
-    return ws
 
 
 _Piece = tuple[int, "bytes | memoryview"]  # received data: bytes or a kept view
@@ -692,12 +692,12 @@ class Connection:
             ops.append(TxTrim(self._tx_trim))
             self._tx_trim = None
         if dirty:
-            ops.append(TcbSet(dirty))
+            ops.append(new_tcb_set(dirty))
             self._dirty = {}
         delta: StateDelta | None = None
         if ops:
             self.version += 1
-            delta = StateDelta(self.version, tuple(ops))
+            delta = new_state_delta(self.version, tuple(ops))
         if out:
             self._out = []
         if events:
@@ -712,6 +712,13 @@ class Connection:
         setattr(self.tcb, name, value)
         self._dirty[name] = value
 
+    def _set_many(self, fields: dict[str, Any]) -> None:
+        """``_set`` for several fields at once."""
+        tcb = self.tcb
+        for name, value in fields.items():
+            setattr(tcb, name, value)
+        self._dirty.update(fields)
+
     def _set_state(self, new: TcpState, reason: str) -> None:
         """The only writer of ``tcb.state``: logs, records, arms/clears timers, emits."""
         tcb = self.tcb
@@ -719,7 +726,7 @@ class Connection:
         if old is new:
             return
         tcb.state = new
-        self._dirty["state"] = new.value
+        self._dirty["state"] = new._value_  # (``.value`` is a property: two calls)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s %s -> %s (%s)", self.name, old, new, reason)
         if new is TcpState.CLOSED:

@@ -11,6 +11,7 @@ Record encoding (``to_record``/``from_record`` and ``TcbSet.fields``): plain ``i
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 from ..wire.seq import Seq
@@ -53,6 +54,7 @@ TCB_FIELDS: tuple[str, ...] = (
 )
 _DEFAULTS: dict[str, Any] = {"ack_on_commit": False, "tx_refs": "", "tx_ref_base": 0}
 """Fields added after schema 1, with the value older records mean."""
+_get_fields = operator.attrgetter(*TCB_FIELDS)  # every field at once, in TCB_FIELDS order
 
 
 class Tcb:
@@ -161,8 +163,8 @@ class Tcb:
 
     def to_record(self) -> dict[str, Any]:
         """Every field as plain values, plus ``"schema"``."""
-        rec: dict[str, Any] = {name: getattr(self, name) for name in TCB_FIELDS}
-        rec["state"] = self.state.value
+        rec: dict[str, Any] = dict(zip(TCB_FIELDS, _get_fields(self), strict=True))
+        rec["state"] = self.state._value_  # (``.value`` is a property)
         rec["schema"] = SCHEMA_VERSION
         return rec
 

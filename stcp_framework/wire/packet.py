@@ -70,7 +70,7 @@ _V4_ANY = b"\x00\x00\x00\x00"
 _V6_ANY = bytes(16)
 
 _from_bytes = int.from_bytes
-_new_tuple = tuple.__new__
+_new = tuple.__new__
 
 
 def _drop(reason: DropReason, detail: str = "") -> MalformedPacket:
@@ -180,25 +180,14 @@ def parse_packet_untrusted(
     ):
         # Fast path: NOP NOP TS, the options of every data segment of a timestamp
         # connection (RFC 7323 Appendix A), as Linux's tcp_fast_parse_options does.
-        options = _new_tuple(TcpOptions, (None, None, False, (ts[1], ts[2]), ()))
+        options = _new(TcpOptions, (None, None, False, (ts[1], ts[2]), ()))
     else:
         options = parse_options_untrusted(buf[off + TCP_HEADER_LEN : off + doff])
-    # tuple.__new__ with the fields in order: the NamedTuples' generated __new__ is a
-    # Python-level call, three per packet on the hottest path.
-    return _new_tuple(
-        Packet,
-        (
-            version,
-            src,
-            dst,
-            ttl,
-            _new_tuple(
-                TcpSegment,
-                (src_port, dst_port, seq, ack, flags, window, urgent, options,
-                 buf[off + doff : end]),
-            ),
-        ),
-    )  # fmt: skip
+    # NamedTuples built positionally with tuple.__new__ (no argument parsing: one per
+    # packet, STYLE.md §5).
+    payload = buf[off + doff : end]
+    seg = _new(TcpSegment, (src_port, dst_port, seq, ack, flags, window, urgent, options, payload))
+    return _new(Packet, (version, src, dst, ttl, seg))
 
 
 def _skip_ipv6_extension_headers(
