@@ -129,23 +129,23 @@ class Server:
 # ------------------------------------------------------------------ process helpers
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """``preexec_fn``: SIGKILL this child when the orchestrator dies (prctl(2))."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def stop_process(proc: subprocess.Popen[str]) -> None:
+def stop_process(proc: subprocess.Popen[Any], timeout: float = STOP_TIMEOUT) -> None:
     """SIGTERM, wait (bounded), SIGKILL: only this PID, which we started."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=STOP_TIMEOUT)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
-            proc.wait(timeout=STOP_TIMEOUT)
+            proc.wait(timeout=timeout)
     if proc.stdout is not None:
         proc.stdout.close()
 
@@ -281,7 +281,7 @@ def start_server(server: Server, logdir: Path, cleanups: list[Callable[[], None]
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
     proc = server.proc
     cleanups.append(lambda: stop_process(proc))
@@ -393,7 +393,7 @@ def run_client(mode: str, server: Server, deadline_s: float, *extra: str) -> dic
             text=True,
             timeout=deadline_s + CLIENT_GRACE,
             check=False,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
     except subprocess.TimeoutExpired:
         return {"error": f"client overran its deadline by {CLIENT_GRACE:.0f} s and was killed"}

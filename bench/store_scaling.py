@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import ipaddress
 import os
 import shutil
@@ -63,7 +62,11 @@ from types import FrameType
 
 import redis
 import trio
-from run import render_table  # bench/run.py: run as a script, bench/ is on sys.path
+from run import (  # bench/run.py: run as a script, bench/ is on sys.path
+    die_with_parent,
+    render_table,
+    stop_process,
+)
 
 from stcp_framework.stack.flows import flow_id_of
 from stcp_framework.stack.recovery import RESTORE_BATCH
@@ -83,7 +86,6 @@ EPOCH = 1
 PAYLOAD = b"x" * 64  # the data round's request bytes
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
-_PR_SET_PDEATHSIG = 1
 
 # repetitions per level: (group commit, restore)
 REPS_FULL = {1: (200, 50), 100: (50, 20), 1_000: (15, 5), 10_000: (7, 3)}
@@ -213,12 +215,6 @@ def fresh_copies(flows: Sequence[IdleFlow]) -> list[IdleFlow]:
 # ------------------------------------------------------------------ redis-server
 
 
-def _die_with_parent() -> None:
-    """``preexec_fn``: SIGKILL redis-server when this process dies (prctl(2))."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
 class RedisServer:
     """A private redis-server in the foreground, on ``<dir>/redis.sock``, stopped by PID."""
 
@@ -249,7 +245,7 @@ class RedisServer:
              "--daemonize", "no", "--appendonly", "yes", "--appendfsync", "everysec",
              "--save", "", "--logfile", str(self.directory / "redis.log")],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         client = self.client()
         deadline = time.monotonic() + START_TIMEOUT
@@ -270,14 +266,7 @@ class RedisServer:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return False
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            proc.wait(timeout=STOP_TIMEOUT)
+        stop_process(proc, STOP_TIMEOUT)
         return True
 
     def main_thread_cpu_ns(self) -> int | None:
