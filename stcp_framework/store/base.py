@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..tcp.delta import StateDelta
+from ..tcp.delta import StateDelta, slot_setter
 
 
 class StoreError(Exception):
@@ -51,9 +51,9 @@ class FlowDelta:
     delta: StateDelta
 
 
-_set_flow_id = FlowDelta.__dict__["flow_id"].__set__
-_set_epoch = FlowDelta.__dict__["epoch"].__set__
-_set_delta = FlowDelta.__dict__["delta"].__set__
+_set_flow_id = slot_setter(FlowDelta, "flow_id")
+_set_epoch = slot_setter(FlowDelta, "epoch")
+_set_delta = slot_setter(FlowDelta, "delta")
 
 
 def new_flow_delta(flow_id: str, epoch: int, delta: StateDelta) -> FlowDelta:

@@ -180,13 +180,18 @@ def header_prediction(c: Connection, seg: TcpSegment, now: float) -> bool:
         return True
     c._rx_ops.append((off, data))
     c.rx_needs = c.version + 1
-    # RFC 9293 §3.8.6.3 / RFC 5681 §4.2: ACK at least every second full-sized segment.
-    c.rcv_unacked += plen
+    delayed_ack_rule(c, plen, now)
+    return True
+
+
+def delayed_ack_rule(c: Connection, n: int, now: float) -> None:
+    """``n`` more bytes to acknowledge: at once from the second full-sized segment's
+    worth on, else within the delayed-ACK timeout (RFC 9293 §3.8.6.3, RFC 5681 §4.2)."""
+    c.rcv_unacked += n
     if c.rcv_unacked >= 2 * c.rcv_mss:
         c.ack_now = True
     elif c.timers.delayed_ack_at is None:
         c.timers.delayed_ack_at = now + c.config.delayed_ack_timeout
-    return True
 
 
 def segment_arrives(c: Connection, seg: TcpSegment, now: float) -> None:
@@ -484,12 +489,7 @@ def process_text(c: Connection, payload: bytes | memoryview, off: int, now: floa
         if c.timers.delayed_ack_at is None:
             c.timers.delayed_ack_at = now + c.config.commit_wait
         return
-    # RFC 9293 §3.8.6.3 / RFC 5681 §4.2: ACK at least every second full-sized segment.
-    c.rcv_unacked += plen
-    if c.rcv_unacked >= 2 * c.rcv_mss:
-        c.ack_now = True
-    elif c.timers.delayed_ack_at is None:
-        c.timers.delayed_ack_at = now + c.config.delayed_ack_timeout
+    delayed_ack_rule(c, plen, now)
 
 
 def check_fin(c: Connection, fin_off: int, now: float) -> None:

@@ -86,14 +86,16 @@ class StateDelta:
 _object_new = object.__new__
 
 
-def _slot_setter(cls: type, name: str) -> Callable[[object, object], None]:
+def slot_setter(cls: type, name: str) -> Callable[[object, object], None]:
+    """The raw writer of slot ``name`` of a frozen ``slots=True`` dataclass, for a fast
+    constructor that fills a fresh instance once (never for changing one)."""
     setter: Callable[[object, object], None] = cls.__dict__[name].__set__
     return setter
 
 
-_set_tcb_set_fields = _slot_setter(TcbSet, "fields")
-_set_delta_version = _slot_setter(StateDelta, "version")
-_set_delta_ops = _slot_setter(StateDelta, "ops")
+_set_tcb_set_fields = slot_setter(TcbSet, "fields")
+_set_delta_version = slot_setter(StateDelta, "version")
+_set_delta_ops = slot_setter(StateDelta, "ops")
 
 
 def new_tcb_set(fields: dict[str, Any]) -> TcbSet:

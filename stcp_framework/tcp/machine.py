@@ -559,11 +559,7 @@ class Connection:
                     # The ACK moves with the commit, so it needs the commit durable;
                     # the delayed-ACK rule counts committed bytes (RFC 5681 §4.2).
                     self.rx_needs = self.version + 1
-                    self.rcv_unacked += advanced
-                    if self.rcv_unacked >= 2 * self.rcv_mss:
-                        self.ack_now = True
-                    elif self.timers.delayed_ack_at is None:
-                        self.timers.delayed_ack_at = now + self.config.delayed_ack_timeout
+                    _arrive.delayed_ack_rule(self, advanced, now)
                 if self.pending_fin and self.ack_offset() == buf.end_offset:
                     _arrive.check_fin(self, offset, now)
                 if self.ack_now:
