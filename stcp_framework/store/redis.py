@@ -23,6 +23,17 @@ Theory of operation:
     caller's own buffers (``_pack_evalsha``), so a large append is never copied in
     Python and the worker holds the GIL only while packing the small arguments.
 
+    Staged chunks: every whole chunk a batch appends (a run of appends that continue
+    each other -- one per received segment -- counts as one) is sent as a plain ``SET``
+    of a staging key in the same round trip, just before the script, which checks the
+    batch and then ``RENAME``s it into place; only the partial chunks at the ends of a
+    run travel in ARGV. Redis's Lua hashes every string handed to it byte by byte
+    (~1.5 ns per byte on this machine, ~650 MB/s), so a 500 KB batch through ARGV cost
+    ~3 ms of server time; staged, ~0.5 ms. A staging key's name carries the writer's
+    epoch, so a fenced writer's bytes stay apart from the owner's, and the script
+    deletes every staging key of its batch whether it applies or refuses it (an expiry
+    covers a writer that dies between the ``SET`` and the script). See ``keys.py``.
+
     Fencing (G5): every delta carries its owner's epoch; the script refuses the batch if
     any flow's stored owner epoch is larger, and the client raises ``FencedOut`` naming
     the flows. ``claim`` raises the owner epoch (compare-and-set in a script).
@@ -128,9 +139,10 @@ _TRANSIENT_REPLIES = (
 COMMIT = r"""
 -- Group commit: every delta of one batch, validated first, then applied.
 -- KEYS[1] = the service's flow index; then per item (one delta): tcb, owner, app,
---           rx chunks rx_lo .. rx_lo+rx_n-1, tx chunks tx_lo .. tx_lo+tx_n-1.
+--           rx chunks rx_lo .. rx_lo+rx_n-1, tx chunks tx_lo .. tx_lo+tx_n-1, and its
+--           staged chunks (written by the caller just before this call), in op order.
 -- ARGV[1] = chunk size, ARGV[2] = number of items; then per item:
---   flow_id, 'epoch version rx_lo rx_n tx_lo tx_n nargs', nargs op args...
+--   flow_id, 'epoch version rx_lo rx_n tx_lo tx_n nargs nstaged', nargs op args...
 -- A flow may have several items (deltas held back during an outage and retried
 -- together): they are validated in order, each against the state the earlier ones
 -- leave -- the flow's running version, stream geometry and commit offset -- and an item
@@ -139,12 +151,16 @@ COMMIT = r"""
 -- The TCB hash's meta field '.m' is 'version rb rh re tb th te co' (see keys.py).
 -- Ops: S n (name value)*n | R offset data | T offset data | r below | t below
 --      | C offset state | c offset   (c = app commit with state None)
+--      | RK n | TK n   (append all of chunk n from the item's next staged key: the
+--                       bytes never enter Lua, where every string is hashed byte by
+--                       byte; RENAME moves them into place)
 -- Returns {'OK', rx_first_chunk, tx_first_chunk, ...per item} after writing (each
 -- item gets its flow's chunks after the whole batch), or {'FAIL', (kind, item number,
--- x, y)*} without writing anything, at most one failure per flow; kind is FENCED
--- (x = owner epoch), LOST (x = reason), GAP, or KEYS (x, y = first rx/tx chunk live
--- before the batch: the caller declares from there for every item of the flow and
--- retries).
+-- x, y)*} without writing anything but deleting the staged keys, at most one failure
+-- per flow; kind is FENCED (x = owner epoch), LOST (x = reason), GAP, STAGED (a staged
+-- key is gone: expired; the caller sends it again), or KEYS (x, y = first rx/tx chunk
+-- live before the batch: the caller declares from there for every item of the flow and
+-- retries). Either way every staged key of the batch is gone afterwards.
 local C = tonumber(ARGV[1])
 local nitems = tonumber(ARGV[2])
 local floor = math.floor
@@ -167,11 +183,13 @@ local function key_of(s, n)
   return KEYS[s.k + n - s.lo]
 end
 
-local HEADER = '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$'
+local HEADER = '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$'
 local META = '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$'
+local staged = {}  -- every staged key of the batch: none may outlive this call
 for i = 1, nitems do
   local id = ARGV[a]
-  local epoch, version, rx_lo, rx_n, tx_lo, tx_n, nargs = string.match(ARGV[a + 1], HEADER)
+  local epoch, version, rx_lo, rx_n, tx_lo, tx_n, nargs, nstaged =
+    string.match(ARGV[a + 1], HEADER)
   epoch, version = tonumber(epoch), tonumber(version)
   rx_lo, rx_n, tx_lo, tx_n = tonumber(rx_lo), tonumber(rx_n), tonumber(tx_lo), tonumber(tx_n)
   nargs = tonumber(nargs)
@@ -180,7 +198,9 @@ for i = 1, nitems do
   local tcb, owner_k, app = KEYS[k], KEYS[k + 1], KEYS[k + 2]
   local rx_k = k + 3
   local tx_k = rx_k + rx_n
-  k = tx_k + tx_n
+  local stage_k = tx_k + tx_n
+  k = stage_k + tonumber(nstaged)
+  for q = stage_k, k - 1 do staged[#staged + 1] = KEYS[q] end
 
   local fs = flows[tcb]
   if not fs then
@@ -265,6 +285,34 @@ for i = 1, nitems do
       end
       s.e = stop
     end
+    -- all of chunk n, from the staged key `stage`: like append(s, n * C, <its bytes>)
+    local function append_chunk(s, n, stage)
+      local offset = n * C
+      local stop = offset + C
+      if offset > s.e then
+        fail = {'GAP', i, fmt(offset), fmt(s.e)}
+        return
+      end
+      if redis.call('EXISTS', stage) == 0 then
+        fail = {'STAGED', i, 0, 0}
+        return
+      end
+      if stop <= s.e then return end  -- held already (a retried append)
+      local key = key_of(s, n)
+      if not key then need_keys = true; return end
+      local start = offset
+      if s.h > start then start = s.h end
+      if not s.touched then
+        if redis.call('STRLEN', key) ~= s.e - start then
+          fail = {'LOST', i, 'buffer chunk missing or short', 0}
+          return
+        end
+        s.touched = true
+      end
+      -- the stored bytes [start, s.e) are the same stream bytes: replace the chunk
+      acts[#acts + 1] = {'MOVE', stage, key, start - offset}
+      s.e = stop
+    end
     local function trim(s, below)
       local beyond = nil
       if below > s.e then
@@ -311,6 +359,12 @@ for i = 1, nitems do
         append(rx, tonumber(ARGV[j + 1]), ARGV[j + 2]); j = j + 3
       elseif op == 'T' then
         append(tx, tonumber(ARGV[j + 1]), ARGV[j + 2]); j = j + 3
+      elseif op == 'RK' then
+        append_chunk(rx, tonumber(ARGV[j + 1]), KEYS[stage_k]); stage_k = stage_k + 1
+        j = j + 2
+      elseif op == 'TK' then
+        append_chunk(tx, tonumber(ARGV[j + 1]), KEYS[stage_k]); stage_k = stage_k + 1
+        j = j + 2
       elseif op == 'r' then
         trim(rx, tonumber(ARGV[j + 1])); j = j + 2
       elseif op == 't' then
@@ -341,7 +395,12 @@ for i = 1, nitems do
   end
 end
 
+local function drop_staged()
+  for _, key in ipairs(staged) do redis.call('DEL', key) end
+end
+
 if #fails > 0 then
+  drop_staged()
   table.insert(fails, 1, 'FAIL')
   return fails
 end
@@ -355,6 +414,15 @@ for i = 1, nitems do
     for _, act in ipairs(p.acts) do
       if act[1] == 'COMPACT' then
         redis.call('SET', act[2], redis.call('GET', act[2]))
+      elseif act[1] == 'MOVE' then
+        if act[4] == 0 then
+          redis.call('RENAME', act[2], act[3])
+          redis.call('PERSIST', act[3])  -- RENAME kept the staged key's expiry
+        else
+          -- rare (a retried append over a chunk whose head was trimmed): the chunk's
+          -- bytes start late, so only the staged key's tail goes in
+          redis.call('SET', act[3], redis.call('GETRANGE', act[2], act[4], -1))
+        end
       else
         redis.call(unpack(act))
       end
@@ -364,6 +432,7 @@ for i = 1, nitems do
   out[#out + 1] = fmt(floor(p.fs.rx.h / C))
   out[#out + 1] = fmt(floor(p.fs.tx.h / C))
 end
+drop_staged()  -- the ones not moved: skipped items, bytes held already, late heads
 return out
 """
 
@@ -496,6 +565,56 @@ def _pack_evalsha(
     out.append(b"".join(small))
     return out
 _DIGITS = frozenset(b"-0123456789")
+
+
+def _append_arg(
+    args: list[Any], big: list[int], op: str, offset: int, data: bytes | memoryview
+) -> None:
+    """Add the op ``op offset data`` to ARGV: uncopied (its index in ``big``) when large,
+    else as ``bytes`` for hiredis to pack."""
+    if len(data) >= _ZERO_COPY_LEN:
+        args += (op, offset, data)
+        big.append(len(args) - 1)
+    elif data:
+        args += (op, offset, data if type(data) is bytes else bytes(data))
+
+
+def _cut(
+    run: Sequence[tuple[int, bytes | memoryview]], lo: int, hi: int
+) -> list[tuple[int, bytes | memoryview]]:
+    """The parts of ``run`` (contiguous ``(offset, data)`` pieces) that cover ``[lo, hi)``,
+    as (offset, view) without copying."""
+    out: list[tuple[int, bytes | memoryview]] = []
+    for at, data in run:
+        end = at + len(data)
+        if end <= lo or at >= hi:
+            continue
+        if at >= lo and end <= hi:
+            out.append((at, data))
+        else:
+            start = max(at, lo)
+            out.append((start, memoryview(data)[start - at : min(end, hi) - at]))
+    return out
+
+
+_STAGE_TTL = b"%d" % K.STAGE_TTL_MS
+
+
+def _staged_sets(staged: Sequence[tuple[str, Sequence[bytes | memoryview]]]) -> list[Any]:
+    """``SET key data PX STAGE_TTL_MS`` for each staged chunk (``data`` given in pieces),
+    as buffers to send before the commit script: the pieces go out as they are, uncopied,
+    as in ``_pack_evalsha``."""
+    out: list[Any] = []
+    tail = b""
+    for key, pieces in staged:
+        name = key.encode()
+        out.append(b"%s*5\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n"
+                   % (tail, len(name), name, sum(len(piece) for piece in pieces)))
+        out += pieces
+        tail = b"\r\n$2\r\nPX\r\n$%d\r\n%s\r\n" % (len(_STAGE_TTL), _STAGE_TTL)
+    if tail:
+        out.append(tail)
+    return out
 
 
 def _decode_tcb_flat(
@@ -764,9 +883,9 @@ class RedisStore:
         if not batch:
             return
         for _ in range(_KEY_RETRIES):
-            keys, args, big = self._encode(batch)
+            keys, args, big, staged = self._encode(batch)
             with _store_errors("commit"):
-                reply = self._evalsha(self._commit, keys, args, big)
+                reply = self._evalsha(self._commit, keys, args, big, staged)
             if reply[0] == b"OK":
                 first = self._first
                 for i, item in enumerate(batch):
@@ -795,8 +914,9 @@ class RedisStore:
                 lost_why = x.decode() if isinstance(x, bytes) else str(x)
             elif kind == b"GAP":
                 gaps.append(f"{item.flow_id}: append at {int(x)}, have up to {int(y)}")
-            else:  # KEYS: declare from these chunks on
+            elif kind == b"KEYS":  # declare from these chunks on
                 self._first[item.flow_id] = (int(x), int(y))
+            # STAGED: a staged chunk expired before the script ran; send them again
         if fenced:
             raise FencedOut(_summary(fenced), fenced_ids)
         if lost:
@@ -804,9 +924,13 @@ class RedisStore:
         if gaps:
             raise ValueError("gap in stream: " + _summary(gaps))
 
-    def _encode(self, batch: Sequence[FlowDelta]) -> tuple[list[str], list[Any], list[int]]:
-        """KEYS and ARGV of the commit script (format documented in the script), and the
-        indices in ARGV of the payloads to send uncopied (see ``_pack_evalsha``).
+    def _encode(
+        self, batch: Sequence[FlowDelta]
+    ) -> tuple[list[str], list[Any], list[int], list[tuple[str, list[bytes | memoryview]]]]:
+        """KEYS and ARGV of the commit script (format documented in the script), the
+        indices in ARGV of the payloads to send uncopied (see ``_pack_evalsha``), and the
+        staged chunks: (key, bytes) of every whole chunk an append covers, to ``SET``
+        just before the script, which moves them into place (``_staged_sets``).
 
         Each delta is one item, declaring its flow's chunks from the first live chunk
         the client knows (the previous reply's) up to the highest its ops touch: every
@@ -820,10 +944,10 @@ class RedisStore:
         keys: list[str] = [self._index]
         args: list[Any] = [CHUNK_SIZE, len(batch)]
         big: list[int] = []
+        staged: list[tuple[str, list[bytes | memoryview]]] = []
         first = self._first
         names = self._names
         stored_names = _STORED_NAMES
-        zero_copy_len = _ZERO_COPY_LEN
         starts: dict[str, tuple[int, int]] = {}
         for item in batch:
             flow_id = item.flow_id
@@ -835,35 +959,64 @@ class RedisStore:
             if flow_names is None:
                 flow_names = names[flow_id] = _FlowNames.of(self.service, flow_id)
             args.append(flow_id)
+            staged_before = len(staged)
             header_at = len(args)
             args.append("")  # the item header, once the ops are known
             rx_lo = tx_lo = 1 << 62
             rx_hi = tx_hi = -1
-            for op in delta.ops:
+            ops = delta.ops
+            j = 0
+            while j < len(ops):
+                op = ops[j]
+                j += 1
                 t = type(op)
                 if t is RxAppend or t is TxAppend:
-                    data: bytes | memoryview = op.data  # type: ignore[union-attr]
-                    data_len = len(data)
-                    if not data_len:
-                        continue
-                    if data_len < zero_copy_len and type(data) is not bytes:
-                        data = bytes(data)  # a view (RxAppend): packed with the small ones
                     offset: int = op.offset  # type: ignore[union-attr]
-                    lo, hi = offset // CHUNK_SIZE, (offset + data_len - 1) // CHUNK_SIZE
+                    data: bytes | memoryview = op.data  # type: ignore[union-attr]
+                    stop = offset + len(data)
+                    run = [(offset, data)]
+                    # a run of appends that continue each other (one per received
+                    # segment) is staged as one range: whole chunks span segments
+                    while j < len(ops) and type(ops[j]) is t and ops[j].offset == stop:  # type: ignore[union-attr]
+                        more = ops[j].data  # type: ignore[union-attr]
+                        run.append((stop, more))
+                        stop += len(more)
+                        j += 1
+                    if stop == offset:
+                        continue
+                    lo, hi = offset // CHUNK_SIZE, (stop - 1) // CHUNK_SIZE
                     if t is RxAppend:
-                        args += ("R", offset, data)
                         if lo < rx_lo:
                             rx_lo = lo
                         if hi > rx_hi:
                             rx_hi = hi
+                        op_name, chunk_op, stream = "R", "RK", "rx"
                     else:
-                        args += ("T", offset, data)
                         if lo < tx_lo:
                             tx_lo = lo
                         if hi > tx_hi:
                             tx_hi = hi
-                    if data_len >= zero_copy_len:
-                        big.append(len(args) - 1)
+                        op_name, chunk_op, stream = "T", "TK", "tx"
+                    first_whole = -(-offset // CHUNK_SIZE)
+                    end_whole = stop // CHUNK_SIZE  # whole chunks first_whole .. end_whole-1
+                    if first_whole >= end_whole:
+                        for at, piece in run:
+                            _append_arg(args, big, op_name, at, piece)
+                        continue
+                    # whole chunks are staged (SET before the script, RENAMEd by it);
+                    # the partial chunks at either end go in ARGV as usual
+                    cut = first_whole * CHUNK_SIZE
+                    for at, piece in _cut(run, offset, cut):
+                        _append_arg(args, big, op_name, at, piece)
+                    for n in range(first_whole, end_whole):
+                        cut = n * CHUNK_SIZE
+                        staged.append((
+                            K.stage_key(flow_names.tag, stream, n, item.epoch),
+                            [piece for _, piece in _cut(run, cut, cut + CHUNK_SIZE)],
+                        ))
+                        args += (chunk_op, n)
+                    for at, piece in _cut(run, end_whole * CHUNK_SIZE, stop):
+                        _append_arg(args, big, op_name, at, piece)
                 elif t is TcbSet:
                     fields: Mapping[str, object] = op.fields  # type: ignore[union-attr]
                     args += ("S", len(fields))
@@ -904,20 +1057,28 @@ class RedisStore:
             tx_first, tx_n = _chunk_range(tx_lo, tx_hi)
             args[header_at] = (
                 f"{item.epoch} {version} {rx_first} {rx_n} {tx_first} {tx_n} "
-                f"{len(args) - header_at - 1}"
+                f"{len(args) - header_at - 1} {len(staged) - staged_before}"
             )
             keys += flow_names.fixed
             if rx_n:
                 keys += flow_names.rx_range(rx_first, rx_n)
             if tx_n:
                 keys += flow_names.tx_range(tx_first, tx_n)
-        return keys, args, big
+            for key, _ in staged[staged_before:]:
+                keys.append(key)
+        return keys, args, big, staged
 
     def _evalsha(
-        self, script: Script, keys: Sequence[str], args: Sequence[Any], big: Sequence[int] = ()
+        self,
+        script: Script,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        big: Sequence[int] = (),
+        staged: Sequence[tuple[str, list[bytes | memoryview]]] = (),
     ) -> Any:
         """``EVALSHA`` packed by hiredis (``_pack_evalsha``) and sent on a pooled
-        connection; ``big``: indices of ``args`` to send uncopied.
+        connection; ``big``: indices of ``args`` to send uncopied; ``staged``: chunks
+        to ``SET`` first, in the same round trip (``_staged_sets``).
 
         redis-py's own ``Script.__call__`` packs argument by argument in Python (about
         2 us each, and a 1000-flow batch has ~10,000); this reloads after ``NOSCRIPT``
@@ -925,18 +1086,28 @@ class RedisStore:
         """
         pool = self._client.connection_pool
         reloaded = retried = False
-        packed = _pack_evalsha(script.sha, keys, args, big)
+        prelude = _staged_sets(staged)
+        packed = prelude + _pack_evalsha(script.sha, keys, args, big)
         while True:
             conn = pool.get_connection()
             try:
                 conn.send_packed_command(packed, check_health=False)  # type: ignore[no-untyped-call]
-                return conn.read_response()
+                refused: ResponseError | None = None
+                for _ in staged:
+                    try:
+                        conn.read_response()
+                    except ResponseError as exc:  # read on: the script's reply follows
+                        refused = refused or exc
+                reply = conn.read_response()
+                if refused is not None:
+                    raise refused  # (the script found its staged key missing: nothing written)
+                return reply
             except NoScriptError:
                 if reloaded:
                     raise
                 reloaded = True
                 script.sha = self._client.script_load(script.script)
-                packed = _pack_evalsha(script.sha, keys, args, big)
+                packed = prelude + _pack_evalsha(script.sha, keys, args, big)
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 conn.disconnect()  # type: ignore[no-untyped-call]
                 if retried:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from store_helpers import RedisServer
 
 from stcp_framework.store import codec
-from stcp_framework.store.base import FencedOut, FlowDelta, StoreUnavailable
+from stcp_framework.store.base import FencedOut, FlowDelta, StoreError, StoreUnavailable
 from stcp_framework.store.keys import CHUNK_SIZE, flow_tag, validate_service
 from stcp_framework.store.redis import FlowLost, RedisStore, _decode_tcb_flat
 from stcp_framework.tcp.delta import (
@@ -331,6 +331,94 @@ async def test_full_chunks_are_sized_exactly(redis7_server: RedisServer) -> None
     assert store.client.strlen(full) == C
     usage = store.client.memory_usage(full, samples=0)
     assert usage is not None and usage <= C + 256
+    await store.aclose()
+
+
+# -- staged chunks (keys.py) --------------------------------------------------------------
+
+def staged_keys(store: RedisStore) -> list[bytes]:
+    return [k for k in server_keys(store, f"stcp:{{{store.service}:*")
+            if re.search(rb":(rx|tx):\d+:e\d+$", k)]
+
+
+def rename_calls(store: RedisStore) -> int:
+    stats = cast(dict[str, dict[str, int]], store.client.info("commandstats"))
+    return stats.get("cmdstat_rename", {}).get("calls", 0)
+
+
+async def test_whole_chunks_are_moved_in_and_no_staged_key_outlives_a_commit(
+    redis7_server: RedisServer,
+) -> None:
+    """Whole chunks travel as staged keys the script RENAMEs (their bytes never enter
+    Lua); partial ones as script arguments. Moved, skipped or refused, none is left."""
+    store = new_store(redis7_server)
+    data = bytes(i % 241 for i in range(3 * C + 100))
+    before = rename_calls(store)
+    # offset 50: chunk 0 partial, 1 and 2 whole, 3 partial; tx chunk 0 whole
+    await store.commit([d("f", 1, 1, RxAppend(0, data[:50])),
+                        d("g", 1, 1, TxAppend(0, data[:C]))])
+    await store.commit([d("f", 1, 2, RxAppend(50, data[50:]))])
+    assert rename_calls(store) - before == 3
+    assert staged_keys(store) == []
+    await store.commit([d("f", 1, 2, RxAppend(50, data[50:]))])  # a retry: skipped
+    assert staged_keys(store) == [] and rename_calls(store) - before == 3
+    f, g = await store.load("f"), await store.load("g")
+    assert f is not None and g is not None and (f.rx, g.tx) == (data, data[:C])
+    await store.claim("f", 2)
+    with pytest.raises(FencedOut):
+        await store.commit([d("f", 1, 3, RxAppend(len(data), b"z" * (2 * C)))])
+    assert staged_keys(store) == []
+    rec = await store.load("f")
+    assert rec is not None and rec.rx == data
+    await store.aclose()
+
+
+async def test_a_stale_owners_whole_chunk_never_lands(redis7_server: RedisServer) -> None:
+    old = new_store(redis7_server, "stage-fence")
+    new = new_store(redis7_server, "stage-fence")
+    await old.claim("f", 1)
+    await old.commit([d("f", 1, 1, TxAppend(0, b"a" * 10))])
+    await new.claim("f", 2)
+    with pytest.raises(FencedOut):  # the old app wrote other bytes after the restart
+        await old.commit([d("f", 1, 2, TxAppend(10, b"old" * C))])
+    await new.commit([d("f", 2, 2, TxAppend(10, b"new" * C))])
+    rec = await new.load("f")
+    assert rec is not None and rec.tx == b"a" * 10 + b"new" * C
+    assert staged_keys(new) == []
+    await old.aclose()
+    await new.aclose()
+
+
+async def test_a_vanished_staged_chunk_refuses_the_batch_and_is_sent_again(
+    redis7_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A staged key gone when the script runs (it expired while the server stood
+    still between the SET and the script) refuses the batch without writing; the
+    client sends the batch again, staged chunks included."""
+    import stcp_framework.store.redis as redis_module
+
+    store = new_store(redis7_server)
+    await store.commit([d("f", 1, 1, RxAppend(0, b"a"))])
+    real = redis_module._staged_sets
+    lost: list[int] = []
+
+    def lose_them(staged: list[tuple[str, list[bytes | memoryview]]]) -> list[object]:
+        lost.append(1)
+        if len(lost) > 3:
+            return real(staged)
+        return real([(key + ":elsewhere", data) for key, data in staged])
+
+    monkeypatch.setattr(redis_module, "_staged_sets", lose_them)
+    batch = [d("f", 1, 2, RxAppend(1, b"b" * (2 * C)), TcbSet({"rcv_nxt": 7}))]
+    with pytest.raises(StoreError, match="retry later"):  # refused on every try
+        await store.commit(batch)
+    rec = await store.load("f")
+    assert rec is not None and (rec.rx, rec.tcb, rec.version) == (b"a", {}, 1)
+    await store.commit(batch)  # the fourth try stages them
+    rec = await store.load("f")
+    assert rec is not None and (rec.rx, rec.tcb) == (b"a" + b"b" * (2 * C), {"rcv_nxt": 7})
+    assert staged_keys(store) == []
+    store.client.delete(*server_keys(store, "*:elsewhere"))
     await store.aclose()
 
 

@@ -241,6 +241,21 @@ async def test_trim_to_empty_then_append_mid_chunk(store: Store) -> None:
     assert rec is not None and (rec.tx, rec.tx_offset) == (b"y" * (C - 10), C + 20)
 
 
+async def test_whole_chunks_resent_over_a_late_head(store: Store) -> None:
+    """A retransmitted append that starts before an emptied stream's head and covers a
+    whole chunk keeps only the bytes from the head on (RedisStore moves such a chunk in
+    from a staged key and must cut it)."""
+    data = bytes(i % 249 for i in range(2 * C + 30))
+    await store.commit([d("f", 1, 1, RxAppend(0, data[:10]))])
+    await store.commit([d("f", 1, 2, RxTrim(10))])  # empty: the next chunk starts at 10
+    await store.commit([d("f", 1, 3, RxAppend(0, data[: C + 20]))])
+    rec = await store.load("f")
+    assert rec is not None and (rec.rx, rec.rx_offset) == (data[10 : C + 20], 10)
+    await store.commit([d("f", 1, 4, RxAppend(C + 20, data[C + 20 :]), RxTrim(C + 1))])
+    rec = await store.load("f")
+    assert rec is not None and (rec.rx, rec.rx_offset) == (data[C + 1 :], C + 1)
+
+
 async def test_trim_beyond_end_continues_there(store: Store) -> None:
     """Bytes committed without ever being stored (ack-on-commit): the stream goes on,
     empty, at the trim point; appends below it add nothing."""
