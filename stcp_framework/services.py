@@ -74,16 +74,19 @@ async def discard(stream: trio.abc.Stream, report: Callable[[str], None] | None 
     It keeps a running count and CRC-32 of what it received. On an stcp stream served
     with ``commit="manual"`` both are committed with the stream offset every MiB (and at
     the end), so they survive crashes and count every byte exactly once; ``report``
-    gets one line with them when the peer closes.
+    gets one line with them when the peer closes. The commits along the way do not
+    wait for the store (``commit_nowait``): nothing outside the stream depends on them,
+    and a crash before one lands replays from the one before, state and all.
     """
     commit = getattr(stream, "commit", None)
+    commit_nowait = getattr(stream, "commit_nowait", None)
     count, crc = parse_discard_state(getattr(stream, "state", None))
     committed = count
     while data := await stream.receive_some(RECEIVE_SIZE):
         crc = zlib.crc32(data, crc)
         count += len(data)
-        if commit is not None and count - committed >= DISCARD_COMMIT_EVERY:
-            await commit(state=f"{count}:{crc:08x}".encode())
+        if commit_nowait is not None and count - committed >= DISCARD_COMMIT_EVERY:
+            commit_nowait(state=f"{count}:{crc:08x}".encode())
             committed = count
     if commit is not None and count != committed:
         await commit(state=f"{count}:{crc:08x}".encode())

@@ -120,17 +120,39 @@ class Stream(trio.abc.HalfCloseableStream):
         Raises:
             ValueError: ``offset`` is below ``commit_offset`` or beyond ``read_offset``.
         """
-        flow = self._flow
         if self._closed:
             raise trio.ClosedResourceError("this stream was closed")
         await trio.lowlevel.checkpoint_if_cancelled()
+        self._record_commit(offset, state)
+        await self._runtime.wait_durable(self._flow)
+
+    def commit_nowait(self, offset: int | None = None, *, state: bytes | None = None) -> None:
+        """``commit`` without waiting for the store: the commit goes out with the next
+        group commit and this returns at once, so the app reads on meanwhile.
+
+        The guarantees are ``commit``'s once that write lands: offset and state are
+        stored atomically, and a later commit supersedes this one. A crash before it
+        lands resumes at the commit before (replay covers the difference, G4), so use
+        it where the app has no effect outside the stream that depends on the commit
+        having happened -- a running checksum, a counter -- and ``await commit()`` at
+        the points that do (the last one before replying or closing, say).
+
+        Raises:
+            ValueError: ``offset`` is below ``commit_offset`` or beyond ``read_offset``.
+            trio.ClosedResourceError: This stream was closed.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("this stream was closed")
+        self._record_commit(offset, state)
+
+    def _record_commit(self, offset: int | None, state: bytes | None) -> None:
+        flow = self._flow
         if offset is None:
             offset = self.read_offset
         if not flow.closed:
             flow.conn.app_commit(offset, state, self._runtime.now())
             flow.app_state = state
             self._runtime.touch(flow)
-        await self._runtime.wait_durable(flow)
 
     async def send_all_and_commit(
         self,

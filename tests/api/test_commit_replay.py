@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import pytest
@@ -13,6 +13,7 @@ import trio.testing
 from stcp_framework import MemoryStore, Stack, Stream, open_stack
 from stcp_framework.link.sim import SimNetwork
 from stcp_framework.services import echo
+from stcp_framework.store.base import FlowDelta, StoreUnavailable
 
 CLIENT, SERVER, PORT = "198.18.0.1", "198.18.0.2", 7
 
@@ -81,6 +82,97 @@ async def test_replay_resumes_at_the_commit_offset_with_its_state(
     assert seen[0] == (False, None, 0, b"abcde")
     # replay: from the commit offset, with the state stored by that commit
     assert seen[1] == (True, b"after-2", 2, b"cdefg")
+
+
+class OutageStore(MemoryStore):
+    """A MemoryStore that refuses commits while ``down`` (G7: the stack holds them)."""
+
+    down = False
+
+    async def commit(self, batch: Sequence[FlowDelta]) -> None:
+        if self.down:
+            raise StoreUnavailable("down for the test")
+        await super().commit(batch)
+
+
+async def test_commit_nowait_lands_with_the_next_group_commit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``commit_nowait`` returns before the store has the commit; the next round stores
+    it. One that never landed is lost in a crash: reading resumes at the one before."""
+    net = SimNetwork(1)
+    store = OutageStore()
+    seen: list[tuple[bool, bytes | None, int, bytes]] = []
+    stored: list[tuple[int, bytes | None]] = []
+    committed = trio.Event()
+    replayed = trio.Event()
+
+    async def stored_commit() -> tuple[int, bytes | None]:
+        (flow_id,) = await store.list_flows()
+        record = await store.load(flow_id)
+        assert record is not None
+        return record.commit_offset, record.app_state
+
+    async def handler(stream: Stream) -> None:
+        data = await stream.receive_some(5)
+        seen.append((stream.recovered, stream.state, stream.commit_offset, data))
+        if stream.recovered:
+            replayed.set()
+        else:
+            stream.commit_nowait(3, state=b"after-3")
+            stored.append(await stored_commit())  # not yet: no round has run
+            await trio.sleep(0.1)
+            stored.append(await stored_commit())  # the next round stored it
+            await stream.receive_some(2)
+            store.down = True
+            stream.commit_nowait(7, state=b"after-7")
+            await trio.sleep(0.1)  # its round fails; the stack holds the delta
+            committed.set()
+        await trio.sleep_forever()
+
+    async with open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(2)) as client:
+        async with server_incarnation(net, store, handler, seed=3):
+            stream = await client.connect(SERVER, PORT)
+            await stream.send_all(b"abcdefgh")
+            with trio.fail_after(5):
+                await committed.wait()
+        store.down = False  # crashed with the commit at 7 unstored
+        async with server_incarnation(net, store, handler, seed=4):
+            with trio.fail_after(5):
+                await replayed.wait()
+    assert stored == [(0, None), (3, b"after-3")]
+    assert seen[1] == (True, b"after-3", 3, b"defgh")
+
+
+async def test_commit_nowait_checks_like_commit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    net = SimNetwork(1)
+    errors: list[BaseException] = []
+    done = trio.Event()
+
+    async def handler(stream: Stream) -> None:
+        await stream.receive_some(3)
+        for bad in (4, -1):
+            try:
+                stream.commit_nowait(bad)
+            except ValueError as exc:
+                errors.append(exc)
+        await stream.aclose()
+        try:
+            stream.commit_nowait(3)
+        except trio.ClosedResourceError as exc:
+            errors.append(exc)
+        done.set()
+
+    async with (
+        open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(2)) as client,
+        server_incarnation(net, MemoryStore(), handler, seed=3),
+    ):
+        stream = await client.connect(SERVER, PORT)
+        await stream.send_all(b"abc")
+        await done.wait()
+    assert [type(e) for e in errors] == [ValueError, ValueError, trio.ClosedResourceError]
 
 
 async def test_commit_outside_read_range_is_refused(
