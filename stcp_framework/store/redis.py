@@ -894,6 +894,13 @@ class RedisStore:
                 return
             self._raise_failures(batch, reply)
             self.key_retries += 1
+        if b"STAGED" in reply[1::4]:
+            # staged keys that keep vanishing: evicted (a volatile-* maxmemory-policy
+            # under memory pressure) -- a store condition to wait out, as in G7
+            raise StoreUnavailable(
+                "commit: staged chunks vanished before the commit script ran (evicted? "
+                "check maxmemory and maxmemory-policy); retrying later"
+            )
         raise StoreError("commit: the flows' chunk geometry kept changing; retry later")
 
     def _raise_failures(self, batch: Sequence[FlowDelta], reply: list[Any]) -> None:

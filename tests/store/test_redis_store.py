@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from store_helpers import RedisServer
 
 from stcp_framework.store import codec
-from stcp_framework.store.base import FencedOut, FlowDelta, StoreError, StoreUnavailable
+from stcp_framework.store.base import FencedOut, FlowDelta, StoreUnavailable
 from stcp_framework.store.keys import CHUNK_SIZE, flow_tag, validate_service
 from stcp_framework.store.redis import FlowLost, RedisStore, _decode_tcb_flat
 from stcp_framework.tcp.delta import (
@@ -410,7 +410,7 @@ async def test_a_vanished_staged_chunk_refuses_the_batch_and_is_sent_again(
 
     monkeypatch.setattr(redis_module, "_staged_sets", lose_them)
     batch = [d("f", 1, 2, RxAppend(1, b"b" * (2 * C)), TcbSet({"rcv_nxt": 7}))]
-    with pytest.raises(StoreError, match="retry later"):  # refused on every try
+    with pytest.raises(StoreUnavailable, match="vanished"):  # refused on every try
         await store.commit(batch)
     rec = await store.load("f")
     assert rec is not None and (rec.rx, rec.tcb, rec.version) == (b"a", {}, 1)
