@@ -184,6 +184,7 @@ class Runtime:
         # RSTs answering segments of unknown flows (they carry no delta)
         self._pending_raw: list[OutPacket] = []
         self._tx_wakeup = trio.Event()
+        self._early_readers = False  # the receive loop woke readers since the last round
         self._timer_heap: list[tuple[float, int, Flow]] = []
         self._timer_seq = 0
         self._timer_scope: trio.CancelScope | None = None
@@ -240,6 +241,7 @@ class Runtime:
             batch = await device.recv_batch(RECV_BATCH)
             now = self.now()
             stats["packets_in"] += len(batch)
+            readers: list[Flow] = []
             for buf in batch:
                 try:
                     pkt = parse_packet_untrusted(buf, verify_checksum=verify)
@@ -252,9 +254,21 @@ class Runtime:
                     self._on_unknown_flow(pkt, now)
                     continue
                 flow.conn.on_segment(seg, now)
+                if flow.rx_lot and flow.conn.rcv_buf:
+                    readers.append(flow)
                 if not flow.dirty:
                     flow.dirty = True
                     self._dirty.append(flow)
+            if readers:
+                self._early_readers = True
+            for flow in readers:
+                # Early readers: bytes can be read before the round that stores them.
+                # Read (and so committed, at level 1) by then, they are acknowledged
+                # but never written to the store (the drain drops bytes appended and
+                # trimmed in one delta); unread, they are stored as before. Either way
+                # the ACK leaves after its round is durable (G1). A crash in between
+                # loses nothing: unacknowledged, the bytes come again from the peer.
+                flow.rx_lot.unpark_all()
             if self._dirty:
                 self._tx_wakeup.set()
 
@@ -429,6 +443,12 @@ class Runtime:
                 with trio.move_on_at(retry_at):
                     await self._tx_wakeup.wait()
             self._tx_wakeup = trio.Event()
+            if self._early_readers:
+                # Readers woken with this round's bytes run first (they were woken in
+                # the same scheduler batch as this task), so what they read and commit
+                # joins this round's drain instead of being stored and trimmed later.
+                self._early_readers = False
+                await trio.lowlevel.cancel_shielded_checkpoint()
             await self._round()
 
     async def _round(self) -> None:

@@ -6,10 +6,15 @@ crashes the server after chosen packets. The server's app is level 1 (reading
 commits):
 
 * upload: a sink appends what it reads to a test-owned buffer, which models "processed
-  durably on read"; a dead incarnation processes nothing (``server.alive``), except a
-  read whose commit reached the store before the crash. Each read is placed at the
-  stream offset it came from, so a gap or a differing byte is caught, and bytes
-  delivered twice are recorded (``Sink.redelivered``; ``check_bytes`` wants none).
+  durably once its read is committed" (level 1 reads commit): a dead incarnation
+  processes nothing (``server.alive``), except a read whose commit reached the store
+  before the crash, and at each crash the reads of the dying incarnation whose commit
+  never landed are rolled back (``Sink.rollback``): the stack may hand the app bytes
+  before the round that stores them (and, read by then, never stores them), so such
+  bytes come again from the peer after the restart -- level 1 is at-least-once. Each
+  read is placed at the stream offset it came from, so a gap or a differing byte is
+  caught, and bytes delivered twice after their commit was durable are recorded
+  (``Sink.redelivered``; ``check_bytes`` wants none).
 * download: a source sends the deterministic pattern from ``stream.send_offset`` on
   (accepted bytes are durable, G2), then half-closes.
 
@@ -311,6 +316,12 @@ class Sink:
     eof: bool = False
     done: trio.Event = field(default_factory=trio.Event)  # set with ``eof``
 
+    def rollback(self, durable_read: int) -> None:
+        """The server crashed with its reads durable up to ``durable_read``: what it
+        read beyond that was not processed (its commit is lost); it comes again."""
+        if len(self.data) > durable_read:
+            del self.data[durable_read:]
+
     def take(self, incarnation: int, offset: int, data: bytes) -> None:
         have = len(self.data)
         if offset > have:
@@ -501,7 +512,18 @@ async def crash_transfer(
     server_ref.append(server)
     oracle = Oracle(server, store, upload, download, strict_window=strict_window)
     points = crash_after(server) if callable(crash_after) else crash_after
-    network.tap = crash_after_each_packet(server, points, oracle)
+    crash_tap = crash_after_each_packet(server, points, oracle)
+
+    def tap(event: TapEvent) -> Any:
+        was_down = server.down
+        verdict = crash_tap(event)
+        if server.down and not was_down:
+            (flow_id,) = store._flows or ("",)  # one connection per run
+            view = durable_view(store, flow_id)
+            sink.rollback(int(view[0].get("read_offset", 0)) if view is not None else 0)
+        return verdict
+
+    network.tap = tap
     client_link = network.attach(CLIENT_ADDRESS)
     received = bytearray()
     async with trio.open_nursery() as nursery:
