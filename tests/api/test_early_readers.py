@@ -12,13 +12,14 @@ from collections.abc import Sequence
 
 import trio
 import trio.testing
+from api_helpers import SERVER, served_pair
 
-from stcp_framework import MemoryStore, Stream, open_stack
+from stcp_framework import MemoryStore, Stream
 from stcp_framework.link.sim import SimNetwork
 from stcp_framework.store.base import FlowDelta
 from stcp_framework.tcp.delta import RxAppend
 
-CLIENT, SERVER, PORT = "198.18.0.1", "198.18.0.2", 9
+PORT = 9
 SIZE = 300_000
 
 
@@ -47,16 +48,7 @@ async def _upload(commit: str) -> tuple[int, bytes]:
             received.extend(data)
         done.set()
 
-    async with (
-        open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(2), iss_secret=b"c") as client,
-        open_stack(
-            net.attach(SERVER), [SERVER], store=store, rng=random.Random(3), iss_secret=b"s"
-        ) as server,
-        trio.open_nursery() as nursery,
-    ):
-        await nursery.start(
-            lambda task_status: server.serve(sink, PORT, commit=commit, task_status=task_status)
-        )
+    async with served_pair(net, store, sink, port=PORT, commit=commit) as client:
         stream = await client.connect(SERVER, PORT)
         payload = random.Random(5).randbytes(SIZE)
         await stream.send_all(payload)
@@ -64,7 +56,6 @@ async def _upload(commit: str) -> tuple[int, bytes]:
         with trio.fail_after(30):
             await done.wait()
         await stream.aclose()
-        nursery.cancel_scope.cancel()
     assert bytes(received) == payload
     return store.rx_bytes, bytes(received)
 

@@ -5,20 +5,20 @@ bytes."""
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 
 import pytest
 import trio
 import trio.testing
+from api_helpers import SERVER, served_pair
 
-from stcp_framework import MemoryStore, Stream, open_stack
+from stcp_framework import MemoryStore, Stream
 from stcp_framework.api.stream import Transaction
 from stcp_framework.link.sim import SimNetwork
 from stcp_framework.store.base import FlowDelta
 from stcp_framework.tcp.delta import AppCommit
 
-CLIENT, SERVER, PORT = "198.18.0.1", "198.18.0.2", 7
+PORT = 7
 
 
 class RecordingStore(MemoryStore):
@@ -49,16 +49,7 @@ async def _echo_run(*, general: bool, commit: str) -> tuple[list[FlowDelta], byt
             await (txn._apply_general() if general else txn.apply())
         await stream.send_eof()
 
-    async with (
-        open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(2), iss_secret=b"c") as client,
-        open_stack(
-            net.attach(SERVER), [SERVER], store=store, rng=random.Random(3), iss_secret=b"s"
-        ) as server,
-        trio.open_nursery() as nursery,
-    ):
-        await nursery.start(
-            lambda task_status: server.serve(handler, PORT, commit=commit, task_status=task_status)
-        )
+    async with served_pair(net, store, handler, port=PORT, commit=commit) as client:
         stream = await client.connect(SERVER, PORT)
         received = b""
         for message in (b"one", b"two" * 100, b"three" * 1000):
@@ -69,7 +60,6 @@ async def _echo_run(*, general: bool, commit: str) -> tuple[list[FlowDelta], byt
         while chunk := await stream.receive_some(100_000):
             received += chunk
         await stream.aclose()
-        nursery.cancel_scope.cancel()
     return store.deltas, received
 
 
