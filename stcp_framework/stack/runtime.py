@@ -184,7 +184,7 @@ class Runtime:
         # RSTs answering segments of unknown flows (they carry no delta)
         self._pending_raw: list[OutPacket] = []
         self._tx_wakeup = trio.Event()
-        self._early_readers = False  # the receive loop woke readers since the last round
+        self._let_woken_run = False  # tasks were woken since the last round
         self._timer_heap: list[tuple[float, int, Flow]] = []
         self._timer_seq = 0
         self._timer_scope: trio.CancelScope | None = None
@@ -260,7 +260,7 @@ class Runtime:
                     flow.dirty = True
                     self._dirty.append(flow)
             if readers:
-                self._early_readers = True
+                self._let_woken_run = True
             for flow in readers:
                 # Early readers: bytes can be read before the round that stores them.
                 # Read (and so committed, at level 1) by then, they are acknowledged
@@ -443,11 +443,13 @@ class Runtime:
                 with trio.move_on_at(retry_at):
                     await self._tx_wakeup.wait()
             self._tx_wakeup = trio.Event()
-            if self._early_readers:
-                # Readers woken with this round's bytes run first (they were woken in
-                # the same scheduler batch as this task), so what they read and commit
-                # joins this round's drain instead of being stored and trimmed later.
-                self._early_readers = False
+            if self._let_woken_run:
+                # Tasks woken since the last round run first -- readers woken with this
+                # round's bytes, writers the last round released -- so that what they
+                # read, commit and answer joins this round's drain: bytes read and
+                # committed by then are never stored (they were woken in the scheduler
+                # batch before this task's, or in the same one).
+                self._let_woken_run = False
                 await trio.lowlevel.cancel_shielded_checkpoint()
             await self._round()
 
@@ -503,6 +505,8 @@ class Runtime:
             flow.lot.unpark_all()
         for flow in readers:
             flow.rx_lot.unpark_all()
+        if woken or readers:
+            self._let_woken_run = True
         self._rounds_done += 1
         if self._closed_flows:
             self._forget_closed()
