@@ -42,7 +42,9 @@ async def echo(stream: trio.abc.Stream) -> None:
     On an stcp stream served with ``commit="manual"`` each answer is sent and the input
     committed in one atomic store write (``send_all_and_commit``), so across any number
     of crashes every byte is echoed exactly once: input that was not answered is
-    replayed after the restart, input that was answered is not.
+    replayed after the restart, input that was answered is not. It does not wait for
+    that write (``wait_durable=False``) but reads on: the answer leaves once it is
+    durable anyway, and a crash before loses answer and commit together.
     """
     atomic = getattr(stream, "send_all_and_commit", None)
     while True:
@@ -50,7 +52,7 @@ async def echo(stream: trio.abc.Stream) -> None:
         if not data:
             break
         if atomic is not None:
-            await atomic(data)
+            await atomic(data, wait_durable=False)
         else:
             await stream.send_all(data)
     if isinstance(stream, trio.abc.HalfCloseableStream):

@@ -160,18 +160,21 @@ class Stream(trio.abc.HalfCloseableStream):
         *,
         offset: int | None = None,
         state: bytes | None = None,
+        wait_durable: bool = True,
     ) -> None:
         """Send ``data`` and commit this stream's inbound side, as one atomic store write.
 
         After a crash either both happened or neither: a replayed input is answered
         exactly once (an echo, a request/response server). ``data`` must fit the send
         buffer (``TcpConfig.send_buffer_size``). See ``Stack.transaction`` for sends
-        and commits on several streams.
+        and commits on several streams. ``wait_durable=False`` returns once both are
+        recorded, before the group commit that stores them: exactly-once still holds
+        (they land together or not at all), the app just reads on meanwhile.
         """
         txn = Transaction(self._runtime)
         txn.send(self, data)
         txn.commit(self, offset, state=state)
-        await txn.apply()
+        await txn.apply(wait_durable=wait_durable)
 
     @property
     def recovered(self) -> bool:
@@ -191,8 +194,19 @@ class Stream(trio.abc.HalfCloseableStream):
         if error is not None:
             raise trio.BrokenResourceError(str(error) or type(error).__name__) from error
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        """Queue ``data``; returns once all of it is accepted and durable (G2)."""
+    async def send_all(
+        self, data: bytes | bytearray | memoryview, *, wait_durable: bool = True
+    ) -> None:
+        """Queue ``data``; returns once all of it is accepted and durable (G2).
+
+        ``wait_durable=False`` returns once it is accepted (in the send buffer, whose
+        cap still applies, G6), as a kernel socket's send does: the bytes become
+        durable with the next group commit and leave only after it, as always, but a
+        crash before that commit loses them. Fit for an answer whose input is committed
+        in the same step -- read at level 1 and answered at once, or
+        ``send_all_and_commit`` -- since the crash then loses the commit too and the
+        input is replayed and answered again.
+        """
         with self._send_conflict:
             self._check_usable()
             if self._eof_sent:
@@ -213,7 +227,10 @@ class Stream(trio.abc.HalfCloseableStream):
                     view = memoryview(view)[n:]
                 if view:
                     await flow.lot.park()
-            await runtime.wait_durable(flow)
+            if wait_durable:
+                await runtime.wait_durable(flow)
+            else:
+                await trio.lowlevel.cancel_shielded_checkpoint()
             self._check_usable()
 
     async def send_from(
@@ -415,18 +432,19 @@ class Transaction:
     ) -> None:
         self._commits.append((stream, offset, state))
 
-    async def apply(self) -> None:
+    async def apply(self, *, wait_durable: bool = True) -> None:
         """Wait for send space, then send and commit everything atomically; returns once
-        it is durable (strict mode)."""
+        it is durable (strict mode), or with ``wait_durable=False`` once it is recorded
+        for the next group commit."""
         sends, commits = self._sends, self._commits
         if len(sends) == 1 and len(commits) == 1 and sends[0][0] is commits[0][0]:
             # One stream's answer and commit (``send_all_and_commit``): the same calls,
             # without the bookkeeping for several streams.
             stream, data = sends[0]
             _, offset, state = commits[0]
-            await self._apply_one(stream, data, offset, state)
+            await self._apply_one(stream, data, offset, state, wait_durable)
             return
-        await self._apply_general()
+        await self._apply_general(wait_durable)
 
     async def _apply_one(
         self,
@@ -434,6 +452,7 @@ class Transaction:
         data: bytes | bytearray | memoryview,
         offset: int | None,
         state: bytes | None,
+        wait_durable: bool = True,
     ) -> None:
         """``_apply_general`` for one send and one commit on the same stream."""
         view = data if type(data) is bytes else memoryview(data).cast("B")
@@ -453,9 +472,12 @@ class Transaction:
         conn.app_commit(offset, state, now)
         flow.app_state = state
         runtime.touch(flow)
-        await runtime.wait_durable(flow)
+        if wait_durable:
+            await runtime.wait_durable(flow)
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
-    async def _apply_general(self) -> None:
+    async def _apply_general(self, wait_durable: bool = True) -> None:
         sends = [(s, d if type(d) is bytes else memoryview(d).cast("B")) for s, d in self._sends]
         streams = {id(s): s for s, _ in sends} | {id(s): s for s, _, _ in self._commits}
         for stream in streams.values():
@@ -483,5 +505,8 @@ class Transaction:
             flow.app_state = state
         for stream in streams.values():
             self._runtime.touch(stream._flow)
+        if not wait_durable:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
         for stream in streams.values():
             await self._runtime.wait_durable(stream._flow)

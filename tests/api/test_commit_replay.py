@@ -144,6 +144,73 @@ async def test_commit_nowait_lands_with_the_next_group_commit(
     assert seen[1] == (True, b"after-3", 3, b"defgh")
 
 
+async def test_send_and_commit_without_waiting_is_still_exactly_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``send_all_and_commit(wait_durable=False)`` returns before the store has the
+    answer and the commit; the answer leaves only once they are stored; a crash before
+    that loses both, and the input is replayed and answered once."""
+    net = SimNetwork(1)
+    store = OutageStore()
+    answers: list[tuple[bool, bytes]] = []
+    answered = trio.Event()
+
+    async def handler(stream: Stream) -> None:
+        data = await stream.receive_some(100)
+        answers.append((stream.recovered, data))
+        store.down = not stream.recovered  # the first incarnation's write never lands
+        await stream.send_all_and_commit(data.upper(), wait_durable=False)
+        answered.set()
+        await trio.sleep_forever()
+
+    async with open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(2)) as client:
+        async with server_incarnation(net, store, handler, seed=3):
+            stream = await client.connect(SERVER, PORT)
+            await stream.send_all(b"abc")
+            with trio.fail_after(5):
+                await answered.wait()
+            with trio.move_on_after(1):  # nothing leaves while the store refuses it
+                assert await stream.receive_some(100) == b"never"
+        answered = trio.Event()
+        store.down = False
+        async with server_incarnation(net, store, handler, seed=4):
+            with trio.fail_after(5):
+                assert await stream.receive_some(100) == b"ABC"
+    assert answers == [(False, b"abc"), (True, b"abc")]
+
+
+async def test_send_all_without_waiting_returns_before_the_bytes_are_stored(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    net = SimNetwork(1)
+    store = OutageStore()
+    returned = trio.Event()
+
+    async def handler(stream: Stream) -> None:
+        store.down = True
+        await stream.send_all(b"hello", wait_durable=False)
+        returned.set()
+        await trio.sleep(1)
+        store.down = False  # the stack retries the held delta; then the bytes leave
+        await trio.sleep_forever()
+
+    async with (
+        open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(2)) as client,
+        server_incarnation(net, store, handler, seed=3),
+    ):
+        stream = await client.connect(SERVER, PORT)
+        with trio.fail_after(5):
+            await returned.wait()
+        received = b""
+        with trio.fail_after(10):
+            while len(received) < 5:
+                received += await stream.receive_some(100)
+        (flow_id,) = await store.list_flows()
+        record = await store.load(flow_id)
+        assert record is not None and record.tx_offset + len(record.tx) >= 5
+    assert received == b"hello"
+
+
 async def test_commit_nowait_checks_like_commit(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
