@@ -211,23 +211,30 @@ async def test_send_all_without_waiting_returns_before_the_bytes_are_stored(
     assert received == b"hello"
 
 
-async def test_commit_nowait_checks_like_commit(
-    autojump_clock: trio.testing.MockClock,
+@pytest.mark.parametrize("nowait", [False, True], ids=["commit", "commit_nowait"])
+async def test_commit_outside_read_range_or_after_close_is_refused(
+    autojump_clock: trio.testing.MockClock, nowait: bool
 ) -> None:
     net = SimNetwork(1)
     errors: list[BaseException] = []
     done = trio.Event()
 
+    async def commit(stream: Stream, offset: int) -> None:
+        if nowait:
+            stream.commit_nowait(offset)
+        else:
+            await stream.commit(offset)
+
     async def handler(stream: Stream) -> None:
         await stream.receive_some(3)
         for bad in (4, -1):
             try:
-                stream.commit_nowait(bad)
+                await commit(stream, bad)
             except ValueError as exc:
                 errors.append(exc)
         await stream.aclose()
         try:
-            stream.commit_nowait(3)
+            await commit(stream, 3)
         except trio.ClosedResourceError as exc:
             errors.append(exc)
         done.set()
@@ -240,33 +247,6 @@ async def test_commit_nowait_checks_like_commit(
         await stream.send_all(b"abc")
         await done.wait()
     assert [type(e) for e in errors] == [ValueError, ValueError, trio.ClosedResourceError]
-
-
-async def test_commit_outside_read_range_is_refused(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    net = SimNetwork(1)
-    errors: list[BaseException] = []
-    done = trio.Event()
-
-    async def handler(stream: Stream) -> None:
-        await stream.receive_some(3)
-        for bad in (4, -1):
-            try:
-                await stream.commit(bad)
-            except ValueError as exc:
-                errors.append(exc)
-        done.set()
-        await trio.sleep_forever()
-
-    async with (
-        open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(2)) as client,
-        server_incarnation(net, MemoryStore(), handler, seed=3),
-    ):
-        stream = await client.connect(SERVER, PORT)
-        await stream.send_all(b"abc")
-        await done.wait()
-    assert len(errors) == 2
 
 
 async def test_uncommitted_bytes_hold_the_window(autojump_clock: trio.testing.MockClock) -> None:
