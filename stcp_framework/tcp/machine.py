@@ -265,7 +265,10 @@ class Connection:
         c = cls(now=now, config=config, iss=tcb.iss, tsval_offset=tcb.tsval_offset)
         c.version = c.rx_needs = c.tx_needs = version
         c.tcb = tcb
-        c.offer_wscale = tcb.rcv_wscale > 0
+        # Window scaling was agreed if either shift is non-zero (RFC 7323 §2.2): a
+        # SYN-ACK sent again from SYN-RECEIVED must carry the option then, even with
+        # our shift 0 (small buffers); with both 0, leaving it out changes nothing.
+        c.offer_wscale = tcb.rcv_wscale > 0 or tcb.snd_wscale > 0
         c.cc.set_mss(tcb.mss, config.initial_cwnd_segments)
         if tcb.ack_on_commit and tcb.rcv_nxt_offset >= 0:
             # Nothing past the commit point (or the spilled bytes) was stored or
@@ -314,11 +317,12 @@ class Connection:
                 # restore, as the RTT estimate starts over).
                 c.count("restore_window_probe")
                 _output.make_segment(c, seq_add(tcb.snd_una, -1), ACK, b"", now)
-            if tcb.ack_on_commit and state.can_recv():
+            if tcb.ack_on_commit and tcb.snd_una_offset >= 0 and state.can_recv():
                 # What the peer sent past the ACK point died with the old process, and
                 # it is waiting on its retransmission timer, backed off while we were
                 # down. Three duplicate ACKs after the kick (which may move its window)
-                # make it retransmit at once (RFC 5681 §3.2 fast retransmit).
+                # make it retransmit at once (RFC 5681 §3.2 fast retransmit). Not in
+                # SYN-RECEIVED: no ACK without SYN goes out before the handshake is done.
                 for _ in range(KICK_DUPACKS):
                     _output.send_ack(c, now)
         return c

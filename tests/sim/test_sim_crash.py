@@ -211,6 +211,23 @@ async def test_crash_after_packet_other_modes(
         assert run.oracle.max_tx_stored == 0  # no byte of the download was ever stored
 
 
+@pytest.mark.parametrize("mode", ["strict", *MODES])
+@pytest.mark.parametrize("after_packet", [1, 2, 3])  # after the SYN, SYN-ACK, ACK
+async def test_crash_in_the_handshake_with_an_instant_restart(
+    autojump_clock: trio.testing.MockClock, mode: str, after_packet: int
+) -> None:
+    """A flow restored in SYN-RECEIVED sends its SYN-ACK again and nothing before it:
+    the oracle flags an ACK without SYN before any SYN-ACK, and a window edge that the
+    SYN's unscaled window moves back (both seen once in ack-on-commit mode, whose kick
+    added three duplicate ACKs whatever the state)."""
+    seed_trio_scheduler(SWEEP_SEED)
+    with trio.fail_after(BUDGET):
+        run = await crash_transfer(
+            seed=SWEEP_SEED, size=SMALL, crash_after={after_packet}, **MODES.get(mode, {})
+        )
+    check_run(run)
+
+
 # ------------------------------------------------------------ 2 MB, strided
 
 

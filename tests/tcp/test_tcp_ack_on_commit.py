@@ -5,13 +5,26 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from tcp_helpers import BUF, CONFIG, MSS, REMOTE_SEQ, conn_established, r, s, send, sq, tcb_fields
+from tcp_helpers import (
+    BUF,
+    CONFIG,
+    LOCAL_ISS,
+    MSS,
+    REMOTE_SEQ,
+    conn_established,
+    conn_syn_received,
+    r,
+    s,
+    send,
+    sq,
+    tcb_fields,
+)
 
 from stcp_framework.tcp.delta import RxAppend, RxTrim, TcbSet
 from stcp_framework.tcp.machine import Connection
 from stcp_framework.tcp.state import TcpState
 from stcp_framework.tcp.tcb import Tcb
-from stcp_framework.wire.tcp import ACK, FIN
+from stcp_framework.wire.tcp import ACK, FIN, SYN
 
 AOC = replace(CONFIG, ack_on_commit=True)
 AOC_MANUAL = replace(AOC, manual_commit=True)
@@ -204,6 +217,22 @@ def test_restore_resumes_at_the_commit_point_and_acknowledges_it() -> None:
     # The peer resends from the commit point; the stream continues there.
     send(restored, r(seq=sq(REMOTE_SEQ, 1000), payload=b"b" * 10), at=5.1)
     assert restored.app_receive(100, 5.2) == b"b" * 10
+
+
+def test_restore_in_syn_received_sends_the_syn_ack_alone() -> None:
+    """The peer's ACK of our SYN-ACK died with the old process: the kick is the SYN-ACK
+    again, and nothing else -- the three duplicate ACKs come only once the handshake is
+    done (an ACK without SYN from SYN-RECEIVED once made the peer's view of our window
+    jump back from the scaled to the SYN's unscaled one)."""
+    conn = conn_syn_received(AOC)
+    restored = Connection.restore(
+        Tcb.from_record(conn.tcb.to_record()), rx=b"", rx_offset=0, tx=b"", tx_offset=0,
+        now=5.0, config=AOC, version=conn.version,
+    )
+    kick = restored.drain()
+    assert [(seg.seq, seg.ack, seg.flags) for seg in kick.segments] == [
+        (LOCAL_ISS, REMOTE_SEQ, SYN | ACK)
+    ]
 
 
 def test_records_without_the_field_mean_ack_on_commit_off() -> None:

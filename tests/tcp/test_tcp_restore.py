@@ -8,7 +8,18 @@ from dataclasses import replace
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tcp_helpers import CONFIG, LOCAL_SEQ, MSS, REMOTE_SEQ, conn_established, r, sq, syn_options
+from tcp_helpers import (
+    BUF,
+    CONFIG,
+    LOCAL_SEQ,
+    MSS,
+    REMOTE_SEQ,
+    conn_established,
+    conn_syn_received,
+    r,
+    sq,
+    syn_options,
+)
 from tcp_peer import drive, likely_segment
 from test_tcp_properties import Mirror
 
@@ -145,6 +156,34 @@ def test_restore_after_random_steps_equals_live(data: st.DataObject, ts: bool,
         mirror.apply(conn, conn.drain())
         later = now + data.draw(st.floats(0.0, 100.0), label="restart after")
         _check_kick(conn, _restore(mirror, later, config), mirror, later)
+
+
+def test_restore_in_syn_received_offers_window_scaling_as_agreed() -> None:
+    """RFC 7323 §2.2: scaling is in effect only if both SYNs carry the option. With a
+    buffer that needs no shift ours is 0 but still sent; the SYN-ACK sent again after a
+    restore must carry it too, or the peer reads its own windows unscaled while we
+    scale them by its shift (7 here: 128 times what it can take)."""
+    config = replace(CONFIG, window_scaling=True)
+    conn = conn_syn_received(config, syn_options(wscale=7))
+    assert (conn.tcb.rcv_wscale, conn.tcb.snd_wscale) == (0, 7)  # BUF < 64 KB
+    assert BUF < 0xFFFF
+    restored = Connection.restore(
+        Tcb.from_record(conn.tcb.to_record()), rx=b"", rx_offset=0, tx=b"", tx_offset=0,
+        now=5.0, config=config, version=conn.version,
+    )
+    (syn_ack,) = restored.drain().segments
+    assert syn_ack.flags == SYN | ACK
+    assert syn_ack.options.wscale == 0
+
+
+def test_restore_in_syn_received_without_scaling_sends_no_window_scale() -> None:
+    conn = conn_syn_received(replace(CONFIG, window_scaling=True), syn_options(wscale=None))
+    restored = Connection.restore(
+        Tcb.from_record(conn.tcb.to_record()), rx=b"", rx_offset=0, tx=b"", tx_offset=0,
+        now=5.0, config=replace(CONFIG, window_scaling=True), version=conn.version,
+    )
+    (syn_ack,) = restored.drain().segments
+    assert syn_ack.options.wscale is None  # the peer's SYN had none (RFC 7323 §1.3)
 
 
 def test_restore_with_data_waiting_on_a_closed_window_probes_at_once() -> None:
