@@ -520,7 +520,10 @@ async def crash_transfer(
         if server.down and not was_down:
             (flow_id,) = store._flows or ("",)  # one connection per run
             view = durable_view(store, flow_id)
-            sink.rollback(int(view[0].get("read_offset", 0)) if view is not None else 0)
+            # No record: none yet (nothing read), or the flow closed and left the store
+            # (everything read is final): either way nothing to roll back.
+            if view is not None:
+                sink.rollback(int(view[0].get("read_offset", 0)))
         return verdict
 
     network.tap = tap
