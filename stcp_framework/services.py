@@ -74,9 +74,10 @@ async def discard(stream: trio.abc.Stream, report: Callable[[str], None] | None 
     """RFC 863: read and drop everything until the peer closes.
 
     It keeps a running count and CRC-32 of what it received. On an stcp stream served
-    with ``commit="manual"`` both are committed with the stream offset every MiB (and at
-    the end), so they survive crashes and count every byte exactly once; ``report``
-    gets one line with them when the peer closes. The commits along the way do not
+    with ``commit="manual"`` both are committed with the stream offset every MiB, or
+    every half receive buffer if that is less (and at the end), so they survive
+    crashes and count every byte exactly once; ``report`` gets one line with them when
+    the peer closes. The commits along the way do not
     wait for the store (``commit_nowait``): nothing outside the stream depends on them,
     and a crash before one lands replays from the one before, state and all.
     """
@@ -84,10 +85,12 @@ async def discard(stream: trio.abc.Stream, report: Callable[[str], None] | None 
     commit_nowait = getattr(stream, "commit_nowait", None)
     count, crc = parse_discard_state(getattr(stream, "state", None))
     committed = count
+    # Uncommitted bytes count against the receive buffer (G6): commit well within it.
+    every = min(DISCARD_COMMIT_EVERY, getattr(stream, "receive_buffer_size", 1 << 62) // 2)
     while data := await stream.receive_some(RECEIVE_SIZE):
         crc = zlib.crc32(data, crc)
         count += len(data)
-        if commit_nowait is not None and count - committed >= DISCARD_COMMIT_EVERY:
+        if commit_nowait is not None and count - committed >= every:
             commit_nowait(state=f"{count}:{crc:08x}".encode())
             committed = count
     if commit is not None and count != committed:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import operator
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -14,8 +15,11 @@ from ..tcp.state import TcpState
 if TYPE_CHECKING:
     from ..stack.flows import Flow
     from ..stack.runtime import Runtime
+    from ..tcp.machine import Connection
 
 DEFAULT_RECEIVE_SIZE = 256 * 1024
+
+logger = logging.getLogger("stcp.api")
 
 
 class _ConflictDetector:
@@ -60,6 +64,7 @@ class Stream(trio.abc.HalfCloseableStream):
         self._recv_conflict = _ConflictDetector("another task is already receiving on this stream")
         self._closed = False
         self._eof_sent = False
+        self._stall_warned = False
 
     # ---------------------------------------------------------------- info
 
@@ -105,6 +110,16 @@ class Stream(trio.abc.HalfCloseableStream):
     def state(self) -> bytes | None:
         """The application state stored by the last ``commit`` (restored with it, G4)."""
         return self._flow.app_state
+
+    @property
+    def receive_buffer_size(self) -> int:
+        """The receive buffer cap in bytes (``TcpConfig.recv_buffer_size``, G6).
+
+        With ``commit="manual"`` bytes read but not committed still count against it
+        (they are kept for replay): commit at least every this many bytes, or the
+        window stays shut and reading stalls until a commit.
+        """
+        return self._flow.conn.config.recv_buffer_size
 
     # ------------------------------------------------------------- level 2
 
@@ -355,10 +370,27 @@ class Stream(trio.abc.HalfCloseableStream):
                     if not parked:
                         await trio.lowlevel.cancel_shielded_checkpoint()
                     return b""
+                if not self._stall_warned:
+                    self._warn_if_commit_stall(conn)
                 await flow.rx_lot.park()
                 parked = True
                 if self._closed:
                     raise trio.ClosedResourceError("this stream was closed")
+
+    def _warn_if_commit_stall(self, conn: Connection) -> None:
+        """Say so, once, when this read can only end after a commit: the bytes read and
+        not committed fill the receive buffer, so the window is shut (G6). Another task
+        may be about to commit, so it is a warning, not an error."""
+        uncommitted = conn.rcv_buf.read_offset - conn.tcb.commit_offset
+        size = conn.config.recv_buffer_size
+        if uncommitted >= size:
+            self._stall_warned = True
+            logger.warning(
+                "[%s] reading stalls until a commit: %d bytes read and not committed "
+                "fill the %d-byte receive buffer (commit at least every "
+                "stream.receive_buffer_size bytes)",
+                self.flow_id, uncommitted, size,
+            )
 
     # ---------------------------------------------------------------- close
 

@@ -145,7 +145,11 @@ def make_segment(
                                     _options(c, now), payload, needs, 0)))
     c.ack_now = False
     c.rcv_unacked = 0
-    c.timers.delayed_ack_at = None
+    # In ack-on-commit mode the timer also spills received bytes this ACK does not cover
+    # (Connection._spill): it stays armed while there are any, or a peer that only
+    # retransmits what we hold already (as after a restore) would never see them ACKed.
+    if not tcb.ack_on_commit or c.rcv_buf.end_offset <= c.ack_offset():
+        c.timers.delayed_ack_at = None
 
 
 def send_ack(c: Connection, now: float) -> None:
@@ -345,7 +349,8 @@ def send_data(c: Connection, now: float, *, force: bool) -> None:
         # What make_segment does per segment.
         c.ack_now = False
         c.rcv_unacked = 0
-        t.delayed_ack_at = None
+        if not tcb.ack_on_commit or c.rcv_buf.end_offset <= c.ack_offset():
+            t.delayed_ack_at = None  # else it is the spill timer (see make_segment)
         if nxt_off != old_nxt_off:
             c._advance_snd_nxt(nxt_off)
         if fin_sent:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
@@ -12,7 +13,7 @@ import trio.testing
 
 from stcp_framework import MemoryStore, Stack, Stream, open_stack
 from stcp_framework.link.sim import SimNetwork
-from stcp_framework.services import echo
+from stcp_framework.services import discard, echo
 from stcp_framework.store.base import FlowDelta, StoreUnavailable
 
 CLIENT, SERVER, PORT = "198.18.0.1", "198.18.0.2", 7
@@ -249,8 +250,11 @@ async def test_commit_outside_read_range_or_after_close_is_refused(
     assert [type(e) for e in errors] == [ValueError, ValueError, trio.ClosedResourceError]
 
 
-async def test_uncommitted_bytes_hold_the_window(autojump_clock: trio.testing.MockClock) -> None:
-    """G6: with level 2, read-but-uncommitted bytes keep occupying the receive window."""
+async def test_uncommitted_bytes_hold_the_window(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """G6: with level 2, read-but-uncommitted bytes keep occupying the receive window,
+    and the reader that waits for more is told why, once."""
     from stcp_framework import TcpConfig
 
     net = SimNetwork(1)
@@ -283,6 +287,45 @@ async def test_uncommitted_bytes_hold_the_window(autojump_clock: trio.testing.Mo
             await reading_done.wait()
             nursery.cancel_scope.cancel()
     assert 0 < read <= 64 * 1024
+    stalls = [rec.getMessage() for rec in caplog.records if "stalls" in rec.getMessage()]
+    assert len(stalls) == 1
+    assert f"{read} bytes read and not committed fill the 65536-byte receive buffer" in (
+        stalls[0]
+    )
+
+
+async def test_discard_commits_within_a_small_receive_buffer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """discard commits every MiB, or every half buffer when that is less: with a 16 KB
+    buffer it used to wait for a MiB that the shut window never let in."""
+    from stcp_framework import TcpConfig
+
+    net = SimNetwork(1)
+    config = TcpConfig(recv_buffer_size=16 * 1024, send_buffer_size=16 * 1024)
+    payload = random.Random(4).randbytes(300_000)
+    reports: list[str] = []
+
+    async def handler(stream: Stream) -> None:
+        await discard(stream, report=reports.append)
+
+    async with (
+        open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(2)) as client,
+        open_stack(net.attach(SERVER), [SERVER], config=config) as server,
+        trio.open_nursery() as nursery,
+    ):
+        await nursery.start(
+            lambda task_status: server.serve(
+                handler, PORT, commit="manual", task_status=task_status
+            )
+        )
+        stream = await client.connect(SERVER, PORT)
+        with trio.fail_after(30):
+            await stream.send_all(payload)
+            await stream.send_eof()
+            assert await stream.receive_some() == b""
+        nursery.cancel_scope.cancel()
+    assert reports == [f"discard: received 300000 bytes, crc32 {zlib.crc32(payload):08x}"]
 
 
 @pytest.mark.parametrize("crash_after", [1, 3, 7])

@@ -219,6 +219,23 @@ def test_restore_resumes_at_the_commit_point_and_acknowledges_it() -> None:
     assert restored.app_receive(100, 5.2) == b"b" * 10
 
 
+def test_an_ack_sent_meanwhile_does_not_cancel_the_spill() -> None:
+    """A duplicate segment is answered at once (RFC 9293 §3.10.7.4), with the ACK at
+    the commit point. That ACK leaves the bytes past it unacknowledged, so the spill
+    timer stays: once cancelled, a peer that only retransmits what we hold (its RTO
+    after a restore) never saw them ACKed and timed out (a level-2 app that commits
+    every MiB, seen by a randomized crash sweep)."""
+    conn = conn_established(AOC_MANUAL)
+    send(conn, r(payload=b"a" * 3000), at=1.0)
+    conn.drain()
+    send(conn, r(seq=sq(REMOTE_SEQ, -1000), payload=b"z" * 1000), at=1.01)  # a duplicate
+    assert [seg.ack for seg in conn.drain().segments] == [REMOTE_SEQ]
+    assert conn.next_deadline() == 1.0 + AOC.commit_wait  # still armed
+    conn.on_timer(1.0 + AOC.commit_wait)
+    assert [seg.ack for seg in conn.drain().segments] == [sq(REMOTE_SEQ, 3000)]
+    assert conn.counters["rx_spill"] == 1
+
+
 def test_restore_in_syn_received_sends_the_syn_ack_alone() -> None:
     """The peer's ACK of our SYN-ACK died with the old process: the kick is the SYN-ACK
     again, and nothing else -- the three duplicate ACKs come only once the handshake is
