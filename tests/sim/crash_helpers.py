@@ -124,6 +124,10 @@ class Oracle:
         strict_window: Flag any move of the right window edge to the left (the
             default). Without it, a move by less than one unit of the window scale
             (``1 << scale`` bytes) is let through.
+        reordered: The network reorders or duplicates, so an older segment can reach
+            the client after a newer one and show it an older edge. The edge is then
+            checked on the server's own segments in the order they are sent (crashes
+            included) instead of as the client receives them.
     """
 
     def __init__(
@@ -134,6 +138,7 @@ class Oracle:
         download: bytes,
         *,
         strict_window: bool = True,
+        reordered: bool = False,
     ) -> None:
         self.server = server
         self.store = store
@@ -148,6 +153,7 @@ class Oracle:
         self.cli_offered_wscale = False
         self.max_edge: int | None = None
         self.strict_window = strict_window
+        self.reordered = reordered
         self.checked_acks = 0
         self.max_tx_stored = 0  # largest send stream end the store held (literal bytes)
         self._flow_ids: dict[tuple[bytes, int, bytes, int, int], str] = {}
@@ -198,6 +204,8 @@ class Oracle:
             return
         if seg.flags & SYN:
             self.srv_wscale = seg.options.wscale or 0
+        if self.reordered:
+            self._check_window(now, seg)
         if iss is None:
             self._violation(now, "a non-SYN segment before any SYN-ACK")
             return
@@ -273,19 +281,25 @@ class Oracle:
             fin_offset = seq_diff(Seq(seg.seq), Seq(self.srv_iss)) - 1 + len(seg.payload)
             if fin_offset != len(self.download):
                 self._violation(now, f"FIN at stream offset {fin_offset}, before the end")
-        if seg.flags & ACK:
-            # RFC 7323 §2.2: the window of a SYN is never scaled.
-            shift = 0 if seg.flags & SYN or not self.cli_offered_wscale else self.srv_wscale
-            edge = seq_add(Seq(seg.ack), seg.window << shift)
-            slack = 0 if self.strict_window else (1 << shift) - 1
-            if self.max_edge is not None and seq_lt(seq_add(edge, slack), Seq(self.max_edge)):
-                self._violation(
-                    now,
-                    f"RFC 7323 §2.4: right window edge moved left by "
-                    f"{seq_diff(Seq(self.max_edge), edge)} bytes",
-                )
-            if self.max_edge is None or seq_lt(Seq(self.max_edge), edge):
-                self.max_edge = edge
+        if not self.reordered:
+            self._check_window(now, seg)
+
+    def _check_window(self, now: float, seg: Any) -> None:
+        """RFC 7323 §2.4 (RFC 9293 §3.8.6.2.2): the right edge never moves left."""
+        if not seg.flags & ACK:
+            return
+        # RFC 7323 §2.2: the window of a SYN is never scaled.
+        shift = 0 if seg.flags & SYN or not self.cli_offered_wscale else self.srv_wscale
+        edge = seq_add(Seq(seg.ack), seg.window << shift)
+        slack = 0 if self.strict_window else (1 << shift) - 1
+        if self.max_edge is not None and seq_lt(seq_add(edge, slack), Seq(self.max_edge)):
+            self._violation(
+                now,
+                f"RFC 7323 §2.4: right window edge moved left by "
+                f"{seq_diff(Seq(self.max_edge), edge)} bytes",
+            )
+        if self.max_edge is None or seq_lt(Seq(self.max_edge), edge):
+            self.max_edge = edge
 
     def _sender_of(self, packet: bytes) -> int | None:
         queue = self._in_flight
@@ -477,7 +491,10 @@ async def crash_transfer(
     downtime: float = 0.0,
     durability: str = "strict",
     loss: float = 0.0,
+    reorder: float = 0.0,
+    duplicate: float = 0.0,
     strict_window: bool = True,
+    reordered: bool = False,
     config: TcpConfig | None = None,
     regenerable: bool = False,
 ) -> CrashRun:
@@ -486,15 +503,16 @@ async def crash_transfer(
     Args:
         crash_after: Network send numbers to crash after, or a ``CrashPolicy``.
         downtime: Virtual seconds the server stays down after each crash.
-        durability, loss: Passed to the server stack and to the network.
-        strict_window: See ``Oracle``.
+        durability: Passed to the server stack.
+        loss, reorder, duplicate: Passed to the network.
+        strict_window, reordered: See ``Oracle``.
         config: TCP settings of both stacks.
         regenerable: The download is a regenerable send (``send_from``) of a source
             every incarnation registers, instead of stored bytes.
     """
     upload = payload(seed, size)
     download = payload(seed + 1, size)
-    network = SimNetwork(seed, loss=loss)
+    network = SimNetwork(seed, loss=loss, reorder=reorder, duplicate=duplicate)
     store = MemoryStore()
     sink = Sink()
     server_ref: list[RestartableServer] = []
@@ -510,7 +528,9 @@ async def crash_transfer(
         sources=[BytesSource(download)] if regenerable else (),
     )
     server_ref.append(server)
-    oracle = Oracle(server, store, upload, download, strict_window=strict_window)
+    oracle = Oracle(
+        server, store, upload, download, strict_window=strict_window, reordered=reordered
+    )
     points = crash_after(server) if callable(crash_after) else crash_after
     crash_tap = crash_after_each_packet(server, points, oracle)
 

@@ -1,0 +1,224 @@
+"""Randomized crash sweeps: scenarios drawn from a seed, each crashing the server at
+random packets while data moves both ways, with the same checks as the fixed sweeps.
+
+The fixed sweeps (``test_sim_crash.py``) crash once, at every packet of one seed. These
+draw everything else too -- durability mode, commit level, buffer sizes, loss,
+reordering, duplication, downtime, several crashes per run -- so they reach
+combinations the fixed ones do not (two defects so far: a restore in SYN-RECEIVED, a
+spill timer cancelled by a duplicate's ACK). ``test_sim_crash_random.py`` runs a fixed
+set of seeds in CI; for a long search run this file::
+
+    .venv/bin/python tests/sim/crash_fuzz.py --minutes 10 [--start SEED]
+
+which prints every failing scenario as one line and how to replay it
+(``--only SEED``). Everything is on a virtual clock: a run is reproducible from its seed.
+
+Two kinds of scenario:
+
+* ``level1``: ``crash_transfer`` (the upload read by a level-1 sink, the download sent
+  as stored or regenerable bytes), checked byte-exact and by the oracle (G1-G3, no RST,
+  no early FIN, no shrunken window).
+* ``level2``: a real service served with ``commit="manual"``: ``echo`` (every byte
+  answered exactly once, via ``send_all_and_commit``) or ``discard`` (its byte count and
+  CRC-32 are committed as state, so its final report must match the upload exactly).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+import traceback
+import zlib
+from dataclasses import dataclass
+
+import trio
+import trio.testing
+from crash_helpers import check_bytes, check_oracle, crash_transfer
+from sim_helpers import seed_trio_scheduler
+
+from stcp_framework.api import Stack, Stream, open_stack
+from stcp_framework.link.sim import SimNetwork
+from stcp_framework.services import discard, echo
+from stcp_framework.store.memory import MemoryStore
+from stcp_framework.tcp.config import TcpConfig
+from stcp_framework.testing import (
+    CLIENT_ADDRESS,
+    SERVER_ADDRESS,
+    RestartableServer,
+    crash_after_each_packet,
+)
+
+BUDGET = 2000.0  # virtual seconds per run: a stall shows as trio.TooSlowError
+SMALL_BUFFERS = TcpConfig(recv_buffer_size=16 * 1024, send_buffer_size=16 * 1024)
+ECHO_PORT, DISCARD_PORT = 7, 9
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One randomized run; ``draw(seed)`` gives the same one every time."""
+
+    seed: int
+    kind: str  # "level1" | "level2"
+    app: str  # level2: "echo" | "discard"; level1: "transfer"
+    size: int
+    durability: str  # "strict" | "ack-on-commit"
+    loss: float
+    reorder: float
+    duplicate: float
+    downtime: float
+    small_buffers: bool
+    regenerable: bool  # level1: the download is a send_from source
+    crash_after: tuple[int, ...]  # network send numbers
+
+    def __str__(self) -> str:
+        return (
+            f"seed={self.seed} {self.kind}/{self.app} {self.size} B {self.durability}"
+            f" loss={self.loss} reorder={self.reorder} dup={self.duplicate}"
+            f" down={self.downtime}s{' small-buffers' if self.small_buffers else ''}"
+            f"{' regenerable' if self.regenerable else ''} crash_after={list(self.crash_after)}"
+        )
+
+
+def draw(seed: int) -> Scenario:
+    r = random.Random(seed)
+    kind = r.choice(["level1", "level2"])
+    size = r.choice([16_000, 64_000, 200_000])
+    small = r.random() < 0.3
+    # Crash points spread over roughly the packets a run of this size sends.
+    span = {16_000: 60, 64_000: 150, 200_000: 400}[size] * (3 if small else 1)
+    return Scenario(
+        seed=seed,
+        kind=kind,
+        app="transfer" if kind == "level1" else r.choice(["echo", "discard"]),
+        size=size,
+        durability=r.choice(["strict", "strict", "ack-on-commit"]),
+        loss=r.choice([0.0, 0.0, 0.01, 0.03]),
+        reorder=r.choice([0.0, 0.0, 0.02]),
+        duplicate=r.choice([0.0, 0.0, 0.02]),
+        downtime=r.choice([0.0, 0.05, 0.5]),
+        small_buffers=small,
+        regenerable=kind == "level1" and r.random() < 0.3,
+        crash_after=tuple(sorted(r.sample(range(1, span), r.choice([1, 2, 3, 6])))),
+    )
+
+
+def run(scenario: Scenario) -> None:
+    """Run one scenario to the end; raises (AssertionError, trio.TooSlowError) if not met."""
+
+    async def main() -> None:
+        seed_trio_scheduler(scenario.seed)
+        with trio.fail_after(BUDGET):
+            if scenario.kind == "level1":
+                await _level1(scenario)
+            else:
+                await _level2(scenario)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def _level1(sc: Scenario) -> None:
+    run = await crash_transfer(
+        seed=sc.seed,
+        size=sc.size,
+        crash_after=set(sc.crash_after),
+        downtime=sc.downtime,
+        durability=sc.durability,
+        loss=sc.loss,
+        reorder=sc.reorder,
+        duplicate=sc.duplicate,
+        config=SMALL_BUFFERS if sc.small_buffers else None,
+        regenerable=sc.regenerable,
+        reordered=sc.reorder > 0.0 or sc.duplicate > 0.0,
+    )
+    check_bytes(run)
+    check_oracle(run, allow_rst_after_close=True)
+
+
+async def _level2(sc: Scenario) -> None:
+    payload = random.Random(sc.seed).randbytes(sc.size)
+    config = SMALL_BUFFERS if sc.small_buffers else None
+    network = SimNetwork(sc.seed, loss=sc.loss, reorder=sc.reorder, duplicate=sc.duplicate)
+    reports: list[str] = []
+    port = ECHO_PORT if sc.app == "echo" else DISCARD_PORT
+
+    async def discard_and_report(stream: Stream) -> None:
+        await discard(stream, report=reports.append)
+
+    async def app(stack: Stack) -> None:
+        handler = echo if sc.app == "echo" else discard_and_report
+        await stack.serve(handler, port, commit="manual")
+
+    server = RestartableServer(
+        network,
+        SERVER_ADDRESS,
+        app,
+        store=MemoryStore(),
+        config=config,
+        seed=sc.seed,
+        downtime=sc.downtime,
+        durability=sc.durability,
+    )
+    network.tap = crash_after_each_packet(server, set(sc.crash_after))
+    link = network.attach(CLIENT_ADDRESS)
+    received = bytearray()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        async with open_stack(link, [CLIENT_ADDRESS], config=config) as client:
+            stream = await client.connect(SERVER_ADDRESS, port)
+
+            async def send() -> None:
+                await stream.send_all(payload)
+                await stream.send_eof()
+
+            async with trio.open_nursery() as inner:
+                inner.start_soon(send)
+                while data := await stream.receive_some(65536):
+                    received += data
+            await stream.aclose()
+        nursery.cancel_scope.cancel()
+    if sc.app == "echo":
+        if bytes(received) != payload:
+            first = next(
+                (i for i, (a, b) in enumerate(zip(received, payload, strict=False)) if a != b),
+                min(len(received), len(payload)),
+            )
+            raise AssertionError(
+                f"echo: got {len(received)} of {len(payload)} bytes, first difference at {first}"
+            )
+    else:
+        want = f"discard: received {len(payload)} bytes, crc32 {zlib.crc32(payload):08x}"
+        assert reports[-1:] == [want], f"discard reported {reports}, want {want!r}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=1.0, help="search for this long")
+    parser.add_argument("--start", type=int, default=1_000_000, help="first seed")
+    parser.add_argument("--only", type=int, help="replay one seed, with its traceback")
+    args = parser.parse_args(argv)
+    if args.only is not None:
+        scenario = draw(args.only)
+        print(scenario)
+        run(scenario)
+        print("ok")
+        return 0
+    deadline = time.monotonic() + 60 * args.minutes
+    seed, runs, failures = args.start, 0, 0
+    while time.monotonic() < deadline:
+        scenario = draw(seed)
+        try:
+            run(scenario)
+        except Exception as exc:  # report and go on: the search is for all of them
+            failures += 1
+            summary = "".join(traceback.format_exception_only(exc)).strip().splitlines()
+            print(f"FAIL {scenario}\n     {summary[0][:300]}\n     replay: --only {seed}")
+        runs += 1
+        seed += 1
+    print(f"{runs} scenarios (seeds {args.start}..{seed - 1}), {failures} failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

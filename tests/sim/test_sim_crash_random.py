@@ -1,0 +1,16 @@
+"""A fixed set of randomized crash scenarios (``crash_fuzz.py``): each seed draws the
+mode, commit level, buffers, faults and crash points, and must end byte-exact with no
+oracle violation. Longer searches: ``python tests/sim/crash_fuzz.py --minutes 10``."""
+
+from __future__ import annotations
+
+import pytest
+from crash_fuzz import draw, run
+
+SEEDS = range(60)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_random_crash_scenario(seed: int) -> None:
+    scenario = draw(seed)
+    run(scenario)  # raises with the scenario's failure
