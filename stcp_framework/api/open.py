@@ -47,6 +47,26 @@ class Stack:
             self._runtime, self._runtime.listen(port, backlog, manual_commit=_manual(commit))
         )
 
+    def reattach(self, flow_id: str) -> Stream:
+        """The restored stream of an outbound connection (``connect``), by its ``flow_id``.
+
+        A listener hands restored inbound streams back to the app (``recovered=True``);
+        an outbound one has no listener, so it waits, kept alive, until taken here. A
+        relay, for one, stores its outbound stream's ``flow_id`` in the inbound stream's
+        commit state and after a restart gets that stream back with it::
+
+            if inbound.recovered and inbound.state:
+                outbound = stack.reattach(inbound.state.decode())
+            else:
+                outbound = await stack.connect(host, port, commit="manual")
+                await inbound.commit(state=outbound.flow_id.encode())
+
+        Raises:
+            LookupError: No restored stream ``flow_id`` waits on this stack: it was
+                closed, taken already, or could not be restored.
+        """
+        return Stream(self._runtime, self._runtime.reattach(flow_id))
+
     def transaction(self) -> Transaction:
         """Sends and commits on several streams that become durable atomically."""
         return Transaction(self._runtime)

@@ -801,6 +801,27 @@ class Runtime:
             del self.listeners[listener.port]
         listener.lot.unpark_all()
 
+    def reattach(self, flow_id: str) -> Flow:
+        """Take a restored flow no listener took -- an outbound one -- by its id.
+
+        Raises:
+            LookupError: No restored flow ``flow_id`` waits here.
+        """
+        for port, flows in self._unclaimed.items():
+            for flow in flows:
+                if flow.flow_id == flow_id:
+                    flows.remove(flow)
+                    if not flows:
+                        del self._unclaimed[port]
+                    if flow.closed:
+                        break
+                    flow.accepted = True
+                    return flow
+        raise LookupError(
+            f"no restored connection {flow_id} waits on this stack (closed, taken "
+            "already, or not restored)"
+        )
+
     def open_flow(self, remote: str, remote_port: int, *, manual_commit: bool = False) -> Flow:
         """Start an active open towards ``remote:remote_port`` (the SYN goes out next round)."""
         raddr = ipaddress.ip_address(remote).packed

@@ -372,3 +372,46 @@ async def test_echo_is_exactly_once_across_crashes(
                 await client_done.wait()
             await server_cm.__aexit__(None, None, None)
     assert bytes(received) == payload
+
+
+async def test_reattach_gives_back_a_restored_outbound_stream(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """No listener takes a restored outbound flow: ``Stack.reattach(flow_id)`` does,
+    once; the connection went on meanwhile and carries data again at once."""
+    net = SimNetwork(3)
+    store = MemoryStore()
+    backend = "198.18.0.3"
+
+    async def one_life(seed: int) -> AsyncIterator[Stack]:
+        link = net.attach(SERVER)
+        try:
+            async with open_stack(
+                link, [SERVER], store=store, instance="relay", rng=random.Random(seed)
+            ) as stack:
+                yield stack  # leaving the block is the crash: only the store survives
+        finally:
+            await link.aclose()
+
+    async with (
+        open_stack(net.attach(backend), [backend], rng=random.Random(1)) as upstream,
+        trio.open_nursery() as nursery,
+    ):
+        await nursery.start(upstream.serve, echo, 7)
+        async with asynccontextmanager(one_life)(10) as stack:
+            stream = await stack.connect(backend, 7, commit="manual")
+            await stream.send_all(b"hello")
+            assert await stream.receive_some() == b"hello"
+            await stream.commit()  # else the restored stream replays it first (G4)
+            flow_id = stream.flow_id
+        async with asynccontextmanager(one_life)(11) as stack:
+            with pytest.raises(LookupError, match="no restored connection"):
+                stack.reattach("198.18.0.2:1-198.18.0.3:7/00000000")
+            again = stack.reattach(flow_id)
+            assert again.recovered and again.flow_id == flow_id
+            with pytest.raises(LookupError, match="taken already"):
+                stack.reattach(flow_id)
+            with trio.fail_after(5):
+                await again.send_all(b"again")
+                assert await again.receive_some() == b"again"
+        nursery.cancel_scope.cancel()

@@ -19,8 +19,10 @@ Two kinds of scenario:
   as stored or regenerable bytes), checked byte-exact and by the oracle (G1-G3, no RST,
   no early FIN, no shrunken window).
 * ``level2``: a real service served with ``commit="manual"``: ``echo`` (every byte
-  answered exactly once, via ``send_all_and_commit``) or ``discard`` (its byte count and
-  CRC-32 are committed as state, so its final report must match the upload exactly).
+  answered exactly once, via ``send_all_and_commit``), ``discard`` (its byte count and
+  CRC-32 are committed as state, so its final report must match the upload exactly) or
+  ``relay`` (to an echo server that does not crash, through transactions across the
+  two streams and ``Stack.reattach``: the client must read its bytes back exactly).
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ from stcp_framework.testing import (
 
 BUDGET = 2000.0  # virtual seconds per run: a stall shows as trio.TooSlowError
 SMALL_BUFFERS = TcpConfig(recv_buffer_size=16 * 1024, send_buffer_size=16 * 1024)
-ECHO_PORT, DISCARD_PORT = 7, 9
+ECHO_PORT, DISCARD_PORT, RELAY_PORT = 7, 9, 2222
+BACKEND_ADDRESS = "198.18.0.3"  # the relay's upstream: an echo server that never crashes
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ def draw(seed: int) -> Scenario:
     return Scenario(
         seed=seed,
         kind=kind,
-        app="transfer" if kind == "level1" else r.choice(["echo", "discard"]),
+        app="transfer" if kind == "level1" else r.choice(["echo", "discard", "relay"]),
         size=size,
         durability=r.choice(["strict", "strict", "ack-on-commit"]),
         loss=r.choice([0.0, 0.0, 0.01, 0.03]),
@@ -141,12 +144,14 @@ async def _level2(sc: Scenario) -> None:
     config = SMALL_BUFFERS if sc.small_buffers else None
     network = SimNetwork(sc.seed, loss=sc.loss, reorder=sc.reorder, duplicate=sc.duplicate)
     reports: list[str] = []
-    port = ECHO_PORT if sc.app == "echo" else DISCARD_PORT
+    port = {"echo": ECHO_PORT, "discard": DISCARD_PORT, "relay": RELAY_PORT}[sc.app]
 
     async def discard_and_report(stream: Stream) -> None:
         await discard(stream, report=reports.append)
 
     async def app(stack: Stack) -> None:
+        if sc.app == "relay":
+            await stack.serve(lambda inbound: relay(stack, inbound), port, commit="manual")
         handler = echo if sc.app == "echo" else discard_and_report
         await stack.serve(handler, port, commit="manual")
 
@@ -165,6 +170,8 @@ async def _level2(sc: Scenario) -> None:
     received = bytearray()
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)
+        if sc.app == "relay":
+            await nursery.start(_backend, network)
         async with open_stack(link, [CLIENT_ADDRESS], config=config) as client:
             stream = await client.connect(SERVER_ADDRESS, port)
 
@@ -178,7 +185,7 @@ async def _level2(sc: Scenario) -> None:
                     received += data
             await stream.aclose()
         nursery.cancel_scope.cancel()
-    if sc.app == "echo":
+    if sc.app in ("echo", "relay"):
         if bytes(received) != payload:
             first = next(
                 (i for i, (a, b) in enumerate(zip(received, payload, strict=False)) if a != b),
@@ -190,6 +197,43 @@ async def _level2(sc: Scenario) -> None:
     else:
         want = f"discard: received {len(payload)} bytes, crc32 {zlib.crc32(payload):08x}"
         assert reports[-1:] == [want], f"discard reported {reports}, want {want!r}"
+
+
+async def relay(stack: Stack, inbound: Stream) -> None:
+    """Forward both ways between ``inbound`` and an upstream connection, every byte
+    exactly once across crashes: each piece is sent on one stream and committed on the
+    other in one transaction. The upstream's ``flow_id`` is the inbound commit state,
+    so that a restarted relay takes the same upstream stream back (``reattach``)."""
+    if inbound.recovered and inbound.state:
+        outbound = stack.reattach(inbound.state.decode())
+    else:
+        outbound = await stack.connect(BACKEND_ADDRESS, ECHO_PORT, commit="manual")
+        await inbound.commit(state=outbound.flow_id.encode())
+    state = inbound.state
+
+    async def pump(src: Stream, dst: Stream, src_state: bytes | None) -> None:
+        while data := await src.receive_some(65536):
+            txn = stack.transaction()
+            txn.send(dst, data)
+            txn.commit(src, state=src_state)
+            await txn.apply()
+        await dst.send_eof()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pump, inbound, outbound, state)
+        nursery.start_soon(pump, outbound, inbound, None)
+
+
+async def _backend(
+    network: SimNetwork, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    async with (
+        open_stack(network.attach(BACKEND_ADDRESS), [BACKEND_ADDRESS]) as backend,
+        trio.open_nursery() as nursery,
+    ):
+        await nursery.start(backend.serve, echo, ECHO_PORT)
+        task_status.started()
+        await trio.sleep_forever()
 
 
 def main(argv: list[str] | None = None) -> int:
