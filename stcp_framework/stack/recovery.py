@@ -37,6 +37,8 @@ RESTORE_BATCH = 1000
 """Flows claimed, loaded and rebuilt at a time (bounds the loaded records held at once)."""
 
 # States whose stream the application may still hold (it had not called close()).
+# TIME-WAIT too: both FINs are through, but bytes read and not committed are replayed
+# (G4), and a relay still has to pass the end of the stream on (Stack.reattach).
 _APP_STATES = frozenset(
     {
         TcpState.ESTABLISHED,
@@ -45,6 +47,7 @@ _APP_STATES = frozenset(
         TcpState.FIN_WAIT_2,
         TcpState.CLOSING,
         TcpState.LAST_ACK,
+        TcpState.TIME_WAIT,
     }
 )
 

@@ -15,6 +15,7 @@ from stcp_framework import MemoryStore, Stack, Stream, open_stack
 from stcp_framework.link.sim import SimNetwork
 from stcp_framework.services import discard, echo
 from stcp_framework.store.base import FlowDelta, StoreUnavailable
+from stcp_framework.tcp.state import TcpState
 
 CLIENT, SERVER, PORT = "198.18.0.1", "198.18.0.2", 7
 
@@ -415,3 +416,49 @@ async def test_reattach_gives_back_a_restored_outbound_stream(
                 await again.send_all(b"again")
                 assert await again.receive_some() == b"again"
         nursery.cancel_scope.cancel()
+
+
+async def test_a_stream_restored_in_time_wait_replays_what_was_not_committed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Both FINs went through, but the app neither committed nor closed: the restored
+    stream is handed to the handler again and replays the bytes (G4). (It was left
+    out, with the bytes, as if the app had closed it.)"""
+    net = SimNetwork(2)
+    store = MemoryStore()
+    in_time_wait = trio.Event()
+    replayed: list[bytes] = []
+    replay_done = trio.Event()
+
+    async def first_life(stream: Stream) -> None:
+        await stream.send_eof()
+        while await stream.receive_some():
+            pass  # read, never committed
+        for _ in range(500):  # the peer's FIN comes after our FIN's ACK
+            if stream.tcp_state is TcpState.TIME_WAIT:
+                in_time_wait.set()
+                break
+            await trio.sleep(0.01)
+        await trio.sleep_forever()
+
+    async def second_life(stream: Stream) -> None:
+        assert stream.recovered
+        data = bytearray()
+        while chunk := await stream.receive_some():
+            data += chunk
+        replayed.append(bytes(data))
+        await stream.commit()
+        replay_done.set()
+
+    async with open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(2)) as client:
+        async with server_incarnation(net, store, first_life, seed=10):
+            stream = await client.connect(SERVER, PORT)
+            await stream.send_all(b"request")
+            assert await stream.receive_some() == b""  # the server's FIN comes first
+            await stream.aclose()
+            with trio.fail_after(5):
+                await in_time_wait.wait()
+        async with server_incarnation(net, store, second_life, seed=11):
+            with trio.fail_after(5):
+                await replay_done.wait()
+    assert replayed == [b"request"]

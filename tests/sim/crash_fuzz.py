@@ -51,6 +51,7 @@ from stcp_framework.testing import (
     RestartableServer,
     crash_after_each_packet,
 )
+from stcp_framework.testing._sim_pair import stack_iss_secret, stack_rng
 
 BUDGET = 2000.0  # virtual seconds per run: a stall shows as trio.TooSlowError
 SMALL_BUFFERS = TcpConfig(recv_buffer_size=16 * 1024, send_buffer_size=16 * 1024)
@@ -171,8 +172,14 @@ async def _level2(sc: Scenario) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)
         if sc.app == "relay":
-            await nursery.start(_backend, network)
-        async with open_stack(link, [CLIENT_ADDRESS], config=config) as client:
+            await nursery.start(_backend, network, sc.seed)
+        async with open_stack(
+            link,
+            [CLIENT_ADDRESS],
+            config=config,
+            rng=stack_rng(sc.seed, "client"),
+            iss_secret=stack_iss_secret(sc.seed, "client"),
+        ) as client:
             stream = await client.connect(SERVER_ADDRESS, port)
 
             async def send() -> None:
@@ -225,10 +232,18 @@ async def relay(stack: Stack, inbound: Stream) -> None:
 
 
 async def _backend(
-    network: SimNetwork, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    network: SimNetwork,
+    seed: int,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     async with (
-        open_stack(network.attach(BACKEND_ADDRESS), [BACKEND_ADDRESS]) as backend,
+        open_stack(
+            network.attach(BACKEND_ADDRESS),
+            [BACKEND_ADDRESS],
+            rng=stack_rng(seed, "backend"),
+            iss_secret=stack_iss_secret(seed, "backend"),
+        ) as backend,
         trio.open_nursery() as nursery,
     ):
         await nursery.start(backend.serve, echo, ECHO_PORT)
