@@ -161,6 +161,9 @@ async def open_stack(
         addresses: The stack's own IP addresses (the far side of the TUN device).
         store: Where flow state is made durable; ``MemoryStore()`` by default.
         config: TCP settings; MSS is derived from the device MTU.
+        runtime_options: Passed to ``Runtime``: ``instance``, ``durability``,
+            ``sources``, ``unclaimed_grace`` (seconds a restored stream waits for a
+            listener or ``reattach`` before it is reset; 60), ``rng``, ``iss_secret``.
     """
     runtime = Runtime(
         device, store or MemoryStore(), addresses, config=config, **runtime_options  # type: ignore[arg-type]

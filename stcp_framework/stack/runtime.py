@@ -69,6 +69,7 @@ DEFAULT_SYN_BACKLOG = 1024  # Linux tcp_max_syn_backlog is of this order
 DURABILITY_MODES = ("strict", "async", "ack-on-commit")
 FORGET_QUEUE = 65536  # closed flows waiting to be removed from the store
 FORGET_BATCH = 512  # closed flows removed per store call
+UNCLAIMED_GRACE = 60.0  # seconds a restored flow waits for listen() or reattach()
 SPLIT_PAYLOAD = 4096  # below this, one copy into the packet is cheaper than a 3-part writev
 
 
@@ -111,6 +112,9 @@ class Runtime:
             files, so a restore can read their unacknowledged bytes again.
         rng: Source of ephemeral ports (injected so tests are deterministic).
         iss_secret: Key of the RFC 6528 ISS function.
+        unclaimed_grace: Seconds a restored stream waits to be taken -- by a listener
+            on its port, or by ``Stack.reattach`` -- before it is reset, so a stream
+            no app takes back does not hold its peer and the store for ever.
     """
 
     def __init__(
@@ -126,6 +130,7 @@ class Runtime:
         durability: str = "strict",
         instance: str = "default",
         sources: Iterable[Source] = (),
+        unclaimed_grace: float = UNCLAIMED_GRACE,
     ) -> None:
         if durability not in DURABILITY_MODES:
             raise StcpConfigError(
@@ -197,6 +202,7 @@ class Runtime:
         self._store_backoff = 0.0
         self._closed_flows: list[Flow] = []
         self._unclaimed: dict[int, list[Flow]] = {}  # restored flows waiting for listen()
+        self._unclaimed_grace = unclaimed_grace
         self.instance = instance
         self.sources = SourceRegistry(sources)  # regenerable sends, for restores
         self._forget_send, self._forget_receive = trio.open_memory_channel[tuple[str, int]](
@@ -230,7 +236,25 @@ class Runtime:
                 nursery.start_soon(self._async_commit_loop)
             nursery.start_soon(self._timer_loop)
             nursery.start_soon(self._receive_loop)
+            if self._unclaimed:
+                nursery.start_soon(self._reset_unclaimed_later)
             task_status.started()
+
+    async def _reset_unclaimed_later(self) -> None:
+        """Reset the restored streams still untaken after the grace period."""
+        await trio.sleep(self._unclaimed_grace)
+        unclaimed, self._unclaimed = self._unclaimed, {}
+        for flows in unclaimed.values():
+            for flow in flows:
+                if flow.closed:
+                    continue
+                logger.warning(
+                    "[%s] restored, but no listener or reattach() took it in %g s: reset",
+                    flow.flow_id, self._unclaimed_grace,
+                )
+                self.stats["unclaimed_reset"] += 1
+                flow.conn.app_abort(self.now())
+                self._mark(flow)
 
     async def _receive_loop(self) -> None:
         device = self.device

@@ -375,6 +375,24 @@ async def test_echo_is_exactly_once_across_crashes(
     assert bytes(received) == payload
 
 
+BACKEND = "198.18.0.3"
+
+
+@asynccontextmanager
+async def client_incarnation(
+    net: SimNetwork, store: MemoryStore, seed: int, **options: object
+) -> AsyncIterator[Stack]:
+    """One life of a stack that connects out (a relay's upstream side)."""
+    link = net.attach(SERVER)
+    try:
+        async with open_stack(
+            link, [SERVER], store=store, instance="relay", rng=random.Random(seed), **options
+        ) as stack:
+            yield stack  # leaving the block is the crash: only the store survives
+    finally:
+        await link.aclose()
+
+
 async def test_reattach_gives_back_a_restored_outbound_stream(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -382,30 +400,18 @@ async def test_reattach_gives_back_a_restored_outbound_stream(
     once; the connection went on meanwhile and carries data again at once."""
     net = SimNetwork(3)
     store = MemoryStore()
-    backend = "198.18.0.3"
-
-    async def one_life(seed: int) -> AsyncIterator[Stack]:
-        link = net.attach(SERVER)
-        try:
-            async with open_stack(
-                link, [SERVER], store=store, instance="relay", rng=random.Random(seed)
-            ) as stack:
-                yield stack  # leaving the block is the crash: only the store survives
-        finally:
-            await link.aclose()
-
     async with (
-        open_stack(net.attach(backend), [backend], rng=random.Random(1)) as upstream,
+        open_stack(net.attach(BACKEND), [BACKEND], rng=random.Random(1)) as upstream,
         trio.open_nursery() as nursery,
     ):
         await nursery.start(upstream.serve, echo, 7)
-        async with asynccontextmanager(one_life)(10) as stack:
-            stream = await stack.connect(backend, 7, commit="manual")
+        async with client_incarnation(net, store, 10) as stack:
+            stream = await stack.connect(BACKEND, 7, commit="manual")
             await stream.send_all(b"hello")
             assert await stream.receive_some() == b"hello"
             await stream.commit()  # else the restored stream replays it first (G4)
             flow_id = stream.flow_id
-        async with asynccontextmanager(one_life)(11) as stack:
+        async with client_incarnation(net, store, 11) as stack:
             with pytest.raises(LookupError, match="no restored connection"):
                 stack.reattach("198.18.0.2:1-198.18.0.3:7/00000000")
             again = stack.reattach(flow_id)
@@ -462,3 +468,34 @@ async def test_a_stream_restored_in_time_wait_replays_what_was_not_committed(
             with trio.fail_after(5):
                 await replay_done.wait()
     assert replayed == [b"request"]
+
+
+async def test_a_restored_stream_nobody_takes_is_reset_after_the_grace_period(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An outbound stream the restarted app never reattaches (it crashed before noting
+    the flow id, say) would hold its peer and its store record for ever."""
+    net = SimNetwork(3)
+    store = MemoryStore()
+    accepted: list[Stream] = []
+
+    async def keep(stream: Stream) -> None:
+        accepted.append(stream)
+        await trio.sleep_forever()
+
+    async with (
+        open_stack(net.attach(BACKEND), [BACKEND], rng=random.Random(1)) as upstream,
+        trio.open_nursery() as nursery,
+    ):
+        await nursery.start(upstream.serve, keep, 7)
+        async with client_incarnation(net, store, 10) as stack:
+            flow_id = (await stack.connect(BACKEND, 7, commit="manual")).flow_id
+        async with client_incarnation(net, store, 11, unclaimed_grace=3.0) as stack:
+            await trio.sleep(2.0)
+            assert stack.runtime.stats["unclaimed_reset"] == 0
+            with trio.fail_after(5), pytest.raises(trio.BrokenResourceError):
+                await accepted[0].receive_some()  # the reset reaches the peer
+            assert stack.runtime.stats["unclaimed_reset"] == 1
+            with pytest.raises(LookupError):
+                stack.reattach(flow_id)  # too late
+        nursery.cancel_scope.cancel()
