@@ -285,6 +285,11 @@ def send_data(c: Connection, now: float, *, force: bool) -> None:
     needs = c.rx_needs
     if c.tx_needs > needs:
         needs = c.tx_needs
+    # A segment that moves SND.NXT needs the delta that records the move (the next
+    # drain's): sent before it is durable, a restart would find an older SND.NXT and
+    # take the peer's ACK of it for one of unsent data, and drop it (RFC 9293
+    # §3.10.7.4) for ever. Only a store outage ever lets such a segment wait.
+    fresh = c.version + 1 if c.version + 1 > needs else needs
     out = c._out
     window = -1  # the header fields, computed at the first segment
     ack: int = 0
@@ -325,11 +330,12 @@ def send_data(c: Connection, now: float, *, force: bool) -> None:
             flags = ACK | PSH
             if fin_queued:
                 flags = ACK | PSH | FIN
-        out.append(_new(OutSegment, ((snd_una + ptr - una_off) & SEQ_MASK, ack, flags,
-                                     window, opts, buf.view(ptr, n), needs,
-                                     gso_size if n > mss else 0)))
         if flags & FIN:
             new_ptr += 1
+        out.append(_new(OutSegment, ((snd_una + ptr - una_off) & SEQ_MASK, ack, flags,
+                                     window, opts, buf.view(ptr, n),
+                                     needs if new_ptr <= nxt_off else fresh,
+                                     gso_size if n > mss else 0)))
         if new_ptr > nxt_off:
             if ptr < nxt_off:
                 c.count("retransmit")
@@ -360,6 +366,9 @@ def send_data(c: Connection, now: float, *, force: bool) -> None:
         make_segment(c, seq_add(snd_una, end - una_off), ACK | FIN, b"", now)
         ptr = end + 1
         if ptr > nxt_off:
+            fin = c._out[-1]  # a new FIN moves SND.NXT too (see ``fresh`` above)
+            if fin.needs_version < c.version + 1:
+                c._out[-1] = fin._replace(needs_version=c.version + 1)
             c._advance_snd_nxt(ptr)
             c._set("fin_sent", True)
         else:

@@ -3,7 +3,7 @@ random packets while data moves both ways, with the same checks as the fixed swe
 
 The fixed sweeps (``test_sim_crash.py``) crash once, at every packet of one seed. These
 draw everything else too -- durability mode, commit level, buffer sizes, loss,
-reordering, duplication, downtime, several crashes per run -- so they reach
+reordering, duplication, downtime, store outages, several crashes per run -- so they reach
 combinations the fixed ones do not (two defects so far: a restore in SYN-RECEIVED, a
 spill timer cancelled by a duplicate's ACK). ``test_sim_crash_random.py`` runs a fixed
 set of seeds in CI; for a long search run this file::
@@ -33,6 +33,7 @@ import sys
 import time
 import traceback
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import trio
@@ -43,6 +44,7 @@ from sim_helpers import seed_trio_scheduler
 from stcp_framework.api import Stack, Stream, open_stack
 from stcp_framework.link.sim import SimNetwork
 from stcp_framework.services import discard, echo
+from stcp_framework.store.base import FlowDelta, StoreUnavailable
 from stcp_framework.store.memory import MemoryStore
 from stcp_framework.tcp.config import TcpConfig
 from stcp_framework.testing import (
@@ -75,6 +77,7 @@ class Scenario:
     small_buffers: bool
     regenerable: bool  # level1: the download is a send_from source
     crash_after: tuple[int, ...]  # network send numbers
+    outages: tuple[tuple[float, float], ...]  # (start, seconds) the store refuses commits
 
     def __str__(self) -> str:
         return (
@@ -82,6 +85,7 @@ class Scenario:
             f" loss={self.loss} reorder={self.reorder} dup={self.duplicate}"
             f" down={self.downtime}s{' small-buffers' if self.small_buffers else ''}"
             f"{' regenerable' if self.regenerable else ''} crash_after={list(self.crash_after)}"
+            f"{f' outages={list(self.outages)}' if self.outages else ''}"
         )
 
 
@@ -105,7 +109,26 @@ def draw(seed: int) -> Scenario:
         small_buffers=small,
         regenerable=kind == "level1" and r.random() < 0.3,
         crash_after=tuple(sorted(r.sample(range(1, span), r.choice([1, 2, 3, 6])))),
+        outages=tuple(
+            (round(r.uniform(0.0, 0.3), 3), r.choice([0.05, 0.3, 2.0]))
+            for _ in range(r.choice([0, 0, 0, 1, 2]))
+        ),
     )
+
+
+class OutageStore(MemoryStore):
+    """A ``MemoryStore`` that refuses commits during the scenario's outages (G7: the
+    stack holds its ACKs and retries; nothing is lost, nothing reset)."""
+
+    def __init__(self, outages: tuple[tuple[float, float], ...]) -> None:
+        super().__init__()
+        self.outages = outages
+
+    async def commit(self, batch: Sequence[FlowDelta]) -> None:
+        now = trio.current_time()
+        if any(start <= now < start + length for start, length in self.outages):
+            raise StoreUnavailable("a scripted outage")
+        await super().commit(batch)
 
 
 def run(scenario: Scenario) -> None:
@@ -134,6 +157,7 @@ async def _level1(sc: Scenario) -> None:
         duplicate=sc.duplicate,
         config=SMALL_BUFFERS if sc.small_buffers else None,
         regenerable=sc.regenerable,
+        store=OutageStore(sc.outages),
         reordered=sc.reorder > 0.0 or sc.duplicate > 0.0,
     )
     check_bytes(run)
@@ -160,7 +184,7 @@ async def _level2(sc: Scenario) -> None:
         network,
         SERVER_ADDRESS,
         app,
-        store=MemoryStore(),
+        store=OutageStore(sc.outages),
         config=config,
         seed=sc.seed,
         downtime=sc.downtime,

@@ -497,6 +497,7 @@ async def crash_transfer(
     reordered: bool = False,
     config: TcpConfig | None = None,
     regenerable: bool = False,
+    store: MemoryStore | None = None,
 ) -> CrashRun:
     """Move ``size`` bytes each way while the server is crashed after chosen packets.
 
@@ -509,11 +510,12 @@ async def crash_transfer(
         config: TCP settings of both stacks.
         regenerable: The download is a regenerable send (``send_from``) of a source
             every incarnation registers, instead of stored bytes.
+        store: The server's store (a fresh ``MemoryStore`` by default).
     """
     upload = payload(seed, size)
     download = payload(seed + 1, size)
     network = SimNetwork(seed, loss=loss, reorder=reorder, duplicate=duplicate)
-    store = MemoryStore()
+    store = store if store is not None else MemoryStore()
     sink = Sink()
     server_ref: list[RestartableServer] = []
     server = RestartableServer(
