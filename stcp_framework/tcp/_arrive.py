@@ -271,6 +271,11 @@ def check_sequence(
     d = ((seg.seq - rcv_nxt + _HALF) & SEQ_MASK) - _HALF  # segment start relative to RCV.NXT
     if seg_len == 0:
         ok = d == 0 if wnd == 0 else 0 <= d < wnd
+        if not ok and d < 0 and ((seg.seq - tcb.rcv_wup + _HALF) & SEQ_MASK) - _HALF >= 0:
+            # An ACK sent before our last window update, overtaken by later segments:
+            # from RCV.WUP on it is acceptable (Linux tcp_sequence), its ACK and window
+            # count -- a reordered ACK is not dropped for an ACK in return.
+            ok = True
     elif wnd == 0:
         ok = False
         if d == 0 and plen and not syn:
@@ -286,8 +291,10 @@ def check_sequence(
             c.count("out_of_window")
             if flags & SYN:
                 _output.challenge_ack(c, now)  # RFC 5961 §4.2
+            elif seg_len:
+                c.ack_now = True  # data is no part of an ACK war: answered every time
             else:
-                c.ack_now = True
+                _output.invalid_segment_ack(c, now)
             if fin and tcb.state is TcpState.TIME_WAIT:
                 # RFC 9293: a retransmitted FIN in TIME-WAIT restarts the 2 MSL timeout.
                 c.timers.time_wait_at = now + c.config.time_wait_timeout
@@ -328,6 +335,22 @@ def check_syn(c: Connection, now: float) -> None:
     _output.challenge_ack(c, now)
 
 
+def _accept_earlier_send(c: Connection, ack: Seq, d_una: int) -> Seq:
+    """Restored: an ACK past SND.NXT of bytes the incarnation before us sent, whose
+    SND.NXT never reached the store (``Connection.restore``, ``maybe_sent_end``). The
+    peer has them: SND.NXT moves up to its ACK. An ACK of the FIN that followed them
+    counts up to the bytes only (returned): the app closes again, the FIN goes again
+    and the peer acknowledges it again."""
+    end = c.tcb.snd_una_offset + d_una
+    if end == c.maybe_sent_end + 1:
+        end -= 1
+        ack = seq_add(ack, -1)
+    if c.snd_nxt_offset() < end <= c.maybe_sent_end:
+        c.count("ack_of_earlier_send")
+        c._advance_snd_nxt(end)
+    return ack
+
+
 def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
     """Fifth: the ACK field. Returns False if the segment must be dropped."""
     tcb = c.tcb
@@ -353,10 +376,17 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
     # seq_diff(ack, SND.UNA) and seq_diff(ack, SND.NXT), inlined.
     d_una = ((ack - tcb.snd_una + _HALF) & SEQ_MASK) - _HALF
     d_nxt = ((ack - tcb.snd_nxt + _HALF) & SEQ_MASK) - _HALF
+    if d_nxt > 0 and c.maybe_sent_end:
+        ack = _accept_earlier_send(c, ack, d_una)
+        d_una = ((ack - tcb.snd_una + _HALF) & SEQ_MASK) - _HALF
+        d_nxt = ((ack - tcb.snd_nxt + _HALF) & SEQ_MASK) - _HALF
     if d_nxt > 0:
         # RFC 9293 / RFC 5961 §5.2: acknowledges something not yet sent: ACK, drop.
         c.count("ack_too_new")
-        c.ack_now = True
+        if seg.payload:
+            c.ack_now = True
+        else:
+            _output.invalid_segment_ack(c, now)
         return False
     if d_una < -tcb.max_window:
         # RFC 5961 §5.2: older than the largest window ever seen: blind-injection guard.

@@ -25,6 +25,7 @@ _DATA_STATES = (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT, TcpState.FIN_WAIT_1,
                 TcpState.CLOSING, TcpState.LAST_ACK)
 _FIN_STATES = (TcpState.FIN_WAIT_1, TcpState.CLOSING, TcpState.LAST_ACK)
 CHALLENGE_ACK_INTERVAL = 1.0  # RFC 5961 §7: limit per interval (config.challenge_ack_limit)
+INVALID_ACK_INTERVAL = 0.5  # Linux net.ipv4.tcp_invalid_ratelimit (500 ms)
 MAX_WINDOW = 0xFFFF
 _HALF = 1 << 31  # seq_diff inlined on the hot path: ((a - b + _HALF) & SEQ_MASK) - _HALF
 _new = tuple.__new__  # OutSegment/TcpOptions built positionally, without keyword parsing
@@ -157,6 +158,18 @@ def send_ack(c: Connection, now: float) -> None:
     make_segment(c, c.tcb.snd_nxt, ACK, b"", now)
 
 
+def invalid_segment_ack(c: Connection, now: float) -> None:
+    """The ACK an unacceptable segment without data gets (RFC 9293 §3.10.7.4), at most
+    one per ``INVALID_ACK_INTERVAL`` per connection, as Linux ``tcp_oow_rate_limited``:
+    two ends that each find the other's ACK unacceptable would otherwise answer each
+    other for ever (an ACK war, made worse by every duplicate the network adds)."""
+    if now - c.invalid_ack_at < INVALID_ACK_INTERVAL:
+        c.count("invalid_ack_suppressed")
+        return
+    c.invalid_ack_at = now
+    c.ack_now = True
+
+
 def challenge_ack(c: Connection, now: float) -> None:
     """RFC 5961 §3.2/§4.2/§5.2 challenge ACK, rate-limited per connection (§7)."""
     if now - c.challenge_window_at >= CHALLENGE_ACK_INTERVAL:
@@ -285,11 +298,6 @@ def send_data(c: Connection, now: float, *, force: bool) -> None:
     needs = c.rx_needs
     if c.tx_needs > needs:
         needs = c.tx_needs
-    # A segment that moves SND.NXT needs the delta that records the move (the next
-    # drain's): sent before it is durable, a restart would find an older SND.NXT and
-    # take the peer's ACK of it for one of unsent data, and drop it (RFC 9293
-    # §3.10.7.4) for ever. Only a store outage ever lets such a segment wait.
-    fresh = c.version + 1 if c.version + 1 > needs else needs
     out = c._out
     window = -1  # the header fields, computed at the first segment
     ack: int = 0
@@ -330,12 +338,11 @@ def send_data(c: Connection, now: float, *, force: bool) -> None:
             flags = ACK | PSH
             if fin_queued:
                 flags = ACK | PSH | FIN
+        out.append(_new(OutSegment, ((snd_una + ptr - una_off) & SEQ_MASK, ack, flags,
+                                     window, opts, buf.view(ptr, n), needs,
+                                     gso_size if n > mss else 0)))
         if flags & FIN:
             new_ptr += 1
-        out.append(_new(OutSegment, ((snd_una + ptr - una_off) & SEQ_MASK, ack, flags,
-                                     window, opts, buf.view(ptr, n),
-                                     needs if new_ptr <= nxt_off else fresh,
-                                     gso_size if n > mss else 0)))
         if new_ptr > nxt_off:
             if ptr < nxt_off:
                 c.count("retransmit")
@@ -366,9 +373,6 @@ def send_data(c: Connection, now: float, *, force: bool) -> None:
         make_segment(c, seq_add(snd_una, end - una_off), ACK | FIN, b"", now)
         ptr = end + 1
         if ptr > nxt_off:
-            fin = c._out[-1]  # a new FIN moves SND.NXT too (see ``fresh`` above)
-            if fin.needs_version < c.version + 1:
-                c._out[-1] = fin._replace(needs_version=c.version + 1)
             c._advance_snd_nxt(ptr)
             c._set("fin_sent", True)
         else:

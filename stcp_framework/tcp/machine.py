@@ -188,6 +188,8 @@ class Connection:
         self.offer_wscale = config.window_scaling
         self.ts_options = NO_OPTIONS  # the last timestamps option built (_output._options)
         self.challenge_window_at = -1e18
+        self.invalid_ack_at = -1e18  # the last ACK to an unacceptable segment without data
+        self.maybe_sent_end = 0  # restored: a past incarnation may have sent up to here
         self.challenge_count = 0
         self.last_rx_at = now
         self.counters: dict[str, int] = {}
@@ -290,6 +292,13 @@ class Connection:
         c.txmap = TxMap.decode(tcb.tx_refs, tcb.tx_ref_base)
         c.snd_buf = _rebuild_send_buffer(c.txmap, tcb, tx, tx_offset, regenerate)
         c.snd_ptr = max(tcb.snd_una_offset, 0)
+        if tcb.snd_una_offset >= 0 and c.snd_buf.end_offset > c.snd_nxt_offset():
+            # The SND.NXT of the last durable delta may be behind what left: a segment
+            # needs its bytes durable (G2), not the SND.NXT it moved (a store outage
+            # withholds that delta, and a retransmission timer sends the bytes anyway).
+            # The peer may have any stored byte, so its ACK of one is no ACK of unsent
+            # data (which RFC 9293 §3.10.7.4 drops): see _arrive.check_ack.
+            c.maybe_sent_end = c.snd_buf.end_offset
         state = tcb.state
         if state is TcpState.TIME_WAIT:
             c.timers.time_wait_at = now + config.time_wait_timeout

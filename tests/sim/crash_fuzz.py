@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import signal
 import sys
 import time
 import traceback
@@ -49,7 +50,9 @@ from stcp_framework.store.memory import MemoryStore
 from stcp_framework.tcp.config import TcpConfig
 from stcp_framework.testing import (
     CLIENT_ADDRESS,
+    CLIENT_ADDRESS6,
     SERVER_ADDRESS,
+    SERVER_ADDRESS6,
     RestartableServer,
     crash_after_each_packet,
 )
@@ -58,7 +61,8 @@ from stcp_framework.testing._sim_pair import stack_iss_secret, stack_rng
 BUDGET = 2000.0  # virtual seconds per run: a stall shows as trio.TooSlowError
 SMALL_BUFFERS = TcpConfig(recv_buffer_size=16 * 1024, send_buffer_size=16 * 1024)
 ECHO_PORT, DISCARD_PORT, RELAY_PORT = 7, 9, 2222
-BACKEND_ADDRESS = "198.18.0.3"  # the relay's upstream: an echo server that never crashes
+# The relay's upstream: an echo server that never crashes.
+BACKEND_ADDRESS, BACKEND_ADDRESS6 = "198.18.0.3", "2001:db8::3"
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ class Scenario:
     regenerable: bool  # level1: the download is a send_from source
     crash_after: tuple[int, ...]  # network send numbers
     outages: tuple[tuple[float, float], ...]  # (start, seconds) the store refuses commits
+    ipv6: bool = False  # level2: every stack on 2001:db8::/32
 
     def __str__(self) -> str:
         return (
@@ -86,6 +91,7 @@ class Scenario:
             f" down={self.downtime}s{' small-buffers' if self.small_buffers else ''}"
             f"{' regenerable' if self.regenerable else ''} crash_after={list(self.crash_after)}"
             f"{f' outages={list(self.outages)}' if self.outages else ''}"
+            f"{' ipv6' if self.ipv6 else ''}"
         )
 
 
@@ -113,6 +119,7 @@ def draw(seed: int) -> Scenario:
             (round(r.uniform(0.0, 0.3), 3), r.choice([0.05, 0.3, 2.0]))
             for _ in range(r.choice([0, 0, 0, 1, 2]))
         ),
+        ipv6=kind == "level2" and r.random() < 0.3,
     )
 
 
@@ -170,19 +177,26 @@ async def _level2(sc: Scenario) -> None:
     network = SimNetwork(sc.seed, loss=sc.loss, reorder=sc.reorder, duplicate=sc.duplicate)
     reports: list[str] = []
     port = {"echo": ECHO_PORT, "discard": DISCARD_PORT, "relay": RELAY_PORT}[sc.app]
+    client_address, server_address, backend_address = (
+        (CLIENT_ADDRESS6, SERVER_ADDRESS6, BACKEND_ADDRESS6)
+        if sc.ipv6
+        else (CLIENT_ADDRESS, SERVER_ADDRESS, BACKEND_ADDRESS)
+    )
 
     async def discard_and_report(stream: Stream) -> None:
         await discard(stream, report=reports.append)
 
     async def app(stack: Stack) -> None:
         if sc.app == "relay":
-            await stack.serve(lambda inbound: relay(stack, inbound), port, commit="manual")
+            await stack.serve(
+                lambda inbound: relay(stack, inbound, backend_address), port, commit="manual"
+            )
         handler = echo if sc.app == "echo" else discard_and_report
         await stack.serve(handler, port, commit="manual")
 
     server = RestartableServer(
         network,
-        SERVER_ADDRESS,
+        server_address,
         app,
         store=OutageStore(sc.outages),
         config=config,
@@ -191,20 +205,20 @@ async def _level2(sc: Scenario) -> None:
         durability=sc.durability,
     )
     network.tap = crash_after_each_packet(server, set(sc.crash_after))
-    link = network.attach(CLIENT_ADDRESS)
+    link = network.attach(client_address)
     received = bytearray()
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)
         if sc.app == "relay":
-            await nursery.start(_backend, network, sc.seed)
+            await nursery.start(_backend, network, backend_address, sc.seed)
         async with open_stack(
             link,
-            [CLIENT_ADDRESS],
+            [client_address],
             config=config,
             rng=stack_rng(sc.seed, "client"),
             iss_secret=stack_iss_secret(sc.seed, "client"),
         ) as client:
-            stream = await client.connect(SERVER_ADDRESS, port)
+            stream = await client.connect(server_address, port)
 
             async def send() -> None:
                 await stream.send_all(payload)
@@ -230,7 +244,7 @@ async def _level2(sc: Scenario) -> None:
         assert reports[-1:] == [want], f"discard reported {reports}, want {want!r}"
 
 
-async def relay(stack: Stack, inbound: Stream) -> None:
+async def relay(stack: Stack, inbound: Stream, upstream: str) -> None:
     """Forward both ways between ``inbound`` and an upstream connection, every byte
     exactly once across crashes: each piece is sent on one stream and committed on the
     other in one transaction. The upstream's ``flow_id`` is the inbound commit state,
@@ -238,7 +252,7 @@ async def relay(stack: Stack, inbound: Stream) -> None:
     if inbound.recovered and inbound.state:
         outbound = stack.reattach(inbound.state.decode())
     else:
-        outbound = await stack.connect(BACKEND_ADDRESS, ECHO_PORT, commit="manual")
+        outbound = await stack.connect(upstream, ECHO_PORT, commit="manual")
         await inbound.commit(state=outbound.flow_id.encode())
     state = inbound.state
 
@@ -257,14 +271,15 @@ async def relay(stack: Stack, inbound: Stream) -> None:
 
 async def _backend(
     network: SimNetwork,
+    address: str,
     seed: int,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     async with (
         open_stack(
-            network.attach(BACKEND_ADDRESS),
-            [BACKEND_ADDRESS],
+            network.attach(address),
+            [address],
             rng=stack_rng(seed, "backend"),
             iss_secret=stack_iss_secret(seed, "backend"),
         ) as backend,
@@ -276,10 +291,14 @@ async def _backend(
 
 
 def main(argv: list[str] | None = None) -> int:
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # (a file too)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=1.0, help="search for this long")
     parser.add_argument("--start", type=int, default=1_000_000, help="first seed")
     parser.add_argument("--only", type=int, help="replay one seed, with its traceback")
+    parser.add_argument(
+        "--hang-after", type=float, default=60.0, help="real seconds before a run counts as hung"
+    )
     args = parser.parse_args(argv)
     if args.only is not None:
         scenario = draw(args.only)
@@ -289,18 +308,33 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     deadline = time.monotonic() + 60 * args.minutes
     seed, runs, failures = args.start, 0, 0
+    signal.signal(signal.SIGALRM, _hung)
     while time.monotonic() < deadline:
         scenario = draw(seed)
+        signal.setitimer(signal.ITIMER_REAL, args.hang_after)
         try:
             run(scenario)
         except Exception as exc:  # report and go on: the search is for all of them
             failures += 1
             summary = "".join(traceback.format_exception_only(exc)).strip().splitlines()
             print(f"FAIL {scenario}\n     {summary[0][:300]}\n     replay: --only {seed}")
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
         runs += 1
         seed += 1
+        if runs % 100 == 0:
+            print(f"... {runs} scenarios, {failures} failed", flush=True)
     print(f"{runs} scenarios (seeds {args.start}..{seed - 1}), {failures} failed")
     return 1 if failures else 0
+
+
+class ScenarioHung(Exception):
+    """A scenario ran past ``--hang-after`` real seconds: virtual time stopped moving
+    (something stays runnable for ever), or the scenario is far too slow."""
+
+
+def _hung(signum: int, frame: object) -> None:
+    raise ScenarioHung("still running after --hang-after real seconds")
 
 
 if __name__ == "__main__":

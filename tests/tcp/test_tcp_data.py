@@ -23,7 +23,7 @@ from tcp_helpers import (
 from stcp_framework.tcp.delta import RxAppend, RxTrim, TcbSet, TxAppend, TxTrim
 from stcp_framework.tcp.events import DataReadable, SendSpace
 from stcp_framework.tcp.machine import Connection
-from stcp_framework.wire.tcp import ACK, FIN, PSH
+from stcp_framework.wire.tcp import ACK, PSH
 
 
 def test_in_order_segment_is_acked_after_delay() -> None:
@@ -220,33 +220,6 @@ def test_data_version_gating_across_drains() -> None:
     # A later pure ACK still carries the version that made rcv_nxt durable.
     step = expect(conn, [s(ack=sq(REMOTE_SEQ, 10), window=BUF - 10)], at=1.04)
     assert step.segments[0].needs_version == v1
-
-
-def test_segments_that_move_snd_nxt_need_the_delta_that_records_it() -> None:
-    """New data and a new FIN leave only once the SND.NXT they move is durable: sent
-    during a store outage and followed by a crash, the peer's ACK of them would be
-    "of unsent data" to the restored connection (RFC 9293 §3.10.7.4), dropped for
-    ever. A retransmission moves nothing and waits for nothing new."""
-    conn = conn_established()
-    conn.app_send(b"x" * 1000, 1.0)
-    step = conn.drain()
-    assert step.delta is not None
-    assert [seg.needs_version for seg in step.segments] == [step.delta.version]
-    assert any(
-        isinstance(op, TcbSet) and op.fields["snd_nxt"] == sq(LOCAL_SEQ, 1000)
-        for op in step.delta.ops
-    )
-    conn.on_timer(conn.next_deadline() or 0.0)  # RTO: the same bytes again
-    again = conn.drain()
-    assert [len(seg.payload) for seg in again.segments] == [1000]
-    assert again.segments[0].needs_version <= step.delta.version
-    conn.app_shutdown(5.0)
-    fin = conn.drain()
-    assert fin.delta is not None
-    assert [(seg.flags & FIN, seg.needs_version) for seg in fin.segments][-1] == (
-        FIN,
-        fin.delta.version,
-    )
 
 
 def test_bulk_64k_segments_zero_copy() -> None:

@@ -186,6 +186,49 @@ def test_restore_in_syn_received_without_scaling_sends_no_window_scale() -> None
     assert syn_ack.options.wscale is None  # the peer's SYN had none (RFC 7323 §1.3)
 
 
+def test_restore_counts_every_stored_byte_as_possibly_sent() -> None:
+    """Bytes leave once they are durable (G2), but the delta with the SND.NXT they moved
+    may not be (a store outage withholds it, a retransmission timer sends them anyway).
+    The restored connection must take the peer's ACK of them, not drop it as an ACK of
+    unsent data (RFC 9293 §3.10.7.4) -- which, with the peer answering every ACK we
+    sent about it, was an ACK war until the peer gave up."""
+    conn = conn_established()
+    stale = conn.tcb.to_record()  # SND.NXT = LOCAL_SEQ: the last delta the store took
+    conn.app_send(b"x" * 3000, 1.0)
+    assert len(conn.drain().segments) == 3  # left, while their SND.NXT was not stored
+    stale["snd_wnd"] = MSS  # and the peer's window then let one segment out at a time
+    restored = Connection.restore(
+        Tcb.from_record(stale), rx=b"", rx_offset=0, tx=b"x" * 3000, tx_offset=0,
+        now=5.0, config=CONFIG, version=conn.version,
+    )
+    kick = restored.drain()
+    assert [len(seg.payload) for seg in kick.segments][:1] == [MSS]  # again from SND.UNA
+    restored.on_segment(r(ack=sq(LOCAL_SEQ, 3000)), 5.1)  # the peer had them all
+    assert restored.unacked == 0
+    assert "ack_too_new" not in restored.counters
+
+
+def test_restore_takes_an_ack_of_stored_bytes_and_the_fin_after_them() -> None:
+    """The incarnation before also sent its FIN, and neither reached the store: the
+    peer's ACK of the FIN counts for the bytes; the app closes again, and the FIN that
+    goes again is acknowledged again."""
+    conn = conn_established()
+    stale = conn.tcb.to_record()
+    stale["snd_wnd"] = MSS
+    restored = Connection.restore(
+        Tcb.from_record(stale), rx=b"", rx_offset=0, tx=b"x" * 3000, tx_offset=0,
+        now=5.0, config=CONFIG, version=conn.version,
+    )
+    restored.drain()
+    restored.on_segment(r(ack=sq(LOCAL_SEQ, 3001)), 5.1)
+    assert restored.unacked == 0 and restored.state is TcpState.ESTABLISHED
+    restored.app_shutdown(5.2)
+    (fin,) = restored.drain().segments
+    assert fin.flags & FIN and fin.seq == sq(LOCAL_SEQ, 3000)
+    restored.on_segment(r(ack=sq(LOCAL_SEQ, 3001)), 5.3)
+    assert restored.state is TcpState.FIN_WAIT_2
+
+
 def test_restore_with_data_waiting_on_a_closed_window_probes_at_once() -> None:
     """The peer's window update may have been lost while we were down: the kick adds a
     probe <SEQ=SND.UNA-1> that the peer must answer with its window (RFC 9293

@@ -76,6 +76,28 @@ def test_ack_of_unsent_data_is_acked_and_dropped() -> None:
     assert conn.recv_available == 0
 
 
+def test_acks_to_unacceptable_acks_are_rate_limited() -> None:
+    """An unacceptable segment without data (out of window, or ACKing unsent data) is
+    answered once per 500 ms at most (Linux tcp_oow_rate_limited): two ends that each
+    find the other's ACKs unacceptable would answer each other for ever, and every
+    duplicate the network adds would start one more such exchange (seen as an ACK war
+    of ~100 segments per millisecond in a randomized crash sweep). Data is always
+    answered: it is not part of such a loop."""
+    conn = conn_established()
+    for _ in range(3):
+        send(conn, r(seq=sq(REMOTE_SEQ, -5000)), at=1.0)  # old: out of window
+        send(conn, r(ack=sq(LOCAL_SEQ, 10)), at=1.0)  # of unsent data
+    expect(conn, [s()])
+    assert conn.counters["invalid_ack_suppressed"] == 5
+    send(conn, r(ack=sq(LOCAL_SEQ, 10)), at=1.4)
+    expect_nothing(conn)
+    send(conn, r(ack=sq(LOCAL_SEQ, 10)), at=1.5)  # 500 ms on
+    expect(conn, [s()])
+    for _ in range(2):
+        send(conn, r(seq=sq(REMOTE_SEQ, -5000), payload=b"old data"), at=1.6)
+        expect(conn, [s()])
+
+
 def test_ack_older_than_max_window_is_dropped_with_challenge() -> None:
     conn = conn_established()
     send(conn, r(ack=sq(LOCAL_SEQ, -70000), payload=b"inject"), at=1.0)
