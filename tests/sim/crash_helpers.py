@@ -335,6 +335,9 @@ class Sink:
         read beyond that was not processed (its commit is lost); it comes again."""
         if len(self.data) > durable_read:
             del self.data[durable_read:]
+            if self.eof:  # the end comes again after those bytes
+                self.eof = False
+                self.done = trio.Event()
 
     def take(self, incarnation: int, offset: int, data: bytes) -> None:
         have = len(self.data)
@@ -577,8 +580,13 @@ async def crash_transfer(
             await stream.aclose()
             # The client is done; the server may still be catching up on the upload's
             # last bytes or FIN (a crash may have cost them, the client retransmits).
-            await sink.done.wait()
-            await trio.sleep(SETTLE)
+            # A crash may also roll back what the sink took (``Sink.rollback``): the
+            # upload is through once the sink has all of it and no crash follows.
+            for _ in range(1000):
+                await sink.done.wait()
+                await trio.sleep(SETTLE)
+                if sink.eof:
+                    break
         nursery.cancel_scope.cancel()
     await client_link.aclose()
     return CrashRun(
