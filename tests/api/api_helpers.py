@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from stcp_framework import MemoryStore, Stack, Stream, open_stack
+from stcp_framework import MemoryStore, Stack, Stream, TcpConfig, open_stack
 from stcp_framework.link.sim import SimNetwork
 
 CLIENT, SERVER = "198.18.0.1", "198.18.0.2"
@@ -22,12 +22,19 @@ async def served_pair(
     *,
     port: int,
     commit: str,
+    config: TcpConfig | None = None,
 ) -> AsyncIterator[Stack]:
-    """The client stack, while the server (``store``, fixed seeds) serves ``handler``."""
+    """The client stack, while the server (``store``, ``config``, fixed seeds) serves
+    ``handler``."""
     async with (
         open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(2), iss_secret=b"c") as client,
         open_stack(
-            net.attach(SERVER), [SERVER], store=store, rng=random.Random(3), iss_secret=b"s"
+            net.attach(SERVER),
+            [SERVER],
+            store=store,
+            config=config,
+            rng=random.Random(3),
+            iss_secret=b"s",
         ) as server,
         trio.open_nursery() as nursery,
     ):

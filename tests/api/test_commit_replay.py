@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 import trio.testing
+from api_helpers import served_pair
 
 from stcp_framework import MemoryStore, Stack, Stream, open_stack
 from stcp_framework.link.sim import SimNetwork
@@ -271,22 +272,13 @@ async def test_uncommitted_bytes_hold_the_window(
         reading_done.set()
         await trio.sleep_forever()
 
-    async with open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(2)) as client:
-        link = net.attach(SERVER)
-        async with (
-            open_stack(link, [SERVER], config=config) as server,
-            trio.open_nursery() as nursery,
-        ):
-            await nursery.start(
-                lambda task_status: server.serve(
-                    handler, PORT, commit="manual", task_status=task_status
-                )
-            )
-            stream = await client.connect(SERVER, PORT)
-            with trio.move_on_after(5):
-                await stream.send_all(b"x" * 500_000)
-            await reading_done.wait()
-            nursery.cancel_scope.cancel()
+    async with served_pair(
+        net, MemoryStore(), handler, port=PORT, commit="manual", config=config
+    ) as client:
+        stream = await client.connect(SERVER, PORT)
+        with trio.move_on_after(5):
+            await stream.send_all(b"x" * 500_000)
+        await reading_done.wait()
     assert 0 < read <= 64 * 1024
     stalls = [rec.getMessage() for rec in caplog.records if "stalls" in rec.getMessage()]
     assert len(stalls) == 1
@@ -310,22 +302,14 @@ async def test_discard_commits_within_a_small_receive_buffer(
     async def handler(stream: Stream) -> None:
         await discard(stream, report=reports.append)
 
-    async with (
-        open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(2)) as client,
-        open_stack(net.attach(SERVER), [SERVER], config=config) as server,
-        trio.open_nursery() as nursery,
-    ):
-        await nursery.start(
-            lambda task_status: server.serve(
-                handler, PORT, commit="manual", task_status=task_status
-            )
-        )
+    async with served_pair(
+        net, MemoryStore(), handler, port=PORT, commit="manual", config=config
+    ) as client:
         stream = await client.connect(SERVER, PORT)
         with trio.fail_after(30):
             await stream.send_all(payload)
             await stream.send_eof()
             assert await stream.receive_some() == b""
-        nursery.cancel_scope.cancel()
     assert reports == [f"discard: received 300000 bytes, crc32 {zlib.crc32(payload):08x}"]
 
 
