@@ -28,6 +28,7 @@ Two kinds of scenario:
 from __future__ import annotations
 
 import argparse
+import logging
 import random
 import signal
 import sys
@@ -306,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
         run(scenario)
         print("ok")
         return 0
+    # The stack's warnings (store outages, handler failures) are expected by the
+    # thousand in a search; --only shows them for the one scenario replayed.
+    logging.getLogger("stcp").setLevel(logging.CRITICAL)
     deadline = time.monotonic() + 60 * args.minutes
     seed, runs, failures = args.start, 0, 0
     signal.signal(signal.SIGALRM, _hung)
@@ -316,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             run(scenario)
         except Exception as exc:  # report and go on: the search is for all of them
             failures += 1
-            summary = "".join(traceback.format_exception_only(exc)).strip().splitlines()
+            summary = "".join(traceback.format_exception_only(_leaf(exc))).strip().splitlines()
             print(f"FAIL {scenario}\n     {summary[0][:300]}\n     replay: --only {seed}")
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
@@ -326,6 +330,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"... {runs} scenarios, {failures} failed", flush=True)
     print(f"{runs} scenarios (seeds {args.start}..{seed - 1}), {failures} failed")
     return 1 if failures else 0
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first exception inside (nested) exception groups: the one that says what."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 class ScenarioHung(Exception):
