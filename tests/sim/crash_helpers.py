@@ -288,6 +288,12 @@ class Oracle:
         """RFC 7323 §2.4 (RFC 9293 §3.8.6.2.2): the right edge never moves left."""
         if not seg.flags & ACK:
             return
+        if seg.flags & SYN and self.max_edge is not None:
+            # A SYN-ACK sent again (a flow restored in SYN-RECEIVED whose move to
+            # ESTABLISHED a store outage held back) reaches a synchronized client, which
+            # answers with a challenge ACK and drops it (RFC 5961 §4): its window is
+            # never taken.
+            return
         # RFC 7323 §2.2: the window of a SYN is never scaled.
         shift = 0 if seg.flags & SYN or not self.cli_offered_wscale else self.srv_wscale
         edge = seq_add(Seq(seg.ack), seg.window << shift)
