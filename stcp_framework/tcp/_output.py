@@ -144,12 +144,17 @@ def make_segment(
     ack = c.ack_point() if tcb.ack_on_commit else tcb.rcv_nxt
     c._out.append(_new(OutSegment, (seq, ack, flags | ACK, window,
                                     _options(c, now), payload, needs, 0)))
+    _ack_sent(c)
+
+
+def _ack_sent(c: Connection) -> None:
+    """What a segment carrying our ACK settles: the pending ACK and the delayed-ACK
+    timer. In ack-on-commit mode that timer also spills received bytes the ACK does not
+    cover (``Connection._spill``): it stays armed while there are any, or a peer that
+    only retransmits what we hold already (as after a restore) never sees them ACKed."""
     c.ack_now = False
     c.rcv_unacked = 0
-    # In ack-on-commit mode the timer also spills received bytes this ACK does not cover
-    # (Connection._spill): it stays armed while there are any, or a peer that only
-    # retransmits what we hold already (as after a restore) would never see them ACKed.
-    if not tcb.ack_on_commit or c.rcv_buf.end_offset <= c.ack_offset():
+    if not c.tcb.ack_on_commit or c.rcv_buf.end_offset <= c.ack_offset():
         c.timers.delayed_ack_at = None
 
 
@@ -359,11 +364,7 @@ def send_data(c: Connection, now: float, *, force: bool) -> None:
         ptr = new_ptr
         sent = True
     if sent:
-        # What make_segment does per segment.
-        c.ack_now = False
-        c.rcv_unacked = 0
-        if not tcb.ack_on_commit or c.rcv_buf.end_offset <= c.ack_offset():
-            t.delayed_ack_at = None  # else it is the spill timer (see make_segment)
+        _ack_sent(c)  # once for the burst, as make_segment does per segment
         if nxt_off != old_nxt_off:
             c._advance_snd_nxt(nxt_off)
         if fin_sent:
