@@ -18,10 +18,14 @@ from ..link.pcap import PcapDevice
 from ..link.tun import TunDevice
 from ..services import COMMIT_MODES, DEFAULT_PORTS, SERVICES, SOURCES, discard
 from ..stack.clock import MonotonicClock
+from ..stack.siblings import Siblings
 from ..store.base import Store
 from ..store.memory import MemoryStore
+from .workers import worker_instance
 
 logger = logging.getLogger("stcp.cli")
+
+MAX_WORKERS = 64
 
 
 def add_run_parser(sub: Any) -> None:
@@ -77,6 +81,16 @@ def add_run_parser(sub: Any) -> None:
         "client resends the rest after a crash)",
     )
     p.add_argument("--pcap", metavar="FILE", help="write every packet to this libpcap file")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N worker processes, one per queue of the (multi-queue) device, to use N "
+        "cores; each worker keeps its flows under the instance name NAME.wI and is "
+        "restarted if it dies (default: 1, a single process)",
+    )
+    p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=run_command)
 
 
@@ -101,6 +115,17 @@ def open_store(spec: str, *, instance: str, store_dir: str | None) -> Store:
 def run_command(args: argparse.Namespace) -> int:
     if not args.listen:
         raise StcpConfigError("give the stack's address to serve on: --listen 198.18.0.2:PORT")
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise StcpConfigError(f"--workers {args.workers}: use 1 to {MAX_WORKERS}")
+    if args.worker is not None and not 0 <= args.worker < args.workers:
+        raise StcpConfigError(f"--worker {args.worker}: use 0 to {args.workers - 1}")
+    if args.workers > 1 and args.worker is None:
+        from ..store import embedded
+        from .workers import supervise
+
+        # One embedded store for all: started here, not raced by N workers.
+        store = embedded.ensure_running(args.store_dir) if args.store == "embedded" else args.store
+        return supervise(args, store)
     try:
         # CLOCK_MONOTONIC, not trio's randomly offset clock: a restarted process must
         # continue the TCP timestamps of the flows it restores (stack/clock.py, G3).
@@ -116,9 +141,12 @@ async def _serve(args: argparse.Namespace) -> None:
     ports = sorted({port for _, port in args.listen} or {DEFAULT_PORTS[args.service]})
     # The device first: a missing device or privilege is the likeliest mistake, and its
     # one-line error should not wait for (or depend on) the store.
-    device: PacketDevice = await TunDevice.open(args.dev)
+    index = args.worker or 0
+    device: PacketDevice = await TunDevice.open(args.dev, queue=index)
+    siblings = Siblings(args.dev, index, args.workers) if args.workers > 1 else None
+    instance = args.instance if args.worker is None else worker_instance(args.instance, index)
     store = await trio.to_thread.run_sync(
-        functools.partial(open_store, args.store, instance=args.instance, store_dir=args.store_dir)
+        functools.partial(open_store, args.store, instance=instance, store_dir=args.store_dir)
     )
     if args.pcap:
         device = PcapDevice(device, args.pcap)
@@ -126,9 +154,10 @@ async def _serve(args: argparse.Namespace) -> None:
         device,
         addresses,
         store=store,
-        instance=args.instance,
+        instance=instance,
         durability=args.durability,
         sources=SOURCES,
+        siblings=siblings,
     ) as stack:
         async with trio.open_nursery() as nursery:
             if args.service == "discard":
@@ -143,7 +172,7 @@ async def _serve(args: argparse.Namespace) -> None:
             restored = stack.runtime.restored
             print(
                 f"stcp: serving {args.service} on {where} via {args.dev} "
-                f"(instance {args.instance}, epoch {stack.runtime.epoch}, "
+                f"(instance {instance}, epoch {stack.runtime.epoch}, "
                 f"{restored} connections restored)",
                 flush=True,
             )
@@ -162,6 +191,8 @@ async def _serve(args: argparse.Namespace) -> None:
             file=sys.stderr,
         )
     await device.aclose()
+    if siblings is not None:
+        siblings.close()
 
 
 def _report(line: str) -> None:

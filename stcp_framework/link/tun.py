@@ -76,6 +76,7 @@ __all__ = [
     "device_exists",
     "get_device_flags",
     "get_device_mtu",
+    "queue_claim",
     "validate_device_name",
 ]
 
@@ -92,6 +93,7 @@ IFF_NO_PI = 0x1000
 IFF_PERSIST = 0x0800  # reported by TUNGETIFF
 IFF_TUN_EXCL = 0x8000  # TUNSETIFF fails with EBUSY if the device already exists
 IFF_VNET_HDR = 0x4000  # each packet is preceded by a struct virtio_net_hdr
+IFF_MULTI_QUEUE = 0x0100  # each attach adds a queue; the kernel spreads flows over them
 TUNGETFEATURES = 0x800454CF  # _IOR('T', 207, unsigned int)
 TUNSETOFFLOAD = 0x400454D0  # _IOW('T', 208, unsigned int)
 TUNSETVNETHDRSZ = 0x400454D8  # _IOW('T', 216, int)
@@ -273,11 +275,15 @@ def _missing_device_error(name: str) -> StcpConfigError:
     )
 
 
-def create_persistent_tun(name: str, *, tun_path: str = TUN_PATH) -> None:
+def create_persistent_tun(
+    name: str, *, multi_queue: bool = True, tun_path: str = TUN_PATH
+) -> None:
     """Create a persistent TUN device ``name`` (down, no address) in the current namespace.
 
     The device outlives this call and every process (``TUNSETPERSIST``). ``stcp net up``
-    configures addresses, MTU and link state afterwards.
+    configures addresses, MTU and link state afterwards. ``multi_queue`` (the default)
+    makes an ``IFF_MULTI_QUEUE`` device: one process attaches as before, or several
+    workers attach one queue each (``TunDevice.open(queue=...)``).
 
     Raises:
         StcpConfigError: the device already exists, or privileges/``/dev/net/tun`` are missing.
@@ -292,7 +298,12 @@ def create_persistent_tun(name: str, *, tun_path: str = TUN_PATH) -> None:
     try:
         try:
             fcntl.ioctl(
-                fd, TUNSETIFF, _IFREQ_FLAGS.pack(ifname, IFF_TUN | IFF_NO_PI | IFF_TUN_EXCL)
+                fd,
+                TUNSETIFF,
+                _IFREQ_FLAGS.pack(
+                    ifname,
+                    IFF_TUN | IFF_NO_PI | IFF_TUN_EXCL | (IFF_MULTI_QUEUE if multi_queue else 0),
+                ),
             )
             fcntl.ioctl(fd, TUNSETPERSIST, 1)
         except OSError as exc:
@@ -304,6 +315,33 @@ def create_persistent_tun(name: str, *, tun_path: str = TUN_PATH) -> None:
             raise _device_error(name, exc) from exc
     finally:
         os.close(fd)
+
+
+def queue_claim(name: str, queue: int) -> socket.socket:
+    """Claim queue ``queue`` of TUN device ``name`` for this process, or fail.
+
+    A single-queue device refuses a second holder itself (``EBUSY``); a multi-queue one
+    would take any number, each stealing a share of the flows, so every holder first
+    binds the abstract Unix socket ``@stcp-tun/NAME/QUEUE``. Abstract names live in
+    the network namespace, as device names do, and vanish with the process (also on
+    ``SIGKILL``): nothing stale to clean up. Close the returned socket to release.
+
+    Raises:
+        StcpConfigError: another process holds that queue.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.bind(f"\0stcp-tun/{name}/{queue}")
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise StcpConfigError(
+                f"TUN device {name} is held by another process"
+                + (f" (queue {queue})" if queue else "")
+                + ": stop that process first (one process at a time may hold a queue)"
+            ) from exc
+        raise
+    return sock
 
 
 def _tun_features(fd: int) -> int:
@@ -390,6 +428,8 @@ class TunDevice:
         self.tx_checksum_offload = offload
         self.tx_gso_max = TX_GSO_MAX if offload and tx_gso else 0
         self.counters = TunCounters()
+        self.queue = 0
+        self._claim: socket.socket | None = None
 
     @classmethod
     async def open(
@@ -400,6 +440,7 @@ class TunDevice:
         gso: bool = True,
         tx_gso: bool = True,
         mtu: int | None = None,
+        queue: int = 0,
         tun_path: str = TUN_PATH,
     ) -> TunDevice:
         """Attach to the existing persistent TUN device ``name``.
@@ -415,6 +456,10 @@ class TunDevice:
                 the stack then sends fewer, larger packets at small MTUs.
             mtu: if given, set the device MTU to this value first (needs CAP_NET_ADMIN);
                 otherwise the device's MTU is used.
+            queue: which queue of a multi-queue device this process holds (0 for a
+                single process; worker ``i`` of a group holds queue ``i``). The kernel
+                hands each queue the packets of its share of the flows; each queue has
+                one holder at a time (``queue_claim``), as a single-queue device has.
             tun_path: the TUN clone device (for containers that put it elsewhere).
 
         Raises:
@@ -427,16 +472,34 @@ class TunDevice:
         # first, and check IFF_PERSIST afterwards to close the race.
         if not device_exists(name):
             raise _missing_device_error(name)
-        fd = _open_tun_fd(tun_path)
+        if queue < 0:
+            raise ValueError("queue must be >= 0")
+        claim = queue_claim(name, queue)
+        fd = -1
         try:
+            fd = _open_tun_fd(tun_path)
             if offload and not _tun_features(fd) & IFF_VNET_HDR:
                 logger.warning("TUN driver has no IFF_VNET_HDR: %s runs without offloads", name)
                 offload = False
             attach_flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if offload else 0)
             try:
-                fcntl.ioctl(fd, TUNSETIFF, _IFREQ_FLAGS.pack(ifname, attach_flags))
+                try:
+                    fcntl.ioctl(
+                        fd, TUNSETIFF, _IFREQ_FLAGS.pack(ifname, attach_flags | IFF_MULTI_QUEUE)
+                    )
+                except OSError as exc:
+                    # EINVAL: a single-queue device (made by an older `stcp net up` or
+                    # another tool), which refuses a multi-queue attach; or not TUN at all.
+                    if exc.errno != errno.EINVAL or queue:
+                        raise
+                    fcntl.ioctl(fd, TUNSETIFF, _IFREQ_FLAGS.pack(ifname, attach_flags))
                 flags = _IFREQ_FLAGS.unpack(fcntl.ioctl(fd, TUNGETIFF, bytes(_IFREQ_FLAGS.size)))[1]
             except OSError as exc:
+                if exc.errno == errno.EINVAL and queue:
+                    raise StcpConfigError(
+                        f"TUN device {name} has a single queue, so it takes one worker: "
+                        f"recreate it with `stcp net down --dev {name}` and `stcp net up`"
+                    ) from exc
                 raise _device_error(name, exc) from exc
             if not flags & IFF_PERSIST:
                 raise _missing_device_error(name)
@@ -446,7 +509,9 @@ class TunDevice:
             device_mtu = get_device_mtu(name)
             await _wait_running(name)
         except BaseException:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
+            claim.close()
             raise
         logger.info(
             "attached to TUN device %s (mtu %d, offload %s%s)",
@@ -455,7 +520,10 @@ class TunDevice:
             "on" if offload else "off",
             ", gso" if gso else "",
         )
-        return cls(fd, name, device_mtu, offload=offload, gso=gso, tx_gso=tx_gso)
+        device = cls(fd, name, device_mtu, offload=offload, gso=gso, tx_gso=tx_gso)
+        device.queue = queue
+        device._claim = claim
+        return device
 
     @property
     def name(self) -> str:
@@ -647,4 +715,6 @@ class TunDevice:
             trio.lowlevel.notify_closing(self._fd)
             self._file.close()
             os.close(self._fd)
+            if self._claim is not None:
+                self._claim.close()
         await trio.lowlevel.checkpoint()

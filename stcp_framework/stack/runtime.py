@@ -57,6 +57,7 @@ from ..wire.tcp import ACK, NO_OPTIONS, RST, SYN, Packet
 from .clock import machine_clock_skew
 from .flows import Flow, FlowKey, flow_id_of
 from .recovery import restore_flows
+from .siblings import Siblings
 from .sources import Source, SourceRegistry
 
 logger = logging.getLogger("stcp.stack")
@@ -115,6 +116,9 @@ class Runtime:
         unclaimed_grace: Seconds a restored stream waits to be taken -- by a listener
             on its port, or by ``Stack.reattach`` -- before it is reset, so a stream
             no app takes back does not hold its peer and the store for ever.
+        siblings: This stack is one worker of several on a multi-queue device
+            (``stack/siblings.py``): a segment of a flow it does not hold goes to the
+            next worker instead of being answered with RST.
     """
 
     def __init__(
@@ -131,6 +135,7 @@ class Runtime:
         instance: str = "default",
         sources: Iterable[Source] = (),
         unclaimed_grace: float = UNCLAIMED_GRACE,
+        siblings: Siblings | None = None,
     ) -> None:
         if durability not in DURABILITY_MODES:
             raise StcpConfigError(
@@ -203,6 +208,7 @@ class Runtime:
         self._closed_flows: list[Flow] = []
         self._unclaimed: dict[int, list[Flow]] = {}  # restored flows waiting for listen()
         self._unclaimed_grace = unclaimed_grace
+        self._siblings = siblings
         self.instance = instance
         self.sources = SourceRegistry(sources)  # regenerable sends, for restores
         self._forget_send, self._forget_receive = trio.open_memory_channel[tuple[str, int]](
@@ -236,6 +242,8 @@ class Runtime:
                 nursery.start_soon(self._async_commit_loop)
             nursery.start_soon(self._timer_loop)
             nursery.start_soon(self._receive_loop)
+            if self._siblings is not None:
+                nursery.start_soon(self._sibling_loop)
             if self._unclaimed:
                 nursery.start_soon(self._reset_unclaimed_later)
             task_status.started()
@@ -258,43 +266,55 @@ class Runtime:
 
     async def _receive_loop(self) -> None:
         device = self.device
-        flows = self.flows
-        stats = self.stats
-        verify = self._verify_checksum
         while True:
-            batch = await device.recv_batch(RECV_BATCH)
-            now = self.now()
-            stats["packets_in"] += len(batch)
-            readers: list[Flow] = []
-            for buf in batch:
-                try:
-                    pkt = parse_packet_untrusted(buf, verify_checksum=verify)
-                except MalformedPacket as exc:
-                    self.drops[exc.reason] += 1
-                    continue
-                seg = pkt.tcp
-                flow = flows.get((pkt.src, seg.src_port, pkt.dst, seg.dst_port))
-                if flow is None or (seg.flags & SYN and self._syn_replaces(flow, pkt)):
-                    self._on_unknown_flow(pkt, now)
-                    continue
-                flow.conn.on_segment(seg, now)
-                if flow.rx_lot and flow.conn.rcv_buf:
-                    readers.append(flow)
-                if not flow.dirty:
-                    flow.dirty = True
-                    self._dirty.append(flow)
-            if readers:
-                self._let_woken_run = True
-            for flow in readers:
-                # Early readers: bytes can be read before the round that stores them.
-                # Read (and so committed, at level 1) by then, they are acknowledged
-                # but never written to the store (the drain drops bytes appended and
-                # trimmed in one delta); unread, they are stored as before. Either way
-                # the ACK leaves after its round is durable (G1). A crash in between
-                # loses nothing: unacknowledged, the bytes come again from the peer.
-                flow.rx_lot.unpark_all()
-            if self._dirty:
-                self._tx_wakeup.set()
+            self._arrive(await device.recv_batch(RECV_BATCH), 0)
+
+    async def _sibling_loop(self) -> None:
+        """Take the segments other workers forwarded (``stack/siblings.py``)."""
+        assert self._siblings is not None
+        receive = self._siblings.receive
+        last_hop = self._siblings.last_hop
+        while True:
+            for hops, packet in await receive(RECV_BATCH):
+                self.stats["forwarded_in"] += 1
+                self._arrive([packet], min(hops, last_hop))
+
+    def _arrive(self, batch: list[memoryview], hops: int) -> None:
+        """Hand each packet of ``batch`` to its flow (``hops``: workers it has passed)."""
+        flows = self.flows
+        verify = self._verify_checksum
+        now = self.now()
+        self.stats["packets_in"] += len(batch)
+        readers: list[Flow] = []
+        for buf in batch:
+            try:
+                pkt = parse_packet_untrusted(buf, verify_checksum=verify)
+            except MalformedPacket as exc:
+                self.drops[exc.reason] += 1
+                continue
+            seg = pkt.tcp
+            flow = flows.get((pkt.src, seg.src_port, pkt.dst, seg.dst_port))
+            if flow is None or (seg.flags & SYN and self._syn_replaces(flow, pkt)):
+                self._on_unknown_flow(pkt, now, buf, hops)
+                continue
+            flow.conn.on_segment(seg, now)
+            if flow.rx_lot and flow.conn.rcv_buf:
+                readers.append(flow)
+            if not flow.dirty:
+                flow.dirty = True
+                self._dirty.append(flow)
+        if readers:
+            self._let_woken_run = True
+        for flow in readers:
+            # Early readers: bytes can be read before the round that stores them.
+            # Read (and so committed, at level 1) by then, they are acknowledged
+            # but never written to the store (the drain drops bytes appended and
+            # trimmed in one delta); unread, they are stored as before. Either way
+            # the ACK leaves after its round is durable (G1). A crash in between
+            # loses nothing: unacknowledged, the bytes come again from the peer.
+            flow.rx_lot.unpark_all()
+        if self._dirty:
+            self._tx_wakeup.set()
 
     def _syn_replaces(self, flow: Flow, pkt: Packet) -> bool:
         """A new SYN on a flow in TIME-WAIT that RFC 6191 lets in replaces that flow."""
@@ -307,7 +327,7 @@ class Runtime:
         self._remove_flow(flow)
         return True
 
-    def _on_unknown_flow(self, pkt: Packet, now: float) -> None:
+    def _on_unknown_flow(self, pkt: Packet, now: float, buf: memoryview, hops: int) -> None:
         seg = pkt.tcp
         if pkt.dst not in self._addrs:
             self.drops[DropReason.NO_FLOW] += 1
@@ -337,6 +357,16 @@ class Runtime:
             self.flows[key] = flow
             self.stats["passive_opens"] += 1
             self._mark(flow)
+            return
+        siblings = self._siblings
+        if siblings is not None and hops < siblings.last_hop:
+            # Another worker may hold this flow: it gets the segment (RSTs too), and the
+            # last of the ring answers for all (stack/siblings.py).
+            if siblings.forward(buf, hops + 1):
+                self.stats["forwarded"] += 1
+            else:
+                self.stats["forward_failed"] += 1
+                self.drops[DropReason.NO_FLOW] += 1
             return
         # RFC 9293 §3.10.7.1: a segment for a CLOSED (non-existent) connection gets a RST,
         # unless it is itself a RST.

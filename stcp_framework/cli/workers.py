@@ -1,0 +1,241 @@
+"""``stcp run --workers N``: N worker processes on one multi-queue TUN device.
+
+One Python process handles one core's worth of packets. With ``--workers N`` the
+command becomes a small supervisor: it starts N copies of itself (``--worker I``), each
+holding queue I of the device (``TunDevice.open(queue=I)``) under its own instance name
+(``NAME.wI``), so each claims, stores and restores only its own flows, and segments that
+reach the wrong worker are forwarded (``stack/siblings.py``).
+
+The supervisor:
+    * starts worker 0 first and waits for its "serving" line, so a mistake (no device,
+      no privilege, a busy queue) is reported once, by that worker, and the supervisor
+      exits with its status; then the others;
+    * prints one "serving" line when all are up, and one line per worker event;
+    * restarts a worker that dies (any end other than exit status 0), at once the first
+      time, then with a growing pause if it keeps dying within seconds of its start;
+      the restarted worker restores its flows like any restarted ``stcp run``;
+    * stops every worker with SIGTERM on SIGTERM/SIGINT (SIGKILL after 10 s), and
+      stops everything when a worker exits with status 0 (e.g. on a terminal's Ctrl-C);
+    * makes each worker die with it (``PR_SET_PDEATHSIG``): ``kill -9`` of the
+      supervisor is a crash of the whole server, which the next ``stcp run`` restores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import signal
+import subprocess
+import sys
+
+import trio
+
+from ..errors import StcpConfigError
+from .netns import ip_json
+
+__all__ = ["supervise", "worker_instance"]
+
+_PR_SET_PDEATHSIG = 1
+STOP_TIMEOUT = 10.0
+START_TIMEOUT = 60.0
+_QUICK_DEATH = 5.0  # a worker that dies sooner than this after its start is backed off
+_MAX_PAUSE = 5.0
+
+
+def worker_instance(instance: str, index: int) -> str:
+    """The instance name worker ``index`` stores its flows under."""
+    return f"{instance}.w{index}"
+
+
+def _die_with_parent() -> None:  # preexec_fn: runs in the child, before exec
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _describe(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit status {returncode}"
+
+
+class _Worker:
+    def __init__(self, index: int, command: list[str]) -> None:
+        self.index = index
+        self.command = command
+        self.process: trio.Process | None = None
+        self.banner = ""
+
+    async def start(self) -> int | None:
+        """Exec the worker and wait for its banner; its exit status if it ends first."""
+        process = await trio.lowlevel.open_process(
+            self.command, stdout=subprocess.PIPE, preexec_fn=_die_with_parent
+        )
+        self.process = process
+        assert process.stdout is not None
+        buffer = b""
+        with trio.move_on_after(START_TIMEOUT):
+            while b"\n" not in buffer:
+                chunk = await process.stdout.receive_some(4096)
+                if not chunk:
+                    break
+                buffer += chunk
+        line, _, rest = buffer.partition(b"\n")
+        if not line:
+            await _stop(process)
+            return process.returncode if process.returncode is not None else 1
+        self.banner = line.decode(errors="replace").strip()
+        if rest:
+            sys.stdout.buffer.write(rest)
+        return None
+
+    async def relay_output(self) -> None:
+        """Copy what the worker prints after its banner (it prints little)."""
+        assert self.process is not None and self.process.stdout is not None
+        async for chunk in self.process.stdout:
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+
+
+async def _stop(process: trio.Process) -> None:
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(STOP_TIMEOUT):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
+    await process.wait()
+
+
+def supervise(args: argparse.Namespace, store: str) -> int:
+    """Run ``args.workers`` workers of ``stcp run`` (``store``: a resolved store spec)."""
+    if args.pcap:
+        raise StcpConfigError("--pcap takes one process: use it without --workers")
+    if single_queue_device(args.dev):
+        raise StcpConfigError(
+            f"TUN device {args.dev} has a single queue, so it takes one worker: recreate it "
+            f"with `stcp net down --dev {args.dev}` and `stcp net up`"
+        )
+    return trio.run(_supervise, args, store)
+
+
+def single_queue_device(dev: str) -> bool:
+    """Whether ``dev`` is a TUN device without ``IFF_MULTI_QUEUE`` (``ip -d link``).
+
+    False when it is missing or unreadable: worker 0 then says what is wrong.
+    """
+    try:
+        links = ip_json("-d", "link", "show", "dev", dev)
+    except StcpConfigError:
+        return False
+    info = links[0].get("linkinfo", {}) if links else {}
+    data = info.get("info_data") if isinstance(info, dict) else None
+    return (
+        isinstance(data, dict)
+        and info.get("info_kind") == "tun"
+        and not data.get("multi_queue", True)
+    )
+
+
+def _worker_command(args: argparse.Namespace, store: str, index: int) -> list[str]:
+    command = [
+        sys.executable, "-m", "stcp_framework.cli",
+        "--log-level", args.log_level,
+        "run", args.service, "--dev", args.dev,
+        "--store", store, "--instance", args.instance, "--durability", args.durability,
+        "--workers", str(args.workers), "--worker", str(index),
+    ]  # fmt: skip
+    if args.store_dir:
+        command += ["--store-dir", args.store_dir]
+    for host, port in args.listen:
+        command += ["--listen", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    return command
+
+
+async def _supervise(args: argparse.Namespace, store: str) -> int:
+    workers = [_Worker(i, _worker_command(args, store, i)) for i in range(args.workers)]
+    status = 0
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            for worker in workers:
+                failed = await worker.start()
+                if failed is not None:
+                    for other in workers:
+                        if other.process is not None:
+                            await _stop(other.process)
+                    return failed if failed > 0 else 1
+            pids = ", ".join(str(w.process.pid) for w in workers if w.process is not None)
+            first = workers[0].banner.removeprefix("stcp: ")
+            print(
+                f"stcp: {first.split(' (', 1)[0]} with {args.workers} workers (pids {pids})",
+                flush=True,
+            )
+            for worker in workers:
+                print(f"stcp: worker {worker.index}: {worker.banner.removeprefix('stcp: ')}")
+            sys.stdout.flush()
+            done = trio.Event()
+            outcome: list[int] = []
+            for worker in workers:
+                nursery.start_soon(_keep, worker, done, outcome)
+            async with trio.open_nursery() as waiter:
+
+                async def on_signal() -> None:
+                    async for _ in signals:
+                        done.set()
+                        return
+
+                waiter.start_soon(on_signal)
+                await done.wait()
+                waiter.cancel_scope.cancel()
+            status = outcome[0] if outcome else 0
+        with trio.CancelScope(shield=True):
+            async with trio.open_nursery() as stopper:
+                for worker in workers:
+                    if worker.process is not None:
+                        stopper.start_soon(_stop, worker.process)
+        nursery.cancel_scope.cancel()
+    return status
+
+
+async def _keep(worker: _Worker, done: trio.Event, outcome: list[int]) -> None:
+    """Relay the worker's output; restart it whenever it dies."""
+    pause = 0.0
+    while True:
+        process = worker.process
+        assert process is not None
+        started = trio.current_time()
+        async with trio.open_nursery() as relay:
+            relay.start_soon(worker.relay_output)
+            await process.wait()
+            relay.cancel_scope.cancel()
+        if done.is_set():
+            return
+        code = process.returncode
+        assert code is not None
+        if code == 0:
+            done.set()  # stopped on purpose (its own SIGINT): stop them all
+            return
+        print(
+            f"stcp: worker {worker.index} (pid {process.pid}) {_describe(code)}: restarting",
+            file=sys.stderr,
+            flush=True,
+        )
+        pause = (
+            0.0
+            if trio.current_time() - started > _QUICK_DEATH
+            else min(_MAX_PAUSE, max(0.5, pause * 2))
+        )
+        await trio.sleep(pause)
+        failed = await worker.start()
+        if failed is not None:
+            print(
+                f"stcp: worker {worker.index} cannot start again ({_describe(failed)}): stopping",
+                file=sys.stderr,
+                flush=True,
+            )
+            outcome.append(failed if failed > 0 else 1)
+            done.set()
+            return
+        print(f"stcp: worker {worker.index}: {worker.banner.removeprefix('stcp: ')}", flush=True)

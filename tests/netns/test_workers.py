@@ -1,0 +1,186 @@
+"""``stcp run --workers N``: several processes on one multi-queue TUN device.
+
+The kernel spreads the connections over the queues; each worker keeps its own flows
+under its own instance name. Killing one worker with SIGKILL changes the number of
+queues and their order, so segments reach workers that do not hold their flow: those
+forward them (``stack/siblings.py``) instead of answering RST, and the restarted worker
+restores its flows. The client is the kernel's TCP and must never see an error.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import trio
+from netns_fixtures import TunNet
+from restart_helpers import RedisServer, StcpServer, report, stcp_command
+
+from stcp_framework.errors import StcpConfigError
+from stcp_framework.link.tun import create_persistent_tun
+from stcp_framework.stack.siblings import Siblings
+
+pytestmark = [pytest.mark.netns]
+
+ECHO_PORT = 7
+CONNECTIONS = 32
+MESSAGE = 3000  # bytes per connection per round
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+# ------------------------------------------------------------------ the ring itself
+
+
+def test_forward_reaches_the_next_worker_with_its_hop_count() -> None:
+    first, second = Siblings("ringtest0", 0, 2), Siblings("ringtest0", 1, 2)
+    try:
+        assert first.forward(memoryview(b"\x45packet"), 1)
+        assert second.forward(b"\x45back", 1)
+
+        async def receive_both() -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]]]:
+            with trio.fail_after(5):
+                got2 = [(h, bytes(p)) for h, p in await second.receive(8)]
+                got1 = [(h, bytes(p)) for h, p in await first.receive(8)]
+            return got1, got2
+
+        got1, got2 = trio.run(receive_both)
+        assert got2 == [(1, b"\x45packet")]
+        assert got1 == [(1, b"\x45back")]
+        assert first.last_hop == 1
+    finally:
+        first.close()
+        second.close()
+
+
+def test_forward_to_a_worker_that_is_down_fails_without_raising() -> None:
+    lone = Siblings("ringtest1", 0, 3)
+    try:
+        assert not lone.forward(b"\x45packet", 1)  # worker 1 is not running
+    finally:
+        lone.close()
+
+
+def test_one_process_per_worker_index() -> None:
+    held = Siblings("ringtest2", 1, 2)
+    try:
+        with pytest.raises(StcpConfigError, match="worker 1 of device ringtest2 is already"):
+            Siblings("ringtest2", 1, 2)
+        with pytest.raises(StcpConfigError, match="need 0 <= index < count"):
+            Siblings("ringtest2", 2, 2)
+    finally:
+        held.close()
+
+
+# ------------------------------------------------------------------ real processes
+
+
+async def _echo_round(streams: list[trio.SocketStream], round_number: int) -> None:
+    async def one(i: int, stream: trio.SocketStream) -> None:
+        message = (f"{round_number}:{i}:".encode() * MESSAGE)[:MESSAGE]
+        await stream.send_all(message)
+        got = bytearray()
+        while len(got) < len(message):
+            chunk = await stream.receive_some(65536)
+            assert chunk, f"connection {i} ended in round {round_number}"
+            got += chunk
+        assert bytes(got) == message, f"connection {i}, round {round_number}"
+
+    async with trio.open_nursery() as nursery:
+        for i, stream in enumerate(streams):
+            nursery.start_soon(one, i, stream)
+
+
+def _all_counters(stderr: str) -> list[dict[str, int]]:
+    out = []
+    for line in stderr.splitlines():
+        if line.startswith("stcp: stopped; "):
+            fields = line[len("stcp: stopped; ") :].replace("; drops: ", ", ").split(", ")
+            out.append({k: int(v) for k, _, v in (f.partition("=") for f in fields) if v})
+    return out
+
+
+@pytest.mark.slow
+async def test_two_workers_share_connections_and_survive_a_worker_kill(
+    make_tun_net: Callable[..., TunNet], redis_server: RedisServer, tmp_path: Path
+) -> None:
+    tun = make_tun_net(mtu=65000)
+    server = StcpServer(
+        "echo", tun.dev, f"{tun.stack_addr}:{ECHO_PORT}", redis_server.url, tmp_path / "stcp",
+        extra=("--workers", "2"),
+    )  # fmt: skip
+    async with server.session() as life:
+        match = re.search(r"with 2 workers \(pids (\d+), (\d+)\)", life.banner)
+        assert match, life.banner
+        worker0 = int(match.group(1))
+        streams = []
+        with trio.fail_after(60):
+            for _ in range(CONNECTIONS):
+                streams.append(await trio.open_tcp_stream(tun.stack_addr, ECHO_PORT))
+            for number in range(3):
+                await _echo_round(streams, number)
+            # The kernel spread the connections over both queues, so both workers
+            # hold flows (all on one of two queues: a 2**-31 chance).
+            held0 = redis_server.flow_ids("t1.w0")
+            held1 = redis_server.flow_ids("t1.w1")
+            assert held0 and held1 and len(held0) + len(held1) == CONNECTIONS
+            os.kill(worker0, signal.SIGKILL)  # the supervisor's child; it restarts it
+            started = trio.current_time()
+            await _echo_round(streams, 100)
+            resumed = trio.current_time() - started
+            for number in range(101, 106):
+                await _echo_round(streams, number)
+            # Idle past the kernel's flow-table ageing (3 s): queues by hash again.
+            await trio.sleep(4)
+            for number in range(200, 203):
+                await _echo_round(streams, number)
+            for stream in streams:
+                await stream.aclose()
+        await server.stop()
+    stderr = life.stderr_path.read_text()
+    counters = _all_counters(stderr)
+    assert f"stcp: worker 0 (pid {worker0}) killed by SIGKILL: restarting" in stderr
+    assert len(counters) == 2, stderr[-2000:]
+    forwarded = sum(c.get("forwarded", 0) for c in counters)
+    forwarded_in = sum(c.get("forwarded_in", 0) for c in counters)
+    report(
+        "two workers, worker 0 killed",
+        [
+            f"flows per worker {len(held0)}/{len(held1)}; first round after the kill "
+            f"{resumed:.2f} s",
+            f"forwarded {forwarded}, taken {forwarded_in}, failed "
+            f"{sum(c.get('forward_failed', 0) for c in counters)}",
+        ],
+    )
+    # The restarted worker came back at another queue index: segments crossed.
+    assert forwarded_in > 0
+    assert all(c.get("rst_sent", 0) == 0 for c in counters), counters
+
+
+async def test_workers_need_a_multi_queue_device() -> None:
+    name = "stcpsq0"
+    create_persistent_tun(name, multi_queue=False)
+    try:
+        result = await trio.run_process(
+            stcp_command("run", "echo", "--dev", name, "--listen", "198.18.0.2:7",
+                         "--store", "memory", "--workers", "2"),
+            capture_stdout=True, capture_stderr=True, check=False,
+        )  # fmt: skip
+    finally:
+        await trio.run_process(["ip", "link", "del", "dev", name])
+    lines = result.stderr.decode().splitlines()
+    assert result.returncode == 2 and result.stdout == b""
+    assert lines == [
+        f"stcp: error: TUN device {name} has a single queue, so it takes one worker: "
+        f"recreate it with `stcp net down --dev {name}` and `stcp net up`"
+    ]
