@@ -112,6 +112,7 @@ class Server:
     store: str = "memory"  # "memory", or "redis" (the run's private redis-server)
     durability: str = "strict"
     netns: bool = False  # runs in its own namespace behind the veth pair
+    workers: int = 1  # stcp: processes on the device's queues (``stcp run --workers``)
     proc: subprocess.Popen[str] | None = None
     log_path: Path | None = None
     error: str | None = None
@@ -224,6 +225,21 @@ def plan_servers(selected: set[str] | None) -> list[Server]:
                 )
             )
             subnet += 1
+    # The same stack on both cores: two worker processes, one queue each.
+    offload_on = True if variants[0][1] is not None else None
+    servers.append(
+        Server(
+            "stcp-65000-offload-w2",
+            "stcp, TUN MTU 65000, 2 worker processes",
+            "stcp",
+            f"198.18.{subnet}.2",
+            dev=f"bnchtun{subnet}",
+            mtu=65000,
+            offload=offload_on,
+            workers=2,
+        )
+    )
+    subnet += 1
     # Issue 3: the same stack with its state in Redis (strict: nothing is acknowledged
     # before it is durable; async: write-behind; ack-on-commit: only committed bytes
     # are acknowledged, received bytes are not stored), against stcp + MemoryStore.
@@ -267,6 +283,8 @@ def start_server(server: Server, logdir: Path, cleanups: list[Callable[[], None]
             cmd += ["--offload", "on" if server.offload else "off"]
         if server.store == "redis":
             cmd += ["--store", _redis_url(logdir, cleanups), "--durability", server.durability]
+        if server.workers > 1:
+            cmd += ["--workers", str(server.workers)]
     if server.netns:
         unshare = shutil.which("unshare")
         if unshare is None:
@@ -359,17 +377,23 @@ def _set_port_range(cleanups: list[Callable[[], None]]) -> None:
 
 
 def server_cpu_s(pid: int) -> float | None:
-    """CPU seconds process ``pid`` has run, all threads (``/proc/PID/task/*/schedstat``).
+    """CPU seconds process ``pid`` and its children have run, all threads
+    (``/proc/PID/task/*/schedstat``; children from ``/proc/PID/task/*/children``).
 
     Nanosecond resolution, unlike the 10 ms ticks of ``/proc/PID/stat``. Kernel TCP work
     done in softirq context is charged to whatever task was running, so for kernel
     servers this undercounts; it is still the steadier figure on a busy machine.
     """
     total_ns = 0
+    pending = [pid]
     try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
-                total_ns += int(f.read().split()[0])
+        while pending:
+            current = pending.pop()
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/schedstat") as f:
+                    total_ns += int(f.read().split()[0])
+                with open(f"/proc/{current}/task/{task}/children") as f:
+                    pending += [int(child) for child in f.read().split()]
     except (OSError, ValueError, IndexError):
         return None
     return total_ns / 1e9
@@ -574,8 +598,14 @@ def _durability_table(
     """Issue 3's figure: each Redis row's bulk MB/s over stcp + MemoryStore on the same
     MTU and offload (``stcp-65000-offload``), in the same run."""
     base_key = next(
-        (s.key for s in servers if s.kind == "stcp" and s.store == "memory" and s.mtu == 65000
-         and s.offload is not False),
+        (
+            s.key
+            for s in servers
+            if s.kind == "stcp"
+            and s.store == "memory"
+            and s.mtu == 65000
+            and s.offload is not False
+        ),
         None,
     )
     redis_rows = [s for s in servers if s.store == "redis"]
@@ -763,8 +793,9 @@ def summarize(
                 "time_ratio": time_ratio,
                 "server_cpu_ratio": cpu_ratio,
                 "kb_per_connection": per_conn_kb,
-                "ok": None if not stcp else bool(ok_rss and (ok_cpu if ok_cpu is not None
-                                                             else ok_time)),
+                "ok": None
+                if not stcp
+                else bool(ok_rss and (ok_cpu if ok_cpu is not None else ok_time)),
             }
         tables.append(
             render_table(

@@ -24,6 +24,7 @@ import os
 import resource
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -111,7 +112,13 @@ async def serve_kernel() -> None:
 
 
 async def serve_stcp(
-    dev: str, addr: str, offload: bool | None, store_url: str = "memory", durability: str = "strict"
+    dev: str,
+    addr: str,
+    offload: bool | None,
+    store_url: str = "memory",
+    durability: str = "strict",
+    worker: int = 0,
+    workers: int = 1,
 ) -> None:
     """Serve echo/discard/chargen with stcp on TUN device ``dev`` until a stop signal.
 
@@ -122,6 +129,8 @@ async def serve_stcp(
             orchestrator only asks for it when the signature has that keyword.
         store_url: ``memory`` (MemoryStore) or a Redis URL (RedisStore).
         durability: ``strict`` or ``async`` (see ``open_stack``).
+        worker: This process's queue of the multi-queue device (``--workers``).
+        workers: How many worker processes share the device (``stack/siblings.py``).
     """
     from stcp_framework import MemoryStore, open_stack
     from stcp_framework.link.tun import TunDevice
@@ -130,7 +139,12 @@ async def serve_stcp(
     kwargs: dict[str, object] = {}
     if offload is not None:
         kwargs["offload"] = offload
-    device = await TunDevice.open(dev, **kwargs)  # type: ignore[arg-type]
+    device = await TunDevice.open(dev, queue=worker, **kwargs)  # type: ignore[arg-type]
+    siblings = None
+    if workers > 1:
+        from stcp_framework.stack.siblings import Siblings
+
+        siblings = Siblings(dev, worker, workers)
     try:
         store: Store
         if store_url == "memory":
@@ -138,10 +152,15 @@ async def serve_stcp(
         else:
             from stcp_framework.store.redis import RedisStore
 
-            store = RedisStore.from_url(store_url, service=f"bench-{dev}")
+            store = RedisStore.from_url(store_url, service=f"bench-{dev}-w{worker}")
         async with (
             open_stack(
-                device, [addr], store=store, durability=durability, sources=SOURCES
+                device,
+                [addr],
+                store=store,
+                durability=durability,
+                sources=SOURCES,
+                siblings=siblings,
             ) as stack,
             trio.open_nursery() as nursery,
         ):
@@ -161,6 +180,59 @@ async def serve_stcp(
             nursery.cancel_scope.cancel()
     finally:
         await device.aclose()
+        if siblings is not None:
+            siblings.close()
+
+
+def run_workers(argv: list[str], workers: int) -> int:
+    """Start ``workers`` copies of this server (``--worker I``), READY when all are.
+
+    Each child dies with this process (``PR_SET_PDEATHSIG``); a stop signal here is
+    passed on to every child. The orchestrator's CPU figure sums this process's
+    descendants (``bench/run.py`` ``server_cpu_s``).
+    """
+    import subprocess
+
+    def die_with_parent() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+
+    children = []
+    for index in range(workers):
+        child = subprocess.Popen(
+            [sys.executable, "-m", "bench.server", *argv, "--worker", str(index)],
+            stdout=subprocess.PIPE,
+            text=True,
+            preexec_fn=die_with_parent,
+        )
+        children.append(child)
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        if not line.startswith("READY"):
+            for started in children:
+                started.kill()
+            print(f"worker {index} did not start: {line!r}", file=sys.stderr)
+            return 1
+    stop = {"signal": 0}
+
+    def on_signal(number: int, _frame: object) -> None:
+        stop["signal"] = number
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    _announce_ready()
+    while not stop["signal"] and all(c.poll() is None for c in children):
+        time.sleep(0.2)
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
+    status = 0
+    for child in children:
+        try:
+            status |= child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            status = 1
+    return status
 
 
 def tun_supports_offload() -> bool:
@@ -179,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     stcp.add_argument("--addr", required=True)
     stcp.add_argument("--offload", choices=("on", "off"), default=None)
     stcp.add_argument("--store", default="memory", help="memory or a redis:// / unix:// URL")
+    stcp.add_argument("--workers", type=int, default=1, help="processes on the device's queues")
+    stcp.add_argument("--worker", type=int, default=None, help="(internal) this one's queue")
     stcp.add_argument(
         "--durability", choices=("strict", "async", "ack-on-commit"), default="strict"
     )
@@ -189,8 +263,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.kind == "kernel":
         trio.run(serve_kernel)
     else:
+        if args.workers > 1 and args.worker is None:
+            return run_workers(list(argv if argv is not None else sys.argv[1:]), args.workers)
         offload = None if args.offload is None else args.offload == "on"
-        trio.run(serve_stcp, args.dev, args.addr, offload, args.store, args.durability)
+        trio.run(
+            serve_stcp,
+            args.dev,
+            args.addr,
+            offload,
+            args.store,
+            args.durability,
+            args.worker or 0,
+            args.workers,
+        )
     return 0
 
 

@@ -190,6 +190,16 @@ def _instances(store: RedisStore) -> list[str]:
     return sorted(names)
 
 
+def _with_workers(store: RedisStore, instance: str) -> list[str]:
+    """``instance`` and the instances of its workers (``stcp run --workers``: NAME.wI)."""
+    workers = [
+        name
+        for name in _instances(store)
+        if name.startswith(f"{instance}.w") and name[len(instance) + 2 :].isdigit()
+    ]
+    return [instance, *sorted(workers, key=lambda name: int(name[len(instance) + 2 :]))]
+
+
 def collect_rows(store: RedisStore, instances: list[str]) -> list[FlowRow]:
     """Every flow of ``instances``, sorted by instance, local then peer address:port."""
     from ..store.redis import RedisStore
@@ -249,7 +259,7 @@ def flows_command(args: argparse.Namespace) -> int:
 
     store, url = _open(args)
     try:
-        instances = _instances(store) if args.all else [args.instance]
+        instances = _instances(store) if args.all else _with_workers(store, args.instance)
         rows = collect_rows(store, instances)
     except StoreError as exc:
         raise StcpConfigError(f"store at {_redact(url)}: {exc}") from exc
@@ -266,7 +276,7 @@ def flows_command(args: argparse.Namespace) -> int:
                           "flows": [asdict(r) for r in rows], "totals": totals}, indent=1))
         return 0
     if rows:
-        print("\n".join(table(rows, with_instance=args.all)))
+        print("\n".join(table(rows, with_instance=len(instances) > 1)))
     print(summary(rows, instances))
     return 0
 
@@ -316,7 +326,8 @@ def add_flows_parser(subparsers: Any) -> None:
         "--instance",
         default="default",
         type=_instance_name,
-        help="the instance (`stcp run --instance`) whose flows to list (default: default)",
+        help="the instance (`stcp run --instance`) whose flows to list, with those of its "
+        "workers (`--workers`: NAME.w0, NAME.w1, ...) (default: default)",
     )
     which.add_argument("--all", action="store_true", help="list the flows of every instance")
     p.add_argument("--json", action="store_true", help="print JSON (every field) instead")

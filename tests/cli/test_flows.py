@@ -178,3 +178,25 @@ def test_a_row_shows_bytes_sent_from_sources_and_ack_on_commit() -> None:
     assert (row.acked_offset, row.sent_offset) == (1000, 6000)
     assert row.tx_from_sources == 2000 + 9000  # what is not acknowledged of each extent
     assert row.acks == "commit" and row.tx_buffered == 12
+
+
+def test_an_instance_lists_the_flows_of_its_workers_too(
+    server: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``stcp run --workers 2 --instance api`` keeps flows under api.w0 and api.w1."""
+
+    async def commit() -> None:
+        for instance, port in (("api.w1", 30001), ("api.w0", 30000), ("api.wx", 30002)):
+            store = RedisStore.from_url(server.url, service=instance)
+            await commit_all(store, [_flow(port, port=81, epoch=2)])
+            await store.aclose()
+
+    trio.run(commit)
+    lines = _run(capsys, "--store", server.url, "--instance", "api")
+    assert lines[0].split() == ["Instance", *HEADER]
+    rows = [line.split() for line in lines[1:-1]]
+    assert [(row[0], row[3]) for row in rows] == [
+        ("api.w0", "198.19.0.1:30000"),
+        ("api.w1", "198.19.0.1:30001"),
+    ]
+    assert lines[-1].startswith("2 flows (3 instances; 2 ESTABLISHED)")
