@@ -65,6 +65,7 @@ import trio
 
 from ..errors import StcpConfigError
 from .base import OutPacket
+from .claim import claim_name
 from .offload import VNET_HDR_LEN, rx_tcp_checksum_bad, tx_gso_vnet_header, tx_vnet_header
 
 __all__ = [
@@ -322,25 +323,19 @@ def queue_claim(name: str, queue: int) -> socket.socket:
 
     A single-queue device refuses a second holder itself (``EBUSY``); a multi-queue one
     would take any number, each stealing a share of the flows, so every holder first
-    binds the abstract Unix socket ``@stcp-tun/NAME/QUEUE``. Abstract names live in
-    the network namespace, as device names do, and vanish with the process (also on
-    ``SIGKILL``): nothing stale to clean up. Close the returned socket to release.
+    binds the abstract Unix socket ``@stcp-tun/NAME/QUEUE`` (``link/claim.py``; it
+    waits up to ``CLAIM_WAIT`` for a holder that is exiting). Close it to release.
 
     Raises:
         StcpConfigError: another process holds that queue.
     """
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-    try:
-        sock.bind(f"\0stcp-tun/{name}/{queue}")
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise StcpConfigError(
-                f"TUN device {name} is held by another process"
-                + (f" (queue {queue})" if queue else "")
-                + ": stop that process first (one process at a time may hold a queue)"
-            ) from exc
-        raise
+    sock = claim_name(f"stcp-tun/{name}/{queue}")
+    if sock is None:
+        raise StcpConfigError(
+            f"TUN device {name} is held by another process"
+            + (f" (queue {queue})" if queue else "")
+            + ": stop that process first (one process at a time may hold a queue)"
+        )
     return sock
 
 

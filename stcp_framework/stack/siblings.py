@@ -22,7 +22,10 @@ Theory of operation:
     its own, restored as soon as it is back, and the peer retransmits.
 
     Abstract names belong to the network namespace, as device names do, and disappear
-    with their process, also after ``SIGKILL``.
+    with their process, also after ``SIGKILL``. They have no file permissions, so the
+    kernel attaches the sender's credentials to each datagram (``SO_PASSCRED``) and
+    ``receive`` drops what another user sent (``rejected``): a forged segment needs the
+    privileges that writing to the TUN device needs anyway.
 
 Not handled: a SYN for a 4-tuple a sibling holds (a retransmitted SYN while the queues
 change) opens a second connection here; the peer keeps one of the two.
@@ -31,16 +34,21 @@ change) opens a second connection here; the peer keeps one of the two.
 from __future__ import annotations
 
 import errno
+import os
 import socket
+import struct
 
 import trio
 
 from ..errors import StcpConfigError
+from ..link.claim import claim_name
 
 __all__ = ["Siblings", "sibling_address"]
 
 _SOCKET_BUFFER = 4 << 20  # room for a burst of forwarded super-segments
 _MAX_DATAGRAM = 0x10000 + 1  # a hop byte and the largest IP packet
+_UCRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
+_CMSG_SPACE = socket.CMSG_SPACE(_UCRED.size)
 
 
 def sibling_address(group: str, index: int) -> str:
@@ -64,20 +72,18 @@ class Siblings:
         self.index = index
         self.count = count
         self._next = sibling_address(group, (index + 1) % count)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        try:
-            sock.bind(sibling_address(group, index))
-        except OSError as exc:
-            sock.close()
-            if exc.errno == errno.EADDRINUSE:
-                raise StcpConfigError(
-                    f"worker {index} of device {group} is already running: stop it first"
-                ) from exc
-            raise
+        sock = claim_name(sibling_address(group, index)[1:])
+        if sock is None:
+            raise StcpConfigError(
+                f"worker {index} of device {group} is already running: stop it first"
+            )
         sock.setblocking(False)
         for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
             sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self._sock = sock
+        self._uid = os.geteuid()
+        self.rejected = 0  # datagrams from another user, dropped
 
     @property
     def last_hop(self) -> int:
@@ -102,20 +108,29 @@ class Siblings:
 
     async def receive(self, max_packets: int) -> list[tuple[int, memoryview]]:
         """Wait for forwarded packets; return up to ``max_packets`` as (hops, packet)."""
-        recv = self._sock.recv
+        recvmsg = self._sock.recvmsg
         while True:
             out: list[tuple[int, memoryview]] = []
             while len(out) < max_packets:
                 try:
-                    data = recv(_MAX_DATAGRAM)
+                    data, ancillary, _, _ = recvmsg(_MAX_DATAGRAM, _CMSG_SPACE)
                 except BlockingIOError:
                     break
-                if len(data) > 1:
+                if not self._from_us(ancillary):
+                    self.rejected += 1
+                elif len(data) > 1:
                     out.append((data[0], memoryview(data)[1:]))
             if out:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return out
             await trio.lowlevel.wait_readable(self._sock)
+
+    def _from_us(self, ancillary: list[tuple[int, int, bytes]]) -> bool:
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                uid: int = _UCRED.unpack_from(value)[1]
+                return uid == self._uid
+        return False
 
     def close(self) -> None:
         """Release the index (idempotent)."""

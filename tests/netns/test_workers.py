@@ -71,6 +71,32 @@ def test_forward_to_a_worker_that_is_down_fails_without_raising() -> None:
         lone.close()
 
 
+def test_a_datagram_from_another_user_is_dropped() -> None:
+    """Abstract sockets have no permissions: the sender's uid is checked instead."""
+    worker = Siblings("ringtest3", 1, 2)
+    try:
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child process
+            try:
+                os.setuid(65534)  # nobody
+                Siblings("ringtest3", 0, 2).forward(b"\x45forged", 1)
+            finally:
+                os._exit(0)
+        os.waitpid(child, 0)
+        sender = Siblings("ringtest3", 0, 2)  # index 0 is free again: the child is gone
+        assert sender.forward(b"\x45ours", 1)
+        sender.close()
+
+        async def receive() -> list[tuple[int, bytes]]:
+            with trio.fail_after(5):
+                return [(h, bytes(p)) for h, p in await worker.receive(8)]
+
+        assert trio.run(receive) == [(1, b"\x45ours")]
+        assert worker.rejected == 1
+    finally:
+        worker.close()
+
+
 def test_one_process_per_worker_index() -> None:
     held = Siblings("ringtest2", 1, 2)
     try:
@@ -119,10 +145,7 @@ async def test_two_workers_share_connections_and_survive_a_worker_kill(
         "echo", tun.dev, f"{tun.stack_addr}:{ECHO_PORT}", redis_server.url, tmp_path / "stcp",
         extra=("--workers", "2"),
     )  # fmt: skip
-    async with server.session() as life:
-        match = re.search(r"with 2 workers \(pids (\d+), (\d+)\)", life.banner)
-        assert match, life.banner
-        worker0 = int(match.group(1))
+    async with server.session() as first:
         streams = []
         with trio.fail_after(60):
             for _ in range(CONNECTIONS):
@@ -134,7 +157,17 @@ async def test_two_workers_share_connections_and_survive_a_worker_kill(
             held0 = redis_server.flow_ids("t1.w0")
             held1 = redis_server.flow_ids("t1.w1")
             assert held0 and held1 and len(held0) + len(held1) == CONNECTIONS
-            os.kill(worker0, signal.SIGKILL)  # the supervisor's child; it restarts it
+            # The whole server: SIGKILL of the supervisor takes its workers with it
+            # (PR_SET_PDEATHSIG); the next one restores every flow, each in its worker.
+            _, life = await server.restart()
+            assert first.banner != life.banner
+            for number in range(10, 13):
+                await _echo_round(streams, number)
+            match = re.search(r"with 2 workers \(pids (\d+), (\d+)\)", life.banner)
+            assert match, life.banner
+            worker0 = int(match.group(1))
+            # One worker: the supervisor restarts it, at another queue index.
+            os.kill(worker0, signal.SIGKILL)  # the supervisor's child
             started = trio.current_time()
             await _echo_round(streams, 100)
             resumed = trio.current_time() - started
