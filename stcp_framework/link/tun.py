@@ -17,6 +17,14 @@ Theory of operation:
     the ceiling of such a Python loop (ANCHORS.md), so the loop does as little as it can
     per packet.
 
+Queues:
+    ``stcp net up`` makes the device ``IFF_MULTI_QUEUE``: each attach adds a queue and the
+    kernel spreads flows over the queues, so ``stcp run --workers N`` can run one process
+    per queue (``queue=I``; ``stack/siblings.py``). A lone process attaches one queue
+    and sees everything. Since such a device takes any number of holders, each holder
+    claims its queue index first (``queue_claim``), keeping the single holder per queue
+    that a single-queue device enforces itself (``EBUSY``).
+
 Offloads (``offload=True``, the default):
     The pure-Python TCP checksum costs about 90 µs per 64 KB, on receive and on send; the
     kernel does it for free. We attach with ``IFF_VNET_HDR`` (allowed on a persistent

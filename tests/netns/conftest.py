@@ -11,6 +11,7 @@ Fixtures:
         (``@pytest.mark.parametrize("tun_net", [65000], indirect=True)``).
     ``pcap_path``: ``pcaps/<test>.pcap`` for ``PcapDevice``; deleted if the test passed,
         kept (and its path printed) if it failed.
+    ``redis_server``: a private ``redis-server`` for one test (``restart_helpers.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from netns_fixtures import (
     pcap_path_for,
     remove_tun_net,
 )
+from restart_helpers import RedisServer
 
 _HERE = Path(__file__).parent
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
@@ -83,6 +85,15 @@ def tun_net(request: pytest.FixtureRequest, make_tun_net: Callable[..., TunNet])
     """One TUN device (MTU 1500, or the indirect parameter)."""
     mtu = getattr(request, "param", 1500)
     return make_tun_net(mtu=mtu)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private ``redis-server`` (AOF on, Unix socket) in the test's directory."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

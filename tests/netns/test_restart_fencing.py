@@ -20,7 +20,7 @@ The client must finish byte-exact without an error; A's counters show the refuse
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,14 +36,6 @@ PORT = 19
 SIZE = 100 * MB
 FREEZE_AT = 20 * MB
 SETTLE = 0.1  # seconds for the client's ACKs to queue up on A's device after the freeze
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
 
 
 async def test_second_instance_fences_off_a_frozen_first_one(

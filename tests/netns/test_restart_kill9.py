@@ -11,7 +11,6 @@ printed (``pytest -s``), never asserted.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,14 +33,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.netns]
 CHARGEN_PORT = 19
 ECHO_PORT = 7
 DISCARD_PORT = 9
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
 
 
 def server_for(service: str, port: int, tun: TunNet, store: RedisServer,

@@ -12,7 +12,6 @@ segments back (``segments_withheld``).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,14 +24,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.netns, pytest.mark.timeout(90)]
 OUTAGE_SECONDS = 5.0
 SIZE = 100 * MB
 OUTAGE_AT = 30 * MB  # client offset at which the store goes away
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
 
 
 async def outage(store: RedisServer, kind: str) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,14 +29,6 @@ pytestmark = [pytest.mark.netns]
 ECHO_PORT = 7
 CONNECTIONS = 32
 MESSAGE = 3000  # bytes per connection per round
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
 
 
 # ------------------------------------------------------------------ the ring itself
