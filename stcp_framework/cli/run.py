@@ -6,7 +6,6 @@ import argparse
 import functools
 import logging
 import signal
-import sys
 from typing import Any
 
 import trio
@@ -21,7 +20,7 @@ from ..stack.clock import MonotonicClock
 from ..stack.siblings import Siblings
 from ..store.base import Store
 from ..store.memory import MemoryStore
-from .workers import worker_instance
+from .workers import say, worker_instance
 
 logger = logging.getLogger("stcp.cli")
 
@@ -182,18 +181,18 @@ async def _serve(args: argparse.Namespace) -> None:
             nursery.cancel_scope.cancel()
         stats = stack.runtime.stats
         drops = stack.runtime.drops
-        print(
+        line = (
             "stcp: stopped; "
             + ", ".join(f"{k}={v}" for k, v in sorted(stats.items()))
             + (
                 "; drops: " + ", ".join(f"{r.value}={n}" for r, n in drops.items()) if drops else ""
-            ),
-            file=sys.stderr,
+            )
         )
+        say(line)
     await device.aclose()
     if siblings is not None:
         siblings.close()
 
 
 def _report(line: str) -> None:
-    print(f"stcp: {line}", file=sys.stderr, flush=True)
+    say(f"stcp: {line}")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import os
 import signal
 import subprocess
 import sys
@@ -33,7 +34,7 @@ import trio
 from ..errors import StcpConfigError
 from .netns import ip_json
 
-__all__ = ["supervise", "worker_instance"]
+__all__ = ["say", "supervise", "worker_instance"]
 
 _PR_SET_PDEATHSIG = 1
 STOP_TIMEOUT = 10.0
@@ -45,6 +46,13 @@ _MAX_PAUSE = 5.0
 def worker_instance(instance: str, index: int) -> str:
     """The instance name worker ``index`` stores its flows under."""
     return f"{instance}.w{index}"
+
+
+def say(line: str) -> None:
+    """Write ``line`` to stderr in one ``write``: workers share their supervisor's
+    stderr, and ``print`` writes a line and its end separately (lines would mix)."""
+    sys.stderr.flush()
+    os.write(sys.stderr.fileno(), (line + "\n").encode())
 
 
 def _die_with_parent() -> None:  # preexec_fn: runs in the child, before exec
@@ -217,11 +225,7 @@ async def _keep(worker: _Worker, done: trio.Event, outcome: list[int]) -> None:
         if code == 0:
             done.set()  # stopped on purpose (its own SIGINT): stop them all
             return
-        print(
-            f"stcp: worker {worker.index} (pid {process.pid}) {_describe(code)}: restarting",
-            file=sys.stderr,
-            flush=True,
-        )
+        say(f"stcp: worker {worker.index} (pid {process.pid}) {_describe(code)}: restarting")
         pause = (
             0.0
             if trio.current_time() - started > _QUICK_DEATH
@@ -230,11 +234,7 @@ async def _keep(worker: _Worker, done: trio.Event, outcome: list[int]) -> None:
         await trio.sleep(pause)
         failed = await worker.start()
         if failed is not None:
-            print(
-                f"stcp: worker {worker.index} cannot start again ({_describe(failed)}): stopping",
-                file=sys.stderr,
-                flush=True,
-            )
+            say(f"stcp: worker {worker.index} cannot start again ({_describe(failed)}): stopping")
             outcome.append(failed if failed > 0 else 1)
             done.set()
             return

@@ -9,10 +9,12 @@ restores its flows. The client is the kernel's TCP and must never see an error.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -20,9 +22,14 @@ import trio
 from netns_fixtures import TunNet
 from restart_helpers import RedisServer, StcpServer, report, stcp_command
 
+from stcp_framework import MemoryStore, Stack, open_stack
 from stcp_framework.errors import StcpConfigError
+from stcp_framework.link.sim import SimLink, SimNetwork
 from stcp_framework.link.tun import create_persistent_tun
+from stcp_framework.services import echo
 from stcp_framework.stack.siblings import Siblings
+from stcp_framework.wire.packet import build_packet, parse_packet_untrusted
+from stcp_framework.wire.tcp import ACK, NO_OPTIONS, RST, SYN
 
 pytestmark = [pytest.mark.netns]
 
@@ -98,6 +105,94 @@ def test_one_process_per_worker_index() -> None:
             Siblings("ringtest2", 2, 2)
     finally:
         held.close()
+
+
+# ------------------------------------------------------------------ one worker's runtime
+
+STACK, PEER = "198.18.0.2", "198.18.0.1"
+STRAY_ACK = build_packet(
+    ipaddress.ip_address(PEER).packed, ipaddress.ip_address(STACK).packed,
+    40000, ECHO_PORT, 5000, 9000, ACK, 1000, NO_OPTIONS, b"",
+)  # fmt: skip
+
+
+@asynccontextmanager
+async def _worker_and_peer(
+    group: str, index: int, count: int
+) -> AsyncIterator[tuple[Stack, SimLink]]:
+    """Worker ``index`` of ``count`` serving echo, and a raw peer on the same network."""
+    net = SimNetwork(1)
+    link, peer = net.attach(STACK), net.attach(PEER)
+    siblings = Siblings(group, index, count)
+    try:
+        async with (
+            open_stack(link, [STACK], store=MemoryStore(), siblings=siblings) as stack,
+            trio.open_nursery() as nursery,
+        ):
+            await nursery.start(stack.serve, echo, ECHO_PORT)
+            yield stack, peer
+            nursery.cancel_scope.cancel()
+    finally:
+        siblings.close()
+
+
+async def _nothing_arrives(peer: SimLink) -> None:
+    with trio.move_on_after(0.3):
+        got = await peer.recv_batch(8)
+        raise AssertionError(f"the peer got {[bytes(p) for p in got]}")
+
+
+async def test_a_segment_of_an_unknown_flow_goes_to_the_next_worker_not_rst() -> None:
+    next_worker = Siblings("rtring0", 1, 2)
+    try:
+        async with _worker_and_peer("rtring0", 0, 2) as (stack, peer):
+            await peer.send_batch([STRAY_ACK])
+            with trio.fail_after(5):
+                forwarded = await next_worker.receive(8)
+            assert [(hops, bytes(p)) for hops, p in forwarded] == [(1, bytes(STRAY_ACK))]
+            await _nothing_arrives(peer)
+            assert stack.runtime.stats["forwarded"] == 1
+            assert stack.runtime.stats["rst_sent"] == 0
+    finally:
+        next_worker.close()
+
+
+async def test_the_last_worker_of_the_ring_answers_with_rst() -> None:
+    previous = Siblings("rtring1", 0, 2)
+    try:
+        async with _worker_and_peer("rtring1", 1, 2) as (stack, peer):
+            assert previous.forward(STRAY_ACK, 1)  # worker 0 did not hold the flow
+            with trio.fail_after(5):
+                [answer] = await peer.recv_batch(8)
+            rst = parse_packet_untrusted(answer).tcp
+            # RFC 9293 §3.10.7.1: <SEQ=SEG.ACK><CTL=RST> for a segment with ACK
+            assert (rst.flags, rst.seq, rst.src_port, rst.dst_port) == (RST, 9000, 7, 40000)
+            assert stack.runtime.stats["forwarded_in"] == 1
+            assert stack.runtime.stats["rst_sent"] == 1
+    finally:
+        previous.close()
+
+
+async def test_a_segment_for_a_worker_that_is_down_is_dropped_silently() -> None:
+    async with _worker_and_peer("rtring2", 0, 2) as (stack, peer):
+        await peer.send_batch([STRAY_ACK])  # worker 1 is not running
+        await _nothing_arrives(peer)
+        assert stack.runtime.stats["forward_failed"] == 1
+        assert stack.runtime.stats["rst_sent"] == 0
+
+
+async def test_every_worker_accepts_a_syn_itself() -> None:
+    async with _worker_and_peer("rtring3", 0, 2) as (stack, peer):
+        syn = build_packet(
+            ipaddress.ip_address(PEER).packed, ipaddress.ip_address(STACK).packed,
+            40001, ECHO_PORT, 7000, 0, SYN, 1000, NO_OPTIONS, b"",
+        )  # fmt: skip
+        await peer.send_batch([syn])
+        with trio.fail_after(5):
+            [answer] = await peer.recv_batch(8)
+        seg = parse_packet_untrusted(answer).tcp
+        assert seg.flags == SYN | ACK and seg.ack == 7001
+        assert stack.runtime.stats["forwarded"] == 0
 
 
 # ------------------------------------------------------------------ real processes
