@@ -85,9 +85,10 @@ def parse_packet_untrusted(
     Args:
         buf: The packet as read from the device (no link header). A ``memoryview``
             avoids a copy of the payload; other bytes-like objects are wrapped.
-        verify_checksum: Check the TCP checksum. Pass ``False`` only for a device
-            that has already verified it (offload); the IPv4 header checksum is
-            always checked.
+        verify_checksum: Check the TCP checksum and the IPv4 header checksum. Pass
+            ``False`` only for a device that has already verified them (offload: the
+            kernel verified or built every packet it hands over, and its IP input
+            drops a bad header checksum before routing anything to us).
 
     Returns:
         The packet; ``packet.tcp.payload`` is a view into ``buf``.
@@ -114,7 +115,7 @@ def parse_packet_untrusted(
         if total_len < ihl:
             raise _drop(DropReason.BAD_HEADER_LENGTH, f"IHL {ihl} > total length {total_len}")
         # Valid iff the header sums to (negative) zero; version 4 makes it non-zero.
-        if _from_bytes(buf[:ihl], "little") % 0xFFFF:
+        if verify_checksum and _from_bytes(buf[:ihl], "little") % 0xFFFF:
             raise _drop(DropReason.BAD_IP_CHECKSUM)
         # ---- sanity: IP ----
         if frag & _IPV4_MF_OR_OFFSET:
@@ -128,7 +129,7 @@ def parse_packet_untrusted(
             raise _drop(DropReason.BAD_ADDRESS, "destination is not unicast")
         off = ihl
         end = total_len
-        addr_sum = _from_bytes(buf[12:20], "little")
+        addr_at, addr_end = 12, 20
     elif version == 6:
         if n < IPV6_HEADER_LEN:
             raise _drop(DropReason.TOO_SHORT, f"{n} bytes < IPv6 header")
@@ -143,7 +144,7 @@ def parse_packet_untrusted(
             raise _drop(DropReason.BAD_ADDRESS, "source is not unicast")
         if dst[0] == 0xFF or dst == _V6_ANY:
             raise _drop(DropReason.BAD_ADDRESS, "destination is not unicast")
-        addr_sum = _from_bytes(buf[8:40], "little")
+        addr_at, addr_end = 8, 40
     else:
         raise _drop(DropReason.BAD_VERSION, f"version {version}")
     # ---- integrity: TCP ----
@@ -159,7 +160,7 @@ def parse_packet_untrusted(
     if (
         verify_checksum
         and (
-            addr_sum
+            _from_bytes(buf[addr_at:addr_end], "little")
             + _LE_PROTO_TCP
             + (((tcp_len & 0xFF) << 8) | (tcp_len >> 8))
             + _le_sum(buf[off:end])

@@ -383,6 +383,13 @@ def test_drop_bad_ip_checksum() -> None:
     _case(DropReason.BAD_IP_CHECKSUM, buf)
 
 
+def test_a_device_that_verified_checksums_skips_both() -> None:
+    """verify_checksum=False (offload): the kernel built or checked the IPv4 header."""
+    buf = _syn4()
+    buf[8] = 63  # TTL changed, checksum not updated
+    assert parse_packet_untrusted(buf, verify_checksum=False).ttl == 63
+
+
 @pytest.mark.parametrize("frag", [0x2000, 0x0001, 0x6001])
 def test_drop_ipv4_fragment(frag: int) -> None:
     buf = _syn4()
