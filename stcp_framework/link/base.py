@@ -42,6 +42,10 @@ class PacketDevice(Protocol):
       pseudo-header sum of the whole; the device (Linux GSO/TSO) splits it into
       segments of ``gso_size`` payload bytes with their own sequence numbers and
       checksums, PSH and FIN on the last only.
+    * ``send_batch_nowait(packets) -> int`` (a method): write what the device takes at
+      once, with no schedule point, and return how many packets it handled; the stack
+      sends the rest with ``send_batch``. It saves the transmit task one trip through
+      trio's scheduler per round (``TunDevice`` has it).
     """
 
     @property

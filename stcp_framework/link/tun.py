@@ -646,18 +646,52 @@ class TunDevice:
         if self._closed:
             raise trio.ClosedResourceError("TUN device is closed")
         await trio.lowlevel.checkpoint_if_cancelled()
-        errors_before = self.counters.tx_errors
+        total = len(packets)
+        done = self._write_from(packets, 0)
+        if done == total:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        waits = 0
+        while done < total:
+            waits += 1
+            if waits > _MAX_BLOCKED_WRITE_WAITS:
+                self.counters.tx_errors += total - done
+                logger.warning(
+                    "TUN %s stayed unwritable; %d packets counted as errors",
+                    self._name,
+                    total - done,
+                )
+                return
+            try:
+                await trio.lowlevel.wait_writable(self._fd)
+            except trio.ClosedResourceError:
+                raise trio.ClosedResourceError("TUN device was closed") from None
+            done = self._write_from(packets, done)
+
+    def send_batch_nowait(self, packets: Sequence[OutPacket]) -> int:
+        """Write what the device takes now, without a schedule point (``link/base.py``).
+
+        Returns:
+            How many of ``packets`` were handled (written, or refused and counted);
+            the caller passes the rest to ``send_batch``. A TUN write practically never
+            blocks, so this is all of them: the runtime's transmit task then needs no
+            extra trip through trio's scheduler per round.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("TUN device is closed")
+        return self._write_from(packets, 0)
+
+    def _write_from(self, packets: Sequence[OutPacket], done: int) -> int:
+        """Write ``packets[done:]`` until one would block; returns the new ``done``."""
         fd = self._fd
         write = os.write
         writev = os.writev
         hdr_len = self._vnet_hdr_len
         counters = self.counters
         total = len(packets)
-        done = 0  # packets written or refused so far
         tx_bytes = 0
         gso_packets = 0
-        blocked = False
-        waits = 0
+        written = 0
         while done < total:
             try:
                 # Fast path: a plain loop; a TUN write practically never blocks.
@@ -669,13 +703,15 @@ class TunDevice:
                             body = packet[1]
                             if len(packet) == 3:  # a super-segment: (headers, payload, gso_size)
                                 vnet = tx_gso_vnet_header(head, packet[2])
+                                tx_bytes += writev(fd, (vnet, head, body)) - hdr_len
                                 gso_packets += 1
                             else:
                                 vnet = tx_vnet_header(head, len(head) + len(body))
-                            tx_bytes += writev(fd, (vnet, head, body)) - hdr_len
+                                tx_bytes += writev(fd, (vnet, head, body)) - hdr_len
                         else:
                             tx_bytes += writev(fd, (tx_vnet_header(packet), packet)) - hdr_len
                         done = i + 1
+                        written += 1
                 else:
                     for i in range(done, total):
                         packet = packets[i]
@@ -684,19 +720,10 @@ class TunDevice:
                         else:
                             tx_bytes += write(fd, packet)
                         done = i + 1
+                        written += 1
             except BlockingIOError:
                 counters.tx_blocked += 1
-                blocked = True
-                waits += 1
-                if waits > _MAX_BLOCKED_WRITE_WAITS:
-                    counters.tx_errors += total - done
-                    logger.warning(
-                        "TUN %s stayed unwritable; %d packets counted as errors",
-                        self._name,
-                        total - done,
-                    )
-                    break
-                await trio.lowlevel.wait_writable(fd)
+                break
             except OSError as exc:
                 if self._closed:
                     raise trio.ClosedResourceError("TUN device was closed") from None
@@ -705,11 +732,10 @@ class TunDevice:
                     "TUN %s refused a %d-byte packet: %s", self._name, len(packets[done]), exc
                 )
                 done += 1
-        counters.tx_packets += done - (counters.tx_errors - errors_before)
+        counters.tx_packets += written
         counters.tx_bytes += tx_bytes
         counters.tx_gso_packets += gso_packets
-        if not blocked:
-            await trio.lowlevel.cancel_shielded_checkpoint()
+        return done
 
     async def aclose(self) -> None:
         """Detach from the device (it stays: it is persistent). Idempotent."""

@@ -222,6 +222,9 @@ class Runtime:
         # Payloads of at least this size go to the device beside their headers, never
         # copied (link/base.py "accepts_split_packets").
         self._split_at = SPLIT_PAYLOAD if getattr(device, "accepts_split_packets", False) else 0
+        self._send_now: Callable[[list[OutPacket]], int] | None = getattr(
+            device, "send_batch_nowait", None
+        )
 
     # ------------------------------------------------------------------ tasks
 
@@ -685,7 +688,12 @@ class Runtime:
             self.stats["segments_withheld"] += withheld
         if packets:
             self.stats["packets_out"] += len(packets)
-            await self.device.send_batch(packets)
+            # A device that can write without waiting does so here: no trip through
+            # trio's scheduler (~9 us here) per round; the rest, if any, waits.
+            send_now = self._send_now
+            done = send_now(packets) if send_now is not None else 0
+            if done < len(packets):
+                await self.device.send_batch(packets[done:] if done else packets)
 
     def _forget_closed(self) -> None:
         """Remove the store records of closed flows, off the transmit path."""
