@@ -13,7 +13,9 @@ The supervisor:
     * prints one "serving" line when all are up, and one line per worker event;
     * restarts a worker that dies (any end other than exit status 0), at once the first
       time, then with a growing pause if it keeps dying within seconds of its start;
-      the restarted worker restores its flows like any restarted ``stcp run``;
+      the restarted worker restores its flows like any restarted ``stcp run``; one that
+      fails to come back is tried again, unless it exits with status 2 (a
+      ``StcpConfigError``: no device, ...), which stops the server;
     * stops every worker with SIGTERM on SIGTERM/SIGINT (SIGKILL after 10 s), and
       stops everything when a worker exits with status 0 (e.g. on a terminal's Ctrl-C);
     * makes each worker die with it (``PR_SET_PDEATHSIG``): ``kill -9`` of the
@@ -39,6 +41,7 @@ __all__ = ["say", "supervise", "worker_instance"]
 _PR_SET_PDEATHSIG = 1
 STOP_TIMEOUT = 10.0
 START_TIMEOUT = 60.0
+CONFIG_ERROR_STATUS = 2  # what `stcp` exits with on a StcpConfigError (cli/main.py)
 _QUICK_DEATH = 5.0  # a worker that dies sooner than this after its start is backed off
 _MAX_PAUSE = 5.0
 
@@ -69,30 +72,78 @@ def _describe(returncode: int) -> str:
     return f"exit status {returncode}"
 
 
+class _Child:
+    """A worker process forked by the trio thread itself.
+
+    ``PR_SET_PDEATHSIG`` fires when the *thread* that forked the child ends, and
+    ``trio.lowlevel.open_process`` forks in a worker thread that trio retires after a
+    few idle seconds -- which killed healthy workers. So: ``subprocess.Popen`` here (a
+    fork and exec take milliseconds), its exit awaited through a pidfd, its stdout
+    read as a trio stream.
+    """
+
+    def __init__(self, command: list[str]) -> None:
+        self._popen = subprocess.Popen(command, stdout=subprocess.PIPE, preexec_fn=_die_with_parent)
+        self.pid = self._popen.pid
+        assert self._popen.stdout is not None
+        self.stdout = trio.lowlevel.FdStream(os.dup(self._popen.stdout.fileno()))
+        self._popen.stdout.close()
+        self._pidfd = os.pidfd_open(self.pid)
+        self._watcher: trio.Event | None = None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.poll()
+
+    async def wait(self) -> int:
+        """Wait for the exit; any number of tasks may wait (one watches the pidfd)."""
+        while self._popen.poll() is None:
+            if self._watcher is None:
+                self._watcher = trio.Event()
+                try:
+                    await trio.lowlevel.wait_readable(self._pidfd)
+                finally:
+                    watcher, self._watcher = self._watcher, None
+                    watcher.set()
+            else:
+                await self._watcher.wait()
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+        return self._popen.wait()
+
+    def send_signal(self, number: int) -> None:
+        if self._popen.poll() is None:
+            self._popen.send_signal(number)
+
+
 class _Worker:
     def __init__(self, index: int, command: list[str]) -> None:
         self.index = index
         self.command = command
-        self.process: trio.Process | None = None
+        self.process: _Child | None = None
         self.banner = ""
 
     async def start(self) -> int | None:
         """Exec the worker and wait for its banner; its exit status if it ends first."""
-        process = await trio.lowlevel.open_process(
-            self.command, stdout=subprocess.PIPE, preexec_fn=_die_with_parent
-        )
-        self.process = process
-        assert process.stdout is not None
+        await trio.lowlevel.checkpoint()
+        process = self.process = _Child(self.command)
         buffer = b""
-        with trio.move_on_after(START_TIMEOUT):
-            while b"\n" not in buffer:
-                chunk = await process.stdout.receive_some(4096)
-                if not chunk:
-                    break
-                buffer += chunk
+        try:
+            with trio.move_on_after(START_TIMEOUT):
+                while b"\n" not in buffer:
+                    chunk = await process.stdout.receive_some(4096)
+                    if not chunk:
+                        break
+                    buffer += chunk
+        except BaseException:  # cancelled (the server stops): no worker left behind
+            with trio.CancelScope(shield=True):
+                await _stop(process)
+            raise
         line, _, rest = buffer.partition(b"\n")
         if not line:
             await _stop(process)
+            await process.stdout.aclose()
             return process.returncode if process.returncode is not None else 1
         self.banner = line.decode(errors="replace").strip()
         if rest:
@@ -101,19 +152,19 @@ class _Worker:
 
     async def relay_output(self) -> None:
         """Copy what the worker prints after its banner (it prints little)."""
-        assert self.process is not None and self.process.stdout is not None
+        assert self.process is not None
         async for chunk in self.process.stdout:
             sys.stdout.buffer.write(chunk)
             sys.stdout.flush()
 
 
-async def _stop(process: trio.Process) -> None:
+async def _stop(process: _Child) -> None:
     if process.returncode is None:
         process.send_signal(signal.SIGTERM)
         with trio.move_on_after(STOP_TIMEOUT):
             await process.wait()
         if process.returncode is None:
-            process.kill()
+            process.send_signal(signal.SIGKILL)
     await process.wait()
 
 
@@ -208,7 +259,12 @@ async def _supervise(args: argparse.Namespace, store: str) -> int:
 
 
 async def _keep(worker: _Worker, done: trio.Event, outcome: list[int]) -> None:
-    """Relay the worker's output; restart it whenever it dies."""
+    """Relay the worker's output; restart it whenever it dies.
+
+    A worker that fails to start again is retried with a growing pause, unless it
+    exits with status 2 (``StcpConfigError``: a setting that will not fix itself),
+    which stops the whole server.
+    """
     pause = 0.0
     while True:
         process = worker.process
@@ -218,6 +274,7 @@ async def _keep(worker: _Worker, done: trio.Event, outcome: list[int]) -> None:
             relay.start_soon(worker.relay_output)
             await process.wait()
             relay.cancel_scope.cancel()
+        await process.stdout.aclose()
         if done.is_set():
             return
         code = process.returncode
@@ -226,16 +283,18 @@ async def _keep(worker: _Worker, done: trio.Event, outcome: list[int]) -> None:
             done.set()  # stopped on purpose (its own SIGINT): stop them all
             return
         say(f"stcp: worker {worker.index} (pid {process.pid}) {_describe(code)}: restarting")
-        pause = (
-            0.0
-            if trio.current_time() - started > _QUICK_DEATH
-            else min(_MAX_PAUSE, max(0.5, pause * 2))
-        )
-        await trio.sleep(pause)
-        failed = await worker.start()
-        if failed is not None:
-            say(f"stcp: worker {worker.index} cannot start again ({_describe(failed)}): stopping")
-            outcome.append(failed if failed > 0 else 1)
-            done.set()
-            return
+        quick = trio.current_time() - started < _QUICK_DEATH
+        while True:
+            pause = min(_MAX_PAUSE, max(0.5, pause * 2)) if quick else 0.0
+            await trio.sleep(pause)
+            failed = await worker.start()
+            if failed is None:
+                break
+            if failed == CONFIG_ERROR_STATUS:
+                say(f"stcp: worker {worker.index} cannot start again: stopping")
+                outcome.append(failed)
+                done.set()
+                return
+            say(f"stcp: worker {worker.index} did not start ({_describe(failed)}): retrying")
+            quick = True
         print(f"stcp: worker {worker.index}: {worker.banner.removeprefix('stcp: ')}", flush=True)

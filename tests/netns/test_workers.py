@@ -260,8 +260,10 @@ async def test_two_workers_share_connections_and_survive_a_worker_kill(
             resumed = trio.current_time() - started
             for number in range(101, 106):
                 await _echo_round(streams, number)
-            # Idle past the kernel's flow-table ageing (3 s): queues by hash again.
-            await trio.sleep(4)
+            # Idle past the kernel's flow-table ageing (3 s): queues by hash again; and
+            # past trio's idle-thread timeout (10 s): a worker forked from a trio thread
+            # would get PR_SET_PDEATHSIG's SIGKILL when that thread ends.
+            await trio.sleep(11)
             for number in range(200, 203):
                 await _echo_round(streams, number)
             for stream in streams:
@@ -270,6 +272,7 @@ async def test_two_workers_share_connections_and_survive_a_worker_kill(
     stderr = life.stderr_path.read_text()
     counters = _all_counters(stderr)
     assert f"stcp: worker 0 (pid {worker0}) killed by SIGKILL: restarting" in stderr
+    assert stderr.count("restarting") == 1, stderr[-2000:]  # no other worker died
     assert len(counters) == 2, stderr[-2000:]
     forwarded = sum(c.get("forwarded", 0) for c in counters)
     forwarded_in = sum(c.get("forwarded_in", 0) for c in counters)
