@@ -214,6 +214,22 @@ async def _echo_round(streams: list[trio.SocketStream], round_number: int) -> No
             nursery.start_soon(one, i, stream)
 
 
+def _children(parent: int) -> set[int]:
+    out: set[int] = set()
+    for task in os.listdir(f"/proc/{parent}/task"):
+        with open(f"/proc/{parent}/task/{task}/children") as f:
+            out |= {int(pid) for pid in f.read().split()}
+    return out
+
+
+async def _new_child(parent: int, known: set[int]) -> int:
+    """The first child process of ``parent`` not in ``known`` (polled, bounded)."""
+    with trio.fail_after(10):
+        while not (fresh := _children(parent) - known):
+            await trio.sleep(0.005)
+    return fresh.pop()
+
+
 def _all_counters(stderr: str) -> list[dict[str, int]]:
     out = []
     for line in stderr.splitlines():
@@ -253,9 +269,12 @@ async def test_two_workers_share_connections_and_survive_a_worker_kill(
             match = re.search(r"with 2 workers \(pids (\d+), (\d+)\)", life.banner)
             assert match, life.banner
             worker0 = int(match.group(1))
-            # One worker: the supervisor restarts it, at another queue index.
+            # One worker: the supervisor restarts it, at another queue index; its
+            # successor is killed too, while it starts: the supervisor tries again.
             os.kill(worker0, signal.SIGKILL)  # the supervisor's child
             started = trio.current_time()
+            successor = await _new_child(life.pid, known={worker0, int(match.group(2))})
+            os.kill(successor, signal.SIGKILL)
             await _echo_round(streams, 100)
             resumed = trio.current_time() - started
             for number in range(101, 106):
@@ -272,6 +291,7 @@ async def test_two_workers_share_connections_and_survive_a_worker_kill(
     stderr = life.stderr_path.read_text()
     counters = _all_counters(stderr)
     assert f"stcp: worker 0 (pid {worker0}) killed by SIGKILL: restarting" in stderr
+    assert "stcp: worker 0 did not start (killed by SIGKILL): retrying" in stderr
     assert stderr.count("restarting") == 1, stderr[-2000:]  # no other worker died
     assert len(counters) == 2, stderr[-2000:]
     forwarded = sum(c.get("forwarded", 0) for c in counters)
