@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from kernel_peer import wait_for
 from netns_fixtures import TunNet
 from restart_helpers import RedisServer, StcpServer, report, stcp_command
 
@@ -224,10 +225,8 @@ def _children(parent: int) -> set[int]:
 
 async def _new_child(parent: int, known: set[int]) -> int:
     """The first child process of ``parent`` not in ``known`` (polled, bounded)."""
-    with trio.fail_after(10):
-        while not (fresh := _children(parent) - known):
-            await trio.sleep(0.005)
-    return fresh.pop()
+    await wait_for(lambda: _children(parent) - known, "a new worker", within=10)
+    return (_children(parent) - known).pop()
 
 
 def _all_counters(stderr: str) -> list[dict[str, int]]:
