@@ -98,7 +98,7 @@ def soak(args: argparse.Namespace, workdir: Path) -> int:
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        )
         for i in range(4)
     ]
     started = time.monotonic()
