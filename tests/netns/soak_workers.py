@@ -49,7 +49,7 @@ def _children(parent: int) -> list[int]:
     return out
 
 
-def _start(store: str, stderr: object) -> subprocess.Popen[bytes]:
+def _start(store: str, stderr: object, durability: str) -> subprocess.Popen[bytes]:
     command = stcp_command(
         "run",
         "echo",
@@ -80,7 +80,7 @@ def soak(args: argparse.Namespace, workdir: Path) -> int:
     redis = RedisServer(workdir / "redis")
     redis.start()
     stderr = (workdir / "server.stderr").open("wb")
-    server = _start(redis.url, stderr)
+    server = _start(redis.url, stderr, args.durability)
     peers = [
         subprocess.Popen(
             [
@@ -113,7 +113,7 @@ def soak(args: argparse.Namespace, workdir: Path) -> int:
                 server.kill()
                 server.wait()
                 print(f"{at:6.1f} s  killed the whole server", flush=True)
-                server = _start(redis.url, stderr)
+                server = _start(redis.url, stderr, args.durability)
             else:
                 workers = _children(server.pid)
                 if len(workers) < 2:
@@ -157,6 +157,9 @@ def main() -> int:
     parser.add_argument("--mb", type=int, default=300, help="MiB each client echoes")
     parser.add_argument("--kills", type=int, default=11)
     parser.add_argument("--deadline", type=float, default=180.0, help="seconds in all")
+    parser.add_argument(
+        "--durability", choices=("strict", "async", "ack-on-commit"), default="strict"
+    )
     args = parser.parse_args()
     if os.environ.get("STCP_SOAK_NETNS") != "1":  # always a fresh namespace of its own
         env = dict(os.environ, STCP_SOAK_NETNS="1")
