@@ -232,7 +232,13 @@ def summary(rows: list[FlowRow], instances: list[str]) -> str:
     rx = sum(row.rx_buffered or 0 for row in rows)
     tx = sum(row.tx_buffered or 0 for row in rows)
     app = sum(row.app_state_size or 0 for row in rows)
-    where = "instance " + instances[0] if len(instances) == 1 else f"{len(instances)} instances"
+    if len(instances) == 1:
+        where = "instance " + instances[0]
+    elif all(name.startswith(instances[0] + ".w") for name in instances[1:]):
+        workers = len(instances) - 1
+        where = f"instance {instances[0]} and its {workers} worker{'s' * (workers > 1)}"
+    else:
+        where = f"{len(instances)} instances"
     count = f"{len(rows)} flow{'' if len(rows) == 1 else 's'}"
     return (f"{count} ({where}{'; ' + parts if parts else ''}); buffered: {_size(rx)} "
             f"received, {_size(tx)} to send, {_size(app)} app state")

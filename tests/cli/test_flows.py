@@ -199,4 +199,4 @@ def test_an_instance_lists_the_flows_of_its_workers_too(
         ("api.w0", "198.19.0.1:30000"),
         ("api.w1", "198.19.0.1:30001"),
     ]
-    assert lines[-1].startswith("2 flows (3 instances; 2 ESTABLISHED)")
+    assert lines[-1].startswith("2 flows (instance api and its 2 workers; 2 ESTABLISHED)")
