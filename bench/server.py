@@ -142,7 +142,10 @@ async def serve_stcp(
     device = await TunDevice.open(dev, queue=worker, **kwargs)  # type: ignore[arg-type]
     siblings = None
     if workers > 1:
+        from stcp_framework.cli.workers import pin_worker
         from stcp_framework.stack.siblings import Siblings
+
+        pin_worker(worker)  # as `stcp run --workers` does by default
 
         siblings = Siblings(dev, worker, workers)
     try:

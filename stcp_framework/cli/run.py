@@ -20,7 +20,7 @@ from ..stack.clock import MonotonicClock
 from ..stack.siblings import Siblings
 from ..store.base import Store
 from ..store.memory import MemoryStore
-from .workers import say, worker_instance
+from .workers import pin_worker, say, worker_instance
 
 logger = logging.getLogger("stcp.cli")
 
@@ -89,6 +89,13 @@ def add_run_parser(sub: Any) -> None:
         "cores; each worker keeps its flows under the instance name NAME.wI and is "
         "restarted if it dies (default: 1, a single process)",
     )
+    p.add_argument(
+        "--cpu-affinity",
+        choices=["auto", "none"],
+        default="auto",
+        help="with --workers: auto (default) pins worker I to the I-th CPU this command "
+        "may use; none leaves placement to the scheduler",
+    )
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=run_command)
 
@@ -141,6 +148,9 @@ async def _serve(args: argparse.Namespace) -> None:
     # The device first: a missing device or privilege is the likeliest mistake, and its
     # one-line error should not wait for (or depend on) the store.
     index = args.worker or 0
+    if args.worker is not None and args.cpu_affinity == "auto":
+        cpu = pin_worker(index)
+        logger.info("worker %d pinned to CPU %s", index, "none" if cpu is None else cpu)
     device: PacketDevice = await TunDevice.open(args.dev, queue=index)
     siblings = Siblings(args.dev, index, args.workers) if args.workers > 1 else None
     instance = args.instance if args.worker is None else worker_instance(args.instance, index)
@@ -184,9 +194,7 @@ async def _serve(args: argparse.Namespace) -> None:
         line = (
             "stcp: stopped; "
             + ", ".join(f"{k}={v}" for k, v in sorted(stats.items()))
-            + (
-                "; drops: " + ", ".join(f"{r.value}={n}" for r, n in drops.items()) if drops else ""
-            )
+            + ("; drops: " + ", ".join(f"{r.value}={n}" for r, n in drops.items()) if drops else "")
         )
         say(line)
     await device.aclose()

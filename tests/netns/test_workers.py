@@ -268,6 +268,10 @@ async def test_two_workers_share_connections_and_survive_a_worker_kill(
             match = re.search(r"with 2 workers \(pids (\d+), (\d+)\)", life.banner)
             assert match, life.banner
             worker0 = int(match.group(1))
+            # --cpu-affinity auto: worker I runs on the I-th allowed CPU only.
+            cpus = [os.sched_getaffinity(int(pid)) for pid in match.groups()]
+            allowed = sorted(os.sched_getaffinity(0))
+            assert cpus == [{allowed[i % len(allowed)]} for i in range(2)], cpus
             # One worker: the supervisor restarts it, at another queue index; its
             # successor is killed too, while it starts: the supervisor tries again.
             os.kill(worker0, signal.SIGKILL)  # the supervisor's child
