@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import datetime
 import inspect
 import json
@@ -57,6 +56,7 @@ from typing import Any
 
 from stcp_framework.cli.net import net_down, net_up
 from stcp_framework.cli.netns import current_namespace_problems, run_ip
+from stcp_framework.cli.workers import die_with_parent
 from stcp_framework.errors import StcpConfigError
 from stcp_framework.link.tun import TunDevice, device_exists
 from stcp_framework.services import DEFAULT_PORTS
@@ -91,7 +91,6 @@ TARGET_SCALE_RATIO = 10.0
 BULK_MODES = ("upload", "download", "echo")
 PHASES = ("scale", "conns", *BULK_MODES)
 
-_PR_SET_PDEATHSIG = 1
 
 
 class BenchError(Exception):
@@ -128,12 +127,6 @@ class Server:
 
 
 # ------------------------------------------------------------------ process helpers
-
-
-def die_with_parent() -> None:
-    """``preexec_fn``: SIGKILL this child when the orchestrator dies (prctl(2))."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def stop_process(proc: subprocess.Popen[Any], timeout: float = STOP_TIMEOUT) -> None:

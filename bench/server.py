@@ -196,8 +196,7 @@ def run_workers(argv: list[str], workers: int) -> int:
     """
     import subprocess
 
-    def die_with_parent() -> None:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+    from stcp_framework.cli.workers import die_with_parent
 
     children = []
     for index in range(workers):

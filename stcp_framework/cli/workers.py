@@ -36,7 +36,7 @@ import trio
 from ..errors import StcpConfigError
 from .netns import ip_json
 
-__all__ = ["pin_worker", "say", "supervise", "worker_instance"]
+__all__ = ["die_with_parent", "pin_worker", "say", "supervise", "worker_instance"]
 
 _PR_SET_PDEATHSIG = 1
 STOP_TIMEOUT = 10.0
@@ -78,7 +78,9 @@ def say(line: str) -> None:
     os.write(sys.stderr.fileno(), (line + "\n").encode())
 
 
-def _die_with_parent() -> None:  # preexec_fn: runs in the child, before exec
+def die_with_parent() -> None:
+    """``preexec_fn``: SIGKILL this child when the thread that forks it ends (prctl(2);
+    fork from a thread that lives as long as the parent: see ``_Child``)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
@@ -103,7 +105,7 @@ class _Child:
     """
 
     def __init__(self, command: list[str]) -> None:
-        self._popen = subprocess.Popen(command, stdout=subprocess.PIPE, preexec_fn=_die_with_parent)
+        self._popen = subprocess.Popen(command, stdout=subprocess.PIPE, preexec_fn=die_with_parent)
         self.pid = self._popen.pid
         assert self._popen.stdout is not None
         self.stdout = trio.lowlevel.FdStream(os.dup(self._popen.stdout.fileno()))

@@ -303,16 +303,34 @@ class StcpServer:
 
 
 def parse_counters(stderr: str) -> dict[str, int]:
-    """The ``stcp: stopped; name=value, ...`` line -> ``{name: value}`` (drops too)."""
-    for line in reversed(stderr.splitlines()):
+    """The last ``stcp: stopped; name=value, ...`` line -> ``{name: value}`` (drops too)."""
+    every = all_counters(stderr)
+    if not every:
+        raise AssertionError(f"no counters line in stderr: {stderr[-2000:]!r}")
+    return every[-1]
+
+
+def all_counters(stderr: str) -> list[dict[str, int]]:
+    """Every ``stcp: stopped; ...`` line, in order (one per worker of ``--workers``)."""
+    out: list[dict[str, int]] = []
+    for line in stderr.splitlines():
         if line.startswith("stcp: stopped; "):
             counters: dict[str, int] = {}
             for part in line[len("stcp: stopped; ") :].replace("; drops: ", ", ").split(", "):
                 name, sep, value = part.partition("=")
                 if sep:
                     counters[name] = int(value)
-            return counters
-    raise AssertionError(f"no counters line in stderr: {stderr[-2000:]!r}")
+            out.append(counters)
+    return out
+
+
+def children_of(pid: int) -> set[int]:
+    """The child processes of ``pid`` (``/proc/PID/task/*/children``)."""
+    out: set[int] = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            out |= {int(child) for child in f.read().split()}
+    return out
 
 
 async def _read_line(stream: trio.abc.ReceiveStream) -> bytes:

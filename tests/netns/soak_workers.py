@@ -33,20 +33,12 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path[:0] = [str(HERE), str(REPO)]
 
-from restart_helpers import RedisServer, stcp_command  # noqa: E402
+from restart_helpers import RedisServer, children_of, stcp_command  # noqa: E402
 
 from stcp_framework.cli.net import net_up  # noqa: E402
 from stcp_framework.cli.netns import run_ip  # noqa: E402
 
 DEV, KERNEL, STACK, PORT = "soak0", "198.18.77.1/24", "198.18.77.2", 7
-
-
-def _children(parent: int) -> list[int]:
-    out: list[int] = []
-    for task in os.listdir(f"/proc/{parent}/task"):
-        with open(f"/proc/{parent}/task/{task}/children") as f:
-            out += [int(pid) for pid in f.read().split()]
-    return out
 
 
 def _start(store: str, stderr: object, durability: str) -> subprocess.Popen[bytes]:
@@ -115,7 +107,7 @@ def soak(args: argparse.Namespace, workdir: Path) -> int:
                 print(f"{at:6.1f} s  killed the whole server", flush=True)
                 server = _start(redis.url, stderr, args.durability)
             else:
-                workers = _children(server.pid)
+                workers = sorted(children_of(server.pid))
                 if len(workers) < 2:
                     continue  # one is starting: try again later
                 victim = rng.choice(workers)

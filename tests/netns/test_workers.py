@@ -21,7 +21,14 @@ import pytest
 import trio
 from kernel_peer import wait_for
 from netns_fixtures import TunNet
-from restart_helpers import RedisServer, StcpServer, report, stcp_command
+from restart_helpers import (
+    RedisServer,
+    StcpServer,
+    all_counters,
+    children_of,
+    report,
+    stcp_command,
+)
 
 from stcp_framework import MemoryStore, Stack, open_stack
 from stcp_framework.errors import StcpConfigError
@@ -215,27 +222,10 @@ async def _echo_round(streams: list[trio.SocketStream], round_number: int) -> No
             nursery.start_soon(one, i, stream)
 
 
-def _children(parent: int) -> set[int]:
-    out: set[int] = set()
-    for task in os.listdir(f"/proc/{parent}/task"):
-        with open(f"/proc/{parent}/task/{task}/children") as f:
-            out |= {int(pid) for pid in f.read().split()}
-    return out
-
-
 async def _new_child(parent: int, known: set[int]) -> int:
     """The first child process of ``parent`` not in ``known`` (polled, bounded)."""
-    await wait_for(lambda: _children(parent) - known, "a new worker", within=10)
-    return (_children(parent) - known).pop()
-
-
-def _all_counters(stderr: str) -> list[dict[str, int]]:
-    out = []
-    for line in stderr.splitlines():
-        if line.startswith("stcp: stopped; "):
-            fields = line[len("stcp: stopped; ") :].replace("; drops: ", ", ").split(", ")
-            out.append({k: int(v) for k, _, v in (f.partition("=") for f in fields) if v})
-    return out
+    await wait_for(lambda: children_of(parent) - known, "a new worker", within=10)
+    return (children_of(parent) - known).pop()
 
 
 @pytest.mark.slow
@@ -292,7 +282,7 @@ async def test_two_workers_share_connections_and_survive_a_worker_kill(
                 await stream.aclose()
         await server.stop()
     stderr = life.stderr_path.read_text()
-    counters = _all_counters(stderr)
+    counters = all_counters(stderr)
     assert f"stcp: worker 0 (pid {worker0}) killed by SIGKILL: restarting" in stderr
     assert "stcp: worker 0 did not start (killed by SIGKILL): retrying" in stderr
     assert stderr.count("restarting") == 1, stderr[-2000:]  # no other worker died
