@@ -338,7 +338,8 @@ def scale(
                 break
             cpu_after = server_cpu_s(server_pid)
             server_ms = (
-                None if cpu_before is None or cpu_after is None
+                None
+                if cpu_before is None or cpu_after is None
                 else (cpu_after - cpu_before) / len(times) * 1e3
             )
             out.append(

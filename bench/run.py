@@ -92,7 +92,6 @@ BULK_MODES = ("upload", "download", "echo")
 PHASES = ("scale", "conns", *BULK_MODES)
 
 
-
 class BenchError(Exception):
     """A setup step failed; the message says which."""
 

@@ -123,10 +123,26 @@ class IdleFlow:
         self.version = self.deltas[-1].delta.version
 
 
-def _peer(lport: int, rport: int, seq: Seq, ack: Seq, flags: int, payload: bytes = b"",
-          options: TcpOptions = NO_OPTIONS) -> TcpSegment:
-    return TcpSegment(src_port=rport, dst_port=lport, seq=seq, ack=ack, flags=flags,
-                      window=65535, urgent=0, options=options, payload=payload)
+def _peer(
+    lport: int,
+    rport: int,
+    seq: Seq,
+    ack: Seq,
+    flags: int,
+    payload: bytes = b"",
+    options: TcpOptions = NO_OPTIONS,
+) -> TcpSegment:
+    return TcpSegment(
+        src_port=rport,
+        dst_port=lport,
+        seq=seq,
+        ack=ack,
+        flags=flags,
+        window=65535,
+        urgent=0,
+        options=options,
+        payload=payload,
+    )
 
 
 def drive_idle_flow(i: int) -> IdleFlow:
@@ -163,8 +179,15 @@ def drive_idle_flow(i: int) -> IdleFlow:
     if conn.state is not TcpState.ESTABLISHED:
         raise BenchError(f"driven flow ended in {conn.state}")
     tcb = conn.tcb
-    return IdleFlow(flow_id, deltas, rcv_nxt=int(tcb.rcv_nxt), rx_end=len(_REQUEST),
-                    snd_una=int(tcb.snd_una), tx_end=len(_REPLY), snd_wl1=int(tcb.snd_wl1))
+    return IdleFlow(
+        flow_id,
+        deltas,
+        rcv_nxt=int(tcb.rcv_nxt),
+        rx_end=len(_REQUEST),
+        snd_una=int(tcb.snd_una),
+        tx_end=len(_REPLY),
+        snd_wl1=int(tcb.snd_wl1),
+    )
 
 
 def data_round(flows: Sequence[IdleFlow]) -> list[FlowDelta]:
@@ -174,8 +197,12 @@ def data_round(flows: Sequence[IdleFlow]) -> list[FlowDelta]:
         f.version += 1
         ops: tuple[DeltaOp, ...] = (
             RxAppend(f.rx_end, PAYLOAD),
-            TcbSet({"rcv_nxt": (f.rcv_nxt + len(PAYLOAD)) % 2**32,
-                    "rcv_nxt_offset": f.rx_end + len(PAYLOAD)}),
+            TcbSet(
+                {
+                    "rcv_nxt": (f.rcv_nxt + len(PAYLOAD)) % 2**32,
+                    "rcv_nxt_offset": f.rx_end + len(PAYLOAD),
+                }
+            ),
         )
         f.rx_end += len(PAYLOAD)
         f.rcv_nxt = (f.rcv_nxt + len(PAYLOAD)) % 2**32
@@ -190,8 +217,12 @@ def ack_round(flows: Sequence[IdleFlow]) -> list[FlowDelta]:
         f.version += 1
         f.snd_una = (f.snd_una + 100) % 2**32
         f.tx_end += 100
-        fields = {"snd_una": f.snd_una, "snd_una_offset": f.tx_end,
-                  "snd_wl1": f.rcv_nxt, "snd_wl2": f.snd_una}
+        fields = {
+            "snd_una": f.snd_una,
+            "snd_una_offset": f.tx_end,
+            "snd_wl1": f.rcv_nxt,
+            "snd_wl2": f.snd_una,
+        }
         batch.append(FlowDelta(f.flow_id, EPOCH, StateDelta(f.version, (TcbSet(fields),))))
     return batch
 
@@ -208,8 +239,10 @@ async def create(store: Store, flows: Sequence[IdleFlow], batch: int = 1000) -> 
 
 def fresh_copies(flows: Sequence[IdleFlow]) -> list[IdleFlow]:
     """The same flows as created (versions and offsets reset), for another store."""
-    return [IdleFlow(f.flow_id, f.deltas, f.rcv_nxt, f.rx_end, f.snd_una, f.tx_end, f.snd_wl1)
-            for f in flows]
+    return [
+        IdleFlow(f.flow_id, f.deltas, f.rcv_nxt, f.rx_end, f.snd_una, f.tx_end, f.snd_wl1)
+        for f in flows
+    ]
 
 
 # ------------------------------------------------------------------ redis-server
@@ -240,11 +273,30 @@ class RedisServer:
     def start(self) -> None:
         # as embedded._config, but in the foreground (our child, stopped by its PID)
         self.proc = subprocess.Popen(
-            [self.binary, "--port", "0", "--unixsocket", str(self.socket),
-             "--unixsocketperm", "700", "--dir", str(self.directory),
-             "--daemonize", "no", "--appendonly", "yes", "--appendfsync", "everysec",
-             "--save", "", "--logfile", str(self.directory / "redis.log")],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                self.binary,
+                "--port",
+                "0",
+                "--unixsocket",
+                str(self.socket),
+                "--unixsocketperm",
+                "700",
+                "--dir",
+                str(self.directory),
+                "--daemonize",
+                "no",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+                "--logfile",
+                str(self.directory / "redis.log"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             preexec_fn=die_with_parent,
         )
         client = self.client()
@@ -255,8 +307,9 @@ class RedisServer:
                     if client.ping():
                         return
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise BenchError(f"{self.binary} did not start: see "
-                                     f"{self.directory / 'redis.log'}")
+                    raise BenchError(
+                        f"{self.binary} did not start: see {self.directory / 'redis.log'}"
+                    )
                 time.sleep(0.02)
         finally:
             client.close()
@@ -283,8 +336,10 @@ class RedisServer:
         client = self.client()
         deadline = time.monotonic() + timeout
         try:
-            while (int(client.info("clients")["connected_clients"]) > count
-                   and time.monotonic() < deadline):
+            while (
+                int(client.info("clients")["connected_clients"]) > count
+                and time.monotonic() < deadline
+            ):
                 time.sleep(0.01)
         finally:
             client.close()
@@ -355,8 +410,9 @@ def _evalsha_usec(client: redis.Redis) -> float | None:
     return float(stats["usec_per_call"]) if stats else None
 
 
-async def measure_commits(level: Level, flows: Sequence[IdleFlow], server: RedisServer,
-                          reps: int) -> None:
+async def measure_commits(
+    level: Level, flows: Sequence[IdleFlow], server: RedisServer, reps: int
+) -> None:
     """Group commits of both shapes into both stores (flows created first)."""
     n = level.n
     memory = MemoryStore()
@@ -369,7 +425,9 @@ async def measure_commits(level: Level, flows: Sequence[IdleFlow], server: Redis
     try:
         for shape, make in (("data", data_round), ("ack", ack_round)):
             stores: list[tuple[str, Store, list[IdleFlow]]] = [
-                ("memory", memory, mem_flows), ("redis", redis_store, red_flows)]
+                ("memory", memory, mem_flows),
+                ("redis", redis_store, red_flows),
+            ]
             for store_name, store, store_flows in stores:
                 await store.commit(make(store_flows))  # warm-up (and script load)
                 walls: list[float] = []
@@ -399,7 +457,8 @@ async def measure_commits(level: Level, flows: Sequence[IdleFlow], server: Redis
                     encode, pack = t1 - t0, t2 - t1
                     await redis_store.commit(batch)
                     level.breakdown = Breakdown(
-                        encode=encode, pack=pack,
+                        encode=encode,
+                        pack=pack,
                         server_cmd=None if server_cmd is None else server_cmd / 1e6,
                         server_cpu=statistics.median(cpus) if cpus else None,
                         wall=level.commit["redis", "data"],
@@ -409,8 +468,9 @@ async def measure_commits(level: Level, flows: Sequence[IdleFlow], server: Redis
         await redis_store.aclose()
 
 
-async def measure_restore(level: Level, flows: Sequence[IdleFlow], server: RedisServer,
-                          reps: int, first_epoch: int) -> None:
+async def measure_restore(
+    level: Level, flows: Sequence[IdleFlow], server: RedisServer, reps: int, first_epoch: int
+) -> None:
     """``claim_many`` + ``load_many`` of every flow, as ``recovery.restore_flows``."""
     n = level.n
     ids = [f.flow_id for f in flows]
@@ -419,8 +479,11 @@ async def measure_restore(level: Level, flows: Sequence[IdleFlow], server: Redis
     for store_name in ("memory", "redis"):
         times = []
         for rep in range(reps + 1):  # the first is a warm-up
-            store: Store = memory if store_name == "memory" else RedisStore.from_url(
-                server.url, service=f"scale{n}", socket_timeout=60)
+            store: Store = (
+                memory
+                if store_name == "memory"
+                else RedisStore.from_url(server.url, service=f"scale{n}", socket_timeout=60)
+            )
             epoch = first_epoch + rep
             started = time.perf_counter()
             loaded = 0
@@ -497,8 +560,15 @@ def verdict(name: str, per_flow: dict[int, float]) -> str:
     return f"{name}: per flow, {top:,} flows cost {r:.2f}x what 100 flows cost: {word}"
 
 
-def store_table(title: str, levels: Sequence[Level], get: Callable[[Level, str], float],
-                unit: str, scale: float, total_unit: str, total_scale: float) -> str:
+def store_table(
+    title: str,
+    levels: Sequence[Level],
+    get: Callable[[Level, str], float],
+    unit: str,
+    scale: float,
+    total_unit: str,
+    total_scale: float,
+) -> str:
     """N rows; per store: total, per flow, per-flow ratio to N = 1; then Redis/Memory."""
     base = {s: get(levels[0], s) / levels[0].n for s in ("memory", "redis")}
     rows = []
@@ -506,16 +576,21 @@ def store_table(title: str, levels: Sequence[Level], get: Callable[[Level, str],
         row = [f"{lv.n:,}"]
         for s in ("memory", "redis"):
             total = get(lv, s)
-            row += [fmt(total * total_scale), fmt(total / lv.n * scale),
-                    ratio(total / lv.n, base[s])]
+            row += [
+                fmt(total * total_scale),
+                fmt(total / lv.n * scale),
+                ratio(total / lv.n, base[s]),
+            ]
         row.append(ratio(get(lv, "redis"), get(lv, "memory")))
         rows.append(row)
     headers = ["flows"]
     for s in ("MemoryStore", "RedisStore"):
         headers += [f"{s} {total_unit}", f"{s} {unit}/flow", "x N=1"]
     headers.append("Redis/Mem")
-    lines = [verdict(s, {lv.n: get(lv, key) / lv.n for lv in levels})
-             for s, key in (("MemoryStore", "memory"), ("RedisStore", "redis"))]
+    lines = [
+        verdict(s, {lv.n: get(lv, key) / lv.n for lv in levels})
+        for s, key in (("MemoryStore", "memory"), ("RedisStore", "redis"))
+    ]
     return render_table(title, headers, rows, note="\n".join(lines))
 
 
@@ -528,13 +603,16 @@ def memory_table(levels: Sequence[Level]) -> str:
             row += [fmt(lv.memory[s]), ratio(lv.memory[s], base[s])]
         row.append(ratio(lv.memory["redis"], lv.memory["memory"]))
         rows.append(row)
-    headers = ["flows", "MemoryStore B/flow", "x N=1", "RedisStore B/flow", "x N=1",
-               "Redis/Mem"]
-    lines = [verdict(s, {lv.n: lv.memory[key] for lv in levels})
-             for s, key in (("MemoryStore", "memory"), ("RedisStore", "redis"))]
-    note = ("MemoryStore: bytes tracemalloc sees the commits keep; RedisStore: used_memory "
-            "delta after a one-flow warm-up (keys, index entry, the keyspace's hash table "
-            "growth).\n" + "\n".join(lines))
+    headers = ["flows", "MemoryStore B/flow", "x N=1", "RedisStore B/flow", "x N=1", "Redis/Mem"]
+    lines = [
+        verdict(s, {lv.n: lv.memory[key] for lv in levels})
+        for s, key in (("MemoryStore", "memory"), ("RedisStore", "redis"))
+    ]
+    note = (
+        "MemoryStore: bytes tracemalloc sees the commits keep; RedisStore: used_memory "
+        "delta after a one-flow warm-up (keys, index entry, the keyspace's hash table "
+        "growth).\n" + "\n".join(lines)
+    )
     return render_table("Memory per idle established flow (bytes)", headers, rows, note)
 
 
@@ -546,19 +624,27 @@ def breakdown_table(levels: Sequence[Level]) -> str:
             continue
         us = 1e6 / lv.n
         known = b.encode + b.pack + (b.server_cmd or 0.0)
-        rows.append([
-            f"{lv.n:,}", fmt(b.encode * us), fmt(b.pack * us),
-            fmt(None if b.server_cmd is None else b.server_cmd * us),
-            fmt(None if b.server_cpu is None else b.server_cpu * us),
-            fmt(b.wall * us), fmt(max(b.wall - known, 0.0) * us),
-        ])
+        rows.append(
+            [
+                f"{lv.n:,}",
+                fmt(b.encode * us),
+                fmt(b.pack * us),
+                fmt(None if b.server_cmd is None else b.server_cmd * us),
+                fmt(None if b.server_cpu is None else b.server_cpu * us),
+                fmt(b.wall * us),
+                fmt(max(b.wall - known, 0.0) * us),
+            ]
+        )
     headers = ["flows", "encode", "pack", "EVALSHA in server", "server CPU", "wall", "rest"]
-    note = ("µs per flow. encode/pack: client thread CPU of RedisStore._encode and "
-            "_pack_evalsha; EVALSHA in server: INFO commandstats usec_per_call; server CPU: "
-            "redis main thread, /proc/PID/schedstat (median); rest = wall - encode - pack - "
-            "EVALSHA: thread hand-off, socket, AOF write, reply parsing, waiting for a core.")
-    return render_table("RedisStore group commit (data round), where the time goes",
-                        headers, rows, note)
+    note = (
+        "µs per flow. encode/pack: client thread CPU of RedisStore._encode and "
+        "_pack_evalsha; EVALSHA in server: INFO commandstats usec_per_call; server CPU: "
+        "redis main thread, /proc/PID/schedstat (median); rest = wall - encode - pack - "
+        "EVALSHA: thread hand-off, socket, AOF write, reply parsing, waiting for a core."
+    )
+    return render_table(
+        "RedisStore group commit (data round), where the time goes", headers, rows, note
+    )
 
 
 # ------------------------------------------------------------------ main
@@ -593,17 +679,38 @@ def report(levels: Sequence[Level], server_binary: str, quick: bool) -> str:
     parts = [
         f"# Store scaling ({'--quick, ' if quick else ''}{server_binary}, AOF everysec)",
         "",
-        store_table("Group commit, data round (RxAppend 64 B + TcbSet 2 fields): one "
-                    "commit of one delta per flow", levels, commit_of("data"),
-                    "µs", 1e6, "ms/batch", 1e3),
+        store_table(
+            "Group commit, data round (RxAppend 64 B + TcbSet 2 fields): one "
+            "commit of one delta per flow",
+            levels,
+            commit_of("data"),
+            "µs",
+            1e6,
+            "ms/batch",
+            1e3,
+        ),
         "",
-        store_table("Group commit, ACK round (TcbSet 4 fields)", levels, commit_of("ack"),
-                    "µs", 1e6, "ms/batch", 1e3),
+        store_table(
+            "Group commit, ACK round (TcbSet 4 fields)",
+            levels,
+            commit_of("ack"),
+            "µs",
+            1e6,
+            "ms/batch",
+            1e3,
+        ),
         "",
         breakdown_table(levels),
         "",
-        store_table("Restore: claim_many + load_many of every flow", levels,
-                    lambda lv, s: lv.restore[s], "µs", 1e6, "ms", 1e3),
+        store_table(
+            "Restore: claim_many + load_many of every flow",
+            levels,
+            lambda lv, s: lv.restore[s],
+            "µs",
+            1e6,
+            "ms",
+            1e3,
+        ),
         "",
         memory_table(levels),
     ]
@@ -613,8 +720,11 @@ def report(levels: Sequence[Level], server_binary: str, quick: bool) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    parser.add_argument("--levels", default=",".join(str(n) for n in LEVELS),
-                        help="comma-separated flow counts (default %(default)s)")
+    parser.add_argument(
+        "--levels",
+        default=",".join(str(n) for n in LEVELS),
+        help="comma-separated flow counts (default %(default)s)",
+    )
     args = parser.parse_args(argv)
     levels = sorted({int(x) for x in args.levels.split(",") if x.strip()})
     if not levels or levels[0] < 1:
@@ -637,4 +747,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

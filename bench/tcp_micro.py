@@ -66,8 +66,7 @@ Script = list[tuple[str, object, float]]
 
 
 def _connect(config: TcpConfig, now: float) -> tuple[Connection, Connection]:
-    a = Connection.open_active(now=now, config=config, iss=Seq(2**32 - 5000),
-                               tsval_offset=7)
+    a = Connection.open_active(now=now, config=config, iss=Seq(2**32 - 5000), tsval_offset=7)
     syn = _wire(a.drain().segments[0])
     b = Connection.open_passive(syn, now=now, config=config, iss=Seq(123456), tsval_offset=99)
     for seg in b.drain().segments:
@@ -182,8 +181,10 @@ def report(mss: int, total: int, batch: int, repeat: int) -> None:
         best_rx = min(best_rx, replay(b, rx))
         best_tx = min(best_tx, replay(a, tx))
     drains = sum(1 for op, _, _ in rx if op == "drain")
-    print(f"MSS {mss}, batch {batch}: {total} bytes, {segs} data segments, {drains} "
-          f"receiver drains; µs per data segment")
+    print(
+        f"MSS {mss}, batch {batch}: {total} bytes, {segs} data segments, {drains} "
+        f"receiver drains; µs per data segment"
+    )
     print(f"  receiver (CPU time, best of {repeat}) {res.per_segment(best_rx):8.2f}")
     print(f"  sender   (CPU time, best of {repeat}) {res.per_segment(best_tx):8.2f}")
     rows = {

@@ -130,7 +130,9 @@ async def chargen(stream: trio.abc.Stream) -> None:
     if send_from is not None:
         try:
             await send_from(
-                CHARGEN_SOURCE, stream.send_offset, block_size=len(_CHARGEN_BLOCK)  # type: ignore[attr-defined]
+                CHARGEN_SOURCE,
+                stream.send_offset,  # type: ignore[attr-defined]
+                block_size=len(_CHARGEN_BLOCK),
             )
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass

@@ -14,8 +14,16 @@ settings.load_profile("ci" if os.environ.get("CI") == "true" else "dev")
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Run the layers in DESIGN.md order: pure first, then simulation, then real peers."""
-    order = ("tests/wire", "tests/tcp", "tests/store", "tests/link", "tests/api",
-             "tests/sim", "tests/netns", "tests/cli")
+    order = (
+        "tests/wire",
+        "tests/tcp",
+        "tests/store",
+        "tests/link",
+        "tests/api",
+        "tests/sim",
+        "tests/netns",
+        "tests/cli",
+    )
 
     def rank(item: pytest.Item) -> int:
         path = item.nodeid

@@ -166,7 +166,11 @@ async def open_stack(
             listener or ``reattach`` before it is reset; 60), ``rng``, ``iss_secret``.
     """
     runtime = Runtime(
-        device, store or MemoryStore(), addresses, config=config, **runtime_options  # type: ignore[arg-type]
+        device,
+        store or MemoryStore(),
+        addresses,
+        config=config,
+        **runtime_options,  # type: ignore[arg-type]
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(runtime.run)

@@ -48,6 +48,7 @@ class _ConflictDetector:
 SOURCE_BLOCK = 1024 * 1024
 """Bytes ``Stream.send_from`` reads from its source at a time."""
 
+
 class Stream(trio.abc.HalfCloseableStream):
     """One connection. Like ``trio.SocketStream``, but its state lives in the store.
 
@@ -389,7 +390,9 @@ class Stream(trio.abc.HalfCloseableStream):
                 "[%s] reading stalls until a commit: %d bytes read and not committed "
                 "fill the %d-byte receive buffer (commit at least every "
                 "stream.receive_buffer_size bytes)",
-                self.flow_id, uncommitted, size,
+                self.flow_id,
+                uncommitted,
+                size,
             )
 
     # ---------------------------------------------------------------- close

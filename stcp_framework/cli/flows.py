@@ -221,8 +221,13 @@ def _state(row: FlowRow) -> str:
 
 
 def _size(n: int) -> str:
-    return f"{n} B" if n < 10_000 else f"{n / 1024:.0f} KiB" if n < 10_000_000 else (
-        f"{n / 1048576:.0f} MiB")
+    return (
+        f"{n} B"
+        if n < 10_000
+        else f"{n / 1024:.0f} KiB"
+        if n < 10_000_000
+        else (f"{n / 1048576:.0f} MiB")
+    )
 
 
 def summary(rows: list[FlowRow], instances: list[str]) -> str:
@@ -240,8 +245,10 @@ def summary(rows: list[FlowRow], instances: list[str]) -> str:
     else:
         where = f"{len(instances)} instances"
     count = f"{len(rows)} flow{'' if len(rows) == 1 else 's'}"
-    return (f"{count} ({where}{'; ' + parts if parts else ''}); buffered: {_size(rx)} "
-            f"received, {_size(tx)} to send, {_size(app)} app state")
+    return (
+        f"{count} ({where}{'; ' + parts if parts else ''}); buffered: {_size(rx)} "
+        f"received, {_size(tx)} to send, {_size(app)} app state"
+    )
 
 
 def table(rows: list[FlowRow], *, with_instance: bool) -> list[str]:
@@ -249,13 +256,14 @@ def table(rows: list[FlowRow], *, with_instance: bool) -> list[str]:
     columns = [c for c in _COLUMNS if with_instance or c[0] != "instance"]
     cells = [[title for _, title, _ in columns]]
     for row in rows:
-        values = [_state(row) if name == "state" else getattr(row, name)
-                  for name, _, _ in columns]
+        values = [_state(row) if name == "state" else getattr(row, name) for name, _, _ in columns]
         cells.append(["-" if v is None else str(v) for v in values])
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     return [
-        "  ".join(f"{text:{align}{width}}" for text, (_, _, align), width
-                  in zip(line, columns, widths, strict=True)).rstrip()
+        "  ".join(
+            f"{text:{align}{width}}"
+            for text, (_, _, align), width in zip(line, columns, widths, strict=True)
+        ).rstrip()
         for line in cells
     ]
 
@@ -278,8 +286,17 @@ def flows_command(args: argparse.Namespace) -> int:
             "tx_buffered": sum(r.tx_buffered or 0 for r in rows),
             "app_state_size": sum(r.app_state_size or 0 for r in rows),
         }
-        print(json.dumps({"store": _redact(url), "instances": instances,
-                          "flows": [asdict(r) for r in rows], "totals": totals}, indent=1))
+        print(
+            json.dumps(
+                {
+                    "store": _redact(url),
+                    "instances": instances,
+                    "flows": [asdict(r) for r in rows],
+                    "totals": totals,
+                },
+                indent=1,
+            )
+        )
         return 0
     if rows:
         print("\n".join(table(rows, with_instance=len(instances) > 1)))
@@ -338,4 +355,3 @@ def add_flows_parser(subparsers: Any) -> None:
     which.add_argument("--all", action="store_true", help="list the flows of every instance")
     p.add_argument("--json", action="store_true", help="print JSON (every field) instead")
     p.set_defaults(func=flows_command)
-

@@ -284,9 +284,7 @@ def _missing_device_error(name: str) -> StcpConfigError:
     )
 
 
-def create_persistent_tun(
-    name: str, *, multi_queue: bool = True, tun_path: str = TUN_PATH
-) -> None:
+def create_persistent_tun(name: str, *, multi_queue: bool = True, tun_path: str = TUN_PATH) -> None:
     """Create a persistent TUN device ``name`` (down, no address) in the current namespace.
 
     The device outlives this call and every process (``TUNSETPERSIST``). ``stcp net up``

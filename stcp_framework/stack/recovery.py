@@ -72,8 +72,7 @@ async def restore_flows(runtime: Runtime) -> int:
     with _collector_paused():
         for start in range(0, len(flow_ids), RESTORE_BATCH):
             # Fenced flows are left out: a newer instance owns them.
-            claimed = await store.claim_many(flow_ids[start : start + RESTORE_BATCH],
-                                             runtime.epoch)
+            claimed = await store.claim_many(flow_ids[start : start + RESTORE_BATCH], runtime.epoch)
             records = await store.load_many(claimed)
             stale: list[str] = []
             for flow_id in claimed:

@@ -261,7 +261,8 @@ class Runtime:
                     continue
                 logger.warning(
                     "[%s] restored, but no listener or reattach() took it in %g s: reset",
-                    flow.flow_id, self._unclaimed_grace,
+                    flow.flow_id,
+                    self._unclaimed_grace,
                 )
                 self.stats["unclaimed_reset"] += 1
                 flow.conn.app_abort(self.now())

@@ -118,9 +118,7 @@ class SourceRegistry:
         source = self._named.get(name)
         if source is None:
             if not name.startswith(FILE_PREFIX):
-                raise SourceError(
-                    f"no source named {name!r}: pass it to open_stack(sources=[...])"
-                )
+                raise SourceError(f"no source named {name!r}: pass it to open_stack(sources=[...])")
             source = self._named[name] = FileSource.reopen(name)
         return source
 

@@ -98,8 +98,10 @@ def _resolve(directory: str | os.PathLike[str] | None) -> Path:
             f"{_MAX_SOCKET_PATH} bytes): use a shorter --dir"
         )
     if any(c in str(path) for c in "\"'\n\\"):
-        raise StcpConfigError(f"store directory {path} contains quotes, backslashes or "
-                              "newlines: use a plain path for --dir")
+        raise StcpConfigError(
+            f"store directory {path} contains quotes, backslashes or "
+            "newlines: use a plain path for --dir"
+        )
     return path
 
 
@@ -164,8 +166,12 @@ class StoreStatus:
 
 
 def _client(path: Path, timeout: float = 2.0) -> redis.Redis:
-    return redis.Redis(unix_socket_path=str(path / SOCKET_NAME), socket_timeout=timeout,
-                       socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
+    return redis.Redis(
+        unix_socket_path=str(path / SOCKET_NAME),
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+    )
 
 
 def _ping(path: Path) -> bool:
@@ -215,20 +221,22 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _config(path: Path, appendfsync: str) -> str:
-    return "\n".join([
-        "# Written by `stcp store up`; regenerated on every start.",
-        "port 0",
-        f'unixsocket "{path / SOCKET_NAME}"',
-        "unixsocketperm 700",
-        f'dir "{path}"',
-        "daemonize yes",
-        f'pidfile "{path / PIDFILE_NAME}"',
-        f'logfile "{path / LOGFILE_NAME}"',
-        "appendonly yes",
-        f"appendfsync {appendfsync}",
-        'save ""',
-        "",
-    ])
+    return "\n".join(
+        [
+            "# Written by `stcp store up`; regenerated on every start.",
+            "port 0",
+            f'unixsocket "{path / SOCKET_NAME}"',
+            "unixsocketperm 700",
+            f'dir "{path}"',
+            "daemonize yes",
+            f'pidfile "{path / PIDFILE_NAME}"',
+            f'logfile "{path / LOGFILE_NAME}"',
+            "appendonly yes",
+            f"appendfsync {appendfsync}",
+            'save ""',
+            "",
+        ]
+    )
 
 
 def _log_tail(path: Path) -> str:
@@ -259,8 +267,9 @@ def start(
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
-        raise StcpConfigError(f"cannot create store directory {path}: {exc.strerror}; "
-                              "pass a writable --dir")
+        raise StcpConfigError(
+            f"cannot create store directory {path}: {exc.strerror}; pass a writable --dir"
+        )
     url = f"unix://{path / SOCKET_NAME}"
     with _locked(path):
         if _running_pid(path) is not None and _ping(path):
@@ -270,8 +279,11 @@ def start(
         try:
             done = subprocess.run(
                 [binary, str(path / CONFIG_NAME)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                timeout=timeout, check=False,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                timeout=timeout,
+                check=False,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise StcpConfigError(f"cannot start {binary}: {exc}")
@@ -297,8 +309,9 @@ def ensure_running(directory: str | os.PathLike[str] | None = None) -> str:
     return start(path)
 
 
-def stop(directory: str | os.PathLike[str] | None = None, *,
-         timeout: float = _STOP_TIMEOUT) -> bool:
+def stop(
+    directory: str | os.PathLike[str] | None = None, *, timeout: float = _STOP_TIMEOUT
+) -> bool:
     """Stop the store daemon of ``directory``; False if it was not running.
 
     Raises:
@@ -319,8 +332,10 @@ def stop(directory: str | os.PathLike[str] | None = None, *,
     deadline = time.monotonic() + timeout
     while _is_server(pid):
         if time.monotonic() >= deadline:
-            raise StcpConfigError(f"store server (pid {pid}) did not stop within "
-                                  f"{timeout:g} s: see {path / LOGFILE_NAME}")
+            raise StcpConfigError(
+                f"store server (pid {pid}) did not stop within "
+                f"{timeout:g} s: see {path / LOGFILE_NAME}"
+            )
         time.sleep(_POLL_INTERVAL)
     return True
 

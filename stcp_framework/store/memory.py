@@ -216,17 +216,21 @@ class MemoryStore:
         out: dict[str, FlowInfo | None] = {}
         for flow_id in flow_ids:
             flow = self._flows.get(flow_id)
-            out[flow_id] = None if flow is None else FlowInfo(
-                flow_id=flow_id,
-                epoch=flow.epoch,
-                version=flow.version,
-                tcb=dict(flow.tcb),
-                rx_offset=flow.rx.base,
-                rx_len=flow.rx.size,
-                tx_offset=flow.tx.base,
-                tx_len=flow.tx.size,
-                app_state_len=None if flow.app_state is None else len(flow.app_state),
-                commit_offset=flow.commit_offset,
+            out[flow_id] = (
+                None
+                if flow is None
+                else FlowInfo(
+                    flow_id=flow_id,
+                    epoch=flow.epoch,
+                    version=flow.version,
+                    tcb=dict(flow.tcb),
+                    rx_offset=flow.rx.base,
+                    rx_len=flow.rx.size,
+                    tx_offset=flow.tx.base,
+                    tx_len=flow.tx.size,
+                    app_state_len=None if flow.app_state is None else len(flow.app_state),
+                    commit_offset=flow.commit_offset,
+                )
             )
         return out
 

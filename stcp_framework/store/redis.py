@@ -564,6 +564,8 @@ def _pack_evalsha(
         small.append(memoryview(run)[run.index(b"\r\n") + 2 :])
     out.append(b"".join(small))
     return out
+
+
 _DIGITS = frozenset(b"-0123456789")
 
 
@@ -608,8 +610,10 @@ def _staged_sets(staged: Sequence[tuple[str, Sequence[bytes | memoryview]]]) -> 
     tail = b""
     for key, pieces in staged:
         name = key.encode()
-        out.append(b"%s*5\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n"
-                   % (tail, len(name), name, sum(len(piece) for piece in pieces)))
+        out.append(
+            b"%s*5\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n"
+            % (tail, len(name), name, sum(len(piece) for piece in pieces))
+        )
         out += pieces
         tail = b"\r\n$2\r\nPX\r\n$%d\r\n%s\r\n" % (len(_STAGE_TTL), _STAGE_TTL)
     if tail:
@@ -861,8 +865,9 @@ class RedisStore:
             keys = [self._index, *(K.owner_key(self._tag(flow_id)) for flow_id in batch)]
             with _store_errors("claim_many"):
                 reply = self._evalsha(self._claim_many, keys, [epoch, *batch])
-            claimed += [flow_id for flow_id, owner in zip(batch, reply, strict=True)
-                        if owner is None]
+            claimed += [
+                flow_id for flow_id, owner in zip(batch, reply, strict=True) if owner is None
+            ]
         return claimed
 
     # -- commit ----------------------------------------------------------------------
@@ -1017,10 +1022,12 @@ class RedisStore:
                         _append_arg(args, big, op_name, at, piece)
                     for n in range(first_whole, end_whole):
                         cut = n * CHUNK_SIZE
-                        staged.append((
-                            K.stage_key(flow_names.tag, stream, n, item.epoch),
-                            [piece for _, piece in _cut(run, cut, cut + CHUNK_SIZE)],
-                        ))
+                        staged.append(
+                            (
+                                K.stage_key(flow_names.tag, stream, n, item.epoch),
+                                [piece for _, piece in _cut(run, cut, cut + CHUNK_SIZE)],
+                            )
+                        )
                         args += (chunk_op, n)
                     for at, piece in _cut(run, end_whole * CHUNK_SIZE, stop):
                         _append_arg(args, big, op_name, at, piece)
@@ -1160,8 +1167,7 @@ class RedisStore:
         for start in range(0, len(flow_ids), _READ_BATCH):
             records, lost = self._load_batch(flow_ids[start : start + _READ_BATCH])
             for flow_id, why in lost.items():
-                logger.warning("[%s] the store lost its buffers (%s): not restorable",
-                               flow_id, why)
+                logger.warning("[%s] the store lost its buffers (%s): not restorable", flow_id, why)
             out.update(records)
         return out
 
@@ -1355,8 +1361,9 @@ class RedisStore:
             pipe = self._client.pipeline(transaction=False)
             for (flow_id, epoch), raw in zip(items, metas, strict=True):
                 meta = _Meta.parse(raw)
-                keys, args = self._forget_call(flow_id, epoch, meta.rx.live_bounds(),
-                                               meta.tx.live_bounds())
+                keys, args = self._forget_call(
+                    flow_id, epoch, meta.rx.live_bounds(), meta.tx.live_bounds()
+                )
                 self._forget(keys=keys, args=args, client=pipe)
             replies = pipe.execute()
         fenced: list[str] = []

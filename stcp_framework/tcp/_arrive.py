@@ -113,8 +113,10 @@ def header_prediction(c: Connection, seg: TcpSegment, now: float) -> bool:
         return False  # a duplicate ACK (RFC 5681 §2): counted by check_ack
     # --- Predicted: every check above passed, now the general steps' effects.
     d = c._dirty
-    if timestamps and tsval != tcb.ts_recent and (
-        rcv_nxt == tcb.rcv_wup or (rcv_nxt - tcb.rcv_wup) & SEQ_MASK >= _HALF
+    if (
+        timestamps
+        and tsval != tcb.ts_recent
+        and (rcv_nxt == tcb.rcv_wup or (rcv_nxt - tcb.rcv_wup) & SEQ_MASK >= _HALF)
     ):
         tcb.ts_recent = tsval  # RFC 7323 §4.3 (2): SEG.SEQ <= Last.ACK.sent
         d["ts_recent"] = tsval
@@ -324,8 +326,12 @@ def check_rst(c: Connection, seg: TcpSegment, now: float) -> None:
     c.count("rst_received")
     if state is TcpState.SYN_RECEIVED:
         c.emit(Reset(refused=True))
-    elif state in (TcpState.ESTABLISHED, TcpState.FIN_WAIT_1, TcpState.FIN_WAIT_2,
-                   TcpState.CLOSE_WAIT):
+    elif state in (
+        TcpState.ESTABLISHED,
+        TcpState.FIN_WAIT_1,
+        TcpState.FIN_WAIT_2,
+        TcpState.CLOSE_WAIT,
+    ):
         c.emit(Reset())
     c._set_state(TcpState.CLOSED, "RST")
 
@@ -569,4 +575,3 @@ def check_fin(c: Connection, fin_off: int, now: float) -> None:
             c._set_state(TcpState.CLOSING, "simultaneous close")
     elif state is TcpState.FIN_WAIT_2:
         c._set_state(TcpState.TIME_WAIT, "FIN")
-

@@ -21,8 +21,13 @@ if TYPE_CHECKING:
     from .machine import Connection
 
 # Tuples, not sets: membership by identity avoids Enum.__hash__ on the hot path.
-_DATA_STATES = (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT, TcpState.FIN_WAIT_1,
-                TcpState.CLOSING, TcpState.LAST_ACK)
+_DATA_STATES = (
+    TcpState.ESTABLISHED,
+    TcpState.CLOSE_WAIT,
+    TcpState.FIN_WAIT_1,
+    TcpState.CLOSING,
+    TcpState.LAST_ACK,
+)
 _FIN_STATES = (TcpState.FIN_WAIT_1, TcpState.CLOSING, TcpState.LAST_ACK)
 CHALLENGE_ACK_INTERVAL = 1.0  # RFC 5961 §7: limit per interval (config.challenge_ack_limit)
 INVALID_ACK_INTERVAL = 0.5  # Linux net.ipv4.tcp_invalid_ratelimit (500 ms)
@@ -142,8 +147,9 @@ def make_segment(
             needs = tx
     tcb = c.tcb
     ack = c.ack_point() if tcb.ack_on_commit else tcb.rcv_nxt
-    c._out.append(_new(OutSegment, (seq, ack, flags | ACK, window,
-                                    _options(c, now), payload, needs, 0)))
+    c._out.append(
+        _new(OutSegment, (seq, ack, flags | ACK, window, _options(c, now), payload, needs, 0))
+    )
     _ack_sent(c)
 
 
@@ -193,8 +199,9 @@ def send_rst(c: Connection, seq: Seq, *, with_ack: bool, now: float) -> None:
     RST,ACK <SEQ=SND.NXT>), without for a reply to an unacceptable ACK (<SEQ=SEG.ACK>)."""
     c.count("rst_sent")
     if with_ack:
-        c._out.append(OutSegment(seq, c.ack_point(), RST | ACK, 0, _options(c, now), b"",
-                                 c.rx_needs))
+        c._out.append(
+            OutSegment(seq, c.ack_point(), RST | ACK, 0, _options(c, now), b"", c.rx_needs)
+        )
     else:
         c._out.append(OutSegment(seq, 0, RST, 0, NO_OPTIONS, b"", 0))
 
@@ -218,8 +225,9 @@ def send_syn(c: Connection, now: float, *, retransmit: bool = False) -> None:
     if active:
         c._out.append(_new(OutSegment, (tcb.iss, 0, SYN, window, opts, b"", 0, 0)))
     else:
-        c._out.append(_new(OutSegment, (tcb.iss, tcb.rcv_nxt, SYN | ACK, window, opts, b"",
-                                        c.rx_needs, 0)))
+        c._out.append(
+            _new(OutSegment, (tcb.iss, tcb.rcv_nxt, SYN | ACK, window, opts, b"", c.rx_needs, 0))
+        )
         c.ack_now = False
     if tcb.snd_nxt == tcb.iss:
         c._advance_snd_nxt(0)
@@ -343,9 +351,21 @@ def send_data(c: Connection, now: float, *, force: bool) -> None:
             flags = ACK | PSH
             if fin_queued:
                 flags = ACK | PSH | FIN
-        out.append(_new(OutSegment, ((snd_una + ptr - una_off) & SEQ_MASK, ack, flags,
-                                     window, opts, buf.view(ptr, n), needs,
-                                     gso_size if n > mss else 0)))
+        out.append(
+            _new(
+                OutSegment,
+                (
+                    (snd_una + ptr - una_off) & SEQ_MASK,
+                    ack,
+                    flags,
+                    window,
+                    opts,
+                    buf.view(ptr, n),
+                    needs,
+                    gso_size if n > mss else 0,
+                ),
+            )
+        )
         if flags & FIN:
             new_ptr += 1
         if new_ptr > nxt_off:

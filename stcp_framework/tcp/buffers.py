@@ -104,17 +104,14 @@ class RecvBuffer:
     machine spills ``[commit_offset, end_offset)`` (``pieces_from``).
     """
 
-    __slots__ = ("_chunks", "_first_pos", "_held", "commit_offset", "end_offset",
-                 "read_offset")
+    __slots__ = ("_chunks", "_first_pos", "_held", "commit_offset", "end_offset", "read_offset")
 
     def __init__(self, read_offset: int = 0, *, keep_read: bool = False) -> None:
         # bytes, or large views of immutable bytes (_arrive.keep_payload)
         self._chunks: deque[bytes | memoryview] = deque()
         self._first_pos = 0  # bytes of _chunks[0] already read
         # keep_read: (start offset, chunk) of whole chunks read but maybe not committed
-        self._held: deque[tuple[int, bytes | memoryview]] | None = (
-            deque() if keep_read else None
-        )
+        self._held: deque[tuple[int, bytes | memoryview]] | None = deque() if keep_read else None
         self.read_offset = read_offset
         self.commit_offset = read_offset
         self.end_offset = read_offset

@@ -70,8 +70,13 @@ logger = logging.getLogger("stcp.tcp")
 COALESCE_LIMIT = 64 * 1024  # join contiguous appends of one drain up to this size
 KICK_DUPACKS = 3  # ack-on-commit restore: duplicate ACKs after the kick (RFC 5681 §3.2)
 # RFC 9293 §3.10.5 ABORT: the states that send <SEQ=SND.NXT><CTL=RST>.
-_ABORT_RST_STATES = (TcpState.ESTABLISHED, TcpState.SYN_RECEIVED, TcpState.FIN_WAIT_1,
-                     TcpState.FIN_WAIT_2, TcpState.CLOSE_WAIT)
+_ABORT_RST_STATES = (
+    TcpState.ESTABLISHED,
+    TcpState.SYN_RECEIVED,
+    TcpState.FIN_WAIT_1,
+    TcpState.FIN_WAIT_2,
+    TcpState.CLOSE_WAIT,
+)
 _new_tuple = tuple.__new__  # Step built positionally
 # Field-less events are equal to each other: emit one shared instance of each.
 _CLOSED = Closed()
@@ -408,11 +413,7 @@ class Connection:
         if _arrive.header_prediction(self, seg, now):
             # The common in-order segment in ESTABLISHED: the general steps' results
             # without their checks (see _arrive's module docstring).
-            if (
-                self.ack_now
-                and seg.payload
-                and self.rcv_unacked < self.config.ack_stretch_max
-            ):
+            if self.ack_now and seg.payload and self.rcv_unacked < self.config.ack_stretch_max:
                 # Stretch ACK: in-order data that arrives between two drains (one batch
                 # from the device) is acknowledged once, by drain(). Those ACKs would
                 # leave in one burst anyway, so the others tell the peer nothing new;
@@ -498,9 +499,7 @@ class Connection:
         chunk = data if (type(data) is bytes and n == len(data)) else bytes(data[:n])
         return chunk, self.snd_buf.append(chunk)
 
-    def app_send_ref(
-        self, data: bytes | memoryview, name: str, src_offset: int, now: float
-    ) -> int:
+    def app_send_ref(self, data: bytes | memoryview, name: str, src_offset: int, now: float) -> int:
         """Queue ``data``, which is source ``name``'s bytes from ``src_offset``: a
         regenerable send (``txmap.py``). The store records the extent, not the bytes;
         a restore reads them from the source again. Returns the bytes accepted.
@@ -662,8 +661,13 @@ class Connection:
         rx_ops = self._rx_ops
         tx_ops = self._tx_ops
         if not (
-            out or events or dirty or rx_ops or tx_ops
-            or self._rx_trim is not None or self._tx_trim is not None
+            out
+            or events
+            or dirty
+            or rx_ops
+            or tx_ops
+            or self._rx_trim is not None
+            or self._tx_trim is not None
             or self._app_commit is not None
         ):
             return EMPTY_STEP

@@ -37,7 +37,11 @@ class TcpState(enum.Enum):
 # Tuples, not sets: membership tests identity first, where a set would call the
 # (Python-level) Enum.__hash__; these predicates run on every app call.
 _UNSYNCHRONIZED = (TcpState.CLOSED, TcpState.LISTEN, TcpState.SYN_SENT)
-_CAN_SEND = (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT, TcpState.SYN_SENT,
-             TcpState.SYN_RECEIVED)
-_CAN_RECV = (TcpState.ESTABLISHED, TcpState.FIN_WAIT_1, TcpState.FIN_WAIT_2,
-             TcpState.SYN_SENT, TcpState.SYN_RECEIVED)
+_CAN_SEND = (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT, TcpState.SYN_SENT, TcpState.SYN_RECEIVED)
+_CAN_RECV = (
+    TcpState.ESTABLISHED,
+    TcpState.FIN_WAIT_1,
+    TcpState.FIN_WAIT_2,
+    TcpState.SYN_SENT,
+    TcpState.SYN_RECEIVED,
+)

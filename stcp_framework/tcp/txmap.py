@@ -50,16 +50,18 @@ class TxMap:
             return cls([], ref_base)
         try:
             items = json.loads(refs)
-            return cls([RefExtent(int(s), int(n), int(o), str(name)) for s, n, o, name in items],
-                       ref_base)
+            return cls(
+                [RefExtent(int(s), int(n), int(o), str(name)) for s, n, o, name in items], ref_base
+            )
         except (TypeError, ValueError) as exc:
             raise ValueError(f"bad tx_refs field {refs[:80]!r}") from exc
 
     def encode(self) -> str:
         if not self.refs:
             return ""
-        return json.dumps([[r.start, r.length, r.src_offset, r.name] for r in self.refs],
-                          separators=(",", ":"))
+        return json.dumps(
+            [[r.start, r.length, r.src_offset, r.name] for r in self.refs], separators=(",", ":")
+        )
 
     def stream_end(self, literal_end: int) -> int:
         """Stream offset of the end of the send stream whose literal bytes end at

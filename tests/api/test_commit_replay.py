@@ -282,9 +282,7 @@ async def test_uncommitted_bytes_hold_the_window(
     assert 0 < read <= 64 * 1024
     stalls = [rec.getMessage() for rec in caplog.records if "stalls" in rec.getMessage()]
     assert len(stalls) == 1
-    assert f"{read} bytes read and not committed fill the 65536-byte receive buffer" in (
-        stalls[0]
-    )
+    assert f"{read} bytes read and not committed fill the 65536-byte receive buffer" in (stalls[0])
 
 
 async def test_discard_commits_within_a_small_receive_buffer(

@@ -22,8 +22,21 @@ from stcp_framework.store.base import FlowDelta
 from stcp_framework.store.redis import RedisStore
 from stcp_framework.tcp.delta import AppCommit, StateDelta
 
-HEADER = ["State", "Local", "Peer", "Epoch", "Read", "Commit", "Acked", "Sent", "Rx-Q", "Tx-Q",
-          "Tx-Src", "Acks", "App"]
+HEADER = [
+    "State",
+    "Local",
+    "Peer",
+    "Epoch",
+    "Read",
+    "Commit",
+    "Acked",
+    "Sent",
+    "Rx-Q",
+    "Tx-Q",
+    "Tx-Src",
+    "Acks",
+    "App",
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +47,30 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server.stop()
 
 
-def _flow(remote_port: int, *, local: str = "198.18.0.2", remote: str = "198.19.0.1",
-          port: int = 7, epoch: int = 4, received: int = 0, read: int = 0, sent: int = 0,
-          acked: int = 0) -> DrivenFlow:
-    return drive_established(local, port, remote, remote_port, epoch=epoch,
-                             iss=1000 * remote_port, received=b"r" * received, read_len=read,
-                             sent=b"s" * sent, acked_len=acked)
+def _flow(
+    remote_port: int,
+    *,
+    local: str = "198.18.0.2",
+    remote: str = "198.19.0.1",
+    port: int = 7,
+    epoch: int = 4,
+    received: int = 0,
+    read: int = 0,
+    sent: int = 0,
+    acked: int = 0,
+) -> DrivenFlow:
+    return drive_established(
+        local,
+        port,
+        remote,
+        remote_port,
+        epoch=epoch,
+        iss=1000 * remote_port,
+        received=b"r" * received,
+        read_len=read,
+        sent=b"s" * sent,
+        acked_len=acked,
+    )
 
 
 async def _commit(url: str, flows: dict[str, list[DrivenFlow]]) -> None:
@@ -50,8 +81,9 @@ async def _commit(url: str, flows: dict[str, list[DrivenFlow]]) -> None:
     store = RedisStore.from_url(url, service="default")
     first = flows["default"][0]
     version = first.deltas[-1].delta.version + 1
-    await store.commit([FlowDelta(first.flow_id, 4,
-                                  StateDelta(version, (AppCommit(40, b"x" * 12),)))])
+    await store.commit(
+        [FlowDelta(first.flow_id, 4, StateDelta(version, (AppCommit(40, b"x" * 12),)))]
+    )
     await store.aclose()
 
 
@@ -78,7 +110,8 @@ def _run(capsys: pytest.CaptureFixture[str], *args: str) -> list[str]:
 
 
 def test_the_table_lists_every_flow_sorted_with_offsets_and_sizes(
-    server: RedisServer, committed: dict[str, list[DrivenFlow]],
+    server: RedisServer,
+    committed: dict[str, list[DrivenFlow]],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     lines = _run(capsys, "--store", server.url)
@@ -96,13 +129,16 @@ def test_the_table_lists_every_flow_sorted_with_offsets_and_sizes(
     assert busy[0] == "ESTABLISHED"
     assert busy[3:] == ["4", "40", "40", "1000", "3000", "60", "2000", "0", "store", "12"]
     assert rows[1][3:] == ["4", "5", "5", "0", "0", "0", "0", "0", "store", "-"]
-    assert lines[-1] == ("4 flows (instance default; 4 ESTABLISHED); buffered: 60 B received, "
-                         "2000 B to send, 12 B app state")
+    assert lines[-1] == (
+        "4 flows (instance default; 4 ESTABLISHED); buffered: 60 B received, "
+        "2000 B to send, 12 B app state"
+    )
     assert max(len(line) for line in lines) <= 120
 
 
 def test_all_lists_every_instance_with_its_name(
-    server: RedisServer, committed: dict[str, list[DrivenFlow]],
+    server: RedisServer,
+    committed: dict[str, list[DrivenFlow]],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     lines = _run(capsys, "--store", server.url, "--all")
@@ -115,38 +151,57 @@ def test_all_lists_every_instance_with_its_name(
 
 
 def test_json_has_every_field_of_each_flow(
-    server: RedisServer, committed: dict[str, list[DrivenFlow]],
+    server: RedisServer,
+    committed: dict[str, list[DrivenFlow]],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    report = json.loads("\n".join(_run(capsys, "--store", server.url, "--instance", "web",
-                                       "--json")))
+    report = json.loads(
+        "\n".join(_run(capsys, "--store", server.url, "--instance", "web", "--json"))
+    )
     driven = committed["web"][0]
     tcb = driven.conn.tcb
     assert report["instances"] == ["web"]
-    assert report["flows"] == [{
-        "instance": "web", "flow_id": driven.flow_id, "local": "198.18.0.2:80",
-        "peer": "198.19.0.1:20000", "state": "ESTABLISHED", "epoch": 9,
-        "version": driven.deltas[-1].delta.version, "recv_offset": tcb.rcv_nxt_offset,
-        "read_offset": 0, "commit_offset": tcb.commit_offset, "app_commit_offset": 0,
-        "acked_offset": 0, "sent_offset": 0, "rx_buffered": 7, "tx_buffered": 0,
-        "tx_from_sources": 0, "acks": "store", "app_state_size": None,
-    }]
-    assert report["totals"] == {"flows": 1, "rx_buffered": 7, "tx_buffered": 0,
-                                "app_state_size": 0}
+    assert report["flows"] == [
+        {
+            "instance": "web",
+            "flow_id": driven.flow_id,
+            "local": "198.18.0.2:80",
+            "peer": "198.19.0.1:20000",
+            "state": "ESTABLISHED",
+            "epoch": 9,
+            "version": driven.deltas[-1].delta.version,
+            "recv_offset": tcb.rcv_nxt_offset,
+            "read_offset": 0,
+            "commit_offset": tcb.commit_offset,
+            "app_commit_offset": 0,
+            "acked_offset": 0,
+            "sent_offset": 0,
+            "rx_buffered": 7,
+            "tx_buffered": 0,
+            "tx_from_sources": 0,
+            "acks": "store",
+            "app_state_size": None,
+        }
+    ]
+    assert report["totals"] == {"flows": 1, "rx_buffered": 7, "tx_buffered": 0, "app_state_size": 0}
 
 
 def test_an_instance_without_flows_prints_only_the_summary(
-    server: RedisServer, committed: dict[str, list[DrivenFlow]],
+    server: RedisServer,
+    committed: dict[str, list[DrivenFlow]],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert _run(capsys, "--store", server.url, "--instance", "nobody") == [
-        "0 flows (instance nobody); buffered: 0 B received, 0 B to send, 0 B app state"]
+        "0 flows (instance nobody); buffered: 0 B received, 0 B to send, 0 B app state"
+    ]
 
 
 def test_a_store_that_is_not_running_is_one_line_and_is_not_started(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "stcp_framework.cli.main", "flows", "--store-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.splitlines() == [
@@ -170,8 +225,12 @@ def test_a_row_shows_bytes_sent_from_sources_and_ack_on_commit() -> None:
     from stcp_framework.store.base import FlowInfo
 
     tcb: dict[str, object] = {
-        "state": "ESTABLISHED", "snd_una": 100, "snd_nxt": 5100, "snd_una_offset": 1000,
-        "ack_on_commit": True, "tx_refs": '[[0,3000,0,"chargen"],[4000,9000,0,"file:1:2:3:/x"]]',
+        "state": "ESTABLISHED",
+        "snd_una": 100,
+        "snd_nxt": 5100,
+        "snd_una_offset": 1000,
+        "ack_on_commit": True,
+        "tx_refs": '[[0,3000,0,"chargen"],[4000,9000,0,"file:1:2:3:/x"]]',
     }
     info = FlowInfo("198.18.0.2:19-198.19.0.1:5/00000001", 3, 7, tcb, 0, 0, 0, 12, None, 0)
     row = make_row("default", info.flow_id, info)

@@ -199,8 +199,15 @@ def run_send(host: str, port: int, size: int, seed: int, progress: int = 0) -> d
         _send_stream(sock, cycle, size, digest, watch)
         tail = sock.recv(1)  # the server's FIN after it read everything
         seconds = time.perf_counter() - started
-    return {"sent": size, "sha256": digest.sha256.hexdigest(), "crc32": f"{digest.crc32:08x}",
-            "seconds": seconds, "tail": tail.hex(), "stalls": watch.stalls, "local": local}
+    return {
+        "sent": size,
+        "sha256": digest.sha256.hexdigest(),
+        "crc32": f"{digest.crc32:08x}",
+        "seconds": seconds,
+        "tail": tail.hex(),
+        "stalls": watch.stalls,
+        "local": local,
+    }
 
 
 def run_chargen(host: str, port: int, size: int, progress: int = 0) -> dict[str, Any]:
@@ -211,8 +218,14 @@ def run_chargen(host: str, port: int, size: int, progress: int = 0) -> dict[str,
         started = time.perf_counter()
         received, mismatch, error = _receive_checked(sock, cycle, size, watch)
         seconds = time.perf_counter() - started
-    return {"received": received, "mismatch_at": mismatch, "seconds": seconds, "error": error,
-            "stalls": watch.stalls, "local": local}
+    return {
+        "received": received,
+        "mismatch_at": mismatch,
+        "seconds": seconds,
+        "error": error,
+        "stalls": watch.stalls,
+        "local": local,
+    }
 
 
 def run_echo(host: str, port: int, size: int, seed: int, progress: int = 0) -> dict[str, Any]:
@@ -456,8 +469,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--size", type=int, required=True, help="bytes to transfer")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--progress", type=int, default=0, metavar="BYTES",
-                        help="report progress on stderr every BYTES bytes (0: never)")
+    parser.add_argument(
+        "--progress",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help="report progress on stderr every BYTES bytes (0: never)",
+    )
     parser.add_argument("--connections", type=int, default=1, help="idle mode: how many")
     args = parser.parse_args(argv)
     if args.mode == "send":

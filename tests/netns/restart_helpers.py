@@ -89,8 +89,11 @@ class RedisServer:
                 try:
                     if client.ping():
                         return
-                except (redis.exceptions.ConnectionError, redis.exceptions.BusyLoadingError,
-                        OSError):
+                except (
+                    redis.exceptions.ConnectionError,
+                    redis.exceptions.BusyLoadingError,
+                    OSError,
+                ):
                     pass
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     log = (self.directory / "redis.log").read_text(errors="replace")
@@ -144,8 +147,10 @@ def _redis_binary() -> str:
 
     found = which("redis-server")
     if found is None:
-        pytest.fail("redis-server is not installed: `apt-get install redis-server` "
-                    "(scripts/bootstrap does it)")
+        pytest.fail(
+            "redis-server is not installed: `apt-get install redis-server` "
+            "(scripts/bootstrap does it)"
+        )
     return found
 
 
@@ -231,7 +236,8 @@ class StcpServer:
         life.serving_at = time.monotonic()
         life.banner = line.decode().strip()
         assert life.banner.startswith(f"stcp: serving {self.service} on "), (
-            life.banner, stderr_path.read_text()[-2000:],
+            life.banner,
+            stderr_path.read_text()[-2000:],
         )
         return life
 
@@ -442,8 +448,9 @@ class Peer:
             self.process.kill()
 
 
-def kill_offsets(rng: Any, size: int, kills: int, low: float = 0.05,
-                 high: float = 0.9) -> list[int]:
+def kill_offsets(
+    rng: Any, size: int, kills: int, low: float = 0.05, high: float = 0.9
+) -> list[int]:
     """``kills`` random byte offsets in ``[low, high) * size``, sorted, at least
     ``size / (2 * kills)`` apart from each other so every incarnation moves data."""
     span = (high - low) * size

@@ -35,8 +35,14 @@ ECHO_PORT = 7
 DISCARD_PORT = 9
 
 
-def server_for(service: str, port: int, tun: TunNet, store: RedisServer,
-               tmp_path: Path, durability: str = "strict") -> StcpServer:
+def server_for(
+    service: str,
+    port: int,
+    tun: TunNet,
+    store: RedisServer,
+    tmp_path: Path,
+    durability: str = "strict",
+) -> StcpServer:
     return StcpServer(
         service=service,
         dev=tun.dev,
@@ -123,9 +129,7 @@ async def test_echo_100mb_with_ten_kills_is_byte_exact(
                 nursery, "echo", tun_net.stack_addr, ECHO_PORT, size, seed=862, progress=MB
             )
             with trio.fail_after(100):
-                kills = await transfer_with_kills(
-                    server, peer, kill_offsets(rng, size, 10), rng
-                )
+                kills = await transfer_with_kills(server, peer, kill_offsets(rng, size, 10), rng)
                 result = await peer.result()
         counters = await server.stop()
     lines = kill_report(server, kills, result["stalls"])
@@ -135,7 +139,9 @@ async def test_echo_100mb_with_ten_kills_is_byte_exact(
     )
     report(f"echo 100 MB, 10 kills, {durability}", lines)
     assert result["error"] is None and result["sender_errors"] == [], (
-        result["error"], result["sender_errors"], server.stderr_tail(),
+        result["error"],
+        result["sender_errors"],
+        server.stderr_tail(),
     )
     # Level 2 (G4): echo answers and commits each input atomically, so no byte is
     # lost or echoed twice across the kills.

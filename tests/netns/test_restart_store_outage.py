@@ -45,7 +45,11 @@ async def outage(store: RedisServer, kind: str) -> None:
     ids=["sigstop-chargen", "restart-from-aof-echo"],
 )
 async def test_store_outage_of_5s_mid_transfer_loses_nothing(
-    tun_net: TunNet, redis_server: RedisServer, tmp_path: Path, kind: str, service: str,
+    tun_net: TunNet,
+    redis_server: RedisServer,
+    tmp_path: Path,
+    kind: str,
+    service: str,
     port: int,
 ) -> None:
     server = StcpServer(

@@ -152,6 +152,7 @@ async def test_crash_after_packet(
 SMALL_BUFFERS = TcpConfig(recv_buffer_size=16 * KB, send_buffer_size=16 * KB)
 SMALL_BUFFER_PACKETS = _run(SWEEP_SEED, SMALL, config=SMALL_BUFFERS).packets  # crash-free
 
+
 @pytest.mark.parametrize("after_packet", range(1, SMALL_BUFFER_PACKETS + 1))
 async def test_crash_after_packet_small_buffers(
     autojump_clock: trio.testing.MockClock, after_packet: int

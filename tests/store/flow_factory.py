@@ -36,11 +36,26 @@ class DrivenFlow:
     unacked: bytes  # sent, not acknowledged by the peer (the store's tx)
 
 
-def _peer(local_port: int, remote_port: int, seq: Seq, ack: Seq, flags: int,
-          payload: bytes = b"", options: TcpOptions = NO_OPTIONS) -> TcpSegment:
-    return TcpSegment(src_port=remote_port, dst_port=local_port, seq=seq, ack=ack,
-                      flags=flags, window=PEER_WINDOW, urgent=0, options=options,
-                      payload=payload)
+def _peer(
+    local_port: int,
+    remote_port: int,
+    seq: Seq,
+    ack: Seq,
+    flags: int,
+    payload: bytes = b"",
+    options: TcpOptions = NO_OPTIONS,
+) -> TcpSegment:
+    return TcpSegment(
+        src_port=remote_port,
+        dst_port=local_port,
+        seq=seq,
+        ack=ack,
+        flags=flags,
+        window=PEER_WINDOW,
+        urgent=0,
+        options=options,
+        payload=payload,
+    )
 
 
 def drive_established(
@@ -58,11 +73,16 @@ def drive_established(
 ) -> DrivenFlow:
     """A passive open, then ``received`` bytes in (``read_len`` of them read by the app)
     and ``sent`` bytes out (``acked_len`` of them acknowledged by the peer)."""
-    syn = _peer(local_port, remote_port, PEER_ISS, Seq(0), SYN,
-                options=TcpOptions(mss=1460, wscale=7))
+    syn = _peer(
+        local_port, remote_port, PEER_ISS, Seq(0), SYN, options=TcpOptions(mss=1460, wscale=7)
+    )
     conn = Connection.open_passive(syn, now=0.0, config=CONFIG, iss=Seq(iss), tsval_offset=0)
-    key = (ipaddress.ip_address(remote).packed, remote_port,
-           ipaddress.ip_address(local).packed, local_port)
+    key = (
+        ipaddress.ip_address(remote).packed,
+        remote_port,
+        ipaddress.ip_address(local).packed,
+        local_port,
+    )
     flow_id = flow_id_of(key, conn.tcb.iss)
     deltas: list[FlowDelta] = []
 
@@ -108,9 +128,18 @@ def idle_established_flows(count: int, *, epoch: int) -> list[DrivenFlow]:
     """``count`` idle established connections that exchanged a request and a reply
     (everything read and acknowledged: no buffered bytes), as after a keep-alive."""
     return [
-        drive_established(local, lport, remote, rport, epoch=epoch, iss=0x1000_0000 + 7919 * i,
-                          received=b"GET / HTTP/1.1\r\n\r\n", read_len=18,
-                          sent=b"HTTP/1.1 204 No Content\r\n\r\n", acked_len=27)
+        drive_established(
+            local,
+            lport,
+            remote,
+            rport,
+            epoch=epoch,
+            iss=0x1000_0000 + 7919 * i,
+            received=b"GET / HTTP/1.1\r\n\r\n",
+            read_len=18,
+            sent=b"HTTP/1.1 204 No Content\r\n\r\n",
+            acked_len=27,
+        )
         for i, (local, lport, remote, rport) in enumerate(idle_flow_endpoints(count))
     ]
 

@@ -27,15 +27,18 @@ _arg = st.one_of(
 )
 
 
-@given(keys=st.lists(st.text(min_size=1, max_size=6), max_size=4),
-       tagged=st.lists(_arg, max_size=12))
-def test_split_packing_equals_hiredis_packing(keys: list[str],
-                                              tagged: list[tuple[str, object]]) -> None:
+@given(
+    keys=st.lists(st.text(min_size=1, max_size=6), max_size=4), tagged=st.lists(_arg, max_size=12)
+)
+def test_split_packing_equals_hiredis_packing(
+    keys: list[str], tagged: list[tuple[str, object]]
+) -> None:
     args: list[Any] = [value for _, value in tagged]
     big = [i for i, (kind, _) in enumerate(tagged) if kind == "big"]
     buffers = _pack_evalsha("0" * 40, keys, args, big)
     assert b"".join(bytes(b) for b in buffers) == pack_command(
-        ("EVALSHA", "0" * 40, len(keys), *keys, *args))
+        ("EVALSHA", "0" * 40, len(keys), *keys, *args)
+    )
     # every big argument goes out as the caller's own object: it was not copied
     sent = {id(b) for b in buffers}
     assert all(id(args[i]) in sent for i in big)
@@ -49,12 +52,25 @@ async def test_large_appends_sent_uncopied_load_back(redis7_server: RedisServer)
     tx = os.urandom(_ZERO_COPY_LEN)
     small = os.urandom(100)
     assert len(rx) >= _ZERO_COPY_LEN
-    await store.commit([
-        FlowDelta("f", 1, StateDelta(1, (RxAppend(0, rx), TcbSet({"rcv_nxt": 5}),
-                                         TxAppend(0, tx), TcbSet({"state": "x"})))),
-        FlowDelta("g", 1, StateDelta(1, (RxAppend(0, small), TxAppend(0, tx)))),
-        FlowDelta("f", 1, StateDelta(2, (RxAppend(len(rx), rx), RxTrim(CHUNK_SIZE + 1)))),
-    ])
+    await store.commit(
+        [
+            FlowDelta(
+                "f",
+                1,
+                StateDelta(
+                    1,
+                    (
+                        RxAppend(0, rx),
+                        TcbSet({"rcv_nxt": 5}),
+                        TxAppend(0, tx),
+                        TcbSet({"state": "x"}),
+                    ),
+                ),
+            ),
+            FlowDelta("g", 1, StateDelta(1, (RxAppend(0, small), TxAppend(0, tx)))),
+            FlowDelta("f", 1, StateDelta(2, (RxAppend(len(rx), rx), RxTrim(CHUNK_SIZE + 1)))),
+        ]
+    )
     f = await store.load("f")
     g = await store.load("g")
     assert f is not None and g is not None

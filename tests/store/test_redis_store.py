@@ -47,8 +47,12 @@ def established_tcb() -> Tcb:
     """A realistic TCB of an idle established connection (large values everywhere)."""
     t = Tcb(iss=Seq(3456789012), tsval_offset=123456789, mss=1448)
     t.state = TcpState.ESTABLISHED
-    t.irs, t.rcv_nxt, t.rcv_wup, t.snd_wl1 = (Seq(2345678901), Seq(2345679901),
-                                              Seq(2345679901), Seq(2345679901))
+    t.irs, t.rcv_nxt, t.rcv_wup, t.snd_wl1 = (
+        Seq(2345678901),
+        Seq(2345679901),
+        Seq(2345679901),
+        Seq(2345679901),
+    )
     t.snd_una = t.snd_nxt = t.snd_wl2 = Seq(3456799013)
     t.snd_wnd = t.max_window = 64240 * 128
     t.rcv_wnd = 4 * 1024 * 1024
@@ -62,15 +66,36 @@ def established_tcb() -> Tcb:
 
 # -- layout -------------------------------------------------------------------------------
 
+
 async def test_every_key_of_a_flow_shares_its_hash_tag(redis7_server: RedisServer) -> None:
     store = new_store(redis7_server, "layout")
-    await store.commit([d("198.18.0.2:80-198.18.0.1:40000", 1, 1, TcbSet({"mss": 1460}),
-                         RxAppend(0, b"r" * (C + 1)), TxAppend(0, b"t"), AppCommit(0, b"s"))])
+    await store.commit(
+        [
+            d(
+                "198.18.0.2:80-198.18.0.1:40000",
+                1,
+                1,
+                TcbSet({"mss": 1460}),
+                RxAppend(0, b"r" * (C + 1)),
+                TxAppend(0, b"t"),
+                AppCommit(0, b"s"),
+            )
+        ]
+    )
     tag = flow_tag("layout", "198.18.0.2:80-198.18.0.1:40000")
     assert re.fullmatch(r"stcp:\{layout:[0-9a-f]{16}\}", tag)
     names = sorted(k.decode() for k in server_keys(store, "stcp:{layout*"))
-    assert names == sorted([f"{tag}:tcb", f"{tag}:owner", f"{tag}:app", f"{tag}:rx:0",
-                            f"{tag}:rx:1", f"{tag}:tx:0", "stcp:{layout}:flows"])
+    assert names == sorted(
+        [
+            f"{tag}:tcb",
+            f"{tag}:owner",
+            f"{tag}:app",
+            f"{tag}:rx:0",
+            f"{tag}:rx:1",
+            f"{tag}:tx:0",
+            "stcp:{layout}:flows",
+        ]
+    )
     assert store.client.hget(f"{tag}:tcb", "ms") == b"1460"
     assert store.client.get(f"{tag}:owner") == b"1"
     await store.aclose()
@@ -97,16 +122,22 @@ def test_codec_aliases_cover_the_tcb_and_are_unique() -> None:
         codec.encode_value([1])
 
 
-_tcb_values = st.one_of(st.integers(-(2**63), 2**63), st.booleans(), st.text(), st.none(),
-                       st.floats(allow_nan=False))
-_tcb_names = st.one_of(st.sampled_from(sorted(codec.ALIASES)),
-                       st.text(min_size=1).filter(lambda n: not n.startswith(".")))
+_tcb_values = st.one_of(
+    st.integers(-(2**63), 2**63), st.booleans(), st.text(), st.none(), st.floats(allow_nan=False)
+)
+_tcb_names = st.one_of(
+    st.sampled_from(sorted(codec.ALIASES)),
+    st.text(min_size=1).filter(lambda n: not n.startswith(".")),
+)
 
 
-@given(fields=st.dictionaries(_tcb_names, _tcb_values, max_size=30),
-       meta=st.one_of(st.none(), st.binary(max_size=40)))
-def test_the_fast_tcb_decoder_equals_the_codec(fields: dict[str, object],
-                                               meta: bytes | None) -> None:
+@given(
+    fields=st.dictionaries(_tcb_names, _tcb_values, max_size=30),
+    meta=st.one_of(st.none(), st.binary(max_size=40)),
+)
+def test_the_fast_tcb_decoder_equals_the_codec(
+    fields: dict[str, object], meta: bytes | None
+) -> None:
     flat = [*codec.encode_fields(fields), b".other", b"x"]
     if meta is not None:
         flat += [b".m", meta]
@@ -126,6 +157,7 @@ async def test_a_real_tcb_round_trips(redis7_server: RedisServer) -> None:
 
 
 # -- fencing (G5) -------------------------------------------------------------------------
+
 
 async def test_a_second_client_with_a_newer_epoch_fences_the_first(
     redis7_server: RedisServer,
@@ -158,6 +190,7 @@ async def test_fenced_out_names_every_fenced_flow(redis7_server: RedisServer) ->
 
 # -- lost state ---------------------------------------------------------------------------
 
+
 async def test_a_vanished_flow_is_reported_and_others_are_untouched(
     redis7_server: RedisServer,
 ) -> None:
@@ -188,12 +221,17 @@ async def test_a_lost_chunk_is_detected(redis7_server: RedisServer) -> None:
 
 
 async def test_load_many_maps_a_flow_with_a_lost_chunk_to_none_and_loads_the_rest(
-    redis7_server: RedisServer, caplog: pytest.LogCaptureFixture,
+    redis7_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     store = new_store(redis7_server)
-    await store.commit([d("a", 1, 1, RxAppend(0, b"a" * (C + 5))),
-                        d("f", 1, 1, TxAppend(0, b"x" * (C + 5))),
-                        d("z", 1, 1, TxAppend(0, b"z"))])
+    await store.commit(
+        [
+            d("a", 1, 1, RxAppend(0, b"a" * (C + 5))),
+            d("f", 1, 1, TxAppend(0, b"x" * (C + 5))),
+            d("z", 1, 1, TxAppend(0, b"z")),
+        ]
+    )
     store.client.delete(f"{flow_tag(store.service, 'f')}:tx:1")
     records = await store.load_many(["a", "f", "z"])
     assert records["f"] is None
@@ -231,6 +269,7 @@ async def test_claim_many_fences_the_previous_owner_of_another_client(
 
 # -- the chunk-key protocol ---------------------------------------------------------------
 
+
 async def test_an_instance_that_never_saw_the_flow_declares_keys_by_retrying(
     redis7_server: RedisServer,
 ) -> None:
@@ -258,8 +297,13 @@ async def test_a_new_instance_retries_a_multi_delta_batch_once_for_keys(
     await first.commit([d("f", 1, 1, RxAppend(0, bytes(5 * C)))])
     await first.commit([d("f", 1, 2, RxTrim(C + 1))])
     second = new_store(redis7_server, "handover-many")
-    await second.commit([d("f", 1, 3, RxTrim(3 * C)), d("f", 1, 4, RxTrim(5 * C)),
-                         d("f", 1, 5, RxAppend(5 * C, b"z"))])
+    await second.commit(
+        [
+            d("f", 1, 3, RxTrim(3 * C)),
+            d("f", 1, 4, RxTrim(5 * C)),
+            d("f", 1, 5, RxAppend(5 * C, b"z")),
+        ]
+    )
     assert second.key_retries == 1
     assert store_chunk_keys(second, "f") == [f"{flow_tag(second.service, 'f')}:rx:5".encode()]
     rec = await second.load("f")
@@ -274,8 +318,14 @@ async def test_a_new_flows_deltas_in_one_batch_need_no_key_retry(
     """A flow created in the batch: its later deltas declare from chunk 0 too, so a trim
     of chunks its first delta wrote succeeds at once and leaves no chunk behind."""
     store = new_store(redis7_server)
-    await store.commit([d("f", 1, 1, TxAppend(0, bytes(4 * C))), d("f", 1, 2, TxTrim(3 * C)),
-                        d("f", 1, 3, TxTrim(4 * C)), d("f", 1, 4, TxAppend(4 * C, b"t"))])
+    await store.commit(
+        [
+            d("f", 1, 1, TxAppend(0, bytes(4 * C))),
+            d("f", 1, 2, TxTrim(3 * C)),
+            d("f", 1, 3, TxTrim(4 * C)),
+            d("f", 1, 4, TxAppend(4 * C, b"t")),
+        ]
+    )
     assert store.key_retries == 0
     assert store_chunk_keys(store, "f") == [f"{flow_tag(store.service, 'f')}:tx:4".encode()]
     await store.aclose()
@@ -287,9 +337,13 @@ async def test_a_refused_multi_delta_batch_writes_nothing(redis7_server: RedisSe
     await store.commit([d("g", 1, 1, RxAppend(0, b"g"))])
     before = server_keys(store, f"stcp:{{{store.service}*")
     with pytest.raises(ValueError, match="f: append at 150, have up to 100"):
-        await store.commit([d("g", 1, 2, RxAppend(1, b"h"), TcbSet({"x": 1})),
-                            d("f", 1, 1, RxAppend(0, b"a" * 100)),
-                            d("f", 1, 2, RxAppend(150, b"b"))])
+        await store.commit(
+            [
+                d("g", 1, 2, RxAppend(1, b"h"), TcbSet({"x": 1})),
+                d("f", 1, 1, RxAppend(0, b"a" * 100)),
+                d("f", 1, 2, RxAppend(150, b"b")),
+            ]
+        )
     assert server_keys(store, f"stcp:{{{store.service}*") == before
     assert await store.load("f") is None
     rec = await store.load("g")
@@ -302,8 +356,13 @@ async def test_a_lost_flow_is_named_once_for_all_its_deltas(redis7_server: Redis
     await store.commit([d("a", 1, 1, RxAppend(0, b"a")), d("b", 1, 1, RxAppend(0, b"b"))])
     store.client.delete(*store.flow_keys_sync("b"))
     with pytest.raises(FlowLost) as info:
-        await store.commit([d("b", 1, 2, RxAppend(1, b"2")), d("a", 1, 2, RxAppend(1, b"2")),
-                            d("b", 1, 3, RxAppend(2, b"3"))])
+        await store.commit(
+            [
+                d("b", 1, 2, RxAppend(1, b"2")),
+                d("a", 1, 2, RxAppend(1, b"2")),
+                d("b", 1, 3, RxAppend(2, b"3")),
+            ]
+        )
     assert info.value.flow_ids == ("b",)
     rec = await store.load("a")
     assert rec is not None and rec.rx == b"a"
@@ -336,9 +395,13 @@ async def test_full_chunks_are_sized_exactly(redis7_server: RedisServer) -> None
 
 # -- staged chunks (keys.py) --------------------------------------------------------------
 
+
 def staged_keys(store: RedisStore) -> list[bytes]:
-    return [k for k in server_keys(store, f"stcp:{{{store.service}:*")
-            if re.search(rb":(rx|tx):\d+:e\d+$", k)]
+    return [
+        k
+        for k in server_keys(store, f"stcp:{{{store.service}:*")
+        if re.search(rb":(rx|tx):\d+:e\d+$", k)
+    ]
 
 
 def rename_calls(store: RedisStore) -> int:
@@ -355,8 +418,7 @@ async def test_whole_chunks_are_moved_in_and_no_staged_key_outlives_a_commit(
     data = bytes(i % 241 for i in range(3 * C + 100))
     before = rename_calls(store)
     # offset 50: chunk 0 partial, 1 and 2 whole, 3 partial; tx chunk 0 whole
-    await store.commit([d("f", 1, 1, RxAppend(0, data[:50])),
-                        d("g", 1, 1, TxAppend(0, data[:C]))])
+    await store.commit([d("f", 1, 1, RxAppend(0, data[:50])), d("g", 1, 1, TxAppend(0, data[:C]))])
     await store.commit([d("f", 1, 2, RxAppend(50, data[50:]))])
     assert rename_calls(store) - before == 3
     assert staged_keys(store) == []
@@ -434,6 +496,7 @@ async def test_script_cache_flush_is_survived(redis7_server: RedisServer) -> Non
 
 # -- outages (G7) -------------------------------------------------------------------------
 
+
 async def test_store_unavailable_while_the_server_is_down_then_recovery(
     own_redis: RedisServer,
 ) -> None:
@@ -475,15 +538,36 @@ async def test_a_server_refusing_writes_is_unavailable_not_fatal(
 
 # -- memory and scale ---------------------------------------------------------------------
 
+
 async def test_an_idle_established_flow_stays_under_1_kb(redis7_server: RedisServer) -> None:
     store = new_store(redis7_server)
     flow = "198.18.0.2:80-198.18.0.1:54321"
     await store.claim(flow, 1700000000123)
     tcb = established_tcb()
-    await store.commit([d(flow, 1700000000123, 1, TcbSet(tcb.to_record()),
-                          RxAppend(0, b"r" * 1000), TxAppend(0, b"t" * 10000))])
-    await store.commit([d(flow, 1700000000123, 2, RxTrim(1000), TxTrim(10000),
-                          AppCommit(1000, b"16 bytes of app."))])
+    await store.commit(
+        [
+            d(
+                flow,
+                1700000000123,
+                1,
+                TcbSet(tcb.to_record()),
+                RxAppend(0, b"r" * 1000),
+                TxAppend(0, b"t" * 10000),
+            )
+        ]
+    )
+    await store.commit(
+        [
+            d(
+                flow,
+                1700000000123,
+                2,
+                RxTrim(1000),
+                TxTrim(10000),
+                AppCommit(1000, b"16 bytes of app."),
+            )
+        ]
+    )
     assert store_chunk_keys(store, flow) == []
     used = store.memory_usage_sync(flow)
     print(f"idle established flow: {used} bytes in its keys (+ its index entry)")
@@ -499,8 +583,12 @@ async def test_ten_thousand_flows_commit_list_and_load(redis7_server: RedisServe
     flows = [f"198.18.{i // 250}.{i % 250 + 1}:80-198.19.0.1:{10000 + i}" for i in range(10_000)]
     started = time.perf_counter()
     for first in range(0, len(flows), 1000):
-        await store.commit([d(f, 1, 1, TcbSet(record), RxAppend(0, f.encode()))
-                            for f in flows[first : first + 1000]])
+        await store.commit(
+            [
+                d(f, 1, 1, TcbSet(record), RxAppend(0, f.encode()))
+                for f in flows[first : first + 1000]
+            ]
+        )
     committed = time.perf_counter()
     listed = await store.list_flows()
     assert listed == sorted(flows)
@@ -519,6 +607,8 @@ async def test_ten_thousand_flows_commit_list_and_load(redis7_server: RedisServe
             nursery.start_soon(load, flow)
     done = time.perf_counter()
     assert loaded == {f: f.encode() for f in flows}
-    print(f"10,000 flows: commit {committed - started:.2f} s (10 batches of 1000), "
-          f"list {listed_at - committed:.3f} s, load {done - listed_at:.2f} s")
+    print(
+        f"10,000 flows: commit {committed - started:.2f} s (10 batches of 1000), "
+        f"list {listed_at - committed:.3f} s, load {done - listed_at:.2f} s"
+    )
     await store.aclose()

@@ -46,8 +46,13 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
 
 async def _later(store: Store, flow: DrivenFlow, version_after: int, **fields: object) -> None:
     """One more delta for ``flow``, setting TCB ``fields``."""
-    await store.commit([FlowDelta(flow.flow_id, flow.deltas[0].epoch,
-                                  StateDelta(version_after + 1, (TcbSet(fields),)))])
+    await store.commit(
+        [
+            FlowDelta(
+                flow.flow_id, flow.deltas[0].epoch, StateDelta(version_after + 1, (TcbSet(fields),))
+            )
+        ]
+    )
 
 
 async def test_restore_keeps_live_flows_forgets_dead_ones_and_skips_fenced_ones(
@@ -56,13 +61,26 @@ async def test_restore_keeps_live_flows_forgets_dead_ones_and_skips_fenced_ones(
     monkeypatch.setattr(recovery, "RESTORE_BATCH", 2)  # several batches of a few flows
     old_epoch = await store.next_epoch("default")
     flows = {
-        name: drive_established(local, 7, "198.19.0.1", port, epoch=old_epoch, iss=port * 1000,
-                                received=b"hello world", read_len=5, sent=b"reply!",
-                                acked_len=2)
+        name: drive_established(
+            local,
+            7,
+            "198.19.0.1",
+            port,
+            epoch=old_epoch,
+            iss=port * 1000,
+            received=b"hello world",
+            read_len=5,
+            sent=b"reply!",
+            acked_len=2,
+        )
         for name, local, port in [
-            ("live", LOCAL, 1001), ("live2", LOCAL, 1002), ("closed", LOCAL, 1003),
-            ("foreign", "198.18.0.9", 1004), ("fenced", LOCAL, 1005),
-            ("newer-schema", LOCAL, 1006), ("live3", LOCAL, 1007),
+            ("live", LOCAL, 1001),
+            ("live2", LOCAL, 1002),
+            ("closed", LOCAL, 1003),
+            ("foreign", "198.18.0.9", 1004),
+            ("fenced", LOCAL, 1005),
+            ("newer-schema", LOCAL, 1006),
+            ("live3", LOCAL, 1007),
         ]
     }
     await commit_all(store, list(flows.values()))
@@ -89,10 +107,14 @@ async def test_restore_keeps_live_flows_forgets_dead_ones_and_skips_fenced_ones(
             assert flow.conn.unacked == 4
         nursery.cancel_scope.cancel()
     left = await store.list_flows()
-    assert sorted(left) == sorted([
-        "not a flow id", flows["fenced"].flow_id, flows["newer-schema"].flow_id,
-        *(flows[n].flow_id for n in ("live", "live2", "live3")),
-    ])  # closed, foreign and claim-only records are forgotten
+    assert sorted(left) == sorted(
+        [
+            "not a flow id",
+            flows["fenced"].flow_id,
+            flows["newer-schema"].flow_id,
+            *(flows[n].flow_id for n in ("live", "live2", "live3")),
+        ]
+    )  # closed, foreign and claim-only records are forgotten
     owners = await store.load_many(left)
     assert {fid: rec.epoch for fid, rec in owners.items() if rec is not None} == {
         "not a flow id": old_epoch,  # not touched

@@ -55,10 +55,18 @@ async def test_unknown_flow_loads_none(store: Store) -> None:
 
 async def test_commit_then_load_roundtrip(store: Store) -> None:
     await store.claim("f", 1)
-    await store.commit([
-        d("f", 1, 1, TcbSet({"state": "ESTABLISHED", "rcv_nxt": 5}), RxAppend(0, b"hello"),
-          TxAppend(0, b"world!")),
-    ])
+    await store.commit(
+        [
+            d(
+                "f",
+                1,
+                1,
+                TcbSet({"state": "ESTABLISHED", "rcv_nxt": 5}),
+                RxAppend(0, b"hello"),
+                TxAppend(0, b"world!"),
+            ),
+        ]
+    )
     rec = await store.load("f")
     assert rec is not None
     assert rec.tcb == {"state": "ESTABLISHED", "rcv_nxt": 5}
@@ -182,9 +190,16 @@ async def test_commit_without_claim_takes_the_delta_epoch(store: Store) -> None:
 
 
 async def test_tcb_values_keep_their_types(store: Store) -> None:
-    fields = {"state": "ESTABLISHED", "iss": 4294967295, "snd_wscale": 0,
-              "timestamps": True, "fin_sent": False, "snd_una_offset": -1, "schema": 1,
-              "future_field": "x"}
+    fields = {
+        "state": "ESTABLISHED",
+        "iss": 4294967295,
+        "snd_wscale": 0,
+        "timestamps": True,
+        "fin_sent": False,
+        "snd_una_offset": -1,
+        "schema": 1,
+        "future_field": "x",
+    }
     await store.commit([d("f", 1, 1, TcbSet(fields))])
     await store.commit([d("f", 1, 2, TcbSet({"timestamps": False, "snd_wscale": 14}))])
     rec = await store.load("f")
@@ -324,7 +339,6 @@ async def test_forget_drops_buffers(store: Store) -> None:
     assert rec is not None and rec.rx == b"new" and rec.tx == b""
 
 
-
 async def test_forget_many_removes_each_and_reports_the_fenced(store: Store) -> None:
     await store.commit([d("a", 1, 1, RxAppend(0, b"r" * (2 * C + 5)), TxAppend(0, b"t" * 5)),
                         d("b", 1, 1, TcbSet({"state": "CLOSED"}))])  # fmt: skip
@@ -340,6 +354,7 @@ async def test_forget_many_removes_each_and_reports_the_fenced(store: Store) -> 
 
 # -- batched claim, load and describe (restoring many flows at once) -----------------------
 
+
 async def test_claim_many_claims_in_order_and_skips_fenced_flows(store: Store) -> None:
     await store.claim("b", 5)  # a newer owner
     await store.claim("c", 1)
@@ -349,7 +364,10 @@ async def test_claim_many_claims_in_order_and_skips_fenced_flows(store: Store) -
     assert await store.list_flows() == ["a", "b", "c"]
     records = await store.load_many(["a", "b", "c"])
     assert {flow: rec.epoch for flow, rec in records.items() if rec is not None} == {
-        "a": 3, "b": 5, "c": 3}
+        "a": 3,
+        "b": 5,
+        "c": 3,
+    }
     with pytest.raises(FencedOut):  # the new epoch fences the old owner's deltas
         await store.commit([d("c", 1, 1, TcbSet({"rcv_nxt": 1}))])
 
@@ -368,15 +386,26 @@ def _mixed_history() -> list[list[FlowDelta]]:
     """Commits leaving flows in every shape a load must get right."""
     big = bytes(i % 251 for i in range(2 * C + 3))
     return [
-        [d("buffers", 1, 1, TcbSet({"state": "ESTABLISHED"}), RxAppend(0, big),
-           TxAppend(0, b"tx" * 100)),
-         d("app-none", 1, 1, TcbSet({"state": "ESTABLISHED"}), AppCommit(4, None)),
-         d("app-empty", 1, 1, AppCommit(0, b"")),
-         d("app-bytes", 1, 1, AppCommit(3, b"\x00state\xff"), RxAppend(0, b"abcdef"))],
-        [d("buffers", 1, 2, RxTrim(C + 1), TxTrim(150)),
-         d("app-bytes", 1, 2, RxTrim(6))],
-        [*(d(f"small{i:03d}", 1, 1, TcbSet({"rcv_nxt": i}), RxAppend(0, b"x" * i))
-           for i in range(600))],  # more flows than one read batch
+        [
+            d(
+                "buffers",
+                1,
+                1,
+                TcbSet({"state": "ESTABLISHED"}),
+                RxAppend(0, big),
+                TxAppend(0, b"tx" * 100),
+            ),
+            d("app-none", 1, 1, TcbSet({"state": "ESTABLISHED"}), AppCommit(4, None)),
+            d("app-empty", 1, 1, AppCommit(0, b"")),
+            d("app-bytes", 1, 1, AppCommit(3, b"\x00state\xff"), RxAppend(0, b"abcdef")),
+        ],
+        [d("buffers", 1, 2, RxTrim(C + 1), TxTrim(150)), d("app-bytes", 1, 2, RxTrim(6))],
+        [
+            *(
+                d(f"small{i:03d}", 1, 1, TcbSet({"rcv_nxt": i}), RxAppend(0, b"x" * i))
+                for i in range(600)
+            )
+        ],  # more flows than one read batch
     ]
 
 
@@ -409,11 +438,17 @@ async def test_describe_many_tells_sizes_and_offsets_without_the_bytes(store: St
             assert described[flow] is None
             continue
         assert described[flow] == FlowInfo(
-            flow_id=flow, epoch=rec.epoch, version=rec.version, tcb=rec.tcb,
-            rx_offset=rec.rx_offset, rx_len=len(rec.rx), tx_offset=rec.tx_offset,
+            flow_id=flow,
+            epoch=rec.epoch,
+            version=rec.version,
+            tcb=rec.tcb,
+            rx_offset=rec.rx_offset,
+            rx_len=len(rec.rx),
+            tx_offset=rec.tx_offset,
             tx_len=len(rec.tx),
             app_state_len=None if rec.app_state is None else len(rec.app_state),
-            commit_offset=rec.commit_offset)
+            commit_offset=rec.commit_offset,
+        )
     app = described["app-empty"]
     assert app is not None and app.app_state_len == 0
 
@@ -422,9 +457,11 @@ async def test_describe_many_tells_sizes_and_offsets_without_the_bytes(store: St
 # The stack retries the deltas it held back during a store outage together, so a batch may
 # hold a flow's versions n, n+1, ...: each applies to the state the one before it left.
 
+
 async def test_two_appends_of_one_flow_in_one_batch(store: Store) -> None:
-    await store.commit([d("f", 1, 1, RxAppend(0, b"a" * 100)),
-                        d("f", 1, 2, RxAppend(100, b"b" * 100))])
+    await store.commit(
+        [d("f", 1, 1, RxAppend(0, b"a" * 100)), d("f", 1, 2, RxAppend(100, b"b" * 100))]
+    )
     rec = await store.load("f")
     assert rec is not None
     assert (rec.rx, rec.rx_offset, rec.version) == (b"a" * 100 + b"b" * 100, 0, 2)
@@ -445,19 +482,42 @@ async def test_three_deltas_of_one_flow_cross_chunk_edges_among_other_flows(
     versions of one new flow in one batch, next to an existing flow's two versions and
     a third flow's one."""
     data = bytes(i % 251 for i in range(4 * C + 7))
-    await store.commit([d("old", 1, 1, TcbSet({"state": "ESTABLISHED"}),
-                          TxAppend(0, b"t" * (C - 3)))])
-    await store.commit([
-        d("new", 1, 1, TcbSet({"state": "SYN-RECEIVED", "rcv_nxt": 1}),
-          RxAppend(0, data[: C - 1])),
-        d("old", 1, 2, TxAppend(C - 3, b"u" * 10), TxTrim(C - 1)),
-        d("new", 1, 2, TcbSet({"state": "ESTABLISHED"}), RxAppend(C - 1, data[C - 1 : 3 * C]),
-          RxTrim(C + 1), AppCommit(C + 1, b"app-2")),
-        d("other", 1, 1, RxAppend(0, b"o")),
-        d("new", 1, 3, RxAppend(3 * C, data[3 * C :]), RxTrim(3 * C + 2),
-          TcbSet({"rcv_nxt": 9}), AppCommit(3 * C + 2, None), TxAppend(0, b"reply")),
-        d("old", 1, 3, TxTrim(C + 7), TxAppend(C + 7, b"v"), AppCommit(7, b"old-3")),
-    ])
+    await store.commit(
+        [d("old", 1, 1, TcbSet({"state": "ESTABLISHED"}), TxAppend(0, b"t" * (C - 3)))]
+    )
+    await store.commit(
+        [
+            d(
+                "new",
+                1,
+                1,
+                TcbSet({"state": "SYN-RECEIVED", "rcv_nxt": 1}),
+                RxAppend(0, data[: C - 1]),
+            ),
+            d("old", 1, 2, TxAppend(C - 3, b"u" * 10), TxTrim(C - 1)),
+            d(
+                "new",
+                1,
+                2,
+                TcbSet({"state": "ESTABLISHED"}),
+                RxAppend(C - 1, data[C - 1 : 3 * C]),
+                RxTrim(C + 1),
+                AppCommit(C + 1, b"app-2"),
+            ),
+            d("other", 1, 1, RxAppend(0, b"o")),
+            d(
+                "new",
+                1,
+                3,
+                RxAppend(3 * C, data[3 * C :]),
+                RxTrim(3 * C + 2),
+                TcbSet({"rcv_nxt": 9}),
+                AppCommit(3 * C + 2, None),
+                TxAppend(0, b"reply"),
+            ),
+            d("old", 1, 3, TxTrim(C + 7), TxAppend(C + 7, b"v"), AppCommit(7, b"old-3")),
+        ]
+    )
     new = await store.load("new")
     assert new is not None
     assert (new.version, new.tcb) == (3, {"state": "ESTABLISHED", "rcv_nxt": 9})
@@ -479,12 +539,14 @@ async def test_later_delta_trims_chunks_an_earlier_one_of_the_batch_wrote(
 ) -> None:
     """Chunk keys must be declared for what the earlier deltas of the batch left."""
     await store.commit([d("f", 1, 1, TxAppend(0, b"a"))])
-    await store.commit([
-        d("f", 1, 2, TxAppend(1, bytes(5 * C))),
-        d("f", 1, 3, TxTrim(4 * C + 1)),
-        d("f", 1, 4, TxTrim(5 * C + 1)),  # empty: every chunk gone
-        d("f", 1, 5, TxAppend(5 * C + 1, b"tail")),
-    ])
+    await store.commit(
+        [
+            d("f", 1, 2, TxAppend(1, bytes(5 * C))),
+            d("f", 1, 3, TxTrim(4 * C + 1)),
+            d("f", 1, 4, TxTrim(5 * C + 1)),  # empty: every chunk gone
+            d("f", 1, 5, TxAppend(5 * C + 1, b"tail")),
+        ]
+    )
     rec = await store.load("f")
     assert rec is not None and (rec.tx, rec.tx_offset, rec.version) == (b"tail", 5 * C + 1, 5)
 
@@ -493,14 +555,16 @@ async def test_a_repeated_version_later_in_the_batch_is_skipped(store: Store) ->
     """Idempotence per delta: a version at or below the flow's running version -- stored
     before the batch or applied earlier in it -- changes nothing."""
     await store.commit([d("f", 1, 1, TcbSet({"x": 1}), RxAppend(0, b"abc"))])
-    await store.commit([
-        d("f", 1, 1, TcbSet({"x": 100}), RxAppend(0, b"abc"), RxTrim(3)),  # stored already
-        d("f", 1, 2, TcbSet({"x": 2}), RxAppend(3, b"de")),
-        d("f", 1, 2, TcbSet({"x": 200}), RxAppend(3, b"de"), AppCommit(5, b"no")),  # again
-        d("g", 1, 1, TcbSet({"x": 1})),
-        d("f", 1, 3, RxTrim(1)),
-        d("f", 1, 2, RxAppend(3, b"dezzz")),  # below the running version 3
-    ])
+    await store.commit(
+        [
+            d("f", 1, 1, TcbSet({"x": 100}), RxAppend(0, b"abc"), RxTrim(3)),  # stored already
+            d("f", 1, 2, TcbSet({"x": 2}), RxAppend(3, b"de")),
+            d("f", 1, 2, TcbSet({"x": 200}), RxAppend(3, b"de"), AppCommit(5, b"no")),  # again
+            d("g", 1, 1, TcbSet({"x": 1})),
+            d("f", 1, 3, RxTrim(1)),
+            d("f", 1, 2, RxAppend(3, b"dezzz")),  # below the running version 3
+        ]
+    )
     rec = await store.load("f")
     assert rec is not None
     assert (rec.version, rec.tcb, rec.rx, rec.rx_offset) == (3, {"x": 2}, b"bcde", 1)
@@ -537,9 +601,13 @@ async def test_a_gap_is_found_against_the_running_state(store: Store) -> None:
     refused batch writes nothing at all (all or nothing)."""
     await store.claim("g", 1)
     with pytest.raises(ValueError, match="append at 150, have up to 100"):
-        await store.commit([d("g", 1, 1, RxAppend(0, b"g")),
-                            d("f", 1, 1, RxAppend(0, b"a" * 100)),
-                            d("f", 1, 2, RxAppend(150, b"b"))])
+        await store.commit(
+            [
+                d("g", 1, 1, RxAppend(0, b"g")),
+                d("f", 1, 1, RxAppend(0, b"a" * 100)),
+                d("f", 1, 2, RxAppend(150, b"b")),
+            ]
+        )
     rec = await store.load("g")
     assert rec is not None and (rec.rx, rec.version) == (b"", 0)
     assert await store.load("f") is None
@@ -548,8 +616,13 @@ async def test_a_gap_is_found_against_the_running_state(store: Store) -> None:
 async def test_a_fenced_flow_refuses_the_batch_with_all_its_deltas(store: Store) -> None:
     await store.claim("f", 2)
     with pytest.raises(FencedOut) as info:
-        await store.commit([d("g", 1, 1, RxAppend(0, b"g")), d("f", 2, 1, RxAppend(0, b"a")),
-                            d("f", 1, 2, RxAppend(1, b"b"))])
+        await store.commit(
+            [
+                d("g", 1, 1, RxAppend(0, b"g")),
+                d("f", 2, 1, RxAppend(0, b"a")),
+                d("f", 1, 2, RxAppend(1, b"b")),
+            ]
+        )
     assert info.value.flow_ids == ("f",)
     assert await store.load("g") is None
     rec = await store.load("f")
@@ -609,9 +682,14 @@ def _ops(ops: list[tuple[str, int, int]]) -> tuple[DeltaOp, ...]:
 
 
 @pytest.mark.slow
-@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                   HealthCheck.too_slow,
-                                                   HealthCheck.data_too_large])
+@settings(
+    max_examples=40,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+    ],
+)
 @given(history=_histories())
 async def test_redis_matches_memory_on_random_histories(
     store: Store, history: list[list[tuple[str, int, int]]]
@@ -628,9 +706,14 @@ async def test_redis_matches_memory_on_random_histories(
 
 
 @pytest.mark.slow
-@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                   HealthCheck.too_slow,
-                                                   HealthCheck.data_too_large])
+@settings(
+    max_examples=40,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+    ],
+)
 @given(history=_histories(), data=st.data())
 async def test_consecutive_deltas_batched_together_end_where_memory_ends(
     store: Store, history: list[list[tuple[str, int, int]]], data: st.DataObject
@@ -640,8 +723,9 @@ async def test_consecutive_deltas_batched_together_end_where_memory_ends(
     leave what committing one delta at a time leaves."""
     model = MemoryStore()
     flow = f"batched-{next(_services)}"
-    deltas = [FlowDelta(flow, 1, StateDelta(v, _ops(ops))) for v, ops in
-              enumerate(history, start=1)]
+    deltas = [
+        FlowDelta(flow, 1, StateDelta(v, _ops(ops))) for v, ops in enumerate(history, start=1)
+    ]
     done = 0
     while done < len(deltas):
         back = data.draw(st.integers(0, done), label="resent")  # versions landed already

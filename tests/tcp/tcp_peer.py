@@ -19,24 +19,45 @@ from stcp_framework.tcp.step import Step
 from stcp_framework.wire.seq import seq_add, seq_diff
 from stcp_framework.wire.tcp import ACK, FIN, PSH, RST, SYN, URG, TcpOptions, TcpSegment
 
-FLAGS = [ACK, ACK, ACK, ACK | PSH, ACK | PSH, ACK | PSH, ACK | FIN, ACK | PSH | FIN, ACK | RST,
-         ACK | SYN, ACK | URG, ACK | 0x40, 0]
+FLAGS = [
+    ACK,
+    ACK,
+    ACK,
+    ACK | PSH,
+    ACK | PSH,
+    ACK | PSH,
+    ACK | FIN,
+    ACK | PSH | FIN,
+    ACK | RST,
+    ACK | SYN,
+    ACK | URG,
+    ACK | 0x40,
+    0,
+]
 
 
 def peer_segment(data: st.DataObject, conn: Connection, now: float) -> TcpSegment:
     """A segment from the peer of ``conn``, drawn around ``conn``'s current numbers."""
     tcb = conn.tcb
-    seq_off = data.draw(st.sampled_from([0] * 12 + [-1, 1, 700, -700, 2**31, 40000])
-                        | st.integers(-3000, 70000), label="seq - rcv_nxt")
+    seq_off = data.draw(
+        st.sampled_from([0] * 12 + [-1, 1, 700, -700, 2**31, 40000]) | st.integers(-3000, 70000),
+        label="seq - rcv_nxt",
+    )
     flight = seq_diff(tcb.snd_nxt, tcb.snd_una)
-    ack_off = data.draw(st.sampled_from([0, 0, flight, flight, flight, flight // 2, flight + 1,
-                                         -1, -70000])
-                        | st.integers(-2, flight + 2), label="ack - snd_una")
+    ack_off = data.draw(
+        st.sampled_from([0, 0, flight, flight, flight, flight // 2, flight + 1, -1, -70000])
+        | st.integers(-2, flight + 2),
+        label="ack - snd_una",
+    )
     flags = data.draw(st.sampled_from(FLAGS), label="flags")
-    window = data.draw(st.sampled_from([tcb.snd_wnd >> tcb.snd_wscale, 0, 0xFFFF, 3000])
-                       | st.integers(0, 0xFFFF), label="window")
-    plen = data.draw(st.sampled_from([0, 0, 1, 1460, 1448, 536, 20000]) | st.integers(0, 3000),
-                     label="payload length")
+    window = data.draw(
+        st.sampled_from([tcb.snd_wnd >> tcb.snd_wscale, 0, 0xFFFF, 3000]) | st.integers(0, 0xFFFF),
+        label="window",
+    )
+    plen = data.draw(
+        st.sampled_from([0, 0, 1, 1460, 1448, 536, 20000]) | st.integers(0, 3000),
+        label="payload length",
+    )
     opts = TcpOptions()
     if tcb.timestamps:
         ts = data.draw(st.sampled_from([0, 0, 1, 5, -1, 2**31]) | st.none(), label="tsval")
@@ -64,20 +85,29 @@ def likely_segment(data: st.DataObject, conn: Connection, now: float) -> TcpSegm
         return peer_segment(data, conn, now)
     tcb = conn.tcb
     flight = seq_diff(tcb.snd_nxt, tcb.snd_una)
-    ack_off = data.draw(st.sampled_from([0, flight]) | st.integers(0, max(flight, 0)),
-                        label="ack - snd_una")
+    ack_off = data.draw(
+        st.sampled_from([0, flight]) | st.integers(0, max(flight, 0)), label="ack - snd_una"
+    )
     wnd = tcb.snd_wnd >> tcb.snd_wscale
-    window = data.draw(st.sampled_from([wnd, wnd, wnd + 1, max(wnd - 1, 0), 0]),
-                       label="window")
-    plen = data.draw(st.sampled_from([0, 1448, 1460]) | st.integers(0, 2000),
-                     label="payload length")
+    window = data.draw(st.sampled_from([wnd, wnd, wnd + 1, max(wnd - 1, 0), 0]), label="window")
+    plen = data.draw(
+        st.sampled_from([0, 1448, 1460]) | st.integers(0, 2000), label="payload length"
+    )
     opts = TcpOptions()
     if tcb.timestamps:
         tsval = (tcb.ts_recent + data.draw(st.integers(0, 3), label="tsval step")) & 0xFFFFFFFF
         opts = TcpOptions(timestamps=(tsval, conn.tsval(now)))
-    return TcpSegment(REMOTE_PORT, LOCAL_PORT, tcb.rcv_nxt, seq_add(tcb.snd_una, ack_off),
-                      data.draw(st.sampled_from([ACK, ACK | PSH])), window, 0, opts,
-                      memoryview(bytes(range(256)) * 8)[:plen])
+    return TcpSegment(
+        REMOTE_PORT,
+        LOCAL_PORT,
+        tcb.rcv_nxt,
+        seq_add(tcb.snd_una, ack_off),
+        data.draw(st.sampled_from([ACK, ACK | PSH])),
+        window,
+        0,
+        opts,
+        memoryview(bytes(range(256)) * 8)[:plen],
+    )
 
 
 def drive(data: st.DataObject, conn: Connection, now: float, steps: int) -> float:
@@ -87,8 +117,12 @@ def drive(data: st.DataObject, conn: Connection, now: float, steps: int) -> floa
     """
     for _ in range(steps):
         now += data.draw(st.sampled_from([0.0, 0.001, 0.05, 0.3, 2.0]), label="dt")
-        kind = data.draw(st.sampled_from(["peer"] * 12 + ["send"] * 6 + ["recv"] * 6
-                                         + ["timer"] * 3 + ["shutdown"]), label="step")
+        kind = data.draw(
+            st.sampled_from(
+                ["peer"] * 12 + ["send"] * 6 + ["recv"] * 6 + ["timer"] * 3 + ["shutdown"]
+            ),
+            label="step",
+        )
         if kind == "peer":
             conn.on_segment(peer_segment(data, conn, now), now)
         elif kind == "send":

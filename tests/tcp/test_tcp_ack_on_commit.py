@@ -88,8 +88,14 @@ def test_restore_after_a_spill_replays_the_stored_bytes() -> None:
         elif isinstance(op, RxAppend):
             rx += op.data
     restored = Connection.restore(
-        Tcb.from_record(record), rx=rx, rx_offset=2, tx=b"", tx_offset=0,
-        now=5.0, config=AOC_MANUAL, version=conn.version,
+        Tcb.from_record(record),
+        rx=rx,
+        rx_offset=2,
+        tx=b"",
+        tx_offset=0,
+        now=5.0,
+        config=AOC_MANUAL,
+        version=conn.version,
     )
     assert restored.tcb.rcv_nxt == sq(REMOTE_SEQ, 6)
     assert restored.app_receive(100, 5.0) == b"cdef"
@@ -206,8 +212,14 @@ def test_restore_resumes_at_the_commit_point_and_acknowledges_it() -> None:
             record.update(op.fields)
     assert record["rcv_nxt_offset"] == 3000 and record["commit_offset"] == 1000
     restored = Connection.restore(
-        Tcb.from_record(record), rx=b"", rx_offset=0, tx=b"", tx_offset=0,
-        now=5.0, config=AOC, version=conn.version,
+        Tcb.from_record(record),
+        rx=b"",
+        rx_offset=0,
+        tx=b"",
+        tx_offset=0,
+        now=5.0,
+        config=AOC,
+        version=conn.version,
     )
     assert restored.tcb.rcv_nxt == sq(REMOTE_SEQ, 1000)
     assert restored.recv_available == 0
@@ -243,8 +255,14 @@ def test_restore_in_syn_received_sends_the_syn_ack_alone() -> None:
     jump back from the scaled to the SYN's unscaled one)."""
     conn = conn_syn_received(AOC)
     restored = Connection.restore(
-        Tcb.from_record(conn.tcb.to_record()), rx=b"", rx_offset=0, tx=b"", tx_offset=0,
-        now=5.0, config=AOC, version=conn.version,
+        Tcb.from_record(conn.tcb.to_record()),
+        rx=b"",
+        rx_offset=0,
+        tx=b"",
+        tx_offset=0,
+        now=5.0,
+        config=AOC,
+        version=conn.version,
     )
     kick = restored.drain()
     assert [(seg.seq, seg.ack, seg.flags) for seg in kick.segments] == [

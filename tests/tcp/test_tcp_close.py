@@ -148,8 +148,11 @@ def test_last_ack_retransmits_fin() -> None:
 def test_close_wait_can_still_send() -> None:
     conn = conn_close_wait()
     conn.app_send(b"reply", 1.0)
-    expect(conn, [s(ack=sq(REMOTE_SEQ, 1), payload=b"reply", flags=ACK | PSH, window=BUF - 1)],
-           psh=True)
+    expect(
+        conn,
+        [s(ack=sq(REMOTE_SEQ, 1), payload=b"reply", flags=ACK | PSH, window=BUF - 1)],
+        psh=True,
+    )
     conn.app_shutdown(1.0)
     expect(conn, [s(seq=sq(LOCAL_SEQ, 5), ack=sq(REMOTE_SEQ, 1), flags=ACK | FIN, window=BUF - 1)])
     send(conn, r(seq=sq(REMOTE_SEQ, 1), ack=sq(LOCAL_SEQ, 6)), at=1.1)
@@ -161,8 +164,11 @@ def test_fin_after_queued_data_is_piggybacked() -> None:
     conn.app_send(b"last words", 1.0)
     conn.app_shutdown(1.0)
     # One app_send segment already left; the FIN follows alone.
-    expect(conn, [s(flags=ACK | PSH, payload=b"last words"),
-                  s(seq=sq(LOCAL_SEQ, 10), flags=ACK | FIN)], psh=True)
+    expect(
+        conn,
+        [s(flags=ACK | PSH, payload=b"last words"), s(seq=sq(LOCAL_SEQ, 10), flags=ACK | FIN)],
+        psh=True,
+    )
 
 
 def test_fin_piggybacks_on_window_limited_data() -> None:

@@ -223,8 +223,9 @@ def test_data_version_gating_across_drains() -> None:
 
 
 def test_bulk_64k_segments_zero_copy() -> None:
-    big = replace(CONFIG, mss=65000, recv_buffer_size=1 << 22, send_buffer_size=1 << 22,
-                  window_scaling=True)
+    big = replace(
+        CONFIG, mss=65000, recv_buffer_size=1 << 22, send_buffer_size=1 << 22, window_scaling=True
+    )
     from tcp_helpers import syn_options
 
     conn = conn_established(big, options=syn_options(mss=65000, wscale=7))

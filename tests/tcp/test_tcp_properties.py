@@ -62,14 +62,16 @@ class Mirror:
         # Every persisted field change was recorded: the mirror equals the live TCB.
         assert self.tcb == conn.tcb.to_record()
         assert Tcb.from_record(self.tcb) == conn.tcb
-        assert bytes(self.tx) == bytes(conn.snd_buf.view(conn.snd_buf.base_offset,
-                                                         len(conn.snd_buf)))
+        assert bytes(self.tx) == bytes(
+            conn.snd_buf.view(conn.snd_buf.base_offset, len(conn.snd_buf))
+        )
         assert self.tx_base == conn.snd_buf.base_offset
 
 
 def _wire(seg: Any, src: int, dst: int) -> TcpSegment:
-    return TcpSegment(src, dst, seg.seq, seg.ack, seg.flags, seg.window, 0, seg.options,
-                      bytes(seg.payload))
+    return TcpSegment(
+        src, dst, seg.seq, seg.ack, seg.flags, seg.window, 0, seg.options, bytes(seg.payload)
+    )
 
 
 # ------------------------------------------------------------------ (a) random inputs
@@ -84,7 +86,11 @@ acks = st.one_of(
 )
 segments = st.builds(
     lambda seq, ack, flags, window, payload, ts: r(
-        seq=seq, ack=ack, flags=flags, window=window, payload=payload,
+        seq=seq,
+        ack=ack,
+        flags=flags,
+        window=window,
+        payload=payload,
         options=TcpOptions(timestamps=ts),
     ),
     seqs,
@@ -109,8 +115,9 @@ actions = st.lists(
 @settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(actions, st.booleans(), st.booleans())
 def test_random_inputs_keep_invariants(acts: list[tuple[str, Any]], ts: bool, aoc: bool) -> None:
-    config = replace(CONFIG, timestamps=ts, recv_buffer_size=8000, send_buffer_size=20000,
-                     ack_on_commit=aoc)
+    config = replace(
+        CONFIG, timestamps=ts, recv_buffer_size=8000, send_buffer_size=20000, ack_on_commit=aoc
+    )
     opts = TcpOptions(mss=1000, timestamps=(100, 0) if ts else None)
     conn = conn_established(config, options=opts)
     mirror = Mirror()
@@ -168,8 +175,16 @@ class Pipe:
             heapq.heappush(self.queue, (at, self.n, dst, seg))
 
 
-def _run_pair(seed: int, data_a: bytes, data_b: bytes, loss: float, dup: float,
-              jitter: float, config: TcpConfig, mss: int) -> None:
+def _run_pair(
+    seed: int,
+    data_a: bytes,
+    data_b: bytes,
+    loss: float,
+    dup: float,
+    jitter: float,
+    config: TcpConfig,
+    mss: int,
+) -> None:
     rng = random.Random(seed)
     cfg = replace(config, mss=mss)
     a = Connection.open_active(now=0.0, config=cfg, iss=Seq(2**32 - 3000), tsval_offset=11)
@@ -210,16 +225,16 @@ def _run_pair(seed: int, data_a: bytes, data_b: bytes, loss: float, dup: float,
                 conn.app_close(now)
             flush(conn, peer)
         if first_syn is not None and b is None:
-            b = Connection.open_passive(first_syn, now=now, config=cfg,
-                                        iss=Seq(2**32 - 77), tsval_offset=5)
+            b = Connection.open_passive(
+                first_syn, now=now, config=cfg, iss=Seq(2**32 - 77), tsval_offset=5
+            )
             mirrors[id(b)] = Mirror()
             got[id(b)] = bytearray()
             todo[id(b)] = memoryview(data_b)
             flush(b, a)
             continue
-        done = (
-            b is not None
-            and all(c.state in (TcpState.CLOSED, TcpState.TIME_WAIT) for c in (a, b))
+        done = b is not None and all(
+            c.state in (TcpState.CLOSED, TcpState.TIME_WAIT) for c in (a, b)
         )
         if done:
             break
@@ -261,20 +276,35 @@ def _run_pair(seed: int, data_a: bytes, data_b: bytes, loss: float, dup: float,
     mss=st.sampled_from([536, 1460, 9000]),
     aoc=st.booleans(),
 )
-def test_transfer_over_lossy_pipe(seed: int, len_a: int, len_b: int, loss: float, dup: float,
-                                  jitter: float, ts: bool, ws: bool, mss: int,
-                                  aoc: bool) -> None:
+def test_transfer_over_lossy_pipe(
+    seed: int,
+    len_a: int,
+    len_b: int,
+    loss: float,
+    dup: float,
+    jitter: float,
+    ts: bool,
+    ws: bool,
+    mss: int,
+    aoc: bool,
+) -> None:
     rng = random.Random(seed)
     data_a = rng.randbytes(len_a)
     data_b = rng.randbytes(len_b)
-    config = TcpConfig(timestamps=ts, window_scaling=ws, recv_buffer_size=100_000,
-                       send_buffer_size=30_000, max_retries=30, syn_retries=30,
-                       time_wait_timeout=5.0, ack_on_commit=aoc)
+    config = TcpConfig(
+        timestamps=ts,
+        window_scaling=ws,
+        recv_buffer_size=100_000,
+        send_buffer_size=30_000,
+        max_retries=30,
+        syn_retries=30,
+        time_wait_timeout=5.0,
+        ack_on_commit=aoc,
+    )
     _run_pair(seed, data_a, data_b, loss, dup, jitter, config, mss)
 
 
 def test_transfer_bulk_64k_segments() -> None:
-    config = TcpConfig(recv_buffer_size=1 << 22, send_buffer_size=1 << 22,
-                       time_wait_timeout=5.0)
+    config = TcpConfig(recv_buffer_size=1 << 22, send_buffer_size=1 << 22, time_wait_timeout=5.0)
     data = random.Random(1).randbytes(3_000_000)
     _run_pair(7, data, b"ok", 0.0, 0.0, 0.0, config, 65000)

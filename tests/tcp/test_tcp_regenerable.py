@@ -97,20 +97,39 @@ def test_restore_reads_unacknowledged_ref_bytes_again() -> None:
             literal = literal[op.below :]
             base = op.below
     restored = Connection.restore(
-        Tcb.from_record(record), rx=b"", rx_offset=0, tx=literal, tx_offset=base,
-        now=5.0, config=conn.config, version=conn.version, regenerate=regenerate,
+        Tcb.from_record(record),
+        rx=b"",
+        rx_offset=0,
+        tx=literal,
+        tx_offset=base,
+        now=5.0,
+        config=conn.config,
+        version=conn.version,
+        regenerate=regenerate,
     )
     buf = restored.snd_buf
     assert (buf.base_offset, buf.end_offset) == (1004, 3007)
     assert bytes(buf.view(1004, 2003)) == SOURCE[1000:3000] + b"END"
     with pytest.raises(ValueError, match="no way to read"):
         Connection.restore(
-            Tcb.from_record(record), rx=b"", rx_offset=0, tx=literal, tx_offset=base,
-            now=5.0, config=conn.config, version=conn.version,
+            Tcb.from_record(record),
+            rx=b"",
+            rx_offset=0,
+            tx=literal,
+            tx_offset=base,
+            now=5.0,
+            config=conn.config,
+            version=conn.version,
         )
     with pytest.raises(ValueError, match="gave 0 bytes"):
         Connection.restore(
-            Tcb.from_record(record), rx=b"", rx_offset=0, tx=literal, tx_offset=base,
-            now=5.0, config=conn.config, version=conn.version,
+            Tcb.from_record(record),
+            rx=b"",
+            rx_offset=0,
+            tx=literal,
+            tx_offset=base,
+            now=5.0,
+            config=conn.config,
+            version=conn.version,
             regenerate=lambda name, offset, size: b"",
         )

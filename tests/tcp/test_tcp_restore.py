@@ -34,8 +34,9 @@ from stcp_framework.wire.tcp import ACK, FIN, SYN
 def test_restore_from_deltas_equals_live_and_kicks() -> None:
     mirror = Mirror()
     syn = r(seq=sq(REMOTE_SEQ, -1), ack=0, flags=SYN, options=syn_options())
-    conn = Connection.open_passive(syn, now=0.0, config=CONFIG, iss=sq(LOCAL_SEQ, -1),
-                                   tsval_offset=0)
+    conn = Connection.open_passive(
+        syn, now=0.0, config=CONFIG, iss=sq(LOCAL_SEQ, -1), tsval_offset=0
+    )
     mirror.apply(conn, conn.drain())
     conn.on_segment(r(), 0.1)
     mirror.apply(conn, conn.drain())
@@ -49,9 +50,15 @@ def test_restore_from_deltas_equals_live_and_kicks() -> None:
 
     tcb = Tcb.from_record(mirror.tcb)
     assert tcb == conn.tcb
-    restored = Connection.restore(tcb, rx=bytes(mirror.rx), rx_offset=mirror.rx_base,
-                                  tx=bytes(mirror.tx), tx_offset=mirror.tx_base, now=100.0,
-                                  config=CONFIG)
+    restored = Connection.restore(
+        tcb,
+        rx=bytes(mirror.rx),
+        rx_offset=mirror.rx_base,
+        tx=bytes(mirror.tx),
+        tx_offset=mirror.tx_base,
+        now=100.0,
+        config=CONFIG,
+    )
     assert restored.tcb == conn.tcb
     assert restored.recv_available == conn.recv_available == 4
     assert restored.app_receive(100, 100.0) == b"uest"
@@ -66,9 +73,16 @@ def test_restore_from_deltas_equals_live_and_kicks() -> None:
 
 def _restore(mirror: Mirror, now: float, config: TcpConfig) -> Connection:
     tcb = Tcb.from_record(mirror.tcb)
-    return Connection.restore(tcb, rx=bytes(mirror.rx), rx_offset=mirror.rx_base,
-                              tx=bytes(mirror.tx), tx_offset=mirror.tx_base, now=now,
-                              config=config, version=mirror.version)
+    return Connection.restore(
+        tcb,
+        rx=bytes(mirror.rx),
+        rx_offset=mirror.rx_base,
+        tx=bytes(mirror.tx),
+        tx_offset=mirror.tx_base,
+        now=now,
+        config=config,
+        version=mirror.version,
+    )
 
 
 # Fields the kick itself may move: its ACK records the window it advertises
@@ -89,7 +103,8 @@ def _check_kick(live: Connection, restored: Connection, mirror: Mirror, now: flo
     assert restored.unacked == live.unacked
     buf = live.snd_buf
     assert bytes(restored.snd_buf.view(buf.base_offset, len(buf))) == bytes(
-        buf.view(buf.base_offset, len(buf)))
+        buf.view(buf.base_offset, len(buf))
+    )
     step = restored.drain()
     after = copy.deepcopy(mirror)
     after.apply(restored, step)  # what the kick changed is in its delta
@@ -124,14 +139,14 @@ def _check_kick(live: Connection, restored: Connection, mirror: Mirror, now: flo
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data(), st.booleans(), st.booleans())
-def test_restore_after_random_steps_equals_live(data: st.DataObject, ts: bool,
-                                                ws: bool) -> None:
+def test_restore_after_random_steps_equals_live(data: st.DataObject, ts: bool, ws: bool) -> None:
     config = replace(CONFIG, timestamps=ts, window_scaling=ws, send_buffer_size=30000)
     opts = syn_options(wscale=2 if ws else None, ts=(100, 0) if ts else None)
     mirror = Mirror()
     syn = r(seq=sq(REMOTE_SEQ, -1), ack=0, flags=SYN, options=opts)
-    conn = Connection.open_passive(syn, now=0.0, config=config, iss=sq(LOCAL_SEQ, -1),
-                                   tsval_offset=12345)
+    conn = Connection.open_passive(
+        syn, now=0.0, config=config, iss=sq(LOCAL_SEQ, -1), tsval_offset=12345
+    )
     mirror.apply(conn, conn.drain())
     _check_kick(conn, _restore(mirror, 50.0, config), mirror, 50.0)
     now = 0.0
@@ -168,8 +183,14 @@ def test_restore_in_syn_received_offers_window_scaling_as_agreed() -> None:
     assert (conn.tcb.rcv_wscale, conn.tcb.snd_wscale) == (0, 7)  # BUF < 64 KB
     assert BUF < 0xFFFF
     restored = Connection.restore(
-        Tcb.from_record(conn.tcb.to_record()), rx=b"", rx_offset=0, tx=b"", tx_offset=0,
-        now=5.0, config=config, version=conn.version,
+        Tcb.from_record(conn.tcb.to_record()),
+        rx=b"",
+        rx_offset=0,
+        tx=b"",
+        tx_offset=0,
+        now=5.0,
+        config=config,
+        version=conn.version,
     )
     (syn_ack,) = restored.drain().segments
     assert syn_ack.flags == SYN | ACK
@@ -179,8 +200,14 @@ def test_restore_in_syn_received_offers_window_scaling_as_agreed() -> None:
 def test_restore_in_syn_received_without_scaling_sends_no_window_scale() -> None:
     conn = conn_syn_received(replace(CONFIG, window_scaling=True), syn_options(wscale=None))
     restored = Connection.restore(
-        Tcb.from_record(conn.tcb.to_record()), rx=b"", rx_offset=0, tx=b"", tx_offset=0,
-        now=5.0, config=replace(CONFIG, window_scaling=True), version=conn.version,
+        Tcb.from_record(conn.tcb.to_record()),
+        rx=b"",
+        rx_offset=0,
+        tx=b"",
+        tx_offset=0,
+        now=5.0,
+        config=replace(CONFIG, window_scaling=True),
+        version=conn.version,
     )
     (syn_ack,) = restored.drain().segments
     assert syn_ack.options.wscale is None  # the peer's SYN had none (RFC 7323 §1.3)
@@ -198,8 +225,14 @@ def test_restore_counts_every_stored_byte_as_possibly_sent() -> None:
     assert len(conn.drain().segments) == 3  # left, while their SND.NXT was not stored
     stale["snd_wnd"] = MSS  # and the peer's window then let one segment out at a time
     restored = Connection.restore(
-        Tcb.from_record(stale), rx=b"", rx_offset=0, tx=b"x" * 3000, tx_offset=0,
-        now=5.0, config=CONFIG, version=conn.version,
+        Tcb.from_record(stale),
+        rx=b"",
+        rx_offset=0,
+        tx=b"x" * 3000,
+        tx_offset=0,
+        now=5.0,
+        config=CONFIG,
+        version=conn.version,
     )
     kick = restored.drain()
     assert [len(seg.payload) for seg in kick.segments][:1] == [MSS]  # again from SND.UNA
@@ -216,8 +249,14 @@ def test_restore_takes_an_ack_of_stored_bytes_and_the_fin_after_them() -> None:
     stale = conn.tcb.to_record()
     stale["snd_wnd"] = MSS
     restored = Connection.restore(
-        Tcb.from_record(stale), rx=b"", rx_offset=0, tx=b"x" * 3000, tx_offset=0,
-        now=5.0, config=CONFIG, version=conn.version,
+        Tcb.from_record(stale),
+        rx=b"",
+        rx_offset=0,
+        tx=b"x" * 3000,
+        tx_offset=0,
+        now=5.0,
+        config=CONFIG,
+        version=conn.version,
     )
     restored.drain()
     restored.on_segment(r(ack=sq(LOCAL_SEQ, 3001)), 5.1)
@@ -240,8 +279,14 @@ def test_restore_with_data_waiting_on_a_closed_window_probes_at_once() -> None:
     assert not any(seg.payload for seg in step.segments)
     record = conn.tcb.to_record()
     restored = Connection.restore(
-        Tcb.from_record(record), rx=b"", rx_offset=0, tx=b"x" * 5000, tx_offset=0,
-        now=5.0, config=CONFIG, version=conn.version,
+        Tcb.from_record(record),
+        rx=b"",
+        rx_offset=0,
+        tx=b"x" * 5000,
+        tx_offset=0,
+        now=5.0,
+        config=CONFIG,
+        version=conn.version,
     )
     kick = restored.drain()
     assert [(seg.seq, seg.flags, len(seg.payload)) for seg in kick.segments] == [

@@ -53,8 +53,13 @@ def test_rto_go_back_n_resends_the_window() -> None:
     expect(conn, [s(payload=bytes(MSS))], at=at)  # cwnd = 1 MSS
     send(conn, r(ack=sq(LOCAL_SEQ, MSS)), at=at + 0.1)
     # cwnd grew by the acked MSS (slow start): the next two are resent.
-    step = expect(conn, [s(seq=sq(LOCAL_SEQ, MSS), payload=bytes(MSS)),
-                         s(seq=sq(LOCAL_SEQ, 2 * MSS), payload=bytes(MSS))])
+    step = expect(
+        conn,
+        [
+            s(seq=sq(LOCAL_SEQ, MSS), payload=bytes(MSS)),
+            s(seq=sq(LOCAL_SEQ, 2 * MSS), payload=bytes(MSS)),
+        ],
+    )
     assert conn.tcb.snd_nxt == sq(LOCAL_SEQ, 3 * MSS)  # snd_nxt never moved back
     assert step.delta is None or "snd_nxt" not in step.delta.ops[-1].fields  # type: ignore[union-attr]
 
@@ -66,8 +71,7 @@ def test_retries_exhausted_sends_rst_and_times_out() -> None:
     conn.drain()
     expect(conn, [HELLO], at=1.0 + rto)
     expect(conn, [HELLO], at=1.0 + 3 * rto)
-    step = expect(conn, [s(seq=sq(LOCAL_SEQ, 5), flags=RST | ACK, window=0)],
-                  at=1.0 + 7 * rto)
+    step = expect(conn, [s(seq=sq(LOCAL_SEQ, 5), flags=RST | ACK, window=0)], at=1.0 + 7 * rto)
     assert step.events == (TimedOut(), Closed())
     assert conn.state is TcpState.CLOSED
     assert conn.next_deadline() is None

@@ -118,8 +118,11 @@ def test_timestamps_echo_and_ts_recent() -> None:
     conn = ts_conn()
     send(conn, r(payload=b"a", options=TcpOptions(timestamps=(1010, 5))), at=1.0)
     assert conn.tcb.ts_recent == 1010
-    (ack,) = expect(conn, [s(ack=sq(REMOTE_SEQ, 1), window=BUF - 1,
-                             options=TcpOptions(timestamps=(1040, 1010)))], at=1.04).segments
+    (ack,) = expect(
+        conn,
+        [s(ack=sq(REMOTE_SEQ, 1), window=BUF - 1, options=TcpOptions(timestamps=(1040, 1010)))],
+        at=1.04,
+    ).segments
     assert ack.options.timestamps == (1040, 1010)
 
 
@@ -128,15 +131,19 @@ def test_paws_drops_old_timestamp() -> None:
     send(conn, r(payload=b"new", options=TcpOptions(timestamps=(2000, 5))), at=1.0)
     conn.drain()
     # A segment with an older TSval (a wrapped old duplicate) is dropped and ACKed.
-    send(conn, r(seq=sq(REMOTE_SEQ, 3), payload=b"old", options=TcpOptions(timestamps=(1500, 5))),
-         at=1.01)
-    step = expect(conn, [s(ack=sq(REMOTE_SEQ, 3), window=BUF - 3,
-                           options=TcpOptions(timestamps=(1010, 2000)))])
+    send(
+        conn,
+        r(seq=sq(REMOTE_SEQ, 3), payload=b"old", options=TcpOptions(timestamps=(1500, 5))),
+        at=1.01,
+    )
+    step = expect(
+        conn,
+        [s(ack=sq(REMOTE_SEQ, 3), window=BUF - 3, options=TcpOptions(timestamps=(1010, 2000)))],
+    )
     assert step.delta is None or not any(isinstance(op, RxAppend) for op in step.delta.ops)
     assert conn.counters["paws_drop"] == 1
     # RST is exempt from PAWS (RFC 7323 §5.3).
-    send(conn, r(seq=sq(REMOTE_SEQ, 3), flags=RST, options=TcpOptions(timestamps=(1, 5))),
-         at=1.02)
+    send(conn, r(seq=sq(REMOTE_SEQ, 3), flags=RST, options=TcpOptions(timestamps=(1, 5))), at=1.02)
     assert conn.state is TcpState.CLOSED
 
 

@@ -31,8 +31,9 @@ PROBE = s(seq=sq(LOCAL_SEQ, -1))  # <SEQ=SND.UNA-1><ACK=RCV.NXT><CTL=ACK>
 
 
 def keepalive_conn(probes: int = 3) -> Connection:
-    return conn_established(replace(CONFIG, keepalive_idle=IDLE, keepalive_interval=INTERVAL,
-                                    keepalive_probes=probes))
+    return conn_established(
+        replace(CONFIG, keepalive_idle=IDLE, keepalive_interval=INTERVAL, keepalive_probes=probes)
+    )
 
 
 def test_keepalive_is_off_by_default() -> None:

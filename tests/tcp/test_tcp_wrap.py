@@ -23,8 +23,7 @@ from tcp_helpers import (
 from stcp_framework.tcp.machine import Connection
 from stcp_framework.wire.tcp import ACK, PSH
 
-RECEIVING: list[Callable[[], Connection]] = [conn_established, conn_fin_wait_1,
-                                             conn_fin_wait_2]
+RECEIVING: list[Callable[[], Connection]] = [conn_established, conn_fin_wait_1, conn_fin_wait_2]
 SENDING: list[Callable[[], Connection]] = [conn_established, conn_close_wait]
 
 
