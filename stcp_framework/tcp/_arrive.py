@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from ..wire.seq import SEQ_MASK, Seq, seq_add, seq_diff, seq_le, seq_lt
 from ..wire.tcp import ACK, FIN, PSH, RST, SYN, TcpSegment
-from . import _output
+from . import _output, sack
 from .events import Connected, DataReadable, EofReceived, Reset
 from .state import TcpState
 
@@ -108,6 +108,8 @@ def header_prediction(c: Connection, seg: TcpSegment, now: float) -> bool:
     cc = c.cc
     if cc.in_recovery:
         return False
+    if tcb.sack_permitted and (seg.options.sack_blocks or c.scoreboard.ranges):
+        return False  # the scoreboard needs the general path (check_ack)
     scaled_wnd = seg.window << tcb.snd_wscale
     if d_una == 0 and not plen and flight and scaled_wnd == tcb.snd_wnd:
         return False  # a duplicate ACK (RFC 5681 §2): counted by check_ack
@@ -401,6 +403,9 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
         return False
     scaled_wnd = seg.window << tcb.snd_wscale
     una_off = tcb.snd_una_offset
+    board = c.scoreboard
+    if tcb.sack_permitted and seg.options.sack_blocks:
+        _update_scoreboard(c, seg, una_off)
     if d_una > 0:
         new_una_off = una_off + d_una
         flight_before = c.snd_nxt_offset() - una_off
@@ -411,13 +416,21 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
         c.retries = 0
         c.probes = 0
         c.dupacks = 0
+        if board.ranges:
+            board.trim(new_una_off)
         cc = c.cc
         if cc.in_recovery:
             if new_una_off >= cc.recover_offset:
                 cc.exit_recovery(flight_before - d_una)  # RFC 6582 §3.2 step 3 full ACK
+                board.high_rxt = 0
             else:
                 cc.on_partial_ack(d_una)  # RFC 6582 §3.2 step 3 partial ACK
-                _output.retransmit_first(c, now)
+                # With SACK, the next hole the peer reported (maybe resent already:
+                # then nothing); without, the segment at the new SND.UNA.
+                if not board.ranges:
+                    _output.retransmit_first(c, now)
+                else:
+                    _output.retransmit_hole(c, now)
         else:
             cc.on_ack(d_una)
         t = c.timers
@@ -437,9 +450,16 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
             c.dupacks += 1
             cc = c.cc
             if cc.in_recovery:
-                cc.on_dupack_in_recovery()  # RFC 5681 §3.2 step 4
-            elif c.dupacks == 3 and una_off >= cc.recover_offset:
-                # RFC 5681 §3.2 steps 2-3, RFC 6582 §3.2 step 2: fast retransmit.
+                # One segment out per segment the peer got (RFC 6675 §5 step C): the
+                # next lost hole it reported, else new data (RFC 5681 §3.2 step 4).
+                if not (board.ranges and _output.retransmit_hole(c, now)):
+                    cc.on_dupack_in_recovery()
+            elif (
+                c.dupacks == 3 or (board.ranges and board.sacked_bytes() > 2 * tcb.mss)
+            ) and una_off >= cc.recover_offset:
+                # RFC 5681 §3.2 steps 2-3, RFC 6582 §3.2 step 2: fast retransmit;
+                # with SACK also once more than two segments' worth above SND.UNA
+                # arrived (RFC 6675 §5: IsLost(HighACK + 1)).
                 c.count("fast_retransmit")
                 cc.enter_recovery(c.snd_nxt_offset() - una_off, c.snd_nxt_offset())
                 _output.retransmit_first(c, now)
@@ -481,6 +501,22 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
     return True
 
 
+def _update_scoreboard(c: Connection, seg: TcpSegment, una_off: int) -> None:
+    """Record the SACK blocks of an acceptable ACK (RFC 2018 §3, RFC 6675 §3) as
+    stream offsets; blocks outside SND.UNA..SND.NXT are ignored (RFC 2883 D-SACK too)."""
+    tcb = c.tcb
+    snd_una = tcb.snd_una
+    blocks = [
+        (
+            una_off + (((left - snd_una + _HALF) & SEQ_MASK) - _HALF),
+            una_off + (((right - snd_una + _HALF) & SEQ_MASK) - _HALF),
+        )
+        for left, right in seg.options.sack_blocks
+    ]
+    if c.scoreboard.update(una_off, c.snd_nxt_offset(), blocks):
+        c.count("sack_blocks_received")
+
+
 def process_text(c: Connection, payload: bytes | memoryview, off: int, now: float) -> None:
     """Seventh: segment text (RFC 9293 step 7; delayed ACK per RFC 9293 §3.8.6.3)."""
     tcb = c.tcb
@@ -501,6 +537,8 @@ def process_text(c: Connection, payload: bytes | memoryview, off: int, now: floa
         # Out of order: queue, and send an immediate duplicate ACK (RFC 5681 §4.2) --
         # with ack-on-commit only while it names the hole (everything committed).
         c.reasm.insert(off, payload)
+        if tcb.sack_permitted:
+            sack.note_arrival(c.sack_recent, off)  # its block is reported first
         if not aoc or c.ack_point() == tcb.rcv_nxt:
             c.ack_now = True
         return

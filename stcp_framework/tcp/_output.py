@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from ..wire.seq import SEQ_MASK, Seq, seq_add
 from ..wire.tcp import ACK, FIN, NO_OPTIONS, PSH, RST, SYN, TcpOptions, TcpSegment
+from . import sack
 from .events import TimedOut
 from .state import TcpState
 from .step import OutSegment
@@ -29,6 +30,7 @@ _DATA_STATES = (
     TcpState.LAST_ACK,
 )
 _FIN_STATES = (TcpState.FIN_WAIT_1, TcpState.CLOSING, TcpState.LAST_ACK)
+DUP_THRESH = 3  # RFC 5681 §3.2 / RFC 6675 DupThresh
 CHALLENGE_ACK_INTERVAL = 1.0  # RFC 5961 §7: limit per interval (config.challenge_ack_limit)
 INVALID_ACK_INTERVAL = 0.5  # Linux net.ipv4.tcp_invalid_ratelimit (500 ms)
 MAX_WINDOW = 0xFFFF
@@ -135,10 +137,28 @@ def _options(c: Connection, now: float) -> TcpOptions:
     return opts
 
 
+def _sack_options(c: Connection, now: float) -> TcpOptions:
+    """``_options`` plus SACK blocks for the out-of-order data we hold (RFC 2018 §4)."""
+    tcb = c.tcb
+    opts = _options(c, now)
+    limit = sack.MAX_BLOCKS_WITH_TS if tcb.timestamps else sack.MAX_BLOCKS
+    blocks = sack.report_blocks(c.reasm.ranges(), c.sack_recent, limit)
+    base_off = tcb.rcv_nxt_offset
+    rcv_nxt = tcb.rcv_nxt
+    seqs = tuple(
+        ((rcv_nxt + start - base_off) & SEQ_MASK, (rcv_nxt + end - base_off) & SEQ_MASK)
+        for start, end in blocks
+    )
+    c.count("sack_ack_sent")
+    return opts._replace(sack_blocks=seqs)
+
+
 def make_segment(
     c: Connection, seq: Seq, flags: int, payload: bytes | memoryview, now: float
 ) -> None:
-    """Emit one non-SYN segment carrying our ACK, window and timestamps."""
+    """Emit one non-SYN segment carrying our ACK, window and timestamps -- and, on one
+    without data, SACK blocks while out-of-order data waits (data segments carry none:
+    the MSS leaves room for timestamps only)."""
     window = advertise_window(c)
     needs = c.rx_needs
     if payload or flags & FIN:
@@ -147,9 +167,11 @@ def make_segment(
             needs = tx
     tcb = c.tcb
     ack = c.ack_point() if tcb.ack_on_commit else tcb.rcv_nxt
-    c._out.append(
-        _new(OutSegment, (seq, ack, flags | ACK, window, _options(c, now), payload, needs, 0))
-    )
+    if not payload and c.reasm.size and tcb.sack_permitted and not tcb.ack_on_commit:
+        opts = _sack_options(c, now)
+    else:
+        opts = _options(c, now)
+    c._out.append(_new(OutSegment, (seq, ack, flags | ACK, window, opts, payload, needs, 0)))
     _ack_sent(c)
 
 
@@ -216,7 +238,9 @@ def send_syn(c: Connection, now: float, *, retransmit: bool = False) -> None:
     ts: tuple[int, int] | None = None
     if tcb.timestamps:
         ts = (c.tsval(now), 0 if active else tcb.ts_recent)
-    opts = _new(TcpOptions, (config.mss, ws, False, ts, ()))
+    # SACK-permitted (RFC 2018 §2): offered in our SYN, and in a SYN,ACK if the peer did
+    sack = config.sack if active else tcb.sack_permitted
+    opts = _new(TcpOptions, (config.mss, ws, sack, ts, ()))
     window = _free_space(c)
     if window > MAX_WINDOW:
         window = MAX_WINDOW  # RFC 7323 §2.2: never scaled in a SYN
@@ -262,8 +286,13 @@ def transmit(c: Connection, now: float) -> None:
     """Send whatever is due now: data and FIN within the windows, else a pending ACK."""
     tcb = c.tcb
     state = tcb.state
+    # A data segment carries no SACK blocks (make_segment): when out-of-order data
+    # made this ACK due, it goes out on its own as well (RFC 2018 §4, RFC 5681 §4.2).
+    sack_due = c.ack_now and c.reasm.size and tcb.sack_permitted and not tcb.ack_on_commit
     if state in _DATA_STATES and tcb.snd_una_offset >= 0:
         send_data(c, now, force=False)
+        if sack_due:
+            c.ack_now = True
     if c.ack_now and state is not TcpState.CLOSED and state is not TcpState.SYN_SENT:
         if tcb.snd_una_offset < 0 and state is TcpState.SYN_RECEIVED:
             c.ack_now = False  # our SYN,ACK carries the ACK; nothing else to send
@@ -431,8 +460,34 @@ def retransmit_first(c: Connection, now: float) -> None:
             if tcb.fin_sent:
                 flags |= FIN
         make_segment(c, tcb.snd_una, flags, buf.view(una_off, n), now)
+        board = c.scoreboard
+        if tcb.sack_permitted and board.high_rxt < una_off + n:
+            board.high_rxt = una_off + n
     elif tcb.fin_sent and una_off == buf.end_offset:
         make_segment(c, tcb.snd_una, ACK | FIN, b"", now)
+
+
+def retransmit_hole(c: Connection, now: float) -> bool:
+    """Resend the first hole the peer's SACK blocks show lost and that this recovery
+    has not resent yet (RFC 6675 §4 NextSeg rule 1), at most one MSS. False if none."""
+    tcb = c.tcb
+    board = c.scoreboard
+    una_off = tcb.snd_una_offset
+    start = board.high_rxt if board.high_rxt > una_off else una_off
+    hole = board.next_hole(start, (DUP_THRESH - 1) * tcb.mss)
+    if hole is None:
+        return False
+    begin, end = hole
+    buf = c.snd_buf
+    n = min(tcb.mss, end - begin, buf.end_offset - begin)
+    if n <= 0:
+        return False
+    c.count("retransmit")
+    c.count("sack_retransmit")
+    c.rtt_offset = None  # Karn's rule
+    make_segment(c, seq_add(tcb.snd_una, begin - una_off), ACK, buf.view(begin, n), now)
+    board.high_rxt = begin + n
+    return True
 
 
 def time_out(c: Connection, now: float, *, rst: bool) -> None:
@@ -467,6 +522,7 @@ def on_retransmit_timeout(c: Connection, now: float) -> None:
         time_out(c, now, rst=True)
         return
     c.count("rto")
+    c.scoreboard.clear()  # RFC 2018 §8: the receiver may have reneged
     flight = c.snd_nxt_offset() - tcb.snd_una_offset
     c.cc.on_rto(flight)
     c.cc.recover_offset = c.snd_nxt_offset()  # RFC 6582 §3.2 step 4 (after an RTO)

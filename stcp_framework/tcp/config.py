@@ -17,6 +17,7 @@ class TcpConfig:
             exceeds the free space (G6). The window scale is derived from it.
         send_buffer_size: Send buffer cap: unacknowledged + unsent bytes (G6).
         timestamps: Offer RFC 7323 timestamps.
+        sack: Offer and use selective acknowledgments (RFC 2018; ``tcp/sack.py``).
         window_scaling: Offer RFC 7323 window scaling.
         initial_rto: RFC 6298 (2.1): 1 s.
         min_rto: RFC 6298 (2.4) says 1 s; Linux uses 200 ms because 1 s is far too long
@@ -41,6 +42,7 @@ class TcpConfig:
     recv_buffer_size: int = 4 * 1024 * 1024
     send_buffer_size: int = 4 * 1024 * 1024
     timestamps: bool = True
+    sack: bool = True
     window_scaling: bool = True
     initial_rto: float = 1.0
     min_rto: float = 0.2

@@ -59,6 +59,7 @@ from .delta import (
 from .errors import LocalProtocolError
 from .events import Closed, DataReadable, Event, SendSpace
 from .rtt import RttEstimator
+from .sack import Scoreboard
 from .state import TcpState
 from .step import EMPTY_STEP, OutSegment, Step
 from .tcb import TCB_FIELDS, Tcb
@@ -162,6 +163,8 @@ class Connection:
         self.rcv_buf = RecvBuffer(0, keep_read=config.ack_on_commit and config.manual_commit)
         self.rx_stored = 0  # ack-on-commit: inbound bytes below this are spilled (stored)
         self.reasm = Reassembly()
+        self.sack_recent: list[int] = []  # recent out-of-order arrivals (sack.note_arrival)
+        self.scoreboard = Scoreboard()  # what the peer SACKed (sender side)
         # Outputs pending until drain().
         self._out: list[OutSegment] = []
         self._events: list[Event] = []

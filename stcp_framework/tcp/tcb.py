@@ -79,7 +79,7 @@ class Tcb:
         timestamps: RFC 7323 timestamps negotiated.
         tsval_offset: Our timestamp clock base: ``tsval = int(now*1000) + tsval_offset``.
         ts_recent: Latest peer TSval to echo (RFC 7323 §4.3).
-        sack_permitted: Always False for now (SACK not implemented).
+        sack_permitted: Both ends sent SACK-permitted (RFC 2018 §2): ``tcp/sack.py``.
         fin_sent, fin_received: A FIN was transmitted / accepted in order.
         snd_una_offset: Stream offset of ``snd_una`` (-1 while the SYN is unacknowledged;
             data length + 1 once our FIN is acknowledged).

@@ -28,6 +28,7 @@ CONFIG = TcpConfig(
     send_buffer_size=65536,
     timestamps=False,
     window_scaling=False,
+    sack=False,  # test_tcp_sack.py turns it on
 )
 
 RECV_TMPL = TcpSegment(

@@ -36,6 +36,19 @@ FLAGS = [
 ]
 
 
+def sack_blocks(data: st.DataObject, conn: Connection) -> tuple[tuple[int, int], ...]:
+    """Up to 3 SACK blocks around our flight: mostly inside it, sometimes stale (below
+    SND.UNA, as a D-SACK), past SND.NXT, or empty."""
+    tcb = conn.tcb
+    flight = max(seq_diff(tcb.snd_nxt, tcb.snd_una), 0)
+    blocks = []
+    for _ in range(data.draw(st.sampled_from([0, 0, 1, 2, 3]), label="sack blocks")):
+        left = data.draw(st.integers(-2000, flight + 100), label="sack left - snd_una")
+        size = data.draw(st.sampled_from([0, 1, 536, 1460, 3000]), label="sack size")
+        blocks.append((seq_add(tcb.snd_una, left), seq_add(tcb.snd_una, left + size)))
+    return tuple(blocks)
+
+
 def peer_segment(data: st.DataObject, conn: Connection, now: float) -> TcpSegment:
     """A segment from the peer of ``conn``, drawn around ``conn``'s current numbers."""
     tcb = conn.tcb
@@ -64,6 +77,8 @@ def peer_segment(data: st.DataObject, conn: Connection, now: float) -> TcpSegmen
         if ts is not None:
             tsecr = (conn.tsval(now) - data.draw(st.integers(0, 100))) & 0xFFFFFFFF
             opts = TcpOptions(timestamps=((tcb.ts_recent + ts) & 0xFFFFFFFF, tsecr))
+    if tcb.sack_permitted:
+        opts = opts._replace(sack_blocks=sack_blocks(data, conn))
     fill = data.draw(st.integers(0, 255), label="fill byte")
     return TcpSegment(
         src_port=REMOTE_PORT,
@@ -97,6 +112,8 @@ def likely_segment(data: st.DataObject, conn: Connection, now: float) -> TcpSegm
     if tcb.timestamps:
         tsval = (tcb.ts_recent + data.draw(st.integers(0, 3), label="tsval step")) & 0xFFFFFFFF
         opts = TcpOptions(timestamps=(tsval, conn.tsval(now)))
+    if tcb.sack_permitted:
+        opts = opts._replace(sack_blocks=sack_blocks(data, conn))
     return TcpSegment(
         REMOTE_PORT,
         LOCAL_PORT,

@@ -36,22 +36,23 @@ def general_on_segment(conn: Connection, seg: TcpSegment, now: float) -> None:
     st.sampled_from([None, 0, 3, 14]),
     st.sampled_from([536, 1460, 9000]),
     st.booleans(),
+    st.booleans(),
 )
 def test_fast_path_equals_general_steps(
-    data: st.DataObject, ts: bool, wscale: int | None, mss: int, aoc: bool
+    data: st.DataObject, ts: bool, wscale: int | None, mss: int, aoc: bool, sack: bool
 ) -> None:
     config = replace(
         CONFIG,
         mss=mss,
         timestamps=ts,
+        sack=sack,
         window_scaling=wscale is not None,
         ack_on_commit=aoc,
         recv_buffer_size=data.draw(st.sampled_from([4000, 16384, 1 << 20])),
         send_buffer_size=40000,
     )
-    conn = conn_established(
-        config, options=syn_options(mss=mss, wscale=wscale, ts=(100, 0) if ts else None)
-    )
+    options = syn_options(mss=mss, wscale=wscale, ts=(100, 0) if ts else None)
+    conn = conn_established(config, options=options._replace(sack_permitted=sack))
     now = drive(data, conn, 1.0, data.draw(st.integers(0, 15), label="steps"))
     for _ in range(data.draw(st.integers(1, 8), label="segments compared")):
         if data.draw(st.booleans(), label="app call between"):

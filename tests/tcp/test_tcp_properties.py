@@ -275,6 +275,7 @@ def _run_pair(
     ws=st.booleans(),
     mss=st.sampled_from([536, 1460, 9000]),
     aoc=st.booleans(),
+    sack=st.booleans(),
 )
 def test_transfer_over_lossy_pipe(
     seed: int,
@@ -287,6 +288,7 @@ def test_transfer_over_lossy_pipe(
     ws: bool,
     mss: int,
     aoc: bool,
+    sack: bool,
 ) -> None:
     rng = random.Random(seed)
     data_a = rng.randbytes(len_a)
@@ -300,6 +302,7 @@ def test_transfer_over_lossy_pipe(
         syn_retries=30,
         time_wait_timeout=5.0,
         ack_on_commit=aoc,
+        sack=sack,
     )
     _run_pair(seed, data_a, data_b, loss, dup, jitter, config, mss)
 

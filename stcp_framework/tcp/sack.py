@@ -1,0 +1,140 @@
+"""Selective acknowledgment (RFC 2018): the blocks we report and the scoreboard we keep.
+
+Receiver side (``report_blocks``): while out-of-order data waits in the reassembly
+queue, every pure ACK carries SACK blocks (RFC 2018 §4): the first names the block
+holding the most recently received segment, the others repeat the blocks of earlier
+arrivals, most recent first, then the rest from the highest down -- as many as fit
+(3 beside timestamps, 4 without). Blocks are stream offsets here; the machine turns
+them into sequence numbers.
+
+SACKed bytes are not stored (only cumulatively acknowledged ones are, G1): a crash
+forgets them, which RFC 2018 §8 allows ("reneging"); the peer keeps SACKed data until
+it is cumulatively acknowledged, and a restored connection asks for it again with its
+first ACK. The ack-on-commit mode reports no blocks at all: its peer's send buffer
+is the replay buffer, so nothing beyond the commit point may look received.
+
+Sender side (``Scoreboard``): the ranges above SND.UNA the peer reported, used in fast
+recovery to retransmit every hole once, one per arriving ACK (RFC 6675 §4 NextSeg
+rule 1: the first un-SACKed bytes below the highest SACKed byte, above the highest
+retransmitted one), instead of NewReno's one hole per round trip (RFC 6582). On a
+retransmission timeout the scoreboard is cleared (RFC 2018 §8: the receiver may have
+reneged) and recovery goes back to SND.UNA.
+"""
+
+from __future__ import annotations
+
+MAX_BLOCKS = 4  # 2 + 8*4 = 34 option bytes; beside timestamps (12) only 3 fit in 40
+MAX_BLOCKS_WITH_TS = 3
+RECENT = 4  # recent out-of-order arrivals remembered for block order
+
+
+def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted ``[start, end)`` ranges with adjacent and overlapping ones joined."""
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if out and start <= out[-1][1]:
+            if end > out[-1][1]:
+                out[-1] = (out[-1][0], end)
+        else:
+            out.append((start, end))
+    return out
+
+
+def report_blocks(
+    held: list[tuple[int, int]], recent: list[int], max_blocks: int
+) -> list[tuple[int, int]]:
+    """The SACK blocks to send, as stream offsets (RFC 2018 §4).
+
+    Args:
+        held: The reassembly queue's ranges ``[start, end)`` (any order, may touch).
+        recent: Offsets of recent out-of-order arrivals, most recent first.
+        max_blocks: How many fit beside the other options.
+    """
+    blocks = merge_ranges(held)
+    chosen: list[tuple[int, int]] = []
+    for offset in recent:
+        for block in blocks:
+            if block[0] <= offset < block[1]:
+                if block not in chosen:
+                    chosen.append(block)
+                break
+    for block in reversed(blocks):
+        if len(chosen) >= max_blocks:
+            break
+        if block not in chosen:
+            chosen.append(block)
+    return chosen[:max_blocks]
+
+
+def note_arrival(recent: list[int], offset: int) -> None:
+    """Remember an out-of-order arrival at ``offset`` as the most recent one."""
+    if offset in recent:
+        recent.remove(offset)
+    recent.insert(0, offset)
+    del recent[RECENT:]
+
+
+class Scoreboard:
+    """Stream-offset ranges above SND.UNA that the peer reported received (RFC 6675 §3).
+
+    Attributes:
+        ranges: The SACKed ``[start, end)`` offsets: sorted, disjoint, not touching.
+        high_rxt: Offset after the last byte retransmitted in this recovery (HighRxt).
+    """
+
+    __slots__ = ("high_rxt", "ranges")
+
+    def __init__(self) -> None:
+        self.ranges: list[tuple[int, int]] = []  # sorted, disjoint, not touching
+        self.high_rxt = 0
+
+    def update(self, una: int, nxt: int, blocks: list[tuple[int, int]]) -> bool:
+        """Add reported ``[start, end)`` blocks; returns whether anything new was SACKed.
+
+        Blocks are clamped to ``(una, nxt]``; ones at or below ``una`` (D-SACK, RFC 2883,
+        or stale) and empty ones are ignored.
+        """
+        before = self.sacked_bytes()
+        added = list(self.ranges)
+        for start, end in blocks:
+            start = max(start, una)
+            end = min(end, nxt)
+            if start < end:
+                added.append((start, end))
+        self.ranges = merge_ranges(added)
+        return self.sacked_bytes() > before
+
+    def trim(self, una: int) -> None:
+        """Forget what the cumulative ACK now covers."""
+        ranges = self.ranges
+        if ranges and ranges[0][0] < una:
+            self.ranges = [(max(s, una), e) for s, e in ranges if e > una]
+
+    def clear(self) -> None:
+        self.ranges = []
+        self.high_rxt = 0
+
+    def sacked_bytes(self) -> int:
+        return sum(e - s for s, e in self.ranges)
+
+    def highest(self) -> int:
+        """Offset after the highest SACKed byte (0 when nothing is SACKed)."""
+        return self.ranges[-1][1] if self.ranges else 0
+
+    def next_hole(self, start: int, lost_above: int) -> tuple[int, int] | None:
+        """The first un-SACKed range at or after ``start`` that is deemed lost, or ``None``
+        (RFC 6675 NextSeg rule 1).
+
+        A byte is deemed lost (RFC 6675 IsLost) when more than ``lost_above`` bytes above
+        it are SACKed -- ``(DupThresh - 1) * SMSS``: a hole that only reordering made
+        is not resent before three segments have overtaken it.
+        """
+        above = self.sacked_bytes()  # SACKed bytes from the current range on
+        pos = start
+        for s, e in self.ranges:
+            if s > pos:
+                return (pos, s) if above > lost_above else None
+            above -= e - s
+            if e > pos:
+                pos = e
+        return None

@@ -1,0 +1,267 @@
+"""Selective acknowledgments (RFC 2018) and SACK-based loss recovery (RFC 6675):
+this segment in, exactly these out."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from tcp_helpers import (
+    CONFIG,
+    LOCAL_ISS,
+    LOCAL_SEQ,
+    MSS,
+    REMOTE_ISS,
+    REMOTE_SEQ,
+    conn_established,
+    conn_syn_sent,
+    expect,
+    expect_nothing,
+    r,
+    s,
+    send,
+    sq,
+    syn_options,
+    tcb_fields,
+)
+
+from stcp_framework.tcp import sack
+from stcp_framework.tcp.machine import Connection
+from stcp_framework.tcp.sack import Scoreboard
+from stcp_framework.tcp.tcb import Tcb
+from stcp_framework.wire.tcp import ACK, PSH, SYN, TcpOptions
+
+SACK = replace(CONFIG, sack=True)
+SACK_SYN = syn_options()._replace(sack_permitted=True)
+
+
+def established() -> Connection:
+    return conn_established(SACK, options=SACK_SYN)
+
+
+def blocks(*pairs: tuple[int, int]) -> TcpOptions:
+    """Options carrying SACK blocks, given as offsets from the peer's first data byte."""
+    return TcpOptions(sack_blocks=tuple((sq(REMOTE_SEQ, a), sq(REMOTE_SEQ, b)) for a, b in pairs))
+
+
+def our_blocks(*pairs: tuple[int, int]) -> TcpOptions:
+    """SACK blocks the peer sends us, as offsets from our first data byte."""
+    return TcpOptions(sack_blocks=tuple((sq(LOCAL_SEQ, a), sq(LOCAL_SEQ, b)) for a, b in pairs))
+
+
+# ------------------------------------------------------------------ negotiation
+
+
+def test_our_syn_offers_sack_permitted() -> None:
+    conn = Connection.open_active(now=0.0, config=SACK, iss=LOCAL_ISS, tsval_offset=0)
+    step = conn.drain()
+    assert [seg.options.sack_permitted for seg in step.segments] == [True]
+
+
+def test_syn_ack_offers_sack_only_when_the_peer_did() -> None:
+    for peer_offers, config, agreed in (
+        (True, SACK, True),
+        (False, SACK, False),
+        (True, CONFIG, False),  # sack=False: never offered (RFC 2018 §2)
+    ):
+        syn = r(
+            seq=REMOTE_ISS, ack=0, flags=SYN, options=SACK_SYN._replace(sack_permitted=peer_offers)
+        )
+        conn = Connection.open_passive(syn, now=0.0, config=config, iss=LOCAL_ISS, tsval_offset=0)
+        step = conn.drain()
+        assert [seg.options.sack_permitted for seg in step.segments] == [agreed]
+        assert conn.tcb.sack_permitted is agreed
+        assert tcb_fields(step)["sack_permitted"] is agreed  # persisted with the TCB
+
+
+def test_syn_ack_with_sack_permitted_completes_an_active_open() -> None:
+    conn = conn_syn_sent(SACK)
+    send(conn, r(seq=REMOTE_ISS, ack=LOCAL_SEQ, flags=SYN | ACK, options=SACK_SYN), at=0.1)
+    expect(conn, [s()])
+    assert conn.tcb.sack_permitted
+
+
+def test_restored_connection_keeps_sack_with_an_empty_scoreboard() -> None:
+    conn = established()
+    record = conn.tcb.to_record()
+    restored = Connection.restore(
+        Tcb.from_record(record), rx=b"", rx_offset=0, tx=b"", tx_offset=0, now=5.0, config=SACK
+    )
+    assert restored.tcb.sack_permitted
+    assert restored.scoreboard.ranges == [] and restored.sack_recent == []
+
+
+# ------------------------------------------------------------------ receiver side
+
+
+def test_out_of_order_segment_is_acked_at_once_with_its_block() -> None:
+    conn = established()
+    send(conn, r(seq=sq(REMOTE_SEQ, 100), payload=b"b" * 100), at=1.0)
+    expect(conn, [s(options=blocks((100, 200)))])  # RFC 5681 §4.2 + RFC 2018 §4
+
+
+def test_first_block_is_the_latest_arrival_then_the_earlier_ones() -> None:
+    conn = established()
+    for at, start in ((1.0, 300), (1.1, 100), (1.2, 500)):
+        send(conn, r(seq=sq(REMOTE_SEQ, start), payload=b"x" * 100), at=at)
+        conn.drain()
+    send(conn, r(seq=sq(REMOTE_SEQ, 700), payload=b"x" * 100), at=1.3)
+    expect(conn, [s(options=blocks((700, 800), (500, 600), (100, 200), (300, 400)))])
+    # 200..300 joins 100..200 and 300..400 into one block, reported first
+    send(conn, r(seq=sq(REMOTE_SEQ, 200), payload=b"x" * 100), at=1.4)
+    expect(conn, [s(options=blocks((100, 400), (700, 800), (500, 600)))])
+
+
+def test_at_most_three_blocks_beside_timestamps() -> None:
+    config = replace(SACK, timestamps=True)
+    conn = conn_established(config, options=SACK_SYN._replace(timestamps=(100, 0)))
+    for i, start in enumerate((100, 300, 500, 700, 900)):
+        seg = r(
+            seq=sq(REMOTE_SEQ, start),
+            payload=b"x" * 100,
+            options=TcpOptions(timestamps=(101 + i, 0)),
+        )
+        send(conn, seg, at=1.0 + i / 10)
+        step = conn.drain()
+    (ack,) = step.segments
+    assert ack.options.timestamps is not None
+    assert ack.options.sack_blocks == blocks((900, 1000), (700, 800), (500, 600)).sack_blocks
+
+
+def test_filling_the_hole_acks_everything_without_blocks() -> None:
+    conn = established()
+    send(conn, r(seq=sq(REMOTE_SEQ, 100), payload=b"b" * 100), at=1.0)
+    conn.drain()
+    send(conn, r(seq=REMOTE_SEQ, payload=b"a" * 100), at=1.1)
+    expect(conn, [s(ack=sq(REMOTE_SEQ, 200), window=CONFIG.recv_buffer_size - 200)])
+    assert conn.app_receive(1000, 1.2) == b"a" * 100 + b"b" * 100
+
+
+def test_data_segment_carries_no_blocks_but_a_pure_ack_follows() -> None:
+    conn = established()
+    conn.app_send(b"hello", 1.0)
+    conn.drain()
+    conn.app_send(b"world", 1.05)  # queued: the ACK of the gap would ride on it
+    send(conn, r(seq=sq(REMOTE_SEQ, 100), payload=b"b" * 100), at=1.1)
+    expect(
+        conn,
+        [
+            s(seq=sq(LOCAL_SEQ, 5), flags=ACK | PSH, payload=b"world"),
+            s(seq=sq(LOCAL_SEQ, 10), options=blocks((100, 200))),
+        ],
+        psh=True,
+    )
+
+
+def test_ack_on_commit_reports_no_blocks() -> None:
+    config = replace(SACK, ack_on_commit=True)
+    conn = conn_established(config, options=SACK_SYN)
+    send(conn, r(seq=sq(REMOTE_SEQ, 100), payload=b"b" * 100), at=1.0)
+    step = conn.drain()
+    assert all(not seg.options.sack_blocks for seg in step.segments)
+
+
+def test_report_blocks_merges_touching_ranges() -> None:
+    held = [(10, 20), (20, 30), (50, 60), (40, 45)]
+    assert sack.report_blocks(held, [], 4) == [(50, 60), (40, 45), (10, 30)]
+    assert sack.report_blocks(held, [41, 12], 2) == [(40, 45), (10, 30)]
+
+
+# ------------------------------------------------------------------ sender side
+
+
+def _eight_segments() -> tuple[Connection, bytes]:
+    conn = established()
+    data = bytes(range(256)) * 46  # 11,776 bytes: 8 segments of 1460 + 96
+    conn.app_send(data[: 8 * MSS], 1.0)
+    assert len(conn.drain().segments) == 8
+    return conn, data
+
+
+def seg_of(data: bytes, i: int) -> object:
+    return s(seq=sq(LOCAL_SEQ, i * MSS), payload=data[i * MSS : (i + 1) * MSS])
+
+
+def test_sack_recovery_resends_each_hole_once_without_waiting_a_round_trip() -> None:
+    """Segments 1 and 4 of 0..7 are lost. NewReno would resend 4 only after the
+    partial ACK of 1's retransmission; with SACK it goes as soon as three segments
+    above it are SACKed (RFC 6675 IsLost), and the partial ACK resends nothing."""
+    conn, data = _eight_segments()
+    send(conn, r(ack=sq(LOCAL_SEQ, MSS)), at=1.1)  # segment 0 arrived
+    expect_nothing(conn)
+    dup = r(ack=sq(LOCAL_SEQ, MSS))
+    send(conn, dup._replace(options=our_blocks((2 * MSS, 3 * MSS))), at=1.11)
+    expect_nothing(conn)
+    send(conn, dup._replace(options=our_blocks((2 * MSS, 4 * MSS))), at=1.12)
+    expect_nothing(conn)
+    # Third duplicate ACK: fast retransmit of segment 1.
+    send(conn, dup._replace(options=our_blocks((5 * MSS, 6 * MSS), (2 * MSS, 4 * MSS))), at=1.13)
+    expect(conn, [seg_of(data, 1)])
+    assert conn.cc.in_recovery and conn.scoreboard.high_rxt == 2 * MSS
+    # Two segments SACKed above the hole at 4: not lost yet (reordering?).
+    send(conn, dup._replace(options=our_blocks((5 * MSS, 7 * MSS), (2 * MSS, 4 * MSS))), at=1.14)
+    step = conn.drain()
+    assert all(seg.seq != sq(LOCAL_SEQ, 4 * MSS) for seg in step.segments)
+    # Three above it: segment 4 is lost; resent at once.
+    send(conn, dup._replace(options=our_blocks((5 * MSS, 8 * MSS), (2 * MSS, 4 * MSS))), at=1.15)
+    expect(conn, [seg_of(data, 4)])
+    assert conn.counters["sack_retransmit"] == 1
+    # Segment 1's retransmission arrives: a partial ACK; 4 was resent already.
+    send(conn, r(ack=sq(LOCAL_SEQ, 4 * MSS), options=our_blocks((5 * MSS, 8 * MSS))), at=1.2)
+    expect_nothing(conn)
+    assert conn.cc.in_recovery
+    # Segment 4's retransmission arrives: everything is acknowledged.
+    send(conn, r(ack=sq(LOCAL_SEQ, 8 * MSS)), at=1.25)
+    expect_nothing(conn)
+    assert not conn.cc.in_recovery
+    assert conn.scoreboard.ranges == [] and conn.scoreboard.high_rxt == 0
+
+
+def test_enough_sacked_bytes_start_recovery_before_three_duplicate_acks() -> None:
+    """RFC 6675 §5: IsLost(HighACK + 1) -- more than two segments' worth SACKed above
+    SND.UNA -- starts loss recovery even when ACKs were thinned (one per 3 segments)."""
+    conn, data = _eight_segments()
+    dup = r(ack=LOCAL_SEQ)
+    send(conn, dup._replace(options=our_blocks((MSS, 4 * MSS))), at=1.1)
+    expect(conn, [seg_of(data, 0)])
+    assert conn.cc.in_recovery and conn.counters["fast_retransmit"] == 1
+
+
+def test_retransmission_timeout_forgets_the_scoreboard() -> None:
+    """RFC 2018 §8: after a timeout the receiver may have reneged: go back to SND.UNA
+    and resend SACKed segments too."""
+    conn, data = _eight_segments()
+    dup = r(ack=LOCAL_SEQ, options=our_blocks((MSS, 2 * MSS)))
+    send(conn, dup, at=1.1)
+    conn.drain()
+    assert conn.scoreboard.ranges == [(MSS, 2 * MSS)]
+    at = 1.0 + conn.rtt.rto
+    expect(conn, [seg_of(data, 0)], at=at)  # cwnd = 1 MSS
+    assert conn.scoreboard.ranges == []
+    send(conn, r(ack=sq(LOCAL_SEQ, MSS)), at=at + 0.01)
+    step = conn.drain()
+    assert step.segments[0].seq == sq(LOCAL_SEQ, MSS)  # the SACKed segment, again
+
+
+def test_blocks_outside_our_flight_are_ignored() -> None:
+    conn, _ = _eight_segments()
+    send(conn, r(ack=sq(LOCAL_SEQ, MSS)), at=1.1)
+    stale = our_blocks((0, MSS), (9 * MSS, 10 * MSS), (3 * MSS, 3 * MSS))  # D-SACK, ahead, empty
+    send(conn, r(ack=sq(LOCAL_SEQ, MSS), options=stale), at=1.2)
+    conn.drain()
+    assert conn.scoreboard.ranges == []
+    assert "sack_blocks_received" not in conn.counters
+
+
+def test_scoreboard_holes_and_loss_rule() -> None:
+    board = Scoreboard()
+    assert board.update(0, 100, [(10, 20), (30, 40), (40, 50), (-5, 2), (90, 120)])
+    assert board.ranges == [(0, 2), (10, 20), (30, 50), (90, 100)]
+    assert not board.update(0, 100, [(12, 18)])  # nothing new
+    assert board.next_hole(0, 0) == (2, 10)
+    assert board.next_hole(0, 39) == (2, 10)  # 10 + 20 + 10 = 40 bytes SACKed above 2
+    assert board.next_hole(0, 40) is None  # (must be more than lost_above)
+    assert board.next_hole(20, 29) == (20, 30)  # 30 SACKed above 20
+    assert board.next_hole(20, 30) is None  # not more than 30
+    assert board.next_hole(95, 0) is None  # nothing SACKed above
+    board.trim(35)
+    assert board.ranges == [(35, 50), (90, 100)]
