@@ -436,13 +436,15 @@ async def stack_on(
     *,
     snaplen: int | None = None,
     tun_options: dict[str, Any] | None = None,
+    wrap: Callable[[Any], Any] | None = None,
     **options: Any,
 ) -> AsyncIterator[Any]:
     """``open_stack`` on the fixture's TUN device (IPv4 and, if it has one, IPv6),
     recorded in ``pcap_path``; the device is detached afterwards.
 
     ``tun_options`` go to ``TunDevice.open`` (e.g. ``offload=False``), ``options`` to
-    ``open_stack``.
+    ``open_stack``; ``wrap`` puts a device between the stack and the recorded device
+    (the capture shows what crossed the wire).
     """
     from stcp_framework import open_stack
     from stcp_framework.link.pcap import PcapDevice
@@ -455,8 +457,9 @@ async def stack_on(
         else PcapDevice(tun_device, pcap_path, snaplen=snaplen)
     )
     addresses = [tun.stack_addr] + ([tun.stack_addr6] if tun.mtu >= 1280 else [])
+    outer = device if wrap is None else wrap(device)
     try:
-        async with open_stack(device, addresses, **options) as stack:
+        async with open_stack(outer, addresses, **options) as stack:
             yield stack
     finally:
         await device.aclose()

@@ -1,0 +1,227 @@
+"""SACK against the Linux kernel, with segments lost between the stack and the wire.
+
+A ``LossyDevice`` between the stack and the TUN device drops every Nth TCP segment
+that carries data, in one direction, up to a limit (MTU 1500, no offload: one segment
+per packet). Upload: the kernel sends, our ACKs carry SACK blocks for what came after
+each hole, and the kernel recovers with them -- its own counter ``TcpExt
+TCPSackRecovery`` (this namespace's ``/proc/net/netstat``) says so, and stays 0 when the
+stack does not offer SACK. Download: the kernel receives with holes and SACKs, and the
+stack resends the holes it names (``sack_retransmit``). Every byte is checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from kernel_peer import run_kernel_peer, stack_on
+from netns_fixtures import TunNet
+
+from stcp_framework import Stream
+from stcp_framework.link.base import OutPacket
+from stcp_framework.link.pcap import HEADERS_SNAPLEN
+from stcp_framework.services import chargen
+from stcp_framework.tcp.config import TcpConfig
+
+SIZE = 20 << 20
+EVERY = 97  # drop the 97th data segment and the 7th after it, and so on (a prime: not
+GAP = 7  # in step with any burst size): two holes in one window, as NewReno hates
+LIMIT = 40  # at most this many drops per direction
+TRANSFER_TIMEOUT = 60.0
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
+
+
+def tcp_payload_len(packet: bytes | memoryview) -> int:
+    """Bytes of TCP payload in a bare IPv4/IPv6 packet (0 for anything else)."""
+    if packet[0] >> 4 == 4:
+        ihl = (packet[0] & 0x0F) * 4
+        if packet[9] != 6 or len(packet) < ihl + 20:
+            return 0
+        total = int.from_bytes(packet[2:4], "big")
+        return total - ihl - (packet[ihl + 12] >> 4) * 4
+    if packet[6] != 6 or len(packet) < 60:
+        return 0
+    return int.from_bytes(packet[4:6], "big") - (packet[52] >> 4) * 4
+
+
+class LossyDevice:
+    """Forwards to ``inner`` but drops data segments of one direction (``"rx"``: on
+    their way to the stack; ``"tx"``: on their way out): every ``every``-th and the
+    ``GAP``-th after it, ``limit`` at most."""
+
+    def __init__(self, inner: Any, direction: str, every: int, limit: int) -> None:
+        self.inner = inner
+        self.direction = direction
+        self.every = every
+        self.limit = limit
+        self.seen = 0
+        self.dropped = 0
+
+    def _drop(self, payload_len: int) -> bool:
+        if payload_len <= 0 or self.dropped >= self.limit:
+            return False
+        self.seen += 1
+        if self.seen % self.every not in (0, GAP):
+            return False
+        self.dropped += 1
+        return True
+
+    @property
+    def mtu(self) -> int:
+        return int(self.inner.mtu)
+
+    @property
+    def rx_checksum_verified(self) -> bool:
+        return bool(getattr(self.inner, "rx_checksum_verified", False))
+
+    @property
+    def tx_checksum_offload(self) -> bool:
+        return bool(getattr(self.inner, "tx_checksum_offload", False))
+
+    @property
+    def tx_gso_max(self) -> int:
+        return int(getattr(self.inner, "tx_gso_max", 0))
+
+    @property
+    def accepts_split_packets(self) -> bool:
+        return bool(getattr(self.inner, "accepts_split_packets", False))
+
+    async def recv_batch(self, max_packets: int) -> list[memoryview]:
+        packets: list[memoryview] = await self.inner.recv_batch(max_packets)
+        if self.direction != "rx":
+            return packets
+        return [p for p in packets if not self._drop(tcp_payload_len(p))]
+
+    async def send_batch(self, packets: Sequence[OutPacket]) -> None:
+        if self.direction == "tx":
+            kept = []
+            for packet in packets:
+                size = len(packet[1]) if isinstance(packet, tuple) else tcp_payload_len(packet)
+                if not self._drop(size):
+                    kept.append(packet)
+            packets = kept
+        if packets:
+            await self.inner.send_batch(packets)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def tcp_ext() -> dict[str, int]:
+    """This network namespace's ``TcpExt`` counters (``/proc/net/netstat``)."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=True):
+        if names.startswith("TcpExt:"):
+            return dict(zip(names.split()[1:], map(int, values.split()[1:]), strict=True))
+    raise AssertionError("no TcpExt in /proc/net/netstat")
+
+
+def lossy(direction: str) -> tuple[list[LossyDevice], Any]:
+    made: list[LossyDevice] = []
+
+    def wrap(inner: Any) -> LossyDevice:
+        made.append(LossyDevice(inner, direction, EVERY, LIMIT))
+        return made[-1]
+
+    return made, wrap
+
+
+@pytest.mark.parametrize("sack", [True, False], ids=["sack", "no-sack"])
+async def test_kernel_sender_recovers_with_our_sack_blocks(
+    tun_net: TunNet, pcap_path: Path, sack: bool
+) -> None:
+    received: list[tuple[int, str]] = []
+    counters: dict[str, int] = {}
+
+    async def hashing_discard(stream: Stream) -> None:
+        digest = hashlib.sha256()
+        total = 0
+        while data := await stream.receive_some():
+            digest.update(data)
+            total += len(data)
+        received.append((total, digest.hexdigest()))
+        counters.update(stream._flow.conn.counters)  # type: ignore[attr-defined]
+
+    devices, wrap = lossy("rx")
+    before = tcp_ext()
+    async with (
+        stack_on(
+            tun_net,
+            pcap_path,
+            snaplen=HEADERS_SNAPLEN,
+            tun_options={"offload": False},
+            wrap=wrap,
+            config=TcpConfig(mss=65535, sack=sack),
+        ) as stack,
+        trio.open_nursery() as nursery,
+    ):
+        await nursery.start(stack.serve, hashing_discard, 9)
+        with trio.fail_after(TRANSFER_TIMEOUT):
+            result = await run_kernel_peer("send", tun_net.stack_addr, 9, SIZE, seed=5)
+        nursery.cancel_scope.cancel()
+    after = tcp_ext()
+    sack_recoveries = after["TCPSackRecovery"] - before["TCPSackRecovery"]
+    print(
+        f"\nupload, {devices[0].dropped} segments lost, sack={sack}: {result['seconds']:.2f} s,"
+        f" kernel recoveries SACK {sack_recoveries}"
+        f" Reno {after['TCPRenoRecovery'] - before['TCPRenoRecovery']},"
+        f" timeouts {after['TCPTimeouts'] - before['TCPTimeouts']}"
+    )  # (shown with pytest -s)
+    assert received == [(SIZE, result["sha256"])]
+    assert devices[0].dropped == LIMIT
+    if sack:
+        assert counters.get("sack_ack_sent", 0) > 0
+        assert sack_recoveries > 0  # the kernel used our blocks
+    else:
+        assert "sack_ack_sent" not in counters
+        assert sack_recoveries == 0
+        assert after["TCPRenoRecovery"] > before["TCPRenoRecovery"]
+
+
+async def test_we_resend_the_holes_the_kernel_sacks(tun_net: TunNet, pcap_path: Path) -> None:
+    counters: dict[str, int] = {}
+    done = trio.Event()
+
+    async def counted_chargen(stream: Stream) -> None:
+        try:
+            await chargen(stream)
+        finally:
+            counters.update(stream._flow.conn.counters)  # type: ignore[attr-defined]
+            done.set()
+
+    devices, wrap = lossy("tx")
+    before = tcp_ext()
+    async with (
+        stack_on(
+            tun_net,
+            pcap_path,
+            snaplen=HEADERS_SNAPLEN,
+            tun_options={"offload": False},
+            wrap=wrap,
+        ) as stack,
+        trio.open_nursery() as nursery,
+    ):
+        await nursery.start(stack.serve, counted_chargen, 19)
+        with trio.fail_after(TRANSFER_TIMEOUT):
+            result = await run_kernel_peer("chargen", tun_net.stack_addr, 19, SIZE)
+        with trio.fail_after(10):
+            await done.wait()  # the handler ends once the client's close arrives
+        nursery.cancel_scope.cancel()
+    after = tcp_ext()
+    print(
+        f"\ndownload, {devices[0].dropped} segments lost: {result['seconds']:.2f} s, "
+        + ", ".join(f"{k} {v}" for k, v in sorted(counters.items()) if "ack" in k or "retr" in k)
+    )  # (shown with pytest -s)
+    assert result["error"] is None, result
+    assert result["received"] == SIZE and result["mismatch_at"] is None
+    assert devices[0].dropped == LIMIT
+    assert after["TCPOFOQueue"] > before["TCPOFOQueue"]  # the kernel saw the holes
+    assert counters.get("sack_blocks_received", 0) > 0
+    # the second hole of each pair is resent from the kernel's SACK blocks, without
+    # waiting for the partial ACK of the first one's retransmission
+    assert counters.get("sack_retransmit", 0) >= LIMIT // 4
