@@ -51,6 +51,7 @@ from ..tcp.machine import Connection
 from ..tcp.state import TcpState
 from ..tcp.step import OutSegment
 from ..wire.drop import DropReason, MalformedPacket
+from ..wire.icmp import parse_too_big_untrusted
 from ..wire.packet import build_packet, parse_packet_untrusted
 from ..wire.seq import Seq
 from ..wire.tcp import ACK, NO_OPTIONS, RST, SYN, Packet
@@ -71,6 +72,8 @@ DURABILITY_MODES = ("strict", "async", "ack-on-commit")
 FORGET_QUEUE = 65536  # closed flows waiting to be removed from the store
 FORGET_BATCH = 512  # closed flows removed per store call
 UNCLAIMED_GRACE = 60.0  # seconds a restored flow waits for listen() or reattach()
+IPV4_MIN_PMTU = 552  # Linux net.ipv4.route.min_pmtu: a smaller reported MTU counts as this
+IPV6_MIN_MTU = 1280  # RFC 8200 §5
 SPLIT_PAYLOAD = 4096  # below this, one copy into the packet is cheaper than a 3-part writev
 
 
@@ -294,7 +297,8 @@ class Runtime:
             try:
                 pkt = parse_packet_untrusted(buf, verify_checksum=verify)
             except MalformedPacket as exc:
-                self.drops[exc.reason] += 1
+                if exc.reason is not DropReason.NOT_TCP or not self._on_icmp(buf, now):
+                    self.drops[exc.reason] += 1
                 continue
             seg = pkt.tcp
             flow = flows.get((pkt.src, seg.src_port, pkt.dst, seg.dst_port))
@@ -319,6 +323,34 @@ class Runtime:
             flow.rx_lot.unpark_all()
         if self._dirty:
             self._tx_wakeup.set()
+
+    def _on_icmp(self, buf: memoryview, now: float) -> bool:
+        """Path MTU discovery (RFC 1191, RFC 8201): hand an ICMP "packet too big" about
+        one of our segments to its connection. False if ``buf`` is not one."""
+        try:
+            too_big = parse_too_big_untrusted(buf)
+        except MalformedPacket as exc:
+            self.drops[exc.reason] += 1
+            return True
+        if too_big is None:
+            return False
+        self.stats["icmp_too_big"] += 1
+        flow = self.flows.get((too_big.dst, too_big.dst_port, too_big.src, too_big.src_port))
+        mtu = too_big.mtu
+        if too_big.version == 6:
+            if mtu < IPV6_MIN_MTU:
+                return True  # RFC 8201 §4: never below the IPv6 minimum link MTU
+            overhead = IPV6_TCP_OVERHEAD
+        else:
+            mtu = max(mtu, IPV4_MIN_PMTU)
+            overhead = IPV4_TCP_OVERHEAD
+        if flow is None or flow.closed:
+            self.stats["icmp_too_big_no_flow"] += 1
+            return True
+        if flow.conn.on_packet_too_big(mtu - overhead, too_big.seq, now) and not flow.dirty:
+            flow.dirty = True
+            self._dirty.append(flow)
+        return True
 
     def _syn_replaces(self, flow: Flow, pkt: Packet) -> bool:
         """A new SYN on a flow in TIME-WAIT that RFC 6191 lets in replaces that flow."""

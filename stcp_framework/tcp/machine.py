@@ -38,10 +38,10 @@ import logging
 from collections.abc import Callable
 from typing import Any, overload
 
-from ..wire.seq import Seq, seq_add, seq_diff, seq_gt
+from ..wire.seq import Seq, seq_add, seq_diff, seq_gt, seq_le, seq_lt
 from ..wire.tcp import ACK, NO_OPTIONS, RST, SYN, TcpSegment
 from . import _arrive, _listen, _output
-from ._listen import DEFAULT_MSS, MIN_MSS, choose_rcv_wscale
+from ._listen import DEFAULT_MSS, MIN_MSS, TS_OPTION_LEN, choose_rcv_wscale
 from .buffers import Reassembly, RecvBuffer, SendBuffer
 from .config import TcpConfig
 from .congestion import NewReno
@@ -409,6 +409,34 @@ class Connection:
         if tcb.timestamps and ts is not None:
             return seq_gt(Seq(ts[0]), Seq(tcb.ts_recent))
         return seq_gt(Seq(seg.seq), tcb.rcv_nxt)
+
+    def on_packet_too_big(self, path_mss: int, seq: int, now: float) -> bool:
+        """ICMP says our segment at ``seq`` was too big for a hop whose MTU leaves
+        ``path_mss`` bytes after the IP and TCP headers (RFC 1191, RFC 8201).
+
+        Only a quote of a segment in flight counts (RFC 5927 §7.2: SND.UNA <= seq <
+        SND.NXT); then the MSS goes down (never up: no probing) and what is in flight
+        is sent again in segments that fit, at once and without a congestion response
+        (Linux ``tcp_simple_retransmit``): the hop dropped them, the path is not
+        congested. The new MSS is persisted, so a restored connection keeps it.
+        Returns whether the MSS went down.
+        """
+        tcb = self.tcb
+        if tcb.snd_una_offset < 0 or not self.state.synchronized():
+            return False
+        if not (seq_le(tcb.snd_una, Seq(seq)) and seq_lt(Seq(seq), tcb.snd_nxt)):
+            self.count("icmp_too_big_out_of_window")
+            return False
+        mss = max(MIN_MSS, path_mss - (TS_OPTION_LEN if tcb.timestamps else 0))
+        if mss >= tcb.mss:
+            return False
+        self._set("mss", mss)
+        self.cc.mss = mss  # (cwnd stays in bytes)
+        self.count("pmtu_lowered")
+        self.snd_ptr = tcb.snd_una_offset
+        self.rtt_offset = None  # Karn: what is resent now gives no sample
+        _output.send_data(self, now, force=True)
+        return True
 
     def on_segment(self, seg: TcpSegment, now: float) -> None:
         """A segment for this connection arrived (ports already matched)."""

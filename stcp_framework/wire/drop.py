@@ -16,6 +16,7 @@ class DropReason(enum.Enum):
     FRAGMENT = "ip-fragment"
     BAD_EXTENSION_HEADER = "bad-ipv6-extension-header"
     NOT_TCP = "not-tcp"
+    BAD_ICMP = "bad-icmp-too-big"
     BAD_ADDRESS = "bad-address"
     BAD_DATA_OFFSET = "bad-tcp-data-offset"
     BAD_TCP_CHECKSUM = "bad-tcp-checksum"

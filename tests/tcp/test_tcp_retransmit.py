@@ -17,6 +17,7 @@ from tcp_helpers import (
     s,
     send,
     sq,
+    tcb_fields,
 )
 
 from stcp_framework.tcp.events import Closed, TimedOut
@@ -162,3 +163,41 @@ def test_rto_resends_into_a_zero_window() -> None:
     send(conn, r(window=0), at=1.05)  # acknowledges nothing, window shut
     expect_nothing(conn)
     expect(conn, [HELLO], at=1.0 + conn.rtt.rto)
+
+
+# ---------------------------------------------------------------- path MTU (RFC 1191/8201)
+
+
+def test_packet_too_big_lowers_the_mss_and_resends_what_is_in_flight() -> None:
+    conn = conn_established()
+    data = bytes(range(256)) * 18  # 4608 bytes
+    conn.app_send(data[: 3 * MSS], 1.0)
+    assert len(conn.drain().segments) == 3
+    cwnd = conn.cc.cwnd
+    assert conn.on_packet_too_big(1000, LOCAL_SEQ, 1.01)  # a hop with MTU 1040 (IPv4)
+    step = expect(
+        conn,
+        [
+            s(seq=sq(LOCAL_SEQ, i), payload=data[i : min(i + 1000, 3 * MSS)])
+            for i in range(0, 3 * MSS, 1000)
+        ],
+    )
+    assert tcb_fields(step)["mss"] == 1000  # persisted: a restored connection keeps it
+    assert conn.cc.cwnd == cwnd and not conn.cc.in_recovery  # not a congestion signal
+    assert conn.counters["pmtu_lowered"] == 1
+    # A later quote of a resent segment, or a larger MTU, changes nothing more.
+    assert not conn.on_packet_too_big(1200, sq(LOCAL_SEQ, 1000), 1.02)
+    assert not conn.on_packet_too_big(1000, sq(LOCAL_SEQ, 1000), 1.02)
+    expect_nothing(conn)
+
+
+def test_packet_too_big_must_quote_a_segment_in_flight() -> None:
+    """RFC 5927 §7.2: a blind attacker cannot shrink the MSS without SND.UNA..SND.NXT."""
+    conn = conn_established()
+    conn.app_send(b"hello", 1.0)
+    conn.drain()
+    for seq in (sq(LOCAL_SEQ, -1), sq(LOCAL_SEQ, 5), sq(LOCAL_SEQ, 100000)):
+        assert not conn.on_packet_too_big(500, seq, 1.1)
+    assert conn.tcb.mss == MSS
+    assert conn.counters["icmp_too_big_out_of_window"] == 3
+    expect_nothing(conn)
