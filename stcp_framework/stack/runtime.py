@@ -297,7 +297,7 @@ class Runtime:
             try:
                 pkt = parse_packet_untrusted(buf, verify_checksum=verify)
             except MalformedPacket as exc:
-                if exc.reason is not DropReason.NOT_TCP or not self._on_icmp(buf, now):
+                if exc.reason is not DropReason.NOT_TCP or not self._on_icmp(buf, now, hops):
                     self.drops[exc.reason] += 1
                 continue
             seg = pkt.tcp
@@ -324,9 +324,10 @@ class Runtime:
         if self._dirty:
             self._tx_wakeup.set()
 
-    def _on_icmp(self, buf: memoryview, now: float) -> bool:
+    def _on_icmp(self, buf: memoryview, now: float, hops: int) -> bool:
         """Path MTU discovery (RFC 1191, RFC 8201): hand an ICMP "packet too big" about
-        one of our segments to its connection. False if ``buf`` is not one."""
+        one of our segments to its connection (or to the next worker, which may hold
+        it). False if ``buf`` is not one."""
         try:
             too_big = parse_too_big_untrusted(buf)
         except MalformedPacket as exc:
@@ -334,7 +335,6 @@ class Runtime:
             return True
         if too_big is None:
             return False
-        self.stats["icmp_too_big"] += 1
         flow = self.flows.get((too_big.dst, too_big.dst_port, too_big.src, too_big.src_port))
         mtu = too_big.mtu
         if too_big.version == 6:
@@ -345,11 +345,29 @@ class Runtime:
             mtu = max(mtu, IPV4_MIN_PMTU)
             overhead = IPV4_TCP_OVERHEAD
         if flow is None or flow.closed:
-            self.stats["icmp_too_big_no_flow"] += 1
+            if not self._pass_on(buf, hops):
+                self.stats["icmp_too_big_no_flow"] += 1
             return True
+        self.stats["icmp_too_big"] += 1
         if flow.conn.on_packet_too_big(mtu - overhead, too_big.seq, now) and not flow.dirty:
             flow.dirty = True
             self._dirty.append(flow)
+        return True
+
+    def _pass_on(self, buf: memoryview, hops: int) -> bool:
+        """Hand a packet about a flow this worker does not hold to the next worker of the
+        ring, unless this is the last hop (``stack/siblings.py``). Returns whether it is
+        taken care of (passed on, or dropped because the next worker is down)."""
+        siblings = self._siblings
+        if siblings is None or hops >= siblings.last_hop:
+            return False
+        # Another worker may hold this flow: it gets the packet (RSTs too), and the last
+        # of the ring answers for all.
+        if siblings.forward(buf, hops + 1):
+            self.stats["forwarded"] += 1
+        else:
+            self.stats["forward_failed"] += 1
+            self.drops[DropReason.NO_FLOW] += 1
         return True
 
     def _syn_replaces(self, flow: Flow, pkt: Packet) -> bool:
@@ -394,15 +412,7 @@ class Runtime:
             self.stats["passive_opens"] += 1
             self._mark(flow)
             return
-        siblings = self._siblings
-        if siblings is not None and hops < siblings.last_hop:
-            # Another worker may hold this flow: it gets the segment (RSTs too), and the
-            # last of the ring answers for all (stack/siblings.py).
-            if siblings.forward(buf, hops + 1):
-                self.stats["forwarded"] += 1
-            else:
-                self.stats["forward_failed"] += 1
-                self.drops[DropReason.NO_FLOW] += 1
+        if self._pass_on(buf, hops):
             return
         # RFC 9293 §3.10.7.1: a segment for a CLOSED (non-existent) connection gets a RST,
         # unless it is itself a RST.

@@ -1,4 +1,5 @@
-"""ICMP "packet too big" for path MTU discovery: ``parse_too_big_untrusted``.
+"""ICMP "packet too big" for path MTU discovery: ``parse_too_big_untrusted`` (and
+``build_too_big``, what a router sends).
 
 A router that cannot forward one of our packets (DF set, RFC 1191; every IPv6 packet,
 RFC 8201) answers with ICMP Destination Unreachable / Fragmentation Needed (type 3,
@@ -26,6 +27,10 @@ ICMP_FRAG_NEEDED = 4
 ICMPV6_PACKET_TOO_BIG = 2
 
 _PORTS_SEQ = struct.Struct("!HHI")
+_TOO_BIG4 = struct.Struct("!BBHHH")  # type, code, checksum, unused, next-hop MTU (RFC 1191)
+_TOO_BIG6 = struct.Struct("!BBHI")  # type, code, checksum, MTU (RFC 4443 §3.2)
+_IPV4 = struct.Struct("!BBHHHBBH4s4s")
+_IPV6 = struct.Struct("!IHBB16s16s")
 
 
 class TooBig(NamedTuple):
@@ -104,3 +109,20 @@ def parse_too_big_untrusted(buf: bytes | memoryview) -> TooBig | None:
         return None
     src_port, dst_port, seq = _PORTS_SEQ.unpack_from(quoted, tcp_at)
     return TooBig(version, mtu, src, dst, src_port, dst_port, seq)
+
+
+def build_too_big(src: bytes, dst: bytes, quoted: bytes | memoryview, mtu: int) -> bytes:
+    """What a router at ``src`` sends ``dst`` when ``quoted`` (the start of a packet
+    from ``dst``) was too big for a hop of ``mtu`` bytes: ICMP fragmentation needed for
+    4-byte addresses, ICMPv6 packet too big for 16-byte ones (for tests and tools)."""
+    quoted = bytes(quoted)
+    if len(src) == 4:
+        body = bytearray(_TOO_BIG4.pack(ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, 0, 0, mtu) + quoted)
+        body[2:4] = internet_checksum(body).to_bytes(2, "big")
+        header = bytearray(_IPV4.pack(0x45, 0, 20 + len(body), 0, 0, 64, IPPROTO_ICMP, 0, src, dst))
+        header[10:12] = internet_checksum(header).to_bytes(2, "big")
+        return bytes(header + body)
+    body = bytearray(_TOO_BIG6.pack(ICMPV6_PACKET_TOO_BIG, 0, 0, mtu) + quoted)
+    pseudo = pseudo_header_sum(src, dst, IPPROTO_ICMPV6, len(body))
+    body[2:4] = internet_checksum(body, pseudo).to_bytes(2, "big")
+    return _IPV6.pack(6 << 28, len(body), IPPROTO_ICMPV6, 64, src, dst) + bytes(body)

@@ -36,6 +36,7 @@ from stcp_framework.link.sim import SimLink, SimNetwork
 from stcp_framework.link.tun import create_persistent_tun
 from stcp_framework.services import echo
 from stcp_framework.stack.siblings import Siblings
+from stcp_framework.wire.icmp import build_too_big
 from stcp_framework.wire.packet import build_packet, parse_packet_untrusted
 from stcp_framework.wire.tcp import ACK, NO_OPTIONS, RST, SYN
 
@@ -177,6 +178,40 @@ async def test_the_last_worker_of_the_ring_answers_with_rst() -> None:
             assert (rst.flags, rst.seq, rst.src_port, rst.dst_port) == (RST, 9000, 7, 40000)
             assert stack.runtime.stats["forwarded_in"] == 1
             assert stack.runtime.stats["rst_sent"] == 1
+    finally:
+        previous.close()
+
+
+def _too_big_for_a_flow_elsewhere() -> bytes:
+    """A router's ICMP fragmentation needed, quoting a segment from us to the peer of a
+    flow the worker under test does not hold."""
+    ours = build_packet(
+        ipaddress.ip_address(STACK).packed, ipaddress.ip_address(PEER).packed,
+        ECHO_PORT, 40000, 9000, 5000, ACK, 1000, NO_OPTIONS, b"x" * 1500,
+    )  # fmt: skip
+    return build_too_big(ipaddress.ip_address(PEER).packed, ours[12:16], ours[:48], 1400)
+
+
+async def test_icmp_too_big_for_a_flow_elsewhere_goes_round_the_ring() -> None:
+    too_big = _too_big_for_a_flow_elsewhere()
+    next_worker = Siblings("rtring4", 1, 2)
+    try:
+        async with _worker_and_peer("rtring4", 0, 2) as (stack, peer):
+            await peer.send_batch([too_big])
+            with trio.fail_after(5):
+                forwarded = await next_worker.receive(8)
+            assert [(hops, bytes(p)) for hops, p in forwarded] == [(1, too_big)]
+            assert stack.runtime.stats["forwarded"] == 1
+    finally:
+        next_worker.close()
+    previous = Siblings("rtring5", 0, 2)
+    try:
+        async with _worker_and_peer("rtring5", 1, 2) as (stack, peer):
+            assert previous.forward(too_big, 1)  # the last worker: nobody holds the flow
+            await _nothing_arrives(peer)
+            assert stack.runtime.stats["forwarded_in"] == 1
+            assert stack.runtime.stats["icmp_too_big_no_flow"] == 1
+            assert stack.runtime.stats["forwarded"] == 0
     finally:
         previous.close()
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from stcp_framework.wire.checksum import internet_checksum, pseudo_header_sum
 from stcp_framework.wire.drop import DropReason, MalformedPacket
-from stcp_framework.wire.icmp import TooBig, parse_too_big_untrusted
+from stcp_framework.wire.icmp import TooBig, build_too_big, parse_too_big_untrusted
 from stcp_framework.wire.packet import build_packet
 from stcp_framework.wire.tcp import ACK, NO_OPTIONS
 
@@ -26,22 +26,24 @@ def our_segment(src: bytes, dst: bytes, seq: int = 123456789) -> bytes:
 
 
 def frag_needed(quoted: bytes, mtu: int, *, icmp_type: int = 3, code: int = 4) -> bytes:
-    """IPv4 ICMP from the router to us, quoting ``quoted`` (IP header + 8 bytes, as RFC
-    792 asks; Linux quotes up to 576 bytes in all)."""
-    body = struct.pack("!BBHHH", icmp_type, code, 0, 0, mtu) + quoted
-    body = body[:2] + struct.pack("!H", internet_checksum(body)) + body[4:]
-    header = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), 0, 0, 64, 1, 0,
-                                   ROUTER4, US4))  # fmt: skip
-    header[10:12] = struct.pack("!H", internet_checksum(header))
-    return bytes(header) + body
+    """IPv4 ICMP from the router to us quoting ``quoted`` (RFC 792 asks for the IP header
+    and 8 bytes; Linux quotes up to 576 bytes in all), with another type or code if asked."""
+    return _retyped(build_too_big(ROUTER4, US4, quoted, mtu), 20, icmp_type, code)
 
 
 def packet_too_big(quoted: bytes, mtu: int, *, icmp_type: int = 2) -> bytes:
-    body = struct.pack("!BBHI", icmp_type, 0, 0, mtu) + quoted
-    pseudo = pseudo_header_sum(ROUTER6, US6, 58, len(body))
-    body = body[:2] + struct.pack("!H", internet_checksum(body, pseudo)) + body[4:]
-    header = struct.pack("!IHBB16s16s", 6 << 28, len(body), 58, 64, ROUTER6, US6)
-    return header + body
+    return _retyped(build_too_big(ROUTER6, US6, quoted, mtu), 40, icmp_type, 0)
+
+
+def _retyped(packet: bytes, at: int, icmp_type: int, code: int) -> bytes:
+    """``packet`` with its ICMP type and code replaced and the checksum made right again."""
+    out = bytearray(packet)
+    out[at : at + 2] = bytes([icmp_type, code])
+    out[at + 2 : at + 4] = b"\0\0"
+    body = out[at:]
+    pseudo = pseudo_header_sum(ROUTER6, US6, 58, len(body)) if at == 40 else 0
+    out[at + 2 : at + 4] = struct.pack("!H", internet_checksum(body, pseudo))
+    return bytes(out)
 
 
 def test_fragmentation_needed_names_our_segment_and_the_mtu() -> None:
