@@ -148,6 +148,57 @@ def _rebuild_send_buffer(
 class Connection:
     """One connection: see the module docstring and docs/internals.md."""
 
+    # Slots: a connection's ~50 fields in ~0.5 KB instead of a ~1.6 KB instance dict
+    # (every connection, idle ones too).
+    __slots__ = (
+        "_app_commit",
+        "_dirty",
+        "_ev_readable",
+        "_ev_space",
+        "_events",
+        "_out",
+        "_rx_ops",
+        "_rx_trim",
+        "_tx_ops",
+        "_tx_trim",
+        "ack_deferred_at",
+        "ack_now",
+        "cc",
+        "challenge_count",
+        "challenge_window_at",
+        "config",
+        "counters",
+        "dupacks",
+        "invalid_ack_at",
+        "last_rx_at",
+        "maybe_sent_end",
+        "name",
+        "offer_wscale",
+        "pending_fin",
+        "persist_backoff",
+        "probes",
+        "rcv_buf",
+        "rcv_mss",
+        "rcv_unacked",
+        "reasm",
+        "retries",
+        "rtt",
+        "rtt_offset",
+        "rtt_sent_at",
+        "rx_needs",
+        "rx_stored",
+        "sack_recent",
+        "scoreboard",
+        "snd_buf",
+        "snd_ptr",
+        "tcb",
+        "timers",
+        "ts_options",
+        "tx_needs",
+        "txmap",
+        "version",
+    )
+
     def __init__(self, *, now: float, config: TcpConfig, iss: Seq, tsval_offset: int) -> None:
         """Use ``open_active``, ``open_passive`` or ``restore``."""
         self.config = config

@@ -180,7 +180,7 @@ def _plain(value: Any) -> Any:
 
 def snapshot(conn: Connection) -> dict[str, Any]:
     """Every attribute of ``conn`` (TCB, buffers, timers, RTT, cwnd, pending outputs)."""
-    return {name: _plain(value) for name, value in vars(conn).items() if name != "config"}
+    return {name: _plain(getattr(conn, name)) for name in Connection.__slots__ if name != "config"}
 
 
 def plain_step(step: Step) -> tuple[Any, ...]:
