@@ -297,6 +297,9 @@ def check_sequence(
                 _output.challenge_ack(c, now)  # RFC 5961 §4.2
             elif seg_len:
                 c.ack_now = True  # data is no part of an ACK war: answered every time
+                if plen and d < 0 and tcb.sack_permitted and not tcb.ack_on_commit:
+                    # RFC 2883: tell the sender it was a duplicate (D-SACK)
+                    c.dsack = (seg.seq, (seg.seq + plen) & SEQ_MASK)
             else:
                 _output.invalid_segment_ack(c, now)
             if fin and tcb.state is TcpState.TIME_WAIT:
@@ -308,6 +311,9 @@ def check_sequence(
         cut = tcb.rcv_nxt_offset - off
         payload = payload[cut:]
         off = tcb.rcv_nxt_offset
+        if cut <= plen and tcb.sack_permitted and not tcb.ack_on_commit:
+            c.dsack = ((rcv_nxt - cut) & SEQ_MASK, rcv_nxt)  # RFC 2883: the part we had
+            c.ack_now = True
     limit = tcb.rcv_nxt_offset + wnd
     if off + len(payload) > limit:
         payload = payload[: max(0, limit - off)]
@@ -536,9 +542,15 @@ def process_text(c: Connection, payload: bytes | memoryview, off: int, now: floa
     if off != rcv_off:
         # Out of order: queue, and send an immediate duplicate ACK (RFC 5681 §4.2) --
         # with ack-on-commit only while it names the hole (everything committed).
-        c.reasm.insert(off, payload)
+        reasm = c.reasm
+        held = reasm.size
+        reasm.insert(off, payload)
         if tcb.sack_permitted:
             sack.note_arrival(c.sack_recent, off)  # its block is reported first
+            if reasm.size == held and payload and not aoc:
+                # all of it was held already: a D-SACK block for it (RFC 2883 §4.1.3)
+                start = (tcb.rcv_nxt + off - rcv_off) & SEQ_MASK
+                c.dsack = (start, (start + len(payload)) & SEQ_MASK)
         if not aoc or c.ack_point() == tcb.rcv_nxt:
             c.ack_now = True
         return

@@ -138,17 +138,25 @@ def _options(c: Connection, now: float) -> TcpOptions:
 
 
 def _sack_options(c: Connection, now: float) -> TcpOptions:
-    """``_options`` plus SACK blocks for the out-of-order data we hold (RFC 2018 §4)."""
+    """``_options`` plus SACK blocks for the out-of-order data we hold (RFC 2018 §4),
+    after a D-SACK block for a duplicate that just arrived (RFC 2883 §4: first)."""
     tcb = c.tcb
     opts = _options(c, now)
     limit = sack.MAX_BLOCKS_WITH_TS if tcb.timestamps else sack.MAX_BLOCKS
-    blocks = sack.report_blocks(c.reasm.ranges(), c.sack_recent, limit)
+    dsack = c.dsack
+    c.dsack = None  # reported once
+    if dsack is not None:
+        limit -= 1
+    blocks = sack.report_blocks(c.reasm.ranges(), c.sack_recent, limit) if c.reasm.size else []
     base_off = tcb.rcv_nxt_offset
     rcv_nxt = tcb.rcv_nxt
     seqs = tuple(
         ((rcv_nxt + start - base_off) & SEQ_MASK, (rcv_nxt + end - base_off) & SEQ_MASK)
         for start, end in blocks
     )
+    if dsack is not None:
+        seqs = (dsack, *seqs)
+        c.count("dsack_sent")
     c.count("sack_ack_sent")
     return opts._replace(sack_blocks=seqs)
 
@@ -167,7 +175,12 @@ def make_segment(
             needs = tx
     tcb = c.tcb
     ack = c.ack_point() if tcb.ack_on_commit else tcb.rcv_nxt
-    if not payload and c.reasm.size and tcb.sack_permitted and not tcb.ack_on_commit:
+    if (
+        not payload
+        and (c.reasm.size or c.dsack is not None)
+        and tcb.sack_permitted
+        and not tcb.ack_on_commit
+    ):
         opts = _sack_options(c, now)
     else:
         opts = _options(c, now)
@@ -288,7 +301,12 @@ def transmit(c: Connection, now: float) -> None:
     state = tcb.state
     # A data segment carries no SACK blocks (make_segment): when out-of-order data
     # made this ACK due, it goes out on its own as well (RFC 2018 §4, RFC 5681 §4.2).
-    sack_due = c.ack_now and c.reasm.size and tcb.sack_permitted and not tcb.ack_on_commit
+    sack_due = (
+        c.ack_now
+        and (c.reasm.size or c.dsack is not None)
+        and tcb.sack_permitted
+        and not tcb.ack_on_commit
+    )
     if state in _DATA_STATES and tcb.snd_una_offset >= 0:
         send_data(c, now, force=False)
         if sack_due:

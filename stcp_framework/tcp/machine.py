@@ -168,6 +168,7 @@ class Connection:
         "challenge_window_at",
         "config",
         "counters",
+        "dsack",
         "dupacks",
         "invalid_ack_at",
         "last_rx_at",
@@ -215,6 +216,7 @@ class Connection:
         self.rx_stored = 0  # ack-on-commit: inbound bytes below this are spilled (stored)
         self.reasm = Reassembly()
         self.sack_recent: list[int] = []  # recent out-of-order arrivals (sack.note_arrival)
+        self.dsack: tuple[int, int] | None = None  # a duplicate to report (RFC 2883)
         self.scoreboard = Scoreboard()  # what the peer SACKed (sender side)
         # Outputs pending until drain().
         self._out: list[OutSegment] = []

@@ -112,6 +112,39 @@ class LossyDevice:
         await self.inner.aclose()
 
 
+class AckBlackout:
+    """Forwards to ``inner`` but drops every ACK we send for ``seconds`` once ``after``
+    ACKs went out: longer than the peer's retransmission timeout, so it resends data we
+    have (a spurious timeout) and we answer with a D-SACK block (RFC 2883)."""
+
+    def __init__(self, inner: Any, after: int, seconds: float) -> None:
+        self.inner = inner
+        self.after = after
+        self.seconds = seconds
+        self.sent = 0
+        self.dropped = 0
+        self.until: float | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "send_batch_nowait":  # (the runtime would write past send_batch)
+            raise AttributeError(name)
+        return getattr(self.inner, name)  # mtu, offload flags, recv_batch, aclose
+
+    async def send_batch(self, packets: Sequence[OutPacket]) -> None:
+        now = trio.current_time()
+        kept = []
+        for packet in packets:
+            self.sent += 1
+            if self.until is None and self.sent == self.after:
+                self.until = now + self.seconds
+            if self.until is not None and now < self.until:
+                self.dropped += 1
+                continue
+            kept.append(packet)
+        if kept:
+            await self.inner.send_batch(kept)
+
+
 def tcp_ext() -> dict[str, int]:
     """This network namespace's ``TcpExt`` counters (``/proc/net/netstat``)."""
     lines = Path("/proc/net/netstat").read_text().splitlines()
@@ -225,3 +258,50 @@ async def test_we_resend_the_holes_the_kernel_sacks(tun_net: TunNet, pcap_path: 
     # the second hole of each pair is resent from the kernel's SACK blocks, without
     # waiting for the partial ACK of the first one's retransmission
     assert counters.get("sack_retransmit", 0) >= LIMIT // 4
+
+
+async def test_a_spurious_retransmission_gets_a_dsack_the_kernel_understands(
+    tun_net: TunNet, pcap_path: Path
+) -> None:
+    received: list[int] = []
+    counters: dict[str, int] = {}
+
+    async def counting_discard(stream: Stream) -> None:
+        total = 0
+        while data := await stream.receive_some():
+            total += len(data)
+        received.append(total)
+        counters.update(stream._flow.conn.counters)  # type: ignore[attr-defined]
+
+    made: list[AckBlackout] = []
+
+    def wrap(inner: Any) -> AckBlackout:
+        made.append(AckBlackout(inner, after=20, seconds=0.6))
+        return made[-1]
+
+    before = tcp_ext()
+    async with (
+        stack_on(
+            tun_net,
+            pcap_path,
+            snaplen=HEADERS_SNAPLEN,
+            tun_options={"offload": False},
+            wrap=wrap,
+        ) as stack,
+        trio.open_nursery() as nursery,
+    ):
+        await nursery.start(stack.serve, counting_discard, 9)
+        with trio.fail_after(TRANSFER_TIMEOUT):
+            result = await run_kernel_peer("send", tun_net.stack_addr, 9, SIZE, seed=6)
+        nursery.cancel_scope.cancel()
+    after = tcp_ext()
+    print(
+        f"\nblackout of {made[0].dropped} of {made[0].sent} packets: kernel timeouts"
+        f" {after['TCPTimeouts'] - before['TCPTimeouts']}, D-SACKs received"
+        f" {after['TCPDSACKRecv'] - before['TCPDSACKRecv']}, ours sent {counters.get('dsack_sent')}"
+    )  # (shown with pytest -s)
+    assert result["tail"] == "" and received == [SIZE]
+    assert made[0].dropped > 0
+    assert after["TCPTimeouts"] > before["TCPTimeouts"]  # it did resend what we had
+    assert counters.get("dsack_sent", 0) > 0
+    assert after["TCPDSACKRecv"] > before["TCPDSACKRecv"]  # and read our D-SACK as one

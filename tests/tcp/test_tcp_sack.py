@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from tcp_helpers import (
+    BUF,
     CONFIG,
     LOCAL_ISS,
     LOCAL_SEQ,
@@ -265,3 +266,34 @@ def test_scoreboard_holes_and_loss_rule() -> None:
     assert board.next_hole(95, 0) is None  # nothing SACKed above
     board.trim(35)
     assert board.ranges == [(35, 50), (90, 100)]
+
+
+# ------------------------------------------------------------------ D-SACK (RFC 2883)
+
+
+def test_a_duplicate_below_rcv_nxt_is_reported_as_a_dsack_block() -> None:
+    conn = established()
+    send(conn, r(payload=b"a" * 100), at=1.0)
+    conn.drain()
+    send(conn, r(payload=b"a" * 100), at=1.1)  # the same segment again
+    expect(conn, [s(ack=sq(REMOTE_SEQ, 100), window=BUF - 100, options=blocks((0, 100)))])
+    assert conn.counters["dsack_sent"] == 1
+    send(conn, r(seq=sq(REMOTE_SEQ, 100), payload=b"b" * 10), at=1.2)
+    step = conn.drain()
+    assert all(not seg.options.sack_blocks for seg in step.segments)  # reported once
+
+
+def test_a_partial_duplicate_reports_the_part_we_had() -> None:
+    conn = established()
+    send(conn, r(payload=b"a" * 100), at=1.0)
+    conn.drain()
+    send(conn, r(seq=sq(REMOTE_SEQ, 50), payload=b"a" * 50 + b"b" * 50), at=1.1)
+    expect(conn, [s(ack=sq(REMOTE_SEQ, 150), window=BUF - 150, options=blocks((50, 100)))])
+
+
+def test_a_duplicate_of_held_data_comes_first_then_its_block() -> None:
+    conn = established()
+    send(conn, r(seq=sq(REMOTE_SEQ, 100), payload=b"b" * 100), at=1.0)
+    conn.drain()
+    send(conn, r(seq=sq(REMOTE_SEQ, 120), payload=b"b" * 50), at=1.1)  # held already
+    expect(conn, [s(options=blocks((120, 170), (100, 200)))])
