@@ -46,7 +46,7 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -427,6 +427,26 @@ async def wait_for_kernel_state(
                 return
             await trio.sleep(POLL_DELAY)
     raise AssertionError(f"kernel socket {local} -> {peer}: wanted {expected}, saw {seen}")
+
+
+def hashing_discard(
+    received: list[tuple[int, str]], counters: dict[str, int] | None = None
+) -> Callable[[Any], Awaitable[None]]:
+    """An RFC 863 discard handler that also counts and hashes what it threw away: it
+    appends ``(bytes, sha256 hex)`` to ``received`` at EOF, and copies the connection's
+    counters into ``counters`` if given."""
+
+    async def handler(stream: Any) -> None:
+        digest = hashlib.sha256()
+        total = 0
+        while data := await stream.receive_some():
+            digest.update(data)
+            total += len(data)
+        received.append((total, digest.hexdigest()))
+        if counters is not None:
+            counters.update(stream._flow.conn.counters)
+
+    return handler
 
 
 @asynccontextmanager

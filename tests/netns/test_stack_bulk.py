@@ -9,16 +9,14 @@ the pattern the client sent. The capture keeps headers only (``HEADERS_SNAPLEN``
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
 import pytest
 import trio
-from kernel_peer import run_kernel_peer, stack_on
+from kernel_peer import hashing_discard, run_kernel_peer, stack_on
 from netns_fixtures import TunNet
 
-from stcp_framework import Stream
 from stcp_framework.link.pcap import HEADERS_SNAPLEN
 from stcp_framework.services import chargen, echo
 from stcp_framework.wire.drop import DropReason
@@ -39,19 +37,9 @@ def report(name: str, size: int, seconds: float) -> None:
 @pytest.mark.parametrize("tun_net", [MTU], indirect=True)
 async def test_1gb_to_discard_is_received_byte_exact(tun_net: TunNet, pcap_path: Path) -> None:
     received: list[tuple[int, str]] = []
-
-    async def hashing_discard(stream: Stream) -> None:
-        """RFC 863 discard that also counts and hashes what it threw away."""
-        digest = hashlib.sha256()
-        total = 0
-        while data := await stream.receive_some():
-            digest.update(data)
-            total += len(data)
-        received.append((total, digest.hexdigest()))
-
     async with stack_on(tun_net, pcap_path, snaplen=HEADERS_SNAPLEN) as stack:
         async with trio.open_nursery() as nursery:
-            await nursery.start(stack.serve, hashing_discard, 9)
+            await nursery.start(stack.serve, hashing_discard(received), 9)
             with trio.fail_after(TRANSFER_TIMEOUT):
                 result = await run_kernel_peer("send", tun_net.stack_addr, 9, GB, seed=9)
             nursery.cancel_scope.cancel()

@@ -11,14 +11,13 @@ stack resends the holes it names (``sack_retransmit``). Every byte is checked.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from kernel_peer import run_kernel_peer, stack_on
+from kernel_peer import hashing_discard, run_kernel_peer, stack_on
 from netns_fixtures import TunNet
 
 from stcp_framework import Stream
@@ -49,13 +48,26 @@ def tcp_payload_len(packet: bytes | memoryview) -> int:
     return int.from_bytes(packet[4:6], "big") - (packet[52] >> 4) * 4
 
 
-class LossyDevice:
-    """Forwards to ``inner`` but drops data segments of one direction (``"rx"``: on
-    their way to the stack; ``"tx"``: on their way out): every ``every``-th and the
-    ``GAP``-th after it, ``limit`` at most."""
+class PassThrough:
+    """A device in front of ``inner``: everything but what a subclass overrides goes to
+    ``inner`` (MTU, offload flags, ``recv_batch``, ``aclose``)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "send_batch_nowait":  # (the runtime would write past send_batch)
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+class LossyDevice(PassThrough):
+    """Drops data segments of one direction (``"rx"``: on their way to the stack;
+    ``"tx"``: on their way out): every ``every``-th and the ``GAP``-th after it,
+    ``limit`` at most."""
 
     def __init__(self, inner: Any, direction: str, every: int, limit: int) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.direction = direction
         self.every = every
         self.limit = limit
@@ -71,26 +83,6 @@ class LossyDevice:
         self.dropped += 1
         return True
 
-    @property
-    def mtu(self) -> int:
-        return int(self.inner.mtu)
-
-    @property
-    def rx_checksum_verified(self) -> bool:
-        return bool(getattr(self.inner, "rx_checksum_verified", False))
-
-    @property
-    def tx_checksum_offload(self) -> bool:
-        return bool(getattr(self.inner, "tx_checksum_offload", False))
-
-    @property
-    def tx_gso_max(self) -> int:
-        return int(getattr(self.inner, "tx_gso_max", 0))
-
-    @property
-    def accepts_split_packets(self) -> bool:
-        return bool(getattr(self.inner, "accepts_split_packets", False))
-
     async def recv_batch(self, max_packets: int) -> list[memoryview]:
         packets: list[memoryview] = await self.inner.recv_batch(max_packets)
         if self.direction != "rx":
@@ -99,36 +91,27 @@ class LossyDevice:
 
     async def send_batch(self, packets: Sequence[OutPacket]) -> None:
         if self.direction == "tx":
-            kept = []
-            for packet in packets:
-                size = len(packet[1]) if isinstance(packet, tuple) else tcp_payload_len(packet)
-                if not self._drop(size):
-                    kept.append(packet)
-            packets = kept
+            packets = [
+                p
+                for p in packets
+                if not self._drop(len(p[1]) if isinstance(p, tuple) else tcp_payload_len(p))
+            ]
         if packets:
             await self.inner.send_batch(packets)
 
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
-
-class AckBlackout:
-    """Forwards to ``inner`` but drops every ACK we send for ``seconds`` once ``after``
-    ACKs went out: longer than the peer's retransmission timeout, so it resends data we
-    have (a spurious timeout) and we answer with a D-SACK block (RFC 2883)."""
+class AckBlackout(PassThrough):
+    """Drops every packet we send for ``seconds`` once ``after`` went out: longer than
+    the peer's retransmission timeout, so it resends data we have (a spurious timeout)
+    and we answer with a D-SACK block (RFC 2883)."""
 
     def __init__(self, inner: Any, after: int, seconds: float) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.after = after
         self.seconds = seconds
         self.sent = 0
         self.dropped = 0
         self.until: float | None = None
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "send_batch_nowait":  # (the runtime would write past send_batch)
-            raise AttributeError(name)
-        return getattr(self.inner, name)  # mtu, offload flags, recv_batch, aclose
 
     async def send_batch(self, packets: Sequence[OutPacket]) -> None:
         now = trio.current_time()
@@ -154,6 +137,15 @@ def tcp_ext() -> dict[str, int]:
     raise AssertionError("no TcpExt in /proc/net/netstat")
 
 
+def stack_behind(tun: TunNet, pcap_path: Path, wrap: Any, **options: Any) -> Any:
+    """``stack_on`` the fixture's device without offload (one segment per packet), with
+    ``wrap`` between the stack and the recorded device."""
+    return stack_on(
+        tun, pcap_path, snaplen=HEADERS_SNAPLEN, tun_options={"offload": False}, wrap=wrap,
+        **options,
+    )  # fmt: skip
+
+
 def lossy(direction: str) -> tuple[list[LossyDevice], Any]:
     made: list[LossyDevice] = []
 
@@ -170,30 +162,13 @@ async def test_kernel_sender_recovers_with_our_sack_blocks(
 ) -> None:
     received: list[tuple[int, str]] = []
     counters: dict[str, int] = {}
-
-    async def hashing_discard(stream: Stream) -> None:
-        digest = hashlib.sha256()
-        total = 0
-        while data := await stream.receive_some():
-            digest.update(data)
-            total += len(data)
-        received.append((total, digest.hexdigest()))
-        counters.update(stream._flow.conn.counters)  # type: ignore[attr-defined]
-
     devices, wrap = lossy("rx")
     before = tcp_ext()
     async with (
-        stack_on(
-            tun_net,
-            pcap_path,
-            snaplen=HEADERS_SNAPLEN,
-            tun_options={"offload": False},
-            wrap=wrap,
-            config=TcpConfig(mss=65535, sack=sack),
-        ) as stack,
+        stack_behind(tun_net, pcap_path, wrap, config=TcpConfig(mss=65535, sack=sack)) as stack,
         trio.open_nursery() as nursery,
     ):
-        await nursery.start(stack.serve, hashing_discard, 9)
+        await nursery.start(stack.serve, hashing_discard(received, counters), 9)
         with trio.fail_after(TRANSFER_TIMEOUT):
             result = await run_kernel_peer("send", tun_net.stack_addr, 9, SIZE, seed=5)
         nursery.cancel_scope.cancel()
@@ -229,16 +204,7 @@ async def test_we_resend_the_holes_the_kernel_sacks(tun_net: TunNet, pcap_path: 
 
     devices, wrap = lossy("tx")
     before = tcp_ext()
-    async with (
-        stack_on(
-            tun_net,
-            pcap_path,
-            snaplen=HEADERS_SNAPLEN,
-            tun_options={"offload": False},
-            wrap=wrap,
-        ) as stack,
-        trio.open_nursery() as nursery,
-    ):
+    async with stack_behind(tun_net, pcap_path, wrap) as stack, trio.open_nursery() as nursery:
         await nursery.start(stack.serve, counted_chargen, 19)
         with trio.fail_after(TRANSFER_TIMEOUT):
             result = await run_kernel_peer("chargen", tun_net.stack_addr, 19, SIZE)
@@ -263,16 +229,8 @@ async def test_we_resend_the_holes_the_kernel_sacks(tun_net: TunNet, pcap_path: 
 async def test_a_spurious_retransmission_gets_a_dsack_the_kernel_understands(
     tun_net: TunNet, pcap_path: Path
 ) -> None:
-    received: list[int] = []
+    received: list[tuple[int, str]] = []
     counters: dict[str, int] = {}
-
-    async def counting_discard(stream: Stream) -> None:
-        total = 0
-        while data := await stream.receive_some():
-            total += len(data)
-        received.append(total)
-        counters.update(stream._flow.conn.counters)  # type: ignore[attr-defined]
-
     made: list[AckBlackout] = []
 
     def wrap(inner: Any) -> AckBlackout:
@@ -280,17 +238,8 @@ async def test_a_spurious_retransmission_gets_a_dsack_the_kernel_understands(
         return made[-1]
 
     before = tcp_ext()
-    async with (
-        stack_on(
-            tun_net,
-            pcap_path,
-            snaplen=HEADERS_SNAPLEN,
-            tun_options={"offload": False},
-            wrap=wrap,
-        ) as stack,
-        trio.open_nursery() as nursery,
-    ):
-        await nursery.start(stack.serve, counting_discard, 9)
+    async with stack_behind(tun_net, pcap_path, wrap) as stack, trio.open_nursery() as nursery:
+        await nursery.start(stack.serve, hashing_discard(received, counters), 9)
         with trio.fail_after(TRANSFER_TIMEOUT):
             result = await run_kernel_peer("send", tun_net.stack_addr, 9, SIZE, seed=6)
         nursery.cancel_scope.cancel()
@@ -300,7 +249,7 @@ async def test_a_spurious_retransmission_gets_a_dsack_the_kernel_understands(
         f" {after['TCPTimeouts'] - before['TCPTimeouts']}, D-SACKs received"
         f" {after['TCPDSACKRecv'] - before['TCPDSACKRecv']}, ours sent {counters.get('dsack_sent')}"
     )  # (shown with pytest -s)
-    assert result["tail"] == "" and received == [SIZE]
+    assert result["tail"] == "" and received == [(SIZE, result["sha256"])]
     assert made[0].dropped > 0
     assert after["TCPTimeouts"] > before["TCPTimeouts"]  # it did resend what we had
     assert counters.get("dsack_sent", 0) > 0
