@@ -428,6 +428,7 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
         if cc.in_recovery:
             if new_una_off >= cc.recover_offset:
                 cc.exit_recovery(flight_before - d_una)  # RFC 6582 §3.2 step 3 full ACK
+                board.high_rxt = 0
             else:
                 cc.on_partial_ack(d_una)  # RFC 6582 §3.2 step 3 partial ACK
                 # With SACK, the next hole the peer reported (maybe resent already:
@@ -467,9 +468,6 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
                 # arrived (RFC 6675 §5: IsLost(HighACK + 1)).
                 c.count("fast_retransmit")
                 cc.enter_recovery(c.snd_nxt_offset() - una_off, c.snd_nxt_offset())
-                if tcb.sack_permitted:
-                    board.undo_marker, board.undo_retrans = una_off, 0
-                    board.high_rxt = 0
                 _output.retransmit_first(c, now)
         else:
             c.dupacks = 0
@@ -521,27 +519,7 @@ def _update_scoreboard(c: Connection, seg: TcpSegment, una_off: int) -> None:
         )
         for left, right in seg.options.sack_blocks
     ]
-    board = c.scoreboard
-    first = blocks[0]
-    if first[1] <= una_off or (
-        len(blocks) > 1 and blocks[1][0] <= first[0] and first[1] <= blocks[1][1]
-    ):
-        # D-SACK (RFC 2883 §4): the peer got these bytes twice. If they are what this
-        # fast recovery resent, and every resend comes back so, it was not needed.
-        c.count("dsack_received")
-        if board.undo_marker >= 0 and board.undo_marker <= first[0] < first[1] <= board.high_rxt:
-            mss = tcb.mss
-            board.undo_retrans -= (first[1] - first[0] + mss - 1) // mss
-            if board.undo_retrans <= 0:  # (in recovery still, or after it, as Linux)
-                c.cc.undo()
-                # a loss found from here on may start a recovery at once (RFC 6582's
-                # "recover" only kept dupacks of that needless episode out)
-                c.cc.recover_offset = una_off
-                c.dupacks = 0
-                board.undo_marker = -1
-                board.high_rxt = 0
-                c.count("dsack_undo")
-    if board.update(una_off, c.snd_nxt_offset(), blocks):
+    if c.scoreboard.update(una_off, c.snd_nxt_offset(), blocks):
         c.count("sack_blocks_received")
 
 

@@ -479,11 +479,8 @@ def retransmit_first(c: Connection, now: float) -> None:
                 flags |= FIN
         make_segment(c, tcb.snd_una, flags, buf.view(una_off, n), now)
         board = c.scoreboard
-        if tcb.sack_permitted:
-            if board.high_rxt < una_off + n:
-                board.high_rxt = una_off + n
-            if board.undo_marker >= 0:
-                board.undo_retrans += 1
+        if tcb.sack_permitted and board.high_rxt < una_off + n:
+            board.high_rxt = una_off + n
     elif tcb.fin_sent and una_off == buf.end_offset:
         make_segment(c, tcb.snd_una, ACK | FIN, b"", now)
 
@@ -508,8 +505,6 @@ def retransmit_hole(c: Connection, now: float) -> bool:
     c.rtt_offset = None  # Karn's rule
     make_segment(c, seq_add(tcb.snd_una, begin - una_off), ACK, buf.view(begin, n), now)
     board.high_rxt = begin + n
-    if board.undo_marker >= 0:
-        board.undo_retrans += 1
     return True
 
 

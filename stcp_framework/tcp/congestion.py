@@ -18,16 +18,7 @@ class NewReno:
         recover_offset: Stream offset of ``snd_nxt`` when recovery started (RFC 6582 §3.2).
     """
 
-    __slots__ = (
-        "bytes_acked",
-        "cwnd",
-        "in_recovery",
-        "mss",
-        "prior_cwnd",
-        "prior_ssthresh",
-        "recover_offset",
-        "ssthresh",
-    )
+    __slots__ = ("bytes_acked", "cwnd", "in_recovery", "mss", "recover_offset", "ssthresh")
 
     def __init__(self, mss: int, initial_segments: int) -> None:
         self.mss = mss
@@ -37,7 +28,6 @@ class NewReno:
         self.in_recovery = False
         self.recover_offset = 0
         self.bytes_acked = 0
-        self.prior_cwnd = self.prior_ssthresh = 0  # before the last recovery (undo)
 
     def set_mss(self, mss: int, initial_segments: int) -> None:
         self.mss = mss
@@ -65,7 +55,6 @@ class NewReno:
 
     def enter_recovery(self, flight: int, snd_nxt_offset: int) -> None:
         """Third duplicate ACK (RFC 5681 §3.2 steps 2-3; RFC 6582 §3.2 step 2)."""
-        self.prior_cwnd, self.prior_ssthresh = self.cwnd, self.ssthresh
         self.ssthresh = max(flight // 2, 2 * self.mss)
         self.cwnd = self.ssthresh + 3 * self.mss
         self.in_recovery = True
@@ -83,14 +72,6 @@ class NewReno:
     def exit_recovery(self, flight: int) -> None:
         """RFC 6582 §3.2 step 3 (full ACK): ``min(ssthresh, max(FlightSize, SMSS) + SMSS)``."""
         self.cwnd = min(self.ssthresh, max(flight, self.mss) + self.mss)
-        self.in_recovery = False
-        self.bytes_acked = 0
-
-    def undo(self) -> None:
-        """The recovery was spurious (RFC 2883 §5, as Linux ``tcp_undo_cwnd_reduction``):
-        end it with the window and threshold from before it."""
-        self.cwnd = max(self.cwnd, self.prior_cwnd)
-        self.ssthresh = max(self.ssthresh, self.prior_ssthresh)
         self.in_recovery = False
         self.bytes_acked = 0
 

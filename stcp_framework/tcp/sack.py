@@ -80,18 +80,13 @@ class Scoreboard:
     Attributes:
         ranges: The SACKed ``[start, end)`` offsets: sorted, disjoint, not touching.
         high_rxt: Offset after the last byte retransmitted in this recovery (HighRxt).
-        undo_marker, undo_retrans: For undoing a spurious fast recovery: where it began,
-            and how many of the segments it resent the peer has not reported as
-            duplicates (D-SACK, RFC 2883 §5); at 0 every resend was needless.
     """
 
-    __slots__ = ("high_rxt", "ranges", "undo_marker", "undo_retrans")
+    __slots__ = ("high_rxt", "ranges")
 
     def __init__(self) -> None:
         self.ranges: list[tuple[int, int]] = []  # sorted, disjoint, not touching
         self.high_rxt = 0
-        self.undo_marker = -1  # SND.UNA where this fast recovery began (-1: none)
-        self.undo_retrans = 0  # segments it resent that the peer has not D-SACKed
 
     def update(self, una: int, nxt: int, blocks: list[tuple[int, int]]) -> bool:
         """Add reported ``[start, end)`` blocks; returns whether anything new was SACKed.
@@ -118,8 +113,6 @@ class Scoreboard:
     def clear(self) -> None:
         self.ranges = []
         self.high_rxt = 0
-        self.undo_marker = -1
-        self.undo_retrans = 0
 
     def sacked_bytes(self) -> int:
         return sum(e - s for s, e in self.ranges)
