@@ -26,6 +26,9 @@ class TcpConfig:
         delayed_ack_timeout: RFC 9293 §3.8.6.3 requires < 0.5 s; Linux uses 40 ms.
         time_wait_timeout: 2*MSL. RFC 9293 MSL is 2 min; Linux uses 60 s in total.
         syn_retries: SYN retransmissions before giving up (Linux tcp_syn_retries = 6).
+        pmtu_expires: Seconds after a path MTU reduction before the full MSS is tried
+            again (RFC 1191 §6.3 and RFC 8201 §4 suggest 10 minutes; Linux
+            ``net.ipv4.route.mtu_expires`` is 600).
         max_retries: Data retransmissions before TimedOut (Linux tcp_retries2 = 15).
         zero_window_probe_max: probes without any answer before giving up.
         initial_cwnd_segments: RFC 6928 initial window of 10 segments (Linux default).
@@ -50,6 +53,7 @@ class TcpConfig:
     delayed_ack_timeout: float = 0.04
     time_wait_timeout: float = 60.0
     syn_retries: int = 6
+    pmtu_expires: float = 600.0
     max_retries: int = 15
     zero_window_probe_max: int = 15
     initial_cwnd_segments: int = 10

@@ -173,6 +173,7 @@ class Connection:
         "invalid_ack_at",
         "last_rx_at",
         "maybe_sent_end",
+        "mss_max",
         "name",
         "offer_wscale",
         "pending_fin",
@@ -216,6 +217,7 @@ class Connection:
         self.rx_stored = 0  # ack-on-commit: inbound bytes below this are spilled (stored)
         self.reasm = Reassembly()
         self.sack_recent: list[int] = []  # recent out-of-order arrivals (sack.note_arrival)
+        self.mss_max = 0  # the MSS before a path MTU reduction (0: none)
         self.dsack: tuple[int, int] | None = None  # a duplicate to report (RFC 2883)
         self.scoreboard = Scoreboard()  # what the peer SACKed (sender side)
         # Outputs pending until drain().
@@ -468,10 +470,12 @@ class Connection:
         ``path_mss`` bytes after the IP and TCP headers (RFC 1191, RFC 8201).
 
         Only a quote of a segment in flight counts (RFC 5927 §7.2: SND.UNA <= seq <
-        SND.NXT); then the MSS goes down (never up: no probing) and what is in flight
-        is sent again in segments that fit, at once and without a congestion response
-        (Linux ``tcp_simple_retransmit``): the hop dropped them, the path is not
-        congested. The new MSS is persisted, so a restored connection keeps it.
+        SND.NXT); then the MSS goes down and what is in flight is sent again in
+        segments that fit, at once and without a congestion response (Linux
+        ``tcp_simple_retransmit``): the hop dropped them, the path is not congested.
+        ``config.pmtu_expires`` later the MSS from before is tried again (RFC 1191
+        §6.3): if the hop is still there, it says so again. The new MSS is persisted,
+        so a restored connection keeps it (and does not try the old one again).
         Returns whether the MSS went down.
         """
         tcb = self.tcb
@@ -483,6 +487,9 @@ class Connection:
         mss = max(MIN_MSS, path_mss - (TS_OPTION_LEN if tcb.timestamps else 0))
         if mss >= tcb.mss:
             return False
+        if not self.mss_max:
+            self.mss_max = tcb.mss
+        self.timers.pmtu_at = now + self.config.pmtu_expires
         self._set("mss", mss)
         self.cc.mss = mss  # (cwnd stays in bytes)
         self.count("pmtu_lowered")
@@ -547,6 +554,14 @@ class Connection:
             t.time_wait_at = None
             reason = "2MSL" if self.tcb.state is TcpState.TIME_WAIT else "FIN-WAIT-2 timeout"
             self._set_state(TcpState.CLOSED, reason)
+        at = t.pmtu_at
+        if at is not None and now >= at:
+            t.pmtu_at = None
+            if self.mss_max > self.tcb.mss:  # RFC 1191 §6.3: try the larger size again
+                self._set("mss", self.mss_max)
+                self.cc.mss = self.mss_max
+                self.count("pmtu_raised")
+            self.mss_max = 0
         _output.transmit(self, now)
 
     def app_send(self, data: bytes | memoryview, now: float) -> int:

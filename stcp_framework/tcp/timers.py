@@ -17,9 +17,17 @@ class Timers:
         keepalive_at: RFC 9293 §3.8.4 keepalive (off unless configured).
         time_wait_at: 2*MSL in TIME-WAIT; also the orphaned FIN-WAIT-2 limit
             (Linux ``tcp_fin_timeout``) after ``app_close``.
+        pmtu_at: Try the full MSS again after a path MTU reduction (RFC 1191 §6.3).
     """
 
-    __slots__ = ("delayed_ack_at", "keepalive_at", "persist_at", "retransmit_at", "time_wait_at")
+    __slots__ = (
+        "delayed_ack_at",
+        "keepalive_at",
+        "persist_at",
+        "pmtu_at",
+        "retransmit_at",
+        "time_wait_at",
+    )
 
     def __init__(self) -> None:
         self.retransmit_at: float | None = None
@@ -27,6 +35,7 @@ class Timers:
         self.delayed_ack_at: float | None = None
         self.keepalive_at: float | None = None
         self.time_wait_at: float | None = None
+        self.pmtu_at: float | None = None
 
     def next_deadline(self) -> float | None:
         best: float | None = None
@@ -36,6 +45,7 @@ class Timers:
             self.delayed_ack_at,
             self.keepalive_at,
             self.time_wait_at,
+            self.pmtu_at,
         ):
             if at is not None and (best is None or at < best):
                 best = at
@@ -47,3 +57,4 @@ class Timers:
         self.delayed_ack_at = None
         self.keepalive_at = None
         self.time_wait_at = None
+        self.pmtu_at = None

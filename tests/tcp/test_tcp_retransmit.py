@@ -201,3 +201,24 @@ def test_packet_too_big_must_quote_a_segment_in_flight() -> None:
     assert conn.tcb.mss == MSS
     assert conn.counters["icmp_too_big_out_of_window"] == 3
     expect_nothing(conn)
+
+
+def test_the_full_mss_is_tried_again_after_pmtu_expires() -> None:
+    """RFC 1191 §6.3: a path MTU estimate is raised again after ~10 minutes; if the
+    narrow hop is still there, its next ICMP lowers it once more."""
+    conn = conn_established()
+    conn.app_send(bytes(MSS), 1.0)
+    conn.drain()
+    assert conn.on_packet_too_big(1000, LOCAL_SEQ, 1.01)
+    conn.drain()
+    send(conn, r(ack=sq(LOCAL_SEQ, MSS)), at=1.1)
+    conn.drain()
+    expires = 1.01 + CONFIG.pmtu_expires
+    assert conn.next_deadline() == expires
+    expect_nothing(conn, at=expires - 1)
+    assert conn.tcb.mss == 1000
+    step = expect(conn, [], at=expires)
+    assert conn.tcb.mss == MSS and tcb_fields(step)["mss"] == MSS
+    assert conn.counters["pmtu_raised"] == 1
+    conn.app_send(bytes(2 * MSS), expires + 1)
+    assert [len(seg.payload) for seg in conn.drain().segments] == [MSS, MSS]
