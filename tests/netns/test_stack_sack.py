@@ -224,6 +224,7 @@ async def test_we_resend_the_holes_the_kernel_sacks(tun_net: TunNet, pcap_path: 
     # the second hole of each pair is resent from the kernel's SACK blocks, without
     # waiting for the partial ACK of the first one's retransmission
     assert counters.get("sack_retransmit", 0) >= LIMIT // 4
+    assert counters["retransmit"] == LIMIT  # and not one needless resend
 
 
 async def test_a_spurious_retransmission_gets_a_dsack_the_kernel_understands(
