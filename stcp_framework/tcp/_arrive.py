@@ -435,8 +435,10 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
                 # then nothing); without, the segment at the new SND.UNA.
                 if not board.ranges:
                     _output.retransmit_first(c, now)
-                else:
-                    _output.retransmit_hole(c, now)
+                elif not _output.retransmit_hole(c, now) and board.high_rxt <= new_una_off:
+                    # RFC 6675 NextSeg rule 3: the first unSACKed segment, even if not
+                    # deemed lost yet -- or nothing more may ever come to say it is
+                    _output.retransmit_first(c, now)
         else:
             cc.on_ack(d_una)
         t = c.timers
