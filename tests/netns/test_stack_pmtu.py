@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import trio
-from kernel_peer import stack_on
+from kernel_peer import stack_on, wait_for
 from netns_fixtures import TunNet
 
 from stcp_framework import Stream
@@ -69,6 +70,14 @@ exec {sys.executable} {KERNEL_PEER} chargen --host {stack} --port 19 --size {SIZ
         ["unshare", "--net", "sh", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
+        # `unshare` must have left this namespace before the veth end is moved into the
+        # namespace of its pid (else it lands here and the peer never sees it)
+        ours = os.readlink("/proc/self/ns/net")
+        await wait_for(
+            lambda: os.readlink(f"/proc/{process.pid}/ns/net") != ours,
+            "the peer's own network namespace",
+            within=10,
+        )
         run_ip("link", "add", VETH_US, "type", "veth", "peer", "name", VETH_PEER,
                "netns", str(process.pid))  # fmt: skip
         run_ip("link", "set", VETH_US, "mtu", str(HOP_MTU), "up")
