@@ -13,7 +13,6 @@ and 1500. The pure helpers of ``link/offload.py`` are tested first.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import ipaddress
 import os
 import socket
@@ -21,10 +20,10 @@ import struct
 
 import pytest
 import trio
-from kernel_peer import run_kernel_peer, wait_for
+from kernel_peer import hashing_discard, run_kernel_peer, wait_for
 from netns_fixtures import TunNet
 
-from stcp_framework import Stream, open_stack
+from stcp_framework import open_stack
 from stcp_framework.link.offload import (
     VIRTIO_NET_HDR_F_NEEDS_CSUM,
     VNET_HDR_LEN,
@@ -343,17 +342,8 @@ async def test_offload_off_sends_and_receives_bare_complete_packets(tun_net: Tun
 
 async def _upload(tun_net: TunNet, dev: TunDevice) -> tuple[dict[str, object], list[object]]:
     received: list[tuple[int, str]] = []
-
-    async def hashing_discard(stream: Stream) -> None:
-        digest = hashlib.sha256()
-        total = 0
-        while data := await stream.receive_some():
-            digest.update(data)
-            total += len(data)
-        received.append((total, digest.hexdigest()))
-
     async with open_stack(dev, [tun_net.stack_addr]) as stack, trio.open_nursery() as nursery:
-        await nursery.start(stack.serve, hashing_discard, 9)
+        await nursery.start(stack.serve, hashing_discard(received), 9)
         with trio.fail_after(TRANSFER_TIMEOUT):
             result = await run_kernel_peer("send", tun_net.stack_addr, 9, MB200, seed=3)
             await wait_for(lambda: bool(received), "the server's hash", TIMEOUT)
