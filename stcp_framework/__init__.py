@@ -1,6 +1,6 @@
 """stcp: stateless TCP servers on trio (see README.md).
 
-Public names: ``open_stack``, ``Stack``, ``Stream``, ``Listener``, ``TcpConfig``,
+Public names: ``open_stack``, ``Stack``, ``Stream``, ``TcpInfo``, ``Listener``, ``TcpConfig``,
 ``MemoryStore`` and the exceptions of ``stcp_framework.errors``.
 """
 
@@ -10,6 +10,7 @@ from ._version import __version__ as __version__
 from .api import Listener as Listener
 from .api import Stack as Stack
 from .api import Stream as Stream
+from .api import TcpInfo as TcpInfo
 from .api import open_stack as open_stack
 from .errors import ConnectionRefused as ConnectionRefused
 from .errors import ConnectionResetByPeer as ConnectionResetByPeer

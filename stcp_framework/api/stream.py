@@ -11,6 +11,7 @@ import trio
 
 from ..stack.sources import Source
 from ..tcp.state import TcpState
+from .tcp_info import TcpInfo, tcp_info_of
 
 if TYPE_CHECKING:
     from ..stack.flows import Flow
@@ -83,6 +84,12 @@ class Stream(trio.abc.HalfCloseableStream):
     def tcp_state(self) -> TcpState:
         """The TCP state (RFC 9293 spelling with ``str()``)."""
         return TcpState.CLOSED if self._flow.closed else self._flow.conn.state
+
+    @property
+    def tcp_info(self) -> TcpInfo:
+        """This connection's TCP numbers now: MSS, windows, RTT, recovery, what was
+        agreed, event counters (``api/tcp_info.py``; what ``ss -ti`` shows)."""
+        return tcp_info_of(self._flow.conn)
 
     @property
     def send_offset(self) -> int:

@@ -374,3 +374,29 @@ async def test_serve_echo_closes_after_handler_returns(
             await trio.sleep(1)
             assert not pair.server.runtime.flows
             nursery.cancel_scope.cancel()
+
+
+# ----------------------------------------------------------------- tcp_info
+
+
+async def test_tcp_info_reports_the_connection_numbers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(BUDGET):
+        async with open_sim_pair(12, loss=0.05) as pair:
+            listener = pair.server.listen(PORT)
+            client, server = await pair.stream_pair(listener)
+            before = client.tcp_info
+            assert before.state == "ESTABLISHED" and before.unacked == 0
+            assert before.sack and before.timestamps and before.window_scaling
+            data = bytes(range(256)) * 2000  # 512 KB over a lossy link
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client.send_all, data)
+                assert await receive_exactly(server, len(data)) == data
+            info = client.tcp_info
+            assert info.srtt is not None and info.rto >= 0.2  # Linux-like min_rto
+            assert 0 < info.mss <= 65535 - 40 - 12 and info.cwnd > 0
+            assert info.counters["retransmit"] > 0  # 5 % loss: something was resent
+            assert server.tcp_info.counters.get("sack_ack_sent", 0) > 0
+            info.counters["retransmit"] = -1  # a snapshot: the connection's own is untouched
+            assert client.tcp_info.counters["retransmit"] > 0
