@@ -463,7 +463,8 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
                 if not (board.ranges and _output.retransmit_hole(c, now)):
                     cc.on_dupack_in_recovery()
             elif (
-                c.dupacks == 3 or (board.ranges and board.sacked_bytes() > 2 * tcb.mss)
+                c.dupacks == sack.DUP_THRESH
+                or (board.ranges and board.sacked_bytes() > (sack.DUP_THRESH - 1) * tcb.mss)
             ) and una_off >= cc.recover_offset:
                 # RFC 5681 §3.2 steps 2-3, RFC 6582 §3.2 step 2: fast retransmit;
                 # with SACK also once more than two segments' worth above SND.UNA

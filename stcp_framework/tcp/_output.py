@@ -30,7 +30,6 @@ _DATA_STATES = (
     TcpState.LAST_ACK,
 )
 _FIN_STATES = (TcpState.FIN_WAIT_1, TcpState.CLOSING, TcpState.LAST_ACK)
-DUP_THRESH = 3  # RFC 5681 §3.2 / RFC 6675 DupThresh
 CHALLENGE_ACK_INTERVAL = 1.0  # RFC 5961 §7: limit per interval (config.challenge_ack_limit)
 INVALID_ACK_INTERVAL = 0.5  # Linux net.ipv4.tcp_invalid_ratelimit (500 ms)
 MAX_WINDOW = 0xFFFF
@@ -137,6 +136,15 @@ def _options(c: Connection, now: float) -> TcpOptions:
     return opts
 
 
+def _sack_to_report(c: Connection) -> bool:
+    """Whether a pure ACK now carries SACK blocks: out-of-order data waits or a duplicate
+    is to be reported, SACK was agreed, and the mode is not ack-on-commit."""
+    tcb = c.tcb
+    return (
+        bool(c.reasm.size or c.dsack is not None) and tcb.sack_permitted and not tcb.ack_on_commit
+    )
+
+
 def _sack_options(c: Connection, now: float) -> TcpOptions:
     """``_options`` plus SACK blocks for the out-of-order data we hold (RFC 2018 §4),
     after a D-SACK block for a duplicate that just arrived (RFC 2883 §4: first)."""
@@ -175,15 +183,7 @@ def make_segment(
             needs = tx
     tcb = c.tcb
     ack = c.ack_point() if tcb.ack_on_commit else tcb.rcv_nxt
-    if (
-        not payload
-        and (c.reasm.size or c.dsack is not None)
-        and tcb.sack_permitted
-        and not tcb.ack_on_commit
-    ):
-        opts = _sack_options(c, now)
-    else:
-        opts = _options(c, now)
+    opts = _sack_options(c, now) if not payload and _sack_to_report(c) else _options(c, now)
     c._out.append(_new(OutSegment, (seq, ack, flags | ACK, window, opts, payload, needs, 0)))
     _ack_sent(c)
 
@@ -301,12 +301,7 @@ def transmit(c: Connection, now: float) -> None:
     state = tcb.state
     # A data segment carries no SACK blocks (make_segment): when out-of-order data
     # made this ACK due, it goes out on its own as well (RFC 2018 §4, RFC 5681 §4.2).
-    sack_due = (
-        c.ack_now
-        and (c.reasm.size or c.dsack is not None)
-        and tcb.sack_permitted
-        and not tcb.ack_on_commit
-    )
+    sack_due = c.ack_now and _sack_to_report(c)
     if state in _DATA_STATES and tcb.snd_una_offset >= 0:
         send_data(c, now, force=False)
         if sack_due:
@@ -492,7 +487,7 @@ def retransmit_hole(c: Connection, now: float) -> bool:
     board = c.scoreboard
     una_off = tcb.snd_una_offset
     start = board.high_rxt if board.high_rxt > una_off else una_off
-    hole = board.next_hole(start, (DUP_THRESH - 1) * tcb.mss)
+    hole = board.next_hole(start, (sack.DUP_THRESH - 1) * tcb.mss)
     if hole is None:
         return False
     begin, end = hole

@@ -23,6 +23,7 @@ reneged) and recovery goes back to SND.UNA.
 
 from __future__ import annotations
 
+DUP_THRESH = 3  # RFC 5681 §3.2 duplicate ACKs, RFC 6675 DupThresh
 MAX_BLOCKS = 4  # 2 + 8*4 = 34 option bytes; beside timestamps (12) only 3 fit in 40
 MAX_BLOCKS_WITH_TS = 3
 RECENT = 4  # recent out-of-order arrivals remembered for block order

@@ -18,10 +18,10 @@ from typing import NamedTuple
 
 from .checksum import internet_checksum, pseudo_header_sum
 from .drop import DropReason, MalformedPacket
+from .packet import _IPV4, _IPV6, IPPROTO_TCP
 
 IPPROTO_ICMP = 1
 IPPROTO_ICMPV6 = 58
-IPPROTO_TCP = 6
 ICMP_DEST_UNREACH = 3
 ICMP_FRAG_NEEDED = 4
 ICMPV6_PACKET_TOO_BIG = 2
@@ -29,8 +29,6 @@ ICMPV6_PACKET_TOO_BIG = 2
 _PORTS_SEQ = struct.Struct("!HHI")
 _TOO_BIG4 = struct.Struct("!BBHHH")  # type, code, checksum, unused, next-hop MTU (RFC 1191)
 _TOO_BIG6 = struct.Struct("!BBHI")  # type, code, checksum, MTU (RFC 4443 §3.2)
-_IPV4 = struct.Struct("!BBHHHBBH4s4s")
-_IPV6 = struct.Struct("!IHBB16s16s")
 
 
 class TooBig(NamedTuple):
