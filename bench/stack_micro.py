@@ -7,6 +7,11 @@ scaling), ``--burst`` of them per device read, ACKs for what it received, FIN at
 end. No kernel, no second process: what is measured is the stack's own CPU time per MB,
 robust on a shared machine, and with ``--profile`` a cProfile of just the stack.
 
+Mode ``conns`` is ``bench/run.py``'s connections phase the same way: ``--conns`` short
+echo connections, ``--concurrency`` at a time, each as a Linux client does it (SYN;
+the handshake ACK and the 100-byte request; FIN once the echo is back; the ACK of the
+server's FIN), and the stack's CPU time per connection.
+
 The peer's own work (building and parsing packets, copying payloads) is timed
 separately and subtracted: ``stack us/MB`` is process CPU time minus the peer's, per
 MB moved. Compare with ``bench/run.py``'s "Server CPU per unit of work" to see how much
@@ -24,6 +29,7 @@ import time
 from collections.abc import Sequence
 
 import trio
+from client import MESSAGE  # bench/client.py: the conns phase's 100-byte request
 from server import tune_malloc  # bench/server.py: the same heap settings as the bench
 
 from stcp_framework import MemoryStore, open_stack
@@ -193,8 +199,124 @@ class ScriptedPeer:
         await trio.lowlevel.checkpoint()
 
 
-async def run_one(mode: str, total: int, burst: int) -> tuple[float, ScriptedPeer]:
-    peer = ScriptedPeer(mode, total, burst)
+class _Client:
+    """One scripted client connection of ``ConnsPeer``."""
+
+    __slots__ = ("fin_sent", "port", "rcv_nxt", "received", "snd_nxt", "ts_recent")
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.snd_nxt = (port * 2_654_435_761) & _MASK  # ISS
+        self.rcv_nxt = 0
+        self.ts_recent = 0
+        self.fin_sent = False
+        self.received = 0
+
+
+class ConnsPeer:
+    """A ``PacketDevice`` that is many short echo clients, ``concurrency`` at a time."""
+
+    mtu = MTU
+    rx_checksum_verified = True
+    tx_checksum_offload = True
+    accepts_split_packets = True
+    tx_gso_max = 65535 - 40 - 60
+
+    def __init__(self, count: int, concurrency: int) -> None:
+        self.count = count
+        self.concurrency = concurrency
+        self.started = 0
+        self.finished = 0
+        self.resets = 0
+        self.clients: dict[int, _Client] = {}
+        self.peer_cpu = 0.0
+        self.packets_in = 0
+        self.packets_out = 0
+        self.done = trio.Event()
+        self.go = trio.Event()
+        self._out: list[memoryview] = []
+        self._wakeup = trio.Event()
+        self._next_port = 20000
+        self.server_port = DEFAULT_PORTS["echo"]
+
+    def _send(self, c: _Client, flags: int, payload: bytes = b"",
+              options: TcpOptions | None = None) -> None:  # fmt: skip
+        tsval = int(time.monotonic() * 1000) & _MASK
+        opts = options or TcpOptions(timestamps=(tsval, c.ts_recent))
+        wnd = 0xFFFF if flags & SYN else min(PEER_WINDOW >> PEER_WSCALE, 0xFFFF)
+        head = build_packet(PEER, SERVER, c.port, self.server_port, c.snd_nxt & _MASK,
+                            c.rcv_nxt, flags, wnd, opts, payload, offload_checksum=True,
+                            header_only=bool(payload))  # fmt: skip
+        self._out.append(memoryview(bytes(head) + payload if payload else bytes(head)))
+        c.snd_nxt += len(payload) + (1 if flags & (SYN | FIN) else 0)
+
+    def _open_more(self) -> None:
+        while self.started < self.count and len(self.clients) < self.concurrency:
+            c = _Client(self._next_port)
+            self._next_port += 1
+            self.started += 1
+            self.clients[c.port] = c
+            syn = TcpOptions(mss=MSS, wscale=PEER_WSCALE, sack_permitted=True, timestamps=(1, 0))
+            self._send(c, SYN, options=syn)
+
+    def _finish(self, c: _Client) -> None:
+        del self.clients[c.port]
+        self.finished += 1
+        if self.finished == self.count:
+            self.done.set()
+
+    def _on_server_segment(self, head: bytes | bytearray | memoryview, plen: int) -> None:
+        ihl = (head[0] & 0x0F) * 4
+        seq, _, doff, flags, _ = _TCP_FIELDS.unpack_from(head, ihl + 4)
+        c = self.clients.get((head[ihl + 2] << 8) | head[ihl + 3])
+        if c is None:
+            return
+        opts = bytes(head[ihl + 20 : ihl + (doff >> 4) * 4])
+        ts_at = opts.find(b"\x08\x0a")
+        if ts_at >= 0:
+            c.ts_recent = _TS.unpack_from(opts, ts_at + 2)[0]
+        if flags & RST:
+            self.resets += 1
+            self._finish(c)
+            return
+        if flags & SYN:  # SYN-ACK: complete the handshake, then the request
+            c.rcv_nxt = (seq + 1) & _MASK
+            self._send(c, ACK)
+            self._send(c, ACK | PSH, MESSAGE)
+            return
+        if plen and seq == c.rcv_nxt:
+            c.rcv_nxt = (c.rcv_nxt + plen) & _MASK
+            c.received += plen
+            if c.received >= len(MESSAGE) and not c.fin_sent:
+                c.fin_sent = True  # the client closes first (TIME-WAIT on its side)
+                self._send(c, ACK | FIN)
+        if flags & FIN and c.fin_sent:
+            c.rcv_nxt = (c.rcv_nxt + 1) & _MASK
+            self._send(c, ACK)
+            self._finish(c)
+
+    async def recv_batch(self, max_packets: int) -> list[memoryview]:
+        await self.go.wait()
+        while True:
+            t0 = time.process_time()
+            self._open_more()
+            out, self._out = self._out, []
+            self.peer_cpu += time.process_time() - t0
+            if out:
+                self.packets_in += len(out)
+                await trio.lowlevel.checkpoint()
+                return out
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+
+    send_batch = ScriptedPeer.send_batch
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def run_one(mode: str, total: int, burst: int) -> tuple[float, ScriptedPeer | ConnsPeer]:
+    peer = ConnsPeer(total, burst) if mode == "conns" else ScriptedPeer(mode, total, burst)
     async with (
         open_stack(peer, ["198.18.0.2"], store=MemoryStore(), sources=SOURCES) as stack,
         trio.open_nursery() as nursery,
@@ -213,36 +335,41 @@ async def run_one(mode: str, total: int, burst: int) -> tuple[float, ScriptedPee
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--modes", default="upload,download,echo")
+    ap.add_argument("--modes", default="upload,download,echo,conns")
     ap.add_argument("--size", type=int, default=300, help="MB per run (10^6 bytes)")
     ap.add_argument("--burst", type=int, default=8, help="peer segments per device read")
+    ap.add_argument("--conns", type=int, default=5000, help="connections (conns)")
+    ap.add_argument("--concurrency", type=int, default=8, help="clients at a time (conns)")
     ap.add_argument("--repeat", type=int, default=3, help="best of N")
     ap.add_argument("--profile", action="store_true", help="cProfile one run of each mode")
     args = ap.parse_args()
     tune_malloc()
-    total = args.size * 1_000_000
-    print(f"{'mode':10} {'stack us/MB':>12} {'peer us/MB':>11} {'pkts in/MB':>11} "
-          f"{'pkts out/MB':>12}")  # fmt: skip
+    print(f"{'mode':10} {'unit':>5} {'stack us/unit':>14} {'peer us/unit':>13} "
+          f"{'pkts in/unit':>13} {'pkts out/unit':>14}")  # fmt: skip
     for mode in args.modes.split(","):
+        if mode == "conns":  # total: connections; burst: concurrency
+            total, burst, units, unit = args.conns, args.concurrency, args.conns, "conn"
+        else:
+            total, burst, units, unit = args.size * 1_000_000, args.burst, args.size, "MB"
         if args.profile:
             prof = cProfile.Profile()
             prof.enable()
-            trio.run(run_one, mode, total, args.burst)
+            trio.run(run_one, mode, total, burst)
             prof.disable()
             print(f"== {mode}")
             pstats.Stats(prof).sort_stats("tottime").print_stats(30)
             continue
-        best: tuple[float, ScriptedPeer] | None = None
+        best: tuple[float, ScriptedPeer | ConnsPeer] | None = None
         for _ in range(args.repeat):
-            cpu, peer = trio.run(run_one, mode, total, args.burst)
+            cpu, peer = trio.run(run_one, mode, total, burst)
             stack_cpu = cpu - peer.peer_cpu
             if best is None or stack_cpu < best[0]:
                 best = (stack_cpu, peer)
         assert best is not None
         stack_cpu, peer = best
-        mb = total / 1e6
-        print(f"{mode:10} {stack_cpu / mb * 1e6:12.0f} {peer.peer_cpu / mb * 1e6:11.0f} "
-              f"{peer.packets_in / mb:11.1f} {peer.packets_out / mb:12.1f}")  # fmt: skip
+        print(f"{mode:10} {unit:>5} {stack_cpu / units * 1e6:14.0f} "
+              f"{peer.peer_cpu / units * 1e6:13.0f} {peer.packets_in / units:13.2f} "
+              f"{peer.packets_out / units:14.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

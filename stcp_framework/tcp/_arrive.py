@@ -410,8 +410,9 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
     scaled_wnd = seg.window << tcb.snd_wscale
     una_off = tcb.snd_una_offset
     board = c.scoreboard
+    sack_news = False  # this ACK SACKed bytes not SACKed before
     if tcb.sack_permitted and seg.options.sack_blocks:
-        _update_scoreboard(c, seg, una_off)
+        sack_news = _update_scoreboard(c, seg, una_off)
     if d_una > 0:
         new_una_off = una_off + d_una
         flight_before = c.snd_nxt_offset() - una_off
@@ -426,21 +427,31 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
             board.trim(new_una_off)
         cc = c.cc
         if cc.in_recovery:
+            if cc.rxt_tsval >= 0:
+                _detect_spurious(c, seg)
             if new_una_off >= cc.recover_offset:
                 cc.exit_recovery(flight_before - d_una)  # RFC 6582 §3.2 step 3 full ACK
                 board.high_rxt = 0
             else:
                 cc.on_partial_ack(d_una)  # RFC 6582 §3.2 step 3 partial ACK
                 # With SACK, the next hole the peer reported (maybe resent already:
-                # then nothing); without, the segment at the new SND.UNA.
+                # then nothing); without, or with nothing SACKed, the segment at the
+                # new SND.UNA -- unless the fast retransmit was needless: then the
+                # segments after it are on their way too, and resending each in
+                # turn as its partial ACK comes would resend the whole window.
                 if not board.ranges:
-                    _output.retransmit_first(c, now)
+                    if not cc.spurious:
+                        _output.retransmit_first(c, now)
                 elif not _output.retransmit_hole(c, now) and board.high_rxt <= new_una_off:
                     # RFC 6675 NextSeg rule 3: the first unSACKed segment, even if not
                     # deemed lost yet -- or nothing more may ever come to say it is
                     _output.retransmit_first(c, now)
         else:
             cc.on_ack(d_una)
+            if sack_news and tcb.snd_una != tcb.snd_nxt:
+                # RFC 6675 §5: an ACK that SACKs new bytes is a duplicate ACK
+                # "regardless of its status as a cumulative acknowledgment".
+                _on_dupack(c, new_una_off, now)
         t = c.timers
         if tcb.snd_una == tcb.snd_nxt:
             t.retransmit_at = None  # RFC 6298 (5.2)
@@ -448,30 +459,16 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
             t.retransmit_at = now + c.rtt.rto  # RFC 6298 (5.3)
     elif d_una == 0:
         c.probes = 0
-        if (
-            not seg.payload
-            and not seg.flags & (SYN | FIN)
-            and scaled_wnd == tcb.snd_wnd
-            and tcb.snd_una != tcb.snd_nxt
-        ):
-            # RFC 5681 §2 duplicate ACK.
-            c.dupacks += 1
-            cc = c.cc
-            if cc.in_recovery:
-                # One segment out per segment the peer got (RFC 6675 §5 step C): the
-                # next lost hole it reported, else new data (RFC 5681 §3.2 step 4).
-                if not (board.ranges and _output.retransmit_hole(c, now)):
-                    cc.on_dupack_in_recovery()
-            elif (
-                c.dupacks == sack.DUP_THRESH
-                or (board.ranges and board.sacked_bytes() > (sack.DUP_THRESH - 1) * tcb.mss)
-            ) and una_off >= cc.recover_offset:
-                # RFC 5681 §3.2 steps 2-3, RFC 6582 §3.2 step 2: fast retransmit;
-                # with SACK also once more than two segments' worth above SND.UNA
-                # arrived (RFC 6675 §5: IsLost(HighACK + 1)).
-                c.count("fast_retransmit")
-                cc.enter_recovery(c.snd_nxt_offset() - una_off, c.snd_nxt_offset())
-                _output.retransmit_first(c, now)
+        if tcb.snd_una == tcb.snd_nxt:
+            pass
+        elif tcb.sack_permitted:
+            # RFC 6675 §2 DupAck: one that SACKs new bytes. A D-SACK alone reports a
+            # duplicate arrival, not a segment that left the network: no fast
+            # retransmit on duplication. Only cumulative ACKs reset the count.
+            if sack_news:
+                _on_dupack(c, una_off, now)
+        elif not seg.payload and not seg.flags & (SYN | FIN) and scaled_wnd == tcb.snd_wnd:
+            _on_dupack(c, una_off, now)  # RFC 5681 §2 duplicate ACK
         else:
             c.dupacks = 0
     # RFC 9293 step 5: window update if the segment is not older than the last one:
@@ -510,9 +507,52 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
     return True
 
 
-def _update_scoreboard(c: Connection, seg: TcpSegment, una_off: int) -> None:
+def _on_dupack(c: Connection, una_off: int, now: float) -> None:
+    """A duplicate ACK: fast retransmit at the third (or once the peer SACKed more
+    than two segments' worth above SND.UNA), one segment out per further one in
+    recovery. Before the third, Limited Transmit (RFC 3042) lets one new segment out
+    each (``send_data``), so that a small window still brings three."""
+    tcb = c.tcb
+    cc = c.cc
+    board = c.scoreboard
+    c.dupacks += 1
+    if cc.in_recovery:
+        # One segment out per segment the peer got (RFC 6675 §5 step C): the next
+        # lost hole it reported, else new data (RFC 5681 §3.2 step 4).
+        if not (board.ranges and _output.retransmit_hole(c, now)):
+            cc.on_dupack_in_recovery()
+    elif (
+        c.dupacks >= sack.DUP_THRESH
+        or (board.ranges and board.sacked_bytes() > (sack.DUP_THRESH - 1) * tcb.mss)
+    ) and una_off >= cc.recover_offset:
+        # RFC 5681 §3.2 steps 2-3, RFC 6582 §3.2 step 2: fast retransmit; with SACK
+        # also once more than two segments' worth above SND.UNA arrived (RFC 6675 §5:
+        # IsLost(HighACK + 1)).
+        c.count("fast_retransmit")
+        nxt_off = c.snd_nxt_offset()
+        cc.enter_recovery(nxt_off - una_off, nxt_off)
+        _output.retransmit_first(c, now)
+        if tcb.timestamps:
+            cc.rxt_tsval = c.tsval(now)
+
+
+def _detect_spurious(c: Connection, seg: TcpSegment) -> None:
+    """The first ACK of new data in a fast recovery: if it echoes a timestamp older
+    than our fast retransmission's, the original segment filled the hole, not the
+    retransmission -- it was late, not lost (Eifel detection, RFC 3522; Linux
+    ``tcp_packet_delayed``). Equal timestamps (the same millisecond) prove nothing."""
+    cc = c.cc
+    ts = seg.options.timestamps
+    if ts is not None and ts[1] and ((ts[1] - cc.rxt_tsval) & SEQ_MASK) >= _HALF:
+        cc.spurious = True
+        c.count("spurious_fast_retransmit")
+    cc.rxt_tsval = -1
+
+
+def _update_scoreboard(c: Connection, seg: TcpSegment, una_off: int) -> bool:
     """Record the SACK blocks of an acceptable ACK (RFC 2018 §3, RFC 6675 §3) as
-    stream offsets; blocks outside SND.UNA..SND.NXT are ignored (RFC 2883 D-SACK too)."""
+    stream offsets; blocks outside SND.UNA..SND.NXT are ignored (RFC 2883 D-SACK too).
+    Returns whether any byte was newly SACKed."""
     tcb = c.tcb
     snd_una = tcb.snd_una
     blocks = [
@@ -524,6 +564,8 @@ def _update_scoreboard(c: Connection, seg: TcpSegment, una_off: int) -> None:
     ]
     if c.scoreboard.update(una_off, c.snd_nxt_offset(), blocks):
         c.count("sack_blocks_received")
+        return True
+    return False
 
 
 def process_text(c: Connection, payload: bytes | memoryview, off: int, now: float) -> None:

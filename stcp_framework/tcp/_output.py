@@ -252,7 +252,7 @@ def send_syn(c: Connection, now: float, *, retransmit: bool = False) -> None:
     if tcb.timestamps:
         ts = (c.tsval(now), 0 if active else tcb.ts_recent)
     # SACK-permitted (RFC 2018 §2): offered in our SYN, and in a SYN,ACK if the peer did
-    sack = config.sack if active else tcb.sack_permitted
+    sack = config.offers_sack if active else tcb.sack_permitted
     opts = _new(TcpOptions, (config.mss, ws, sack, ts, ()))
     window = _free_space(c)
     if window > MAX_WINDOW:
@@ -346,7 +346,12 @@ def send_data(c: Connection, now: float, *, force: bool) -> None:
     old_nxt_off = nxt_off
     mss = tcb.mss
     gso_chunk = c.config.gso_max // mss * mss  # super-segment payload cap; <= mss: off
-    cwnd = c.cc.cwnd
+    cc = c.cc
+    cwnd = cc.cwnd
+    if c.dupacks and not cc.in_recovery:
+        # Limited Transmit (RFC 3042): a new segment for each of the first two
+        # duplicate ACKs, beyond cwnd, so that they can bring a third.
+        cwnd += (c.dupacks if c.dupacks < 2 else 2) * mss
     wnd = tcb.snd_wnd if tcb.snd_wnd < cwnd else cwnd
     limit = una_off + wnd  # right edge of the usable window (offset)
     half_max = tcb.max_window >> 1
@@ -358,7 +363,17 @@ def send_data(c: Connection, now: float, *, force: bool) -> None:
     ack: int = 0
     opts = NO_OPTIONS
     fin_sent = sent = False
+    # Going back to SND.UNA after a timeout, bytes that ACKs since have SACKed again
+    # are not resent (RFC 6675 §5.1). (They still count against the window: taking
+    # them out of the flight, as RFC 6675's pipe would, measured slower in the
+    # simulation -- more new data into a lossy path before the old holes are filled.)
+    sacked = c.scoreboard.ranges if ptr < nxt_off else _NO_RANGES
     while ptr < end:
+        hole_end = end
+        if sacked and ptr < nxt_off:
+            ptr, hole_end = _skip_sacked(sacked, ptr)
+            if ptr >= end:
+                break
         unsent = end - ptr
         usable = limit - ptr
         n = mss
@@ -382,6 +397,8 @@ def send_data(c: Connection, now: float, *, force: bool) -> None:
             break
         if n < mss and n < unsent and n < half_max and not force:
             break  # RFC 9293 §3.8.6.2.1: wait for a useful amount of window
+        if hole_end - ptr < n:
+            n = hole_end - ptr  # a resend stops where the peer's SACKed bytes begin
         force = False
         if window < 0:
             window = advertise_window(c)
@@ -449,6 +466,25 @@ def send_data(c: Connection, now: float, *, force: bool) -> None:
             t.persist_at = now + _persist_timeout(c)
     elif t.persist_at is not None and tcb.snd_una != tcb.snd_nxt:
         t.persist_at = None
+
+
+_NO_RANGES: list[tuple[int, int]] = []
+
+
+def _skip_sacked(ranges: list[tuple[int, int]], ptr: int) -> tuple[int, int]:
+    """Past the SACKed range holding ``ptr``, if any: ``(ptr, end of the hole there)``;
+    the hole ends where the next SACKed range begins (or is unbounded)."""
+    for s, e in ranges:
+        if e <= ptr:
+            continue
+        if s <= ptr:
+            ptr = e  # ranges do not touch: the next one starts above ``e``
+            continue
+        return ptr, s
+    return ptr, _UNBOUNDED
+
+
+_UNBOUNDED = 1 << 62
 
 
 def _persist_timeout(c: Connection) -> float:
@@ -535,7 +571,14 @@ def on_retransmit_timeout(c: Connection, now: float) -> None:
         time_out(c, now, rst=True)
         return
     c.count("rto")
-    c.scoreboard.clear()  # RFC 2018 §8: the receiver may have reneged
+    if c.retries > 1:
+        c.scoreboard.clear()  # RFC 2018 §8: the receiver may have reneged
+    else:
+        # The first timeout keeps what the peer SACKed, as Linux does (RFC 2018 §8
+        # says SHOULD clear, for receivers that renege): go-back-N then resends only
+        # the holes (``send_data``). A receiver that did renege stops the ACKs at a
+        # SACKed range; the next timeout clears the scoreboard and resends it all.
+        c.scoreboard.high_rxt = 0
     flight = c.snd_nxt_offset() - tcb.snd_una_offset
     c.cc.on_rto(flight)
     c.cc.recover_offset = c.snd_nxt_offset()  # RFC 6582 §3.2 step 4 (after an RTO)

@@ -16,9 +16,21 @@ class NewReno:
         ssthresh: Slow start threshold (bytes).
         in_recovery: In NewReno fast recovery until ``recover`` is acknowledged.
         recover_offset: Stream offset of ``snd_nxt`` when recovery started (RFC 6582 §3.2).
+        rxt_tsval: The TSval of this recovery's fast retransmission until the first ACK
+            of new data is checked against it (-1: none; ``_arrive._detect_spurious``).
+        spurious: This recovery's fast retransmission was needless (RFC 3522).
     """
 
-    __slots__ = ("bytes_acked", "cwnd", "in_recovery", "mss", "recover_offset", "ssthresh")
+    __slots__ = (
+        "bytes_acked",
+        "cwnd",
+        "in_recovery",
+        "mss",
+        "recover_offset",
+        "rxt_tsval",
+        "spurious",
+        "ssthresh",
+    )
 
     def __init__(self, mss: int, initial_segments: int) -> None:
         self.mss = mss
@@ -28,6 +40,8 @@ class NewReno:
         self.in_recovery = False
         self.recover_offset = 0
         self.bytes_acked = 0
+        self.rxt_tsval = -1
+        self.spurious = False
 
     def set_mss(self, mss: int, initial_segments: int) -> None:
         self.mss = mss
@@ -59,6 +73,8 @@ class NewReno:
         self.cwnd = self.ssthresh + 3 * self.mss
         self.in_recovery = True
         self.recover_offset = snd_nxt_offset
+        self.rxt_tsval = -1
+        self.spurious = False
 
     def on_dupack_in_recovery(self) -> None:
         """RFC 5681 §3.2 step 4: inflate by one SMSS per further duplicate ACK."""

@@ -16,9 +16,11 @@ is the replay buffer, so nothing beyond the commit point may look received.
 Sender side (``Scoreboard``): the ranges above SND.UNA the peer reported, used in fast
 recovery to retransmit every hole once, one per arriving ACK (RFC 6675 §4 NextSeg
 rule 1: the first un-SACKed bytes below the highest SACKed byte, above the highest
-retransmitted one), instead of NewReno's one hole per round trip (RFC 6582). On a
-retransmission timeout the scoreboard is cleared (RFC 2018 §8: the receiver may have
-reneged) and recovery goes back to SND.UNA.
+retransmitted one), instead of NewReno's one hole per round trip (RFC 6582). A
+duplicate ACK is one that SACKs new bytes, cumulative or not (RFC 6675 §2, §5): a
+D-SACK alone is none. After a retransmission timeout go-back-N skips the SACKed
+ranges (RFC 6675 §5.1); the first timeout keeps the scoreboard, as Linux does, a
+second in a row clears it (RFC 2018 §8: the receiver may have reneged).
 """
 
 from __future__ import annotations

@@ -222,3 +222,20 @@ def test_the_full_mss_is_tried_again_after_pmtu_expires() -> None:
     assert conn.counters["pmtu_raised"] == 1
     conn.app_send(bytes(2 * MSS), expires + 1)
     assert [len(seg.payload) for seg in conn.drain().segments] == [MSS, MSS]
+
+
+def test_limited_transmit_sends_new_data_on_the_first_two_duplicate_acks() -> None:
+    """RFC 3042 (RFC 5681 §3.2 SHOULD): each of the first two duplicate ACKs lets one
+    new segment out beyond cwnd, so that a small window still brings a third."""
+    conn = conn_established()
+    conn.app_send(bytes(12 * MSS), 1.0)
+    assert len(conn.drain().segments) == 10  # the initial window (RFC 6928)
+    dup = r(ack=LOCAL_SEQ)
+    send(conn, dup, at=1.1)
+    expect(conn, [s(seq=sq(LOCAL_SEQ, 10 * MSS), payload=bytes(MSS))])
+    send(conn, dup, at=1.11)
+    expect(conn, [s(seq=sq(LOCAL_SEQ, 11 * MSS), payload=bytes(MSS), flags=ACK | PSH)])
+    assert conn.cc.cwnd == 10 * MSS  # cwnd itself unchanged
+    send(conn, dup, at=1.12)
+    expect(conn, [s(payload=bytes(MSS))])  # the fast retransmit
+    assert conn.cc.in_recovery

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 from tcp_helpers import (
     BUF,
     CONFIG,
@@ -26,10 +27,12 @@ from tcp_helpers import (
 )
 
 from stcp_framework.tcp import sack
+from stcp_framework.tcp.config import TcpConfig
 from stcp_framework.tcp.machine import Connection
 from stcp_framework.tcp.sack import Scoreboard
 from stcp_framework.tcp.tcb import Tcb
-from stcp_framework.wire.tcp import ACK, PSH, SYN, TcpOptions
+from stcp_framework.wire.seq import Seq, seq_diff
+from stcp_framework.wire.tcp import ACK, PSH, SYN, TcpOptions, TcpSegment
 
 SACK = replace(CONFIG, sack=True)
 SACK_SYN = syn_options()._replace(sack_permitted=True)
@@ -217,6 +220,120 @@ def test_sack_recovery_resends_each_hole_once_without_waiting_a_round_trip() -> 
     assert conn.scoreboard.ranges == [] and conn.scoreboard.high_rxt == 0
 
 
+def test_a_cumulative_ack_that_sacks_new_bytes_is_also_a_duplicate_ack() -> None:
+    """RFC 6675 §5 ("regardless of its status as a cumulative acknowledgment"): the
+    ACK moves SND.UNA (slow start: one more segment) and SACKs 2 (Limited Transmit,
+    RFC 3042: one more beyond cwnd)."""
+    conn = established()
+    conn.app_send(bytes(12 * MSS), 1.0)
+    assert len(conn.drain().segments) == 10
+    send(conn, r(ack=sq(LOCAL_SEQ, MSS), options=our_blocks((2 * MSS, 3 * MSS))), at=1.1)
+    last = s(seq=sq(LOCAL_SEQ, 11 * MSS), payload=bytes(MSS), flags=ACK | PSH)
+    expect(conn, [s(seq=sq(LOCAL_SEQ, 10 * MSS), payload=bytes(MSS)), last])
+    assert conn.dupacks == 1 and not conn.cc.in_recovery
+
+
+def test_duplicate_acks_with_only_a_dsack_start_no_recovery() -> None:
+    """RFC 6675 §2 DupAck: with SACK, a duplicate ACK counts only if it SACKs new
+    bytes. Three that report duplicates the network made (D-SACK, RFC 2883) say
+    nothing was lost."""
+    conn, _ = _eight_segments()
+    send(conn, r(ack=sq(LOCAL_SEQ, MSS)), at=1.1)
+    expect_nothing(conn)
+    for i in range(4):
+        dsack = r(ack=sq(LOCAL_SEQ, MSS), options=our_blocks((0, MSS)))
+        send(conn, dsack, at=1.11 + i / 100)
+        expect_nothing(conn)
+    assert not conn.cc.in_recovery and "fast_retransmit" not in conn.counters
+
+
+def _eight_with_timestamps(config: TcpConfig) -> tuple[Connection, int]:
+    """Eight segments sent at 1.0 s (TSval 1000) on a connection with timestamps."""
+    conn = conn_established(config, options=SACK_SYN._replace(timestamps=(100, 0)))
+    mss = conn.tcb.mss  # 1448 beside timestamps
+    conn.app_send(bytes(8 * mss), 1.0)
+    assert [seg.options.timestamps for seg in conn.drain().segments] == [(1000, 100)] * 8
+    return conn, mss
+
+
+def _ack(mss: int, segments: int, tsecr: int, sacked: tuple[int, int] | None = None) -> TcpSegment:
+    """The peer's ACK of ``segments`` segments, echoing ``tsecr``, maybe SACKing."""
+    blocks: tuple[tuple[int, int], ...] = ()
+    if sacked is not None:
+        blocks = ((sq(LOCAL_SEQ, sacked[0] * mss), sq(LOCAL_SEQ, sacked[1] * mss)),)
+    options = TcpOptions(timestamps=(200, tsecr), sack_blocks=blocks)
+    return r(ack=sq(LOCAL_SEQ, segments * mss), options=options)
+
+
+def _sent(conn: Connection, mss: int) -> list[int]:
+    """Which segments (by number) the next drain sends."""
+    return [seq_diff(Seq(seg.seq), LOCAL_SEQ) // mss for seg in conn.drain().segments]
+
+
+@pytest.mark.parametrize("sack_on", [True, False], ids=["sack", "no-sack"])
+def test_after_a_needless_fast_retransmit_partial_acks_resend_nothing(sack_on: bool) -> None:
+    """Segment 0 of 0..7 was late, not lost, but 1..3 arrived first: a fast
+    retransmit. The ACK of 0 echoes the original's TSval, older than the
+    retransmission's: the original filled the hole (Eifel detection, RFC 3522). The
+    ACKs that follow are partial until 8; NewReno would resend the segment at
+    SND.UNA at each one -- the whole window again, one segment per ACK."""
+    conn, mss = _eight_with_timestamps(replace(SACK, timestamps=True, sack=sack_on))
+    for i in range(3):
+        send(conn, _ack(mss, 0, 1000, (1, 2 + i) if sack_on else None), at=1.1)
+    assert _sent(conn, mss) == [0]  # the fast retransmit, TSval 1100
+    send(conn, _ack(mss, 4, 1000), at=1.2)  # echoes 1000: the late original
+    assert _sent(conn, mss) == []
+    for i in (5, 6, 7, 8):
+        send(conn, _ack(mss, i, 1000), at=1.2 + i / 100)
+        assert _sent(conn, mss) == []
+    assert not conn.cc.in_recovery
+    assert conn.counters["retransmit"] == 1 and conn.counters["spurious_fast_retransmit"] == 1
+
+
+@pytest.mark.parametrize("sack_on", [True, False], ids=["sack", "no-sack"])
+def test_after_a_needed_fast_retransmit_a_partial_ack_resends_the_next_segment(
+    sack_on: bool,
+) -> None:
+    """Segments 0 and 4 of 0..7 are lost. The ACK of 0 echoes the retransmission's
+    TSval: it was needed, and the partial ACK resends 4 (RFC 6582)."""
+    conn, mss = _eight_with_timestamps(replace(SACK, timestamps=True, sack=sack_on))
+    for i in range(3):
+        send(conn, _ack(mss, 0, 1000, (1, 2 + i) if sack_on else None), at=1.1)
+    assert _sent(conn, mss) == [0]
+    send(conn, _ack(mss, 4, 1100), at=1.2)
+    assert _sent(conn, mss) == [4]
+    send(conn, _ack(mss, 8, 1200), at=1.3)
+    assert not conn.cc.in_recovery and "spurious_fast_retransmit" not in conn.counters
+
+
+def test_a_lost_last_segment_is_resent_at_the_partial_ack() -> None:
+    """Segments 0 and 7 of 0..7 are lost. After 0's retransmission the partial ACK
+    SACKs nothing: 7 goes at once (nothing SACKed above it can say whether it is
+    lost), not after a retransmission timeout."""
+    conn, data = _eight_segments()
+    send(conn, r(ack=LOCAL_SEQ, options=our_blocks((MSS, 4 * MSS))), at=1.1)
+    expect(conn, [seg_of(data, 0)])
+    send(conn, r(ack=LOCAL_SEQ, options=our_blocks((MSS, 7 * MSS))), at=1.11)
+    expect_nothing(conn)
+    send(conn, r(ack=sq(LOCAL_SEQ, 7 * MSS)), at=1.2)
+    expect(conn, [seg_of(data, 7)])
+    send(conn, r(ack=sq(LOCAL_SEQ, 8 * MSS)), at=1.25)
+    expect_nothing(conn)
+    assert not conn.cc.in_recovery and "rto" not in conn.counters
+
+
+def test_ack_on_commit_does_not_agree_to_sack() -> None:
+    """Its ACKs never carry blocks, so a peer that agreed to SACK would never see a
+    duplicate ACK (RFC 6675 §2): it recovers with plain duplicate ACKs instead."""
+    config = replace(SACK, ack_on_commit=True, manual_commit=True)
+    conn = Connection.open_active(now=0.0, config=config, iss=LOCAL_ISS, tsval_offset=0)
+    assert [seg.options.sack_permitted for seg in conn.drain().segments] == [False]
+    syn = r(seq=REMOTE_ISS, ack=0, flags=SYN, options=SACK_SYN)
+    conn = Connection.open_passive(syn, now=0.0, config=config, iss=LOCAL_ISS, tsval_offset=0)
+    assert [seg.options.sack_permitted for seg in conn.drain().segments] == [False]
+    assert not conn.tcb.sack_permitted
+
+
 def test_enough_sacked_bytes_start_recovery_before_three_duplicate_acks() -> None:
     """RFC 6675 §5: IsLost(HighACK + 1) -- more than two segments' worth SACKed above
     SND.UNA -- starts loss recovery even when ACKs were thinned (one per 3 segments)."""
@@ -227,20 +344,53 @@ def test_enough_sacked_bytes_start_recovery_before_three_duplicate_acks() -> Non
     assert conn.cc.in_recovery and conn.counters["fast_retransmit"] == 1
 
 
-def test_retransmission_timeout_forgets_the_scoreboard() -> None:
-    """RFC 2018 §8: after a timeout the receiver may have reneged: go back to SND.UNA
-    and resend SACKed segments too."""
+def test_a_timeout_keeps_the_scoreboard_a_second_one_forgets_it() -> None:
+    """After a timeout go-back-N skips what the peer SACKed, as Linux does; a second
+    timeout in a row may mean the receiver reneged (RFC 2018 §8): everything again."""
     conn, data = _eight_segments()
-    dup = r(ack=LOCAL_SEQ, options=our_blocks((MSS, 2 * MSS)))
-    send(conn, dup, at=1.1)
+    send(conn, r(ack=LOCAL_SEQ, options=our_blocks((MSS, 2 * MSS))), at=1.1)
     conn.drain()
     assert conn.scoreboard.ranges == [(MSS, 2 * MSS)]
     at = 1.0 + conn.rtt.rto
     expect(conn, [seg_of(data, 0)], at=at)  # cwnd = 1 MSS
+    assert conn.scoreboard.ranges == [(MSS, 2 * MSS)]
+    at2 = conn.next_deadline()
+    assert at2 is not None
+    expect(conn, [seg_of(data, 0)], at=at2)  # nothing came back: a second timeout
     assert conn.scoreboard.ranges == []
-    send(conn, r(ack=sq(LOCAL_SEQ, MSS)), at=at + 0.01)
+    send(conn, r(ack=sq(LOCAL_SEQ, MSS)), at=at2 + 0.01)
     step = conn.drain()
     assert step.segments[0].seq == sq(LOCAL_SEQ, MSS)  # the SACKed segment, again
+
+
+def test_after_a_timeout_bytes_sacked_again_are_not_resent() -> None:
+    """RFC 6675 §5.1: the slow start after a timeout uses the SACK information of the
+    ACKs since. Of segments 0..8, 0 and 1 are lost and the peer holds 2..7; after the
+    timeout 0, 1 and 8 go again, not 2..7."""
+    conn, data = _eight_segments()
+    conn.app_send(data[8 * MSS :], 1.05)  # a short ninth segment
+    assert len(conn.drain().segments) == 1
+    at = 1.0 + conn.rtt.rto
+    expect(conn, [seg_of(data, 0)], at=at)  # the timeout: cwnd = 1 MSS, board cleared
+    # Segment 0 arrives; the ACK SACKs 2..7 again: segment 1 goes (cwnd 2 MSS).
+    send(conn, r(ack=sq(LOCAL_SEQ, MSS), options=our_blocks((2 * MSS, 8 * MSS))), at=at + 0.01)
+    expect(conn, [seg_of(data, 1)])
+    # Segment 1 arrives: everything up to 8 is acknowledged; 8 goes, 2..7 never did.
+    send(conn, r(ack=sq(LOCAL_SEQ, 8 * MSS)), at=at + 0.02)
+    expect(conn, [s(seq=sq(LOCAL_SEQ, 8 * MSS), payload=data[8 * MSS :], flags=ACK | PSH)])
+    assert conn.counters["retransmit"] == 3
+    send(conn, r(ack=sq(LOCAL_SEQ, len(data))), at=at + 0.03)
+    expect_nothing(conn)
+    assert conn.scoreboard.ranges == []
+
+
+def test_after_a_timeout_a_hole_shorter_than_a_segment_is_resent_alone() -> None:
+    """A resend stops where SACKed bytes begin, even short of one MSS."""
+    conn, data = _eight_segments()
+    at = 1.0 + conn.rtt.rto
+    expect(conn, [seg_of(data, 0)], at=at)
+    send(conn, r(ack=sq(LOCAL_SEQ, MSS), options=our_blocks((MSS + 500, 8 * MSS))), at=at + 0.01)
+    expect(conn, [s(seq=sq(LOCAL_SEQ, MSS), payload=data[MSS : MSS + 500])])
 
 
 def test_blocks_outside_our_flight_are_ignored() -> None:
