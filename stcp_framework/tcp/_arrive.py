@@ -136,7 +136,8 @@ def header_prediction(c: Connection, seg: TcpSegment, now: float) -> bool:
         else:
             c.timers.retransmit_at = now + c.rtt.rto  # RFC 6298 (5.3)
     c.probes = 0
-    c.dupacks = 0
+    if d_una or not tcb.sack_permitted:
+        c.dupacks = 0  # (with SACK only a cumulative ACK resets the count, RFC 6675 §5)
     # RFC 9293 step 5 window update: SND.WL1 < SEG.SEQ or (SND.WL1 = SEG.SEQ and
     # SND.WL2 =< SEG.ACK); seq_lt(a, b) is ``(a - b) & SEQ_MASK >= _HALF``.
     wl1 = tcb.snd_wl1
@@ -431,7 +432,7 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
                 _detect_spurious(c, seg)
             if new_una_off >= cc.recover_offset:
                 cc.exit_recovery(flight_before - d_una)  # RFC 6582 §3.2 step 3 full ACK
-                board.high_rxt = 0
+                board.end_recovery()
             else:
                 cc.on_partial_ack(d_una)  # RFC 6582 §3.2 step 3 partial ACK
                 # With SACK, the next hole the peer reported (maybe resent already:
@@ -442,15 +443,18 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
                 if not board.ranges:
                     if not cc.spurious:
                         _output.retransmit_first(c, now)
+                elif _output.retransmit_lost_resend(c, now):
+                    pass
                 elif not _output.retransmit_hole(c, now) and board.high_rxt <= new_una_off:
                     # RFC 6675 NextSeg rule 3: the first unSACKed segment, even if not
                     # deemed lost yet -- or nothing more may ever come to say it is
                     _output.retransmit_first(c, now)
         else:
             cc.on_ack(d_una)
-            if sack_news and tcb.snd_una != tcb.snd_nxt:
-                # RFC 6675 §5: an ACK that SACKs new bytes is a duplicate ACK
-                # "regardless of its status as a cumulative acknowledgment".
+            if sack_news and board.ranges:
+                # RFC 6675 §5: an ACK that SACKs new bytes (above the new SND.UNA)
+                # is a duplicate ACK "regardless of its status as a cumulative
+                # acknowledgment".
                 _on_dupack(c, new_una_off, now)
         t = c.timers
         if tcb.snd_una == tcb.snd_nxt:
@@ -519,7 +523,10 @@ def _on_dupack(c: Connection, una_off: int, now: float) -> None:
     if cc.in_recovery:
         # One segment out per segment the peer got (RFC 6675 §5 step C): the next
         # lost hole it reported, else new data (RFC 5681 §3.2 step 4).
-        if not (board.ranges and _output.retransmit_hole(c, now)):
+        if not (
+            board.ranges
+            and (_output.retransmit_lost_resend(c, now) or _output.retransmit_hole(c, now))
+        ):
             cc.on_dupack_in_recovery()
     elif (
         c.dupacks >= sack.DUP_THRESH

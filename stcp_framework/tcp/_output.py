@@ -510,8 +510,11 @@ def retransmit_first(c: Connection, now: float) -> None:
                 flags |= FIN
         make_segment(c, tcb.snd_una, flags, buf.view(una_off, n), now)
         board = c.scoreboard
-        if tcb.sack_permitted and board.high_rxt < una_off + n:
-            board.high_rxt = una_off + n
+        if tcb.sack_permitted:
+            if board.high_rxt < una_off + n:
+                board.high_rxt = una_off + n
+            if c.cc.in_recovery:
+                board.resent.append([una_off, una_off + n, nxt_off])
     elif tcb.fin_sent and una_off == buf.end_offset:
         make_segment(c, tcb.snd_una, ACK | FIN, b"", now)
 
@@ -531,12 +534,37 @@ def retransmit_hole(c: Connection, now: float) -> bool:
     n = min(tcb.mss, end - begin, buf.end_offset - begin)
     if n <= 0:
         return False
+    _resend(c, begin, n, now)
+    board.high_rxt = begin + n
+    return True
+
+
+def retransmit_lost_resend(c: Connection, now: float) -> bool:
+    """Resend a retransmission that was lost in its turn (``Scoreboard.lost_resend``),
+    at most one MSS. False if there is none."""
+    tcb = c.tcb
+    lost = c.scoreboard.lost_resend(tcb.snd_una_offset, c.snd_nxt_offset())
+    if lost is None:
+        return False
+    begin, end = lost
+    n = min(tcb.mss, end - begin, c.snd_buf.end_offset - begin)
+    if n <= 0:
+        return False
+    c.count("lost_retransmit")
+    _resend(c, begin, n, now, record=False)  # (its record's mark moved already)
+    return True
+
+
+def _resend(c: Connection, begin: int, n: int, now: float, *, record: bool = True) -> None:
+    """Resend ``n`` bytes from stream offset ``begin`` in this SACK recovery."""
+    tcb = c.tcb
+    una_off = tcb.snd_una_offset
     c.count("retransmit")
     c.count("sack_retransmit")
     c.rtt_offset = None  # Karn's rule
-    make_segment(c, seq_add(tcb.snd_una, begin - una_off), ACK, buf.view(begin, n), now)
-    board.high_rxt = begin + n
-    return True
+    make_segment(c, seq_add(tcb.snd_una, begin - una_off), ACK, c.snd_buf.view(begin, n), now)
+    if record:
+        c.scoreboard.resent.append([begin, begin + n, c.snd_nxt_offset()])
 
 
 def time_out(c: Connection, now: float, *, rst: bool) -> None:
@@ -578,7 +606,7 @@ def on_retransmit_timeout(c: Connection, now: float) -> None:
         # says SHOULD clear, for receivers that renege): go-back-N then resends only
         # the holes (``send_data``). A receiver that did renege stops the ACKs at a
         # SACKed range; the next timeout clears the scoreboard and resends it all.
-        c.scoreboard.high_rxt = 0
+        c.scoreboard.end_recovery()
     flight = c.snd_nxt_offset() - tcb.snd_una_offset
     c.cc.on_rto(flight)
     c.cc.recover_offset = c.snd_nxt_offset()  # RFC 6582 §3.2 step 4 (after an RTO)

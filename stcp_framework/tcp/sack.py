@@ -83,13 +83,17 @@ class Scoreboard:
     Attributes:
         ranges: The SACKed ``[start, end)`` offsets: sorted, disjoint, not touching.
         high_rxt: Offset after the last byte retransmitted in this recovery (HighRxt).
+        resent: This recovery's retransmissions ``[start, end, mark)``: ``mark`` is
+            SND.NXT when it left, so a SACK above it means something sent later
+            arrived first (``lost_resend``).
     """
 
-    __slots__ = ("high_rxt", "ranges")
+    __slots__ = ("high_rxt", "ranges", "resent")
 
     def __init__(self) -> None:
         self.ranges: list[tuple[int, int]] = []  # sorted, disjoint, not touching
         self.high_rxt = 0
+        self.resent: list[list[int]] = []
 
     def update(self, una: int, nxt: int, blocks: list[tuple[int, int]]) -> bool:
         """Add reported ``[start, end)`` blocks; returns whether anything new was SACKed.
@@ -112,10 +116,49 @@ class Scoreboard:
         ranges = self.ranges
         if ranges and ranges[0][0] < una:
             self.ranges = [(max(s, una), e) for s, e in ranges if e > una]
+        if self.resent and self.resent[0][1] <= una:
+            self.resent = [r for r in self.resent if r[1] > una]
 
     def clear(self) -> None:
         self.ranges = []
+        self.end_recovery()
+
+    def end_recovery(self) -> None:
         self.high_rxt = 0
+        self.resent = []
+
+    def lost_resend(self, una: int, nxt: int) -> tuple[int, int] | None:
+        """A retransmission of this recovery that was lost in its turn: bytes sent
+        after it (new data, above its ``mark``) were SACKed while it is neither
+        acknowledged nor SACKed. Returns the first un-SACKed range of it and moves its
+        mark to ``nxt`` (it is sent again now), or ``None``. Linux detected lost
+        retransmissions this way before RACK (``tcp_mark_lost_retrans``); without it,
+        only a retransmission timeout finds them."""
+        highest = self.highest()
+        found: tuple[int, int] | None = None
+        keep: list[list[int]] = []
+        for record in self.resent:
+            start, end, mark = record
+            if end <= una:
+                continue  # acknowledged
+            if found is not None or highest <= mark:
+                keep.append(record)
+                continue
+            pos = max(start, una)
+            for s, e in self.ranges:
+                if e <= pos:
+                    continue
+                if s > pos:
+                    break
+                pos = e
+            if pos >= end:
+                continue  # SACKed: it arrived
+            record[2] = nxt
+            keep.append(record)
+            following = next((s for s, _ in self.ranges if s > pos), end)
+            found = (pos, min(end, following))
+        self.resent = keep
+        return found
 
     def sacked_bytes(self) -> int:
         return sum(e - s for s, e in self.ranges)

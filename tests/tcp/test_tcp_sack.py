@@ -344,6 +344,48 @@ def test_enough_sacked_bytes_start_recovery_before_three_duplicate_acks() -> Non
     assert conn.cc.in_recovery and conn.counters["fast_retransmit"] == 1
 
 
+def test_a_lost_retransmission_is_resent_once_later_data_is_sacked() -> None:
+    """Segment 0 is lost and so is its fast retransmission. New data sent after the
+    retransmission (12 and 13) arriving first shows it: 0 goes again at once, not
+    after a retransmission timeout (Linux's ``tcp_mark_lost_retrans``)."""
+    conn = established()
+    data = bytes(range(256)) * (14 * MSS // 256 + 1)
+    conn.app_send(data[: 14 * MSS], 1.0)
+    assert len(conn.drain().segments) == 10
+    sent: list[int] = []
+    at = 1.1
+    for top in range(2, 12):  # the peer SACKs 1..top-1 as they arrive
+        send(conn, r(ack=LOCAL_SEQ, options=our_blocks((MSS, top * MSS))), at=at)
+        sent += [seq_diff(Seq(seg.seq), LOCAL_SEQ) // MSS for seg in conn.drain().segments]
+        at += 0.001
+    # Limited Transmit 10, 11; the fast retransmit of 0; new data as cwnd inflates.
+    assert sent[:3] == [10, 11, 0] and 12 in sent
+    assert "lost_retransmit" not in conn.counters
+    send(conn, r(ack=LOCAL_SEQ, options=our_blocks((MSS, 13 * MSS))), at=at)
+    expect(conn, [seg_of(data, 0)])
+    assert conn.counters["lost_retransmit"] == 1
+    # Only once per sign: the next SACK of older data asks nothing again.
+    send(conn, r(ack=LOCAL_SEQ, options=our_blocks((MSS, 13 * MSS + 1))), at=at + 0.001)
+    assert all(seg.seq != LOCAL_SEQ for seg in conn.drain().segments)
+
+
+def test_scoreboard_finds_a_lost_resend_only_after_later_data_arrived() -> None:
+    board = Scoreboard()
+    board.resent = [[0, 100, 1000]]  # resent 0..100 when SND.NXT was 1000
+    board.update(0, 2000, [(100, 1000)])
+    assert board.lost_resend(0, 2000) is None  # nothing sent after it arrived yet
+    board.update(0, 2000, [(1000, 1100)])
+    assert board.lost_resend(0, 2000) == (0, 100)
+    assert board.resent == [[0, 100, 2000]]  # sent again now: a new mark
+    assert board.lost_resend(0, 2000) is None
+    board.update(0, 3000, [(0, 50), (2000, 2100)])
+    assert board.lost_resend(0, 3000) == (50, 100)  # only what is still missing
+    board.update(0, 3000, [(50, 100)])
+    assert board.lost_resend(0, 3000) is None  # it arrived
+    board.trim(100)
+    assert board.resent == []  # acknowledged: forgotten
+
+
 def test_a_timeout_keeps_the_scoreboard_a_second_one_forgets_it() -> None:
     """After a timeout go-back-N skips what the peer SACKed, as Linux does; a second
     timeout in a row may mean the receiver reneged (RFC 2018 §8): everything again."""
