@@ -108,8 +108,10 @@ def header_prediction(c: Connection, seg: TcpSegment, now: float) -> bool:
     cc = c.cc
     if cc.in_recovery:
         return False
-    if tcb.sack_permitted and (seg.options.sack_blocks or c.scoreboard.ranges):
-        return False  # the scoreboard needs the general path (check_ack)
+    if tcb.sack_permitted and (
+        seg.options.sack_blocks or c.scoreboard.ranges or c.scoreboard.probe_end >= 0
+    ):
+        return False  # the scoreboard or a tail loss probe needs check_ack
     scaled_wnd = seg.window << tcb.snd_wscale
     if d_una == 0 and not plen and flight and scaled_wnd == tcb.snd_wnd:
         return False  # a duplicate ACK (RFC 5681 §2): counted by check_ack
@@ -131,10 +133,14 @@ def header_prediction(c: Connection, seg: TcpSegment, now: float) -> bool:
             c.snd_ptr = new_una_off
         c.retries = 0
         cc.on_ack(d_una)
+        t = c.timers
         if d_una == flight:
-            c.timers.retransmit_at = None  # RFC 6298 (5.2)
+            t.retransmit_at = None  # RFC 6298 (5.2)
+            t.probe_at = None
         else:
-            c.timers.retransmit_at = now + c.rtt.rto  # RFC 6298 (5.3)
+            t.retransmit_at = now + c.rtt.rto  # RFC 6298 (5.3)
+            if tcb.sack_permitted:
+                _output.arm_probe(c, now)
     c.probes = 0
     if d_una or not tcb.sack_permitted:
         c.dupacks = 0  # (with SACK only a cumulative ACK resets the count, RFC 6675 §5)
@@ -427,7 +433,9 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
         if board.ranges:
             board.trim(new_una_off)
         cc = c.cc
-        if cc.in_recovery:
+        if board.probe_end >= 0 and new_una_off >= board.probe_end and _probe_acked(c, seg, ack):
+            pass  # the probe repaired a loss: cwnd reduced, not grown
+        elif cc.in_recovery:
             if cc.rxt_tsval >= 0:
                 _detect_spurious(c, seg)
             if new_una_off >= cc.recover_offset:
@@ -459,8 +467,11 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
         t = c.timers
         if tcb.snd_una == tcb.snd_nxt:
             t.retransmit_at = None  # RFC 6298 (5.2)
+            t.probe_at = None
         else:
             t.retransmit_at = now + c.rtt.rto  # RFC 6298 (5.3)
+            if tcb.sack_permitted:
+                _output.arm_probe(c, now)
     elif d_una == 0:
         c.probes = 0
         if tcb.snd_una == tcb.snd_nxt:
@@ -538,9 +549,30 @@ def _on_dupack(c: Connection, una_off: int, now: float) -> None:
         c.count("fast_retransmit")
         nxt_off = c.snd_nxt_offset()
         cc.enter_recovery(nxt_off - una_off, nxt_off)
+        c.timers.probe_at = None
         _output.retransmit_first(c, now)
         if tcb.timestamps:
             cc.rxt_tsval = c.tsval(now)
+
+
+def _probe_acked(c: Connection, seg: TcpSegment, ack: int) -> bool:
+    """The ACK of a tail loss probe (RFC 8985 §7.4). A probe that resent the last
+    segment and comes back without a D-SACK repaired a loss: the congestion window
+    is halved as for one (Linux ``tcp_process_tlp_ack``); returns True then. A
+    D-SACK says the original arrived too: no loss."""
+    board = c.scoreboard
+    repaired = False
+    if board.probe_resent:
+        blocks = seg.options.sack_blocks
+        if not (blocks and ((ack - blocks[0][1]) & SEQ_MASK) < _HALF):
+            cc = c.cc
+            cc.ssthresh = max(cc.cwnd // 2, 2 * cc.mss)
+            cc.cwnd = cc.ssthresh
+            c.count("probe_recovery")
+            repaired = True
+    board.probe_end = -1
+    board.probe_resent = False
+    return repaired
 
 
 def _detect_spurious(c: Connection, seg: TcpSegment) -> None:

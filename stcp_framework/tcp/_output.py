@@ -461,6 +461,8 @@ def send_data(c: Connection, now: float, *, force: bool) -> None:
     c.snd_ptr = ptr
     if sent and t.retransmit_at is None:
         t.retransmit_at = now + c.rtt.rto  # RFC 6298 (5.1)
+    if nxt_off != old_nxt_off and tcb.sack_permitted:
+        arm_probe(c, now)  # new data left: (re)start the tail loss probe
     if ptr < end and tcb.snd_una == tcb.snd_nxt and t.retransmit_at is None:
         if t.persist_at is None:
             t.persist_at = now + _persist_timeout(c)
@@ -567,6 +569,85 @@ def _resend(c: Connection, begin: int, n: int, now: float, *, record: bool = Tru
         c.scoreboard.resent.append([begin, begin + n, c.snd_nxt_offset()])
 
 
+_DELAYED_ACK_ALLOWANCE = 0.2  # RFC 8985 §7.2 WCDelAckT (Linux TCP_DELACK_MAX)
+_MIN_PTO = 0.01  # Linux: never sooner than 10 ms
+
+
+def arm_probe(c: Connection, now: float) -> None:
+    """(Re)start the tail loss probe timer (RFC 8985 §7.2): in open state, with SACK,
+    data in flight and no probe out, at PTO = 2 * SRTT (plus the peer's delayed-ACK
+    allowance when one segment is in flight), if that comes before the RTO."""
+    t = c.timers
+    tcb = c.tcb
+    cc = c.cc
+    srtt = c.rtt.srtt
+    board = c.scoreboard
+    una_off = tcb.snd_una_offset
+    flight = c.snd_nxt_offset() - una_off
+    if (
+        srtt is None
+        or flight <= 0
+        or cc.in_recovery
+        or una_off < cc.recover_offset  # still repairing after a timeout
+        or board.probe_end >= 0
+        or board.ranges
+        or c.retries
+        or not tcb.state.synchronized()
+    ):
+        t.probe_at = None
+        return
+    pto = 2 * srtt
+    if flight <= tcb.mss:
+        pto = max(pto, 1.5 * srtt + _DELAYED_ACK_ALLOWANCE)
+    at = now + max(pto, _MIN_PTO)
+    rto_at = t.retransmit_at
+    t.probe_at = at if rto_at is None or at < rto_at else None
+
+
+def on_probe_timeout(c: Connection, now: float) -> None:
+    """Send a tail loss probe (RFC 8985 §7.3): one new segment if the peer's window
+    has room, else the last segment again, so that a loss at the end of a flight
+    (nothing after it to bring duplicate ACKs) gets an ACK with SACK information --
+    and fast recovery -- instead of a retransmission timeout. Then the RTO is re-armed."""
+    tcb = c.tcb
+    cc = c.cc
+    board = c.scoreboard
+    una_off = tcb.snd_una_offset
+    nxt_off = c.snd_nxt_offset()
+    if nxt_off <= una_off or cc.in_recovery or board.probe_end >= 0:
+        return
+    buf = c.snd_buf
+    mss = tcb.mss
+    c.count("tail_loss_probe")
+    emitted = len(c._out)
+    if buf.end_offset > nxt_off and tcb.snd_wnd >= nxt_off - una_off + min(
+        mss, buf.end_offset - nxt_off
+    ):
+        cwnd = cc.cwnd
+        cc.cwnd = nxt_off - una_off + mss  # one new segment, beyond cwnd
+        send_data(c, now, force=True)
+        cc.cwnd = cwnd
+    if len(c._out) == emitted:
+        end = min(buf.end_offset, nxt_off)
+        begin = max(una_off, end - mss)
+        c.count("retransmit")
+        c.rtt_offset = None  # Karn's rule
+        seq = seq_add(tcb.snd_una, begin - una_off)
+        if begin < end:
+            flags = ACK
+            if end == buf.end_offset:
+                flags |= PSH
+                if tcb.fin_sent:
+                    flags |= FIN
+            make_segment(c, seq, flags, buf.view(begin, end - begin), now)
+        elif tcb.fin_sent:
+            make_segment(c, seq, ACK | FIN, b"", now)
+        board.probe_resent = True
+    board.probe_end = c.snd_nxt_offset()
+    c.timers.probe_at = None
+    c.timers.retransmit_at = now + c.rtt.rto  # RFC 8985 §7.3: the RTO, not another PTO
+
+
 def time_out(c: Connection, now: float, *, rst: bool) -> None:
     """Give up: TimedOut and CLOSED (with a RST like Linux ``tcp_write_err`` paths)."""
     tcb = c.tcb
@@ -599,6 +680,10 @@ def on_retransmit_timeout(c: Connection, now: float) -> None:
         time_out(c, now, rst=True)
         return
     c.count("rto")
+    c.timers.probe_at = None
+    board = c.scoreboard
+    board.probe_end = -1
+    board.probe_resent = False
     if c.retries > 1:
         c.scoreboard.clear()  # RFC 2018 §8: the receiver may have reneged
     else:

@@ -535,6 +535,10 @@ class Connection:
         if at is not None and now >= at:
             t.retransmit_at = None
             _output.on_retransmit_timeout(self, now)
+        at = t.probe_at
+        if at is not None and now >= at:
+            t.probe_at = None
+            _output.on_probe_timeout(self, now)
         at = t.persist_at
         if at is not None and now >= at and self.tcb.state is not TcpState.CLOSED:
             t.persist_at = None

@@ -86,14 +86,19 @@ class Scoreboard:
         resent: This recovery's retransmissions ``[start, end, mark)``: ``mark`` is
             SND.NXT when it left, so a SACK above it means something sent later
             arrived first (``lost_resend``).
+        probe_end: SND.NXT after a tail loss probe until an ACK covers it (-1: no probe
+            out; RFC 8985 TLP.end_seq).
+        probe_resent: That probe resent the last segment (TLP.is_retrans).
     """
 
-    __slots__ = ("high_rxt", "ranges", "resent")
+    __slots__ = ("high_rxt", "probe_end", "probe_resent", "ranges", "resent")
 
     def __init__(self) -> None:
         self.ranges: list[tuple[int, int]] = []  # sorted, disjoint, not touching
         self.high_rxt = 0
         self.resent: list[list[int]] = []
+        self.probe_end = -1
+        self.probe_resent = False
 
     def update(self, una: int, nxt: int, blocks: list[tuple[int, int]]) -> bool:
         """Add reported ``[start, end)`` blocks; returns whether anything new was SACKed.

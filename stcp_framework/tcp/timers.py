@@ -18,6 +18,7 @@ class Timers:
         time_wait_at: 2*MSL in TIME-WAIT; also the orphaned FIN-WAIT-2 limit
             (Linux ``tcp_fin_timeout``) after ``app_close``.
         pmtu_at: Try the full MSS again after a path MTU reduction (RFC 1191 §6.3).
+        probe_at: Tail loss probe (RFC 8985 §7), before the retransmission timer.
     """
 
     __slots__ = (
@@ -25,6 +26,7 @@ class Timers:
         "keepalive_at",
         "persist_at",
         "pmtu_at",
+        "probe_at",
         "retransmit_at",
         "time_wait_at",
     )
@@ -36,6 +38,7 @@ class Timers:
         self.keepalive_at: float | None = None
         self.time_wait_at: float | None = None
         self.pmtu_at: float | None = None
+        self.probe_at: float | None = None
 
     def next_deadline(self) -> float | None:
         best: float | None = None
@@ -46,6 +49,7 @@ class Timers:
             self.keepalive_at,
             self.time_wait_at,
             self.pmtu_at,
+            self.probe_at,
         ):
             if at is not None and (best is None or at < best):
                 best = at
@@ -58,3 +62,4 @@ class Timers:
         self.keepalive_at = None
         self.time_wait_at = None
         self.pmtu_at = None
+        self.probe_at = None

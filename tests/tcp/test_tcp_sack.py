@@ -489,3 +489,62 @@ def test_a_duplicate_of_held_data_comes_first_then_its_block() -> None:
     conn.drain()
     send(conn, r(seq=sq(REMOTE_SEQ, 120), payload=b"b" * 50), at=1.1)  # held already
     expect(conn, [s(options=blocks((120, 170), (100, 200)))])
+
+
+# ------------------------------------------------------------------ tail loss probe
+
+
+def test_a_silent_tail_gets_a_probe_of_its_last_segment_before_the_rto() -> None:
+    """RFC 8985 §7: no ACK for 2 * SRTT (here the 10 ms floor: the handshake measured
+    0) and no new data: the last segment goes again, and the RTO is re-armed. Its ACK
+    without a D-SACK says it repaired a loss: cwnd is halved (Linux)."""
+    conn, data = _eight_segments()
+    assert conn.next_deadline() == 1.01  # the probe, before the RTO at 1.2
+    expect(
+        conn,
+        [s(seq=sq(LOCAL_SEQ, 7 * MSS), payload=data[7 * MSS : 8 * MSS], flags=ACK | PSH)],
+        at=1.01,
+    )
+    assert conn.counters["tail_loss_probe"] == 1 and conn.counters["retransmit"] == 1
+    assert conn.next_deadline() == 1.01 + conn.rtt.rto
+    send(conn, r(ack=sq(LOCAL_SEQ, 8 * MSS)), at=1.05)
+    expect_nothing(conn)
+    assert conn.counters["probe_recovery"] == 1 and conn.cc.cwnd == 5 * MSS  # 10 halved
+    assert conn.next_deadline() is None
+
+
+def test_a_probe_that_comes_back_dsacked_repaired_nothing() -> None:
+    conn, _ = _eight_segments()
+    conn.on_timer(1.01)
+    conn.drain()
+    send(conn, r(ack=sq(LOCAL_SEQ, 8 * MSS), options=our_blocks((7 * MSS, 8 * MSS))), at=1.05)
+    assert "probe_recovery" not in conn.counters
+    assert conn.cc.cwnd == 18 * MSS  # slow start went on
+
+
+def test_a_probe_sends_new_data_when_there_is_some() -> None:
+    """Beyond cwnd, if the peer's window has room: new data also asks for SACKs."""
+    conn = established()
+    conn.cc.cwnd = 2 * MSS
+    conn.app_send(bytes(3 * MSS), 1.0)
+    assert len(conn.drain().segments) == 2
+    expect(conn, [s(seq=sq(LOCAL_SEQ, 2 * MSS), payload=bytes(MSS), flags=ACK | PSH)], at=1.01)
+    assert "retransmit" not in conn.counters
+    send(conn, r(ack=sq(LOCAL_SEQ, 3 * MSS)), at=1.05)
+    assert "probe_recovery" not in conn.counters
+
+
+def test_one_segment_in_flight_waits_for_a_delayed_ack_before_a_probe() -> None:
+    """PTO gets the peer's delayed-ACK allowance (200 ms) with one segment out: here
+    that is the RTO's time, so no probe at all."""
+    conn = established()
+    conn.app_send(b"x" * 100, 1.0)
+    conn.drain()
+    assert conn.timers.probe_at is None and conn.next_deadline() == 1.0 + conn.rtt.rto
+
+
+def test_no_probe_without_sack() -> None:
+    conn = conn_established()
+    conn.app_send(bytes(3 * MSS), 1.0)
+    conn.drain()
+    assert conn.timers.probe_at is None
