@@ -433,9 +433,11 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
         if board.ranges:
             board.trim(new_una_off)
         cc = c.cc
-        if board.probe_end >= 0 and new_una_off >= board.probe_end and _probe_acked(c, seg, ack):
-            pass  # the probe repaired a loss: cwnd reduced, not grown
-        elif cc.in_recovery:
+        # (a tail loss probe's loss repair reduces cwnd; it is not grown by this ACK)
+        repaired = board.probe_end >= 0 and new_una_off >= board.probe_end
+        if repaired:
+            repaired = _probe_acked(c, seg, ack)
+        if cc.in_recovery:
             if cc.rxt_tsval >= 0:
                 _detect_spurious(c, seg)
             if new_una_off >= cc.recover_offset:
@@ -458,7 +460,8 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
                     # deemed lost yet -- or nothing more may ever come to say it is
                     _output.retransmit_first(c, now)
         else:
-            cc.on_ack(d_una)
+            if not repaired:
+                cc.on_ack(d_una)
             if sack_news and board.ranges:
                 # RFC 6675 §5: an ACK that SACKs new bytes (above the new SND.UNA)
                 # is a duplicate ACK "regardless of its status as a cumulative
@@ -531,6 +534,7 @@ def _on_dupack(c: Connection, una_off: int, now: float) -> None:
     cc = c.cc
     board = c.scoreboard
     c.dupacks += 1
+    nxt_off = c.snd_nxt_offset()
     if cc.in_recovery:
         # One segment out per segment the peer got (RFC 6675 §5 step C): the next
         # lost hole it reported, else new data (RFC 5681 §3.2 step 4).
@@ -540,19 +544,31 @@ def _on_dupack(c: Connection, una_off: int, now: float) -> None:
         ):
             cc.on_dupack_in_recovery()
     elif (
-        c.dupacks >= sack.DUP_THRESH
+        c.dupacks >= _dup_thresh(c, una_off, nxt_off)
         or (board.ranges and board.sacked_bytes() > (sack.DUP_THRESH - 1) * tcb.mss)
     ) and una_off >= cc.recover_offset:
         # RFC 5681 §3.2 steps 2-3, RFC 6582 §3.2 step 2: fast retransmit; with SACK
         # also once more than two segments' worth above SND.UNA arrived (RFC 6675 §5:
         # IsLost(HighACK + 1)).
         c.count("fast_retransmit")
-        nxt_off = c.snd_nxt_offset()
         cc.enter_recovery(nxt_off - una_off, nxt_off)
         c.timers.probe_at = None
         _output.retransmit_first(c, now)
         if tcb.timestamps:
             cc.rxt_tsval = c.tsval(now)
+
+
+def _dup_thresh(c: Connection, una_off: int, nxt_off: int) -> int:
+    """Duplicate ACKs that start a fast retransmit: 3, or with fewer than four
+    segments in flight and no new data to send, one less than those segments (Early
+    Retransmit, RFC 5827): a short reply whose last segments are lost gets its
+    duplicate ACKs only from them (a tail loss probe brings the first)."""
+    mss = c.tcb.mss
+    flight = nxt_off - una_off
+    if flight >= sack.DUP_THRESH * mss + mss or c.snd_buf.end_offset > nxt_off:
+        return sack.DUP_THRESH
+    segments = -(-flight // mss)  # ceil
+    return max(1, segments - 1)
 
 
 def _probe_acked(c: Connection, seg: TcpSegment, ack: int) -> bool:

@@ -502,23 +502,32 @@ def retransmit_first(c: Connection, now: float) -> None:
     nxt_off = c.snd_nxt_offset()
     data_end = min(buf.end_offset, nxt_off)
     n = min(tcb.mss, data_end - una_off)
+    _send_again(c, una_off, una_off + n, now)
+    board = c.scoreboard
+    if n > 0 and tcb.sack_permitted:
+        if board.high_rxt < una_off + n:
+            board.high_rxt = una_off + n
+        if c.cc.in_recovery:
+            board.resent.append([una_off, una_off + n, nxt_off])
+
+
+def _send_again(c: Connection, begin: int, end: int, now: float) -> None:
+    """Resend the sent bytes ``[begin, end)`` as one segment, with PSH (and our FIN, if
+    sent) when they end the queued data; ``begin == end``: the FIN alone, if sent."""
+    tcb = c.tcb
+    buf = c.snd_buf
     c.count("retransmit")
     c.rtt_offset = None  # Karn's rule
-    if n > 0:
+    seq = seq_add(tcb.snd_una, begin - tcb.snd_una_offset)
+    if begin < end:
         flags = ACK
-        if una_off + n == buf.end_offset:
+        if end == buf.end_offset:
             flags |= PSH
             if tcb.fin_sent:
                 flags |= FIN
-        make_segment(c, tcb.snd_una, flags, buf.view(una_off, n), now)
-        board = c.scoreboard
-        if tcb.sack_permitted:
-            if board.high_rxt < una_off + n:
-                board.high_rxt = una_off + n
-            if c.cc.in_recovery:
-                board.resent.append([una_off, una_off + n, nxt_off])
-    elif tcb.fin_sent and una_off == buf.end_offset:
-        make_segment(c, tcb.snd_una, ACK | FIN, b"", now)
+        make_segment(c, seq, flags, buf.view(begin, end - begin), now)
+    elif tcb.fin_sent and begin == buf.end_offset:
+        make_segment(c, seq, ACK | FIN, b"", now)
 
 
 def retransmit_hole(c: Connection, now: float) -> bool:
@@ -620,28 +629,16 @@ def on_probe_timeout(c: Connection, now: float) -> None:
     mss = tcb.mss
     c.count("tail_loss_probe")
     emitted = len(c._out)
-    if buf.end_offset > nxt_off and tcb.snd_wnd >= nxt_off - una_off + min(
-        mss, buf.end_offset - nxt_off
-    ):
+    unsent = buf.end_offset - nxt_off
+    if unsent > 0 and tcb.snd_wnd >= nxt_off - una_off + min(mss, unsent):
         cwnd = cc.cwnd
         cc.cwnd = nxt_off - una_off + mss  # one new segment, beyond cwnd
         send_data(c, now, force=True)
         cc.cwnd = cwnd
     if len(c._out) == emitted:
         end = min(buf.end_offset, nxt_off)
-        begin = max(una_off, end - mss)
-        c.count("retransmit")
-        c.rtt_offset = None  # Karn's rule
-        seq = seq_add(tcb.snd_una, begin - una_off)
-        if begin < end:
-            flags = ACK
-            if end == buf.end_offset:
-                flags |= PSH
-                if tcb.fin_sent:
-                    flags |= FIN
-            make_segment(c, seq, flags, buf.view(begin, end - begin), now)
-        elif tcb.fin_sent:
-            make_segment(c, seq, ACK | FIN, b"", now)
+        _send_again(c, max(una_off, end - mss), end, now)  # the last segment
+        c.count("probe_retransmit")
         board.probe_resent = True
     board.probe_end = c.snd_nxt_offset()
     c.timers.probe_at = None

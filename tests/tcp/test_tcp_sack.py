@@ -548,3 +548,37 @@ def test_no_probe_without_sack() -> None:
     conn.app_send(bytes(3 * MSS), 1.0)
     conn.drain()
     assert conn.timers.probe_at is None
+
+
+def test_early_retransmit_with_a_small_flight_and_nothing_more_to_send() -> None:
+    """RFC 5827: three segments out, no new data: two duplicate ACKs are all that can
+    come (0 and 1 lost), so two start the fast retransmit."""
+    conn = established()
+    conn.app_send(bytes(3 * MSS), 1.0)
+    assert len(conn.drain().segments) == 3
+    send(conn, r(ack=LOCAL_SEQ, options=our_blocks((2 * MSS, 3 * MSS))), at=1.001)
+    expect_nothing(conn)
+    send(conn, r(ack=LOCAL_SEQ, options=our_blocks((MSS, 3 * MSS))), at=1.002)
+    expect(conn, [s(payload=bytes(MSS))])
+    assert conn.counters["fast_retransmit"] == 1
+
+
+def test_a_lost_tail_of_two_is_repaired_by_a_probe_and_early_retransmit() -> None:
+    """Segments 2 and 3 of 0..3 are lost: nothing comes back for them. The probe
+    resends 3, its SACK is the one duplicate ACK two segments in flight can bring, and
+    it is enough (RFC 5827): 2 goes at once -- no retransmission timeout."""
+    conn = established()
+    data = bytes(range(256)) * (4 * MSS // 256 + 1)
+    conn.app_send(data[: 4 * MSS], 1.0)
+    assert len(conn.drain().segments) == 4
+    send(conn, r(ack=sq(LOCAL_SEQ, 2 * MSS)), at=1.001)
+    expect_nothing(conn)
+    probe = s(seq=sq(LOCAL_SEQ, 3 * MSS), payload=data[3 * MSS : 4 * MSS], flags=ACK | PSH)
+    expect(conn, [probe], at=1.011)
+    send(conn, r(ack=sq(LOCAL_SEQ, 2 * MSS), options=our_blocks((3 * MSS, 4 * MSS))), at=1.012)
+    expect(conn, [seg_of(data, 2)])
+    send(conn, r(ack=sq(LOCAL_SEQ, 4 * MSS)), at=1.013)
+    expect_nothing(conn)
+    assert not conn.cc.in_recovery and "rto" not in conn.counters
+    assert conn.counters["tail_loss_probe"] == 1 and conn.counters["fast_retransmit"] == 1
+    assert conn.next_deadline() is None
