@@ -49,8 +49,10 @@ _TS = struct.Struct("!II")
 _MASK = 0xFFFFFFFF
 
 
-class ScriptedPeer:
-    """A ``PacketDevice`` that is also the client: one connection, scripted."""
+class _PeerDevice:
+    """The ``PacketDevice`` side of a scripted peer: hands the stack what
+    ``_next_packets`` makes, feeds what the stack sends to ``_on_server_segment``, and
+    times its own work (``peer_cpu``) to subtract it."""
 
     mtu = MTU
     rx_checksum_verified = True
@@ -58,7 +60,57 @@ class ScriptedPeer:
     accepts_split_packets = True
     tx_gso_max = 65535 - 40 - 60
 
+    def __init__(self) -> None:
+        self.peer_cpu = 0.0  # process time spent in this object
+        self.packets_in = 0  # to the stack
+        self.packets_out = 0  # from the stack
+        self.done = trio.Event()
+        self.go = trio.Event()  # set once the services listen
+        self._wakeup = trio.Event()
+
+    def _next_packets(self) -> list[memoryview]:
+        raise NotImplementedError
+
+    def _on_server_segment(self, head: bytes | bytearray | memoryview, plen: int) -> None:
+        raise NotImplementedError
+
+    async def recv_batch(self, max_packets: int) -> list[memoryview]:
+        await self.go.wait()
+        while True:
+            t0 = time.process_time()
+            out = self._next_packets()
+            self.peer_cpu += time.process_time() - t0
+            if out:
+                self.packets_in += len(out)
+                await trio.lowlevel.checkpoint()
+                return out
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+
+    async def send_batch(self, packets: Sequence[OutPacket]) -> None:
+        t0 = time.process_time()
+        for packet in packets:
+            self.packets_out += 1
+            if isinstance(packet, tuple):
+                self._on_server_segment(packet[0], len(packet[1]))
+            else:
+                ihl = (packet[0] & 0x0F) * 4
+                doff = (packet[ihl + 12] >> 4) * 4
+                total = (packet[2] << 8) | packet[3]
+                self._on_server_segment(packet[: ihl + doff], total - ihl - doff)
+        self.peer_cpu += time.process_time() - t0
+        self._wakeup.set()
+        await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+class ScriptedPeer(_PeerDevice):
+    """A ``PacketDevice`` that is also the client: one connection, scripted."""
+
     def __init__(self, mode: str, total: int, burst: int) -> None:
+        super().__init__()
         self.mode = mode
         self.total = total
         self.burst = burst
@@ -74,12 +126,6 @@ class ScriptedPeer:
         self.received = 0  # payload bytes the peer received
         self.state = "syn"  # syn -> established -> fin_sent -> done
         self.ack_due = False
-        self.peer_cpu = 0.0  # process time spent in this object
-        self.packets_in = 0  # to the stack
-        self.packets_out = 0  # from the stack
-        self.done = trio.Event()
-        self.go = trio.Event()  # set once the services listen
-        self._wakeup = trio.Event()
         self._payload = bytes(range(256)) * (MSS // 256) + bytes(MSS % 256)
         self.server_port = DEFAULT_PORTS[{"upload": "discard", "download": "chargen",
                                           "echo": "echo"}[mode]]  # fmt: skip
@@ -165,38 +211,8 @@ class ScriptedPeer:
             self.state = "done"
             self.done.set()
 
-    # ------------------------------------------------------ PacketDevice API
-
-    async def recv_batch(self, max_packets: int) -> list[memoryview]:
-        await self.go.wait()
-        while True:
-            t0 = time.process_time()
-            out = self._outgoing() if self.state != "done" or self.ack_due else []
-            self.peer_cpu += time.process_time() - t0
-            if out:
-                self.packets_in += len(out)
-                await trio.lowlevel.checkpoint()
-                return out
-            await self._wakeup.wait()
-            self._wakeup = trio.Event()
-
-    async def send_batch(self, packets: Sequence[OutPacket]) -> None:
-        t0 = time.process_time()
-        for packet in packets:
-            self.packets_out += 1
-            if isinstance(packet, tuple):
-                self._on_server_segment(packet[0], len(packet[1]))
-            else:
-                ihl = (packet[0] & 0x0F) * 4
-                doff = (packet[ihl + 12] >> 4) * 4
-                total = (packet[2] << 8) | packet[3]
-                self._on_server_segment(packet[: ihl + doff], total - ihl - doff)
-        self.peer_cpu += time.process_time() - t0
-        self._wakeup.set()
-        await trio.lowlevel.checkpoint()
-
-    async def aclose(self) -> None:
-        await trio.lowlevel.checkpoint()
+    def _next_packets(self) -> list[memoryview]:
+        return self._outgoing() if self.state != "done" or self.ack_due else []
 
 
 class _Client:
@@ -213,29 +229,18 @@ class _Client:
         self.received = 0
 
 
-class ConnsPeer:
+class ConnsPeer(_PeerDevice):
     """A ``PacketDevice`` that is many short echo clients, ``concurrency`` at a time."""
 
-    mtu = MTU
-    rx_checksum_verified = True
-    tx_checksum_offload = True
-    accepts_split_packets = True
-    tx_gso_max = 65535 - 40 - 60
-
     def __init__(self, count: int, concurrency: int) -> None:
+        super().__init__()
         self.count = count
         self.concurrency = concurrency
         self.started = 0
         self.finished = 0
         self.resets = 0
         self.clients: dict[int, _Client] = {}
-        self.peer_cpu = 0.0
-        self.packets_in = 0
-        self.packets_out = 0
-        self.done = trio.Event()
-        self.go = trio.Event()
         self._out: list[memoryview] = []
-        self._wakeup = trio.Event()
         self._next_port = 20000
         self.server_port = DEFAULT_PORTS["echo"]
 
@@ -295,24 +300,10 @@ class ConnsPeer:
             self._send(c, ACK)
             self._finish(c)
 
-    async def recv_batch(self, max_packets: int) -> list[memoryview]:
-        await self.go.wait()
-        while True:
-            t0 = time.process_time()
-            self._open_more()
-            out, self._out = self._out, []
-            self.peer_cpu += time.process_time() - t0
-            if out:
-                self.packets_in += len(out)
-                await trio.lowlevel.checkpoint()
-                return out
-            await self._wakeup.wait()
-            self._wakeup = trio.Event()
-
-    send_batch = ScriptedPeer.send_batch
-
-    async def aclose(self) -> None:
-        await trio.lowlevel.checkpoint()
+    def _next_packets(self) -> list[memoryview]:
+        self._open_more()
+        out, self._out = self._out, []
+        return out
 
 
 async def run_one(mode: str, total: int, burst: int) -> tuple[float, ScriptedPeer | ConnsPeer]:
