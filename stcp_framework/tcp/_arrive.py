@@ -418,6 +418,7 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
     una_off = tcb.snd_una_offset
     board = c.scoreboard
     sack_news = False  # this ACK SACKed bytes not SACKed before
+    sacked_before = board.sacked_bytes() if board.ranges else 0
     if tcb.sack_permitted and seg.options.sack_blocks:
         sack_news = _update_scoreboard(c, seg, una_off)
     if d_una > 0:
@@ -441,23 +442,30 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
             if cc.rxt_tsval >= 0:
                 _detect_spurious(c, seg)
             if new_una_off >= cc.recover_offset:
-                cc.exit_recovery(flight_before - d_una)  # RFC 6582 §3.2 step 3 full ACK
+                # RFC 6582 §3.2 step 3 full ACK (RFC 6937 with SACK)
+                cc.exit_recovery(flight_before - d_una, prr=tcb.sack_permitted)
                 board.end_recovery()
-            else:
+            elif not tcb.sack_permitted:
                 cc.on_partial_ack(d_una)  # RFC 6582 §3.2 step 3 partial ACK
-                # With SACK, the next hole the peer reported (maybe resent already:
-                # then nothing); without, or with nothing SACKed, the segment at the
-                # new SND.UNA -- unless the fast retransmit was needless: then the
-                # segments after it are on their way too, and resending each in
-                # turn as its partial ACK comes would resend the whole window.
-                if not board.ranges:
-                    if not cc.spurious:
-                        _output.retransmit_first(c, now)
-                elif _output.retransmit_lost_resend(c, now):
-                    pass
-                elif not _output.retransmit_hole(c, now) and board.high_rxt <= new_una_off:
-                    # RFC 6675 NextSeg rule 3: the first unSACKed segment, even if not
-                    # deemed lost yet -- or nothing more may ever come to say it is
+                # The segment at the new SND.UNA -- unless the fast retransmit was
+                # needless: then the segments after it are on their way too, and
+                # resending each in turn as its partial ACK comes would resend the
+                # whole window.
+                if not cc.spurious:
+                    _output.retransmit_first(c, now)
+            elif not board.ranges:
+                # Nothing SACKed above the new SND.UNA: NewReno's segment there,
+                # unless the fast retransmit was needless (as above).
+                if not cc.spurious:
+                    _output.retransmit_first(c, now)
+                _prr_send(c, d_una + board.sacked_bytes() - sacked_before, now)
+            else:
+                # Lost resends and holes as the reduction allows, then new data;
+                # else RFC 6675 NextSeg rule 3: the first unSACKed segment, even if
+                # not deemed lost yet -- or nothing more may ever come to say it is.
+                resent = cc.prr_rxt
+                _prr_send(c, d_una + board.sacked_bytes() - sacked_before, now)
+                if cc.prr_rxt == resent and board.high_rxt <= new_una_off:
                     _output.retransmit_first(c, now)
         else:
             if not repaired:
@@ -466,7 +474,7 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
                 # RFC 6675 §5: an ACK that SACKs new bytes (above the new SND.UNA)
                 # is a duplicate ACK "regardless of its status as a cumulative
                 # acknowledgment".
-                _on_dupack(c, new_una_off, now)
+                _on_dupack(c, new_una_off, now, d_una + board.sacked_bytes() - sacked_before)
         t = c.timers
         if tcb.snd_una == tcb.snd_nxt:
             t.retransmit_at = None  # RFC 6298 (5.2)
@@ -484,9 +492,9 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
             # duplicate arrival, not a segment that left the network: no fast
             # retransmit on duplication. Only cumulative ACKs reset the count.
             if sack_news:
-                _on_dupack(c, una_off, now)
+                _on_dupack(c, una_off, now, board.sacked_bytes() - sacked_before)
         elif not seg.payload and not seg.flags & (SYN | FIN) and scaled_wnd == tcb.snd_wnd:
-            _on_dupack(c, una_off, now)  # RFC 5681 §2 duplicate ACK
+            _on_dupack(c, una_off, now, tcb.mss)  # RFC 5681 §2 duplicate ACK
         else:
             c.dupacks = 0
     # RFC 9293 step 5: window update if the segment is not older than the last one:
@@ -525,7 +533,7 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
     return True
 
 
-def _on_dupack(c: Connection, una_off: int, now: float) -> None:
+def _on_dupack(c: Connection, una_off: int, now: float, delivered: int) -> None:
     """A duplicate ACK: fast retransmit at the third (or once the peer SACKed more
     than two segments' worth above SND.UNA), one segment out per further one in
     recovery. Before the third, Limited Transmit (RFC 3042) lets one new segment out
@@ -536,13 +544,10 @@ def _on_dupack(c: Connection, una_off: int, now: float) -> None:
     c.dupacks += 1
     nxt_off = c.snd_nxt_offset()
     if cc.in_recovery:
-        # One segment out per segment the peer got (RFC 6675 §5 step C): the next
-        # lost hole it reported, else new data (RFC 5681 §3.2 step 4).
-        if not (
-            board.ranges
-            and (_output.retransmit_lost_resend(c, now) or _output.retransmit_hole(c, now))
-        ):
-            cc.on_dupack_in_recovery()
+        if tcb.sack_permitted:
+            _prr_send(c, delivered, now)
+        else:
+            cc.on_dupack_in_recovery()  # RFC 5681 §3.2 step 4: inflation
     elif (
         c.dupacks >= _dup_thresh(c, una_off, nxt_off)
         or (board.ranges and board.sacked_bytes() > (sack.DUP_THRESH - 1) * tcb.mss)
@@ -556,6 +561,31 @@ def _on_dupack(c: Connection, una_off: int, now: float) -> None:
         _output.retransmit_first(c, now)
         if tcb.timestamps:
             cc.rxt_tsval = c.tsval(now)
+        if tcb.sack_permitted:
+            _prr_send(c, delivered, now)
+
+
+def _prr_send(c: Connection, delivered: int, now: float) -> None:
+    """Proportional rate reduction (RFC 6937) for an ACK in a SACK recovery: of the
+    bytes it lets out, lost resends and holes deemed lost first (RFC 6675 NextSeg rule
+    1), the rest as new data (``cwnd`` leaves room for just that much beyond SND.NXT).
+    Unlike NewReno's inflation, which sends nothing new for the first half of the
+    window, new data keeps going from the start: a resend lost in its turn is then
+    found when later data is SACKed (``Scoreboard.lost_resend``)."""
+    tcb = c.tcb
+    cc = c.cc
+    board = c.scoreboard
+    una_off = tcb.snd_una_offset
+    nxt_off = c.snd_nxt_offset()
+    pipe = board.pipe(una_off, nxt_off, (sack.DUP_THRESH - 1) * tcb.mss)
+    new_sent = nxt_off - cc.recover_offset
+    sndcnt = cc.prr_sndcnt(delivered, pipe, new_sent if new_sent > 0 else 0)
+    while sndcnt > 0 and board.ranges:
+        resent = cc.prr_rxt
+        if not (_output.retransmit_lost_resend(c, now) or _output.retransmit_hole(c, now)):
+            break
+        sndcnt -= cc.prr_rxt - resent
+    cc.cwnd = nxt_off - una_off + (sndcnt if sndcnt > 0 else 0)
 
 
 def _dup_thresh(c: Connection, una_off: int, nxt_off: int) -> int:

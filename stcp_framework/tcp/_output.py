@@ -518,6 +518,8 @@ def _send_again(c: Connection, begin: int, end: int, now: float) -> None:
     buf = c.snd_buf
     c.count("retransmit")
     c.rtt_offset = None  # Karn's rule
+    if c.cc.in_recovery and end > begin:
+        c.cc.prr_rxt += end - begin
     seq = seq_add(tcb.snd_una, begin - tcb.snd_una_offset)
     if begin < end:
         flags = ACK
@@ -573,6 +575,7 @@ def _resend(c: Connection, begin: int, n: int, now: float, *, record: bool = Tru
     c.count("retransmit")
     c.count("sack_retransmit")
     c.rtt_offset = None  # Karn's rule
+    c.cc.prr_rxt += n
     make_segment(c, seq_add(tcb.snd_una, begin - una_off), ACK, c.snd_buf.view(begin, n), now)
     if record:
         c.scoreboard.resent.append([begin, begin + n, c.snd_nxt_offset()])

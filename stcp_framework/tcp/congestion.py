@@ -1,4 +1,5 @@
-"""Congestion control: Reno with NewReno fast recovery (RFC 5681, RFC 6582).
+"""Congestion control: Reno with NewReno fast recovery (RFC 5681, RFC 6582); with SACK,
+proportional rate reduction in recovery (RFC 6937).
 
 Runtime only: after a restore the window restarts conservatively (DESIGN.md).
 Fast-retransmit decisions are taken by the machine (``_arrive.check_ack``); this
@@ -19,6 +20,10 @@ class NewReno:
         rxt_tsval: The TSval of this recovery's fast retransmission until the first ACK
             of new data is checked against it (-1: none; ``_arrive._detect_spurious``).
         spurious: This recovery's fast retransmission was needless (RFC 3522).
+        recover_fs, prr_delivered, prr_rxt: Proportional rate reduction (RFC 6937) with
+            SACK: the flight when recovery started, the bytes the peer got since
+            (cumulatively or SACKed), the bytes resent since (new data sent since is
+            SND.NXT beyond ``recover_offset``).
     """
 
     __slots__ = (
@@ -26,6 +31,9 @@ class NewReno:
         "cwnd",
         "in_recovery",
         "mss",
+        "prr_delivered",
+        "prr_rxt",
+        "recover_fs",
         "recover_offset",
         "rxt_tsval",
         "spurious",
@@ -42,6 +50,9 @@ class NewReno:
         self.bytes_acked = 0
         self.rxt_tsval = -1
         self.spurious = False
+        self.recover_fs = 0
+        self.prr_delivered = 0
+        self.prr_rxt = 0
 
     def set_mss(self, mss: int, initial_segments: int) -> None:
         self.mss = mss
@@ -75,6 +86,24 @@ class NewReno:
         self.recover_offset = snd_nxt_offset
         self.rxt_tsval = -1
         self.spurious = False
+        self.recover_fs = flight
+        self.prr_delivered = 0
+        self.prr_rxt = 0
+
+    def prr_sndcnt(self, delivered: int, pipe: int, new_sent: int) -> int:
+        """RFC 6937 §3: the bytes this ACK lets out, given what it ``delivered``, the
+        bytes in flight (``pipe``, RFC 6675) and the new data sent in this recovery.
+        Above ssthresh, sends in proportion to what is delivered (ssthresh/RecoverFS,
+        about one segment per two); at or below, up to ssthresh (slow-start reduction
+        bound, PRR-SSRB)."""
+        self.prr_delivered += delivered
+        prr_out = self.prr_rxt + new_sent
+        if pipe > self.ssthresh:
+            sndcnt = -(-self.prr_delivered * self.ssthresh // max(self.recover_fs, 1)) - prr_out
+        else:
+            limit = max(self.prr_delivered - prr_out, delivered) + self.mss
+            sndcnt = min(self.ssthresh - pipe, limit)
+        return sndcnt if sndcnt > 0 else 0
 
     def on_dupack_in_recovery(self) -> None:
         """RFC 5681 §3.2 step 4: inflate by one SMSS per further duplicate ACK."""
@@ -85,9 +114,13 @@ class NewReno:
         self.cwnd = max(self.cwnd - acked, 0) + (self.mss if acked >= self.mss else 0)
         self.cwnd = max(self.cwnd, self.mss)
 
-    def exit_recovery(self, flight: int) -> None:
-        """RFC 6582 §3.2 step 3 (full ACK): ``min(ssthresh, max(FlightSize, SMSS) + SMSS)``."""
-        self.cwnd = min(self.ssthresh, max(flight, self.mss) + self.mss)
+    def exit_recovery(self, flight: int, *, prr: bool = False) -> None:
+        """RFC 6582 §3.2 step 3 (full ACK): ``min(ssthresh, max(FlightSize, SMSS) + SMSS)``;
+        after a proportional rate reduction, ssthresh (RFC 6937 §3)."""
+        if prr:
+            self.cwnd = self.ssthresh
+        else:
+            self.cwnd = min(self.ssthresh, max(flight, self.mss) + self.mss)
         self.in_recovery = False
         self.bytes_acked = 0
 

@@ -14,9 +14,10 @@ first ACK. The ack-on-commit mode reports no blocks at all: its peer's send buff
 is the replay buffer, so nothing beyond the commit point may look received.
 
 Sender side (``Scoreboard``): the ranges above SND.UNA the peer reported, used in fast
-recovery to retransmit every hole once, one per arriving ACK (RFC 6675 §4 NextSeg
-rule 1: the first un-SACKed bytes below the highest SACKed byte, above the highest
-retransmitted one), instead of NewReno's one hole per round trip (RFC 6582). A
+recovery to retransmit every hole once, as proportional rate reduction lets segments
+out (RFC 6937; RFC 6675 §4 NextSeg rule 1: the first un-SACKed bytes below the highest
+SACKed byte, above the highest retransmitted one), instead of NewReno's one hole per
+round trip (RFC 6582); ``pipe`` is RFC 6675's count of the bytes in flight. A
 duplicate ACK is one that SACKs new bytes, cumulative or not (RFC 6675 §2, §5): a
 D-SACK alone is none. After a retransmission timeout go-back-N skips the SACKed
 ranges (RFC 6675 §5.1); the first timeout keeps the scoreboard, as Linux does, a
@@ -164,6 +165,27 @@ class Scoreboard:
             found = (pos, min(end, following))
         self.resent = keep
         return found
+
+    def pipe(self, una: int, nxt: int, lost_above: int) -> int:
+        """Bytes in flight (RFC 6675 SetPipe): of ``[una, nxt)``, those neither SACKed
+        nor deemed lost, plus the lost ones resent in this recovery (below
+        ``high_rxt``)."""
+        total = 0
+        above = self.sacked_bytes()
+        pos = una
+        high_rxt = self.high_rxt
+        for s, e in self.ranges:
+            if s > pos:
+                if above > lost_above:  # a hole deemed lost: only its resent part
+                    resent_end = high_rxt if high_rxt < s else s
+                    if resent_end > pos:
+                        total += resent_end - pos
+                else:
+                    total += s - pos
+            above -= e - s
+            if e > pos:
+                pos = e
+        return total + (nxt - pos if nxt > pos else 0)
 
     def sacked_bytes(self) -> int:
         return sum(e - s for s, e in self.ranges)

@@ -582,3 +582,25 @@ def test_a_lost_tail_of_two_is_repaired_by_a_probe_and_early_retransmit() -> Non
     assert not conn.cc.in_recovery and "rto" not in conn.counters
     assert conn.counters["tail_loss_probe"] == 1 and conn.counters["fast_retransmit"] == 1
     assert conn.next_deadline() is None
+
+
+def test_recovery_sends_new_data_in_proportion_to_what_arrives() -> None:
+    """RFC 6937: 20 segments out and 0 lost. Limited Transmit sends 20 and 21, the third
+    duplicate ACK the fast retransmit; ssthresh is half the 22 out, and from then on one
+    new segment goes for every two the peer gets -- where NewReno's inflation would
+    send none before half the window came back."""
+    conn = established()
+    conn.cc.cwnd = 20 * MSS
+    conn.app_send(bytes(30 * MSS), 1.0)
+    assert len(conn.drain().segments) == 20
+    at = 1.1
+    sent: list[list[int]] = []
+    for top in range(2, 10):  # the peer SACKs 1..top-1 as they arrive
+        send(conn, r(ack=LOCAL_SEQ, options=our_blocks((MSS, top * MSS))), at=at)
+        sent.append([seq_diff(Seq(seg.seq), LOCAL_SEQ) // MSS for seg in conn.drain().segments])
+        at += 0.001
+    assert sent == [[20], [21], [0], [], [], [22], [], [23]]
+    assert conn.cc.ssthresh == 11 * MSS and conn.cc.in_recovery
+    # The full ACK ends the recovery at cwnd = ssthresh.
+    send(conn, r(ack=sq(LOCAL_SEQ, 24 * MSS)), at=at)
+    assert not conn.cc.in_recovery and conn.cc.cwnd == 11 * MSS
