@@ -26,10 +26,13 @@ second in a row clears it (RFC 2018 §8: the receiver may have reneged).
 
 from __future__ import annotations
 
+from bisect import bisect_right
+
 DUP_THRESH = 3  # RFC 5681 §3.2 duplicate ACKs, RFC 6675 DupThresh
 MAX_BLOCKS = 4  # 2 + 8*4 = 34 option bytes; beside timestamps (12) only 3 fit in 40
 MAX_BLOCKS_WITH_TS = 3
 RECENT = 4  # recent out-of-order arrivals remembered for block order
+_INF = float("inf")
 
 
 def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -151,17 +154,15 @@ class Scoreboard:
                 keep.append(record)
                 continue
             pos = max(start, una)
-            for s, e in self.ranges:
-                if e <= pos:
-                    continue
-                if s > pos:
-                    break
-                pos = e
+            ranges = self.ranges
+            i = bisect_right(ranges, (pos, _INF))  # ranges[i - 1]: the last starting <= pos
+            if i and ranges[i - 1][1] > pos:
+                pos = ranges[i - 1][1]  # (ranges do not touch: ranges[i] starts above it)
             if pos >= end:
                 continue  # SACKed: it arrived
             record[2] = nxt
             keep.append(record)
-            following = next((s for s, _ in self.ranges if s > pos), end)
+            following = ranges[i][0] if i < len(ranges) else end
             found = (pos, min(end, following))
         self.resent = keep
         return found
