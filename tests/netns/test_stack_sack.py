@@ -202,6 +202,34 @@ def lossy(direction: str) -> tuple[list[LossyDevice], Any]:
     return made, wrap
 
 
+async def download(
+    tun_net: TunNet, pcap_path: Path, wrap: Any, size: int, send: Any = chargen
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """The kernel client reads ``size`` bytes of chargen from port 19, where ``send``
+    (a service) writes them through ``wrap``; returns its result and the connection's
+    counters, read when the handler ends (once the client's close arrives)."""
+    counters: dict[str, int] = {}
+    done = trio.Event()
+
+    async def counted(stream: Stream) -> None:
+        try:
+            await send(stream)
+        finally:
+            counters.update(stream._flow.conn.counters)  # type: ignore[attr-defined]
+            done.set()
+
+    async with stack_behind(tun_net, pcap_path, wrap) as stack, trio.open_nursery() as nursery:
+        await nursery.start(stack.serve, counted, 19)
+        with trio.fail_after(TRANSFER_TIMEOUT):
+            result = await run_kernel_peer("chargen", tun_net.stack_addr, 19, size)
+        with trio.fail_after(10):
+            await done.wait()
+        nursery.cancel_scope.cancel()
+    assert result["error"] is None, result
+    assert result["received"] == size and result["mismatch_at"] is None
+    return result, counters
+
+
 @pytest.mark.parametrize("sack", [True, False], ids=["sack", "no-sack"])
 async def test_kernel_sender_recovers_with_our_sack_blocks(
     tun_net: TunNet, pcap_path: Path, sack: bool
@@ -238,25 +266,9 @@ async def test_kernel_sender_recovers_with_our_sack_blocks(
 
 
 async def test_we_resend_the_holes_the_kernel_sacks(tun_net: TunNet, pcap_path: Path) -> None:
-    counters: dict[str, int] = {}
-    done = trio.Event()
-
-    async def counted_chargen(stream: Stream) -> None:
-        try:
-            await chargen(stream)
-        finally:
-            counters.update(stream._flow.conn.counters)  # type: ignore[attr-defined]
-            done.set()
-
     devices, wrap = lossy("tx")
     before = tcp_ext()
-    async with stack_behind(tun_net, pcap_path, wrap) as stack, trio.open_nursery() as nursery:
-        await nursery.start(stack.serve, counted_chargen, 19)
-        with trio.fail_after(TRANSFER_TIMEOUT):
-            result = await run_kernel_peer("chargen", tun_net.stack_addr, 19, SIZE)
-        with trio.fail_after(10):
-            await done.wait()  # the handler ends once the client's close arrives
-        nursery.cancel_scope.cancel()
+    result, counters = await download(tun_net, pcap_path, wrap, SIZE)
     after = tcp_ext()
     print(
         f"\ndownload, {devices[0].dropped} segments lost: {result['seconds']:.2f} s, "
@@ -266,8 +278,6 @@ async def test_we_resend_the_holes_the_kernel_sacks(tun_net: TunNet, pcap_path: 
             if "ack" in k or "retr" in k or "rto" in k or "dup" in k
         )
     )  # (shown with pytest -s)
-    assert result["error"] is None, result
-    assert result["received"] == SIZE and result["mismatch_at"] is None
     assert devices[0].dropped == LIMIT
     assert after["TCPOFOQueue"] > before["TCPOFOQueue"]  # the kernel saw the holes
     assert counters.get("sack_blocks_received", 0) > 0
@@ -320,8 +330,6 @@ async def test_a_lost_tail_is_repaired_by_a_probe_not_a_timeout(
     (Early Retransmit, RFC 5827): no retransmission timeout (200 ms at least)."""
     mss = 1448  # MTU 1500 without offload, timestamps on
     size = 20 * mss
-    counters: dict[str, int] = {}
-    done = trio.Event()
     made: list[TailDrop] = []
 
     def wrap(inner: Any) -> TailDrop:
@@ -329,24 +337,12 @@ async def test_a_lost_tail_is_repaired_by_a_probe_not_a_timeout(
         return made[-1]
 
     async def reply(stream: Stream) -> None:
-        try:
-            await stream.send_all(chargen_bytes(0, size))
-            while await stream.receive_some(1 << 16):
-                pass  # until the client closes
-        finally:
-            counters.update(stream._flow.conn.counters)  # type: ignore[attr-defined]
-            done.set()
+        await stream.send_all(chargen_bytes(0, size))
+        while await stream.receive_some(1 << 16):
+            pass  # until the client closes
 
-    async with stack_behind(tun_net, pcap_path, wrap) as stack, trio.open_nursery() as nursery:
-        await nursery.start(stack.serve, reply, 19)
-        with trio.fail_after(TRANSFER_TIMEOUT):
-            result = await run_kernel_peer("chargen", tun_net.stack_addr, 19, size)
-        with trio.fail_after(10):
-            await done.wait()
-        nursery.cancel_scope.cancel()
+    result, counters = await download(tun_net, pcap_path, wrap, size, reply)
     print(f"\ntail of 2 lost: {result['seconds'] * 1000:.1f} ms, {counters}")  # (pytest -s)
-    assert result["error"] is None and result["received"] == size
-    assert result["mismatch_at"] is None
     assert made[0].dropped == [size - 2 * mss, size - mss]
     assert counters.get("tail_loss_probe", 0) >= 1
     assert counters.get("fast_retransmit", 0) == 1
@@ -359,32 +355,14 @@ async def test_a_lost_resend_is_found_without_a_timeout(tun_net: TunNet, pcap_pa
     for the retransmission timeout. New data goes out during the recovery thanks to the
     proportional rate reduction (RFC 6937); with NewReno's inflation, which sends none
     for the first half-window, 4 of these 10 losses still needed the timeout."""
-    counters: dict[str, int] = {}
-    done = trio.Event()
-
-    async def counted_chargen(stream: Stream) -> None:
-        try:
-            await chargen(stream)
-        finally:
-            counters.update(stream._flow.conn.counters)  # type: ignore[attr-defined]
-            done.set()
-
     made: list[LossyDevice] = []
 
     def wrap(inner: Any) -> LossyDevice:
         made.append(LossyDevice(inner, "tx", EVERY, 10, times=2))
         return made[-1]
 
-    async with stack_behind(tun_net, pcap_path, wrap) as stack, trio.open_nursery() as nursery:
-        await nursery.start(stack.serve, counted_chargen, 19)
-        with trio.fail_after(TRANSFER_TIMEOUT):
-            result = await run_kernel_peer("chargen", tun_net.stack_addr, 19, SIZE)
-        with trio.fail_after(10):
-            await done.wait()
-        nursery.cancel_scope.cancel()
+    result, counters = await download(tun_net, pcap_path, wrap, SIZE)
     print(f"\n10 segments lost twice: {result['seconds']:.2f} s, {counters}")  # (pytest -s)
-    assert result["error"] is None, result
-    assert result["received"] == SIZE and result["mismatch_at"] is None
     assert made[0].dropped == 10
     assert counters.get("lost_retransmit", 0) > 0
     assert "rto" not in counters
