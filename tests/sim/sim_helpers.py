@@ -39,9 +39,18 @@ def seed_trio_scheduler(seed: int) -> None:
     entry-point plugin, active here because ``tests/conftest.py`` imports hypothesis)
     so that examples replay exactly. Two stacks on one virtual clock run many tasks at
     the same instant, and their order decides which packet draws which fault, so a
-    summary is only a function of the seed once that generator is seeded too. This is
-    the one place the suite reaches into trio's internals; it changes no behaviour.
+    summary is only a function of the seed once that generator is seeded too.
+
+    The same plugin (and pytest-trio) also sorts each batch by task creation before the
+    shuffle (``_ALLOW_DETERMINISTIC_SCHEDULING``). Without it -- in a script such as
+    ``recovery_stats.py`` or ``crash_fuzz.py`` that imports no hypothesis -- a batch
+    keeps the order tasks became runnable in, which for timers due at the same instant
+    follows trio's deadline tie-break by ``id()`` of the cancel scope, i.e. memory
+    layout: the same seed then gave different runs from different script paths or
+    imports. So it is set here too. This is the one place the suite reaches into
+    trio's internals; under pytest it changes nothing.
     """
+    trio._core._run._ALLOW_DETERMINISTIC_SCHEDULING = True  # type: ignore[misc]
     trio._core._run._r.seed(seed)
 
 
