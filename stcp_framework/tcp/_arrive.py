@@ -433,6 +433,9 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
         c.dupacks = 0
         if board.ranges:
             board.trim(new_una_off)
+        # What the peer got (RFC 6937 DeliveredData): newly acknowledged plus newly
+        # SACKed bytes (SACKed bytes now acknowledged count once).
+        delivered = d_una + (board.sacked_bytes() if board.ranges else 0) - sacked_before
         cc = c.cc
         # (a tail loss probe's loss repair reduces cwnd; it is not grown by this ACK)
         repaired = board.probe_end >= 0 and new_una_off >= board.probe_end
@@ -458,13 +461,13 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
                 # unless the fast retransmit was needless (as above).
                 if not cc.spurious:
                     _output.retransmit_first(c, now)
-                _prr_send(c, d_una + board.sacked_bytes() - sacked_before, now)
+                _prr_send(c, delivered, now)
             else:
                 # Lost resends and holes as the reduction allows, then new data;
                 # else RFC 6675 NextSeg rule 3: the first unSACKed segment, even if
                 # not deemed lost yet -- or nothing more may ever come to say it is.
                 resent = cc.prr_rxt
-                _prr_send(c, d_una + board.sacked_bytes() - sacked_before, now)
+                _prr_send(c, delivered, now)
                 if cc.prr_rxt == resent and board.high_rxt <= new_una_off:
                     _output.retransmit_first(c, now)
         else:
@@ -474,7 +477,7 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
                 # RFC 6675 §5: an ACK that SACKs new bytes (above the new SND.UNA)
                 # is a duplicate ACK "regardless of its status as a cumulative
                 # acknowledgment".
-                _on_dupack(c, new_una_off, now, d_una + board.sacked_bytes() - sacked_before)
+                _on_dupack(c, new_una_off, now, delivered)
         t = c.timers
         if tcb.snd_una == tcb.snd_nxt:
             t.retransmit_at = None  # RFC 6298 (5.2)
@@ -611,9 +614,7 @@ def _probe_acked(c: Connection, seg: TcpSegment, ack: int) -> bool:
     if board.probe_resent:
         blocks = seg.options.sack_blocks
         if not (blocks and ((ack - blocks[0][1]) & SEQ_MASK) < _HALF):
-            cc = c.cc
-            cc.ssthresh = max(cc.cwnd // 2, 2 * cc.mss)
-            cc.cwnd = cc.ssthresh
+            c.cc.on_probe_repair()
             c.count("probe_recovery")
             repaired = True
     board.probe_end = -1

@@ -569,14 +569,10 @@ def retransmit_lost_resend(c: Connection, now: float) -> bool:
 
 
 def _resend(c: Connection, begin: int, n: int, now: float, *, record: bool = True) -> None:
-    """Resend ``n`` bytes from stream offset ``begin`` in this SACK recovery."""
-    tcb = c.tcb
-    una_off = tcb.snd_una_offset
-    c.count("retransmit")
+    """Resend ``n`` bytes from stream offset ``begin`` in this SACK recovery, noted in
+    ``Scoreboard.resent`` (unless ``record`` is False: a lost resend's note moved)."""
     c.count("sack_retransmit")
-    c.rtt_offset = None  # Karn's rule
-    c.cc.prr_rxt += n
-    make_segment(c, seq_add(tcb.snd_una, begin - una_off), ACK, c.snd_buf.view(begin, n), now)
+    _send_again(c, begin, begin + n, now)
     if record:
         c.scoreboard.resent.append([begin, begin + n, c.snd_nxt_offset()])
 
@@ -685,13 +681,13 @@ def on_retransmit_timeout(c: Connection, now: float) -> None:
     board.probe_end = -1
     board.probe_resent = False
     if c.retries > 1:
-        c.scoreboard.clear()  # RFC 2018 §8: the receiver may have reneged
+        board.clear()  # RFC 2018 §8: the receiver may have reneged
     else:
         # The first timeout keeps what the peer SACKed, as Linux does (RFC 2018 §8
         # says SHOULD clear, for receivers that renege): go-back-N then resends only
         # the holes (``send_data``). A receiver that did renege stops the ACKs at a
         # SACKed range; the next timeout clears the scoreboard and resends it all.
-        c.scoreboard.end_recovery()
+        board.end_recovery()
     flight = c.snd_nxt_offset() - tcb.snd_una_offset
     c.cc.on_rto(flight)
     c.cc.recover_offset = c.snd_nxt_offset()  # RFC 6582 §3.2 step 4 (after an RTO)

@@ -114,6 +114,12 @@ class NewReno:
         self.cwnd = max(self.cwnd - acked, 0) + (self.mss if acked >= self.mss else 0)
         self.cwnd = max(self.cwnd, self.mss)
 
+    def on_probe_repair(self) -> None:
+        """A tail loss probe repaired a loss (RFC 8985 §7.4.2): the response to one
+        loss, without a recovery -- halve (Linux CWR state, ``tcp_process_tlp_ack``)."""
+        self.ssthresh = max(self.cwnd // 2, 2 * self.mss)
+        self.cwnd = self.ssthresh
+
     def exit_recovery(self, flight: int, *, prr: bool = False) -> None:
         """RFC 6582 §3.2 step 3 (full ACK): ``min(ssthresh, max(FlightSize, SMSS) + SMSS)``;
         after a proportional rate reduction, ssthresh (RFC 6937 §3)."""

@@ -13,6 +13,7 @@ import ipaddress
 import os
 import re
 import signal
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -151,19 +152,26 @@ async def _nothing_arrives(peer: SimLink) -> None:
         raise AssertionError(f"the peer got {[bytes(p) for p in got]}")
 
 
-async def test_a_segment_of_an_unknown_flow_goes_to_the_next_worker_not_rst() -> None:
-    next_worker = Siblings("rtring0", 1, 2)
+async def _passed_to_the_next_worker(ring: str, packet: bytes) -> Counter[str]:
+    """Worker 0 of a ring of two gets ``packet`` from the peer: it must go to worker 1
+    (one hop) and nothing back to the peer. Returns worker 0's stats."""
+    next_worker = Siblings(ring, 1, 2)
     try:
-        async with _worker_and_peer("rtring0", 0, 2) as (stack, peer):
-            await peer.send_batch([STRAY_ACK])
+        async with _worker_and_peer(ring, 0, 2) as (stack, peer):
+            await peer.send_batch([packet])
             with trio.fail_after(5):
                 forwarded = await next_worker.receive(8)
-            assert [(hops, bytes(p)) for hops, p in forwarded] == [(1, bytes(STRAY_ACK))]
+            assert [(hops, bytes(p)) for hops, p in forwarded] == [(1, bytes(packet))]
             await _nothing_arrives(peer)
-            assert stack.runtime.stats["forwarded"] == 1
-            assert stack.runtime.stats["rst_sent"] == 0
+            return stack.runtime.stats.copy()
     finally:
         next_worker.close()
+
+
+async def test_a_segment_of_an_unknown_flow_goes_to_the_next_worker_not_rst() -> None:
+    stats = await _passed_to_the_next_worker("rtring0", bytes(STRAY_ACK))
+    assert stats["forwarded"] == 1
+    assert stats["rst_sent"] == 0
 
 
 async def test_the_last_worker_of_the_ring_answers_with_rst() -> None:
@@ -194,16 +202,8 @@ def _too_big_for_a_flow_elsewhere() -> bytes:
 
 async def test_icmp_too_big_for_a_flow_elsewhere_goes_round_the_ring() -> None:
     too_big = _too_big_for_a_flow_elsewhere()
-    next_worker = Siblings("rtring4", 1, 2)
-    try:
-        async with _worker_and_peer("rtring4", 0, 2) as (stack, peer):
-            await peer.send_batch([too_big])
-            with trio.fail_after(5):
-                forwarded = await next_worker.receive(8)
-            assert [(hops, bytes(p)) for hops, p in forwarded] == [(1, too_big)]
-            assert stack.runtime.stats["forwarded"] == 1
-    finally:
-        next_worker.close()
+    stats = await _passed_to_the_next_worker("rtring4", too_big)
+    assert stats["forwarded"] == 1
     previous = Siblings("rtring5", 0, 2)
     try:
         async with _worker_and_peer("rtring5", 1, 2) as (stack, peer):
