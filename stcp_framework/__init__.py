@@ -6,6 +6,10 @@ Public names: ``open_stack``, ``Stack``, ``Stream``, ``TcpInfo``, ``Listener``, 
 
 from __future__ import annotations
 
+from ._core import select_core
+
+select_core()  # before anything imports wire/tcp: a stale compiled core never runs
+
 from ._version import __version__ as __version__
 from .api import Listener as Listener
 from .api import Stack as Stack

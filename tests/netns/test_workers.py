@@ -197,7 +197,7 @@ def _too_big_for_a_flow_elsewhere() -> bytes:
         ipaddress.ip_address(STACK).packed, ipaddress.ip_address(PEER).packed,
         ECHO_PORT, 40000, 9000, 5000, ACK, 1000, NO_OPTIONS, b"x" * 1500,
     )  # fmt: skip
-    return build_too_big(ipaddress.ip_address(PEER).packed, ours[12:16], ours[:48], 1400)
+    return build_too_big(ipaddress.ip_address(PEER).packed, bytes(ours[12:16]), ours[:48], 1400)
 
 
 async def test_icmp_too_big_for_a_flow_elsewhere_goes_round_the_ring() -> None:

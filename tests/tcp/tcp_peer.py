@@ -127,6 +127,32 @@ def likely_segment(data: st.DataObject, conn: Connection, now: float) -> TcpSegm
     )
 
 
+class Tape:
+    """A hypothesis ``DataObject`` that records every value drawn, so that
+    ``Replay(tape.values)`` can take a second connection through the same steps: the
+    machine is deterministic, so equal inputs make an equal twin. (``copy.deepcopy``
+    cannot copy a ``Connection`` compiled by mypyc.)"""
+
+    def __init__(self, data: st.DataObject) -> None:
+        self._data = data
+        self.values: list[Any] = []
+
+    def draw(self, strategy: st.SearchStrategy[Any], label: Any = None) -> Any:
+        value = self._data.draw(strategy, label=label)
+        self.values.append(value)
+        return value
+
+
+class Replay:
+    """Gives back a ``Tape``'s values in order, whatever is asked for."""
+
+    def __init__(self, values: list[Any]) -> None:
+        self._values = iter(list(values))
+
+    def draw(self, strategy: st.SearchStrategy[Any], label: Any = None) -> Any:
+        return next(self._values)
+
+
 def drive(data: st.DataObject, conn: Connection, now: float, steps: int) -> float:
     """Apply ``steps`` random peer segments, app calls and timer runs; drain after each.
 
@@ -163,6 +189,15 @@ def yield_step(conn: Connection) -> Step:
     return conn.drain()
 
 
+def _fields(cls: type) -> tuple[str, ...] | None:
+    """The attributes of a slotted class, or of a native class compiled by mypyc (which
+    has no ``__slots__``; ``__mypyc_attrs__`` lists them)."""
+    names = getattr(cls, "__mypyc_attrs__", None) or getattr(cls, "__slots__", None)
+    if names is None:
+        return None
+    return tuple(n for n in names if not n.startswith("__"))
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, tuple):  # NamedTuples (options) and plain tuples
         return tuple(_plain(v) for v in value)
@@ -172,7 +207,7 @@ def _plain(value: Any) -> Any:
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, memoryview):
         return bytes(value)
-    slots = getattr(type(value), "__slots__", None)
+    slots = _fields(type(value))
     if slots is not None:
         return (type(value).__name__, {s: _plain(getattr(value, s)) for s in slots})
     return value
@@ -180,7 +215,9 @@ def _plain(value: Any) -> Any:
 
 def snapshot(conn: Connection) -> dict[str, Any]:
     """Every attribute of ``conn`` (TCB, buffers, timers, RTT, cwnd, pending outputs)."""
-    return {name: _plain(getattr(conn, name)) for name in Connection.__slots__ if name != "config"}
+    names = _fields(Connection)
+    assert names
+    return {name: _plain(getattr(conn, name)) for name in names if name != "config"}
 
 
 def plain_step(step: Step) -> tuple[Any, ...]:

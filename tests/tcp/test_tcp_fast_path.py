@@ -4,13 +4,13 @@ state it must leave the connection exactly as the general steps do."""
 
 from __future__ import annotations
 
-import copy
+from collections.abc import Iterator
 from dataclasses import replace
 
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from tcp_helpers import CONFIG, LOCAL_SEQ, MSS, REMOTE_SEQ, conn_established, r, sq, syn_options
-from tcp_peer import drive, likely_segment, plain_step, snapshot
+from tcp_peer import Replay, Tape, drive, likely_segment, plain_step, snapshot
 
 from stcp_framework.tcp import _arrive, _output
 from stcp_framework.tcp.machine import Connection
@@ -29,18 +29,15 @@ def general_on_segment(conn: Connection, seg: TcpSegment, now: float) -> None:
     _output.transmit(conn, now)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    st.data(),
-    st.booleans(),
-    st.sampled_from([None, 0, 3, 14]),
-    st.sampled_from([536, 1460, 9000]),
-    st.booleans(),
-    st.booleans(),
-)
-def test_fast_path_equals_general_steps(
-    data: st.DataObject, ts: bool, wscale: int | None, mss: int, aoc: bool, sack: bool
-) -> None:
+Params = tuple[bool, int | None, int, bool, bool]
+
+
+def _compared_segments(
+    data: st.DataObject | Tape | Replay, params: Params
+) -> Iterator[tuple[Connection, TcpSegment, float]]:
+    """A connection driven through random steps, then each segment to compare (with the
+    connection and the clock); the caller applies it before asking for the next."""
+    ts, wscale, mss, aoc, sack = params
     config = replace(
         CONFIG,
         mss=mss,
@@ -53,27 +50,56 @@ def test_fast_path_equals_general_steps(
     )
     options = syn_options(mss=mss, wscale=wscale, ts=(100, 0) if ts else None)
     conn = conn_established(config, options=options._replace(sack_permitted=sack))
-    now = drive(data, conn, 1.0, data.draw(st.integers(0, 15), label="steps"))
+    now = drive(data, conn, 1.0, data.draw(st.integers(0, 15), label="steps"))  # type: ignore[arg-type]
     for _ in range(data.draw(st.integers(1, 8), label="segments compared")):
         if data.draw(st.booleans(), label="app call between"):
             if conn.state.can_send() and not conn.tcb.app_closed:
                 conn.app_send(bytes(data.draw(st.integers(0, 5000))), now)
             conn.app_receive(data.draw(st.integers(0, 5000)), now)
             conn.drain()
-        seg = likely_segment(data, conn, now)
-        probe = copy.deepcopy(conn)
+        yield conn, likely_segment(data, conn, now), now  # type: ignore[arg-type]
+        now += 0.001
+
+
+def _twin(tape: Tape, params: Params, index: int) -> Connection:
+    """A second connection in the state the taped one had before its ``index``-th
+    compared segment (the earlier ones applied by ``on_segment``, as there)."""
+    for i, (twin, seg, now) in enumerate(_compared_segments(Replay(tape.values), params)):
+        if i == index:
+            return twin
+        twin.on_segment(seg, now)
+        twin.drain()
+    raise AssertionError("the replay ended early")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.data(),
+    st.booleans(),
+    st.sampled_from([None, 0, 3, 14]),
+    st.sampled_from([536, 1460, 9000]),
+    st.booleans(),
+    st.booleans(),
+)
+def test_fast_path_equals_general_steps(
+    data: st.DataObject, ts: bool, wscale: int | None, mss: int, aoc: bool, sack: bool
+) -> None:
+    params: Params = (ts, wscale, mss, aoc, sack)
+    tape = Tape(data)
+    for i, (conn, seg, now) in enumerate(_compared_segments(tape, params)):
+        probe = _twin(tape, params, i)
+        assert snapshot(probe) == snapshot(conn)  # the replay made a true twin
         before = snapshot(probe)
         predicted = _arrive.header_prediction(probe, seg, now)
         event("predicted" if predicted else f"general ({conn.state})")
         if not predicted:
             assert snapshot(probe) == before  # decided before changing anything
-        twin = copy.deepcopy(conn)
+        twin = _twin(tape, params, i)
         conn.on_segment(seg, now)
         general_on_segment(twin, seg, now)
         assert plain_step(conn.drain()) == plain_step(twin.drain())
         assert snapshot(conn) == snapshot(twin)
         conn.check_invariants()
-        now += 0.001
 
 
 def _established_with_ts() -> Connection:

@@ -90,6 +90,12 @@ def _restore(mirror: Mirror, now: float, config: TcpConfig) -> Connection:
 KICK_FIELDS = ("rcv_wnd", "rcv_wup", "snd_nxt", "fin_sent")
 
 
+def _unread(conn: Connection) -> bytes:
+    """What ``app_receive`` would return, without reading it."""
+    buf = conn.rcv_buf
+    return b"".join(bytes(piece) for _, piece in buf.pieces_from(buf.read_offset))
+
+
 def _check_kick(live: Connection, restored: Connection, mirror: Mirror, now: float) -> None:
     """The restored machine equals the live one, and its first drain is the kick."""
     tcb = live.tcb
@@ -108,8 +114,7 @@ def _check_kick(live: Connection, restored: Connection, mirror: Mirror, now: flo
     step = restored.drain()
     after = copy.deepcopy(mirror)
     after.apply(restored, step)  # what the kick changed is in its delta
-    reader = copy.deepcopy(restored)
-    assert reader.app_receive(1 << 30, now) == copy.deepcopy(live).app_receive(1 << 30, now)
+    assert _unread(restored) == _unread(live)
     segs = step.segments
     state = tcb.state
     if state in (TcpState.CLOSED, TcpState.TIME_WAIT):
