@@ -440,13 +440,13 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
         # (a tail loss probe's loss repair reduces cwnd; it is not grown by this ACK)
         repaired = board.probe_end >= 0 and new_una_off >= board.probe_end
         if repaired:
-            repaired = _probe_acked(c, seg, ack)
+            repaired = _probe_acked(c, seg, ack, new_una_off > board.probe_end)
         if cc.in_recovery:
             if cc.rxt_tsval >= 0:
                 _detect_spurious(c, seg)
             if new_una_off >= cc.recover_offset:
                 # RFC 6582 §3.2 step 3 full ACK (RFC 6937 with SACK)
-                cc.exit_recovery(flight_before - d_una, prr=tcb.sack_permitted)
+                cc.exit_recovery(flight_before - d_una, d_una, prr=tcb.sack_permitted)
                 board.end_recovery()
             elif not tcb.sack_permitted:
                 cc.on_partial_ack(d_una)  # RFC 6582 §3.2 step 3 partial ACK
@@ -488,6 +488,8 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
                 _output.arm_probe(c, now)
     elif d_una == 0:
         c.probes = 0
+        if board.probe_end >= 0 and una_off >= board.probe_end:
+            _probe_dupack(c, seg, ack, sack_news, scaled_wnd)
         if tcb.snd_una == tcb.snd_nxt:
             pass
         elif tcb.sack_permitted:
@@ -561,6 +563,10 @@ def _on_dupack(c: Connection, una_off: int, now: float, delivered: int) -> None:
         c.count("fast_retransmit")
         cc.enter_recovery(nxt_off - una_off, nxt_off)
         c.timers.probe_at = None
+        # The recovery's own reduction ends a tail loss probe episode (Linux resets
+        # tlp_high_seq in tcp_init_cwnd_reduction): one response per loss event.
+        board.probe_end = -1
+        board.probe_resent = False
         _output.retransmit_first(c, now)
         if tcb.timestamps:
             cc.rxt_tsval = c.tsval(now)
@@ -604,33 +610,57 @@ def _dup_thresh(c: Connection, una_off: int, nxt_off: int) -> int:
     return max(1, segments - 1)
 
 
-def _probe_acked(c: Connection, seg: TcpSegment, ack: int) -> bool:
-    """The ACK of a tail loss probe (RFC 8985 §7.4). A probe that resent the last
-    segment and comes back without a D-SACK repaired a loss: the congestion window
-    is halved as for one (Linux ``tcp_process_tlp_ack``); returns True then. A
-    D-SACK says the original arrived too: no loss."""
+def _dsacks(seg: TcpSegment, ack: int) -> bool:
+    """Whether the ACK's first SACK block lies below its cumulative ACK: a D-SACK
+    (RFC 2883 §4)."""
+    blocks = seg.options.sack_blocks
+    return bool(blocks) and ((ack - blocks[0][1]) & SEQ_MASK) < _HALF
+
+
+def _probe_acked(c: Connection, seg: TcpSegment, ack: int, beyond: bool) -> bool:
+    """An ACK that covers a tail loss probe (RFC 8985 §7.4; Linux
+    ``tcp_process_tlp_ack``). A probe of new data, or one whose resend comes back
+    D-SACKed (the original arrived too), ends the episode: no loss. An ACK beyond the
+    probe's end without either means the probe repaired a loss: the congestion window
+    is halved as for one; returns True then. An ACK of exactly the probe's end leaves
+    the episode open: the duplicate ACK the resend gets if the original arrived too
+    may follow (``_probe_dupack``)."""
     board = c.scoreboard
     repaired = False
-    if board.probe_resent:
-        blocks = seg.options.sack_blocks
-        if not (blocks and ((ack - blocks[0][1]) & SEQ_MASK) < _HALF):
-            c.cc.on_probe_repair()
-            c.count("probe_recovery")
-            repaired = True
+    if board.probe_resent and not _dsacks(seg, ack):
+        if not beyond:
+            return False
+        c.cc.on_probe_repair()
+        c.count("probe_recovery")
+        repaired = True
     board.probe_end = -1
     board.probe_resent = False
     return repaired
+
+
+def _probe_dupack(
+    c: Connection, seg: TcpSegment, ack: int, sack_news: bool, scaled_wnd: int
+) -> None:
+    """A duplicate ACK once a resent probe is acknowledged: with a D-SACK, or a pure
+    duplicate (no data, no new SACK, the same window), it answers the needless resend --
+    the original had arrived; the episode ends without a loss (Linux: "TLP dupack")."""
+    board = c.scoreboard
+    pure = not seg.payload and not sack_news and scaled_wnd == c.tcb.snd_wnd
+    if not board.probe_resent or _dsacks(seg, ack) or pure:
+        board.probe_end = -1
+        board.probe_resent = False
 
 
 def _detect_spurious(c: Connection, seg: TcpSegment) -> None:
     """The first ACK of new data in a fast recovery: if it echoes a timestamp older
     than our fast retransmission's, the original segment filled the hole, not the
     retransmission -- it was late, not lost (Eifel detection, RFC 3522; Linux
-    ``tcp_packet_delayed``). Equal timestamps (the same millisecond) prove nothing."""
+    ``tcp_packet_delayed``), and the window cut is undone (RFC 4015, ``NewReno.undo``).
+    Equal timestamps (the same millisecond) prove nothing."""
     cc = c.cc
     ts = seg.options.timestamps
     if ts is not None and ts[1] and ((ts[1] - cc.rxt_tsval) & SEQ_MASK) >= _HALF:
-        cc.spurious = True
+        cc.undo()
         c.count("spurious_fast_retransmit")
     cc.rxt_tsval = -1
 

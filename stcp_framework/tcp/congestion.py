@@ -19,7 +19,10 @@ class NewReno:
         recover_offset: Stream offset of ``snd_nxt`` when recovery started (RFC 6582 §3.2).
         rxt_tsval: The TSval of this recovery's fast retransmission until the first ACK
             of new data is checked against it (-1: none; ``_arrive._detect_spurious``).
-        spurious: This recovery's fast retransmission was needless (RFC 3522).
+        spurious: This recovery's fast retransmission was needless (RFC 3522); its
+            congestion response is undone (``undo``, RFC 4015).
+        pipe_prev: RFC 4015's ``pipe_prev``: ``max(FlightSize, ssthresh)`` when this
+            recovery began, the ssthresh ``undo`` restores.
         recover_fs, prr_delivered, prr_rxt: Proportional rate reduction (RFC 6937) with
             SACK: the flight when recovery started, the bytes the peer got since
             (cumulatively or SACKed), the bytes resent since (new data sent since is
@@ -31,6 +34,7 @@ class NewReno:
         "cwnd",
         "in_recovery",
         "mss",
+        "pipe_prev",
         "prr_delivered",
         "prr_rxt",
         "recover_fs",
@@ -53,6 +57,7 @@ class NewReno:
         self.recover_fs = 0
         self.prr_delivered = 0
         self.prr_rxt = 0
+        self.pipe_prev = 0
 
     def set_mss(self, mss: int, initial_segments: int) -> None:
         self.mss = mss
@@ -80,6 +85,7 @@ class NewReno:
 
     def enter_recovery(self, flight: int, snd_nxt_offset: int) -> None:
         """Third duplicate ACK (RFC 5681 §3.2 steps 2-3; RFC 6582 §3.2 step 2)."""
+        self.pipe_prev = max(flight, self.ssthresh)  # RFC 4015 §3.1 step (1)
         self.ssthresh = max(flight // 2, 2 * self.mss)
         self.cwnd = self.ssthresh + 3 * self.mss
         self.in_recovery = True
@@ -120,10 +126,28 @@ class NewReno:
         self.ssthresh = max(self.cwnd // 2, 2 * self.mss)
         self.cwnd = self.ssthresh
 
-    def exit_recovery(self, flight: int, *, prr: bool = False) -> None:
+    def undo(self) -> None:
+        """This recovery's fast retransmission was needless (Eifel detection, RFC 3522):
+        the segment was late, not lost, so there was no congestion to respond to. RFC
+        4015 §3.2 step (4): ssthresh goes back to ``pipe_prev``; the rest of the
+        recovery then sends as slow start would (RFC 6937's bound once pipe is below
+        ssthresh), and ``exit_recovery`` restarts from the flight, not from the halved
+        window."""
+        self.spurious = True
+        self.ssthresh = max(self.ssthresh, self.pipe_prev)
+
+    def exit_recovery(self, flight: int, acked: int, *, prr: bool = False) -> None:
         """RFC 6582 §3.2 step 3 (full ACK): ``min(ssthresh, max(FlightSize, SMSS) + SMSS)``;
-        after a proportional rate reduction, ssthresh (RFC 6937 §3)."""
-        if prr:
+        after a proportional rate reduction, ssthresh (RFC 6937 §3). After ``undo``,
+        RFC 4015 §3.2 step (6): ``FlightSize + min(bytes_acked, IW)``, slow start
+        from there up to the restored ssthresh (no burst of the whole old window) --
+        but never less than the halved window it replaces (an application-limited
+        flight may be small)."""
+        if self.spurious:
+            halved = max(self.recover_fs // 2, 2 * self.mss)
+            iw = 4 * self.mss  # RFC 3390's IW, as RFC 4015 uses it
+            self.cwnd = max(halved, max(flight, self.mss) + min(acked, iw))
+        elif prr:
             self.cwnd = self.ssthresh
         else:
             self.cwnd = min(self.ssthresh, max(flight, self.mss) + self.mss)

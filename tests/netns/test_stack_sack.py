@@ -146,6 +146,46 @@ class TailDrop(PassThrough):
             await self.inner.send_batch(packets)
 
 
+class LateSegments(PassThrough):
+    """Holds back every ``every``-th data segment we send (``limit`` at most) until our
+    resend of it goes out, then sends the original just before the resend: the peer
+    gets three later segments first (its SACKs start our fast retransmit), then the late
+    original, then the needless resend. The segments after a held one leave 2 ms
+    later, so the resend's timestamp (1 ms clock) is always newer than the original's,
+    however fast the kernel's SACKs come back."""
+
+    def __init__(self, inner: Any, every: int, limit: int) -> None:
+        super().__init__(inner)
+        self.every = every
+        self.limit = limit
+        self.seen = 0
+        self.held: dict[int, Any] = {}  # sequence number -> the original packet
+        self.late = 0
+
+    async def send_batch(self, packets: Sequence[OutPacket]) -> None:
+        out: list[Any] = []
+        stall = False
+        for packet in packets:
+            head = packet[0] if isinstance(packet, tuple) else packet
+            size = len(packet[1]) if isinstance(packet, tuple) else tcp_payload_len(packet)
+            ihl = (head[0] & 0x0F) * 4 if head[0] >> 4 == 4 else 40
+            seq = int.from_bytes(head[ihl + 4 : ihl + 8], "big")
+            if size > 0 and seq in self.held:
+                out.append(self.held.pop(seq))  # the late original, then the resend
+            elif size > 0 and self.late < self.limit:
+                self.seen += 1
+                if self.seen % self.every == 0:
+                    self.held[seq] = packet
+                    self.late += 1
+                    stall = True
+                    continue
+            out.append(packet)
+        if stall:
+            await trio.sleep(0.002)
+        if out:
+            await self.inner.send_batch(out)
+
+
 class AckBlackout(PassThrough):
     """Drops every packet we send for ``seconds`` once ``after`` went out: longer than
     the peer's retransmission timeout, so it resends data we have (a spurious timeout)
@@ -215,7 +255,9 @@ async def download(
         try:
             await send(stream)
         finally:
-            counters.update(stream._flow.conn.counters)  # type: ignore[attr-defined]
+            conn = stream._flow.conn  # type: ignore[attr-defined]
+            counters.update(conn.counters)
+            counters["ssthresh_at_end"] = conn.cc.ssthresh
             done.set()
 
     async with stack_behind(tun_net, pcap_path, wrap) as stack, trio.open_nursery() as nursery:
@@ -365,4 +407,27 @@ async def test_a_lost_resend_is_found_without_a_timeout(tun_net: TunNet, pcap_pa
     print(f"\n10 segments lost twice: {result['seconds']:.2f} s, {counters}")  # (pytest -s)
     assert made[0].dropped == 10
     assert counters.get("lost_retransmit", 0) > 0
+    assert "rto" not in counters
+
+
+async def test_a_late_segment_s_needless_resend_is_undone(tun_net: TunNet, pcap_path: Path) -> None:
+    """Download where 20 segments arrive three segments late: each sets off a fast
+    retransmit, but the kernel's ACK for the late original echoes the original's
+    timestamp, older than the resend's (RFC 7323 §4.3: TS.Recent from the segment that
+    fills the hole), so each fast retransmit is found needless (Eifel, RFC 3522) and
+    its window cut undone (RFC 4015): with no segment lost, ssthresh ends where it
+    began."""
+    made: list[LateSegments] = []
+
+    def wrap(inner: Any) -> LateSegments:
+        made.append(LateSegments(inner, EVERY, 20))
+        return made[-1]
+
+    result, counters = await download(tun_net, pcap_path, wrap, SIZE)
+    print(f"\n20 late segments: {result['seconds']:.2f} s, {counters}")  # (pytest -s)
+    assert made[0].late == 20 and not made[0].held
+    # Every recovery was found needless. (Late segments less than a window apart fall
+    # into one recovery: the later ones are resent as its holes, without a cut.)
+    assert counters["fast_retransmit"] == counters["spurious_fast_retransmit"] >= 1
+    assert counters["ssthresh_at_end"] == 1 << 62  # "arbitrarily high" (RFC 5681 §3.1)
     assert "rto" not in counters

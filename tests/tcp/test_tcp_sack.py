@@ -291,6 +291,38 @@ def test_after_a_needless_fast_retransmit_partial_acks_resend_nothing(sack_on: b
 
 
 @pytest.mark.parametrize("sack_on", [True, False], ids=["sack", "no-sack"])
+def test_a_needless_fast_retransmit_is_undone(sack_on: bool) -> None:
+    """The late segment 0 again, with 24 segments to send. The fast retransmit halves
+    the window (ssthresh 6 segments: the flight is 10 and the two Limited Transmit
+    sent); the ACK that proves it needless
+    undoes that (RFC 4015): ssthresh back to pipe_prev (the initial "arbitrarily high":
+    the connection was in slow start), and the recovery ends in slow start from
+    FlightSize + IW, not at the halved window."""
+    config = replace(SACK, timestamps=True, sack=sack_on)
+    conn = conn_established(config, options=SACK_SYN._replace(timestamps=(100, 0)))
+    mss = conn.tcb.mss
+    conn.app_send(bytes(24 * mss), 1.0)
+    assert len(conn.drain().segments) == 10  # the initial window
+    for i in range(3):
+        send(conn, _ack(mss, 0, 1000, (1, 2 + i) if sack_on else None), at=1.1)
+    assert 0 in _sent(conn, mss)  # the fast retransmit (and Limited Transmit's new data)
+    assert conn.cc.ssthresh == 6 * mss
+    send(conn, _ack(mss, 4, 1000), at=1.2)  # echoes the original's TSval
+    assert conn.counters["spurious_fast_retransmit"] == 1
+    assert conn.cc.ssthresh == 1 << 62
+    conn.drain()
+    sent = conn.snd_nxt_offset()
+    send(conn, _ack(mss, 12, 1000), at=1.3)  # the full ACK (of the recovery point)
+    assert not conn.cc.in_recovery
+    flight = sent - 12 * mss
+    cwnd = conn.cc.cwnd
+    assert cwnd == max(6 * mss, flight + 4 * mss)
+    conn.drain()
+    send(conn, _ack(mss, 14, 1000), at=1.4)
+    assert conn.cc.cwnd == cwnd + 2 * mss  # slow start, towards the restored ssthresh
+
+
+@pytest.mark.parametrize("sack_on", [True, False], ids=["sack", "no-sack"])
 def test_after_a_needed_fast_retransmit_a_partial_ack_resends_the_next_segment(
     sack_on: bool,
 ) -> None:
@@ -497,7 +529,8 @@ def test_a_duplicate_of_held_data_comes_first_then_its_block() -> None:
 def test_a_silent_tail_gets_a_probe_of_its_last_segment_before_the_rto() -> None:
     """RFC 8985 §7: no ACK for 2 * SRTT (here the 10 ms floor: the handshake measured
     0) and no new data: the last segment goes again, and the RTO is re-armed. Its ACK
-    without a D-SACK says it repaired a loss: cwnd is halved (Linux)."""
+    without a D-SACK, and no duplicate ACK before data beyond it is acknowledged, says
+    it repaired a loss: cwnd is halved then (Linux ``tcp_process_tlp_ack``)."""
     conn, data = _eight_segments()
     assert conn.next_deadline() == 1.01  # the probe, before the RTO at 1.2
     expect(
@@ -509,8 +542,28 @@ def test_a_silent_tail_gets_a_probe_of_its_last_segment_before_the_rto() -> None
     assert conn.next_deadline() == 1.01 + conn.rtt.rto
     send(conn, r(ack=sq(LOCAL_SEQ, 8 * MSS)), at=1.05)
     expect_nothing(conn)
-    assert conn.counters["probe_recovery"] == 1 and conn.cc.cwnd == 5 * MSS  # 10 halved
+    assert "probe_recovery" not in conn.counters  # a duplicate ACK may still come
     assert conn.next_deadline() is None
+    assert conn.cc.cwnd == 18 * MSS  # slow start: 10 + the 8 acknowledged
+    conn.app_send(bytes(MSS), 1.06)
+    conn.drain()
+    send(conn, r(ack=sq(LOCAL_SEQ, 9 * MSS)), at=1.07)  # beyond the probe, no duplicate
+    assert conn.counters["probe_recovery"] == 1 and conn.cc.cwnd == 9 * MSS  # halved
+
+
+def test_a_probe_answered_by_a_duplicate_ack_repaired_nothing() -> None:
+    """The probe's resend and the original both arrived: the ACK of the original, then
+    a duplicate ACK for the resend (a receiver without SACK's D-SACK). No loss."""
+    conn, _ = _eight_segments()
+    conn.on_timer(1.01)
+    conn.drain()
+    send(conn, r(ack=sq(LOCAL_SEQ, 8 * MSS)), at=1.05)
+    send(conn, r(ack=sq(LOCAL_SEQ, 8 * MSS)), at=1.051)  # the duplicate
+    conn.app_send(bytes(MSS), 1.06)
+    conn.drain()
+    send(conn, r(ack=sq(LOCAL_SEQ, 9 * MSS)), at=1.07)
+    assert "probe_recovery" not in conn.counters
+    assert conn.cc.cwnd == 19 * MSS  # slow start went on
 
 
 def test_a_probe_that_comes_back_dsacked_repaired_nothing() -> None:
