@@ -17,6 +17,10 @@ separately and subtracted: ``stack us/MB`` is process CPU time minus the peer's,
 MB moved. Compare with ``bench/run.py``'s "Server CPU per unit of work" to see how much
 of the server's cost is the stack's Python and how much is the kernel (TUN reads and
 writes, the peer kernel's work done in our context) and the service (CRC-32).
+
+With the compiled core (``scripts/build_core.py``) cProfile sees the ``wire`` and ``tcp``
+functions only as opaque built-ins: ``STCP_PURE=1`` profiles their Python sources
+instead (slower, and weighted differently).
 """
 
 from __future__ import annotations
