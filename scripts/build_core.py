@@ -82,14 +82,14 @@ def build() -> None:
         extensions = mypycify(
             [str(p.relative_to(REPO)) for p in sources],
             opt_level="3",
-            multi_file=True,  # one C file per module: the compiler runs them in parallel
+            multi_file=True,  # one C file per module: smaller units for the compiler
             group_name=GROUP,
             target_dir=str(BUILD_DIR),
         )
         dist = Distribution({"name": "stcp-core", "ext_modules": extensions})
         cmd = dist.get_command_obj("build_ext")
         cmd.inplace = True
-        cmd.parallel = os.cpu_count() or 1
+        cmd.parallel = os.cpu_count() or 1  # (across extensions: the per-module shims)
         cmd.build_temp = str(BUILD_DIR / "temp")
         dist.run_command("build_ext")
     finally:
