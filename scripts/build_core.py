@@ -115,9 +115,10 @@ def main() -> int:
         return 0
     try:
         build()
-    except Exception:
-        clean()  # never leave half a build behind
-        raise
+    except Exception as exc:  # the compiler's or mypyc's own output is above
+        clean()  # never leave half a build behind: the sources run
+        print(f"build_core: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     if not build_is_current():
         print("build_core: the build did not produce every module", file=sys.stderr)
         return 1
