@@ -37,9 +37,10 @@ def _copy_of_the_build(tmp_path: Path) -> Path:
     return root
 
 
-def _probe(root: Path, **env: str) -> subprocess.CompletedProcess[str]:
+def _probe(root: Path, code: str = PROBE, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter that imports stcp_framework from ``root``."""
     return subprocess.run(
-        [sys.executable, "-c", PROBE],
+        [sys.executable, "-c", code],
         cwd=root,
         env={**os.environ, "PYTHONPATH": str(root), "STCP_PURE": "", **env},
         capture_output=True,
@@ -63,15 +64,7 @@ def test_an_edited_source_runs_instead_of_the_stale_build(tmp_path: Path) -> Non
     assert done.stdout.strip() == "False"
     assert done.stderr.count("\n") == 1
     assert "compiled core is older than its sources" in done.stderr
-    edited = subprocess.run(
-        [sys.executable, "-c", "import stcp_framework.wire.seq as s; print(s.EDITED)"],
-        cwd=root,
-        env={**os.environ, "PYTHONPATH": str(root), "STCP_PURE": ""},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    edited = _probe(root, "import stcp_framework.wire.seq as s; print(s.EDITED)")
     assert edited.stdout.strip() == "True"  # the edit itself runs
 
 

@@ -644,9 +644,9 @@ def _probe_dupack(
     """A duplicate ACK once a resent probe is acknowledged: with a D-SACK, or a pure
     duplicate (no data, no new SACK, the same window), it answers the needless resend --
     the original had arrived; the episode ends without a loss (Linux: "TLP dupack")."""
-    board = c.scoreboard
+    board = c.scoreboard  # (only a resent probe's episode outlives the ACK of its end)
     pure = not seg.payload and not sack_news and scaled_wnd == c.tcb.snd_wnd
-    if not board.probe_resent or _dsacks(seg, ack) or pure:
+    if _dsacks(seg, ack) or pure:
         board.probe_end = -1
         board.probe_resent = False
 

@@ -59,6 +59,10 @@ class NewReno:
         self.prr_rxt = 0
         self.pipe_prev = 0
 
+    def _halved(self, amount: int) -> int:
+        """RFC 5681 (4): ``max(FlightSize / 2, 2 * SMSS)``, the ssthresh of a response."""
+        return max(amount // 2, 2 * self.mss)
+
     def set_mss(self, mss: int, initial_segments: int) -> None:
         self.mss = mss
         self.cwnd = max(1, initial_segments) * mss
@@ -86,7 +90,7 @@ class NewReno:
     def enter_recovery(self, flight: int, snd_nxt_offset: int) -> None:
         """Third duplicate ACK (RFC 5681 §3.2 steps 2-3; RFC 6582 §3.2 step 2)."""
         self.pipe_prev = max(flight, self.ssthresh)  # RFC 4015 §3.1 step (1)
-        self.ssthresh = max(flight // 2, 2 * self.mss)
+        self.ssthresh = self._halved(flight)
         self.cwnd = self.ssthresh + 3 * self.mss
         self.in_recovery = True
         self.recover_offset = snd_nxt_offset
@@ -123,7 +127,7 @@ class NewReno:
     def on_probe_repair(self) -> None:
         """A tail loss probe repaired a loss (RFC 8985 §7.4.2): the response to one
         loss, without a recovery -- halve (Linux CWR state, ``tcp_process_tlp_ack``)."""
-        self.ssthresh = max(self.cwnd // 2, 2 * self.mss)
+        self.ssthresh = self._halved(self.cwnd)
         self.cwnd = self.ssthresh
 
     def undo(self) -> None:
@@ -144,9 +148,8 @@ class NewReno:
         but never less than the halved window it replaces (an application-limited
         flight may be small)."""
         if self.spurious:
-            halved = max(self.recover_fs // 2, 2 * self.mss)
             iw = 4 * self.mss  # RFC 3390's IW, as RFC 4015 uses it
-            self.cwnd = max(halved, max(flight, self.mss) + min(acked, iw))
+            self.cwnd = max(self._halved(self.recover_fs), max(flight, self.mss) + min(acked, iw))
         elif prr:
             self.cwnd = self.ssthresh
         else:
@@ -156,7 +159,7 @@ class NewReno:
 
     def on_rto(self, flight: int) -> None:
         """RFC 5681 §3.1 (4): ssthresh = max(FlightSize/2, 2*SMSS); cwnd = 1 SMSS (LW)."""
-        self.ssthresh = max(flight // 2, 2 * self.mss)
+        self.ssthresh = self._halved(flight)
         self.cwnd = self.mss
         self.in_recovery = False
         self.bytes_acked = 0
