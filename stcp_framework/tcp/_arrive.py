@@ -421,6 +421,8 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
     sacked_before = board.sacked_bytes() if board.ranges else 0
     if tcb.sack_permitted and seg.options.sack_blocks:
         sack_news = _update_scoreboard(c, seg, una_off)
+        if c.cc.undo_retrans > 0:
+            _check_dsack(c, seg, ack, una_off)
     if d_una > 0:
         new_una_off = una_off + d_una
         flight_before = c.snd_nxt_offset() - una_off
@@ -610,11 +612,44 @@ def _dup_thresh(c: Connection, una_off: int, nxt_off: int) -> int:
     return max(1, segments - 1)
 
 
-def _dsacks(seg: TcpSegment, ack: int) -> bool:
-    """Whether the ACK's first SACK block lies below its cumulative ACK: a D-SACK
-    (RFC 2883 §4)."""
+def _dsack_block(seg: TcpSegment, ack: int) -> tuple[int, int] | None:
+    """The ACK's D-SACK block (RFC 2883 §4): its first SACK block, if that lies below
+    the cumulative ACK or within the second block; else None."""
     blocks = seg.options.sack_blocks
-    return bool(blocks) and ((ack - blocks[0][1]) & SEQ_MASK) < _HALF
+    if not blocks:
+        return None
+    left, right = blocks[0]
+    if ((ack - right) & SEQ_MASK) < _HALF:
+        return left, right
+    if len(blocks) > 1:
+        left2, right2 = blocks[1]
+        if ((left - left2) & SEQ_MASK) < _HALF and ((right2 - right) & SEQ_MASK) < _HALF:
+            return left, right
+    return None
+
+
+def _dsacks(seg: TcpSegment, ack: int) -> bool:
+    """Whether the ACK carries a D-SACK (RFC 2883 §4)."""
+    return _dsack_block(seg, ack) is not None
+
+
+def _check_dsack(c: Connection, seg: TcpSegment, ack: int, una_off: int) -> None:
+    """A D-SACK reports bytes that arrived twice. Once every byte the last recovery
+    resent has been so reported, the originals had all arrived: the recovery was
+    needless and its window cut is undone (RFC 3708 §3 detection, RFC 4015 response;
+    Linux ``tcp_try_undo_dsack``). It works without timestamps, where Eifel detection
+    (``_detect_spurious``) cannot, and also after the recovery has ended: a D-SACK
+    comes a round trip after the resend it reports."""
+    block = _dsack_block(seg, ack)
+    if block is None:
+        return
+    snd_una = c.tcb.snd_una
+    start = una_off + (((block[0] - snd_una + _HALF) & SEQ_MASK) - _HALF)
+    end = una_off + (((block[1] - snd_una + _HALF) & SEQ_MASK) - _HALF)
+    cc = c.cc
+    if cc.on_dsack(start, end):
+        cc.undo()
+        c.count("dsack_undo")
 
 
 def _probe_acked(c: Connection, seg: TcpSegment, ack: int, beyond: bool) -> bool:

@@ -519,7 +519,7 @@ def _send_again(c: Connection, begin: int, end: int, now: float) -> None:
     c.count("retransmit")
     c.rtt_offset = None  # Karn's rule
     if c.cc.in_recovery and end > begin:
-        c.cc.prr_rxt += end - begin
+        c.cc.on_resend(begin, end)
     seq = seq_add(tcb.snd_una, begin - tcb.snd_una_offset)
     if begin < end:
         flags = ACK

@@ -8,6 +8,8 @@ object owns the numbers.
 
 from __future__ import annotations
 
+UNDO_MAX_RESENDS = 64  # resends of one recovery that D-SACKs may still prove needless
+
 
 class NewReno:
     """cwnd/ssthresh bookkeeping in bytes.
@@ -23,6 +25,13 @@ class NewReno:
             congestion response is undone (``undo``, RFC 4015).
         pipe_prev: RFC 4015's ``pipe_prev``: ``max(FlightSize, ssthresh)`` when this
             recovery began, the ssthresh ``undo`` restores.
+        undo_retrans, undo_ranges: D-SACK detection (RFC 3708 §3, as Linux's
+            ``undo_retrans``): the bytes the last recovery resent that no D-SACK has
+            yet reported as duplicates, and those resends as ``(start, end)`` stream
+            offsets (-1: nothing to undo -- no recovery yet, a timeout or a probe's
+            repair came since, it was undone, or it resent more than
+            ``UNDO_MAX_RESENDS`` times). When every resent byte came back D-SACKed, the
+            originals had arrived: ``undo``, during the recovery or after it.
         recover_fs, prr_delivered, prr_rxt: Proportional rate reduction (RFC 6937) with
             SACK: the flight when recovery started, the bytes the peer got since
             (cumulatively or SACKed), the bytes resent since (new data sent since is
@@ -42,6 +51,8 @@ class NewReno:
         "rxt_tsval",
         "spurious",
         "ssthresh",
+        "undo_ranges",
+        "undo_retrans",
     )
 
     def __init__(self, mss: int, initial_segments: int) -> None:
@@ -58,6 +69,8 @@ class NewReno:
         self.prr_delivered = 0
         self.prr_rxt = 0
         self.pipe_prev = 0
+        self.undo_retrans = -1
+        self.undo_ranges: list[tuple[int, int]] = []
 
     def _halved(self, amount: int) -> int:
         """RFC 5681 (4): ``max(FlightSize / 2, 2 * SMSS)``, the ssthresh of a response."""
@@ -99,6 +112,52 @@ class NewReno:
         self.recover_fs = flight
         self.prr_delivered = 0
         self.prr_rxt = 0
+        self.undo_retrans = 0
+        self.undo_ranges = []
+
+    def on_resend(self, start: int, end: int) -> None:
+        """Stream bytes ``[start, end)`` resent in this recovery (RFC 6937 ``prr_out``;
+        RFC 3708's count)."""
+        self.prr_rxt += end - start
+        if self.undo_retrans < 0:
+            return
+        if len(self.undo_ranges) >= UNDO_MAX_RESENDS:
+            self._no_undo()  # a long repair: a needless one would have shown by now
+            return
+        self.undo_retrans += end - start
+        self.undo_ranges.append((start, end))
+
+    def on_dsack(self, start: int, end: int) -> bool:
+        """The peer reports ``[start, end)`` (stream offsets) arrived twice (a D-SACK,
+        RFC 2883). What of it this recovery resent counts against its resent bytes,
+        each resend once (RFC 3708 §3; duplicates the network made of bytes never
+        resent do not count, as Linux counts only segments marked retransmitted);
+        True when that leaves none: every resend was a duplicate, the recovery was
+        needless, and ``undo`` should follow."""
+        if self.undo_retrans <= 0:
+            return False
+        pending = [(start, end)]  # the reported bytes not yet matched to a resend
+        kept: list[tuple[int, int]] = []
+        for resend in self.undo_ranges:
+            r_start, r_end = resend
+            matched = sum(
+                max(0, min(r_end, d_end) - max(r_start, d_start)) for d_start, d_end in pending
+            )
+            if not matched:
+                kept.append(resend)
+                continue
+            self.undo_retrans -= matched
+            left = [resend]
+            for piece in pending:
+                left = _without(left, piece)
+            kept.extend(left)
+            pending = _without(pending, resend)
+        self.undo_ranges = kept
+        return self.undo_retrans <= 0
+
+    def _no_undo(self) -> None:
+        self.undo_retrans = -1
+        self.undo_ranges = []
 
     def prr_sndcnt(self, delivered: int, pipe: int, new_sent: int) -> int:
         """RFC 6937 §3: the bytes this ACK lets out, given what it ``delivered``, the
@@ -126,19 +185,25 @@ class NewReno:
 
     def on_probe_repair(self) -> None:
         """A tail loss probe repaired a loss (RFC 8985 §7.4.2): the response to one
-        loss, without a recovery -- halve (Linux CWR state, ``tcp_process_tlp_ack``)."""
+        loss, without a recovery -- halve (Linux CWR state, ``tcp_process_tlp_ack``).
+        A later D-SACK of the last recovery's resends no longer undoes anything."""
         self.ssthresh = self._halved(self.cwnd)
         self.cwnd = self.ssthresh
+        self._no_undo()
 
     def undo(self) -> None:
-        """This recovery's fast retransmission was needless (Eifel detection, RFC 3522):
-        the segment was late, not lost, so there was no congestion to respond to. RFC
-        4015 §3.2 step (4): ssthresh goes back to ``pipe_prev``; the rest of the
-        recovery then sends as slow start would (RFC 6937's bound once pipe is below
-        ssthresh), and ``exit_recovery`` restarts from the flight, not from the halved
-        window."""
-        self.spurious = True
+        """The last recovery's fast retransmission was needless (Eifel detection, RFC
+        3522, or D-SACKs, RFC 3708): the segment was late, not lost, so there was no
+        congestion to respond to. RFC 4015 §3.2 step (4): ssthresh goes back to
+        ``pipe_prev``. In the recovery the rest of it then sends as slow start would
+        (RFC 6937's bound once pipe is below ssthresh), and ``exit_recovery`` restarts
+        from the flight, not from the halved window; after it (the D-SACKs come a
+        round trip after the resends they report), the window grows back in slow
+        start, without a burst (RFC 4015 §3.2 step (6)'s aim)."""
+        self.spurious = self.in_recovery
         self.ssthresh = max(self.ssthresh, self.pipe_prev)
+        self._no_undo()
+        self.rxt_tsval = -1  # (found needless already: Eifel has nothing left to check)
 
     def exit_recovery(self, flight: int, acked: int, *, prr: bool = False) -> None:
         """RFC 6582 §3.2 step 3 (full ACK): ``min(ssthresh, max(FlightSize, SMSS) + SMSS)``;
@@ -163,3 +228,15 @@ class NewReno:
         self.cwnd = self.mss
         self.in_recovery = False
         self.bytes_acked = 0
+        self._no_undo()  # (F-RTO, RFC 5682, would be needed to undo a timeout)
+
+
+def _without(ranges: list[tuple[int, int]], cut: tuple[int, int]) -> list[tuple[int, int]]:
+    """The parts of ``ranges`` outside ``[cut[0], cut[1])``."""
+    out: list[tuple[int, int]] = []
+    for start, end in ranges:
+        if start < cut[0]:
+            out.append((start, min(end, cut[0])))
+        if end > cut[1]:
+            out.append((max(start, cut[1]), end))
+    return out

@@ -243,7 +243,12 @@ def lossy(direction: str) -> tuple[list[LossyDevice], Any]:
 
 
 async def download(
-    tun_net: TunNet, pcap_path: Path, wrap: Any, size: int, send: Any = chargen
+    tun_net: TunNet,
+    pcap_path: Path,
+    wrap: Any,
+    size: int,
+    send: Any = chargen,
+    config: TcpConfig | None = None,
 ) -> tuple[dict[str, Any], dict[str, int]]:
     """The kernel client reads ``size`` bytes of chargen from port 19, where ``send``
     (a service) writes them through ``wrap``; returns its result and the connection's
@@ -260,7 +265,10 @@ async def download(
             counters["ssthresh_at_end"] = conn.cc.ssthresh
             done.set()
 
-    async with stack_behind(tun_net, pcap_path, wrap) as stack, trio.open_nursery() as nursery:
+    async with (
+        stack_behind(tun_net, pcap_path, wrap, config=config) as stack,
+        trio.open_nursery() as nursery,
+    ):
         await nursery.start(stack.serve, counted, 19)
         with trio.fail_after(TRANSFER_TIMEOUT):
             result = await run_kernel_peer("chargen", tun_net.stack_addr, 19, size)
@@ -430,4 +438,32 @@ async def test_a_late_segment_s_needless_resend_is_undone(tun_net: TunNet, pcap_
     # into one recovery: the later ones are resent as its holes, without a cut.)
     assert counters["fast_retransmit"] == counters["spurious_fast_retransmit"] >= 1
     assert counters["ssthresh_at_end"] == 1 << 62  # "arbitrarily high" (RFC 5681 §3.1)
+    assert "rto" not in counters
+
+
+async def test_without_timestamps_the_kernel_s_dsacks_undo_the_needless_resends(
+    tun_net: TunNet, pcap_path: Path
+) -> None:
+    """The same late segments on a connection without timestamps (we do not agree to
+    them; Windows clients run so by default): nothing tells the first ACK of a late
+    original from one of its resend, but the kernel reports each needless resend as a
+    duplicate (D-SACK, RFC 2883) when it arrives, and once every resend of a recovery
+    has been so reported, its window cut is undone (RFC 3708, RFC 4015). The undo does
+    not end the recovery early, so the same holes cannot start a second one: each
+    late segment is resent once."""
+    made: list[LateSegments] = []
+
+    def wrap(inner: Any) -> LateSegments:
+        made.append(LateSegments(inner, EVERY, 20))
+        return made[-1]
+
+    config = TcpConfig(timestamps=False)
+    result, counters = await download(tun_net, pcap_path, wrap, SIZE, config=config)
+    print(f"\n20 late segments, no timestamps: {result['seconds']:.2f} s, {counters}")
+    assert made[0].late == 20 and not made[0].held
+    assert "spurious_fast_retransmit" not in counters  # (no timestamps: no Eifel)
+    assert counters["dsack_undo"] == counters["fast_retransmit"] >= 1
+    # One resend per late segment, no chains (a tail loss probe may resend one more).
+    assert counters["retransmit"] - counters.get("probe_retransmit", 0) == 20
+    assert counters["ssthresh_at_end"] == 1 << 62
     assert "rto" not in counters

@@ -39,3 +39,27 @@ def test_a_stretch_ack_in_congestion_avoidance_adds_one_smss_per_cwnd_it_covers(
     cc.on_ack(10 * MSS + 11 * MSS)  # one cwnd at 10, the next at 11
     assert cc.cwnd == 12 * MSS
     assert cc.bytes_acked == 0
+
+
+def test_dsacks_count_each_resend_once() -> None:
+    """RFC 3708 §3 counting: a range resent twice needs two D-SACKs; one D-SACK block
+    may cover two resends; bytes never resent count for nothing."""
+    cc = NewReno(MSS, 10)
+    cc.enter_recovery(10 * MSS, 10 * MSS)
+    cc.on_resend(0, MSS)
+    cc.on_resend(0, MSS)  # the resend was lost, and resent
+    assert not cc.on_dsack(5 * MSS, 6 * MSS)
+    assert not cc.on_dsack(0, MSS)
+    assert cc.on_dsack(0, MSS)
+    cc.enter_recovery(10 * MSS, 20 * MSS)
+    cc.on_resend(10 * MSS, 11 * MSS)
+    cc.on_resend(11 * MSS, 12 * MSS)
+    assert cc.on_dsack(10 * MSS, 12 * MSS)
+
+
+def test_no_dsack_undo_after_a_timeout() -> None:
+    cc = NewReno(MSS, 10)
+    cc.enter_recovery(10 * MSS, 10 * MSS)
+    cc.on_resend(0, MSS)
+    cc.on_rto(10 * MSS)
+    assert not cc.on_dsack(0, MSS)

@@ -322,6 +322,81 @@ def test_a_needless_fast_retransmit_is_undone(sack_on: bool) -> None:
     assert conn.cc.cwnd == cwnd + 2 * mss  # slow start, towards the restored ssthresh
 
 
+def _fast_retransmit_of_0(segments: int) -> Connection:
+    """``segments`` segments queued (no timestamps: no Eifel detection), the initial
+    window sent, and 1..3 SACKed: segment 0 is resent at once (fast retransmit)."""
+    conn = established()
+    conn.app_send(bytes(segments * MSS), 1.0)
+    conn.drain()
+    for i in range(3):
+        send(conn, r(ack=LOCAL_SEQ, options=our_blocks((MSS, (2 + i) * MSS))), at=1.1)
+    assert 0 in _sent(conn, MSS) and conn.cc.in_recovery
+    return conn
+
+
+def _dsack(acked: int, dup: int) -> TcpSegment:
+    """The peer's ACK of ``acked`` segments reporting segment ``dup`` arrived twice:
+    a D-SACK block below the cumulative ACK (RFC 2883 §4)."""
+    return r(ack=sq(LOCAL_SEQ, acked * MSS), options=our_blocks((dup * MSS, (dup + 1) * MSS)))
+
+
+def test_a_fast_retransmit_reported_duplicate_by_a_dsack_is_undone() -> None:
+    """Without timestamps Eifel detection has nothing to go on; the D-SACK the
+    needless resend draws does (RFC 3708): segment 0 was late, and the ACK of its
+    resend (the ACK of the original was lost) reports it arrived twice. The window cut
+    is undone (RFC 4015): ssthresh back to pipe_prev, no NewReno resend of segment 4
+    at this partial ACK, and the recovery ends in slow start from FlightSize + IW."""
+    conn = _fast_retransmit_of_0(24)
+    assert conn.cc.ssthresh == 6 * MSS  # the flight of 10 and two Limited Transmit
+    send(conn, _dsack(4, 0), at=1.2)
+    assert conn.counters["dsack_undo"] == 1 and conn.cc.ssthresh == 1 << 62
+    assert conn.cc.in_recovery and 4 not in _sent(conn, MSS)
+    sent = conn.snd_nxt_offset()
+    send(conn, r(ack=sq(LOCAL_SEQ, 12 * MSS)), at=1.3)  # the full ACK
+    assert not conn.cc.in_recovery
+    assert conn.cc.cwnd == max(6 * MSS, sent - 12 * MSS + 4 * MSS)
+    assert "spurious_fast_retransmit" not in conn.counters  # (that counts Eifel's)
+
+
+def test_a_dsack_after_the_recovery_restores_ssthresh_and_slow_start_regrows() -> None:
+    """The D-SACK comes a round trip after the resend, here after the full ACK ended
+    the recovery at the halved window: ssthresh goes back to pipe_prev, and the
+    window grows back in slow start (no burst of the old window at once)."""
+    conn = _fast_retransmit_of_0(8)
+    send(conn, r(ack=sq(LOCAL_SEQ, 8 * MSS)), at=1.2)  # the original filled the hole
+    assert not conn.cc.in_recovery and conn.cc.cwnd == conn.cc.ssthresh == 4 * MSS
+    send(conn, _dsack(8, 0), at=1.25)
+    assert conn.counters["dsack_undo"] == 1
+    assert conn.cc.ssthresh == 1 << 62 and conn.cc.cwnd == 4 * MSS
+    conn.app_send(bytes(8 * MSS), 1.3)
+    assert len(conn.drain().segments) == 4
+    send(conn, r(ack=sq(LOCAL_SEQ, 10 * MSS)), at=1.4)
+    assert conn.cc.cwnd == 6 * MSS  # slow start: grown by all it acknowledged
+
+
+def test_every_resend_of_the_recovery_must_come_back_dsacked() -> None:
+    """Segments 0 and 4 are both resent (0 at the third duplicate ACK, 4 at the
+    partial ACK, NewReno's rule). A D-SACK of 0 alone proves nothing about 4; the
+    undo waits for the D-SACK of 4 too."""
+    conn = _fast_retransmit_of_0(8)
+    send(conn, r(ack=sq(LOCAL_SEQ, 4 * MSS)), at=1.2)  # partial: 4 goes again
+    assert _sent(conn, MSS) == [4]
+    send(conn, _dsack(4, 0), at=1.25)
+    assert "dsack_undo" not in conn.counters and conn.cc.ssthresh == 4 * MSS
+    send(conn, _dsack(8, 4), at=1.3)
+    assert conn.counters["dsack_undo"] == 1 and conn.cc.ssthresh == 1 << 62
+
+
+def test_a_dsack_of_bytes_never_resent_undoes_nothing() -> None:
+    """Segment 0 was lost and its resend repaired it; the network then duplicates
+    segment 5 and the peer reports that (D-SACK). 5 was never resent: the recovery
+    stays a real one (Linux counts only segments marked retransmitted)."""
+    conn = _fast_retransmit_of_0(8)
+    send(conn, r(ack=sq(LOCAL_SEQ, 8 * MSS)), at=1.2)
+    send(conn, _dsack(8, 5), at=1.25)
+    assert "dsack_undo" not in conn.counters and conn.cc.ssthresh == 4 * MSS
+
+
 @pytest.mark.parametrize("sack_on", [True, False], ids=["sack", "no-sack"])
 def test_after_a_needed_fast_retransmit_a_partial_ack_resends_the_next_segment(
     sack_on: bool,
