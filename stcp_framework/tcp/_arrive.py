@@ -106,8 +106,8 @@ def header_prediction(c: Connection, seg: TcpSegment, now: float) -> bool:
     if d_una > flight:
         return False
     cc = c.cc
-    if cc.in_recovery:
-        return False
+    if cc.in_recovery or cc.frto:
+        return False  # (F-RTO: check_ack's _frto)
     if tcb.sack_permitted and (
         seg.options.sack_blocks or c.scoreboard.ranges or c.scoreboard.probe_end >= 0
     ):
@@ -524,6 +524,8 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
             c._set("snd_wl1", seq)
         if wl2 != ack:
             c._set("snd_wl2", ack)
+    if c.cc.frto:
+        _frto(c, seg, d_una, scaled_wnd)
     # State-specific processing of our FIN being acknowledged.
     if tcb.fin_sent and tcb.snd_una == tcb.snd_nxt:
         state = tcb.state
@@ -684,6 +686,53 @@ def _probe_dupack(
     if _dsacks(seg, ack) or pure:
         board.probe_end = -1
         board.probe_resent = False
+
+
+def _frto(c: Connection, seg: TcpSegment, d_una: int, scaled_wnd: int) -> None:
+    """Forward RTO-Recovery (RFC 5682 §2; Linux ``tcp_process_loss``), the ACKs after
+    a first timeout's retransmission. A timeout can be spurious: the segments and
+    their ACKs were only late (a delay spike, a stalled process), and then going back
+    to SND.UNA resends a whole window the peer has or is about to get. So:
+
+    * step 2, the first ACK: a duplicate, or one that acknowledges all that was out at
+      the timeout (``recover_offset``), says nothing either way -- the usual go-back-N
+      goes on (2a). One that acknowledges part of it (2b) lets up to two *new* segments
+      out instead of resending the next old ones (go-back-N waits; with no new data
+      to send, or no room in the peer's window, 2a after all);
+    * step 3, the next ACK: if it acknowledges data, data sent before the timeout and
+      never resent arrived -- the timeout was spurious: ``undo_rto`` (3b), and new data
+      goes on; a duplicate ACK means the rest was lost -- back to SND.UNA with at most
+      three segments (3a)."""
+    cc = c.cc
+    tcb = c.tcb
+    mss = tcb.mss
+    if d_una <= 0:
+        if seg.payload or seg.flags & FIN or scaled_wnd != tcb.snd_wnd:
+            return  # not a duplicate ACK: no news about the timeout
+        if cc.frto == 2:
+            c.snd_ptr = tcb.snd_una_offset  # (3a) go back: the timeout was real,
+            if cc.cwnd > 3 * mss:  # with at most three segments
+                cc.cwnd = 3 * mss
+            c.dupacks = 0  # (no Limited Transmit on top: these are resends)
+        cc.frto = 0
+        return
+    una_off = tcb.snd_una_offset
+    nxt_off = c.snd_nxt_offset()
+    if cc.frto == 2:
+        c.count("spurious_rto")
+        cc.undo_rto(nxt_off - una_off, d_una)  # (3b)
+        c.snd_ptr = nxt_off
+        return
+    if una_off >= cc.recover_offset or c.snd_buf.end_offset <= nxt_off:
+        cc.frto = 0  # (2a)
+        return
+    room = min(tcb.snd_wnd, nxt_off - una_off + 2 * mss)
+    if una_off + room <= nxt_off:
+        cc.frto = 0  # (2a: the peer's window has no room for new data)
+        return
+    cc.frto = 2  # (2b) up to two new segments, not the old ones after SND.UNA
+    cc.cwnd = nxt_off - una_off + 2 * mss
+    c.snd_ptr = nxt_off
 
 
 def _detect_spurious(c: Connection, seg: TcpSegment) -> None:

@@ -689,7 +689,7 @@ def on_retransmit_timeout(c: Connection, now: float) -> None:
         # SACKed range; the next timeout clears the scoreboard and resends it all.
         board.end_recovery()
     flight = c.snd_nxt_offset() - tcb.snd_una_offset
-    c.cc.on_rto(flight)
+    c.cc.on_rto(flight, first=c.retries == 1)
     c.cc.recover_offset = c.snd_nxt_offset()  # RFC 6582 §3.2 step 4 (after an RTO)
     c.dupacks = 0
     c.rtt_offset = None  # Karn

@@ -25,6 +25,9 @@ class NewReno:
             congestion response is undone (``undo``, RFC 4015).
         pipe_prev: RFC 4015's ``pipe_prev``: ``max(FlightSize, ssthresh)`` when this
             recovery began, the ssthresh ``undo`` restores.
+        frto: Forward RTO-Recovery (RFC 5682 §2), to tell a spurious retransmission
+            timeout from a real one: 0 off, 1 after a first timeout's retransmission
+            (step 1), 2 once the first ACK after it let new data out (step 2b).
         undo_retrans, undo_ranges: D-SACK detection (RFC 3708 §3, as Linux's
             ``undo_retrans``): the bytes the last recovery resent that no D-SACK has
             yet reported as duplicates, and those resends as ``(start, end)`` stream
@@ -41,6 +44,7 @@ class NewReno:
     __slots__ = (
         "bytes_acked",
         "cwnd",
+        "frto",
         "in_recovery",
         "mss",
         "pipe_prev",
@@ -71,6 +75,7 @@ class NewReno:
         self.pipe_prev = 0
         self.undo_retrans = -1
         self.undo_ranges: list[tuple[int, int]] = []
+        self.frto = 0
 
     def _halved(self, amount: int) -> int:
         """RFC 5681 (4): ``max(FlightSize / 2, 2 * SMSS)``, the ssthresh of a response."""
@@ -222,13 +227,30 @@ class NewReno:
         self.in_recovery = False
         self.bytes_acked = 0
 
-    def on_rto(self, flight: int) -> None:
-        """RFC 5681 §3.1 (4): ssthresh = max(FlightSize/2, 2*SMSS); cwnd = 1 SMSS (LW)."""
+    def on_rto(self, flight: int, *, first: bool) -> None:
+        """RFC 5681 §3.1 (4): ssthresh = max(FlightSize/2, 2*SMSS); cwnd = 1 SMSS (LW).
+        The ``first`` of a row starts F-RTO (RFC 5682 §2 step 1), with ``pipe_prev``
+        kept for ``undo_rto`` -- unless a fast recovery was under way, whose resends
+        an ACK could acknowledge (RFC 5682 §3.1 step 1 leaves F-RTO out then); a later
+        timeout in the row only backs off."""
+        self.frto = 1 if first and not self.in_recovery else 0
+        if self.frto:
+            self.pipe_prev = max(flight, self.ssthresh)
         self.ssthresh = self._halved(flight)
         self.cwnd = self.mss
         self.in_recovery = False
         self.bytes_acked = 0
-        self._no_undo()  # (F-RTO, RFC 5682, would be needed to undo a timeout)
+        self._no_undo()  # (a spurious timeout is F-RTO's to find: ``undo_rto``)
+
+    def undo_rto(self, flight: int, acked: int) -> None:
+        """F-RTO found the timeout spurious (RFC 5682 §2 step 3b): the segments were
+        delayed, not lost. The Eifel response to it (RFC 4015 §3.2 steps (4) and (6)):
+        ssthresh back to ``pipe_prev``, cwnd = FlightSize + min(bytes_acked, IW), so
+        that new data keeps going at the rate the delayed ACKs come in, and slow start
+        takes the window back up (no burst)."""
+        self.frto = 0
+        self.ssthresh = max(self.ssthresh, self.pipe_prev)
+        self.cwnd = max(flight, self.mss) + min(acked, 4 * self.mss)
 
 
 def _without(ranges: list[tuple[int, int]], cut: tuple[int, int]) -> list[tuple[int, int]]:

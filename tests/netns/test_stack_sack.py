@@ -214,6 +214,31 @@ class AckBlackout(PassThrough):
             await self.inner.send_batch(kept)
 
 
+class LateAcks(PassThrough):
+    """Holds every packet the peer sends for ``seconds`` once ``after`` came in, then
+    hands them all over in order: the ACK clock stops for longer than our
+    retransmission timeout, though nothing is lost -- a spurious timeout (a delay
+    spike, or a stalled process)."""
+
+    def __init__(self, inner: Any, after: int, seconds: float) -> None:
+        super().__init__(inner)
+        self.after = after
+        self.seconds = seconds
+        self.received = 0
+        self.held = 0
+
+    async def recv_batch(self, max_packets: int) -> list[memoryview]:
+        batch: list[memoryview] = await self.inner.recv_batch(max_packets)
+        self.received += len(batch)
+        if self.held or self.received < self.after:
+            return batch
+        with trio.move_on_after(self.seconds):
+            while True:
+                batch.extend(await self.inner.recv_batch(max_packets))
+        self.held = len(batch)
+        return batch
+
+
 def tcp_ext() -> dict[str, int]:
     """This network namespace's ``TcpExt`` counters (``/proc/net/netstat``)."""
     lines = Path("/proc/net/netstat").read_text().splitlines()
@@ -439,6 +464,26 @@ async def test_a_late_segment_s_needless_resend_is_undone(tun_net: TunNet, pcap_
     assert counters["fast_retransmit"] == counters["spurious_fast_retransmit"] >= 1
     assert counters["ssthresh_at_end"] == 1 << 62  # "arbitrarily high" (RFC 5681 §3.1)
     assert "rto" not in counters
+
+
+async def test_a_spurious_timeout_is_found_and_undone(tun_net: TunNet, pcap_path: Path) -> None:
+    """Download where the kernel's ACKs are held for 0.5 s and then all delivered: our
+    retransmission timer fires meanwhile and resends the segment at SND.UNA, though
+    nothing was lost. The late ACKs acknowledge data sent before the timeout and never
+    resent, so F-RTO (RFC 5682) calls the timeout spurious: no go-back-N through the
+    window, and its window cut is undone (RFC 4015) -- ssthresh ends where it began."""
+    made: list[LateAcks] = []
+
+    def wrap(inner: Any) -> LateAcks:
+        made.append(LateAcks(inner, after=200, seconds=0.5))
+        return made[-1]
+
+    result, counters = await download(tun_net, pcap_path, wrap, SIZE)
+    print(f"\nACKs held 0.5 s: {result['seconds']:.2f} s, {counters}")  # (pytest -s)
+    assert made[0].held > 1
+    assert counters["rto"] == counters["spurious_rto"] == 1
+    assert counters["retransmit"] - counters.get("probe_retransmit", 0) == 1  # the RTO's
+    assert counters["ssthresh_at_end"] == 1 << 62
 
 
 async def test_without_timestamps_the_kernel_s_dsacks_undo_the_needless_resends(

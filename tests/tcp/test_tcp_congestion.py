@@ -61,5 +61,5 @@ def test_no_dsack_undo_after_a_timeout() -> None:
     cc = NewReno(MSS, 10)
     cc.enter_recovery(10 * MSS, 10 * MSS)
     cc.on_resend(0, MSS)
-    cc.on_rto(10 * MSS)
+    cc.on_rto(10 * MSS, first=True)
     assert not cc.on_dsack(0, MSS)
