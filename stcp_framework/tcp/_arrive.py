@@ -564,18 +564,48 @@ def _on_dupack(c: Connection, una_off: int, now: float, delivered: int) -> None:
         # RFC 5681 §3.2 steps 2-3, RFC 6582 §3.2 step 2: fast retransmit; with SACK
         # also once more than two segments' worth above SND.UNA arrived (RFC 6675 §5:
         # IsLost(HighACK + 1)).
-        c.count("fast_retransmit")
-        cc.enter_recovery(nxt_off - una_off, nxt_off)
-        c.timers.probe_at = None
-        # The recovery's own reduction ends a tail loss probe episode (Linux resets
-        # tlp_high_seq in tcp_init_cwnd_reduction): one response per loss event.
-        board.probe_end = -1
-        board.probe_resent = False
-        _output.retransmit_first(c, now)
-        if tcb.timestamps:
-            cc.rxt_tsval = c.tsval(now)
-        if tcb.sack_permitted:
-            _prr_send(c, delivered, now)
+        _fast_retransmit(c, una_off, nxt_off, now, delivered)
+    elif tcb.sack_permitted:
+        _output.arm_probe(c, now)  # (with a hole SACKed around: the reordering timer)
+
+
+def _fast_retransmit(c: Connection, una_off: int, nxt_off: int, now: float, delivered: int) -> None:
+    """Enter fast recovery and resend the segment at SND.UNA (RFC 5681 §3.2 steps 2-3,
+    RFC 6582 §3.2 step 2), then what proportional rate reduction lets out with SACK."""
+    tcb = c.tcb
+    cc = c.cc
+    board = c.scoreboard
+    c.count("fast_retransmit")
+    cc.enter_recovery(nxt_off - una_off, nxt_off)
+    c.timers.probe_at = None
+    # The recovery's own reduction ends a tail loss probe episode (Linux resets
+    # tlp_high_seq in tcp_init_cwnd_reduction): one response per loss event.
+    board.probe_end = -1
+    board.probe_resent = False
+    _output.retransmit_first(c, now)
+    if tcb.timestamps:
+        cc.rxt_tsval = c.tsval(now)
+    if tcb.sack_permitted:
+        _prr_send(c, delivered, now)
+
+
+def on_reorder_timeout(c: Connection, now: float) -> None:
+    """RACK's reordering timer (RFC 8985 §6.3; Linux ``tcp_rack_reo_timeout``) in its
+    simplest form: SACKs showed a hole at SND.UNA, too few of them for the duplicate
+    ACK threshold, and no ACK has come for a quarter of an RTT since (``arm_probe``).
+    Data sent after the hole's segment has arrived and that segment has not: it is
+    deemed lost, and fast recovery starts -- not the retransmission timeout, 200 ms
+    at least, with its go-back-N and a window of one."""
+    tcb = c.tcb
+    cc = c.cc
+    una_off = tcb.snd_una_offset
+    nxt_off = c.snd_nxt_offset()
+    if cc.in_recovery or not c.scoreboard.ranges or nxt_off <= una_off:
+        return
+    if una_off < cc.recover_offset:
+        return  # still repairing after a timeout (arm_probe arms nothing then)
+    c.count("reorder_timeout")
+    _fast_retransmit(c, una_off, nxt_off, now, 0)
 
 
 def _prr_send(c: Connection, delivered: int, now: float) -> None:

@@ -579,12 +579,15 @@ def _resend(c: Connection, begin: int, n: int, now: float, *, record: bool = Tru
 
 _DELAYED_ACK_ALLOWANCE = 0.2  # RFC 8985 §7.2 WCDelAckT (Linux TCP_DELACK_MAX)
 _MIN_PTO = 0.01  # Linux: never sooner than 10 ms
+_MIN_REO_WND = 0.001  # the clock's granularity (our timestamps tick in ms)
 
 
 def arm_probe(c: Connection, now: float) -> None:
     """(Re)start the tail loss probe timer (RFC 8985 §7.2): in open state, with SACK,
     data in flight and no probe out, at PTO = 2 * SRTT (plus the peer's delayed-ACK
-    allowance when one segment is in flight), if that comes before the RTO."""
+    allowance when one segment is in flight), if that comes before the RTO. With a
+    hole SACKed around, the same timer is RACK's reordering timer instead (a quarter
+    of SRTT, or more after needless recoveries: ``NewReno.reo_wnd_mult``)."""
     t = c.timers
     tcb = c.tcb
     cc = c.cc
@@ -597,18 +600,27 @@ def arm_probe(c: Connection, now: float) -> None:
         or flight <= 0
         or cc.in_recovery
         or una_off < cc.recover_offset  # still repairing after a timeout
-        or board.probe_end >= 0
-        or board.ranges
         or c.retries
         or not tcb.state.synchronized()
     ):
+        t.probe_at = None
+        return
+    rto_at = t.retransmit_at
+    if board.ranges:
+        # A hole SACKed around but short of the duplicate ACK threshold: RACK's
+        # reordering window (RFC 8985 §6.2 step 4: min_RTT / 4 widened by needless
+        # recoveries; SRTT here) from the last ACK, then the hole is lost
+        # (``_arrive.on_reorder_timeout``).
+        at = now + max(srtt * cc.reo_wnd_mult / 4, _MIN_REO_WND)
+        t.probe_at = at if rto_at is None or at < rto_at else None
+        return
+    if board.probe_end >= 0:
         t.probe_at = None
         return
     pto = 2 * srtt
     if flight <= tcb.mss:
         pto = max(pto, 1.5 * srtt + _DELAYED_ACK_ALLOWANCE)
     at = now + max(pto, _MIN_PTO)
-    rto_at = t.retransmit_at
     t.probe_at = at if rto_at is None or at < rto_at else None
 
 

@@ -9,6 +9,8 @@ object owns the numbers.
 from __future__ import annotations
 
 UNDO_MAX_RESENDS = 64  # resends of one recovery that D-SACKs may still prove needless
+REO_WND_MULT_MAX = 4  # RACK's reordering window at most a whole RTT (4 quarters)
+REO_WND_PERSIST = 16  # recoveries it stays widened (RFC 8985 §6.2 step 4)
 
 
 class NewReno:
@@ -28,6 +30,10 @@ class NewReno:
         frto: Forward RTO-Recovery (RFC 5682 §2), to tell a spurious retransmission
             timeout from a real one: 0 off, 1 after a first timeout's retransmission
             (step 1), 2 once the first ACK after it let new data out (step 2b).
+        reo_wnd_mult, reo_wnd_persist: RACK's reordering window adaptation (RFC 8985
+            §6.2 step 4): the window is ``reo_wnd_mult`` quarters of an RTT; each
+            recovery found needless (``undo``) widens it by one, up to a whole RTT,
+            and 16 recoveries in a row that were not bring it back to one quarter.
         undo_retrans, undo_ranges: D-SACK detection (RFC 3708 §3, as Linux's
             ``undo_retrans``): the bytes the last recovery resent that no D-SACK has
             yet reported as duplicates, and those resends as ``(start, end)`` stream
@@ -52,6 +58,8 @@ class NewReno:
         "prr_rxt",
         "recover_fs",
         "recover_offset",
+        "reo_wnd_mult",
+        "reo_wnd_persist",
         "rxt_tsval",
         "spurious",
         "ssthresh",
@@ -76,6 +84,8 @@ class NewReno:
         self.undo_retrans = -1
         self.undo_ranges: list[tuple[int, int]] = []
         self.frto = 0
+        self.reo_wnd_mult = 1
+        self.reo_wnd_persist = 0
 
     def _halved(self, amount: int) -> int:
         """RFC 5681 (4): ``max(FlightSize / 2, 2 * SMSS)``, the ssthresh of a response."""
@@ -119,6 +129,10 @@ class NewReno:
         self.prr_rxt = 0
         self.undo_retrans = 0
         self.undo_ranges = []
+        if self.reo_wnd_persist > 0:
+            self.reo_wnd_persist -= 1
+            if not self.reo_wnd_persist:
+                self.reo_wnd_mult = 1
 
     def on_resend(self, start: int, end: int) -> None:
         """Stream bytes ``[start, end)`` resent in this recovery (RFC 6937 ``prr_out``;
@@ -208,6 +222,9 @@ class NewReno:
         self.spurious = self.in_recovery
         self.ssthresh = max(self.ssthresh, self.pipe_prev)
         self._no_undo()
+        if self.reo_wnd_mult < REO_WND_MULT_MAX:  # (RACK: a wider reordering window)
+            self.reo_wnd_mult += 1
+        self.reo_wnd_persist = REO_WND_PERSIST
         self.rxt_tsval = -1  # (found needless already: Eifel has nothing left to check)
 
     def exit_recovery(self, flight: int, acked: int, *, prr: bool = False) -> None:

@@ -538,7 +538,10 @@ class Connection:
         at = t.probe_at
         if at is not None and now >= at:
             t.probe_at = None
-            _output.on_probe_timeout(self, now)
+            if self.scoreboard.ranges:
+                _arrive.on_reorder_timeout(self, now)  # (RACK's, not a tail loss probe)
+            else:
+                _output.on_probe_timeout(self, now)
         at = t.persist_at
         if at is not None and now >= at and self.tcb.state is not TcpState.CLOSED:
             t.persist_at = None

@@ -18,7 +18,8 @@ class Timers:
         time_wait_at: 2*MSL in TIME-WAIT; also the orphaned FIN-WAIT-2 limit
             (Linux ``tcp_fin_timeout``) after ``app_close``.
         pmtu_at: Try the full MSS again after a path MTU reduction (RFC 1191 §6.3).
-        probe_at: Tail loss probe (RFC 8985 §7), before the retransmission timer.
+        probe_at: Tail loss probe (RFC 8985 §7), before the retransmission timer; with
+            a hole SACKed around, RACK's reordering timer (RFC 8985 §6.3) instead.
     """
 
     __slots__ = (

@@ -678,6 +678,41 @@ def test_no_probe_without_sack() -> None:
     assert conn.timers.probe_at is None
 
 
+# ------------------------------------------------------------------ RACK's reordering timer
+
+
+def test_a_hole_short_of_the_threshold_is_resent_after_a_quarter_rtt() -> None:
+    """Segment 0 of 0..7 is lost, and of the rest only 1 and 2 arrive (or their ACKs
+    do): two segments SACKed above the hole, one short of RFC 6675's threshold, and
+    nothing more will come. RACK (RFC 8985 §6.3) deems 0 lost a reordering window
+    (SRTT / 4) after the last ACK: fast recovery, not the retransmission timeout."""
+    conn, data = _eight_segments()
+    conn.rtt.srtt = 0.04
+    send(conn, r(ack=LOCAL_SEQ, options=our_blocks((MSS, 3 * MSS))), at=1.1)
+    expect_nothing(conn)
+    assert conn.timers.probe_at == pytest.approx(1.11)  # 1.1 + 40 ms / 4
+    expect_nothing(conn, at=1.109)
+    expect(conn, [seg_of(data, 0)], at=1.11)
+    assert conn.counters["reorder_timeout"] == 1 and conn.cc.in_recovery
+    assert "rto" not in conn.counters and "tail_loss_probe" not in conn.counters
+
+
+def test_needless_recoveries_widen_the_reordering_window() -> None:
+    """Each recovery found needless (here by Eifel or D-SACKs: ``undo``) widens the
+    window by a quarter RTT, up to a whole one (RFC 8985 §6.2 step 4), so that a path
+    that reorders stops setting it off."""
+    conn, _ = _eight_segments()
+    conn.rtt.srtt = 0.04
+    for mult in (2, 3, 4, 4):
+        conn.cc.undo()
+        assert conn.cc.reo_wnd_mult == mult
+    send(conn, r(ack=LOCAL_SEQ, options=our_blocks((MSS, 3 * MSS))), at=1.1)
+    assert conn.timers.probe_at == pytest.approx(1.14)  # a whole SRTT
+    for _ in range(16):  # 16 recoveries that were needed bring it back
+        conn.cc.enter_recovery(8 * MSS, 8 * MSS)
+    assert conn.cc.reo_wnd_mult == 1
+
+
 def test_early_retransmit_with_a_small_flight_and_nothing_more_to_send() -> None:
     """RFC 5827: three segments out, no new data: two duplicate ACKs are all that can
     come (0 and 1 lost), so two start the fast retransmit."""
