@@ -53,8 +53,8 @@ from ..tcp.step import OutSegment
 from ..wire.drop import DropReason, MalformedPacket
 from ..wire.icmp import parse_too_big_untrusted
 from ..wire.packet import build_packet, parse_packet_untrusted
-from ..wire.seq import Seq
-from ..wire.tcp import ACK, NO_OPTIONS, RST, SYN, Packet
+from ..wire.seq import Seq, seq_le, seq_lt
+from ..wire.tcp import ACK, NO_OPTIONS, RST, SYN, Packet, TcpSegment
 from .clock import machine_clock_skew
 from .flows import Flow, FlowKey, flow_id_of
 from .recovery import restore_flows
@@ -305,6 +305,12 @@ class Runtime:
             if flow is None or (seg.flags & SYN and self._syn_replaces(flow, pkt)):
                 self._on_unknown_flow(pkt, now, buf, hops)
                 continue
+            if (
+                flow.backlog is not None
+                and self._siblings is not None
+                and self._answered_elsewhere(flow, seg, buf, hops)
+            ):
+                continue
             flow.conn.on_segment(seg, now)
             if flow.rx_lot and flow.conn.rcv_buf:
                 readers.append(flow)
@@ -368,6 +374,27 @@ class Runtime:
         else:
             self.stats["forward_failed"] += 1
             self.drops[DropReason.NO_FLOW] += 1
+        return True
+
+    def _answered_elsewhere(self, flow: Flow, seg: TcpSegment, buf: memoryview, hops: int) -> bool:
+        """Workers: an ACK for a flow we hold in SYN-RECEIVED that does not acknowledge
+        our SYN. With the queues changing, a retransmitted SYN can reach two workers;
+        both answer, the peer takes one SYN-ACK, and its ACK of that one may reach the
+        other worker (it sent last, so the kernel steers the flow to it). RFC 9293 would
+        answer <SEQ=SEG.ACK><CTL=RST> -- exactly the peer's RCV.NXT, which resets the
+        connection the sibling just completed. Instead the ACK goes round the ring to
+        the worker whose SYN it acknowledges, and our half-open connection is dropped
+        without a word. The last worker of the ring answers as a lone stack would."""
+        tcb = flow.conn.tcb
+        if tcb.state is not TcpState.SYN_RECEIVED or seg.flags & (ACK | RST) != ACK:
+            return False
+        ack = Seq(seg.ack)
+        if seq_lt(tcb.snd_una, ack) and seq_le(ack, tcb.snd_nxt):
+            return False  # it acknowledges our SYN
+        if not self._pass_on(buf, hops):
+            return False
+        self.stats["half_open_passed_on"] += 1
+        self._remove_flow(flow)
         return True
 
     def _syn_replaces(self, flow: Flow, pkt: Packet) -> bool:

@@ -27,8 +27,12 @@ Theory of operation:
     ``receive`` drops what another user sent (``rejected``): a forged segment needs the
     privileges that writing to the TUN device needs anyway.
 
-Not handled: a SYN for a 4-tuple a sibling holds (a retransmitted SYN while the queues
-change) opens a second connection here; the peer keeps one of the two.
+    A SYN is accepted by whichever worker it reaches (a SYN retransmitted while the
+    queues change may reach two). The peer completes the handshake with one of the two
+    SYN-ACKs; its ACK reaching the other worker -- which holds the flow in SYN-RECEIVED
+    and would answer RST, resetting the peer's connection -- goes round the ring like a
+    segment of an unknown flow, and that worker drops its half-open connection
+    silently (``Runtime._answered_elsewhere``).
 """
 
 from __future__ import annotations

@@ -238,6 +238,49 @@ async def test_every_worker_accepts_a_syn_itself() -> None:
         assert stack.runtime.stats["forwarded"] == 0
 
 
+async def test_an_ack_for_a_sibling_s_syn_ack_goes_round_the_ring_not_rst() -> None:
+    """A SYN retransmitted while the queues change reached two workers, and both
+    answered. The peer took the other worker's SYN-ACK; its ACK of that one reaches
+    this worker, which holds the flow in SYN-RECEIVED with its own ISS. RFC 9293's RST
+    (<SEQ=SEG.ACK>, the peer's RCV.NXT) would reset the connection the sibling just
+    completed: the ACK goes to the next worker instead, and the half-open connection
+    here is dropped silently. An ACK of our own SYN-ACK completes the handshake here."""
+    ring = "rtring6"
+    next_worker = Siblings(ring, 1, 2)
+    peer_addr, stack_addr = ipaddress.ip_address(PEER).packed, ipaddress.ip_address(STACK).packed
+    try:
+        async with _worker_and_peer(ring, 0, 2) as (stack, peer):
+            for port, ours in ((40002, False), (40003, True)):
+                syn = build_packet(
+                    peer_addr, stack_addr, port, ECHO_PORT, 7000, 0, SYN, 1000, NO_OPTIONS, b"",
+                )  # fmt: skip
+                await peer.send_batch([syn])
+                with trio.fail_after(5):
+                    [syn_ack] = await peer.recv_batch(8)
+                iss = parse_packet_untrusted(syn_ack).tcp.seq
+                acked = (iss + 1) if ours else (iss + 1_000_000)  # the sibling's ISS + 1
+                ack = build_packet(
+                    peer_addr, stack_addr, port, ECHO_PORT, 7001, acked & 0xFFFFFFFF, ACK,
+                    1000, NO_OPTIONS, b"",
+                )  # fmt: skip
+                await peer.send_batch([ack])
+                if not ours:
+                    with trio.fail_after(5):
+                        forwarded = await next_worker.receive(8)
+                    assert [(hops, bytes(p)) for hops, p in forwarded] == [(1, bytes(ack))]
+                    await _nothing_arrives(peer)
+                    assert not stack.runtime.flows
+                    assert stack.runtime.stats["half_open_passed_on"] == 1
+                    assert stack.runtime.stats["rst_sent"] == 0
+                else:
+                    await wait_for(
+                        lambda: any(f.connected for f in stack.runtime.flows.values()), "handshake"
+                    )
+                    assert stack.runtime.stats["half_open_passed_on"] == 1
+    finally:
+        next_worker.close()
+
+
 # ------------------------------------------------------------------ real processes
 
 
