@@ -415,6 +415,11 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
         _output.challenge_ack(c, now)
         return False
     scaled_wnd = seg.window << tcb.snd_wscale
+    # RFC 5681 §2 duplicate ACK (as far as this segment shows it; judged before the
+    # window update below, which would make every window equal).
+    duplicate = (
+        d_una == 0 and not seg.payload and not seg.flags & (SYN | FIN) and scaled_wnd == tcb.snd_wnd
+    )
     una_off = tcb.snd_una_offset
     board = c.scoreboard
     sack_news = False  # this ACK SACKed bytes not SACKed before
@@ -500,7 +505,7 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
             # retransmit on duplication. Only cumulative ACKs reset the count.
             if sack_news:
                 _on_dupack(c, una_off, now, board.sacked_bytes() - sacked_before)
-        elif not seg.payload and not seg.flags & (SYN | FIN) and scaled_wnd == tcb.snd_wnd:
+        elif duplicate:
             _on_dupack(c, una_off, now, tcb.mss)  # RFC 5681 §2 duplicate ACK
         else:
             c.dupacks = 0
@@ -525,7 +530,7 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
         if wl2 != ack:
             c._set("snd_wl2", ack)
     if c.cc.frto:
-        _frto(c, seg, d_una, scaled_wnd)
+        _frto(c, d_una, duplicate)
     # State-specific processing of our FIN being acknowledged.
     if tcb.fin_sent and tcb.snd_una == tcb.snd_nxt:
         state = tcb.state
@@ -718,7 +723,7 @@ def _probe_dupack(
         board.probe_resent = False
 
 
-def _frto(c: Connection, seg: TcpSegment, d_una: int, scaled_wnd: int) -> None:
+def _frto(c: Connection, d_una: int, duplicate: bool) -> None:
     """Forward RTO-Recovery (RFC 5682 §2; Linux ``tcp_process_loss``), the ACKs after
     a first timeout's retransmission. A timeout can be spurious: the segments and
     their ACKs were only late (a delay spike, a stalled process), and then going back
@@ -737,8 +742,8 @@ def _frto(c: Connection, seg: TcpSegment, d_una: int, scaled_wnd: int) -> None:
     tcb = c.tcb
     mss = tcb.mss
     if d_una <= 0:
-        if seg.payload or seg.flags & FIN or scaled_wnd != tcb.snd_wnd:
-            return  # not a duplicate ACK: no news about the timeout
+        if not duplicate:
+            return  # (data, a window update, an old ACK): no news about the timeout
         if cc.frto == 2:
             c.snd_ptr = tcb.snd_una_offset  # (3a) go back: the timeout was real,
             if cc.cwnd > 3 * mss:  # with at most three segments

@@ -99,3 +99,16 @@ def test_a_second_timeout_in_a_row_does_not_start_frto() -> None:
     assert at is not None
     conn.on_timer(at)
     assert _sent(conn) == [0] and conn.cc.frto == 0
+
+
+def test_a_window_update_in_between_is_no_news_about_the_timeout() -> None:
+    """Between the two ACKs the peer only opens its window (same ACK, a new window): not
+    a duplicate ACK (RFC 5681 §2), so step 3 still waits for the next ACK."""
+    conn = _timed_out(CONFIG, 10)
+    send(conn, _ack(5), at=1.5)
+    assert _sent(conn) == [20, 21]
+    window = conn.tcb.snd_wnd
+    send(conn, r(ack=sq(LOCAL_SEQ, 5 * MSS), window=window + 4 * MSS), at=1.505)
+    assert conn.cc.frto == 2 and conn.tcb.snd_wnd == window + 4 * MSS
+    send(conn, _ack(10), at=1.51)
+    assert conn.counters["spurious_rto"] == 1
