@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import trio
 
+from ..tcp.machine import Connection
+
 if TYPE_CHECKING:
-    from ..tcp.machine import Connection
+    from ..tcp.timewait import TimeWaitRecord
     from .runtime import Listener
 
 _AF_INET = socket.AF_INET
@@ -101,7 +102,6 @@ class Waiters:
             lot.unpark_all()
 
 
-@dataclass(eq=False, slots=True)
 class Flow:
     """One connection as the runtime sees it.
 
@@ -110,30 +110,96 @@ class Flow:
     version moved; ``rx_lot`` wakes the reader, on events other than ``SendSpace``
     alone (the peer's ACK of our data is no news to a reader). Waiters re-check their
     condition.
+
+    ``conn`` is the connection's machine. A quiet TIME-WAIT connection is kept as a
+    compact record instead (``freeze``, ``tcp/timewait.py``; ``time_wait`` is then the
+    record): the first use of ``conn`` rebuilds the machine from it.
     """
 
-    key: FlowKey
-    flow_id: str
-    conn: Connection
-    listener_port: int | None = None
-    lot: Waiters = field(default_factory=Waiters)
-    rx_lot: Waiters = field(default_factory=Waiters)
-    deadline_at: float | None = None  # the machine's next deadline
-    heap_at: float | None = None  # its live timer-heap entry (<= deadline_at)
-    connected: bool = False
-    accepted: bool = False  # handed to a listener's accept queue
-    error: BaseException | None = None  # Reset / TimedOut, as an exception for the API
-    reset: bool = False
-    eof: bool = False
-    closed: bool = False  # reached CLOSED and left the flow table
-    app_closed: bool = False
-    dirty: bool = False
-    held: bool = False  # rounds leave it dirty until its app task resumes (Runtime.hold)
-    durable_version: int = 0  # the newest of this flow's delta versions the store holds
-    recovered: bool = False  # restored from the store after a restart
-    app_state: bytes | None = None  # stored with the last commit (level 2)
-    forgettable: bool = True  # remove the store record once CLOSED
-    backlog: Listener | None = None  # counted in this listener's SYN backlog
+    __slots__ = (
+        "_conn",
+        "accepted",
+        "app_state",
+        "backlog",
+        "closed",
+        "connected",
+        "deadline_at",
+        "dirty",
+        "durable_version",
+        "eof",
+        "error",
+        "flow_id",
+        "forgettable",
+        "heap_at",
+        "held",
+        "key",
+        "listener_port",
+        "lot",
+        "recovered",
+        "reset",
+        "rx_lot",
+        "time_wait",
+    )
+
+    def __init__(
+        self,
+        key: FlowKey,
+        flow_id: str,
+        conn: Connection,
+        listener_port: int | None = None,
+        *,
+        recovered: bool = False,
+        app_state: bytes | None = None,
+    ) -> None:
+        self.key = key
+        self.flow_id = flow_id
+        self._conn: Connection | None = conn
+        self.time_wait: TimeWaitRecord | None = None  # frozen: the record, ``_conn`` None
+        self.listener_port = listener_port
+        self.lot = Waiters()
+        self.rx_lot = Waiters()
+        self.deadline_at: float | None = None  # the machine's next deadline
+        self.heap_at: float | None = None  # its live timer-heap entry (<= deadline_at)
+        self.connected = False
+        self.accepted = False  # handed to a listener's accept queue
+        self.error: BaseException | None = None  # Reset / TimedOut, as an exception for the API
+        self.reset = False
+        self.eof = False
+        self.closed = False  # reached CLOSED and left the flow table
+        self.dirty = False
+        self.held = False  # rounds leave it dirty until its app task resumes (Runtime.hold)
+        self.durable_version = 0  # the newest of this flow's delta versions the store holds
+        self.recovered = recovered  # restored from the store after a restart
+        self.app_state = app_state  # stored with the last commit (level 2)
+        self.forgettable = True  # remove the store record once CLOSED
+        self.backlog: Listener | None = None  # counted in this listener's SYN backlog
+
+    @property
+    def conn(self) -> Connection:
+        conn = self._conn
+        if conn is None:
+            record = self.time_wait
+            assert record is not None
+            conn = self._conn = Connection.thaw_time_wait(record)
+            self.time_wait = None
+        return conn
+
+    def freeze(self) -> bool:
+        """Keep a quiet TIME-WAIT connection as its compact record; False if it is not
+        one (``Connection.freeze_time_wait``)."""
+        conn = self._conn
+        if conn is None:
+            return True
+        record = conn.freeze_time_wait()
+        if record is None:
+            return False
+        self.time_wait = record
+        self._conn = None
+        return True
+
+    def __repr__(self) -> str:
+        frozen = " (frozen TIME-WAIT)" if self.time_wait is not None else ""
+        return f"<Flow {self.flow_id}{frozen}>"
 
     @property
     def remote(self) -> tuple[str, int]:

@@ -38,8 +38,8 @@ import logging
 from collections.abc import Callable
 from typing import Any, overload
 
-from ..wire.seq import Seq, seq_add, seq_diff, seq_gt, seq_le, seq_lt
-from ..wire.tcp import ACK, NO_OPTIONS, RST, SYN, TcpSegment
+from ..wire.seq import Seq, seq_add, seq_diff, seq_le, seq_lt
+from ..wire.tcp import ACK, NO_OPTIONS, TcpSegment
 from . import _arrive, _listen, _output
 from ._listen import DEFAULT_MSS, MIN_MSS, TS_OPTION_LEN, choose_rcv_wscale
 from .buffers import Reassembly, RecvBuffer, SendBuffer
@@ -64,6 +64,7 @@ from .state import TcpState
 from .step import EMPTY_STEP, OutSegment, Step
 from .tcb import TCB_FIELDS, Tcb
 from .timers import Timers
+from .timewait import TimeWaitRecord, new_syn_acceptable
 from .txmap import TxMap
 
 logger = logging.getLogger("stcp.tcp")
@@ -399,6 +400,83 @@ class Connection:
                     _output.send_ack(c, now)
         return c
 
+    def freeze_time_wait(self) -> TimeWaitRecord | None:
+        """This connection as a compact ``TimeWaitRecord`` if it is a quiet TIME-WAIT
+        one (``tcp/timewait.py``), else None. Call after ``drain()``: anything pending
+        (a segment, an event, a field to persist) keeps it a ``Connection``."""
+        tcb = self.tcb
+        if tcb.state is not TcpState.TIME_WAIT:
+            return None
+        t = self.timers
+        time_wait_at = t.time_wait_at
+        if time_wait_at is None or t.next_deadline() != time_wait_at:
+            return None  # another timer is due first (a delayed ACK, say)
+        rcv, snd = self.rcv_buf, self.snd_buf
+        if (
+            self._out
+            or self._events
+            or self._dirty
+            or self._rx_ops
+            or self._tx_ops
+            or self._rx_trim is not None
+            or self._tx_trim is not None
+            or self._app_commit is not None
+            or self.ack_now
+            or self.ack_deferred_at is not None
+            or self.pending_fin
+            or self.reasm
+            or len(snd)
+            or rcv.read_offset != rcv.end_offset
+            or rcv.commit_offset != rcv.end_offset
+            or tcb.commit_offset != rcv.end_offset
+        ):
+            return None
+        return TimeWaitRecord(
+            tcb=tcb,
+            config=self.config,
+            version=self.version,
+            time_wait_at=time_wait_at,
+            last_rx_at=self.last_rx_at,
+            snd_end=snd.end_offset,
+            snd_ptr=self.snd_ptr,
+            rcv_end=rcv.end_offset,
+            rcv_mss=self.rcv_mss,
+            mss_max=self.mss_max,
+            maybe_sent_end=self.maybe_sent_end,
+            challenge_window_at=self.challenge_window_at,
+            challenge_count=self.challenge_count,
+            invalid_ack_at=self.invalid_ack_at,
+            name=self.name,
+            counters=self.counters,
+        )
+
+    @classmethod
+    def thaw_time_wait(cls, record: TimeWaitRecord) -> Connection:
+        """The connection ``record`` was frozen from, to take a segment or a call: it
+        answers every input as the original would (``tcp/timewait.py`` says what
+        restarts). The record's ``Tcb`` is taken over, not copied."""
+        tcb = record.tcb
+        config = record.config
+        c = cls(now=record.last_rx_at, config=config, iss=tcb.iss, tsval_offset=tcb.tsval_offset)
+        c.tcb = tcb
+        c.version = c.rx_needs = c.tx_needs = record.version
+        c.offer_wscale = tcb.rcv_wscale > 0 or tcb.snd_wscale > 0
+        c.cc.set_mss(tcb.mss, config.initial_cwnd_segments)
+        c.rcv_buf = RecvBuffer(record.rcv_end, keep_read=tcb.ack_on_commit and tcb.manual_commit)
+        c.snd_buf = SendBuffer(record.snd_end)
+        c.txmap = TxMap.decode(tcb.tx_refs, tcb.tx_ref_base)
+        c.snd_ptr = record.snd_ptr
+        c.rcv_mss = record.rcv_mss
+        c.mss_max = record.mss_max
+        c.maybe_sent_end = record.maybe_sent_end
+        c.challenge_window_at = record.challenge_window_at
+        c.challenge_count = record.challenge_count
+        c.invalid_ack_at = record.invalid_ack_at
+        c.name = record.name
+        c.counters = record.counters
+        c.timers.time_wait_at = record.time_wait_at
+        return c
+
     # ------------------------------------------------------------------ public surface
 
     @property
@@ -451,19 +529,8 @@ class Connection:
 
     def accepts_new_syn(self, seg: TcpSegment) -> bool:
         """RFC 6191: may this SYN open a new incarnation of a flow in TIME-WAIT?
-
-        With timestamps on both incarnations the SYN's TSval must be newer than
-        ``ts_recent``; otherwise its seq must be above ``rcv_nxt``. The stack then
-        drops this connection and calls ``open_passive`` with the SYN (its ISS from
-        RFC 6528 is then normally above ``tcb.snd_nxt``, as RFC 6191 wants).
-        """
-        tcb = self.tcb
-        if tcb.state is not TcpState.TIME_WAIT or seg.flags & (SYN | ACK | RST) != SYN:
-            return False
-        ts = seg.options.timestamps
-        if tcb.timestamps and ts is not None:
-            return seq_gt(Seq(ts[0]), Seq(tcb.ts_recent))
-        return seq_gt(Seq(seg.seq), tcb.rcv_nxt)
+        (``timewait.new_syn_acceptable``)"""
+        return new_syn_acceptable(self.tcb, seg)
 
     def on_packet_too_big(self, path_mss: int, seq: int, now: float) -> bool:
         """ICMP says our segment at ``seq`` was too big for a hop whose MTU leaves
