@@ -74,7 +74,7 @@ class Waiters:
     """The tasks waiting on one side of a flow: a trio ``ParkingLot``, made when the first
     task parks and let go once all are woken. Most flows have no one waiting most of
     the time -- idle, in TIME-WAIT -- and an empty ``ParkingLot`` is ~0.3 KB, two per
-    flow: ~0.6 of the ~4.5 KB a TIME-WAIT connection holds in the process. A new lot
+    flow: ~0.6 of the ~4 KB an idle connection holds in the process. A new lot
     per wait costs ~1 us (<0.5 % of a short connection's CPU). ``bool()`` says whether
     any task waits."""
 
