@@ -7,6 +7,8 @@ a scripted peer (a raw link) that sends the segments."""
 from __future__ import annotations
 
 import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import trio
 import trio.testing
@@ -14,6 +16,7 @@ import trio.testing
 from stcp_framework import MemoryStore, Stream, open_stack
 from stcp_framework.link.sim import SimLink, SimNetwork, TapEvent
 from stcp_framework.stack.flows import Flow
+from stcp_framework.stack.runtime import Runtime
 from stcp_framework.tcp.state import TcpState
 from stcp_framework.wire.packet import build_packet, parse_packet_untrusted
 from stcp_framework.wire.seq import Seq, seq_add
@@ -26,6 +29,30 @@ PORT = 13
 async def say_bye(stream: Stream) -> None:
     await stream.send_all(b"bye\n")
     await stream.aclose()  # the server closes first: its side ends in TIME-WAIT
+
+
+@asynccontextmanager
+async def server_in_time_wait(
+    net: SimNetwork, store: MemoryStore
+) -> AsyncIterator[tuple[Runtime, Flow]]:
+    """A server whose one connection (the server closed first) is in TIME-WAIT, and
+    the client's address free for a raw link."""
+    async with (
+        open_stack(net.attach(SERVER), [SERVER], store=store, rng=random.Random(3)) as server,
+        trio.open_nursery() as nursery,
+    ):
+        await nursery.start(server.serve, say_bye, PORT)
+        client_link = net.attach(CLIENT)
+        async with open_stack(client_link, [CLIENT], rng=random.Random(2)) as client:
+            stream = await client.connect(SERVER, PORT)
+            assert await stream.receive_some() == b"bye\n"
+            assert await stream.receive_some() == b""
+            await stream.aclose()
+            await trio.sleep(0.1)
+        await client_link.aclose()
+        (flow,) = server.runtime.flows.values()
+        yield server.runtime, flow
+        nursery.cancel_scope.cancel()
 
 
 async def replies(raw: SimLink) -> list[tuple[int, int, int]]:
@@ -52,21 +79,7 @@ async def test_time_wait_is_frozen_thawed_replaced_and_expires(
 
     net = SimNetwork(7, tap=tap)
     store = MemoryStore()
-    async with (
-        open_stack(net.attach(SERVER), [SERVER], store=store, rng=random.Random(3)) as server,
-        trio.open_nursery() as nursery,
-    ):
-        await nursery.start(server.serve, say_bye, PORT)
-        runtime = server.runtime
-        client_link = net.attach(CLIENT)
-        async with open_stack(client_link, [CLIENT], rng=random.Random(2)) as client:
-            stream = await client.connect(SERVER, PORT)
-            assert await stream.receive_some() == b"bye\n"
-            assert await stream.receive_some() == b""
-            await stream.aclose()
-            await trio.sleep(0.1)
-        await client_link.aclose()
-        (flow,) = runtime.flows.values()
+    async with server_in_time_wait(net, store) as (runtime, flow):
         assert isinstance(flow, Flow)
         assert flow.time_wait is not None  # frozen: no Connection held
         assert runtime.stats["time_wait_frozen"] == 1
@@ -103,28 +116,13 @@ async def test_time_wait_is_frozen_thawed_replaced_and_expires(
         assert runtime.stats["time_wait_expired"] == 1
         assert flow.time_wait is not None  # never rebuilt
         assert store.load_sync(flow.flow_id) is None
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_new_syn_replaces_a_frozen_time_wait_flow(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     net = SimNetwork(8)
-    async with (
-        open_stack(net.attach(SERVER), [SERVER], rng=random.Random(3)) as server,
-        trio.open_nursery() as nursery,
-    ):
-        await nursery.start(server.serve, say_bye, PORT)
-        runtime = server.runtime
-        client_link = net.attach(CLIENT)
-        async with open_stack(client_link, [CLIENT], rng=random.Random(2)) as client:
-            stream = await client.connect(SERVER, PORT)
-            while await stream.receive_some():
-                pass
-            await stream.aclose()
-            await trio.sleep(0.1)
-        await client_link.aclose()
-        (flow,) = runtime.flows.values()
+    async with server_in_time_wait(net, MemoryStore()) as (runtime, flow):
         record = flow.time_wait
         assert record is not None
         key = flow.key
@@ -149,4 +147,3 @@ async def test_a_new_syn_replaces_a_frozen_time_wait_flow(
         new = runtime.flows[key]
         assert new is not flow and new.conn.state is TcpState.SYN_RECEIVED
         assert flow.closed and flow.time_wait is not None  # dropped without a rebuild
-        nursery.cancel_scope.cancel()
