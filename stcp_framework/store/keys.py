@@ -29,7 +29,9 @@ direction. The position of stream offset ``o`` in chunk ``n`` is
 
 Staged chunks: an append that covers a whole chunk sends that chunk with a plain ``SET``
 (with a ``STAGE_TTL_MS`` expiry) in the same round trip just before the commit script,
-which validates the batch and then ``RENAME``s it into place, so the bytes never pass
+which validates the batch and then ``RENAME``s it into place (a large part of a chunk
+likewise, staged on a copy of the chunk's earlier bytes: ``stage_key(...)`` plus
+``:<offset>``, ``redis.py`` ``_Staged``), so the bytes never pass
 through Lua (which hashes every string it is handed, byte by byte: ~1.5 ns per byte
 here, more than all else a commit costs). The writer's epoch in the name keeps a stale
 owner's staged bytes apart from the current owner's; the script deletes every staged

@@ -400,7 +400,7 @@ def staged_keys(store: RedisStore) -> list[bytes]:
     return [
         k
         for k in server_keys(store, f"stcp:{{{store.service}:*")
-        if re.search(rb":(rx|tx):\d+:e\d+$", k)
+        if re.search(rb":(rx|tx):\d+:e\d+(:\d+)?$", k)
     ]
 
 
@@ -413,17 +413,18 @@ async def test_whole_chunks_are_moved_in_and_no_staged_key_outlives_a_commit(
     redis7_server: RedisServer,
 ) -> None:
     """Whole chunks travel as staged keys the script RENAMEs (their bytes never enter
-    Lua); partial ones as script arguments. Moved, skipped or refused, none is left."""
+    Lua), and so do large parts of a chunk; small parts as script arguments. Moved,
+    skipped or refused, none is left."""
     store = new_store(redis7_server)
     data = bytes(i % 241 for i in range(3 * C + 100))
     before = rename_calls(store)
-    # offset 50: chunk 0 partial, 1 and 2 whole, 3 partial; tx chunk 0 whole
+    # offset 50: chunk 0 a large part, 1 and 2 whole, 3 a small part; tx chunk 0 whole
     await store.commit([d("f", 1, 1, RxAppend(0, data[:50])), d("g", 1, 1, TxAppend(0, data[:C]))])
     await store.commit([d("f", 1, 2, RxAppend(50, data[50:]))])
-    assert rename_calls(store) - before == 3
+    assert rename_calls(store) - before == 4
     assert staged_keys(store) == []
     await store.commit([d("f", 1, 2, RxAppend(50, data[50:]))])  # a retry: skipped
-    assert staged_keys(store) == [] and rename_calls(store) - before == 3
+    assert staged_keys(store) == [] and rename_calls(store) - before == 4
     f, g = await store.load("f"), await store.load("g")
     assert f is not None and g is not None and (f.rx, g.tx) == (data, data[:C])
     await store.claim("f", 2)
@@ -432,6 +433,91 @@ async def test_whole_chunks_are_moved_in_and_no_staged_key_outlives_a_commit(
     assert staged_keys(store) == []
     rec = await store.load("f")
     assert rec is not None and rec.rx == data
+    await store.aclose()
+
+
+def command_calls(store: RedisStore, name: str) -> int:
+    stats = cast(dict[str, dict[str, int]], store.client.info("commandstats"))
+    return stats.get(f"cmdstat_{name}", {}).get("calls", 0)
+
+
+def chunk_memory(store: RedisStore, flow: str, stream: str, n: int) -> int:
+    tag = flow_tag(store.service, flow)
+    return cast(int, store.client.memory_usage(f"{tag}:{stream}:{n}"))
+
+
+async def test_large_parts_of_a_chunk_are_staged_on_a_copy_of_it(
+    redis7_server: RedisServer,
+) -> None:
+    """Segment-sized appends that do not fill a chunk: each is staged on top of a copy
+    of the chunk's earlier bytes (or of this batch's previous part of it), and the
+    script moves it into place -- no byte through Lua (no GETRANGE, no SETRANGE). A
+    chunk filled that way is stored at its size, not APPEND's greedy allocation."""
+    store = new_store(redis7_server)
+    seg = C // 3  # every part is a third of a chunk (none small enough for ARGV)
+    data = bytes(i % 251 for i in range(7 * seg))
+    getrange, setrange = command_calls(store, "getrange"), command_calls(store, "setrange")
+    await store.commit([d("f", 1, 1, RxAppend(0, data[:seg]))])  # a fresh chunk
+    await store.commit([d("f", 1, 2, RxAppend(seg, data[seg : 2 * seg]))])  # on a copy
+    # deltas of one flow in one batch (held back during an outage): the third one's
+    # part of chunk 1 is staged on a copy of the second one's staged key
+    await store.commit(
+        [
+            d("f", 1, 3, RxAppend(2 * seg, data[2 * seg : 3 * seg])),  # fills chunk 0
+            d("f", 1, 4, RxAppend(3 * seg, data[3 * seg : 4 * seg])),  # chunk 1, fresh
+            d("f", 1, 5, RxAppend(4 * seg, data[4 * seg : 5 * seg])),  # chunk 1, chained
+        ]
+    )
+    await store.commit([d("f", 1, 6, RxAppend(5 * seg, data[5 * seg :]))])  # chunks 1, 2
+    assert command_calls(store, "getrange") == getrange
+    assert command_calls(store, "setrange") == setrange
+    assert staged_keys(store) == []
+    rec = await store.load("f")
+    assert rec is not None and rec.rx == data
+    for n in (0, 1):
+        assert chunk_memory(store, "f", "rx", n) < C + 1024  # compacted, not up to 2 * C
+    await store.aclose()
+
+
+async def test_a_part_staged_on_stale_bytes_is_taken_from_its_tail(
+    redis7_server: RedisServer,
+) -> None:
+    """A retried batch whose first delta was applied already: the second one's part
+    was staged on a copy that already holds the first one's bytes, so its staged key
+    does not fit the chunk; the script appends just the part (its key's tail)."""
+    store = new_store(redis7_server)
+    seg = 20_000
+    data = bytes(i % 239 for i in range(3 * seg))
+    first = d("f", 1, 1, RxAppend(0, data[:seg]))
+    await store.commit([first])
+    getrange = command_calls(store, "getrange")
+    await store.commit([first, d("f", 1, 2, RxAppend(seg, data[seg : 2 * seg]))])
+    assert command_calls(store, "getrange") == getrange + 1  # the slow path, once
+    await store.commit([d("f", 1, 3, RxAppend(2 * seg, data[2 * seg :]))])
+    assert command_calls(store, "getrange") == getrange + 1
+    rec = await store.load("f")
+    assert rec is not None and rec.rx == data
+    assert staged_keys(store) == []
+    await store.aclose()
+
+
+async def test_a_part_after_small_bytes_in_the_same_batch_stays_exact(
+    redis7_server: RedisServer,
+) -> None:
+    """A small append (in ARGV) and then a large part of the same chunk in one batch:
+    the staged copy lacks the small bytes, so the part is appended from its tail."""
+    store = new_store(redis7_server)
+    data = bytes(i % 233 for i in range(100 + 30_000 + 100))
+    await store.commit(
+        [
+            d("f", 1, 1, RxAppend(0, data[:100])),
+            d("f", 1, 2, RxAppend(100, data[100:30_100])),
+            d("f", 1, 3, RxAppend(30_100, data[30_100:])),
+        ]
+    )
+    rec = await store.load("f")
+    assert rec is not None and rec.rx == data
+    assert staged_keys(store) == []
     await store.aclose()
 
 
@@ -464,11 +550,11 @@ async def test_a_vanished_staged_chunk_refuses_the_batch_and_is_sent_again(
     real = redis_module._staged_sets
     lost: list[int] = []
 
-    def lose_them(staged: list[tuple[str, list[bytes | memoryview]]]) -> list[object]:
+    def lose_them(staged: list[redis_module._Staged]) -> list[object]:
         lost.append(1)
         if len(lost) > 3:
             return real(staged)
-        return real([(key + ":elsewhere", data) for key, data in staged])
+        return real([entry._replace(key=entry.key + ":elsewhere") for entry in staged])
 
     monkeypatch.setattr(redis_module, "_staged_sets", lose_them)
     batch = [d("f", 1, 2, RxAppend(1, b"b" * (2 * C)), TcbSet({"rcv_nxt": 7}))]
