@@ -16,7 +16,6 @@ SIGINT or SIGTERM, and writes the stack's counters to stderr when it exits.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import inspect
 import json
 import logging
@@ -45,33 +44,12 @@ def raise_nofile_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
-# glibc mallopt() parameters (malloc.h): M_TRIM_THRESHOLD, M_MMAP_THRESHOLD.
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-_MMAP_THRESHOLD = 32 << 20  # glibc's largest (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit)
-_TRIM_THRESHOLD = 256 << 20
-
-
 def tune_malloc() -> bool:
-    """Keep freed memory in the heap instead of returning it to the kernel (glibc only).
+    """Keep freed memory in the heap, as ``stcp run`` does (``stcp_framework/cli/heap.py``):
+    the same settings for every server row alike, so ratios stay fair."""
+    from stcp_framework.cli.heap import keep_freed_memory
 
-    Both kinds of server move bulk data as ``bytes`` of up to 1 MiB (a 1 MiB
-    ``receive_some``; stcp's reads join 64 KB segments), allocated and freed at every
-    read. With glibc's defaults such blocks come from ``mmap`` or sit at the top of the
-    heap, which ``free`` trims, so the next one page-faults in afresh: 60-160 minor
-    faults per MB on stcp's upload and echo, ~10 % of its CPU. The settings are the same
-    as ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` in the environment and
-    apply to every server row alike, so ratios stay fair. Returns False where
-    ``mallopt`` is missing (not glibc).
-    """
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(
-        mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
-    )
+    return keep_freed_memory()
 
 
 def _tolerant(service: Service) -> Callable[[trio.SocketStream], Awaitable[None]]:
