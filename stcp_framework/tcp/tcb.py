@@ -11,7 +11,6 @@ Record encoding (``to_record``/``from_record`` and ``TcbSet.fields``): plain ``i
 
 from __future__ import annotations
 
-import operator
 from typing import Any
 
 from ..wire.seq import Seq
@@ -54,7 +53,6 @@ TCB_FIELDS: tuple[str, ...] = (
 )
 _DEFAULTS: dict[str, Any] = {"ack_on_commit": False, "tx_refs": "", "tx_ref_base": 0}
 """Fields added after schema 1, with the value older records mean."""
-_get_fields = operator.attrgetter(*TCB_FIELDS)  # every field at once, in TCB_FIELDS order
 
 
 class Tcb:
@@ -162,11 +160,45 @@ class Tcb:
         self.app_closed = False
 
     def to_record(self) -> dict[str, Any]:
-        """Every field as plain values, plus ``"schema"``."""
-        rec: dict[str, Any] = dict(zip(TCB_FIELDS, _get_fields(self), strict=True))
-        rec["state"] = self.state._value_  # (``.value`` is a property)
-        rec["schema"] = SCHEMA_VERSION
-        return rec
+        """Every field as plain values (``TCB_FIELDS`` order), plus ``"schema"``.
+
+        Spelled out field by field: compiled, each read is a native slot read, where
+        ``operator.attrgetter`` does a generic lookup per field (5.5 -> 2.1 us; every
+        passive open records the whole TCB as its first delta). A test keeps it in step
+        with ``TCB_FIELDS``."""
+        return {
+            "state": self.state._value_,  # (``.value`` is a property)
+            "iss": self.iss,
+            "irs": self.irs,
+            "snd_una": self.snd_una,
+            "snd_nxt": self.snd_nxt,
+            "snd_wnd": self.snd_wnd,
+            "snd_wl1": self.snd_wl1,
+            "snd_wl2": self.snd_wl2,
+            "max_window": self.max_window,
+            "rcv_nxt": self.rcv_nxt,
+            "rcv_wnd": self.rcv_wnd,
+            "rcv_wup": self.rcv_wup,
+            "mss": self.mss,
+            "snd_wscale": self.snd_wscale,
+            "rcv_wscale": self.rcv_wscale,
+            "timestamps": self.timestamps,
+            "tsval_offset": self.tsval_offset,
+            "ts_recent": self.ts_recent,
+            "sack_permitted": self.sack_permitted,
+            "fin_sent": self.fin_sent,
+            "fin_received": self.fin_received,
+            "snd_una_offset": self.snd_una_offset,
+            "rcv_nxt_offset": self.rcv_nxt_offset,
+            "read_offset": self.read_offset,
+            "commit_offset": self.commit_offset,
+            "app_closed": self.app_closed,
+            "manual_commit": self.manual_commit,
+            "ack_on_commit": self.ack_on_commit,
+            "tx_refs": self.tx_refs,
+            "tx_ref_base": self.tx_ref_base,
+            "schema": SCHEMA_VERSION,
+        }
 
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> Tcb:

@@ -299,3 +299,16 @@ def test_restore_with_data_waiting_on_a_closed_window_probes_at_once() -> None:
         (sq(LOCAL_SEQ, -1), ACK, 0),
     ]
     assert restored.counters["restore_window_probe"] == 1
+
+
+def test_the_record_has_every_field_in_order_and_reads_back() -> None:
+    """``Tcb.to_record`` spells its fields out (for speed): it must name every field of
+    ``TCB_FIELDS``, in order, with the live value, and ``from_record`` must invert it."""
+    conn = conn_established()
+    tcb = conn.tcb
+    record = tcb.to_record()
+    assert list(record) == [*TCB_FIELDS, "schema"]
+    for name in TCB_FIELDS:
+        want = tcb.state.value if name == "state" else getattr(tcb, name)
+        assert record[name] == want, name
+    assert Tcb.from_record(record) == tcb
