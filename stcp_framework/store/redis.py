@@ -251,6 +251,17 @@ for i = 1, nitems do
     local acts = {}
     local hset = {}
     local need_keys = false
+    -- before this batch's first write to stream s, chunk `key` must hold exactly the
+    -- bytes [start, s.e), else the store lost data (and the item fails)
+    local function holds_until_end(s, key, start)
+      if s.touched then return true end
+      if redis.call('STRLEN', key) ~= s.e - start then
+        fail = {'LOST', i, 'buffer chunk missing or short', 0}
+        return false
+      end
+      s.touched = true
+      return true
+    end
     local function append(s, offset, data)
       if offset > s.e then
         fail = {'GAP', i, fmt(offset), fmt(s.e)}
@@ -268,15 +279,7 @@ for i = 1, nitems do
         local take = (n + 1) * C
         if take > stop then take = stop end
         take = take - p
-        if not s.touched then
-          -- nothing of this batch wrote the stream yet: the chunk must hold exactly the
-          -- bytes before p, else the store lost data
-          if redis.call('STRLEN', key) ~= p - start then
-            fail = {'LOST', i, 'buffer chunk missing or short', 0}
-            return
-          end
-          s.touched = true
-        end
+        if not holds_until_end(s, key, start) then return end
         local piece = data
         if p ~= offset or take ~= #data then
           piece = string.sub(data, p - offset + 1, p - offset + take)
@@ -312,13 +315,7 @@ for i = 1, nitems do
       if not key then need_keys = true; return end
       local start = offset
       if s.h > start then start = s.h end
-      if not s.touched then
-        if redis.call('STRLEN', key) ~= s.e - start then
-          fail = {'LOST', i, 'buffer chunk missing or short', 0}
-          return
-        end
-        s.touched = true
-      end
+      if not holds_until_end(s, key, start) then return end
       -- the stored bytes [start, s.e) are the same stream bytes: replace the chunk
       acts[#acts + 1] = {'MOVE', stage, key, start - offset}
       s.e = stop
@@ -349,13 +346,7 @@ for i = 1, nitems do
       end
       local key = key_of(s, n)
       if not key then need_keys = true; return end
-      if not s.touched then
-        if redis.call('STRLEN', key) ~= s.e - start then
-          fail = {'LOST', i, 'buffer chunk missing or short', 0}
-          return
-        end
-        s.touched = true
-      end
+      if not holds_until_end(s, key, start) then return end
       acts[#acts + 1] = {'MOVE', stage, key, 0}
       if stop == (n + 1) * C then
         acts[#acts + 1] = {'COMPACT', key}  -- APPEND grew it greedily (up to 2x)
