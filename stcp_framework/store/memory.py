@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from ..tcp.delta import AppCommit, RxAppend, RxTrim, TcbSet, TxAppend, TxTrim
 from .base import FencedOut, FlowDelta, FlowInfo, FlowRecord
 
+_NO_CHUNKS: deque[bytes | memoryview] = deque()  # shared while empty: never appended to
+
 
 @dataclass(slots=True, init=False)
 class _Stream:
@@ -22,7 +24,9 @@ class _Stream:
     Appends keep the delta's own ``bytes`` objects (no copy, no resize of a big
     buffer); trimming drops whole chunks and only moves ``head`` inside the first one
     (slicing it would copy the rest of the chunk at every ACK: a 1 MiB ``send_all``
-    chunk acknowledged 64 KB at a time was copied ~8 MB over).
+    chunk acknowledged 64 KB at a time was copied ~8 MB over). An empty stream holds
+    the shared ``_NO_CHUNKS`` instead of a deque of its own (~0.6 KB each: an idle or
+    TIME-WAIT flow's two streams are empty).
     """
 
     base: int
@@ -32,7 +36,7 @@ class _Stream:
 
     def __init__(self) -> None:  # (hand-written: one pair per new flow, no factories)
         self.base = self.end = self.head = 0
-        self.chunks = deque()
+        self.chunks = _NO_CHUNKS
 
     def append(self, offset: int, chunk: bytes | memoryview) -> None:
         if offset > self.end:
@@ -40,14 +44,17 @@ class _Stream:
         skip = self.end - offset  # idempotent re-apply: only the part past `end` is new
         if skip < len(chunk):
             new = chunk[skip:] if skip > 0 else chunk
-            self.chunks.append(new)
+            chunks = self.chunks
+            if chunks is _NO_CHUNKS:
+                chunks = self.chunks = deque()
+            chunks.append(new)
             self.end += len(new)
 
     def trim(self, below: int) -> None:
         if below > self.end:
             # Bytes up to ``below`` were never stored (ack-on-commit): the stream
             # continues there, empty.
-            self.chunks.clear()
+            self.chunks = _NO_CHUNKS
             self.head = 0
             self.base = self.end = below
             return
@@ -63,6 +70,8 @@ class _Stream:
                 self.head += n
                 self.base = below
         self.base = max(self.base, below)
+        if not chunks:
+            self.chunks = _NO_CHUNKS
 
     @property
     def size(self) -> int:

@@ -84,6 +84,21 @@ async def test_trim_and_append_track_offsets(store: Store) -> None:
     assert (rec.tx, rec.tx_offset) == (b"2345", 2)
 
 
+async def test_streams_emptied_and_filled_again_stay_apart(store: Store) -> None:
+    """Every stream of two flows emptied (idle flows), then each appended to again: each
+    holds its own bytes (an empty stream may share its empty buffer, never its data)."""
+    for flow in ("a", "b"):
+        await store.claim(flow, 1)
+        await store.commit([d(flow, 1, 1, RxAppend(0, b"xyz"), TxAppend(0, b"123"))])
+        await store.commit([d(flow, 1, 2, RxTrim(3), TxTrim(3))])
+    await store.commit([d("a", 1, 3, RxAppend(3, b"A-rx"), TxAppend(3, b"A-tx"))])
+    await store.commit([d("b", 1, 3, TxAppend(3, b"B-tx"))])
+    a, b = await store.load("a"), await store.load("b")
+    assert a is not None and b is not None
+    assert (a.rx, a.rx_offset, a.tx, a.tx_offset) == (b"A-rx", 3, b"A-tx", 3)
+    assert (b.rx, b.rx_offset, b.tx, b.tx_offset) == (b"", 3, b"B-tx", 3)
+
+
 async def test_many_trims_inside_one_append(store: Store) -> None:
     """A big ``send_all`` chunk acknowledged piece by piece (each ACK trims inside it)."""
     data = bytes(range(256)) * 40  # 10,240 bytes in one op
