@@ -35,8 +35,8 @@ likewise, staged on a copy of the chunk's earlier bytes: ``stage_key(...)`` plus
 through Lua (which hashes every string it is handed, byte by byte: ~1.5 ns per byte
 here, more than all else a commit costs). The writer's epoch in the name keeps a stale
 owner's staged bytes apart from the current owner's; the script deletes every staged
-key of its batch, moved or refused, and the expiry removes those of a writer that died
-between the ``SET`` and the script.
+key of its batch, moved or refused; staging and script go in one ``MULTI``/``EXEC``, so
+a writer killed while sending leaves none; and the expiry removes any left otherwise.
 
 The TCB hash's meta field ``.m`` (a name no ``Tcb`` field can take: see ``codec.py``)
 holds ``"<version> <rx base> <rx head> <rx end> <tx base> <tx head> <tx end> <commit

@@ -38,8 +38,11 @@ Theory of operation:
     two 64 KB segments 600 us with its partial chunks in ARGV (and ``GET``/``SET``
     compaction through Lua), 113 us staged. A staging key's name carries the writer's
     epoch, so a fenced writer's bytes stay apart from the owner's, and the script
-    deletes every staging key of its batch whether it applies or refuses it (an expiry
-    covers a writer that dies between the ``SET`` and the script). See ``keys.py``.
+    deletes every staging key of its batch whether it applies or refuses it. Staging
+    and script go in one ``MULTI``/``EXEC``: Redis runs none of it unless all of it
+    arrived, so a writer killed while sending leaves no staging key behind (a part's
+    key gets its expiry only after its ``APPEND``). Each staging key also expires
+    (``STAGE_TTL_MS``), for whatever else might leave one. See ``keys.py``.
 
     Fencing (G5): every delta carries its owner's epoch; the script refuses the batch if
     any flow's stored owner epoch is larger, and the client raises ``FencedOut`` naming
@@ -650,6 +653,8 @@ def _cut(
 
 
 _STAGE_TTL = b"%d" % K.STAGE_TTL_MS
+_MULTI = b"*1\r\n$5\r\nMULTI\r\n"
+_EXEC = b"*1\r\n$4\r\nEXEC\r\n"
 
 _STAGE_PART_MIN = 1 << 14
 """A part of a chunk at least this long is staged (``RP``/``TP``) rather than sent in
@@ -1186,8 +1191,13 @@ class RedisStore:
         staged: Sequence[_Staged] = (),
     ) -> Any:
         """``EVALSHA`` packed by hiredis (``_pack_evalsha``) and sent on a pooled
-        connection; ``big``: indices of ``args`` to send uncopied; ``staged``: chunks
-        to ``SET`` first, in the same round trip (``_staged_sets``).
+        connection; ``big``: indices of ``args`` to send uncopied; ``staged``: the keys
+        to write first, in the same round trip (``_staged_sets``).
+
+        With staged keys, prelude and script go in one ``MULTI``/``EXEC``: Redis runs
+        none of it unless all of it arrived, so a writer killed in the middle of sending
+        leaves no staged key behind (a part's key has its expiry only after its
+        ``APPEND``).
 
         redis-py's own ``Script.__call__`` packs argument by argument in Python (about
         2 us each, and a 1000-flow batch has ~10,000); this reloads after ``NOSCRIPT``
@@ -1196,27 +1206,39 @@ class RedisStore:
         pool = self._client.connection_pool
         reloaded = retried = False
         prelude = _staged_sets(staged)
-        packed = prelude + _pack_evalsha(script.sha, keys, args, big)
+        queued = sum(entry.replies for entry in staged) + 1  # the prelude's and the script
+
+        def pack(sha: str) -> list[Any]:
+            body = _pack_evalsha(sha, keys, args, big)
+            return [_MULTI, *prelude, *body, _EXEC] if staged else body
+
+        packed = pack(script.sha)
         while True:
             conn = pool.get_connection()
             try:
                 conn.send_packed_command(packed, check_health=False)  # type: ignore[no-untyped-call]
-                refused: ResponseError | None = None
-                for _ in range(sum(entry.replies for entry in staged)):
+                if not staged:
+                    return conn.read_response()
+                conn.read_response()  # MULTI's OK
+                for _ in range(queued):
                     try:
-                        conn.read_response()
-                    except ResponseError as exc:  # read on: the script's reply follows
-                        refused = refused or exc
-                reply = conn.read_response()
-                if refused is not None:
-                    raise refused  # (the script found its staged key missing: nothing written)
+                        conn.read_response()  # QUEUED
+                    except ResponseError:
+                        pass  # refused when queued: EXEC raises EXECABORT below
+                replies = conn.read_response()
+                reply = replies[-1]
+                if isinstance(reply, ResponseError):
+                    raise reply  # NOSCRIPT among them
+                for refused in replies[:-1]:
+                    if isinstance(refused, ResponseError):
+                        raise refused  # (the script found its staged key missing: nothing written)
                 return reply
             except NoScriptError:
                 if reloaded:
                     raise
                 reloaded = True
                 script.sha = self._client.script_load(script.script)
-                packed = prelude + _pack_evalsha(script.sha, keys, args, big)
+                packed = pack(script.sha)
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 conn.disconnect()  # type: ignore[no-untyped-call]
                 if retried:

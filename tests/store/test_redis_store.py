@@ -521,6 +521,46 @@ async def test_a_part_after_small_bytes_in_the_same_batch_stays_exact(
     await store.aclose()
 
 
+class _Killed(BaseException):
+    """The writer's process dies (kill -9) in the middle of sending a commit."""
+
+
+async def test_a_writer_killed_while_sending_leaves_no_staged_key(
+    redis7_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A part's staged key gets its expiry only after its APPEND: prelude and script go
+    in one MULTI/EXEC, so a commit cut off right after the APPEND runs none of it."""
+    import redis.connection
+
+    store = new_store(redis7_server)
+    seg = C // 3
+    data = bytes(i % 229 for i in range(2 * seg))
+    await store.commit([d("f", 1, 1, RxAppend(0, data[:seg]))])
+
+    def cut_off(
+        self: redis.connection.AbstractConnection, command: list[object], **_: object
+    ) -> None:
+        flat = b"".join(bytes(cast(bytes, piece)) for piece in command)
+        self._sock.sendall(flat[: flat.index(b"*3\r\n$7\r\nPEXPIRE")])  # type: ignore[union-attr]
+        raise _Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(redis.connection.AbstractConnection, "send_packed_command", cut_off)
+        with pytest.raises(_Killed):
+            await store.commit([d("f", 1, 2, RxAppend(seg, data[seg:]))])
+    await store.aclose()  # the dead writer's connection closes
+    await trio.sleep(0.2)
+    fresh = new_store(redis7_server, store.service)
+    assert staged_keys(fresh) == []
+    rec = await fresh.load("f")
+    assert rec is not None and (rec.rx, rec.version) == (data[:seg], 1)
+    await fresh.commit([d("f", 2, 2, RxAppend(seg, data[seg:]))])  # the restarted writer
+    rec = await fresh.load("f")
+    assert rec is not None and rec.rx == data
+    assert staged_keys(fresh) == []
+    await fresh.aclose()
+
+
 async def test_a_stale_owners_whole_chunk_never_lands(redis7_server: RedisServer) -> None:
     old = new_store(redis7_server, "stage-fence")
     new = new_store(redis7_server, "stage-fence")
