@@ -530,7 +530,10 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
         if wl2 != ack:
             c._set("snd_wl2", ack)
     if c.cc.frto:
-        _frto(c, d_una, duplicate)
+        # SACK-enhanced F-RTO (RFC 5682 §3; Linux): an ACK that SACKs new data without
+        # advancing SND.UNA says what a duplicate ACK says, even when it also opens the
+        # window (the peer's reader drained what arrived in order)
+        _frto(c, d_una, duplicate or sack_news)
     # State-specific processing of our FIN being acknowledged.
     if tcb.fin_sent and tcb.snd_una == tcb.snd_nxt:
         state = tcb.state
@@ -737,7 +740,13 @@ def _frto(c: Connection, d_una: int, duplicate: bool) -> None:
     * step 3, the next ACK: if it acknowledges data, data sent before the timeout and
       never resent arrived -- the timeout was spurious: ``undo_rto`` (3b), and new data
       goes on; a duplicate ACK means the rest was lost -- back to SND.UNA with at most
-      three segments (3a)."""
+      three segments (3a).
+
+    ``duplicate`` is also set by the caller for an ACK that SACKs new data (RFC 5682
+    §3): a peer whose reader drains what arrived in order opens its window with every
+    ACK, so none of them is a duplicate by RFC 5681's letter, and F-RTO would wait in
+    step 3 with only new data allowed out -- the connection stalled until the next,
+    backed-off, timeout (seen after a 5 s store outage: 5 segments per ~7 s)."""
     cc = c.cc
     tcb = c.tcb
     mss = tcb.mss

@@ -112,3 +112,22 @@ def test_a_window_update_in_between_is_no_news_about_the_timeout() -> None:
     assert conn.cc.frto == 2 and conn.tcb.snd_wnd == window + 4 * MSS
     send(conn, _ack(10), at=1.51)
     assert conn.counters["spurious_rto"] == 1
+
+
+def test_sacks_of_the_new_data_mean_the_timeout_was_real_even_with_a_new_window() -> None:
+    """Segments 5.. were lost (withheld during a store outage). The resend of 0 brings
+    the ACK of 0..4 (step 2b: 20 and 21 go). Their arrival brings ACKs that SACK them
+    -- and open the window, because the peer's reader drains what came in order: not
+    duplicates by RFC 5681's letter, but they say what one says (RFC 5682 §3). The
+    timeout was real (3a): go-back-N resumes at 5, instead of waiting for the next,
+    backed-off, timeout with only new data allowed out."""
+    conn = _timed_out(SACK, 10)
+    send(conn, _ack(5), at=1.5)
+    assert _sent(conn) == [20, 21]
+    window = conn.tcb.snd_wnd
+    sack = syn_options(mss=None)._replace(
+        sack_blocks=((sq(LOCAL_SEQ, 20 * MSS), sq(LOCAL_SEQ, 22 * MSS)),)
+    )
+    send(conn, r(ack=sq(LOCAL_SEQ, 5 * MSS), window=window + MSS, options=sack), at=1.51)
+    assert conn.cc.frto == 0 and "spurious_rto" not in conn.counters
+    assert _sent(conn)[:3] == [5, 6, 7]
