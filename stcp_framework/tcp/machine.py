@@ -328,14 +328,7 @@ class Connection:
             ValueError: Regenerable bytes cannot be read again (no ``regenerate``, or it
                 returned fewer bytes than were sent).
         """
-        c = cls(now=now, config=config, iss=tcb.iss, tsval_offset=tcb.tsval_offset)
-        c.version = c.rx_needs = c.tx_needs = version
-        c.tcb = tcb
-        # Window scaling was agreed if either shift is non-zero (RFC 7323 §2.2): a
-        # SYN-ACK sent again from SYN-RECEIVED must carry the option then, even with
-        # our shift 0 (small buffers); with both 0, leaving it out changes nothing.
-        c.offer_wscale = tcb.rcv_wscale > 0 or tcb.snd_wscale > 0
-        c.cc.set_mss(tcb.mss, config.initial_cwnd_segments)
+        c = cls._adopt(tcb, now=now, config=config, version=version)
         if tcb.ack_on_commit and tcb.rcv_nxt_offset >= 0:
             # Nothing past the commit point (or the spilled bytes) was stored or
             # acknowledged: the peer still holds it and sends it again (FIN included:
@@ -400,6 +393,20 @@ class Connection:
                     _output.send_ack(c, now)
         return c
 
+    @classmethod
+    def _adopt(cls, tcb: Tcb, *, now: float, config: TcpConfig, version: int) -> Connection:
+        """A connection around an existing ``Tcb`` (``restore``, ``thaw_time_wait``):
+        deltas numbered after ``version``, options and MSS as the TCB agreed."""
+        c = cls(now=now, config=config, iss=tcb.iss, tsval_offset=tcb.tsval_offset)
+        c.version = c.rx_needs = c.tx_needs = version
+        c.tcb = tcb
+        # Window scaling was agreed if either shift is non-zero (RFC 7323 §2.2): a
+        # SYN-ACK sent again from SYN-RECEIVED must carry the option then, even with
+        # our shift 0 (small buffers); with both 0, leaving it out changes nothing.
+        c.offer_wscale = tcb.rcv_wscale > 0 or tcb.snd_wscale > 0
+        c.cc.set_mss(tcb.mss, config.initial_cwnd_segments)
+        return c
+
     def freeze_time_wait(self) -> TimeWaitRecord | None:
         """This connection as a compact ``TimeWaitRecord`` if it is a quiet TIME-WAIT
         one (``tcp/timewait.py``), else None. Call after ``drain()``: anything pending
@@ -456,12 +463,7 @@ class Connection:
         answers every input as the original would (``tcp/timewait.py`` says what
         restarts). The record's ``Tcb`` is taken over, not copied."""
         tcb = record.tcb
-        config = record.config
-        c = cls(now=record.last_rx_at, config=config, iss=tcb.iss, tsval_offset=tcb.tsval_offset)
-        c.tcb = tcb
-        c.version = c.rx_needs = c.tx_needs = record.version
-        c.offer_wscale = tcb.rcv_wscale > 0 or tcb.snd_wscale > 0
-        c.cc.set_mss(tcb.mss, config.initial_cwnd_segments)
+        c = cls._adopt(tcb, now=record.last_rx_at, config=record.config, version=record.version)
         c.rcv_buf = RecvBuffer(record.rcv_end, keep_read=tcb.ack_on_commit and tcb.manual_commit)
         c.snd_buf = SendBuffer(record.snd_end)
         c.txmap = TxMap.decode(tcb.tx_refs, tcb.tx_ref_base)
