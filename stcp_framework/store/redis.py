@@ -95,7 +95,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import redis
 import trio
@@ -119,6 +119,7 @@ from .base import (
     StoreUnavailable,
 )
 from .codec import ALIASES, decode_name, decode_value, encode_name, encode_value
+from .resp import RespPool
 
 __all__ = ["FlowLost", "RedisStore"]
 
@@ -714,6 +715,45 @@ def _staged_sets(staged: Sequence[_Staged]) -> list[Any]:
     return out
 
 
+def _pack_script(
+    sha: str,
+    keys: Sequence[str],
+    args: Sequence[Any],
+    big: Sequence[int],
+    staged: Sequence[_Staged],
+) -> tuple[list[Any], int]:
+    """The buffers of one script call and the number of replies it brings.
+
+    With staged keys, prelude and script go in one ``MULTI``/``EXEC``: Redis runs none
+    of it unless all of it arrived, so a writer killed in the middle of sending leaves
+    no staged key behind (a part's key has its expiry only after its ``APPEND``).
+    """
+    body = _pack_evalsha(sha, keys, args, big)
+    if not staged:
+        return body, 1
+    prelude = _staged_sets(staged)
+    queued = sum(entry.replies for entry in staged) + 1  # the prelude's and the script
+    return [_MULTI, *prelude, *body, _EXEC], 1 + queued + 1
+
+
+def _script_reply(replies: Sequence[Any], *, staged: bool) -> Any:
+    """The script's reply among an exchange's ``replies`` (errors as exceptions in
+    their place); raises the first error that counts."""
+    if not staged:
+        reply = replies[0]
+    else:  # MULTI's OK, a QUEUED per command (or its refusal), EXEC's array
+        done = replies[-1]
+        if isinstance(done, Exception):
+            raise done  # EXECABORT: a command was refused when queued
+        reply = done[-1]
+        for refused in done[:-1]:
+            if isinstance(refused, Exception):
+                raise refused  # (the script found its staged key missing: nothing written)
+    if isinstance(reply, Exception):
+        raise reply  # NOSCRIPT among them
+    return reply
+
+
 def _decode_tcb_flat(
     raw_tcb: Mapping[bytes, bytes] | Sequence[bytes],
 ) -> tuple[dict[str, object], bytes | None]:
@@ -854,9 +894,13 @@ class RedisStore:
             can share one server.
     """
 
-    def __init__(self, client: redis.Redis, *, service: str = "default") -> None:
+    def __init__(
+        self, client: redis.Redis, *, service: str = "default", trio_io: bool = True
+    ) -> None:
         self.service = K.validate_service(service)
         self._client = client
+        # commits on a connection trio drives (resp.py); None: in a worker thread
+        self._resp = RespPool.for_client(client) if trio_io else None
         self._index = K.index_key(service)
         self._commit = client.register_script(COMMIT)
         self._claim = client.register_script(CLAIM)
@@ -877,6 +921,7 @@ class RedisStore:
         service: str = "default",
         socket_timeout: float = 5.0,
         connect_timeout: float = 2.0,
+        trio_io: bool = True,
     ) -> RedisStore:
         """Connect to ``redis://[:password@]host[:port][/db]``, ``rediss://...`` (TLS) or
         ``unix:///path/to/redis.sock[?password=...]``.
@@ -900,7 +945,7 @@ class RedisStore:
             retry=Retry(NoBackoff(), 1),
             decode_responses=False,
         )
-        return cls(client, service=service)
+        return cls(client, service=service, trio_io=trio_io)
 
     @property
     def client(self) -> redis.Redis:
@@ -966,8 +1011,21 @@ class RedisStore:
     # -- commit ----------------------------------------------------------------------
 
     async def commit(self, batch: Sequence[FlowDelta]) -> None:
-        if batch:
+        """``commit_sync`` on a connection trio drives (``resp.py``), or in a worker
+        thread for a client that module cannot speak for (TLS)."""
+        if not batch:
+            return
+        resp = self._resp
+        if resp is None:
             await trio.to_thread.run_sync(self.commit_sync, batch)
+            return
+        for _ in range(_KEY_RETRIES):
+            keys, args, big, staged = self._encode(batch)
+            with _store_errors("commit"):
+                reply = await self._evalsha_trio(resp, self._commit, keys, args, big, staged)
+            if self._committed(batch, reply):
+                return
+        self._gave_up(reply)
 
     def commit_sync(self, batch: Sequence[FlowDelta]) -> None:
         """Apply a group commit in one round trip (see the module docstring).
@@ -984,14 +1042,25 @@ class RedisStore:
             keys, args, big, staged = self._encode(batch)
             with _store_errors("commit"):
                 reply = self._evalsha(self._commit, keys, args, big, staged)
-            if reply[0] == b"OK":
-                first = self._first
-                for i, item in enumerate(batch):
-                    first[item.flow_id] = (int(reply[1 + 2 * i]), int(reply[2 + 2 * i]))
-                self.commits += 1
+            if self._committed(batch, reply):
                 return
-            self._raise_failures(batch, reply)
-            self.key_retries += 1
+        self._gave_up(reply)
+
+    def _committed(self, batch: Sequence[FlowDelta], reply: list[Any]) -> bool:
+        """True if the script applied ``batch``; False if it asked for more chunk keys
+        (noted: send it again); raises if it refused it."""
+        if reply[0] == b"OK":
+            first = self._first
+            for i, item in enumerate(batch):
+                first[item.flow_id] = (int(reply[1 + 2 * i]), int(reply[2 + 2 * i]))
+            self.commits += 1
+            return True
+        self._raise_failures(batch, reply)
+        self.key_retries += 1
+        return False
+
+    @staticmethod
+    def _gave_up(reply: list[Any]) -> NoReturn:
         if b"STAGED" in reply[1::4]:
             # staged keys that keep vanishing: evicted (a volatile-* maxmemory-policy
             # under memory pressure) -- a store condition to wait out, as in G7
@@ -1190,14 +1259,10 @@ class RedisStore:
         big: Sequence[int] = (),
         staged: Sequence[_Staged] = (),
     ) -> Any:
-        """``EVALSHA`` packed by hiredis (``_pack_evalsha``) and sent on a pooled
-        connection; ``big``: indices of ``args`` to send uncopied; ``staged``: the keys
-        to write first, in the same round trip (``_staged_sets``).
-
-        With staged keys, prelude and script go in one ``MULTI``/``EXEC``: Redis runs
-        none of it unless all of it arrived, so a writer killed in the middle of sending
-        leaves no staged key behind (a part's key has its expiry only after its
-        ``APPEND``).
+        """``EVALSHA`` packed by hiredis (``_pack_script``) and sent on a pooled
+        redis-py connection (blocking: call it in a worker thread); ``big``: indices of
+        ``args`` to send uncopied; ``staged``: the keys to write first, in the same
+        round trip (``_staged_sets``).
 
         redis-py's own ``Script.__call__`` packs argument by argument in Python (about
         2 us each, and a 1000-flow batch has ~10,000); this reloads after ``NOSCRIPT``
@@ -1205,40 +1270,23 @@ class RedisStore:
         """
         pool = self._client.connection_pool
         reloaded = retried = False
-        prelude = _staged_sets(staged)
-        queued = sum(entry.replies for entry in staged) + 1  # the prelude's and the script
-
-        def pack(sha: str) -> list[Any]:
-            body = _pack_evalsha(sha, keys, args, big)
-            return [_MULTI, *prelude, *body, _EXEC] if staged else body
-
-        packed = pack(script.sha)
         while True:
+            packed, count = _pack_script(script.sha, keys, args, big, staged)
             conn = pool.get_connection()
             try:
                 conn.send_packed_command(packed, check_health=False)  # type: ignore[no-untyped-call]
-                if not staged:
-                    return conn.read_response()
-                conn.read_response()  # MULTI's OK
-                for _ in range(queued):
+                replies: list[Any] = []
+                for _ in range(count):
                     try:
-                        conn.read_response()  # QUEUED
-                    except ResponseError:
-                        pass  # refused when queued: EXEC raises EXECABORT below
-                replies = conn.read_response()
-                reply = replies[-1]
-                if isinstance(reply, ResponseError):
-                    raise reply  # NOSCRIPT among them
-                for refused in replies[:-1]:
-                    if isinstance(refused, ResponseError):
-                        raise refused  # (the script found its staged key missing: nothing written)
-                return reply
+                        replies.append(conn.read_response())
+                    except ResponseError as exc:  # (a refused command of a MULTI)
+                        replies.append(exc)
+                return _script_reply(replies, staged=bool(staged))
             except NoScriptError:
                 if reloaded:
                     raise
                 reloaded = True
                 script.sha = self._client.script_load(script.script)
-                packed = pack(script.sha)
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 conn.disconnect()  # type: ignore[no-untyped-call]
                 if retried:
@@ -1246,6 +1294,35 @@ class RedisStore:
                 retried = True
             finally:
                 pool.release(conn)
+
+    async def _evalsha_trio(
+        self,
+        resp: RespPool,
+        script: Script,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        big: Sequence[int] = (),
+        staged: Sequence[_Staged] = (),
+    ) -> Any:
+        """``_evalsha`` on a connection trio drives (``resp.py``): no worker thread."""
+        reloaded = retried = False
+        while True:
+            packed, count = _pack_script(script.sha, keys, args, big, staged)
+            try:
+                return _script_reply(await resp.call(packed, count), staged=bool(staged))
+            except NoScriptError:
+                if reloaded:
+                    raise
+                reloaded = True
+                load: tuple[Any, ...] = ("SCRIPT", "LOAD", script.script)
+                [sha] = await resp.call([pack_command(load)], 1)
+                if isinstance(sha, Exception):
+                    raise sha
+                script.sha = sha.decode() if isinstance(sha, bytes) else sha
+            except (RedisConnectionError, RedisTimeoutError):
+                if retried:
+                    raise
+                retried = True
 
     # -- load ------------------------------------------------------------------------
 
@@ -1545,4 +1622,6 @@ class RedisStore:
         return total
 
     async def aclose(self) -> None:
+        if self._resp is not None:
+            await self._resp.aclose()
         self._client.close()

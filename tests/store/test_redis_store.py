@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import itertools
 import re
+import socket
 import time
-from typing import cast
+from collections.abc import Sequence
+from typing import NoReturn, cast
 
 import pytest
 import trio
@@ -525,27 +527,41 @@ class _Killed(BaseException):
     """The writer's process dies (kill -9) in the middle of sending a commit."""
 
 
+@pytest.mark.parametrize("trio_io", [True, False], ids=["trio-io", "worker-thread"])
 async def test_a_writer_killed_while_sending_leaves_no_staged_key(
-    redis7_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+    redis7_server: RedisServer, monkeypatch: pytest.MonkeyPatch, trio_io: bool
 ) -> None:
     """A part's staged key gets its expiry only after its APPEND: prelude and script go
     in one MULTI/EXEC, so a commit cut off right after the APPEND runs none of it."""
     import redis.connection
 
-    store = new_store(redis7_server)
+    from stcp_framework.store.resp import RespConnection
+
+    store = RedisStore.from_url(redis7_server.url, service=f"r{next(_services)}", trio_io=trio_io)
     seg = C // 3
     data = bytes(i % 229 for i in range(2 * seg))
     await store.commit([d("f", 1, 1, RxAppend(0, data[:seg]))])
 
+    def cut_off_at_pexpire(sock: socket.socket, command: Sequence[object]) -> NoReturn:
+        flat = b"".join(bytes(cast(bytes, piece)) for piece in command)
+        sock.sendall(flat[: flat.index(b"*3\r\n$7\r\nPEXPIRE")])
+        raise _Killed
+
     def cut_off(
         self: redis.connection.AbstractConnection, command: list[object], **_: object
     ) -> None:
-        flat = b"".join(bytes(cast(bytes, piece)) for piece in command)
-        self._sock.sendall(flat[: flat.index(b"*3\r\n$7\r\nPEXPIRE")])  # type: ignore[union-attr]
-        raise _Killed
+        cut_off_at_pexpire(self._sock, command)  # type: ignore[arg-type]
+
+    async def cut_off_trio(self: RespConnection, command: Sequence[object]) -> None:
+        sock = self._sock
+        sock.setblocking(True)
+        cut_off_at_pexpire(sock, command)
 
     with monkeypatch.context() as patch:
-        patch.setattr(redis.connection.AbstractConnection, "send_packed_command", cut_off)
+        if trio_io:
+            patch.setattr(RespConnection, "_send", cut_off_trio)
+        else:
+            patch.setattr(redis.connection.AbstractConnection, "send_packed_command", cut_off)
         with pytest.raises(_Killed):
             await store.commit([d("f", 1, 2, RxAppend(seg, data[seg:]))])
     await store.aclose()  # the dead writer's connection closes
