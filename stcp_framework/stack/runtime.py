@@ -73,6 +73,10 @@ readers). More than one: during a transfer a batch of packets comes in nearly ev
 step and wakes the reader again, and bytes it has not read by the drain are stored
 (strict mode). A 1 GB strict upload stored 127-167 MB with one step, 73-85 MB with four
 (eight: no fewer), and its server CPU per MB fell by a third (bench/README.md)."""
+STORE_RETRY_MIN, STORE_RETRY_MAX = 0.05, 0.25
+"""Backoff between tries of a commit the store refused or timed out (G7), doubling: a
+store back from an outage sees the held deltas within STORE_RETRY_MAX, and then every
+segment withheld meanwhile leaves (``_resend_withheld``)."""
 EPHEMERAL_PORTS = range(32768, 61000)  # Linux ip_local_port_range default
 DEFAULT_SYN_BACKLOG = 1024  # Linux tcp_max_syn_backlog is of this order
 DURABILITY_MODES = ("strict", "async", "ack-on-commit")
@@ -206,6 +210,7 @@ class Runtime:
         self._pending_raw: list[OutPacket] = []
         self._tx_wakeup = trio.Event()
         self._let_woken_run = False  # tasks were woken since the last round
+        self._withheld: set[Flow] = set()  # flows with segments held back (store outage)
         self._timer_heap: list[tuple[float, int, Flow]] = []
         self._timer_seq = 0
         self._timer_scope: trio.CancelScope | None = None
@@ -706,7 +711,9 @@ class Runtime:
                     logger.warning("store unavailable, holding ACKs and retrying: %s", exc)
                 self.store_error = exc
                 self.stats["store_unavailable"] += 1
-                self._store_backoff = min(max(self._store_backoff * 2, 0.05), 1.0)
+                self._store_backoff = min(
+                    max(self._store_backoff * 2, STORE_RETRY_MIN), STORE_RETRY_MAX
+                )
                 self._store_retry_at = trio.current_time() + self._store_backoff
                 self._uncommitted = items + self._uncommitted
                 return moved
@@ -725,8 +732,22 @@ class Runtime:
                     flow.durable_version = delta.delta.version
                     if flow.lot:
                         moved.append(flow)  # (twice if twice in items: the 2nd is a no-op)
+                if self._withheld:
+                    self._resend_withheld()
                 return moved
         return moved
+
+    def _resend_withheld(self) -> None:
+        """The store took every held delta: the flows whose segments an outage withheld
+        send what their peers wait for at once (``Connection.resend_withheld``) instead
+        of at retransmission timers -- theirs and ours -- backed off meanwhile (G7)."""
+        flows, self._withheld = self._withheld, set()
+        now = self.now()
+        for flow in flows:
+            if not flow.closed:
+                flow.conn.resend_withheld(now)
+                self._mark(flow)
+        self.stats["withheld_flows_resent"] += len(flows)
 
     def _drop_failed(
         self,
@@ -784,6 +805,7 @@ class Runtime:
         for flow, out in outs:
             if check_durable and out.needs_version > flow.durable_version:
                 withheld += 1  # G1/G2: its state is not durable yet; the peer retransmits
+                self._withheld.add(flow)  # (and we resend once it is: _resend_withheld)
                 continue
             remote, rport, local, lport = flow.key
             payload = out.payload

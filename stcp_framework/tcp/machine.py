@@ -640,6 +640,24 @@ class Connection:
             self.mss_max = 0
         _output.transmit(self, now)
 
+    def resend_withheld(self, now: float) -> None:
+        """The stack withheld this connection's segments while the store was out (G7);
+        its state is durable again: send now what the peer waits for, rather than at a
+        timer backed off during the outage -- an ACK of everything received, with the
+        current window, and a retransmission timeout that fired meanwhile (its resend
+        never left) once more. A SYN or SYN,ACK not yet acknowledged goes again too."""
+        tcb = self.tcb
+        if tcb.state is TcpState.CLOSED:
+            return
+        self.count("withheld_resent")
+        t = self.timers
+        at = t.retransmit_at
+        if at is not None and at > now and (self.retries or tcb.snd_una_offset < 0):
+            t.retransmit_at = now
+        if tcb.snd_una_offset >= 0:
+            self.ack_now = True
+        self.on_timer(now)
+
     def app_send(self, data: bytes | memoryview, now: float) -> int:
         """Queue ``data`` (RFC 9293 §3.10.2 SEND); returns the bytes accepted (G6 cap).
 
