@@ -170,8 +170,11 @@ class LateSegments(PassThrough):
             size = len(packet[1]) if isinstance(packet, tuple) else tcp_payload_len(packet)
             ihl = (head[0] & 0x0F) * 4 if head[0] >> 4 == 4 else 40
             seq = int.from_bytes(head[ihl + 4 : ihl + 8], "big")
-            if size > 0 and seq in self.held:
-                out.append(self.held.pop(seq))  # the late original, then the resend
+            covered = [h for h in self.held if size > 0 and (h - seq) % 2**32 < size]
+            if covered:
+                # the late original, then the resend (which may start before it: a
+                # resend of a hole that runs into the held segment)
+                out.extend(self.held.pop(h) for h in covered)
             elif size > 0 and self.late < self.limit:
                 self.seen += 1
                 if self.seen % self.every == 0:
