@@ -499,35 +499,51 @@ def measure(
             )
     if "conns" in phases:
         for concurrency, name in ((1, "conns_seq"), (8, "conns_c8")):
-            results[name] = {}
-            for server in live:
-                say(f"{name:8} {server.key}")
-                runs = [
-                    run_client(
-                        "conns",
-                        server,
-                        plan.conns_deadline,
-                        "--count",
-                        str(plan.conns),
-                        "--concurrency",
-                        str(concurrency),
-                    )
-                    for _ in range(plan.repeat)
-                ]
-                results[name][server.key] = _median_cell(runs, "per_s")
+            conns_args = ("--count", str(plan.conns), "--concurrency", str(concurrency))
+            runs = _interleaved(
+                name,
+                live,
+                plan.repeat,
+                lambda server, a=conns_args: run_client(  # type: ignore[misc]
+                    "conns", server, plan.conns_deadline, *a
+                ),
+                say,
+            )
+            results[name] = {key: _median_cell(cell, "per_s") for key, cell in runs.items()}
     size = str(plan.size_mb * 1_000_000)
     for mode in BULK_MODES:
         if mode not in phases:
             continue
-        results[mode] = {}
-        for server in live:
-            say(f"{mode:8} {server.key}")
-            runs = [
-                run_client(mode, server, plan.bulk_deadline, "--size", size)
-                for _ in range(plan.repeat)
-            ]
-            results[mode][server.key] = _median_cell(runs, "mb_s")
+        runs = _interleaved(
+            mode,
+            live,
+            plan.repeat,
+            lambda server, m=mode: run_client(  # type: ignore[misc]
+                m, server, plan.bulk_deadline, "--size", size
+            ),
+            say,
+        )
+        results[mode] = {key: _median_cell(cell, "mb_s") for key, cell in runs.items()}
     return results
+
+
+def _interleaved(
+    name: str,
+    servers: list[Server],
+    repeat: int,
+    run: Callable[[Server], dict[str, Any]],
+    say: Callable[[str], None],
+) -> dict[str, list[dict[str, Any]]]:
+    """``repeat`` runs of every server, a round at a time, the order reversed every other
+    round: this host's rates drift by tens of percent within minutes, and a run right
+    after another server's can be faster or slower than one after a pause, so every row
+    gets its runs from the same minutes and the same positions."""
+    runs: dict[str, list[dict[str, Any]]] = {server.key: [] for server in servers}
+    for round_no in range(repeat):
+        for server in servers if round_no % 2 == 0 else servers[::-1]:
+            say(f"{name:8} {server.key}" + (f" ({round_no + 1}/{repeat})" if repeat > 1 else ""))
+            runs[server.key].append(run(server))
+    return runs
 
 
 # ------------------------------------------------------------------ reporting
