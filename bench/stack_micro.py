@@ -29,18 +29,22 @@ import argparse
 import cProfile
 import pstats
 import struct
+import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import trio
-from client import MESSAGE  # bench/client.py: the conns phase's 100-byte request
-from server import tune_malloc  # bench/server.py: the same heap settings as the bench
 
 from stcp_framework import MemoryStore, open_stack
 from stcp_framework.link.base import OutPacket
 from stcp_framework.services import DEFAULT_PORTS, SERVICES, SOURCES
 from stcp_framework.wire.packet import build_packet, parse_packet_untrusted
 from stcp_framework.wire.tcp import ACK, FIN, PSH, RST, SYN, TcpOptions
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as a script: the repo root
+from bench.client import MESSAGE  # the conns phase's 100-byte request
+from bench.server import tune_malloc  # the same heap settings as the bench
 
 PEER = bytes([198, 18, 0, 1])
 SERVER = bytes([198, 18, 0, 2])

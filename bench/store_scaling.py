@@ -23,7 +23,7 @@ Theory of operation:
        ``rcv_nxt``, ``rcv_nxt_offset``) and its *ACK round* (``TcbSet`` of ``snd_una``,
        ``snd_una_offset``, ``snd_wl1``, ``snd_wl2``). Median per batch over several
        repetitions, and per flow. For RedisStore a breakdown of the data round: the
-       client's ``_encode`` and ``_pack_evalsha`` (thread CPU time, run once more outside
+       client's ``_encode`` and ``_ScriptCall.pack`` (thread CPU time, run once more outside
        the timed call), the server's time in ``EVALSHA`` (``INFO commandstats``), the
        server main thread's CPU (``/proc/PID/schedstat``), and the rest of the wall time
        (thread hand-off, socket, reply parsing, waiting for a core).
@@ -62,24 +62,23 @@ from types import FrameType
 
 import redis
 import trio
-from run import (  # bench/run.py: run as a script, bench/ is on sys.path
-    die_with_parent,
-    render_table,
-    stop_process,
-)
 
+from stcp_framework.cli.workers import die_with_parent
 from stcp_framework.stack.flows import flow_id_of
 from stcp_framework.stack.recovery import RESTORE_BATCH
 from stcp_framework.store.base import FlowDelta, Store
 from stcp_framework.store.embedded import find_server
 from stcp_framework.store.memory import MemoryStore
-from stcp_framework.store.redis import RedisStore, _pack_evalsha
+from stcp_framework.store.redis import RedisStore
 from stcp_framework.tcp.config import TcpConfig
 from stcp_framework.tcp.delta import DeltaOp, RxAppend, StateDelta, TcbSet
 from stcp_framework.tcp.machine import Connection
 from stcp_framework.tcp.state import TcpState
 from stcp_framework.wire.seq import Seq, seq_add
 from stcp_framework.wire.tcp import ACK, NO_OPTIONS, SYN, TcpOptions, TcpSegment
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as a script: the repo root
+from bench.run import render_table, stop_process
 
 LEVELS = (1, 100, 1_000, 10_000)
 EPOCH = 1
@@ -450,9 +449,9 @@ async def measure_commits(
                     # the client side once more, outside the timed call (no writes)
                     batch = make(store_flows)
                     t0 = time.thread_time()
-                    keys, args, big = redis_store._encode(batch)
+                    call = redis_store._encode(batch)
                     t1 = time.thread_time()
-                    _pack_evalsha(redis_store._commit.sha, keys, args, big)
+                    call.pack(redis_store._commit.sha)
                     t2 = time.thread_time()
                     encode, pack = t1 - t0, t2 - t1
                     await redis_store.commit(batch)
@@ -638,7 +637,7 @@ def breakdown_table(levels: Sequence[Level]) -> str:
     headers = ["flows", "encode", "pack", "EVALSHA in server", "server CPU", "wall", "rest"]
     note = (
         "µs per flow. encode/pack: client thread CPU of RedisStore._encode and "
-        "_pack_evalsha; EVALSHA in server: INFO commandstats usec_per_call; server CPU: "
+        "_ScriptCall.pack; EVALSHA in server: INFO commandstats usec_per_call; server CPU: "
         "redis main thread, /proc/PID/schedstat (median); rest = wall - encode - pack - "
         "EVALSHA: thread hand-off, socket, AOF write, reply parsing, waiting for a core."
     )

@@ -715,25 +715,31 @@ def _staged_sets(staged: Sequence[_Staged]) -> list[Any]:
     return out
 
 
-def _pack_script(
-    sha: str,
-    keys: Sequence[str],
-    args: Sequence[Any],
-    big: Sequence[int],
-    staged: Sequence[_Staged],
-) -> tuple[list[Any], int]:
-    """The buffers of one script call and the number of replies it brings.
+class _ScriptCall(NamedTuple):
+    """One script call: its KEYS and ARGV; ``big``: indices of ARGV to send uncopied
+    (bytes-like, increasing); ``staged``: the keys to write first, in the same round
+    trip (``_staged_sets``)."""
 
-    With staged keys, prelude and script go in one ``MULTI``/``EXEC``: Redis runs none
-    of it unless all of it arrived, so a writer killed in the middle of sending leaves
-    no staged key behind (a part's key has its expiry only after its ``APPEND``).
-    """
-    body = _pack_evalsha(sha, keys, args, big)
-    if not staged:
-        return body, 1
-    prelude = _staged_sets(staged)
-    queued = sum(entry.replies for entry in staged) + 1  # the prelude's and the script
-    return [_MULTI, *prelude, *body, _EXEC], 1 + queued + 1
+    keys: Sequence[str]
+    args: Sequence[Any]
+    big: Sequence[int] = ()
+    staged: Sequence[_Staged] = ()
+
+    def pack(self, sha: str) -> tuple[list[Any], int]:
+        """The buffers to send and the number of replies they bring.
+
+        With staged keys, prelude and script go in one ``MULTI``/``EXEC``: Redis runs
+        none of it unless all of it arrived, so a writer killed in the middle of sending
+        leaves no staged key behind (a part's key has its expiry only after its
+        ``APPEND``).
+        """
+        body = _pack_evalsha(sha, self.keys, self.args, self.big)
+        staged = self.staged
+        if not staged:
+            return body, 1
+        prelude = _staged_sets(staged)
+        queued = sum(entry.replies for entry in staged) + 1  # the prelude's and the script
+        return [_MULTI, *prelude, *body, _EXEC], 1 + queued + 1
 
 
 def _script_reply(replies: Sequence[Any], *, staged: bool) -> Any:
@@ -1002,7 +1008,7 @@ class RedisStore:
             batch = flow_ids[start : start + _CLAIM_BATCH]
             keys = [self._index, *(K.owner_key(self._tag(flow_id)) for flow_id in batch)]
             with _store_errors("claim_many"):
-                reply = self._evalsha(self._claim_many, keys, [epoch, *batch])
+                reply = self._evalsha(self._claim_many, _ScriptCall(keys, [epoch, *batch]))
             claimed += [
                 flow_id for flow_id, owner in zip(batch, reply, strict=True) if owner is None
             ]
@@ -1020,9 +1026,9 @@ class RedisStore:
             await trio.to_thread.run_sync(self.commit_sync, batch)
             return
         for _ in range(_KEY_RETRIES):
-            keys, args, big, staged = self._encode(batch)
+            call = self._encode(batch)
             with _store_errors("commit"):
-                reply = await self._evalsha_trio(resp, self._commit, keys, args, big, staged)
+                reply = await self._evalsha_trio(resp, self._commit, call)
             if self._committed(batch, reply):
                 return
         self._gave_up(reply)
@@ -1039,9 +1045,9 @@ class RedisStore:
         if not batch:
             return
         for _ in range(_KEY_RETRIES):
-            keys, args, big, staged = self._encode(batch)
+            call = self._encode(batch)
             with _store_errors("commit"):
-                reply = self._evalsha(self._commit, keys, args, big, staged)
+                reply = self._evalsha(self._commit, call)
             if self._committed(batch, reply):
                 return
         self._gave_up(reply)
@@ -1098,9 +1104,7 @@ class RedisStore:
         if gaps:
             raise ValueError("gap in stream: " + _summary(gaps))
 
-    def _encode(
-        self, batch: Sequence[FlowDelta]
-    ) -> tuple[list[str], list[Any], list[int], list[_Staged]]:
+    def _encode(self, batch: Sequence[FlowDelta]) -> _ScriptCall:
         """KEYS and ARGV of the commit script (format documented in the script), the
         indices in ARGV of the payloads to send uncopied (see ``_pack_evalsha``), and the
         staged chunks: (key, bytes) of every whole chunk an append covers, to ``SET``
@@ -1249,20 +1253,11 @@ class RedisStore:
                 keys += flow_names.tx_range(tx_first, tx_n)
             for entry in staged[staged_before:]:
                 keys.append(entry.key)
-        return keys, args, big, staged
+        return _ScriptCall(keys, args, big, staged)
 
-    def _evalsha(
-        self,
-        script: Script,
-        keys: Sequence[str],
-        args: Sequence[Any],
-        big: Sequence[int] = (),
-        staged: Sequence[_Staged] = (),
-    ) -> Any:
-        """``EVALSHA`` packed by hiredis (``_pack_script``) and sent on a pooled
-        redis-py connection (blocking: call it in a worker thread); ``big``: indices of
-        ``args`` to send uncopied; ``staged``: the keys to write first, in the same
-        round trip (``_staged_sets``).
+    def _evalsha(self, script: Script, call: _ScriptCall) -> Any:
+        """``EVALSHA`` packed by hiredis (``_ScriptCall.pack``) and sent on a pooled
+        redis-py connection (blocking: call it in a worker thread).
 
         redis-py's own ``Script.__call__`` packs argument by argument in Python (about
         2 us each, and a 1000-flow batch has ~10,000); this reloads after ``NOSCRIPT``
@@ -1271,7 +1266,7 @@ class RedisStore:
         pool = self._client.connection_pool
         reloaded = retried = False
         while True:
-            packed, count = _pack_script(script.sha, keys, args, big, staged)
+            packed, count = call.pack(script.sha)
             conn = pool.get_connection()
             try:
                 conn.send_packed_command(packed, check_health=False)  # type: ignore[no-untyped-call]
@@ -1281,7 +1276,7 @@ class RedisStore:
                         replies.append(conn.read_response())
                     except ResponseError as exc:  # (a refused command of a MULTI)
                         replies.append(exc)
-                return _script_reply(replies, staged=bool(staged))
+                return _script_reply(replies, staged=bool(call.staged))
             except NoScriptError:
                 if reloaded:
                     raise
@@ -1295,21 +1290,13 @@ class RedisStore:
             finally:
                 pool.release(conn)
 
-    async def _evalsha_trio(
-        self,
-        resp: RespPool,
-        script: Script,
-        keys: Sequence[str],
-        args: Sequence[Any],
-        big: Sequence[int] = (),
-        staged: Sequence[_Staged] = (),
-    ) -> Any:
+    async def _evalsha_trio(self, resp: RespPool, script: Script, call: _ScriptCall) -> Any:
         """``_evalsha`` on a connection trio drives (``resp.py``): no worker thread."""
         reloaded = retried = False
         while True:
-            packed, count = _pack_script(script.sha, keys, args, big, staged)
+            packed, count = call.pack(script.sha)
             try:
-                return _script_reply(await resp.call(packed, count), staged=bool(staged))
+                return _script_reply(await resp.call(packed, count), staged=bool(call.staged))
             except NoScriptError:
                 if reloaded:
                     raise
@@ -1464,7 +1451,7 @@ class RedisStore:
             tag = self._tag(flow_id)
             keys += (K.tcb_key(tag), K.owner_key(tag), K.app_key(tag))
         with _store_errors("load"):
-            reply = self._evalsha(self._read_many, keys, ["full" if full else "stat"])
+            reply = self._evalsha(self._read_many, _ScriptCall(keys, ["full" if full else "stat"]))
         heads: list[tuple[int | None, Any, Any]] = []
         for i in range(0, len(reply), 3):
             owner, flat, app = reply[i], reply[i + 1], reply[i + 2]

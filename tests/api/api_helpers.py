@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import trio
 
 from stcp_framework import MemoryStore, Stack, Stream, TcpConfig, open_stack
 from stcp_framework.link.sim import SimNetwork
+from stcp_framework.store.base import FlowDelta, StoreUnavailable
 
 CLIENT, SERVER = "198.18.0.1", "198.18.0.2"
 
@@ -43,3 +44,14 @@ async def served_pair(
         )
         yield client
         nursery.cancel_scope.cancel()
+
+
+class OutageStore(MemoryStore):
+    """A MemoryStore that refuses commits while ``down`` (G7: the stack holds them)."""
+
+    down = False
+
+    async def commit(self, batch: Sequence[FlowDelta]) -> None:
+        if self.down:
+            raise StoreUnavailable("down for the test")
+        await super().commit(batch)

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import random
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import pytest
 import trio
 import trio.testing
-from api_helpers import served_pair
+from api_helpers import OutageStore, served_pair
 
 from stcp_framework import MemoryStore, Stack, Stream, open_stack
 from stcp_framework.link.sim import SimNetwork
 from stcp_framework.services import discard, echo
-from stcp_framework.store.base import FlowDelta, StoreUnavailable
 from stcp_framework.tcp.state import TcpState
 
 CLIENT, SERVER, PORT = "198.18.0.1", "198.18.0.2", 7
@@ -85,17 +84,6 @@ async def test_replay_resumes_at_the_commit_offset_with_its_state(
     assert seen[0] == (False, None, 0, b"abcde")
     # replay: from the commit offset, with the state stored by that commit
     assert seen[1] == (True, b"after-2", 2, b"cdefg")
-
-
-class OutageStore(MemoryStore):
-    """A MemoryStore that refuses commits while ``down`` (G7: the stack holds them)."""
-
-    down = False
-
-    async def commit(self, batch: Sequence[FlowDelta]) -> None:
-        if self.down:
-            raise StoreUnavailable("down for the test")
-        await super().commit(batch)
 
 
 async def test_commit_nowait_lands_with_the_next_group_commit(

@@ -10,31 +10,19 @@ the outage on both sides (RFC 6298 (5.5): 0.2, 0.4, 0.8, ... s).
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
 
 import pytest
 import trio
 import trio.testing
+from api_helpers import OutageStore
 
-from stcp_framework import MemoryStore, Stream, open_stack
+from stcp_framework import Stream, open_stack
 from stcp_framework.link.sim import SimNetwork
 from stcp_framework.stack.runtime import STORE_RETRY_MAX
-from stcp_framework.store.base import FlowDelta, StoreUnavailable
 
 CLIENT, SERVER, PORT = "198.18.0.1", "198.18.0.2", 9
 SIZE = 300_000
 OUTAGE = 4.0  # the peer's RTO backoff puts its tries at 0.2, 0.6, 1.4, 3.0, 6.2 s
-
-
-class OutageStore(MemoryStore):
-    """A MemoryStore that refuses commits while ``down``."""
-
-    down = False
-
-    async def commit(self, batch: Sequence[FlowDelta]) -> None:
-        if self.down:
-            raise StoreUnavailable("down for the test")
-        await super().commit(batch)
 
 
 def pattern(n: int) -> bytes:
