@@ -29,8 +29,8 @@ def d(flow: str, epoch: int, version: int, data: bytes, at: int) -> FlowDelta:
     return FlowDelta(flow, epoch, StateDelta(version, (RxAppend(at, data),)))
 
 
-def store_at(url: str, **kwargs: float) -> RedisStore:
-    return RedisStore.from_url(url, service=f"resp{next(_services)}", **kwargs)
+def store_at(url: str, socket_timeout: float = 5.0) -> RedisStore:
+    return RedisStore.from_url(url, service=f"resp{next(_services)}", socket_timeout=socket_timeout)
 
 
 async def test_a_commit_needs_no_worker_thread(
