@@ -380,7 +380,10 @@ class Stream(trio.abc.HalfCloseableStream):
                     return b""
                 if not self._stall_warned:
                     self._warn_if_commit_stall(conn)
-                await flow.rx_lot.park()
+                try:
+                    await flow.rx_lot.park()
+                finally:
+                    self._runtime.reader_resumed(flow)
                 parked = True
                 if self._closed:
                     raise trio.ClosedResourceError("this stream was closed")

@@ -135,6 +135,7 @@ class Flow:
         "key",
         "listener_port",
         "lot",
+        "reader_woken",
         "recovered",
         "reset",
         "rx_lot",
@@ -168,6 +169,7 @@ class Flow:
         self.closed = False  # reached CLOSED and left the flow table
         self.dirty = False
         self.held = False  # rounds leave it dirty until its app task resumes (Runtime.hold)
+        self.reader_woken = False  # woken with new bytes, not yet run (Runtime._arrive)
         self.durable_version = 0  # the newest of this flow's delta versions the store holds
         self.recovered = recovered  # restored from the store after a restart
         self.app_state = app_state  # stored with the last commit (level 2)

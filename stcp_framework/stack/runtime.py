@@ -69,10 +69,11 @@ IPV6_TCP_OVERHEAD = 60  # 40 B IPv6 + 20 B TCP header
 RECV_BATCH = 256
 WOKEN_STEPS = 4
 """Scheduler steps a round waits, at most, for the tasks woken since the last one (early
-readers). More than one: during a transfer a batch of packets comes in nearly every
-step and wakes the reader again, and bytes it has not read by the drain are stored
-(strict mode). A 1 GB strict upload stored 127-167 MB with one step, 73-85 MB with four
-(eight: no fewer), and its server CPU per MB fell by a third (bench/README.md)."""
+readers) while new arrivals wait: until every reader woken with new bytes has run.
+A 1 GB strict upload sent 118-167 MB of received payload to Redis with one step and
+arrivals let in, 54-88 MB with four steps, 36-45 MB with arrivals held too, and ~2 MB
+(TCB and app state only) once the round also waits for readers woken but not yet run
+(bench/README.md)."""
 STORE_RETRY_MIN, STORE_RETRY_MAX = 0.05, 0.25
 """Backoff between tries of a commit the store refused or timed out (G7), doubling: a
 store back from an outage sees the held deltas within STORE_RETRY_MAX, and then every
@@ -210,6 +211,8 @@ class Runtime:
         self._pending_raw: list[OutPacket] = []
         self._tx_wakeup = trio.Event()
         self._let_woken_run = False  # tasks were woken since the last round
+        self._arrivals_held: trio.Event | None = None  # set: woken tasks run first
+        self._readers_woken = 0  # readers woken with new bytes that have not run yet
         self._withheld: set[Flow] = set()  # flows with segments held back (store outage)
         self._timer_heap: list[tuple[float, int, Flow]] = []
         self._timer_seq = 0
@@ -287,7 +290,11 @@ class Runtime:
     async def _receive_loop(self) -> None:
         device = self.device
         while True:
-            self._arrive(await device.recv_batch(RECV_BATCH), 0)
+            batch = await device.recv_batch(RECV_BATCH)
+            held = self._arrivals_held
+            if held is not None:
+                await held.wait()  # woken readers first (_transmit_loop)
+            self._arrive(batch, 0)
 
     async def _sibling_loop(self) -> None:
         """Take the segments other workers forwarded (``stack/siblings.py``)."""
@@ -295,7 +302,11 @@ class Runtime:
         receive = self._siblings.receive
         last_hop = self._siblings.last_hop
         while True:
-            for hops, packet in await receive(RECV_BATCH):
+            batch = await receive(RECV_BATCH)
+            held = self._arrivals_held
+            if held is not None:
+                await held.wait()  # woken readers first (_transmit_loop)
+            for hops, packet in batch:
                 self.stats["forwarded_in"] += 1
                 self._arrive([packet], min(hops, last_hop))
 
@@ -340,6 +351,9 @@ class Runtime:
             # the ACK leaves after its round is durable (G1). A crash in between
             # loses nothing: unacknowledged, the bytes come again from the peer.
             flow.rx_lot.unpark_all()
+            if not flow.reader_woken:
+                flow.reader_woken = True  # until its task resumes (reader_resumed)
+                self._readers_woken += 1
         if self._dirty:
             self._tx_wakeup.set()
 
@@ -590,17 +604,24 @@ class Runtime:
                 with trio.move_on_at(retry_at):
                     await self._tx_wakeup.wait()
             self._tx_wakeup = trio.Event()
-            steps = WOKEN_STEPS
-            while self._let_woken_run and steps:
+            if self._let_woken_run:
                 # Tasks woken since the last round run first -- readers woken with this
                 # round's bytes, writers the last round released -- so that what they
                 # read, commit and answer joins this round's drain: bytes read and
                 # committed by then are never stored (they were woken in the scheduler
-                # batch before this task's, or in the same one). Bytes that arrive
-                # meanwhile wake their reader again, and it gets another step.
-                steps -= 1
-                self._let_woken_run = False
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                # batch before this task's, or in the same one). Meanwhile arrivals
+                # wait (the device holds them), or the bytes of every new batch would
+                # wake the reader again and be stored unread at the drain.
+                held = self._arrivals_held = trio.Event()
+                try:
+                    steps = WOKEN_STEPS
+                    while (self._let_woken_run or self._readers_woken) and steps:
+                        steps -= 1
+                        self._let_woken_run = False
+                        await trio.lowlevel.cancel_shielded_checkpoint()
+                finally:
+                    self._arrivals_held = None
+                    held.set()
             await self._round()
 
     async def _round(self) -> None:
@@ -955,6 +976,12 @@ class Runtime:
             self._dirty.append(flow)
         else:
             self._tx_wakeup.set()
+
+    def reader_resumed(self, flow: Flow) -> None:
+        """A reader ``_arrive`` woke runs again (``Stream.receive_some``)."""
+        if flow.reader_woken:
+            flow.reader_woken = False
+            self._readers_woken -= 1
 
     def release(self, flow: Flow) -> None:
         """End ``hold``: the flow goes out with the next round."""
