@@ -43,6 +43,7 @@ from ..store.base import (
     StoreError,
     StoreUnavailable,
     new_flow_delta,
+    payload_bytes,
 )
 from ..tcp.config import TcpConfig
 from ..tcp.events import Closed, Connected, EofReceived, Reset, SendSpace, TimedOut
@@ -74,6 +75,9 @@ A 1 GB strict upload sent 118-167 MB of received payload to Redis with one step 
 arrivals let in, 54-88 MB with four steps, 36-45 MB with arrivals held too, and ~2 MB
 (TCB and app state only) once the round also waits for readers woken but not yet run
 (bench/README.md)."""
+ASYNC_BACKLOG_MAX = 1 << 20
+"""Async durability: payload bytes queued for the store beyond which rounds wait for
+the commit task (back-pressure instead of an unbounded queue)."""
 STORE_RETRY_MIN, STORE_RETRY_MAX = 0.05, 0.25
 """Backoff between tries of a commit the store refused or timed out (G7), doubling: a
 store back from an outage sees the held deltas within STORE_RETRY_MAX, and then every
@@ -222,6 +226,8 @@ class Runtime:
         self.durability = durability
         self._uncommitted: list[tuple[Flow, FlowDelta]] = []
         self._commit_wakeup = trio.Event()  # async durability: deltas are queued
+        self._commit_done = trio.Event()  # async durability: a commit attempt ended
+        self._backlog = 0  # async durability: payload bytes queued in _uncommitted
         self._store_retry_at = -math.inf
         self._store_backoff = 0.0
         self._closed_flows: list[Flow] = []
@@ -587,9 +593,14 @@ class Runtime:
                 await self._commit_wakeup.wait()
             self._commit_wakeup = trio.Event()
             items, self._uncommitted = self._uncommitted, []
+            taken, self._backlog = self._backlog, 0
             if items:
                 for flow in await self._commit(items):
                     flow.lot.unpark_all()
+                if self.store_error is not None:
+                    self._backlog += taken  # put back, in front of the newer ones
+            done, self._commit_done = self._commit_done, trio.Event()
+            done.set()
 
     async def _transmit_loop(self) -> None:
         while True:
@@ -638,6 +649,7 @@ class Runtime:
         epoch = self.epoch
         items = self._uncommitted  # earlier deltas the store has not taken yet come first
         self._uncommitted = []
+        queued = len(items)
         outs: list[tuple[Flow, OutSegment]] = []
         woken: list[Flow] = []
         readers: list[Flow] = []
@@ -669,8 +681,17 @@ class Runtime:
             # task, which runs while the next rounds drain and transmit.
             self._uncommitted = items
             if items:
+                self._backlog += payload_bytes(item[1] for item in items[queued:])
                 self._commit_wakeup.set()
             await self._transmit(raw, outs, check_durable=False)
+            while self._backlog > ASYNC_BACKLOG_MAX:
+                # Back-pressure: the store does not keep up (or is out). Unbounded, the
+                # queue would hold every byte sent meanwhile, and its commits would
+                # grow until one takes longer than the store's timeout and is sent
+                # again whole (an echo bench stalled so, and starved a strict server
+                # sharing the Redis). Rounds wait, and so do windows and send buffers.
+                self.stats["async_backlog_waits"] += 1
+                await self._commit_done.wait()
         else:
             if items:
                 woken.extend(await self._commit(items))

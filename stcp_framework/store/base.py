@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..tcp.delta import StateDelta, slot_setter
+from ..tcp.delta import RxAppend, StateDelta, TxAppend, slot_setter
 
 
 class StoreError(Exception):
@@ -64,6 +64,17 @@ def new_flow_delta(flow_id: str, epoch: int, delta: StateDelta) -> FlowDelta:
     _set_epoch(item, epoch)
     _set_delta(item, delta)
     return item
+
+
+def payload_bytes(items: Iterable[FlowDelta]) -> int:
+    """The stream bytes the deltas ``items`` append (what a store must take in)."""
+    total = 0
+    for item in items:
+        for op in item.delta.ops:
+            kind = type(op)
+            if kind is RxAppend or kind is TxAppend:
+                total += len(op.data)  # type: ignore[union-attr]
+    return total
 
 
 @dataclass(slots=True)

@@ -40,6 +40,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 __all__ = ["RespConnection", "RespPool"]
 
 _READ_SIZE = 1 << 16
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+"""Buffers per ``sendmsg`` (more: EMSGSIZE; a group commit of many flows has more)."""
 _parse_error = _HiredisParser(_READ_SIZE).parse_error  # type: ignore[no-untyped-call]  # error reply -> redis-py exception
 
 
@@ -83,17 +85,18 @@ class RespConnection:
 
     async def call(self, packed: Sequence[Any], replies: int) -> list[Any]:
         """Send the RESP buffers ``packed`` (bytes-like, in order) and read ``replies``
-        replies. Any failure -- and a cancellation -- closes the connection."""
+        replies. Any failure -- and a cancellation -- closes the connection. The
+        timeout bounds each wait for the socket, as a socket timeout does in redis-py,
+        not the whole exchange: a commit of hundreds of MB may take seconds."""
         if self.closed:
             raise RedisConnectionError("connection closed")
         try:
-            with trio.fail_after(self._timeout):
-                await self._send(packed)
-                return await self._read(replies)
+            await self._send(packed)
+            return await self._read(replies)
         except trio.TooSlowError:
             self._close()
-            raise RedisTimeoutError("timeout reading from Redis") from None
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise RedisTimeoutError("timeout talking to Redis") from None
+        except OSError as exc:
             self._close()
             raise RedisConnectionError(f"Redis connection lost: {exc}") from exc
         except BaseException:
@@ -103,17 +106,22 @@ class RespConnection:
     async def _send(self, packed: Sequence[Any]) -> None:
         sock = self._sock
         views = [memoryview(b) for b in packed]
-        while views:
+        first, count = 0, len(views)
+        while first < count:
             try:
-                sent = sock.send(views[0]) if len(views) == 1 else sock.sendmsg(views)
+                if first == count - 1:
+                    sent = sock.send(views[first])
+                else:
+                    sent = sock.sendmsg(views[first : first + _IOV_MAX])
             except BlockingIOError:
-                await trio.lowlevel.wait_writable(sock)
+                with trio.fail_after(self._timeout):
+                    await trio.lowlevel.wait_writable(sock)
                 continue
-            while views and sent >= len(views[0]):
-                sent -= len(views[0])
-                del views[0]
+            while first < count and sent >= len(views[first]):
+                sent -= len(views[first])
+                first += 1
             if sent:
-                views[0] = views[0][sent:]
+                views[first] = views[first][sent:]
         await trio.lowlevel.checkpoint_if_cancelled()
 
     async def _read(self, replies: int) -> list[Any]:
@@ -128,7 +136,8 @@ class RespConnection:
             try:
                 data = sock.recv(_READ_SIZE)
             except BlockingIOError:
-                await trio.lowlevel.wait_readable(sock)
+                with trio.fail_after(self._timeout):
+                    await trio.lowlevel.wait_readable(sock)
                 continue
             if not data:
                 raise RedisConnectionError("Redis closed the connection")

@@ -12,6 +12,7 @@ import itertools
 import os
 import signal
 
+import hiredis
 import pytest
 import redis
 import trio
@@ -109,6 +110,23 @@ async def test_a_frozen_server_times_out_and_a_cancelled_commit_is_harmless(
     await store.commit([d("f", 1, 2, b"b", 1), d("f", 1, 3, b"c", 2)])
     record = await store.load("f")
     assert record is not None and (record.rx, record.version) == (b"abc", 3)
+    await store.aclose()
+
+
+async def test_more_buffers_than_one_sendmsg_takes(redis7_server: RedisServer) -> None:
+    """A group commit of many flows is thousands of buffers; ``sendmsg`` takes IOV_MAX
+    (1,024 on Linux) at most and refuses more with EMSGSIZE (an async-mode echo bench
+    once stalled retrying that as an outage)."""
+    pool = RespPool.for_client(redis7_server.client())
+    assert pool is not None
+    ping = hiredis.pack_command(("PING",))
+    pieces = [ping[i : i + 1] for i in range(len(ping))] * 500  # 7,000 buffers
+    assert await pool.call(pieces, 500) == [b"PONG"] * 500
+    store = store_at(redis7_server.url)
+    await store.commit([d(f"f{i}", 1, 1, b"x" * 40_000, 0) for i in range(1_500)])
+    record = await store.load("f1499")
+    assert record is not None and record.rx == b"x" * 40_000
+    await pool.aclose()
     await store.aclose()
 
 
