@@ -35,6 +35,7 @@ def test_net_up_creates_persistent_tun_with_addresses(cleanup_dev: str) -> None:
     net_up(cleanup_dev, "198.18.200.1/24", 65000, "2001:db8:200::1/64")
     [link] = ip_json("-d", "addr", "show", "dev", cleanup_dev)
     assert link["mtu"] == 65000
+    assert link["txqlen"] == 10_000  # bursts from 1,000 connections are not dropped
     assert "UP" in link["flags"]  # type: ignore[operator]
     info = link["linkinfo"]
     assert info["info_kind"] == "tun"  # type: ignore[index]
