@@ -161,6 +161,15 @@ class LateSegments(PassThrough):
         self.seen = 0
         self.held: dict[int, Any] = {}  # sequence number -> the original packet
         self.late = 0
+        self.next_seq: int | None = None  # past the highest data sequence number sent
+
+    def _first_sending(self, seq: int, size: int) -> bool:
+        """True for new data (not a resend, say a tail loss probe: one held at the end
+        of the transfer would have no resend after it to let it go)."""
+        if self.next_seq is not None and (seq - self.next_seq) % 2**32 >= 2**31:
+            return False
+        self.next_seq = (seq + size) % 2**32
+        return True
 
     async def send_batch(self, packets: Sequence[OutPacket]) -> None:
         out: list[Any] = []
@@ -175,7 +184,7 @@ class LateSegments(PassThrough):
                 # the late original, then the resend (which may start before it: a
                 # resend of a hole that runs into the held segment)
                 out.extend(self.held.pop(h) for h in covered)
-            elif size > 0 and self.late < self.limit:
+            elif size > 0 and self.late < self.limit and self._first_sending(seq, size):
                 self.seen += 1
                 if self.seen % self.every == 0:
                     self.held[seq] = packet
