@@ -17,8 +17,9 @@ the persisted ``Tcb`` and its mutators: every write to a ``Tcb`` field goes thro
 ``_set`` (or ``_set_state``), which also records it in the pending ``TcbSet``.
 
 Versions: ``drain()`` numbers its deltas 1, 2, ... A segment that carries an ACK has
-``needs_version`` = the version of the delta that recorded its ``rcv_nxt`` (G1); a
-segment with data or FIN also needs the version that recorded its bytes (G2).
+``needs_version`` = the version of the delta that recorded its ``rcv_nxt`` (G1) and the
+commit point its window counts from (RFC 7323 §2.4 across a crash); a segment with
+data or FIN also needs the version that recorded its bytes (G2).
 
 ACK-on-commit (``TcpConfig.ack_on_commit``, TCPR): received bytes are held in memory
 only and the ACK field is the *commit point* (``ack_point``), so an ACK needs the
@@ -234,7 +235,7 @@ class Connection:
         self._ev_space = False
         # Versions (see module docstring).
         self.version = 0  # last version returned by drain()
-        self.rx_needs = 0  # version that recorded the current rcv_nxt
+        self.rx_needs = 0  # version that recorded the current rcv_nxt and commit point
         self.tx_needs = 0  # version that recorded the newest accepted bytes
         # Runtime (rebuilt on restore, never persisted).
         self.ack_now = False  # send an ACK in this call's output
@@ -773,6 +774,13 @@ class Connection:
                 # window update below is then the only news for the peer.
             else:
                 self._rx_trim = offset
+                # The window every segment advertises from now on counts from this
+                # commit (``_output.advertise_window``): it must be durable before one
+                # leaves, or a crash restores the older commit, replays the bytes after
+                # it, and the restored window's right edge lies left of the one the
+                # peer saw (RFC 7323 §2.4). Only an outage tells the difference: a
+                # round's segments leave after its commit anyway.
+                self.rx_needs = self.version + 1
         # No window update once the peer's FIN arrived (Linux tcp_cleanup_rbuf under
         # RCV_SHUTDOWN): it can send nothing more, and from TIME-WAIT an update would
         # meet a peer that already forgot the connection (and answers RST).

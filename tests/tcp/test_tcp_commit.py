@@ -82,6 +82,29 @@ def test_level_one_read_opens_the_window() -> None:
     assert RxTrim(BUF) in (step.delta.ops if step.delta else ())
 
 
+@pytest.mark.parametrize("config", [CONFIG, MANUAL], ids=["level-1", "level-2"])
+def test_a_window_counted_from_a_commit_needs_that_commit_durable(config: object) -> None:
+    """RFC 7323 §2.4 across a crash: once the app commits, every segment's window
+    counts from the new commit point, so each needs the version that recorded it --
+    a duplicate ACK too, whose ACK field did not move. Sent before that commit landed
+    (a store outage lets older versions' segments out) and followed by a crash, the
+    restored connection would replay the bytes after the older commit and advertise a
+    right edge left of the one the peer saw (crash fuzz seed 156879)."""
+    conn = conn_established(config)  # type: ignore[arg-type]
+    send(conn, r(payload=b"x" * 1000), at=1.0)
+    first = conn.drain()
+    assert first.delta is not None
+    conn.app_receive(1000, 1.1)
+    if config is MANUAL:
+        conn.app_commit(1000, None, 1.1)
+    committed = conn.drain()
+    assert committed.delta is not None and committed.delta.version > first.delta.version
+    send(conn, r(seq=sq(REMOTE_SEQ, 3000), payload=b"y" * 500), at=1.2)  # out of order
+    (dupack,) = conn.drain().segments
+    assert (dupack.ack, dupack.window) == (sq(REMOTE_SEQ, 1000), BUF)
+    assert dupack.needs_version >= committed.delta.version
+
+
 def test_restore_replays_from_the_commit_offset() -> None:
     conn = conn_established(MANUAL)
     rx = b""
