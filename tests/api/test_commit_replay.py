@@ -6,6 +6,7 @@ import random
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
@@ -350,7 +351,7 @@ BACKEND = "198.18.0.3"
 
 @asynccontextmanager
 async def client_incarnation(
-    net: SimNetwork, store: MemoryStore, seed: int, **options: object
+    net: SimNetwork, store: MemoryStore, seed: int, **options: Any
 ) -> AsyncIterator[Stack]:
     """One life of a stack that connects out (a relay's upstream side)."""
     link = net.attach(SERVER)

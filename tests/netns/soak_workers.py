@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import IO, Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -41,7 +42,7 @@ from stcp_framework.cli.netns import run_ip  # noqa: E402
 DEV, KERNEL, STACK, PORT = "soak0", "198.18.77.1/24", "198.18.77.2", 7
 
 
-def _start(store: str, stderr: object, durability: str) -> subprocess.Popen[bytes]:
+def _start(store: str, stderr: int | IO[Any] | None, durability: str) -> subprocess.Popen[bytes]:
     command = stcp_command(
         "run",
         "echo",
@@ -56,7 +57,7 @@ def _start(store: str, stderr: object, durability: str) -> subprocess.Popen[byte
         "--instance",
         "soak",
     )
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr)  # type: ignore[arg-type]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr)
     assert server.stdout is not None
     banner = server.stdout.readline().decode().strip()
     if not re.search(r"with 2 workers", banner):

@@ -111,7 +111,7 @@ async def test_download_through_a_narrow_hop(
         try:
             await chargen(stream)
         finally:
-            conn = stream._flow.conn  # type: ignore[attr-defined]
+            conn = stream._flow.conn
             mss.append(conn.tcb.mss)
             counters.update(conn.counters)
             done.set()

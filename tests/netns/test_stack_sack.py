@@ -81,7 +81,7 @@ class LossyDevice(PassThrough):
         """Whether to drop this packet. A segment dropped ``times`` times passes the
         next time, so the run does not depend on where the resends fall among them."""
         head = packet[0] if isinstance(packet, tuple) else packet
-        size = len(packet[1]) if isinstance(packet, tuple) else tcp_payload_len(packet)
+        size = len(packet[1]) if isinstance(packet, tuple) else tcp_payload_len(memoryview(packet))
         if size <= 0:
             return False
         ihl = (head[0] & 0x0F) * 4 if head[0] >> 4 == 4 else 40
@@ -130,7 +130,7 @@ class TailDrop(PassThrough):
         if head[ihl + 13] & 0x02:  # SYN
             self.iss = seq
             return False
-        size = len(packet[1]) if isinstance(packet, tuple) else tcp_payload_len(packet)
+        size = len(packet[1]) if isinstance(packet, tuple) else tcp_payload_len(memoryview(packet))
         if size <= 0 or self.iss is None:
             return False
         offset = (seq - self.iss - 1) & 0xFFFFFFFF
@@ -176,7 +176,9 @@ class LateSegments(PassThrough):
         stall = False
         for packet in packets:
             head = packet[0] if isinstance(packet, tuple) else packet
-            size = len(packet[1]) if isinstance(packet, tuple) else tcp_payload_len(packet)
+            size = (
+                len(packet[1]) if isinstance(packet, tuple) else tcp_payload_len(memoryview(packet))
+            )
             ihl = (head[0] & 0x0F) * 4 if head[0] >> 4 == 4 else 40
             seq = int.from_bytes(head[ihl + 4 : ihl + 8], "big")
             covered = [h for h in self.held if size > 0 and (h - seq) % 2**32 < size]
@@ -297,7 +299,7 @@ async def download(
         try:
             await send(stream)
         finally:
-            conn = stream._flow.conn  # type: ignore[attr-defined]
+            conn = stream._flow.conn
             counters.update(conn.counters)
             counters["ssthresh_at_end"] = conn.cc.ssthresh
             done.set()

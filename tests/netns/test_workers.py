@@ -178,7 +178,7 @@ async def test_the_last_worker_of_the_ring_answers_with_rst() -> None:
     previous = Siblings("rtring1", 0, 2)
     try:
         async with _worker_and_peer("rtring1", 1, 2) as (stack, peer):
-            assert previous.forward(STRAY_ACK, 1)  # worker 0 did not hold the flow
+            assert previous.forward(bytes(STRAY_ACK), 1)  # worker 0 did not hold the flow
             with trio.fail_after(5):
                 [answer] = await peer.recv_batch(8)
             rst = parse_packet_untrusted(answer).tcp
@@ -197,7 +197,9 @@ def _too_big_for_a_flow_elsewhere() -> bytes:
         ipaddress.ip_address(STACK).packed, ipaddress.ip_address(PEER).packed,
         ECHO_PORT, 40000, 9000, 5000, ACK, 1000, NO_OPTIONS, b"x" * 1500,
     )  # fmt: skip
-    return build_too_big(ipaddress.ip_address(PEER).packed, bytes(ours[12:16]), ours[:48], 1400)
+    return build_too_big(
+        ipaddress.ip_address(PEER).packed, bytes(ours[12:16]), bytes(ours[:48]), 1400
+    )
 
 
 async def test_icmp_too_big_for_a_flow_elsewhere_goes_round_the_ring() -> None:

@@ -119,9 +119,9 @@ def test_restore_replays_from_the_commit_offset() -> None:
         if isinstance(op, RxAppend):
             # The trim to 2 comes first: only bytes from the commit point are written.
             assert (op.offset, op.data) == (2, b"cdef")
-            rx, rx_offset = op.data, op.offset
+            rx, rx_offset = bytes(op.data), op.offset
         elif hasattr(op, "fields"):
-            record.update(op.fields)  # type: ignore[attr-defined]
+            record.update(op.fields)
     version = conn.version
     full = conn.tcb.to_record()
     full.update(record)

@@ -12,6 +12,7 @@ from tcp_helpers import CONFIG, LOCAL_SEQ, MSS, conn_established, r, send, sq, s
 from stcp_framework.tcp.config import TcpConfig
 from stcp_framework.tcp.machine import Connection
 from stcp_framework.wire.seq import Seq, seq_diff
+from stcp_framework.wire.tcp import TcpSegment
 
 SACK = replace(CONFIG, sack=True)
 
@@ -37,7 +38,7 @@ def _sent(conn: Connection) -> list[int]:
     return [seq_diff(Seq(seg.seq), LOCAL_SEQ) // MSS for seg in conn.drain().segments]
 
 
-def _ack(segments: int) -> object:
+def _ack(segments: int) -> TcpSegment:
     return r(ack=sq(LOCAL_SEQ, segments * MSS))
 
 

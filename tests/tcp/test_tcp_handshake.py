@@ -1,4 +1,7 @@
 """Opening: RFC 9293 §3.5 three-way handshake, simultaneous open, SYN retransmission."""
+# mypy: disable-error-code="comparison-overlap,unreachable"
+# (a test steps the machine and asserts its state between calls; mypy keeps the state
+# narrowed across the calls)
 
 from __future__ import annotations
 

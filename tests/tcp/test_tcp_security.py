@@ -22,6 +22,7 @@ from tcp_helpers import (
 from stcp_framework.tcp.delta import RxAppend
 from stcp_framework.tcp.events import Closed, Reset
 from stcp_framework.tcp.isn import iss_rfc6528
+from stcp_framework.tcp.machine import Connection
 from stcp_framework.tcp.state import TcpState
 from stcp_framework.wire.tcp import RST, SYN, TcpOptions
 
@@ -109,7 +110,7 @@ def test_ack_older_than_max_window_is_dropped_with_challenge() -> None:
     assert conn.recv_available == 4
 
 
-def ts_conn():  # type: ignore[no-untyped-def]
+def ts_conn() -> Connection:
     config = replace(CONFIG, timestamps=True)
     return conn_established(config, options=syn_options(ts=(1000, 0)))
 

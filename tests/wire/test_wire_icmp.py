@@ -92,7 +92,7 @@ def test_bad_checksums_are_dropped() -> None:
     v6[45] ^= 1
     for packet in (v4, v6):
         with pytest.raises(MalformedPacket) as info:
-            parse_too_big_untrusted(packet)
+            parse_too_big_untrusted(bytes(packet))
         assert info.value.reason is DropReason.BAD_ICMP
 
 
