@@ -255,12 +255,20 @@ def connections(host: str, port: int, count: int, concurrency: int, deadline_s: 
 
 
 def read_vm_rss_kb(pid: int) -> int:
-    """The resident set size of process ``pid`` in KiB (``VmRSS`` in /proc/PID/status)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise ValueError(f"no VmRSS for pid {pid}")
+    """The resident set size in KiB (``VmRSS`` in /proc/PID/status) of process ``pid``
+    and its descendants (a server's workers: before, only their supervisor was read)."""
+    from bench.run import process_tree
+
+    total = 0
+    for process in process_tree(pid):
+        with open(f"/proc/{process}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+                    break
+            else:
+                raise ValueError(f"no VmRSS for pid {process}")
+    return total
 
 
 def _echo_round(socks: list[socket.socket], selector: selectors.BaseSelector) -> float:

@@ -377,18 +377,32 @@ def server_cpu_s(pid: int) -> float | None:
     servers this undercounts; it is still the steadier figure on a busy machine.
     """
     total_ns = 0
-    pending = [pid]
     try:
-        while pending:
-            current = pending.pop()
+        for current in process_tree(pid):
             for task in os.listdir(f"/proc/{current}/task"):
                 with open(f"/proc/{current}/task/{task}/schedstat") as f:
                     total_ns += int(f.read().split()[0])
-                with open(f"/proc/{current}/task/{task}/children") as f:
-                    pending += [int(child) for child in f.read().split()]
     except (OSError, ValueError, IndexError):
         return None
     return total_ns / 1e9
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process descended from it (``/proc/PID/task/*/children``): a
+    server with ``--workers`` is a supervisor and its worker processes.
+
+    Raises:
+        OSError: a process of the tree went away meanwhile.
+    """
+    tree: list[int] = []
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        tree.append(current)
+        for task in os.listdir(f"/proc/{current}/task"):
+            with open(f"/proc/{current}/task/{task}/children") as f:
+                pending += [int(child) for child in f.read().split()]
+    return tree
 
 
 def run_client(mode: str, server: Server, deadline_s: float, *extra: str) -> dict[str, Any]:
