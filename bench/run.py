@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import inspect
 import json
 import os
@@ -518,9 +519,7 @@ def measure(
                 name,
                 live,
                 plan.repeat,
-                lambda server, a=conns_args: run_client(  # type: ignore[misc]
-                    "conns", server, plan.conns_deadline, *a
-                ),
+                functools.partial(_run_mode, "conns", plan.conns_deadline, conns_args),
                 say,
             )
             results[name] = {key: _median_cell(cell, "per_s") for key, cell in runs.items()}
@@ -532,13 +531,17 @@ def measure(
             mode,
             live,
             plan.repeat,
-            lambda server, m=mode: run_client(  # type: ignore[misc]
-                m, server, plan.bulk_deadline, "--size", size
-            ),
+            functools.partial(_run_mode, mode, plan.bulk_deadline, ("--size", size)),
             say,
         )
         results[mode] = {key: _median_cell(cell, "mb_s") for key, cell in runs.items()}
     return results
+
+
+def _run_mode(
+    mode: str, deadline_s: float, args: tuple[str, ...], server: Server
+) -> dict[str, Any]:
+    return run_client(mode, server, deadline_s, *args)
 
 
 def _interleaved(

