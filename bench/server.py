@@ -44,11 +44,13 @@ def raise_nofile_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
-def tune_malloc() -> bool:
-    """Keep freed memory in the heap, as ``stcp run`` does (``stcp_framework/cli/heap.py``):
-    the same settings for every server row alike, so ratios stay fair."""
-    from stcp_framework.cli.heap import keep_freed_memory
+def tune_heap() -> bool:
+    """Keep freed memory in the heap and collect garbage less often, as ``stcp run`` does
+    (``stcp_framework/cli/heap.py``): the same settings for every server row alike, so
+    ratios stay fair. Returns whether glibc took the heap settings."""
+    from stcp_framework.cli.heap import collect_garbage_less_often, keep_freed_memory
 
+    collect_garbage_less_often()
     return keep_freed_memory()
 
 
@@ -239,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     raise_nofile_limit()
-    tune_malloc()
+    tune_heap()
     if args.kind == "kernel":
         trio.run(serve_kernel)
     else:

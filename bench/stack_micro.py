@@ -44,7 +44,7 @@ from stcp_framework.wire.tcp import ACK, FIN, PSH, RST, SYN, TcpOptions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as a script: the repo root
 from bench.client import MESSAGE  # the conns phase's 100-byte request
-from bench.server import tune_malloc  # the same heap settings as the bench
+from bench.server import tune_heap  # the same heap settings as the bench
 
 PEER = bytes([198, 18, 0, 1])
 SERVER = bytes([198, 18, 0, 2])
@@ -342,7 +342,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="best of N")
     ap.add_argument("--profile", action="store_true", help="cProfile one run of each mode")
     args = ap.parse_args()
-    tune_malloc()
+    tune_heap()
     print(f"{'mode':10} {'unit':>5} {'stack us/unit':>14} {'peer us/unit':>13} "
           f"{'pkts in/unit':>13} {'pkts out/unit':>14}")  # fmt: skip
     for mode in args.modes.split(","):

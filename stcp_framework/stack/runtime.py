@@ -325,6 +325,7 @@ class Runtime:
         now = self.now()
         self.stats["packets_in"] += len(batch)
         readers: list[Flow] = []
+        deferred = 0
         for buf in batch:
             try:
                 pkt = parse_packet_untrusted(buf, verify_checksum=verify)
@@ -343,12 +344,20 @@ class Runtime:
                 and self._answered_elsewhere(flow, seg, buf, hops)
             ):
                 continue
-            flow.conn.on_segment(seg, now)
-            if flow.rx_lot and flow.conn.rcv_buf:
+            conn = flow.conn
+            conn.on_segment(seg, now)
+            if flow.rx_lot and conn.rcv_buf:
                 readers.append(flow)
             if not flow.dirty:
+                if not flow.lot and conn.drain_may_wait() and self._timer_flushes(flow, conn):
+                    # A pure ACK of sent data: its delta waits for the flow's next round
+                    # or timer (Connection.drain_may_wait), not a round and a commit now.
+                    deferred += 1
+                    continue
                 flow.dirty = True
                 self._dirty.append(flow)
+        if deferred:
+            self.stats["drains_deferred"] += deferred
         if readers:
             self._let_woken_run = True
         for flow in readers:
@@ -364,6 +373,18 @@ class Runtime:
                 self._readers_woken += 1
         if self._dirty:
             self._tx_wakeup.set()
+
+    @staticmethod
+    def _timer_flushes(flow: Flow, conn: Connection) -> bool:
+        """Whether ``flow``'s registered deadline comes no later than ``conn``'s next one,
+        so that a drain left pending happens by then at the latest (the timer task
+        calls ``on_timer``, which fires what is due -- maybe nothing -- and marks the
+        flow). With no deadline registered nothing would drain it: not deferred."""
+        registered = flow.deadline_at
+        if registered is None:
+            return False
+        at = conn.next_deadline()
+        return at is None or registered <= at
 
     def _on_icmp(self, buf: memoryview, now: float, hops: int) -> bool:
         """Path MTU discovery (RFC 1191, RFC 8201): hand an ICMP "packet too big" about

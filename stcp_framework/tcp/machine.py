@@ -530,6 +530,36 @@ class Connection:
         """When ``on_timer`` must run next (None: only input can change anything)."""
         return self.timers.next_deadline()
 
+    def drain_may_wait(self) -> bool:
+        """Whether what the input since the last drain left pending may wait for a later
+        drain: in ESTABLISHED or CLOSE-WAIT, no segment to send or ACK due, no event but
+        ``SendSpace``, no received bytes, commit or state change to record.
+
+        That is what a pure ACK of sent data leaves (or a window update that opens
+        nothing to send). Its delta -- SND.UNA, the send buffer's trim, SND.WND,
+        TS.Recent -- only frees store space: restored from the delta before, a
+        connection resends bytes the peer already has, which it drops and acknowledges
+        again. The stack drains such a connection with its next round or at its timer
+        (``Runtime._arrive``) instead of committing a delta for every ACK.
+        """
+        state = self.tcb.state
+        if state is not TcpState.ESTABLISHED and state is not TcpState.CLOSE_WAIT:
+            return False
+        if (
+            self._out
+            or self.ack_now
+            or self.ack_deferred_at is not None
+            or self._rx_ops
+            or self._tx_ops
+            or self._app_commit is not None
+            or self._rx_trim is not None
+        ):
+            return False
+        for event in self._events:
+            if event is not _SEND_SPACE:
+                return False
+        return "state" not in self._dirty
+
     def accepts_new_syn(self, seg: TcpSegment) -> bool:
         """RFC 6191: may this SYN open a new incarnation of a flow in TIME-WAIT?
         (``timewait.new_syn_acceptable``)"""
