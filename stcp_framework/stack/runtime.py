@@ -28,7 +28,7 @@ import math
 import os
 import random
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 
 import trio
@@ -46,7 +46,16 @@ from ..store.base import (
     payload_bytes,
 )
 from ..tcp.config import TcpConfig
-from ..tcp.events import Closed, Connected, EofReceived, Reset, SendSpace, TimedOut
+from ..tcp.events import (
+    Closed,
+    Connected,
+    DataReadable,
+    EofReceived,
+    Event,
+    Reset,
+    SendSpace,
+    TimedOut,
+)
 from ..tcp.isn import IssGenerator
 from ..tcp.machine import Connection
 from ..tcp.state import TcpState
@@ -107,6 +116,20 @@ class Listener:
         # Set by ``Stack.serve``: established flows go straight to it (it starts their
         # handler) instead of through the queue and an accepting task.
         self.deliver: Callable[[Flow], None] | None = None
+
+
+def _news_for_reader(conn: Connection, events: Sequence[Event]) -> bool:
+    """Whether a round's ``events`` give a waiting reader something to do: bytes to read,
+    or news other than data and send space (EOF, reset, close). ``DataReadable`` for bytes
+    an early reader (``Runtime._arrive``) has read already is none: woken for it, the
+    reader would only find nothing and wait again (~1 wake-up per MB of an upload)."""
+    for event in events:
+        kind = type(event)
+        if kind is SendSpace:
+            continue
+        if kind is not DataReadable or conn.recv_available:
+            return True
+    return False
 
 
 class Runtime:
@@ -690,7 +713,7 @@ class Runtime:
             if events:
                 self._on_events(flow, events)
                 woken.append(flow)
-                if flow.rx_lot and (len(events) > 1 or type(events[0]) is not SendSpace):
+                if flow.rx_lot and _news_for_reader(flow.conn, events):
                     readers.append(flow)
             elif flow.lot:
                 woken.append(flow)  # window or buffer space may have changed
