@@ -50,7 +50,9 @@ class FlowRow:
     Offsets are stream offsets (``tcp/tcb.py``): ``recv_offset`` (``rcv_nxt``) is the end
     of what was received, ``read_offset`` what the app read, ``commit_offset`` what it
     committed; ``acked_offset`` (``snd_una``) and ``sent_offset`` (``snd_nxt``) are the
-    outbound ones. ``rx_buffered``/``tx_buffered`` are the bytes the store holds;
+    outbound ones, as stored: a peer's pure ACK is recorded with the flow's next round
+    or timer, so ``acked_offset`` may trail the live one by an RTO (and ``tx_buffered``
+    still count those bytes). ``rx_buffered``/``tx_buffered`` are the bytes the store holds;
     ``tx_from_sources`` the unacknowledged outbound bytes a restart re-reads from their
     sources instead (``Stream.send_from``). ``acks``: ``"store"`` (ACKs cover stored
     bytes: strict or async durability) or ``"commit"`` (ack-on-commit).
