@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import socket
 
 import hiredis
 import pytest
@@ -20,7 +21,7 @@ from store_helpers import RedisServer
 
 from stcp_framework.store.base import FlowDelta, StoreUnavailable
 from stcp_framework.store.redis import RedisStore
-from stcp_framework.store.resp import RespPool
+from stcp_framework.store.resp import UNIX_SEND_BUFFER, RespPool
 from stcp_framework.tcp.delta import RxAppend, StateDelta
 
 _services = itertools.count()
@@ -133,3 +134,28 @@ def test_tls_clients_keep_the_thread_path() -> None:
     assert RespPool.for_client(client) is None
     assert RespPool.for_client(redis.Redis.from_url("redis://198.18.0.1:6380")) is not None
     assert RespPool.for_client(redis.Redis(protocol=3)) is None
+
+
+def _wmem_max() -> int:
+    with open("/proc/sys/net/core/wmem_max") as f:
+        return int(f.read())
+
+
+async def test_a_unix_socket_gets_room_for_a_whole_group_commit(
+    redis7_server: RedisServer,
+) -> None:
+    """The send buffer is raised (``UNIX_SEND_BUFFER``, as far as ``wmem_max`` lets it),
+    so that a ~1 MB commit need not wait for Redis to read part of it first."""
+    pool = RespPool.for_client(redis7_server.client())
+    assert pool is not None
+    assert await pool.call([hiredis.pack_command(("PING",))], 1) == [b"PONG"]
+    (conn,) = pool._idle
+    granted = conn._sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    # Linux doubles what it grants; left alone, a socket has net.core.wmem_default
+    # (212,992 on Debian), undoubled
+    assert granted >= 2 * min(UNIX_SEND_BUFFER, _wmem_max())
+    value = b"v" * 1_000_000
+    reply = await pool.call([hiredis.pack_command(("SET", "big", value))], 1)
+    assert reply == [b"OK"]
+    assert redis7_server.client().strlen("big") == len(value)
+    await pool.aclose()
