@@ -47,7 +47,7 @@ UNIX_SEND_BUFFER = 4 << 20
 ``net.core.wmem_max``, 4 MiB on this project's machines, and doubles it). A group
 commit of a strict echo carries ~1 MB of answers; with the default ~208 KB buffer it
 went out in ~6 writes, each a wait for Redis to read and a wake-up on both sides of a
-two-core machine. Written in one: strict echo ~8 % faster, ~6 % less server CPU per
+two-core machine. Written in one: strict echo ~10 % faster, ~8 % less server CPU per
 MB (bench/README.md). Over TCP the kernel tunes the buffer itself, and setting it would
 stop that, so a TCP socket is left alone."""
 _parse_error = _HiredisParser(_READ_SIZE).parse_error  # type: ignore[no-untyped-call]  # error reply -> redis-py exception
