@@ -12,6 +12,7 @@ import itertools
 import os
 import signal
 import socket
+from typing import Any
 
 import hiredis
 import pytest
@@ -155,7 +156,8 @@ async def test_a_unix_socket_gets_room_for_a_whole_group_commit(
     # (212,992 on Debian), undoubled
     assert granted >= 2 * min(UNIX_SEND_BUFFER, _wmem_max())
     value = b"v" * 1_000_000
-    reply = await pool.call([hiredis.pack_command(("SET", "big", value))], 1)
+    command: tuple[Any, ...] = ("SET", "big", value)
+    reply = await pool.call([hiredis.pack_command(command)], 1)
     assert reply == [b"OK"]
     assert redis7_server.client().strlen("big") == len(value)
     await pool.aclose()
