@@ -16,6 +16,7 @@ from .api import Stack as Stack
 from .api import Stream as Stream
 from .api import TcpInfo as TcpInfo
 from .api import open_stack as open_stack
+from .errors import ConnectionAborted as ConnectionAborted
 from .errors import ConnectionRefused as ConnectionRefused
 from .errors import ConnectionResetByPeer as ConnectionResetByPeer
 from .errors import ConnectionTimedOut as ConnectionTimedOut

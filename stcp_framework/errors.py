@@ -24,4 +24,6 @@ class ConnectionTimedOut(StcpError):
 
 
 class ConnectionAborted(StcpError):
-    """This side aborted the connection."""
+    """This side reset the connection because it could not keep TCP's promise: the
+    message says why (a restored async-mode connection whose crash lost bytes it had
+    acknowledged). The cause of a ``trio.BrokenResourceError``."""

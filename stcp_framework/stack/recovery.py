@@ -112,6 +112,9 @@ def _restore_one(
             config=runtime.config_for(key),
             version=record.version,
             regenerate=runtime.sources.read,
+            # async: the crashed process may have acknowledged bytes its last commit
+            # did not hold; the connection resets itself once the peer proves it
+            acked_may_be_lost=runtime.durability == "async",
         )
     except (ValueError, SourceError) as exc:
         # Bytes the peer has not acknowledged cannot be produced again: the connection

@@ -33,7 +33,13 @@ from dataclasses import replace
 
 import trio
 
-from ..errors import ConnectionRefused, ConnectionResetByPeer, ConnectionTimedOut, StcpConfigError
+from ..errors import (
+    ConnectionAborted,
+    ConnectionRefused,
+    ConnectionResetByPeer,
+    ConnectionTimedOut,
+    StcpConfigError,
+)
 from ..link.base import OutPacket, PacketDevice
 from ..store.base import (
     FencedOut,
@@ -47,6 +53,7 @@ from ..store.base import (
 )
 from ..tcp.config import TcpConfig
 from ..tcp.events import (
+    Aborted,
     Closed,
     Connected,
     DataReadable,
@@ -965,6 +972,10 @@ class Runtime:
                 flow.error = ConnectionRefused() if event.refused else ConnectionResetByPeer()
             elif kind is TimedOut:
                 flow.error = ConnectionTimedOut()
+            elif isinstance(event, Aborted):
+                logger.warning("[%s] reset: %s", flow.flow_id, event.reason)
+                self.stats["acked_bytes_lost"] += 1
+                flow.error = ConnectionAborted(event.reason)
             elif kind is Closed:
                 self._remove_flow(flow)
 

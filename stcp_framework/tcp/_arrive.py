@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from ..wire.seq import SEQ_MASK, Seq, seq_add, seq_diff, seq_le, seq_lt
 from ..wire.tcp import ACK, FIN, PSH, RST, SYN, TcpSegment
 from . import _output, sack
-from .events import Connected, DataReadable, EofReceived, Reset
+from .events import Aborted, Connected, DataReadable, EofReceived, Reset
 from .state import TcpState
 
 if TYPE_CHECKING:
@@ -865,6 +865,59 @@ def process_text(c: Connection, payload: bytes | memoryview, off: int, now: floa
             c.timers.delayed_ack_at = now + c.config.commit_wait
         return
     delayed_ack_rule(c, plen, now)
+
+
+LOST_ACK_PROOF = 0.2
+"""Seconds between the first and a later arrival of the same lowest offset above the
+restored RCV.NXT before they prove a resend from there (``acked_bytes_lost``): longer
+than a duplicated packet's lag, no longer than Linux's smallest retransmission timeout
+(200 ms), which is what makes the peer resend."""
+
+
+def acked_bytes_lost(c: Connection, seg: TcpSegment, now: float) -> bool:
+    """Whether this data segment proves that the crash before a restore lost bytes the
+    old process had acknowledged (``Connection.restore(acked_may_be_lost=True)``, async
+    durability); if so the connection is reset (RST, ``Aborted``) and True returned.
+
+    A peer that still holds the bytes from the restored RCV.NXT (``lost_ack_watch``)
+    sends them again -- they were never acknowledged, or their ACK died with the old
+    process -- and RCV.NXT moves: the watch ends. A peer that discarded them, because
+    the old process acknowledged them before their write reached the store, never can:
+    its SND.UNA is above our RCV.NXT, our ACKs are older than it (RFC 9293 ignores
+    them), and its retransmission timer resends from its SND.UNA, above the gap,
+    forever -- often beyond our window, where no segment gets past the acceptability
+    test. So the proof is the lowest offset above the gap the peer has sent since the
+    restore arriving again ``LOST_ACK_PROOF`` or more after it first came. (A peer that
+    still had the gap would have resent it first: its retransmission starts at its
+    SND.UNA, our RCV.NXT.)
+    """
+    tcb = c.tcb
+    watch = c.lost_ack_watch
+    if watch is None or tcb.rcv_nxt_offset != watch or not tcb.state.can_recv():
+        c.lost_ack_watch = c.gap_start = None  # RCV.NXT moved: the peer had the bytes
+        return False
+    if seg.flags & (SYN | RST):
+        return False
+    off = watch + seq_diff(Seq(seg.seq), tcb.rcv_nxt)
+    if off <= watch:
+        return False  # from RCV.NXT (or below): the steps below move it
+    start = c.gap_start
+    if start is None or off < start:
+        c.gap_start = off
+        c.gap_since = now
+        return False
+    if off != start or now - c.gap_since < LOST_ACK_PROOF:
+        return False
+    c.count("acked_bytes_lost")
+    _output.send_rst(c, tcb.snd_nxt, with_ack=True, now=now)
+    c.emit(
+        Aborted(
+            f"the peer resends from {start - watch} bytes past what the store held: "
+            "bytes acknowledged before a crash were lost (async durability)"
+        )
+    )
+    c._set_state(TcpState.CLOSED, "acknowledged bytes lost in a crash")
+    return True
 
 
 def check_fin(c: Connection, fin_off: int, now: float) -> None:

@@ -33,6 +33,14 @@ class Reset:
 
 
 @dataclass(frozen=True, slots=True)
+class Aborted:
+    """This side reset the connection because TCP's promise to the peer was broken:
+    ``reason`` says how (acknowledged bytes lost in a crash of an async-mode server)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class TimedOut:
     """Retransmissions (or SYN / keepalive / zero-window probes) were exhausted."""
 
@@ -42,4 +50,4 @@ class Closed:
     """The connection reached CLOSED and can be removed from the flow table."""
 
 
-Event = Connected | DataReadable | EofReceived | SendSpace | Reset | TimedOut | Closed
+Event = Connected | DataReadable | EofReceived | SendSpace | Reset | Aborted | TimedOut | Closed

@@ -172,8 +172,11 @@ class Connection:
         "counters",
         "dsack",
         "dupacks",
+        "gap_since",
+        "gap_start",
         "invalid_ack_at",
         "last_rx_at",
+        "lost_ack_watch",
         "maybe_sent_end",
         "mss_max",
         "name",
@@ -255,6 +258,13 @@ class Connection:
         self.challenge_window_at = -1e18
         self.invalid_ack_at = -1e18  # the last ACK to an unacceptable segment without data
         self.maybe_sent_end = 0  # restored: a past incarnation may have sent up to here
+        # Restored after a crash that may have lost acknowledged bytes (async durability):
+        # the restored RCV.NXT offset until the peer shows it has the bytes after it,
+        # and the lowest offset above it the peer has sent since, and when it first came
+        # (_arrive.acked_bytes_lost).
+        self.lost_ack_watch: int | None = None
+        self.gap_start: int | None = None
+        self.gap_since = 0.0
         self.challenge_count = 0
         self.last_rx_at = now
         self.counters: dict[str, int] = {}
@@ -309,6 +319,7 @@ class Connection:
         config: TcpConfig,
         version: int = 0,
         regenerate: Regenerate | None = None,
+        acked_may_be_lost: bool = False,
     ) -> Connection:
         """Rebuild a connection from its persisted record and buffers (STYLE.md §4.5).
 
@@ -324,6 +335,10 @@ class Connection:
                 delta whose version it already holds (idempotent retries).
             regenerate: ``(name, src_offset, length) -> bytes`` reads a regenerable
                 send's bytes again (``app_send_ref``); needed when ``tcb.tx_refs``.
+            acked_may_be_lost: The record may be older than what the crashed process
+                acknowledged (async durability). The connection then watches for the
+                proof that it was (``_arrive.acked_bytes_lost``) and resets itself
+                rather than wait forever for bytes the peer has discarded.
 
         Raises:
             ValueError: Regenerable bytes cannot be read again (no ``regenerate``, or it
@@ -358,6 +373,8 @@ class Connection:
             # data (which RFC 9293 §3.10.7.4 drops): see _arrive.check_ack.
             c.maybe_sent_end = c.snd_buf.end_offset
         state = tcb.state
+        if acked_may_be_lost and state.can_recv() and tcb.rcv_nxt_offset >= 0:
+            c.lost_ack_watch = tcb.rcv_nxt_offset
         if state is TcpState.TIME_WAIT:
             c.timers.time_wait_at = now + config.time_wait_timeout
         elif state is TcpState.SYN_SENT:
@@ -624,6 +641,12 @@ class Connection:
             # RFC 6191: the stack should have replaced us before; do it ourselves.
             self._set_state(TcpState.CLOSED, "new SYN in TIME-WAIT (RFC 6191)")
             return
+        elif (
+            self.lost_ack_watch is not None
+            and seg.payload
+            and _arrive.acked_bytes_lost(self, seg, now)
+        ):
+            return  # reset: the RST and the events wait for drain()
         else:
             _arrive.segment_arrives(self, seg, now)
         _output.transmit(self, now)

@@ -13,9 +13,15 @@ import trio
 import trio.testing
 
 from stcp_framework.api import Stream
-from stcp_framework.errors import ConnectionRefused, ConnectionResetByPeer, ConnectionTimedOut
+from stcp_framework.errors import (
+    ConnectionAborted,
+    ConnectionRefused,
+    ConnectionResetByPeer,
+    ConnectionTimedOut,
+)
 from stcp_framework.services import echo
 from stcp_framework.tcp.config import TcpConfig
+from stcp_framework.tcp.events import Aborted
 from stcp_framework.tcp.state import TcpState
 from stcp_framework.testing import (
     CHECK_CONFIG,
@@ -184,6 +190,25 @@ async def test_peer_reset_is_broken_resource_error_caused_by_reset(
             await client.aclose()
             with pytest.raises(trio.ClosedResourceError):
                 await client.receive_some(10)
+
+
+async def test_a_connection_the_stack_aborted_is_broken_with_the_reason(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``Aborted`` (a restored async-mode flow that lost acknowledged bytes resets
+    itself, ``tcp/_arrive.acked_bytes_lost``) reaches the app as ``ConnectionAborted``
+    with the machine's reason, and is counted."""
+    with trio.fail_after(BUDGET):
+        async with open_sim_pair(18) as pair:
+            client, server = await pair.stream_pair(pair.server.listen(PORT))
+            runtime = pair.server.runtime
+            runtime._on_events(server._flow, [Aborted("acknowledged bytes were lost")])
+            with pytest.raises(trio.BrokenResourceError) as info:
+                await server.receive_some(10)
+            assert isinstance(info.value.__cause__, ConnectionAborted)
+            assert str(info.value) == "acknowledged bytes were lost"
+            assert runtime.stats["acked_bytes_lost"] == 1
+            await client.aclose()
 
 
 async def test_close_with_unread_data_resets_the_peer(

@@ -1,16 +1,22 @@
-"""Soak ``stcp run echo --workers 2`` with SIGKILLs at random instants (a manual tool).
+"""Soak ``stcp run echo`` with SIGKILLs and Redis pauses at random instants (a manual tool).
 
-Four kernel-socket clients (``kernel_peer.py echo``) each echo ``--mb`` MiB through the
-server while this script kills a random worker ``--kills`` times, one kill in six being
-of the whole server (the supervisor, its workers dying with it) followed by a restart;
-the pauses between kills are drawn from ``--seed``. Every client must get every byte
-back at its offset, with no socket error. It stops when the clients are done, and
-after ``--deadline`` seconds in any case.
+``--clients`` kernel-socket clients (``kernel_peer.py echo``) each echo ``--mb`` MiB
+through the server while this script, at pauses drawn from ``--seed``, either kills
+(``--kills`` times) or pauses the store (``--pauses`` times: ``SIGSTOP`` for 0.2-3 s,
+then ``SIGCONT``, G7). With ``--workers 2`` (the default) a kill takes a random worker,
+one kill in six the whole server (the supervisor, its workers dying with it) followed by
+a restart; with ``--workers 1`` every kill is of the server and a restart. Every client
+must get every byte back at its offset, with no socket error. It stops when the
+clients are done, and after ``--deadline`` seconds in any case.
 
     sudo .venv/bin/python tests/netns/soak_workers.py --seed 3 --mb 600
+    sudo .venv/bin/python tests/netns/soak_workers.py --workers 1 --kills 6 --pauses 6
+
+``--durability async`` acknowledges before the store write lands, so a kill may lose
+acknowledged bytes by design (README): soak it with ``--kills 0`` and pauses only.
 
 Runs itself in a fresh network namespace (``unshare --net``) with a private
-``redis-server``; prints one line per kill and one per client, and exits 1 if a client
+``redis-server``; prints one line per event and one per client, and exits 1 if a client
 failed. Found two supervisor defects in its first runs (a worker killed while starting
 stopped the server; workers forked from a retiring trio thread got SIGKILL).
 """
@@ -42,7 +48,9 @@ from stcp_framework.cli.netns import run_ip  # noqa: E402
 DEV, KERNEL, STACK, PORT = "soak0", "198.18.77.1/24", "198.18.77.2", 7
 
 
-def _start(store: str, stderr: int | IO[Any] | None, durability: str) -> subprocess.Popen[bytes]:
+def _start(
+    store: str, stderr: int | IO[Any] | None, durability: str, workers: int
+) -> subprocess.Popen[bytes]:
     command = stcp_command(
         "run",
         "echo",
@@ -52,15 +60,17 @@ def _start(store: str, stderr: int | IO[Any] | None, durability: str) -> subproc
         f"{STACK}:{PORT}",
         "--store",
         store,
-        "--workers",
-        "2",
+        "--durability",
+        durability,
         "--instance",
         "soak",
+        *(("--workers", str(workers)) if workers > 1 else ()),
     )
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr)
     assert server.stdout is not None
     banner = server.stdout.readline().decode().strip()
-    if not re.search(r"with 2 workers", banner):
+    expected = rf"with {workers} workers" if workers > 1 else r"^stcp: serving echo"
+    if not re.search(expected, banner):
         raise SystemExit(f"the server did not start: {banner!r}")
     print(banner, flush=True)
     return server
@@ -73,7 +83,7 @@ def soak(args: argparse.Namespace, workdir: Path) -> int:
     redis = RedisServer(workdir / "redis")
     redis.start()
     stderr = (workdir / "server.stderr").open("wb")
-    server = _start(redis.url, stderr, args.durability)
+    server = _start(redis.url, stderr, args.durability, args.workers)
     peers = [
         subprocess.Popen(
             [
@@ -92,29 +102,41 @@ def soak(args: argparse.Namespace, workdir: Path) -> int:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
-        for i in range(4)
+        for i in range(args.clients)
     ]
     started = time.monotonic()
+    events = ["kill"] * args.kills + ["pause"] * args.pauses
+    rng.shuffle(events)
     kills = 0
     try:
-        while kills < args.kills and any(p.poll() is None for p in peers):
+        while events and any(p.poll() is None for p in peers):
             if time.monotonic() - started > args.deadline:
                 break
             time.sleep(rng.uniform(0.5, 2.0))
             at = time.monotonic() - started
-            if kills % 6 == 5:
+            if events[0] == "pause":
+                events.pop(0)
+                length = rng.uniform(0.2, 3.0)
+                redis.pause()
+                print(f"{at:6.1f} s  paused the store for {length:.1f} s", flush=True)
+                time.sleep(length)
+                redis.resume()
+            elif args.workers == 1 or kills % 6 == 5:
+                events.pop(0)
                 server.kill()
                 server.wait()
                 print(f"{at:6.1f} s  killed the whole server", flush=True)
-                server = _start(redis.url, stderr, args.durability)
+                server = _start(redis.url, stderr, args.durability, args.workers)
+                kills += 1
             else:
                 workers = sorted(children_of(server.pid))
-                if len(workers) < 2:
+                if len(workers) < args.workers:
                     continue  # one is starting: try again later
+                events.pop(0)
                 victim = rng.choice(workers)
                 os.kill(victim, signal.SIGKILL)
                 print(f"{at:6.1f} s  killed worker pid {victim}", flush=True)
-            kills += 1
+                kills += 1
         failed = 0
         for i, peer in enumerate(peers):
             left = max(1.0, args.deadline - (time.monotonic() - started))
@@ -126,7 +148,8 @@ def soak(args: argparse.Namespace, workdir: Path) -> int:
                 result = {"error": repr(exc)}
             ok = result.get("error") is None and result.get("received") == args.mb << 20
             failed += not ok
-            shown = {k: result.get(k) for k in ("received", "mismatch_at", "seconds", "error")}
+            keys = ("received", "mismatch_at", "seconds", "error", "sender_errors")
+            shown = {k: result.get(k) for k in keys}
             print(f"client {i}: {'ok' if ok else 'FAILED'} {shown}", flush=True)
         return 1 if failed else 0
     finally:
@@ -149,6 +172,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--mb", type=int, default=300, help="MiB each client echoes")
     parser.add_argument("--kills", type=int, default=11)
+    parser.add_argument("--pauses", type=int, default=0, help="store pauses (SIGSTOP)")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (1: none)")
+    parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--deadline", type=float, default=180.0, help="seconds in all")
     parser.add_argument(
         "--durability", choices=("strict", "async", "ack-on-commit"), default="strict"

@@ -1,0 +1,145 @@
+"""A restored connection whose crash lost acknowledged bytes (async durability) resets
+itself once the peer proves it: ``Connection.restore(acked_may_be_lost=True)``,
+``_arrive.acked_bytes_lost``.
+
+The live connection below acknowledged 3,000 bytes; its store holds the first 1,000
+(the delta with the next 2,000 had not landed when the process died). The peer has
+discarded what was acknowledged, so it can only send from 3,000 on; the restored
+RCV.NXT is 1,000.
+"""
+# mypy: disable-error-code="comparison-overlap,unreachable"
+# (a test steps the machine and asserts its state between calls; mypy keeps the state
+# narrowed across the calls)
+
+from __future__ import annotations
+
+from tcp_helpers import CONFIG, LOCAL_SEQ, REMOTE_SEQ, r, sq, syn_options
+from test_tcp_properties import Mirror
+
+from stcp_framework.tcp._arrive import LOST_ACK_PROOF
+from stcp_framework.tcp.events import Aborted, Closed
+from stcp_framework.tcp.machine import Connection
+from stcp_framework.tcp.state import TcpState
+from stcp_framework.tcp.tcb import Tcb
+from stcp_framework.wire.tcp import ACK, RST, SYN
+
+RESTORED_AT = 100.0
+
+
+def _restored(*, acked_may_be_lost: bool, lost: int = 2000) -> Connection:
+    """Restored from the store's view (1,000 bytes), after the live connection had
+    acknowledged ``lost`` more (read as they came, never stored)."""
+    mirror = Mirror()
+    syn = r(seq=sq(REMOTE_SEQ, -1), ack=0, flags=SYN, options=syn_options())
+    live = Connection.open_passive(
+        syn, now=0.0, config=CONFIG, iss=sq(LOCAL_SEQ, -1), tsval_offset=0
+    )
+    mirror.apply(live, live.drain())
+    live.on_segment(r(), 0.05)
+    mirror.apply(live, live.drain())
+    live.on_segment(r(payload=b"a" * 1000), 0.1)
+    mirror.apply(live, live.drain())  # stored
+    live.app_receive(1000, 0.1)
+    mirror.apply(live, live.drain())
+    for at in range(1000, 1000 + lost, 1000):
+        live.on_segment(r(seq=sq(REMOTE_SEQ, at), payload=b"b" * 1000), 0.2)
+        live.drain()  # acknowledged (async: the segment left), never stored: the crash
+        live.app_receive(1000, 0.2)
+    assert live.tcb.rcv_nxt == sq(REMOTE_SEQ, 1000 + lost)
+    conn = Connection.restore(
+        Tcb.from_record(mirror.tcb),
+        rx=bytes(mirror.rx),
+        rx_offset=mirror.rx_base,
+        tx=bytes(mirror.tx),
+        tx_offset=mirror.tx_base,
+        now=RESTORED_AT,
+        config=CONFIG,
+        version=mirror.version,
+        acked_may_be_lost=acked_may_be_lost,
+    )
+    assert conn.tcb.rcv_nxt == sq(REMOTE_SEQ, 1000)
+    conn.drain()  # the kick
+    return conn
+
+
+def _peer_sends(conn: Connection, at_byte: int, size: int, now: float) -> None:
+    conn.on_segment(r(seq=sq(REMOTE_SEQ, at_byte), payload=b"c" * size), now)
+
+
+def test_the_peer_resending_above_the_gap_resets_the_connection() -> None:
+    conn = _restored(acked_may_be_lost=True)
+    _peer_sends(conn, 3000, 1000, RESTORED_AT + 0.01)  # new data: the gap opens
+    step = conn.drain()
+    assert [(seg.ack, seg.flags) for seg in step.segments] == [(sq(REMOTE_SEQ, 1000), ACK)]
+    _peer_sends(conn, 4000, 1000, RESTORED_AT + 0.02)
+    conn.drain()
+    # a copy of the first segment above the gap, too soon for a retransmission
+    _peer_sends(conn, 3000, 1000, RESTORED_AT + 0.01 + LOST_ACK_PROOF / 2)
+    assert conn.tcb.state is TcpState.ESTABLISHED
+    conn.drain()
+    # the peer's retransmission timer: it resends from its SND.UNA, 3,000
+    _peer_sends(conn, 3000, 1000, RESTORED_AT + 0.01 + LOST_ACK_PROOF)
+    step = conn.drain()
+    assert conn.tcb.state is TcpState.CLOSED
+    assert [(seg.seq, seg.ack, seg.flags) for seg in step.segments] == [
+        (conn.tcb.snd_nxt, sq(REMOTE_SEQ, 1000), RST | ACK)
+    ]
+    aborted = [e for e in step.events if isinstance(e, Aborted)]
+    assert len(aborted) == 1 and "2000 bytes past what the store held" in aborted[0].reason
+    assert any(isinstance(e, Closed) for e in step.events)
+    assert conn.counters["acked_bytes_lost"] == 1
+
+
+def test_a_peer_that_resends_from_the_restore_point_lost_nothing() -> None:
+    """Bytes above the gap first (the peer's in-flight data outran its retransmission),
+    then the gap filled: the peer had the bytes; later gaps are the network's."""
+    conn = _restored(acked_may_be_lost=True)
+    _peer_sends(conn, 2000, 1000, RESTORED_AT + 0.01)
+    _peer_sends(conn, 1000, 1000, RESTORED_AT + 0.02)  # the gap fills: RCV.NXT moves
+    assert conn.tcb.rcv_nxt == sq(REMOTE_SEQ, 3000)
+    conn.drain()
+    _peer_sends(conn, 4000, 1000, RESTORED_AT + 0.03)  # lost in the network: a gap
+    _peer_sends(conn, 4000, 1000, RESTORED_AT + 1.0)  # a resend above it, long after
+    conn.drain()
+    assert conn.tcb.state is TcpState.ESTABLISHED
+    assert conn.lost_ack_watch is None
+    assert "acked_bytes_lost" not in conn.counters
+
+
+def test_only_a_resend_of_the_first_bytes_above_the_gap_counts() -> None:
+    conn = _restored(acked_may_be_lost=True)
+    _peer_sends(conn, 3000, 1000, RESTORED_AT + 0.01)
+    _peer_sends(conn, 4000, 1000, RESTORED_AT + 0.02)
+    _peer_sends(conn, 4000, 1000, RESTORED_AT + 1.0)  # not where the peer's SND.UNA is
+    conn.drain()
+    assert conn.tcb.state is TcpState.ESTABLISHED
+
+
+def test_without_the_flag_the_same_segments_only_get_duplicate_acks() -> None:
+    """Strict and ack-on-commit restores never acknowledged what the store lacks."""
+    conn = _restored(acked_may_be_lost=False)
+    assert conn.lost_ack_watch is None
+    _peer_sends(conn, 3000, 1000, RESTORED_AT + 0.01)
+    _peer_sends(conn, 3000, 1000, RESTORED_AT + 1.0)
+    step = conn.drain()
+    assert conn.tcb.state is TcpState.ESTABLISHED
+    # one immediate duplicate ACK per out-of-order segment (RFC 5681 §4.2), no RST
+    assert [(seg.ack, seg.flags) for seg in step.segments] == [(sq(REMOTE_SEQ, 1000), ACK)] * 2
+
+
+def test_resends_beyond_the_window_count_too() -> None:
+    """More was lost than the window holds: every segment the peer can send is beyond
+    RCV.NXT + RCV.WND, unacceptable (answered with an ACK, dropped), and still the
+    proof: the same lowest offset again, a retransmission timeout later."""
+    conn = _restored(acked_may_be_lost=True, lost=20_000)
+    assert conn.tcb.rcv_wnd < 20_000
+    _peer_sends(conn, 21_000, 1000, RESTORED_AT + 0.01)
+    _peer_sends(conn, 22_000, 1000, RESTORED_AT + 0.02)
+    step = conn.drain()
+    assert conn.tcb.state is TcpState.ESTABLISHED and not conn.reasm
+    assert all(seg.flags == ACK for seg in step.segments)
+    _peer_sends(conn, 21_000, 1000, RESTORED_AT + 0.01 + LOST_ACK_PROOF)
+    step = conn.drain()
+    assert conn.tcb.state is TcpState.CLOSED
+    assert [seg.flags for seg in step.segments] == [RST | ACK]
+    assert any(isinstance(e, Aborted) for e in step.events)
