@@ -13,15 +13,15 @@ RCV.NXT is 1,000.
 
 from __future__ import annotations
 
-from tcp_helpers import CONFIG, LOCAL_SEQ, REMOTE_SEQ, r, sq, syn_options
+from tcp_helpers import CONFIG, REMOTE_SEQ, r, sq
 from test_tcp_properties import Mirror
+from test_tcp_restore import mirrored_established, restore_from
 
 from stcp_framework.tcp._arrive import LOST_ACK_PROOF
 from stcp_framework.tcp.events import Aborted, Closed
 from stcp_framework.tcp.machine import Connection
 from stcp_framework.tcp.state import TcpState
-from stcp_framework.tcp.tcb import Tcb
-from stcp_framework.wire.tcp import ACK, RST, SYN
+from stcp_framework.wire.tcp import ACK, RST
 
 RESTORED_AT = 100.0
 
@@ -30,13 +30,7 @@ def _restored(*, acked_may_be_lost: bool, lost: int = 2000) -> Connection:
     """Restored from the store's view (1,000 bytes), after the live connection had
     acknowledged ``lost`` more (read as they came, never stored)."""
     mirror = Mirror()
-    syn = r(seq=sq(REMOTE_SEQ, -1), ack=0, flags=SYN, options=syn_options())
-    live = Connection.open_passive(
-        syn, now=0.0, config=CONFIG, iss=sq(LOCAL_SEQ, -1), tsval_offset=0
-    )
-    mirror.apply(live, live.drain())
-    live.on_segment(r(), 0.05)
-    mirror.apply(live, live.drain())
+    live = mirrored_established(mirror, at=0.05)
     live.on_segment(r(payload=b"a" * 1000), 0.1)
     mirror.apply(live, live.drain())  # stored
     live.app_receive(1000, 0.1)
@@ -46,17 +40,7 @@ def _restored(*, acked_may_be_lost: bool, lost: int = 2000) -> Connection:
         live.drain()  # acknowledged (async: the segment left), never stored: the crash
         live.app_receive(1000, 0.2)
     assert live.tcb.rcv_nxt == sq(REMOTE_SEQ, 1000 + lost)
-    conn = Connection.restore(
-        Tcb.from_record(mirror.tcb),
-        rx=bytes(mirror.rx),
-        rx_offset=mirror.rx_base,
-        tx=bytes(mirror.tx),
-        tx_offset=mirror.tx_base,
-        now=RESTORED_AT,
-        config=CONFIG,
-        version=mirror.version,
-        acked_may_be_lost=acked_may_be_lost,
-    )
+    conn = restore_from(mirror, RESTORED_AT, CONFIG, acked_may_be_lost=acked_may_be_lost)
     assert conn.tcb.rcv_nxt == sq(REMOTE_SEQ, 1000)
     conn.drain()  # the kick
     return conn

@@ -34,15 +34,22 @@ from stcp_framework.wire.seq import seq_add, seq_diff, seq_le
 from stcp_framework.wire.tcp import ACK, FIN, SYN
 
 
-def test_restore_from_deltas_equals_live_and_kicks() -> None:
-    mirror = Mirror()
+def mirrored_established(mirror: Mirror, *, at: float = 0.1) -> Connection:
+    """A passive open (SYN in, then the handshake's ACK at ``at``) whose every delta
+    ``mirror`` has applied, as a store would have."""
     syn = r(seq=sq(REMOTE_SEQ, -1), ack=0, flags=SYN, options=syn_options())
     conn = Connection.open_passive(
         syn, now=0.0, config=CONFIG, iss=sq(LOCAL_SEQ, -1), tsval_offset=0
     )
     mirror.apply(conn, conn.drain())
-    conn.on_segment(r(), 0.1)
+    conn.on_segment(r(), at)
     mirror.apply(conn, conn.drain())
+    return conn
+
+
+def test_restore_from_deltas_equals_live_and_kicks() -> None:
+    mirror = Mirror()
+    conn = mirrored_established(mirror)
     conn.on_segment(r(payload=b"request"), 0.2)
     mirror.apply(conn, conn.drain())
     assert conn.app_receive(3, 0.3) == b"req"
@@ -74,7 +81,10 @@ def test_restore_from_deltas_equals_live_and_kicks() -> None:
     assert restored.next_deadline() is not None
 
 
-def _restore(mirror: Mirror, now: float, config: TcpConfig) -> Connection:
+def restore_from(
+    mirror: Mirror, now: float, config: TcpConfig, *, acked_may_be_lost: bool = False
+) -> Connection:
+    """The connection ``Connection.restore`` rebuilds from what ``mirror`` stored."""
     tcb = Tcb.from_record(mirror.tcb)
     return Connection.restore(
         tcb,
@@ -85,6 +95,7 @@ def _restore(mirror: Mirror, now: float, config: TcpConfig) -> Connection:
         now=now,
         config=config,
         version=mirror.version,
+        acked_may_be_lost=acked_may_be_lost,
     )
 
 
@@ -156,7 +167,7 @@ def test_restore_after_random_steps_equals_live(data: st.DataObject, ts: bool, w
         syn, now=0.0, config=config, iss=sq(LOCAL_SEQ, -1), tsval_offset=12345
     )
     mirror.apply(conn, conn.drain())
-    _check_kick(conn, _restore(mirror, 50.0, config), mirror, 50.0)
+    _check_kick(conn, restore_from(mirror, 50.0, config), mirror, 50.0)
     now = 0.0
     for _ in range(data.draw(st.integers(1, 25), label="steps")):
         now = drive(data, conn, now, 0)
@@ -178,7 +189,7 @@ def test_restore_after_random_steps_equals_live(data: st.DataObject, ts: bool, w
             conn.app_shutdown(now)
         mirror.apply(conn, conn.drain())
         later = now + data.draw(st.floats(0.0, 100.0), label="restart after")
-        _check_kick(conn, _restore(mirror, later, config), mirror, later)
+        _check_kick(conn, restore_from(mirror, later, config), mirror, later)
 
 
 def test_restore_in_syn_received_offers_window_scaling_as_agreed() -> None:
