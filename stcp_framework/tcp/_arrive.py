@@ -909,7 +909,11 @@ def acked_bytes_lost(c: Connection, seg: TcpSegment, now: float) -> bool:
     if off != start or now - c.gap_since < LOST_ACK_PROOF:
         return False
     c.count("acked_bytes_lost")
-    _output.send_rst(c, tcb.snd_nxt, with_ack=True, now=now)
+    # <SEQ=SEG.ACK>: what the peer expects from us. The crash may have lost bytes we
+    # sent too, and a RST at our restored SND.NXT, below the peer's RCV.NXT, would be
+    # outside its window and dropped (RFC 5961 §3.2); at SEG.ACK it is exactly in step.
+    rst_seq = Seq(seg.ack) if seg.flags & ACK else tcb.snd_nxt
+    _output.send_rst(c, rst_seq, with_ack=True, now=now)
     c.emit(
         Aborted(
             f"the peer resends from {start - watch} bytes past what the store held: "

@@ -13,7 +13,7 @@ RCV.NXT is 1,000.
 
 from __future__ import annotations
 
-from tcp_helpers import CONFIG, REMOTE_SEQ, r, sq
+from tcp_helpers import CONFIG, LOCAL_SEQ, REMOTE_SEQ, r, sq
 from test_tcp_properties import Mirror
 from test_tcp_restore import mirrored_established, restore_from
 
@@ -66,7 +66,7 @@ def test_the_peer_resending_above_the_gap_resets_the_connection() -> None:
     step = conn.drain()
     assert conn.tcb.state is TcpState.CLOSED
     assert [(seg.seq, seg.ack, seg.flags) for seg in step.segments] == [
-        (conn.tcb.snd_nxt, sq(REMOTE_SEQ, 1000), RST | ACK)
+        (sq(LOCAL_SEQ, 0), sq(REMOTE_SEQ, 1000), RST | ACK)  # <SEQ=SEG.ACK>
     ]
     aborted = [e for e in step.events if isinstance(e, Aborted)]
     assert len(aborted) == 1 and "2000 bytes past what the store held" in aborted[0].reason
@@ -127,3 +127,16 @@ def test_resends_beyond_the_window_count_too() -> None:
     assert conn.tcb.state is TcpState.CLOSED
     assert [seg.flags for seg in step.segments] == [RST | ACK]
     assert any(isinstance(e, Aborted) for e in step.events)
+
+
+def test_the_reset_takes_its_sequence_number_from_the_peers_ack() -> None:
+    """The crash may have lost bytes we sent as well: the peer acknowledged 500 bytes
+    that the restored SND.NXT does not cover. A RST at SND.NXT would fall outside the
+    peer's window (dropped, RFC 5961 §3.2); at SEG.ACK the peer takes it."""
+    conn = _restored(acked_may_be_lost=True)
+    ahead = sq(LOCAL_SEQ, 500)
+    conn.on_segment(r(seq=sq(REMOTE_SEQ, 3000), ack=ahead, payload=b"c" * 1000), RESTORED_AT)
+    conn.drain()
+    conn.on_segment(r(seq=sq(REMOTE_SEQ, 3000), ack=ahead, payload=b"c" * 1000), RESTORED_AT + 1)
+    step = conn.drain()
+    assert [(seg.seq, seg.flags) for seg in step.segments] == [(ahead, RST | ACK)]

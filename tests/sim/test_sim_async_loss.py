@@ -1,0 +1,90 @@
+"""Async durability: a crash that loses bytes the server acknowledged ends in a reset
+the client sees, not in a connection that waits forever (``tcp/_arrive.acked_bytes_lost``).
+
+The server's store lags 50 ms behind (``LaggingStore``), so in async mode its ACKs run
+ahead of what the store holds, and a crash 10 ms after a burst loses bytes the client
+has already let go. The client is the stack's own, which retransmits from its SND.UNA
+and ignores ACKs older than it (RFC 9293), as Linux does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+import trio
+import trio.testing
+from sim_helpers import seed_trio_scheduler
+
+from stcp_framework.api import Stack, Stream, open_stack
+from stcp_framework.errors import ConnectionResetByPeer
+from stcp_framework.link.sim import SimNetwork
+from stcp_framework.store.base import FlowDelta
+from stcp_framework.store.memory import MemoryStore
+from stcp_framework.testing import CLIENT_ADDRESS, SERVER_ADDRESS, RestartableServer
+
+PORT = 5001
+LAG = 0.05
+BUDGET = 600.0  # virtual seconds: without the reset the client waits until this fails
+
+
+class LaggingStore(MemoryStore):
+    """A ``MemoryStore`` whose commits take ``LAG`` (virtual) seconds to land."""
+
+    async def commit(self, batch: Sequence[FlowDelta]) -> None:
+        await trio.sleep(LAG)
+        await super().commit(batch)
+
+
+async def _sink(stack: Stack) -> None:
+    async def handler(stream: Stream) -> None:
+        while await stream.receive_some(1 << 16):
+            pass
+
+    await stack.serve(handler, PORT)
+
+
+async def _finish(stream: Stream) -> None:
+    """Send 4 MiB more, half-close, and wait for the server's FIN."""
+    await stream.send_all(b"y" * (4 << 20))
+    await stream.send_eof()
+    assert await stream.receive_some(10) == b""
+
+
+@pytest.mark.parametrize("durability", ["async", "strict"])
+async def test_a_crash_that_lost_acknowledged_bytes_resets_the_client(
+    autojump_clock: trio.testing.MockClock, durability: str
+) -> None:
+    """async: the restored server resets the connection once the client's
+    retransmission proves the loss; strict (the control): nothing acknowledged was
+    lost, and the same steps end byte-exact."""
+    seed_trio_scheduler(7)
+    network = SimNetwork(7)
+    store = LaggingStore()
+    server = RestartableServer(network, SERVER_ADDRESS, _sink, store=store, durability=durability)
+    client_link = network.attach(CLIENT_ADDRESS)
+    with trio.fail_after(BUDGET):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            async with open_stack(client_link, [CLIENT_ADDRESS]) as client:
+                stream = await client.connect(SERVER_ADDRESS, PORT)
+                await stream.send_all(b"x" * (1 << 20))
+                await trio.sleep(4 * LAG)  # all of it acknowledged and stored
+                await stream.send_all(b"x" * (1 << 20))
+                await trio.sleep(LAG / 5)  # acknowledged, not yet in the store
+                server.crash()
+                started = trio.current_time()
+                if durability == "async":
+                    with pytest.raises(trio.BrokenResourceError) as info:
+                        await _finish(stream)
+                    assert isinstance(info.value.__cause__, ConnectionResetByPeer)
+                    # the proof is the client's retransmission timer, not a long wait
+                    assert trio.current_time() - started < 10.0
+                    assert server.stack.runtime.stats["acked_bytes_lost"] == 1
+                    (restart,) = server.restarts
+                    assert len(restart.restored) == 1  # the flow came back, behind
+                else:
+                    await _finish(stream)
+                await stream.aclose()
+            nursery.cancel_scope.cancel()
+    await client_link.aclose()
