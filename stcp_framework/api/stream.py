@@ -548,10 +548,14 @@ class Transaction:
                 offset = stream.read_offset
             flow.conn.app_commit(offset, state, now)
             flow.app_state = state
+        runtime = self._runtime
         for stream in streams.values():
-            self._runtime.touch(stream._flow)
+            runtime.touch(stream._flow)
         if not wait_durable:
             await trio.lowlevel.cancel_shielded_checkpoint()
             return
-        for stream in streams.values():
-            await self._runtime.wait_durable(stream._flow)
+        # Every target now, before the first wait: by the time a later stream's turn
+        # comes, rounds have drained it and the app's changes are no longer pending.
+        targets = [(s._flow, runtime.durable_target(s._flow)) for s in streams.values()]
+        for flow, target in targets:
+            await runtime.wait_durable(flow, target)

@@ -1067,17 +1067,31 @@ class Runtime:
             flow.held = False
             self._tx_wakeup.set()
 
-    async def wait_durable(self, flow: Flow) -> None:
+    @staticmethod
+    def durable_target(flow: Flow) -> int:
+        """The delta version that holds everything done on ``flow`` so far: the next
+        one if its machine has changes no drain has taken yet, else the last one.
+
+        Not "the next one if the flow is queued for a round": a flow queued again
+        after the drain that took the app's changes -- by a segment that changes
+        nothing to store -- would wait for a delta that never comes (a relay's
+        commit on a finished upstream hung so, found by the crash fuzz, seed 530030).
+        """
+        conn = flow.conn
+        return conn.version + (1 if conn.delta_pending() else 0)
+
+    async def wait_durable(self, flow: Flow, target: int | None = None) -> None:
         """Wait until everything the app did on ``flow`` so far is durable (G2).
 
-        Call it right after the app call (``app_send``/``app_commit``) and ``touch``:
-        the next drain of the flow numbers its delta ``conn.version + 1``. In async
-        durability mode this returns at once.
+        Call it right after the app call (``app_send``/``app_commit``) and ``touch``,
+        with no schedule point in between, or pass the ``target`` that
+        ``durable_target`` gave then. In async durability mode this returns at once.
         """
         if self.durability == "async":
             await trio.lowlevel.checkpoint()
             return
-        target = flow.conn.version + (1 if flow.dirty else 0)
+        if target is None:
+            target = self.durable_target(flow)
         if flow.durable_version >= target or flow.closed:
             await trio.lowlevel.checkpoint()
             return

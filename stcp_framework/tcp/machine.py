@@ -547,6 +547,18 @@ class Connection:
         """When ``on_timer`` must run next (None: only input can change anything)."""
         return self.timers.next_deadline()
 
+    def delta_pending(self) -> bool:
+        """Whether the next ``drain()`` returns a delta (version ``version + 1``): a
+        persisted field, received or sent bytes, a commit or a trim is waiting."""
+        return bool(
+            self._dirty
+            or self._rx_ops
+            or self._tx_ops
+            or self._app_commit is not None
+            or self._rx_trim is not None
+            or self._tx_trim is not None
+        )
+
     def drain_may_wait(self) -> bool:
         """Whether what the input since the last drain left pending may wait for a later
         drain: in ESTABLISHED or CLOSE-WAIT, no segment to send or ACK due, no event but

@@ -7,9 +7,12 @@ from __future__ import annotations
 import pytest
 from crash_fuzz import draw, run
 
-SEEDS = [*range(60), 156879]
+SEEDS = [*range(60), 156879, 530030]
 """60 seeds, and those that found a bug: 156879 (a duplicate ACK during a store outage
-advertised a window from a commit not yet durable; a crash then shrank it)."""
+advertised a window from a commit not yet durable; a crash then shrank it); 530030 (a
+relay's transaction waited for a delta version that never came: its upstream was
+queued again, by a segment with nothing to store, before the wait took its target --
+``Runtime.durable_target``)."""
 
 
 @pytest.mark.parametrize("seed", SEEDS)
