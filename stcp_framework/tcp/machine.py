@@ -549,7 +549,9 @@ class Connection:
 
     def delta_pending(self) -> bool:
         """Whether the next ``drain()`` returns a delta (version ``version + 1``): a
-        persisted field, received or sent bytes, a commit or a trim is waiting."""
+        persisted field, received or sent bytes, a commit or a trim is waiting. The one
+        definition ``drain`` and ``Runtime.durable_target`` share: a waiter whose idea
+        of "a delta is coming" differs from the drain's waits forever."""
         return bool(
             self._dirty
             or self._rx_ops
@@ -923,20 +925,11 @@ class Connection:
                 _output.transmit(self, deferred_at)
         out = self._out
         events = self._events
+        if not (out or events or self.delta_pending()):
+            return EMPTY_STEP
         dirty = self._dirty
         rx_ops = self._rx_ops
         tx_ops = self._tx_ops
-        if not (
-            out
-            or events
-            or dirty
-            or rx_ops
-            or tx_ops
-            or self._rx_trim is not None
-            or self._tx_trim is not None
-            or self._app_commit is not None
-        ):
-            return EMPTY_STEP
         ops: list[DeltaOp] = []
         rx_trim = self._rx_trim
         if rx_trim is not None:
