@@ -304,8 +304,18 @@ def check_sequence(
                 _output.challenge_ack(c, now)  # RFC 5961 §4.2
             elif seg_len:
                 c.ack_now = True  # data is no part of an ACK war: answered every time
-                if plen and d < 0 and tcb.sack_permitted and not tcb.ack_on_commit:
-                    # RFC 2883: tell the sender it was a duplicate (D-SACK)
+                if (
+                    plen
+                    and d < 0
+                    and tcb.sack_permitted
+                    and (
+                        not tcb.ack_on_commit
+                        or tcb.rcv_nxt_offset + d + syn + plen <= c.ack_offset()
+                    )
+                ):
+                    # RFC 2883: tell the sender it was a duplicate (D-SACK) -- with
+                    # ack-on-commit only below the ACK (above, a block that reads as
+                    # SACK next to bytes the ACK leaves out: see process_text).
                     c.dsack = (seg.seq, (seg.seq + plen) & SEQ_MASK)
             else:
                 _output.invalid_segment_ack(c, now)
@@ -318,7 +328,11 @@ def check_sequence(
         cut = tcb.rcv_nxt_offset - off
         payload = payload[cut:]
         off = tcb.rcv_nxt_offset
-        if cut <= plen and tcb.sack_permitted and not tcb.ack_on_commit:
+        if (
+            cut <= plen
+            and tcb.sack_permitted
+            and (not tcb.ack_on_commit or tcb.rcv_nxt_offset <= c.ack_offset())
+        ):
             c.dsack = ((rcv_nxt - cut) & SEQ_MASK, rcv_nxt)  # RFC 2883: the part we had
             c.ack_now = True
     limit = tcb.rcv_nxt_offset + wnd
@@ -830,13 +844,21 @@ def process_text(c: Connection, payload: bytes | memoryview, off: int, now: floa
     aoc = tcb.ack_on_commit
     if off != rcv_off:
         # Out of order: queue, and send an immediate duplicate ACK (RFC 5681 §4.2) --
-        # with ack-on-commit only while it names the hole (everything committed).
+        # with ack-on-commit only while it names the hole.
         reasm = c.reasm
         held = reasm.size
         reasm.insert(off, payload)
         if tcb.sack_permitted:
+            if aoc:
+                # Make it name the hole: store and acknowledge the uncommitted bytes
+                # below (as the strict mode would have), so that the SACK blocks lie
+                # above a hole, not next to bytes the ACK leaves out -- which a Linux
+                # sender would take for reneging, and resend. Losses are rare; a
+                # restored connection's is the one that counts: the peer resends its
+                # lost tail at these blocks (RACK), not at its backed-off timer.
+                c._spill()
             sack.note_arrival(c.sack_recent, off)  # its block is reported first
-            if reasm.size == held and payload and not aoc:
+            if reasm.size == held and payload:
                 # all of it was held already: a D-SACK block for it (RFC 2883 §4.1.3)
                 start = (tcb.rcv_nxt + off - rcv_off) & SEQ_MASK
                 c.dsack = (start, (start + len(payload)) & SEQ_MASK)
@@ -847,8 +869,10 @@ def process_text(c: Connection, payload: bytes | memoryview, off: int, now: floa
     c._rx_append(off, data)
     new_off = off + plen
     reasm = c.reasm
+    filled = False
     if reasm:
         # Fills (part of) a gap: ACK immediately (RFC 5681 §4.2).
+        filled = True
         c.ack_now = not aoc
         for chunk in reasm.pop_from(new_off):
             c._rx_append(new_off, chunk)
@@ -857,6 +881,12 @@ def process_text(c: Connection, payload: bytes | memoryview, off: int, now: floa
     if reasm.fin_offset is not None and reasm.fin_offset == new_off:
         reasm.fin_offset = None
         check_fin(c, new_off, now)
+        return
+    if aoc and filled and tcb.sack_permitted:
+        # A loss being repaired: acknowledge at once as the strict mode does (spill),
+        # so the peer's recovery moves on and any blocks left name a hole.
+        c._spill()
+        c.ack_now = True
         return
     if aoc:
         # Acknowledged when committed (Connection._commit_to), or spilled after

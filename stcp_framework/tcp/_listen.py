@@ -54,7 +54,7 @@ def negotiate(c: Connection, opts: TcpOptions) -> None:
         "snd_wscale": snd_wscale,
         "rcv_wscale": rcv_wscale,
         "mss": mss,
-        "sack_permitted": config.offers_sack and opts.sack_permitted,  # RFC 2018 §2
+        "sack_permitted": config.sack and opts.sack_permitted,  # RFC 2018 §2
     }
     if ts_ok:
         assert opts.timestamps is not None

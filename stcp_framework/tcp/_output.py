@@ -138,10 +138,13 @@ def _options(c: Connection, now: float) -> TcpOptions:
 
 def _sack_to_report(c: Connection) -> bool:
     """Whether a pure ACK now carries SACK blocks: out-of-order data waits or a duplicate
-    is to be reported, SACK was agreed, and the mode is not ack-on-commit."""
+    is to be reported, SACK was agreed, and -- with ack-on-commit -- the ACK is RCV.NXT
+    (blocks next to bytes the ACK leaves out would read as reneging)."""
     tcb = c.tcb
     return (
-        bool(c.reasm.size or c.dsack is not None) and tcb.sack_permitted and not tcb.ack_on_commit
+        bool(c.reasm.size or c.dsack is not None)
+        and tcb.sack_permitted
+        and (not tcb.ack_on_commit or c.ack_point() == tcb.rcv_nxt)
     )
 
 
@@ -252,7 +255,7 @@ def send_syn(c: Connection, now: float, *, retransmit: bool = False) -> None:
     if tcb.timestamps:
         ts = (c.tsval(now), 0 if active else tcb.ts_recent)
     # SACK-permitted (RFC 2018 §2): offered in our SYN, and in a SYN,ACK if the peer did
-    sack = config.offers_sack if active else tcb.sack_permitted
+    sack = config.sack if active else tcb.sack_permitted
     opts = _new(TcpOptions, (config.mss, ws, sack, ts, ()))
     window = _free_space(c)
     if window > MAX_WINDOW:

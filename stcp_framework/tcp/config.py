@@ -17,8 +17,9 @@ class TcpConfig:
             exceeds the free space (G6). The window scale is derived from it.
         send_buffer_size: Send buffer cap: unacknowledged + unsent bytes (G6).
         timestamps: Offer RFC 7323 timestamps.
-        sack: Offer and use selective acknowledgments (RFC 2018; ``tcp/sack.py``). Not
-            in ack-on-commit mode (``offers_sack``).
+        sack: Offer and use selective acknowledgments (RFC 2018; ``tcp/sack.py``), in
+            ack-on-commit mode too (``_arrive.process_text``: blocks only while the ACK
+            names the hole).
         window_scaling: Offer RFC 7323 window scaling.
         initial_rto: RFC 6298 (2.1): 1 s.
         min_rto: RFC 6298 (2.4) says 1 s; Linux uses 200 ms because 1 s is far too long
@@ -87,12 +88,3 @@ class TcpConfig:
     because the peer's congestion window grows only with ACKs, but longer than a busy
     level-1 reader takes to get to new bytes (at 5 ms the bench upload spilled most of
     its bytes and ran at strict speed; 20 ms: no spill, 4x faster)."""
-
-    @property
-    def offers_sack(self) -> bool:
-        """Whether our SYN offers SACK-permitted. An ack-on-commit receiver never
-        reports blocks (nothing beyond the commit point may look received), and a
-        peer that agreed to SACK counts only ACKs with new blocks as duplicates (RFC
-        6675 §2; Linux does): so it does not agree to SACK, and its peer recovers with
-        duplicate ACKs alone."""
-        return self.sack and not self.ack_on_commit

@@ -31,6 +31,7 @@ from tcp_helpers import (
 
 from stcp_framework.tcp import sack
 from stcp_framework.tcp.config import TcpConfig
+from stcp_framework.tcp.delta import RxAppend
 from stcp_framework.tcp.machine import Connection
 from stcp_framework.tcp.sack import Scoreboard
 from stcp_framework.tcp.step import OutSegment
@@ -160,12 +161,101 @@ def test_data_segment_carries_no_blocks_but_a_pure_ack_follows() -> None:
     )
 
 
-def test_ack_on_commit_reports_no_blocks() -> None:
-    config = replace(SACK, ack_on_commit=True)
-    conn = conn_established(config, options=SACK_SYN)
+AOC_SACK = replace(SACK, ack_on_commit=True, manual_commit=True)
+
+
+def aoc_established() -> Connection:
+    return conn_established(AOC_SACK, options=SACK_SYN)
+
+
+def test_ack_on_commit_reports_the_block_when_the_ack_names_the_hole() -> None:
+    """Everything received is committed (as after a restore): the ACK is RCV.NXT, so
+    the block above it is exact and the peer resends the hole at once (RACK), instead
+    of at its retransmission timer, backed off while we were down."""
+    conn = aoc_established()
     send(conn, r(seq=sq(REMOTE_SEQ, 100), payload=b"b" * 100), at=1.0)
     step = conn.drain()
-    assert all(not seg.options.sack_blocks for seg in step.segments)
+    ops = () if step.delta is None else step.delta.ops
+    assert not any(isinstance(op, RxAppend) for op in ops)  # nothing below it to store
+    assert [(seg.ack, seg.options.sack_blocks) for seg in step.segments] == [
+        (REMOTE_SEQ, blocks((100, 200)).sack_blocks)
+    ]
+
+
+def test_restored_ack_on_commit_connection_names_the_peer_s_lost_tail() -> None:
+    """After a crash, what the peer sent past the commit point is gone and it keeps
+    sending above the hole: each of those segments gets a block, so a Linux peer --
+    in its Loss state after timeouts while we were down, where duplicate ACKs count
+    for nothing -- resends the hole at once (RACK) instead of at its next timeout."""
+    conn = aoc_established()
+    send(conn, r(payload=b"a" * 100), at=1.0)
+    assert conn.app_receive(100, 1.0) == b"a" * 100
+    conn.app_commit(100, None, 1.0)
+    conn.drain()
+    restored = Connection.restore(
+        Tcb.from_record(conn.tcb.to_record()), rx=b"", rx_offset=100, tx=b"", tx_offset=0,
+        now=5.0, config=AOC_SACK,
+    )  # fmt: skip
+    restored.drain()  # the kick: ACK 100 and duplicates (for a peer without SACK)
+    send(restored, r(seq=sq(REMOTE_SEQ, 300), payload=b"c" * 100), at=5.001)
+    step = restored.drain()
+    assert [(seg.ack, seg.options.sack_blocks) for seg in step.segments] == [
+        (sq(REMOTE_SEQ, 100), blocks((300, 400)).sack_blocks)
+    ]
+
+
+def test_ack_on_commit_stores_uncommitted_bytes_before_a_block() -> None:
+    """Bytes 0..50 are received and not committed, so the ACK is 0. A block for 200..210
+    above that ACK would sit next to bytes it leaves out (a Linux sender takes that for
+    reneging and resends them). They are spilled instead -- stored and acknowledged,
+    as the strict mode does -- and the duplicate ACK names the hole 50..200 exactly,
+    once the spill is durable."""
+    conn = aoc_established()
+    send(conn, r(payload=b"a" * 50), at=1.0)
+    assert conn.drain().segments == ()
+    send(conn, r(seq=sq(REMOTE_SEQ, 200), payload=b"w" * 10), at=1.01)
+    step = conn.drain()
+    assert step.delta is not None
+    assert [op for op in step.delta.ops if isinstance(op, RxAppend)] == [RxAppend(0, b"a" * 50)]
+    assert [(seg.ack, seg.options.sack_blocks, seg.needs_version) for seg in step.segments] == [
+        (sq(REMOTE_SEQ, 50), blocks((200, 210)).sack_blocks, step.delta.version)
+    ]
+    assert conn.counters["rx_spill"] == 1
+
+
+def test_ack_on_commit_acknowledges_a_filled_hole_at_once() -> None:
+    """RFC 5681 §4.2: the segment that fills the hole is acknowledged immediately --
+    with ack-on-commit by a spill, not after commit_wait: the peer's recovery waits."""
+    conn = aoc_established()
+    send(conn, r(seq=sq(REMOTE_SEQ, 100), payload=b"b" * 100), at=1.0)
+    conn.drain()
+    send(conn, r(payload=b"a" * 100), at=1.01)
+    step = conn.drain()
+    assert step.delta is not None
+    stored = b"".join(op.data for op in step.delta.ops if isinstance(op, RxAppend))
+    assert stored == b"a" * 100 + b"b" * 100
+    assert [(seg.ack, seg.options.sack_blocks, seg.needs_version) for seg in step.segments] == [
+        (sq(REMOTE_SEQ, 200), (), step.delta.version)
+    ]
+
+
+def test_ack_on_commit_reports_a_duplicate_only_below_its_ack() -> None:
+    conn = aoc_established()
+    send(conn, r(payload=b"a" * 50), at=1.0)
+    conn.drain()
+    # A resend of uncommitted bytes: not acknowledged, so no duplicate to report (a
+    # D-SACK above the ACK would read as an ordinary block beside unacknowledged bytes).
+    send(conn, r(payload=b"a" * 50), at=1.01)
+    step = conn.drain()
+    assert [(seg.ack, seg.options.sack_blocks) for seg in step.segments] == [(REMOTE_SEQ, ())]
+    assert conn.app_receive(100, 1.02) == b"a" * 50
+    conn.app_commit(50, None, 1.02)
+    conn.drain()
+    send(conn, r(payload=b"a" * 50), at=1.03)  # below the ACK now: a D-SACK (RFC 2883)
+    step = conn.drain()
+    assert [(seg.ack, seg.options.sack_blocks) for seg in step.segments] == [
+        (sq(REMOTE_SEQ, 50), blocks((0, 50)).sack_blocks)
+    ]
 
 
 def test_report_blocks_merges_touching_ranges() -> None:
@@ -433,16 +523,15 @@ def test_a_lost_last_segment_is_resent_at_the_partial_ack() -> None:
     assert not conn.cc.in_recovery and "rto" not in conn.counters
 
 
-def test_ack_on_commit_does_not_agree_to_sack() -> None:
-    """Its ACKs never carry blocks, so a peer that agreed to SACK would never see a
-    duplicate ACK (RFC 6675 §2): it recovers with plain duplicate ACKs instead."""
-    config = replace(SACK, ack_on_commit=True, manual_commit=True)
-    conn = Connection.open_active(now=0.0, config=config, iss=LOCAL_ISS, tsval_offset=0)
-    assert [seg.options.sack_permitted for seg in conn.drain().segments] == [False]
+def test_ack_on_commit_agrees_to_sack() -> None:
+    """Without SACK a Linux peer recovers a restored connection's lost tail only at its
+    retransmission timer: duplicate ACKs do not count in its Loss state."""
+    conn = Connection.open_active(now=0.0, config=AOC_SACK, iss=LOCAL_ISS, tsval_offset=0)
+    assert [seg.options.sack_permitted for seg in conn.drain().segments] == [True]
     syn = r(seq=REMOTE_ISS, ack=0, flags=SYN, options=SACK_SYN)
-    conn = Connection.open_passive(syn, now=0.0, config=config, iss=LOCAL_ISS, tsval_offset=0)
-    assert [seg.options.sack_permitted for seg in conn.drain().segments] == [False]
-    assert not conn.tcb.sack_permitted
+    conn = Connection.open_passive(syn, now=0.0, config=AOC_SACK, iss=LOCAL_ISS, tsval_offset=0)
+    assert [seg.options.sack_permitted for seg in conn.drain().segments] == [True]
+    assert conn.tcb.sack_permitted
 
 
 def test_enough_sacked_bytes_start_recovery_before_three_duplicate_acks() -> None:
