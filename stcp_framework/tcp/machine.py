@@ -405,8 +405,12 @@ class Connection:
                 # What the peer sent past the ACK point died with the old process, and
                 # it is waiting on its retransmission timer, backed off while we were
                 # down. Three duplicate ACKs after the kick (which may move its window)
-                # make it retransmit at once (RFC 5681 §3.2 fast retransmit). Not in
-                # SYN-RECEIVED: no ACK without SYN goes out before the handshake is done.
+                # make a peer without SACK that has not timed out yet retransmit at once
+                # (RFC 5681 §3.2 fast retransmit). One that timed out (Linux: Loss
+                # state) ignores them; with SACK, the blocks for what it sends next
+                # bring the resend (process_text), measured ~1 ms after the restart
+                # against ~350 ms without. Not in SYN-RECEIVED: no ACK without SYN goes
+                # out before the handshake is done.
                 for _ in range(KICK_DUPACKS):
                     _output.send_ack(c, now)
         return c
