@@ -380,6 +380,7 @@ class Stream(trio.abc.HalfCloseableStream):
                     return b""
                 if not self._stall_warned:
                     self._warn_if_commit_stall(conn)
+                flow.fresh = False  # (Runtime._accept_early: the round need not wait)
                 try:
                     await flow.rx_lot.park()
                 finally:

@@ -150,6 +150,7 @@ class Flow:
         "error",
         "flow_id",
         "forgettable",
+        "fresh",
         "heap_at",
         "held",
         "key",
@@ -190,6 +191,7 @@ class Flow:
         self.dirty = False
         self.held = False  # rounds leave it dirty until its app task resumes (Runtime.hold)
         self.reader_woken = False  # woken with new bytes, not yet run (Runtime._arrive)
+        self.fresh = False  # accepted before its round, handler not yet waiting to read
         self.durable_version = 0  # the newest of this flow's delta versions the store holds
         self.recovered = recovered  # restored from the store after a restart
         self.app_state = app_state  # stored with the last commit (level 2)

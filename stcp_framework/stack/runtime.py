@@ -247,6 +247,7 @@ class Runtime:
         self._let_woken_run = False  # tasks were woken since the last round
         self._arrivals_held: trio.Event | None = None  # set: woken tasks run first
         self._readers_woken = 0  # readers woken with new bytes that have not run yet
+        self._fresh: list[Flow] = []  # accepted before their round (_accept_early)
         self._withheld: set[Flow] = set()  # flows with segments held back (store outage)
         self._timer_heap: list[tuple[float, int, Flow]] = []
         self._timer_seq = 0
@@ -375,8 +376,11 @@ class Runtime:
             ):
                 continue
             conn = flow.conn
+            handshake = conn.tcb.state is TcpState.SYN_RECEIVED and flow.listener_port is not None
             conn.on_segment(seg, now)
-            if flow.rx_lot and conn.rcv_buf:
+            if handshake and not flow.accepted:
+                self._accept_early(flow)
+            if flow.rx_lot and (conn.rcv_buf or conn.at_eof):
                 readers.append(flow)
             if not flow.dirty:
                 if not flow.lot and conn.drain_may_wait() and self._timer_flushes(flow, conn):
@@ -397,12 +401,38 @@ class Runtime:
             # trimmed in one delta); unread, they are stored as before. Either way
             # the ACK leaves after its round is durable (G1). A crash in between
             # loses nothing: unacknowledged, the bytes come again from the peer.
+            # The same for the peer's FIN: the app's answer to EOF (its own FIN)
+            # joins the round that stores the FIN, and carries its ACK.
             flow.rx_lot.unpark_all()
             if not flow.reader_woken:
                 flow.reader_woken = True  # until its task resumes (reader_resumed)
                 self._readers_woken += 1
         if self._dirty:
             self._tx_wakeup.set()
+
+    def _accept_early(self, flow: Flow) -> None:
+        """Hand a passive flow whose handshake this segment completed (it was in
+        SYN-RECEIVED) to its listener now, before the round that stores it
+        (``_on_events`` finds it done; a restored flow already established never comes
+        here, nor one without an open listener), and let
+        its handler run first (``Flow.fresh``): a request that came with or right after
+        the handshake's ACK is read and answered in that round -- one commit and one
+        round per connection less. Early readers' reasoning holds: until the round is
+        durable nothing leaves, and a crash before it loses the handler's work along
+        with the handshake's completion, which the peer's resend repeats."""
+        state = flow.conn.tcb.state
+        if state is TcpState.SYN_RECEIVED or not state.synchronized():
+            return
+        listener = self.listeners.get(flow.key[3])
+        if listener is None or listener.closed:
+            return  # the round's Connected event keeps it for a later listener
+        flow.connected = True
+        self._leave_backlog(flow)
+        self._offer(flow)
+        if flow.accepted:
+            flow.fresh = True
+            self._fresh.append(flow)
+            self._let_woken_run = True
 
     @staticmethod
     def _timer_flushes(flow: Flow, conn: Connection) -> bool:
@@ -676,16 +706,23 @@ class Runtime:
                 # batch before this task's, or in the same one). Meanwhile arrivals
                 # wait (the device holds them), or the bytes of every new batch would
                 # wake the reader again and be stored unread at the drain.
+                # Handlers of flows accepted early (_accept_early) run until their
+                # first wait for bytes, within the same budget of steps.
                 held = self._arrivals_held = trio.Event()
                 try:
                     steps = WOKEN_STEPS
-                    while (self._let_woken_run or self._readers_woken) and steps:
+                    while (self._let_woken_run or self._readers_woken or self._fresh) and steps:
                         steps -= 1
                         self._let_woken_run = False
                         await trio.lowlevel.cancel_shielded_checkpoint()
+                        if self._fresh:
+                            self._fresh = [flow for flow in self._fresh if flow.fresh]
                 finally:
                     self._arrivals_held = None
                     held.set()
+                    for flow in self._fresh:
+                        flow.fresh = False
+                    self._fresh = []
             await self._round()
 
     async def _round(self) -> None:

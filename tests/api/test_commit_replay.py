@@ -470,3 +470,64 @@ async def test_a_restored_stream_nobody_takes_is_reset_after_the_grace_period(
             with pytest.raises(LookupError):
                 stack.reattach(flow_id)  # too late
         nursery.cancel_scope.cancel()
+
+
+async def test_a_restored_stream_is_handed_to_the_app_once_though_data_came_first(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Segments can reach a restored flow before the restarted app listens (the kernel
+    peer does not wait). The flow is still handed over once, when the listener comes:
+    a second handler on the same stream would split its bytes between two readers."""
+    net = SimNetwork(4)
+    store = MemoryStore()
+    calls: list[bool] = []
+    got: list[bytes] = []
+
+    async def collect(stream: Stream) -> None:
+        calls.append(stream.recovered)
+        while data := await stream.receive_some():
+            got.append(data)
+            await stream.commit()
+
+    async with open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(2)) as client:
+        async with server_incarnation(net, store, collect, seed=3):
+            stream = await client.connect(SERVER, PORT)
+            await stream.send_all(b"before")
+            await trio.sleep(1.0)
+        link = net.attach(SERVER)
+        try:
+            async with open_stack(
+                link, [SERVER], store=store, instance="srv", rng=random.Random(4),
+                iss_secret=b"server",
+            ) as stack:  # fmt: skip
+                await stream.send_all(b" after")  # reaches the flow before any listener
+                await trio.sleep(1.0)
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(
+                        lambda task_status: stack.serve(
+                            collect, PORT, commit="manual", task_status=task_status
+                        )
+                    )
+                    await trio.sleep(1.0)
+                    nursery.cancel_scope.cancel()
+        finally:
+            await link.aclose()
+    assert calls == [False, True]
+    assert b"".join(got) == b"before after"
+
+
+async def test_a_request_with_the_handshake_is_answered_in_its_round(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The handshake's last ACK hands the flow to its handler before the round that
+    stores it (``Runtime._accept_early``), so the request that came with it is read and
+    answered in that round: one commit for the handshake, request and answer."""
+    net = SimNetwork(5)
+    store = MemoryStore()
+    async with served_pair(net, store, echo, port=PORT, commit="auto") as client:
+        stream = await client.connect(SERVER, PORT)
+        await stream.send_all(b"ping")
+        assert await stream.receive_some() == b"ping"
+        commits = store.commits
+    # the SYN (SYN-RECEIVED), then handshake + request + answer
+    assert commits == 2
