@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from .._version import __version__
 from ..errors import StcpConfigError
+from ..store.base import StoreError
 
 DESCRIPTION = """\
 stcp: stateless TCP servers. A user-space TCP stack on trio over a Linux TUN device.
@@ -68,6 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line_cause(exc: BaseException) -> StcpConfigError | StoreError | None:
+    """The configuration or store error behind ``exc`` -- itself, or inside the
+    exception groups trio's nurseries wrap errors in -- if there is one."""
+    if isinstance(exc, StcpConfigError | StoreError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            cause = one_line_cause(inner)
+            if cause is not None:
+                return cause
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -77,11 +91,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         result: int = args.func(args)
-    except StcpConfigError as exc:
-        print(f"stcp: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # (an ExceptionGroup too)
+        cause = one_line_cause(exc)
+        if cause is None:
+            raise
+        if isinstance(cause, StcpConfigError):
+            print(f"stcp: error: {cause}", file=sys.stderr)
+            return 2
+        # Unavailable is waited out (G7); what reaches here is a refusal to act on.
+        print(f"stcp: error: store: {cause}", file=sys.stderr)
+        return 1
     return result
 
 

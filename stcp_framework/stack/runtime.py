@@ -98,6 +98,10 @@ STORE_RETRY_MIN, STORE_RETRY_MAX = 0.05, 0.25
 """Backoff between tries of a commit the store refused or timed out (G7), doubling: a
 store back from an outage sees the held deltas within STORE_RETRY_MAX, and then every
 segment withheld meanwhile leaves (``_resend_withheld``)."""
+START_RETRY_MAX = 2.0
+"""Longest wait between tries of the start-up claim and restore while the store does
+not answer (they double from STORE_RETRY_MIN): a server restarted during a store
+outage waits for it, as a running one does (G7), instead of failing to start."""
 EPHEMERAL_PORTS = range(32768, 61000)  # Linux ip_local_port_range default
 DEFAULT_SYN_BACKLOG = 1024  # Linux tcp_max_syn_backlog is of this order
 DURABILITY_MODES = ("strict", "async", "ack-on-commit")
@@ -292,8 +296,7 @@ class Runtime:
         and an RST (G3).
         """
         self._skew = machine_clock_skew()
-        self.epoch = await self.store.next_epoch(self.instance)
-        self.restored = await restore_flows(self)
+        await self._claim_and_restore()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._transmit_loop)
             nursery.start_soon(self._forget_loop)
@@ -306,6 +309,31 @@ class Runtime:
             if self._unclaimed:
                 nursery.start_soon(self._reset_unclaimed_later)
             task_status.started()
+
+    async def _claim_and_restore(self) -> None:
+        """A new epoch and every flow of this instance, retried from scratch -- a fresh
+        epoch, nothing restored -- while the store is unavailable (G7): the device is
+        not read meanwhile, so peers retransmit into the TUN queue and nothing is
+        answered. Other store errors (a refused script, a password) propagate."""
+        delay = STORE_RETRY_MIN
+        while True:
+            try:
+                self.epoch = await self.store.next_epoch(self.instance)
+                self.restored = await restore_flows(self)
+                return
+            except StoreUnavailable as exc:
+                self.flows.clear()
+                self._dirty.clear()
+                self._unclaimed.clear()
+                self._timer_heap.clear()
+                self.stats["store_unavailable"] += 1
+                logger.warning(
+                    "store unavailable at start, claiming and restoring again in %.2g s: %s",
+                    delay,
+                    exc,
+                )
+                await trio.sleep(delay)
+                delay = min(delay * 2, START_RETRY_MAX)
 
     async def _reset_unclaimed_later(self) -> None:
         """Reset the restored streams still untaken after the grace period."""

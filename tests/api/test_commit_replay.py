@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,6 +16,7 @@ from api_helpers import OutageStore, served_pair
 from stcp_framework import MemoryStore, Stack, Stream, open_stack
 from stcp_framework.link.sim import SimNetwork
 from stcp_framework.services import discard, echo
+from stcp_framework.store.base import FlowRecord, StoreUnavailable
 from stcp_framework.tcp.state import TcpState
 
 CLIENT, SERVER, PORT = "198.18.0.1", "198.18.0.2", 7
@@ -531,3 +532,55 @@ async def test_a_request_with_the_handshake_is_answered_in_its_round(
         commits = store.commits
     # the SYN (SYN-RECEIVED), then handshake + request + answer
     assert commits == 2
+
+
+class StartOutageStore(MemoryStore):
+    """A MemoryStore that times out the first ``refusals`` calls of ``next_epoch`` and
+    of ``load_many`` (the store goes away in the middle of a restore, too)."""
+
+    refusals = 0
+
+    def _refuse(self) -> None:
+        if self.refusals:
+            self.refusals -= 1
+            raise StoreUnavailable("down for the test")
+
+    async def next_epoch(self, scope: str) -> int:
+        self._refuse()
+        return await super().next_epoch(scope)
+
+    async def load_many(self, flow_ids: Sequence[str]) -> dict[str, FlowRecord | None]:
+        self._refuse()
+        return await super().load_many(flow_ids)
+
+
+async def test_a_server_restarted_during_a_store_outage_waits_for_the_store(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """G7 at start-up: the claim and restore are tried again, from scratch, until the
+    store answers -- not a crash of the restarted server -- and the flow is restored
+    once, its stream handed over once."""
+    net = SimNetwork(6)
+    store = StartOutageStore()
+    calls: list[bool] = []
+    got: list[bytes] = []
+
+    async def collect(stream: Stream) -> None:
+        calls.append(stream.recovered)
+        while data := await stream.receive_some():
+            got.append(data)
+            await stream.commit()
+
+    async with open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(2)) as client:
+        async with server_incarnation(net, store, collect, seed=3):
+            stream = await client.connect(SERVER, PORT)
+            await stream.send_all(b"before")
+            await trio.sleep(1.0)
+        store.refusals = 3  # two epochs, then a restore halfway: after its claim
+        async with server_incarnation(net, store, collect, seed=4) as stack:
+            assert stack.runtime.stats["store_unavailable"] == 3
+            assert stack.runtime.restored == 1 and len(stack.runtime.flows) == 1
+            await stream.send_all(b" after")
+            await trio.sleep(1.0)
+    assert calls == [False, True]
+    assert b"".join(got) == b"before after"

@@ -91,3 +91,23 @@ def test_store_cli_fsync_choices_match_the_embedded_store() -> None:
     from stcp_framework.store import embedded
 
     assert FSYNC_POLICIES == embedded.FSYNC_POLICIES
+
+
+def test_a_store_error_inside_trio_s_exception_groups_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A store that refuses what the stack asks (not one that is away: that is waited
+    out, G7) stops ``stcp run`` with one line, not a traceback of nested groups."""
+    from stcp_framework.cli import main as cli_main
+    from stcp_framework.cli import run as cli_run
+    from stcp_framework.store.base import StoreError
+
+    def refused(args: object) -> int:
+        inner = ExceptionGroup("nursery", [StoreError("next_epoch: ERR unknown command")])
+        raise ExceptionGroup("run", [inner])
+
+    monkeypatch.setattr(cli_run, "run_command", refused)
+    assert cli_main.main(["run", "echo", "--listen", "198.18.0.2:7"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "stcp: error: store: next_epoch: ERR unknown command"
+    ]
