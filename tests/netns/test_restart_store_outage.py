@@ -96,3 +96,57 @@ async def test_store_outage_of_5s_mid_transfer_loses_nothing(
     # during the outage, not a minute later (F-RTO once waited in step 3 while every
     # ACK SACKed its new data: 5 segments per ~7 s after the outage)
     assert stall <= OUTAGE_SECONDS + 15, f"the transfer stalled {stall:.1f} s"
+
+
+@pytest.mark.parametrize("tun_net", [65000], indirect=True)
+async def test_a_server_restarted_while_the_store_is_frozen_waits_for_it(
+    tun_net: TunNet, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Kill -9 while Redis is frozen (``SIGSTOP``), start again at once: the new process
+    cannot claim its flows until Redis answers. It waits for it -- one warning line
+    per try, no traceback, no exit -- then restores the connection, which the kernel
+    client never sees break."""
+    server = StcpServer(
+        service="echo",
+        dev=tun_net.dev,
+        listen=f"{tun_net.stack_addr}:7",
+        store_url=redis_server.url,
+        workdir=tmp_path / "stcp",
+    )
+    try:
+        async with server.session():
+            async with trio.open_nursery() as nursery:
+                peer = await Peer.start(
+                    nursery, "echo", tun_net.stack_addr, 7, 20 * MB, seed=9, progress=MB
+                )
+                with trio.fail_after(60):
+                    await peer.wait_offset(5 * MB)
+                    redis_server.pause()
+                    await server.kill()
+
+                    async def thaw() -> None:
+                        await trio.sleep(OUTAGE_SECONDS / 2)
+                        redis_server.resume()
+
+                    nursery.start_soon(thaw)
+                    life = await server.start()  # "serving" only once Redis answers
+                    result = await peer.result()
+            counters = await server.stop()
+    finally:
+        if redis_server.paused:
+            redis_server.resume()
+    stderr = life.stderr_path.read_text()
+    report(
+        "restart while the store is frozen",
+        [
+            f"exec -> serving {life.start_seconds:.3f} s (store frozen for "
+            f"{OUTAGE_SECONDS / 2:g} s), {life.restored} restored",
+            f"transfer: {result['received'] / MB:.0f} MB in {result['seconds']:.1f} s",
+        ],
+    )
+    assert "Traceback" not in stderr, stderr[-2000:]
+    assert "store unavailable at start" in stderr
+    assert life.restored == 1 and life.start_seconds >= OUTAGE_SECONDS / 2 - 0.5
+    assert result["error"] is None and result.get("sender_errors", []) == []
+    assert result["received"] == 20 * MB and result["mismatch_at"] is None
+    assert counters.get("rst_sent", 0) == 0, counters
