@@ -473,6 +473,33 @@ async def test_a_restored_stream_nobody_takes_is_reset_after_the_grace_period(
         nursery.cancel_scope.cancel()
 
 
+class Collector:
+    """A level-2 handler that commits what it reads, and remembers across server lives
+    each stream's ``recovered`` and every byte."""
+
+    def __init__(self) -> None:
+        self.calls: list[bool] = []
+        self.got: list[bytes] = []
+
+    async def __call__(self, stream: Stream) -> None:
+        self.calls.append(stream.recovered)
+        while data := await stream.receive_some():
+            self.got.append(data)
+            await stream.commit()
+
+
+async def connect_and_crash(
+    net: SimNetwork, store: MemoryStore, handler: Collector, client: Stack
+) -> Stream:
+    """One server life: ``client`` connects and sends ``b"before"``, then the server
+    crashes (only ``store`` survives); returns the client's stream."""
+    async with server_incarnation(net, store, handler, seed=3):
+        stream = await client.connect(SERVER, PORT)
+        await stream.send_all(b"before")
+        await trio.sleep(1.0)
+    return stream
+
+
 async def test_a_restored_stream_is_handed_to_the_app_once_though_data_came_first(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -481,20 +508,9 @@ async def test_a_restored_stream_is_handed_to_the_app_once_though_data_came_firs
     a second handler on the same stream would split its bytes between two readers."""
     net = SimNetwork(4)
     store = MemoryStore()
-    calls: list[bool] = []
-    got: list[bytes] = []
-
-    async def collect(stream: Stream) -> None:
-        calls.append(stream.recovered)
-        while data := await stream.receive_some():
-            got.append(data)
-            await stream.commit()
-
+    collect = Collector()
     async with open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(2)) as client:
-        async with server_incarnation(net, store, collect, seed=3):
-            stream = await client.connect(SERVER, PORT)
-            await stream.send_all(b"before")
-            await trio.sleep(1.0)
+        stream = await connect_and_crash(net, store, collect, client)
         link = net.attach(SERVER)
         try:
             async with open_stack(
@@ -513,8 +529,8 @@ async def test_a_restored_stream_is_handed_to_the_app_once_though_data_came_firs
                     nursery.cancel_scope.cancel()
         finally:
             await link.aclose()
-    assert calls == [False, True]
-    assert b"".join(got) == b"before after"
+    assert collect.calls == [False, True]
+    assert b"".join(collect.got) == b"before after"
 
 
 async def test_a_request_with_the_handshake_is_answered_in_its_round(
@@ -562,25 +578,14 @@ async def test_a_server_restarted_during_a_store_outage_waits_for_the_store(
     once, its stream handed over once."""
     net = SimNetwork(6)
     store = StartOutageStore()
-    calls: list[bool] = []
-    got: list[bytes] = []
-
-    async def collect(stream: Stream) -> None:
-        calls.append(stream.recovered)
-        while data := await stream.receive_some():
-            got.append(data)
-            await stream.commit()
-
+    collect = Collector()
     async with open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(2)) as client:
-        async with server_incarnation(net, store, collect, seed=3):
-            stream = await client.connect(SERVER, PORT)
-            await stream.send_all(b"before")
-            await trio.sleep(1.0)
+        stream = await connect_and_crash(net, store, collect, client)
         store.refusals = 3  # two epochs, then a restore halfway: after its claim
         async with server_incarnation(net, store, collect, seed=4) as stack:
             assert stack.runtime.stats["store_unavailable"] == 3
             assert stack.runtime.restored == 1 and len(stack.runtime.flows) == 1
             await stream.send_all(b" after")
             await trio.sleep(1.0)
-    assert calls == [False, True]
-    assert b"".join(got) == b"before after"
+    assert collect.calls == [False, True]
+    assert b"".join(collect.got) == b"before after"

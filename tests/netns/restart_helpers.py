@@ -34,6 +34,7 @@ from typing import Any
 import pytest
 import redis
 import trio
+from netns_fixtures import TunNet
 
 MB = 1 << 20
 GB = 1 << 30
@@ -475,3 +476,22 @@ def report(title: str, lines: list[str]) -> None:
     print(f"\n== {title}")
     for line in lines:
         print(f"   {line}")
+
+
+def server_for(
+    service: str,
+    port: int,
+    tun: TunNet,
+    store: RedisServer,
+    tmp_path: Path,
+    durability: str = "strict",
+) -> StcpServer:
+    """``stcp run SERVICE`` on the fixture's device and Redis, listening on ``port``."""
+    return StcpServer(
+        service=service,
+        dev=tun.dev,
+        listen=f"{tun.stack_addr}:{port}",
+        store_url=store.url,
+        workdir=tmp_path / "stcp",
+        extra=("--durability", durability),
+    )

@@ -25,6 +25,7 @@ from restart_helpers import (
     StcpServer,
     kill_offsets,
     report,
+    server_for,
     stall_after,
 )
 
@@ -33,24 +34,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.netns]
 CHARGEN_PORT = 19
 ECHO_PORT = 7
 DISCARD_PORT = 9
-
-
-def server_for(
-    service: str,
-    port: int,
-    tun: TunNet,
-    store: RedisServer,
-    tmp_path: Path,
-    durability: str = "strict",
-) -> StcpServer:
-    return StcpServer(
-        service=service,
-        dev=tun.dev,
-        listen=f"{tun.stack_addr}:{port}",
-        store_url=store.url,
-        workdir=tmp_path / "stcp",
-        extra=("--durability", durability),
-    )
 
 
 # ACK-on-commit changes what survives a crash (the client's own unacknowledged bytes

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 from netns_fixtures import TunNet
-from restart_helpers import MB, Peer, RedisServer, StcpServer, report, stall_after
+from restart_helpers import MB, Peer, RedisServer, report, server_for, stall_after
 
 pytestmark = [pytest.mark.slow, pytest.mark.netns, pytest.mark.timeout(90)]
 
@@ -52,13 +52,7 @@ async def test_store_outage_of_5s_mid_transfer_loses_nothing(
     service: str,
     port: int,
 ) -> None:
-    server = StcpServer(
-        service=service,
-        dev=tun_net.dev,
-        listen=f"{tun_net.stack_addr}:{port}",
-        store_url=redis_server.url,
-        workdir=tmp_path / "stcp",
-    )
+    server = server_for(service, port, tun_net, redis_server, tmp_path)
     try:
         async with server.session():
             async with trio.open_nursery() as nursery:
@@ -106,13 +100,7 @@ async def test_a_server_restarted_while_the_store_is_frozen_waits_for_it(
     cannot claim its flows until Redis answers. It waits for it -- one warning line
     per try, no traceback, no exit -- then restores the connection, which the kernel
     client never sees break."""
-    server = StcpServer(
-        service="echo",
-        dev=tun_net.dev,
-        listen=f"{tun_net.stack_addr}:7",
-        store_url=redis_server.url,
-        workdir=tmp_path / "stcp",
-    )
+    server = server_for("echo", 7, tun_net, redis_server, tmp_path)
     try:
         async with server.session():
             async with trio.open_nursery() as nursery:
