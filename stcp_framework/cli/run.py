@@ -14,7 +14,7 @@ from ..api import open_stack
 from ..errors import StcpConfigError
 from ..link.base import PacketDevice
 from ..link.pcap import PcapDevice
-from ..link.tun import TunDevice
+from ..link.tun import TunDevice, device_exists, missing_device_error, wait_for_queue
 from ..services import COMMIT_MODES, DEFAULT_PORTS, SERVICES, SOURCES, discard
 from ..stack.clock import MonotonicClock
 from ..stack.siblings import Siblings
@@ -97,6 +97,15 @@ def add_run_parser(sub: Any) -> None:
         help="with --workers: auto (default) pins worker I to the I-th CPU this command "
         "may use; none leaves placement to the scheduler",
     )
+    p.add_argument(
+        "--standby",
+        action="store_true",
+        help="start now, but serve only once the process now serving this device exits "
+        "(killed, crashed or stopped), then restore its connections at once: with its "
+        "imports and store done in advance, clients stall for the restore alone, not "
+        "for a process start (also a way to upgrade: start the new version with "
+        "--standby, then stop the old one)",
+    )
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=run_command)
 
@@ -124,6 +133,8 @@ def run_command(args: argparse.Namespace) -> int:
         raise StcpConfigError("give the stack's address to serve on: --listen 198.18.0.2:PORT")
     if not 1 <= args.workers <= MAX_WORKERS:
         raise StcpConfigError(f"--workers {args.workers}: use 1 to {MAX_WORKERS}")
+    if args.standby and args.workers > 1:
+        raise StcpConfigError("--standby takes over a single process: not with --workers")
     if args.worker is not None and not 0 <= args.worker < args.workers:
         raise StcpConfigError(f"--worker {args.worker}: use 0 to {args.workers - 1}")
     if args.workers > 1 and args.worker is None:
@@ -154,12 +165,26 @@ async def _serve(args: argparse.Namespace) -> None:
     if args.worker is not None and args.cpu_affinity == "auto":
         cpu = pin_worker(index)
         logger.info("worker %d pinned to CPU %s", index, "none" if cpu is None else cpu)
-    device: PacketDevice = await TunDevice.open(args.dev, queue=index)
-    siblings = Siblings(args.dev, index, args.workers) if args.workers > 1 else None
     instance = args.instance if args.worker is None else worker_instance(args.instance, index)
-    store = await trio.to_thread.run_sync(
-        functools.partial(open_store, args.store, instance=instance, store_dir=args.store_dir)
+    open_our_store = functools.partial(
+        open_store, args.store, instance=instance, store_dir=args.store_dir
     )
+    if args.standby:
+        # Everything that takes time first -- imports, the store -- then the wait.
+        if not device_exists(args.dev):
+            raise missing_device_error(args.dev)
+        store = await trio.to_thread.run_sync(open_our_store)
+        print(
+            f"stcp: standing by for {args.dev} (instance {instance}): serving once the "
+            "process holding it exits",
+            flush=True,
+        )
+        claim = await wait_for_queue(args.dev, index)
+        device: PacketDevice = await TunDevice.open(args.dev, queue=index, claim=claim)
+    else:
+        device = await TunDevice.open(args.dev, queue=index)
+        store = await trio.to_thread.run_sync(open_our_store)
+    siblings = Siblings(args.dev, index, args.workers) if args.workers > 1 else None
     if args.pcap:
         device = PcapDevice(device, args.pcap)
     async with open_stack(

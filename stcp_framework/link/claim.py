@@ -19,8 +19,9 @@ supervisor (``PR_SET_PDEATHSIG``) may still be tearing down when the next one st
 _POLL = 0.02
 
 
-def claim_name(name: str, *, wait: float = CLAIM_WAIT) -> socket.socket | None:
-    """Bind ``@name``; ``None`` if another process still holds it after ``wait`` seconds.
+def claim_name(name: str, *, wait: float = CLAIM_WAIT, poll: float = _POLL) -> socket.socket | None:
+    """Bind ``@name``; ``None`` if another process still holds it after ``wait`` seconds
+    (tried every ``poll`` seconds).
 
     The returned socket is the claim: close it to release the name. It is blocking and
     close-on-exec; the caller may use it as a datagram socket.
@@ -36,6 +37,6 @@ def claim_name(name: str, *, wait: float = CLAIM_WAIT) -> socket.socket | None:
                 raise
             if time.monotonic() >= deadline:
                 return None
-            time.sleep(_POLL)
+            time.sleep(poll)
             continue
         return sock

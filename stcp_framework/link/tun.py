@@ -60,8 +60,10 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import io
 import logging
+import math
 import os
 import socket
 import struct
@@ -85,8 +87,10 @@ __all__ = [
     "device_exists",
     "get_device_flags",
     "get_device_mtu",
+    "missing_device_error",
     "queue_claim",
     "validate_device_name",
+    "wait_for_queue",
 ]
 
 logger = logging.getLogger("stcp.link")
@@ -116,6 +120,10 @@ TX_GSO_MAX = 65000
 (100 bytes) it still fits the 16-bit IP length, as Linux's GSO_LEGACY_MAX_SIZE."""
 _INT = struct.Struct("i")
 _UINT = struct.Struct("I")
+STANDBY_POLL = 0.005
+"""Seconds between a standby's tries of the queue claim (``wait_for_queue``): what a
+takeover waits at most, beyond the restore, for the name its dead holder freed (~200
+binds a second while it waits: nothing to speak of)."""
 
 # linux/include/uapi/linux/sockios.h and if.h
 SIOCGIFFLAGS = 0x8913
@@ -268,7 +276,7 @@ def _device_error(name: str, exc: OSError) -> StcpConfigError:
             "(one process at a time may hold the device)"
         )
     if exc.errno in (errno.ENODEV, errno.ENXIO):
-        return _missing_device_error(name)
+        return missing_device_error(name)
     if exc.errno == errno.EINVAL:
         return StcpConfigError(
             f"device {name} is not a TUN device: pick another name or remove it with "
@@ -277,7 +285,7 @@ def _device_error(name: str, exc: OSError) -> StcpConfigError:
     return StcpConfigError(f"TUN device {name}: {os.strerror(exc.errno or 0)}")
 
 
-def _missing_device_error(name: str) -> StcpConfigError:
+def missing_device_error(name: str) -> StcpConfigError:
     return StcpConfigError(
         f"TUN device {name} not found: run `stcp net up --dev {name} --addr 198.18.0.1/24` "
         "inside a private network namespace"
@@ -340,8 +348,21 @@ def queue_claim(name: str, queue: int) -> socket.socket:
         raise StcpConfigError(
             f"TUN device {name} is held by another process"
             + (f" (queue {queue})" if queue else "")
-            + ": stop that process first (one process at a time may hold a queue)"
+            + ": stop that process first (one process at a time may hold a queue), or "
+            "let this one wait for it: `stcp run --standby`"
         )
+    return sock
+
+
+async def wait_for_queue(name: str, queue: int) -> socket.socket:
+    """Claim queue ``queue`` of TUN device ``name`` as soon as its holder lets it go --
+    when that process exits, ``SIGKILL`` included -- however long that takes (a
+    standby server, ``stcp run --standby``). Pass the claim to ``TunDevice.open``."""
+    sock: socket.socket | None = await trio.to_thread.run_sync(
+        functools.partial(claim_name, f"stcp-tun/{name}/{queue}", wait=math.inf, poll=STANDBY_POLL),
+        abandon_on_cancel=True,
+    )
+    assert sock is not None  # (an endless wait returns a claim)
     return sock
 
 
@@ -443,6 +464,7 @@ class TunDevice:
         mtu: int | None = None,
         queue: int = 0,
         tun_path: str = TUN_PATH,
+        claim: socket.socket | None = None,
     ) -> TunDevice:
         """Attach to the existing persistent TUN device ``name``.
 
@@ -462,6 +484,8 @@ class TunDevice:
                 hands each queue the packets of its share of the flows; each queue has
                 one holder at a time (``queue_claim``), as a single-queue device has.
             tun_path: the TUN clone device (for containers that put it elsewhere).
+            claim: the queue's claim, if the caller holds it already (``wait_for_queue``);
+                the device owns it from here on.
 
         Raises:
             StcpConfigError: device missing, not a persistent TUN device, held by another
@@ -472,10 +496,11 @@ class TunDevice:
         # TUNSETIFF on a missing name would *create* a new, non-persistent device; look
         # first, and check IFF_PERSIST afterwards to close the race.
         if not device_exists(name):
-            raise _missing_device_error(name)
+            raise missing_device_error(name)
         if queue < 0:
             raise ValueError("queue must be >= 0")
-        claim = queue_claim(name, queue)
+        if claim is None:
+            claim = queue_claim(name, queue)
         fd = -1
         try:
             fd = _open_tun_fd(tun_path)
@@ -503,7 +528,7 @@ class TunDevice:
                     ) from exc
                 raise _device_error(name, exc) from exc
             if not flags & IFF_PERSIST:
-                raise _missing_device_error(name)
+                raise missing_device_error(name)
             gso = _configure_offloads(fd, name, offload=offload, gso=gso)
             if mtu is not None:
                 _set_device_mtu(name, mtu)

@@ -105,6 +105,9 @@ outage waits for it, as a running one does (G7), instead of failing to start."""
 EPHEMERAL_PORTS = range(32768, 61000)  # Linux ip_local_port_range default
 DEFAULT_SYN_BACKLOG = 1024  # Linux tcp_max_syn_backlog is of this order
 DURABILITY_MODES = ("strict", "async", "ack-on-commit")
+FENCED_MEMORY = 65536
+"""Flows fenced off (G5) whose 4-tuples this process still recognizes, to drop their
+late segments silently rather than answer them with RST (``Runtime._fenced``)."""
 FORGET_QUEUE = 65536  # closed flows waiting to be removed from the store
 FORGET_BATCH = 512  # closed flows removed per store call
 UNCLAIMED_GRACE = 60.0  # seconds a restored flow waits for listen() or reattach()
@@ -252,6 +255,7 @@ class Runtime:
         self._arrivals_held: trio.Event | None = None  # set: woken tasks run first
         self._readers_woken = 0  # readers woken with new bytes that have not run yet
         self._fresh: list[Flow] = []  # accepted before their round (_accept_early)
+        self._fenced: dict[FlowKey, None] = {}  # newest last; at most FENCED_MEMORY
         self._withheld: set[Flow] = set()  # flows with segments held back (store outage)
         self._timer_heap: list[tuple[float, int, Flow]] = []
         self._timer_seq = 0
@@ -557,12 +561,18 @@ class Runtime:
         if pkt.dst not in self._addrs:
             self.drops[DropReason.NO_FLOW] += 1
             return
+        key = (pkt.src, seg.src_port, pkt.dst, seg.dst_port)
+        if key in self._fenced:
+            # Another instance owns it now (G5): its late segments -- still queued on
+            # our device, say -- get no RST from us, which could reset the connection
+            # the new owner carries on.
+            self.stats["fenced_dropped"] += 1
+            return
         listener = self.listeners.get(seg.dst_port)
         if seg.flags & (SYN | ACK | RST) == SYN and listener is not None and not listener.closed:
             if listener.half_open + len(listener.queue) >= listener.backlog:
                 self.drops[DropReason.BACKLOG_FULL] += 1
                 return
-            key = (pkt.src, seg.src_port, pkt.dst, seg.dst_port)
             config = self._configs[pkt.version == 6, listener.manual_commit]
             conn = Connection.open_passive(
                 seg,
@@ -926,6 +936,10 @@ class Runtime:
                     self._send_reset(flow)
                 else:
                     self.stats["flows_fenced"] += 1
+                    fenced = self._fenced
+                    fenced[flow.key] = None
+                    if len(fenced) > FENCED_MEMORY:
+                        del fenced[next(iter(fenced))]
                 flow.error = exc
                 flow.forgettable = False  # the store is not ours to clean up
                 self._remove_flow(flow)

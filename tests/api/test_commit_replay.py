@@ -589,3 +589,31 @@ async def test_a_server_restarted_during_a_store_outage_waits_for_the_store(
             await trio.sleep(1.0)
     assert collect.calls == [False, True]
     assert b"".join(collect.got) == b"before after"
+
+
+async def test_a_fenced_flow_s_late_segments_get_no_rst(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """G5: another instance claims the flow (a newer epoch), so this one's next write is
+    refused and it lets the flow go (``flows_fenced``). Segments for it that still reach
+    this instance -- queued on its device, or resent -- are dropped quietly: a RST,
+    in step with the client, would reset the connection the new owner carries on."""
+    net = SimNetwork(7)
+    store = MemoryStore()
+    async with (
+        open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(2)) as client,
+        server_incarnation(net, store, Collector(), seed=3) as stack,
+    ):
+        stream = await client.connect(SERVER, PORT)
+        await stream.send_all(b"one")
+        await trio.sleep(1.0)
+        (flow_id,) = await store.list_flows()
+        epoch = await store.next_epoch("srv")
+        assert await store.claim_many([flow_id], epoch) == [flow_id]
+        await stream.send_all(b"two")  # the server's write of it is refused
+        await trio.sleep(5.0)  # the client resends it: no such flow here any more
+        stats = stack.runtime.stats
+        assert stats["flows_fenced"] == 1
+        assert stats["fenced_dropped"] >= 1
+        assert stats["rst_sent"] == 0
+        await stream.send_all(b"three")  # the connection is not reset

@@ -37,7 +37,7 @@ def test_top_level_help_lists_every_command() -> None:
         (["net", "down", "--help"], ["--dev"]),
         (
             ["run", "--help"],
-            ["echo", "discard", "chargen", "--dev", "--listen", "--store", "--pcap"],
+            ["echo", "discard", "chargen", "--dev", "--listen", "--store", "--pcap", "--standby"],
         ),
         (["demo", "--help"], ["--size", "root"]),
         (["store", "--help"], ["up", "down", "status"]),
@@ -111,3 +111,10 @@ def test_a_store_error_inside_trio_s_exception_groups_is_one_line(
     assert capsys.readouterr().err.splitlines() == [
         "stcp: error: store: next_epoch: ERR unknown command"
     ]
+
+
+def test_standby_with_workers_is_one_line() -> None:
+    line = one_error_line(
+        run("run", "echo", "--listen", "198.18.0.2:7", "--workers", "2", "--standby")
+    )
+    assert "--standby" in line and "--workers" in line

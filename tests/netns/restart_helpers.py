@@ -208,8 +208,10 @@ class StcpServer:
     def running(self) -> bool:
         return self._process is not None and self._process.returncode is None
 
-    async def start(self) -> Incarnation:
-        """Exec the server and wait for its "serving" line on stdout."""
+    async def start(self, *, standby: bool = False) -> Incarnation:
+        """Exec the server and wait for its "serving" line on stdout -- with ``standby``
+        (``stcp run --standby``) for its "standing by" line: ``wait_serving`` then waits
+        for the other, which comes once the server holding the device exits."""
         assert not self.running, "already running"
         number = len(self.incarnations)
         stderr_path = self.workdir / f"{self.service}-{self.instance}-{number}.stderr"
@@ -217,7 +219,7 @@ class StcpServer:
         command = stcp_command(
             "--log-level", self.log_level, "run", self.service, "--dev", self.dev,
             "--listen", self.listen, "--store", self.store_url, "--instance", self.instance,
-            *self.extra,
+            *self.extra, *(["--standby"] if standby else []),
         )  # fmt: skip
         with stderr_path.open("wb") as stderr:
             started_at = time.monotonic()
@@ -227,20 +229,32 @@ class StcpServer:
         self._process = process
         life = Incarnation(pid=process.pid, started_at=started_at, stderr_path=stderr_path)
         self.incarnations.append(life)
-        assert process.stdout is not None
+        if standby:
+            line = await self._next_line(life)
+            assert line.startswith("stcp: standing by for "), (line, self.stderr_tail())
+            return life
+        await self.wait_serving(life)
+        return life
+
+    async def wait_serving(self, life: Incarnation) -> None:
+        """Read the "serving" line of ``life`` (this server's current process)."""
+        life.banner = await self._next_line(life)
+        life.serving_at = time.monotonic()
+        assert life.banner.startswith(f"stcp: serving {self.service} on "), (
+            life.banner,
+            life.stderr_path.read_text()[-2000:],
+        )
+
+    async def _next_line(self, life: Incarnation) -> str:
+        process = self._process
+        assert process is not None and process.stdout is not None
         try:
             with trio.fail_after(STACK_START_TIMEOUT):
                 line = await _read_line(process.stdout)
         except BaseException as exc:
-            exc.add_note(f"stcp run stderr: {stderr_path.read_text()[-2000:]!r}")
+            exc.add_note(f"stcp run stderr: {life.stderr_path.read_text()[-2000:]!r}")
             raise
-        life.serving_at = time.monotonic()
-        life.banner = line.decode().strip()
-        assert life.banner.startswith(f"stcp: serving {self.service} on "), (
-            life.banner,
-            stderr_path.read_text()[-2000:],
-        )
-        return life
+        return line.decode().strip()
 
     async def kill(self) -> float:
         """``SIGKILL`` (our own child, by PID) and reap it; returns the kill instant."""
@@ -485,13 +499,15 @@ def server_for(
     store: RedisServer,
     tmp_path: Path,
     durability: str = "strict",
+    label: str = "stcp",
 ) -> StcpServer:
-    """``stcp run SERVICE`` on the fixture's device and Redis, listening on ``port``."""
+    """``stcp run SERVICE`` on the fixture's device and Redis, listening on ``port``
+    (its processes' stderr files under ``tmp_path / label``)."""
     return StcpServer(
         service=service,
         dev=tun.dev,
         listen=f"{tun.stack_addr}:{port}",
         store_url=store.url,
-        workdir=tmp_path / "stcp",
+        workdir=tmp_path / label,
         extra=("--durability", durability),
     )

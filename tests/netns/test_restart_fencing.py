@@ -6,13 +6,13 @@ is the one DESIGN.md describes for relocation: the new instance runs on another 
 and the traffic of the flow is steered to it (here a /32 route in the private namespace,
 the single-host form of policy routing).
 
-1. Instance A (``--instance t1``) serves chargen on device A; a kernel client downloads.
+1. Instance A (``--instance t1``) serves echo on device A; a kernel client echoes.
 2. A is frozen (``SIGSTOP``) mid-transfer, still holding device A and a queue of the
-   client's ACKs on it.
+   client's data on it.
 3. Instance B, same ``--instance t1``, starts on device B with A's address; the route to
    that address now points to device B. B takes a newer epoch, claims and restores the
    flow, and the transfer continues through B.
-4. A is thawed (``SIGCONT``): it reads the queued ACKs and tries to commit -- the store
+4. A is thawed (``SIGCONT``): it reads the queued data and must store it -- the store
    refuses the stale epoch (``FencedOut``), and A drops the flow silently (no RST).
 
 The client must finish byte-exact without an error; A's counters show the refused write.
@@ -32,10 +32,10 @@ from stcp_framework.cli.netns import run_ip
 
 pytestmark = [pytest.mark.slow, pytest.mark.netns, pytest.mark.timeout(90)]
 
-PORT = 19
+PORT = 7
 SIZE = 100 * MB
 FREEZE_AT = 20 * MB
-SETTLE = 0.1  # seconds for the client's ACKs to queue up on A's device after the freeze
+SETTLE = 0.1  # seconds for the client's data to queue up on A's device after the freeze
 
 
 async def test_second_instance_fences_off_a_frozen_first_one(
@@ -44,19 +44,19 @@ async def test_second_instance_fences_off_a_frozen_first_one(
     tun_a = make_tun_net(mtu=65000)
     tun_b = make_tun_net(mtu=65000)
     listen = f"{tun_a.stack_addr}:{PORT}"
-    a = StcpServer("chargen", tun_a.dev, listen, redis_server.url, tmp_path / "a")
-    b = StcpServer("chargen", tun_b.dev, listen, redis_server.url, tmp_path / "b")
+    a = StcpServer("echo", tun_a.dev, listen, redis_server.url, tmp_path / "a")
+    b = StcpServer("echo", tun_b.dev, listen, redis_server.url, tmp_path / "b")
     try:
         await a.start()
         async with trio.open_nursery() as nursery:
-            peer = await Peer.start(nursery, "chargen", tun_a.stack_addr, PORT, SIZE)
+            peer = await Peer.start(nursery, "echo", tun_a.stack_addr, PORT, SIZE)
             with trio.fail_after(60):
                 await peer.wait_offset(FREEZE_AT)
                 a.pause()
                 await trio.sleep(SETTLE)
                 # B cannot take the device A still holds: one clear line (G8).
                 busy = await trio.run_process(
-                    stcp_command("run", "chargen", "--dev", tun_a.dev, "--listen", listen,
+                    stcp_command("run", "echo", "--dev", tun_a.dev, "--listen", listen,
                                  "--store", redis_server.url, "--instance", "t1"),
                     capture_stdout=True, capture_stderr=True, check=False,
                 )  # fmt: skip
@@ -67,6 +67,12 @@ async def test_second_instance_fences_off_a_frozen_first_one(
                 await peer.wait_offset(frozen_at + 10 * MB)  # B carries the transfer
                 a.resume()
                 result = await peer.result()
+        # A stores the queued data (strict) in its first round after the thaw; wait for
+        # that refusal in case B has finished first.
+        for _ in range(100):
+            if "owner epoch" in a.current.stderr_path.read_text():
+                break
+            await trio.sleep(0.05)
         counters_a = await a.stop()
         counters_b = await b.stop()
     except BaseException as exc:

@@ -211,3 +211,47 @@ async def test_1000_idle_echo_connections_survive_a_kill(
     assert result["second_round_failed"] == {}, list(result["second_round_failed"].items())[:5]
     assert result["close_failed"] == {}, list(result["close_failed"].items())[:5]
     assert counters.get("rst_sent", 0) == 0, counters
+
+
+@pytest.mark.parametrize("tun_net", [65000], indirect=True)
+@pytest.mark.timeout(120)
+async def test_a_standby_takes_over_a_killed_server_without_a_process_start(
+    tun_net: TunNet, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """``stcp run --standby`` starts while another process serves the device -- imports
+    and store done -- and waits. The server is killed with SIGKILL; the standby claims
+    the device as the kernel frees it and restores the connection: the client's echo
+    goes on byte-exact, after a stall of the restore rather than a process start."""
+    size = 50 * MB
+    active = server_for("echo", ECHO_PORT, tun_net, redis_server, tmp_path)
+    spare = server_for("echo", ECHO_PORT, tun_net, redis_server, tmp_path, label="standby")
+    async with active.session() as first:
+        try:
+            await spare.start(standby=True)
+            async with trio.open_nursery() as nursery:
+                peer = await Peer.start(
+                    nursery, "echo", tun_net.stack_addr, ECHO_PORT, size, seed=866, progress=MB
+                )
+                with trio.fail_after(60):
+                    await peer.wait_offset(size // 3)
+                    killed_at = await active.kill()
+                    await spare.wait_serving(spare.current)
+                    result = await peer.result()
+            counters = await spare.stop()
+        finally:
+            await spare.aclose()
+    took_over = spare.current.serving_at - killed_at
+    stall = stall_after(result["stalls"], killed_at, float("inf"))
+    report(
+        "standby takeover after kill -9, echo 50 MB",
+        [
+            f"first start: {first.start_seconds:.3f} s exec -> serving",
+            f"kill -> standby serving: {took_over:.3f} s; client stall "
+            + (f"{stall:.3f} s" if stall is not None else "< 0.02 s"),
+            f"transfer: {result['received'] / MB:.0f} MB in {result['seconds']:.1f} s",
+        ],
+    )
+    assert result["error"] is None and result["sender_errors"] == [], result
+    assert result["received"] == size and result["mismatch_at"] is None
+    assert spare.current.restored == 1
+    assert counters.get("rst_sent", 0) == 0, counters
