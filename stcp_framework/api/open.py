@@ -10,7 +10,7 @@ import trio
 
 from ..link.base import PacketDevice
 from ..stack.runtime import Runtime
-from ..store.base import Store
+from ..store.base import Store, StoreError
 from ..store.memory import MemoryStore
 from ..tcp.config import TcpConfig
 from .listener import Listener
@@ -136,6 +136,12 @@ async def _run_handler(handler: Handler, stream: Stream) -> None:
     try:
         await handler(stream)
     except Exception:
+        flow = stream._flow
+        if flow.closed and isinstance(flow.error, StoreError):
+            # Fenced off (another instance owns the flow now) or lost by the store: the
+            # runtime has let the flow go already; the handler's error is only the news.
+            logger.warning("[%s] handler ended: %s", stream.flow_id, flow.error)
+            return
         logger.exception("[%s] handler failed; resetting the connection", stream.flow_id)
         await stream.abort()
     else:
