@@ -104,7 +104,8 @@ def add_run_parser(sub: Any) -> None:
         "(killed, crashed or stopped), then restore its connections at once: with its "
         "imports and store done in advance, clients stall for the restore alone, not "
         "for a process start (also a way to upgrade: start the new version with "
-        "--standby, then stop the old one)",
+        "--standby, then stop the old one); with --workers, each worker gets such a "
+        "standby, started again after each takeover",
     )
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=run_command)
@@ -133,8 +134,6 @@ def run_command(args: argparse.Namespace) -> int:
         raise StcpConfigError("give the stack's address to serve on: --listen 198.18.0.2:PORT")
     if not 1 <= args.workers <= MAX_WORKERS:
         raise StcpConfigError(f"--workers {args.workers}: use 1 to {MAX_WORKERS}")
-    if args.standby and args.workers > 1:
-        raise StcpConfigError("--standby takes over a single process: not with --workers")
     if args.worker is not None and not 0 <= args.worker < args.workers:
         raise StcpConfigError(f"--worker {args.worker}: use 0 to {args.workers - 1}")
     if args.workers > 1 and args.worker is None:

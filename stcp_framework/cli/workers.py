@@ -140,37 +140,48 @@ class _Child:
 
 
 class _Worker:
-    def __init__(self, index: int, command: list[str]) -> None:
+    def __init__(self, index: int, command: list[str], *, standby: bool = False) -> None:
         self.index = index
         self.command = command
+        self.standby = standby  # keep a standby process for this worker's queue
         self.process: _Child | None = None
+        self.spare: _Child | None = None  # ``--standby``: waits to take over the queue
         self.banner = ""
 
     async def start(self) -> int | None:
         """Exec the worker and wait for its banner; its exit status if it ends first."""
         await trio.lowlevel.checkpoint()
         process = self.process = _Child(self.command)
-        buffer = b""
-        try:
-            with trio.move_on_after(START_TIMEOUT):
-                while b"\n" not in buffer:
-                    chunk = await process.stdout.receive_some(4096)
-                    if not chunk:
-                        break
-                    buffer += chunk
-        except BaseException:  # cancelled (the server stops): no worker left behind
-            with trio.CancelScope(shield=True):
-                await _stop(process)
-            raise
-        line, _, rest = buffer.partition(b"\n")
+        line = await _first_line(process)
         if not line:
-            await _stop(process)
-            await process.stdout.aclose()
             return process.returncode if process.returncode is not None else 1
-        self.banner = line.decode(errors="replace").strip()
-        if rest:
-            sys.stdout.buffer.write(rest)
+        self.banner = line
         return None
+
+    async def start_spare(self) -> None:
+        """Exec a standby for this worker's queue and wait until it stands by (the
+        server goes on without one if it does not)."""
+        await trio.lowlevel.checkpoint()
+        spare = _Child([*self.command, "--standby"])
+        line = await _first_line(spare)
+        if line.startswith("stcp: standing by"):
+            self.spare = spare
+        else:
+            await _stop(spare)
+            why = line or _describe(spare.returncode or 1)
+            say(f"stcp: worker {self.index}: no standby ({why})")
+
+    async def promote_spare(self) -> bool:
+        """The worker died: its standby takes over. True once the standby serves."""
+        spare, self.spare = self.spare, None
+        if spare is None or spare.returncode is not None:
+            return False
+        line = await _first_line(spare)
+        if not line:
+            return False
+        self.process = spare
+        self.banner = line
+        return True
 
     async def relay_output(self) -> None:
         """Copy what the worker prints after its banner (it prints little)."""
@@ -178,6 +189,31 @@ class _Worker:
         async for chunk in self.process.stdout:
             sys.stdout.buffer.write(chunk)
             sys.stdout.flush()
+
+
+async def _first_line(process: _Child) -> str:
+    """The next line ``process`` prints (within ``START_TIMEOUT``); "" if it ends or
+    stays silent, and then it is stopped."""
+    buffer = b""
+    try:
+        with trio.move_on_after(START_TIMEOUT):
+            while b"\n" not in buffer:
+                chunk = await process.stdout.receive_some(4096)
+                if not chunk:
+                    break
+                buffer += chunk
+    except BaseException:  # cancelled (the server stops): no worker left behind
+        with trio.CancelScope(shield=True):
+            await _stop(process)
+        raise
+    line, _, rest = buffer.partition(b"\n")
+    if not line:
+        await _stop(process)
+        await process.stdout.aclose()
+        return ""
+    if rest:
+        sys.stdout.buffer.write(rest)
+    return line.decode(errors="replace").strip()
 
 
 async def _stop(process: _Child) -> None:
@@ -237,7 +273,10 @@ def _worker_command(args: argparse.Namespace, store: str, index: int) -> list[st
 
 
 async def _supervise(args: argparse.Namespace, store: str) -> int:
-    workers = [_Worker(i, _worker_command(args, store, i)) for i in range(args.workers)]
+    workers = [
+        _Worker(i, _worker_command(args, store, i), standby=args.standby)
+        for i in range(args.workers)
+    ]
     status = 0
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -255,8 +294,7 @@ async def _supervise(args: argparse.Namespace, store: str) -> int:
                 flush=True,
             )
             for worker in workers:
-                print(f"stcp: worker {worker.index}: {worker.banner.removeprefix('stcp: ')}")
-            sys.stdout.flush()
+                _print_banner(worker)
             done = trio.Event()
             outcome: list[int] = []
             for worker in workers:
@@ -275,20 +313,28 @@ async def _supervise(args: argparse.Namespace, store: str) -> int:
         with trio.CancelScope(shield=True):
             async with trio.open_nursery() as stopper:
                 for worker in workers:
-                    if worker.process is not None:
-                        stopper.start_soon(_stop, worker.process)
+                    for process in (worker.process, worker.spare):
+                        if process is not None:
+                            stopper.start_soon(_stop, process)
         nursery.cancel_scope.cancel()
     return status
 
 
+def _print_banner(worker: _Worker) -> None:
+    print(f"stcp: worker {worker.index}: {worker.banner.removeprefix('stcp: ')}", flush=True)
+
+
 async def _keep(worker: _Worker, done: trio.Event, outcome: list[int]) -> None:
-    """Relay the worker's output; restart it whenever it dies.
+    """Relay the worker's output; restart it whenever it dies -- or, with a standby
+    standing by, let that one take over (and start another standby).
 
     A worker that fails to start again is retried with a growing pause, unless it
     exits with status 2 (``StcpConfigError``: a setting that will not fix itself),
     which stops the whole server.
     """
     pause = 0.0
+    if worker.standby:
+        await worker.start_spare()
     while True:
         process = worker.process
         assert process is not None
@@ -305,6 +351,17 @@ async def _keep(worker: _Worker, done: trio.Event, outcome: list[int]) -> None:
         if code == 0:
             done.set()  # stopped on purpose (its own SIGINT): stop them all
             return
+        spare = worker.spare
+        if spare is not None and await worker.promote_spare():
+            say(
+                f"stcp: worker {worker.index} (pid {process.pid}) {_describe(code)}: "
+                f"its standby (pid {spare.pid}) took over"
+            )
+            print(
+                f"stcp: worker {worker.index}: {worker.banner.removeprefix('stcp: ')}", flush=True
+            )
+            await worker.start_spare()
+            continue
         say(f"stcp: worker {worker.index} (pid {process.pid}) {_describe(code)}: restarting")
         quick = trio.current_time() - started < _QUICK_DEATH
         while True:
@@ -320,4 +377,6 @@ async def _keep(worker: _Worker, done: trio.Event, outcome: list[int]) -> None:
                 return
             say(f"stcp: worker {worker.index} did not start ({_describe(failed)}): retrying")
             quick = True
-        print(f"stcp: worker {worker.index}: {worker.banner.removeprefix('stcp: ')}", flush=True)
+        _print_banner(worker)
+        if worker.standby:
+            await worker.start_spare()

@@ -111,10 +111,3 @@ def test_a_store_error_inside_trio_s_exception_groups_is_one_line(
     assert capsys.readouterr().err.splitlines() == [
         "stcp: error: store: next_epoch: ERR unknown command"
     ]
-
-
-def test_standby_with_workers_is_one_line() -> None:
-    line = one_error_line(
-        run("run", "echo", "--listen", "198.18.0.2:7", "--workers", "2", "--standby")
-    )
-    assert "--standby" in line and "--workers" in line

@@ -383,6 +383,65 @@ async def test_two_workers_share_connections_and_survive_a_worker_kill(
     assert all(c.get("rst_sent", 0) == 0 for c in counters), counters
 
 
+@pytest.mark.slow
+async def test_a_worker_s_standby_takes_over_and_a_new_standby_follows(
+    make_tun_net: Callable[..., TunNet], redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """``--workers 2 --standby``: each worker has a standby process waiting for its
+    queue. Worker 0 killed with SIGKILL: its standby serves instead -- no restart, no
+    process start on the way -- the connections go on, and the supervisor starts a
+    new standby for worker 0."""
+    tun = make_tun_net(mtu=65000)
+    server = StcpServer(
+        "echo", tun.dev, f"{tun.stack_addr}:{ECHO_PORT}", redis_server.url, tmp_path / "stcp",
+        extra=("--workers", "2", "--standby"),
+    )  # fmt: skip
+    async with server.session() as life:
+        streams = []
+        with trio.fail_after(60):
+            for _ in range(CONNECTIONS):
+                streams.append(await trio.open_tcp_stream(tun.stack_addr, ECHO_PORT))
+            await _echo_round(streams, 0)
+            match = re.search(r"with 2 workers \(pids (\d+), (\d+)\)", life.banner)
+            assert match, life.banner
+            workers = {int(match.group(1)), int(match.group(2))}
+            # two workers and two standbys
+            await wait_for(lambda: len(children_of(life.pid)) == 4, "the standbys", within=20)
+            spares = children_of(life.pid) - workers
+            worker0 = int(match.group(1))
+            os.kill(worker0, signal.SIGKILL)  # the supervisor's child
+            killed = trio.current_time()
+            await _echo_round(streams, 1)
+            resumed = trio.current_time() - killed
+            # the standby serves; a new standby replaces it
+            await wait_for(
+                lambda: (
+                    len(children_of(life.pid) - workers - spares) == 1
+                    and len(children_of(life.pid)) == 4
+                ),
+                "a new standby",
+                within=20,
+            )
+            for number in range(2, 5):
+                await _echo_round(streams, number)
+            for stream in streams:
+                await stream.aclose()
+        await server.stop()
+    stderr = life.stderr_path.read_text()
+    took_over = re.search(
+        rf"stcp: worker 0 \(pid {worker0}\) killed by SIGKILL: its standby \(pid (\d+)\)"
+        " took over",
+        stderr,
+    )
+    report(
+        "two workers with standbys, worker 0 killed",
+        [f"first echo round after the kill: {resumed:.3f} s"],
+    )
+    assert took_over and int(took_over.group(1)) in spares, stderr[-2000:]
+    assert "restarting" not in stderr, stderr[-2000:]
+    assert all(c.get("rst_sent", 0) == 0 for c in all_counters(stderr)), stderr[-2000:]
+
+
 async def test_workers_need_a_multi_queue_device() -> None:
     name = "stcpsq0"
     create_persistent_tun(name, multi_queue=False)
