@@ -302,6 +302,19 @@ async def _echo_round(streams: list[trio.SocketStream], round_number: int) -> No
             nursery.start_soon(one, i, stream)
 
 
+def _two_workers(tun: TunNet, store: RedisServer, tmp_path: Path, *extra: str) -> StcpServer:
+    """``stcp run echo --workers 2`` on ``tun`` (and ``extra`` options)."""
+    return StcpServer(
+        "echo", tun.dev, f"{tun.stack_addr}:{ECHO_PORT}", store.url, tmp_path / "stcp",
+        extra=("--workers", "2", *extra),
+    )  # fmt: skip
+
+
+async def _connect_all(tun: TunNet) -> list[trio.SocketStream]:
+    """``CONNECTIONS`` kernel connections to the echo port."""
+    return [await trio.open_tcp_stream(tun.stack_addr, ECHO_PORT) for _ in range(CONNECTIONS)]
+
+
 async def _new_child(parent: int, known: set[int]) -> int:
     """The first child process of ``parent`` not in ``known`` (polled, bounded)."""
     await wait_for(lambda: children_of(parent) - known, "a new worker", within=10)
@@ -313,15 +326,10 @@ async def test_two_workers_share_connections_and_survive_a_worker_kill(
     make_tun_net: Callable[..., TunNet], redis_server: RedisServer, tmp_path: Path
 ) -> None:
     tun = make_tun_net(mtu=65000)
-    server = StcpServer(
-        "echo", tun.dev, f"{tun.stack_addr}:{ECHO_PORT}", redis_server.url, tmp_path / "stcp",
-        extra=("--workers", "2"),
-    )  # fmt: skip
+    server = _two_workers(tun, redis_server, tmp_path)
     async with server.session() as first:
-        streams = []
         with trio.fail_after(60):
-            for _ in range(CONNECTIONS):
-                streams.append(await trio.open_tcp_stream(tun.stack_addr, ECHO_PORT))
+            streams = await _connect_all(tun)
             for number in range(3):
                 await _echo_round(streams, number)
             # The kernel spread the connections over both queues, so both workers
@@ -392,15 +400,10 @@ async def test_a_worker_s_standby_takes_over_and_a_new_standby_follows(
     process start on the way -- the connections go on, and the supervisor starts a
     new standby for worker 0."""
     tun = make_tun_net(mtu=65000)
-    server = StcpServer(
-        "echo", tun.dev, f"{tun.stack_addr}:{ECHO_PORT}", redis_server.url, tmp_path / "stcp",
-        extra=("--workers", "2", "--standby"),
-    )  # fmt: skip
+    server = _two_workers(tun, redis_server, tmp_path, "--standby")
     async with server.session() as life:
-        streams = []
         with trio.fail_after(60):
-            for _ in range(CONNECTIONS):
-                streams.append(await trio.open_tcp_stream(tun.stack_addr, ECHO_PORT))
+            streams = await _connect_all(tun)
             await _echo_round(streams, 0)
             match = re.search(r"with 2 workers \(pids (\d+), (\d+)\)", life.banner)
             assert match, life.banner
