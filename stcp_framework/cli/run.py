@@ -13,6 +13,7 @@ import trio
 from ..api import open_stack
 from ..errors import StcpConfigError
 from ..link.base import PacketDevice
+from ..link.handover import handover_name, offer, take
 from ..link.pcap import PcapDevice
 from ..link.tun import TunDevice, device_exists, missing_device_error, wait_for_queue
 from ..services import COMMIT_MODES, DEFAULT_PORTS, SERVICES, SOURCES, discard
@@ -173,16 +174,24 @@ async def _serve(args: argparse.Namespace) -> None:
         if not device_exists(args.dev):
             raise missing_device_error(args.dev)
         store = await trio.to_thread.run_sync(open_our_store)
+        # The serving process's queue itself, so nothing is lost in the gap (unread
+        # until the claim is ours); None if it does not offer it.
+        handed = await trio.to_thread.run_sync(take, handover_name(args.dev, index))
         print(
             f"stcp: standing by for {args.dev} (instance {instance}): serving once the "
-            "process holding it exits",
+            "process holding it exits"
+            + (", its queue held meanwhile" if handed is not None else ""),
             flush=True,
         )
         claim = await wait_for_queue(args.dev, index)
-        device: PacketDevice = await TunDevice.open(args.dev, queue=index, claim=claim)
+        if handed is not None:
+            tun = TunDevice.adopt(handed, args.dev, queue=index, claim=claim)
+        else:
+            tun = await TunDevice.open(args.dev, queue=index, claim=claim)
     else:
-        device = await TunDevice.open(args.dev, queue=index)
+        tun = await TunDevice.open(args.dev, queue=index)
         store = await trio.to_thread.run_sync(open_our_store)
+    device: PacketDevice = tun
     siblings = Siblings(args.dev, index, args.workers) if args.workers > 1 else None
     if args.pcap:
         device = PcapDevice(device, args.pcap)
@@ -196,6 +205,11 @@ async def _serve(args: argparse.Namespace) -> None:
         siblings=siblings,
     ) as stack:
         async with trio.open_nursery() as nursery:
+            # A standby started later takes this queue from here (link/handover.py).
+            await nursery.start(
+                functools.partial(offer, tun.fileno(), handover_name(args.dev, index)),
+                tun.handover_settings(),
+            )
             if args.service == "discard":
                 handler = functools.partial(discard, report=_report)
             for port in ports:

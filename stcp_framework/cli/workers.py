@@ -166,6 +166,7 @@ class _Worker:
         line = await _first_line(spare)
         if line.startswith("stcp: standing by"):
             self.spare = spare
+            say(f"stcp: worker {self.index}: standby (pid {spare.pid}) ready")
         else:
             await _stop(spare)
             why = line or _describe(spare.returncode or 1)

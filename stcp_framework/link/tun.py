@@ -76,6 +76,7 @@ import trio
 from ..errors import StcpConfigError
 from .base import OutPacket
 from .claim import claim_name
+from .handover import Handed
 from .offload import VNET_HDR_LEN, rx_tcp_checksum_bad, tx_gso_vnet_header, tx_vnet_header
 
 __all__ = [
@@ -550,6 +551,28 @@ class TunDevice:
         device.queue = queue
         device._claim = claim
         return device
+
+    @classmethod
+    def adopt(cls, handed: Handed, name: str, *, queue: int, claim: socket.socket) -> TunDevice:
+        """The queue a serving process handed over (``link/handover.py``), set up as it
+        had it, once this process holds the queue's ``claim`` (that process is gone)."""
+        device = cls(
+            handed.fd, name, handed.mtu,
+            offload=handed.offload, gso=handed.gso, tx_gso=handed.tx_gso,
+        )  # fmt: skip
+        device.queue = queue
+        device._claim = claim
+        logger.info("took over TUN device %s (queue %d) from the process before", name, queue)
+        return device
+
+    def handover_settings(self) -> dict[str, object]:
+        """What a standby needs besides the descriptor (``link/handover.py``)."""
+        return {
+            "mtu": self._mtu,
+            "offload": self.offload,
+            "gso": self.gso,
+            "tx_gso": self.tx_gso_max > 0,
+        }
 
     @property
     def name(self) -> str:

@@ -166,6 +166,7 @@ class Incarnation:
     started_at: float  # monotonic, just before exec
     serving_at: float = 0.0  # monotonic, when the "serving" line was read
     banner: str = ""
+    standby_line: str = ""  # ``--standby``: what it said while it waited
     stderr_path: Path = Path()
     killed_at: float | None = None
 
@@ -230,8 +231,11 @@ class StcpServer:
         life = Incarnation(pid=process.pid, started_at=started_at, stderr_path=stderr_path)
         self.incarnations.append(life)
         if standby:
-            line = await self._next_line(life)
-            assert line.startswith("stcp: standing by for "), (line, self.stderr_tail())
+            life.standby_line = await self._next_line(life)
+            assert life.standby_line.startswith("stcp: standing by for "), (
+                life.standby_line,
+                self.stderr_tail(),
+            )
             return life
         await self.wait_serving(life)
         return life

@@ -219,9 +219,10 @@ async def test_a_standby_takes_over_a_killed_server_without_a_process_start(
     tun_net: TunNet, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     """``stcp run --standby`` starts while another process serves the device -- imports
-    and store done -- and waits. The server is killed with SIGKILL; the standby claims
-    the device as the kernel frees it and restores the connection: the client's echo
-    goes on byte-exact, after a stall of the restore rather than a process start."""
+    and store done, and a duplicate of the server's TUN queue in hand, unread -- and
+    waits. The server is killed with SIGKILL; the standby claims the queue as the kernel
+    frees it, reads what queued up meanwhile and restores the connection: the client's
+    echo goes on byte-exact, after a stall of the restore rather than a process start."""
     size = 50 * MB
     active = server_for("echo", ECHO_PORT, tun_net, redis_server, tmp_path)
     spare = server_for("echo", ECHO_PORT, tun_net, redis_server, tmp_path, label="standby")
@@ -253,5 +254,6 @@ async def test_a_standby_takes_over_a_killed_server_without_a_process_start(
     )
     assert result["error"] is None and result["sender_errors"] == [], result
     assert result["received"] == size and result["mismatch_at"] is None
+    assert spare.current.standby_line.endswith("its queue held meanwhile")
     assert spare.current.restored == 1
     assert counters.get("rst_sent", 0) == 0, counters

@@ -408,9 +408,11 @@ async def test_a_worker_s_standby_takes_over_and_a_new_standby_follows(
             match = re.search(r"with 2 workers \(pids (\d+), (\d+)\)", life.banner)
             assert match, life.banner
             workers = {int(match.group(1)), int(match.group(2))}
-            # two workers and two standbys
-            await wait_for(lambda: len(children_of(life.pid)) == 4, "the standbys", within=20)
+            # two workers and two standbys, ready (imported, store open, queue in hand)
+            ready = life.stderr_path.read_text
+            await wait_for(lambda: ready().count(") ready") == 2, "the standbys", within=20)
             spares = children_of(life.pid) - workers
+            assert len(spares) == 2
             worker0 = int(match.group(1))
             os.kill(worker0, signal.SIGKILL)  # the supervisor's child
             killed = trio.current_time()
