@@ -321,6 +321,20 @@ async def _supervise(args: argparse.Namespace, store: str) -> int:
     return status
 
 
+async def _mind_spare(worker: _Worker, done: trio.Event) -> None:
+    """Start another standby whenever the worker's standby dies (while the worker
+    serves: ``_keep`` cancels this when the worker dies), unless the server stops."""
+    while worker.spare is not None:
+        spare = worker.spare
+        code = await spare.wait()
+        if done.is_set():
+            return
+        if worker.spare is spare:
+            worker.spare = None
+            say(f"stcp: worker {worker.index}: standby (pid {spare.pid}) {_describe(code)}")
+            await worker.start_spare()
+
+
 def _print_banner(worker: _Worker) -> None:
     print(f"stcp: worker {worker.index}: {worker.banner.removeprefix('stcp: ')}", flush=True)
 
@@ -342,6 +356,7 @@ async def _keep(worker: _Worker, done: trio.Event, outcome: list[int]) -> None:
         started = trio.current_time()
         async with trio.open_nursery() as relay:
             relay.start_soon(worker.relay_output)
+            relay.start_soon(_mind_spare, worker, done)
             await process.wait()
             relay.cancel_scope.cancel()
         await process.stdout.aclose()

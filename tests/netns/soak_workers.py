@@ -49,8 +49,15 @@ DEV, KERNEL, STACK, PORT = "soak0", "198.18.77.1/24", "198.18.77.2", 7
 
 
 def _start(
-    store: str, stderr: int | IO[Any] | None, durability: str, workers: int
+    store: str,
+    stderr: int | IO[Any] | None,
+    durability: str,
+    workers: int,
+    *,
+    standby: bool = False,
 ) -> subprocess.Popen[bytes]:
+    """``stcp run echo`` (with ``standby``: ``--standby``); returns once it serves --
+    a single standby process once it stands by."""
     command = stcp_command(
         "run",
         "echo",
@@ -65,11 +72,15 @@ def _start(
         "--instance",
         "soak",
         *(("--workers", str(workers)) if workers > 1 else ()),
+        *(("--standby",) if standby else ()),
     )
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr)
     assert server.stdout is not None
     banner = server.stdout.readline().decode().strip()
-    expected = rf"with {workers} workers" if workers > 1 else r"^stcp: serving echo"
+    if workers > 1:
+        expected = rf"with {workers} workers"
+    else:
+        expected = r"^stcp: standing by" if standby else r"^stcp: serving echo"
     if not re.search(expected, banner):
         raise SystemExit(f"the server did not start: {banner!r}")
     print(banner, flush=True)
@@ -83,7 +94,12 @@ def soak(args: argparse.Namespace, workdir: Path) -> int:
     redis = RedisServer(workdir / "redis")
     redis.start()
     stderr = (workdir / "server.stderr").open("wb")
-    server = _start(redis.url, stderr, args.durability, args.workers)
+    # --workers N --standby: the supervisor keeps a standby per worker; --workers 1
+    # --standby: a second process waits to take the server's place
+    supervised_standbys = args.standby and args.workers > 1
+    server = _start(redis.url, stderr, args.durability, args.workers, standby=supervised_standbys)
+    single_standby = args.standby and args.workers == 1
+    spare = _start(redis.url, stderr, args.durability, 1, standby=True) if single_standby else None
     peers = [
         subprocess.Popen(
             [
@@ -121,12 +137,25 @@ def soak(args: argparse.Namespace, workdir: Path) -> int:
                 print(f"{at:6.1f} s  paused the store for {length:.1f} s", flush=True)
                 time.sleep(length)
                 redis.resume()
+            elif spare is not None:
+                events.pop(0)
+                server.kill()
+                server.wait()
+                assert spare.stdout is not None
+                banner = spare.stdout.readline().decode().strip()
+                if not banner.startswith("stcp: serving echo"):
+                    raise SystemExit(f"the standby did not take over: {banner!r}")
+                print(f"{at:6.1f} s  killed the server; its standby serves", flush=True)
+                server, spare = spare, _start(redis.url, stderr, args.durability, 1, standby=True)
+                kills += 1
             elif args.workers == 1 or kills % 6 == 5:
                 events.pop(0)
                 server.kill()
                 server.wait()
                 print(f"{at:6.1f} s  killed the whole server", flush=True)
-                server = _start(redis.url, stderr, args.durability, args.workers)
+                server = _start(
+                    redis.url, stderr, args.durability, args.workers, standby=supervised_standbys
+                )
                 kills += 1
             else:
                 workers = sorted(children_of(server.pid))
@@ -156,6 +185,9 @@ def soak(args: argparse.Namespace, workdir: Path) -> int:
         for peer in peers:
             if peer.poll() is None:
                 peer.kill()
+        if spare is not None:
+            spare.kill()
+            spare.wait()
         server.send_signal(signal.SIGTERM)
         try:
             server.wait(timeout=20)
@@ -174,6 +206,11 @@ def main() -> int:
     parser.add_argument("--kills", type=int, default=11)
     parser.add_argument("--pauses", type=int, default=0, help="store pauses (SIGSTOP)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (1: none)")
+    parser.add_argument(
+        "--standby",
+        action="store_true",
+        help="keep standbys (stcp run --standby): a kill is answered by a takeover",
+    )
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--deadline", type=float, default=180.0, help="seconds in all")
     parser.add_argument(
