@@ -13,7 +13,8 @@ import trio
 from ..api import open_stack
 from ..errors import StcpConfigError
 from ..link.base import PacketDevice
-from ..link.handover import handover_name, offer, take
+from ..link.claim import claim_name
+from ..link.handover import handover_name, offer, standby_name, take
 from ..link.pcap import PcapDevice
 from ..link.tun import TunDevice, device_exists, missing_device_error, wait_for_queue
 from ..services import COMMIT_MODES, DEFAULT_PORTS, SERVICES, SOURCES, discard
@@ -169,7 +170,16 @@ async def _serve(args: argparse.Namespace) -> None:
     open_our_store = functools.partial(
         open_store, args.store, instance=instance, store_dir=args.store_dir
     )
-    if args.standby:
+    standby = claim_name(standby_name(args.dev, index), wait=0)
+    if standby is None:
+        raise StcpConfigError(
+            f"a standby (`stcp run --standby`) waits for {args.dev}"
+            + (f" (queue {index})" if index else "")
+            + ": it takes over when the serving process exits; stop it first"
+        )
+    if not args.standby:
+        standby.close()  # (only checked: nobody waits)
+    else:
         # Everything that takes time first -- imports, the store -- then the wait.
         if not device_exists(args.dev):
             raise missing_device_error(args.dev)
@@ -184,11 +194,12 @@ async def _serve(args: argparse.Namespace) -> None:
             flush=True,
         )
         claim = await wait_for_queue(args.dev, index)
+        standby.close()  # a standby no more
         if handed is not None:
             tun = TunDevice.adopt(handed, args.dev, queue=index, claim=claim)
         else:
             tun = await TunDevice.open(args.dev, queue=index, claim=claim)
-    else:
+    if not args.standby:
         tun = await TunDevice.open(args.dev, queue=index)
         store = await trio.to_thread.run_sync(open_our_store)
     device: PacketDevice = tun

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import trio
 
-__all__ = ["Handed", "handover_name", "offer", "take"]
+__all__ = ["Handed", "handover_name", "offer", "standby_name", "take"]
 
 logger = logging.getLogger("stcp.link")
 
@@ -36,6 +36,17 @@ _UCRED = struct.Struct("iII")  # pid, uid, gid
 def handover_name(dev: str, queue: int) -> str:
     """The abstract socket name (without its leading NUL) for ``dev``'s ``queue``."""
     return f"stcp-tun-fd/{dev}/{queue}"
+
+
+def standby_name(dev: str, queue: int) -> str:
+    """The name a standby for ``dev``'s ``queue`` holds while it waits (``claim_name``).
+
+    Its duplicate keeps the serving process's queue attached; if another process took
+    over instead -- a plain ``stcp run`` started after the kill, attaching a new queue --
+    the kernel would spread flows over both, and the standby's would be read by nobody.
+    So a plain start refuses while this name is held, and a second standby too.
+    """
+    return f"stcp-tun-standby/{dev}/{queue}"
 
 
 @dataclass(frozen=True)

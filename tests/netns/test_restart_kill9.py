@@ -27,6 +27,7 @@ from restart_helpers import (
     report,
     server_for,
     stall_after,
+    stcp_command,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.netns]
@@ -229,6 +230,13 @@ async def test_a_standby_takes_over_a_killed_server_without_a_process_start(
     async with active.session() as first:
         try:
             await spare.start(standby=True)
+            # Meanwhile a plain start on the device is refused: it would attach a new
+            # queue beside the one the standby keeps attached, and nobody reads that.
+            plain = await trio.run_process(
+                stcp_command("run", "echo", "--dev", tun_net.dev, "--listen",
+                             f"{tun_net.stack_addr}:{ECHO_PORT}", "--store", redis_server.url),
+                capture_stdout=True, capture_stderr=True, check=False,
+            )  # fmt: skip
             async with trio.open_nursery() as nursery:
                 peer = await Peer.start(
                     nursery, "echo", tun_net.stack_addr, ECHO_PORT, size, seed=866, progress=MB
@@ -255,5 +263,7 @@ async def test_a_standby_takes_over_a_killed_server_without_a_process_start(
     assert result["error"] is None and result["sender_errors"] == [], result
     assert result["received"] == size and result["mismatch_at"] is None
     assert spare.current.standby_line.endswith("its queue held meanwhile")
+    lines = plain.stderr.decode().splitlines()
+    assert plain.returncode == 2 and len(lines) == 1 and "a standby" in lines[0], lines
     assert spare.current.restored == 1
     assert counters.get("rst_sent", 0) == 0, counters
