@@ -6,6 +6,8 @@ import argparse
 import functools
 import logging
 import signal
+import socket
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -170,36 +172,17 @@ async def _serve(args: argparse.Namespace) -> None:
     open_our_store = functools.partial(
         open_store, args.store, instance=instance, store_dir=args.store_dir
     )
-    standby = claim_name(standby_name(args.dev, index), wait=0)
-    if standby is None:
+    waiting = claim_name(standby_name(args.dev, index), wait=0)
+    if waiting is None:
         raise StcpConfigError(
             f"a standby (`stcp run --standby`) waits for {args.dev}"
             + (f" (queue {index})" if index else "")
             + ": it takes over when the serving process exits; stop it first"
         )
-    if not args.standby:
-        standby.close()  # (only checked: nobody waits)
+    if args.standby:
+        tun, store = await _stand_by(args.dev, index, instance, open_our_store, waiting)
     else:
-        # Everything that takes time first -- imports, the store -- then the wait.
-        if not device_exists(args.dev):
-            raise missing_device_error(args.dev)
-        store = await trio.to_thread.run_sync(open_our_store)
-        # The serving process's queue itself, so nothing is lost in the gap (unread
-        # until the claim is ours); None if it does not offer it.
-        handed = await trio.to_thread.run_sync(take, handover_name(args.dev, index))
-        print(
-            f"stcp: standing by for {args.dev} (instance {instance}): serving once the "
-            "process holding it exits"
-            + (", its queue held meanwhile" if handed is not None else ""),
-            flush=True,
-        )
-        claim = await wait_for_queue(args.dev, index)
-        standby.close()  # a standby no more
-        if handed is not None:
-            tun = TunDevice.adopt(handed, args.dev, queue=index, claim=claim)
-        else:
-            tun = await TunDevice.open(args.dev, queue=index, claim=claim)
-    if not args.standby:
+        waiting.close()  # (only checked: nobody waits)
         tun = await TunDevice.open(args.dev, queue=index)
         store = await trio.to_thread.run_sync(open_our_store)
     device: PacketDevice = tun
@@ -252,6 +235,33 @@ async def _serve(args: argparse.Namespace) -> None:
     await device.aclose()
     if siblings is not None:
         siblings.close()
+
+
+async def _stand_by(
+    dev: str,
+    queue: int,
+    instance: str,
+    open_our_store: Callable[[], Store],
+    waiting: socket.socket,
+) -> tuple[TunDevice, Store]:
+    """``--standby``: everything that takes time first -- imports, the store, the
+    serving process's queue (``link/handover.py``; unread until the claim is ours, so
+    nothing arriving in the gap is lost) -- then wait for the queue's claim. ``waiting``
+    (the standby's name) is released once this process serves."""
+    if not device_exists(dev):
+        raise missing_device_error(dev)
+    store = await trio.to_thread.run_sync(open_our_store)
+    handed = await trio.to_thread.run_sync(take, handover_name(dev, queue))
+    print(
+        f"stcp: standing by for {dev} (instance {instance}): serving once the process "
+        "holding it exits" + (", its queue held meanwhile" if handed is not None else ""),
+        flush=True,
+    )
+    claim = await wait_for_queue(dev, queue)
+    waiting.close()  # a standby no more
+    if handed is not None:
+        return TunDevice.adopt(handed, dev, queue=queue, claim=claim), store
+    return await TunDevice.open(dev, queue=queue, claim=claim), store
 
 
 def _report(line: str) -> None:

@@ -408,9 +408,11 @@ class Runtime:
             ):
                 continue
             conn = flow.conn
-            handshake = conn.tcb.state is TcpState.SYN_RECEIVED and flow.listener_port is not None
+            # (a passive flow not yet connected: this segment may complete its handshake;
+            # a restored one in SYN-RECEIVED counts as connected and waits for its round)
+            handshake = not flow.connected and flow.listener_port is not None
             conn.on_segment(seg, now)
-            if handshake and not flow.accepted:
+            if handshake:
                 self._accept_early(flow)
             if flow.rx_lot and (conn.rcv_buf or conn.at_eof):
                 readers.append(flow)
@@ -443,15 +445,14 @@ class Runtime:
             self._tx_wakeup.set()
 
     def _accept_early(self, flow: Flow) -> None:
-        """Hand a passive flow whose handshake this segment completed (it was in
-        SYN-RECEIVED) to its listener now, before the round that stores it
-        (``_on_events`` finds it done; a restored flow already established never comes
-        here, nor one without an open listener), and let
-        its handler run first (``Flow.fresh``): a request that came with or right after
-        the handshake's ACK is read and answered in that round -- one commit and one
-        round per connection less. Early readers' reasoning holds: until the round is
-        durable nothing leaves, and a crash before it loses the handler's work along
-        with the handshake's completion, which the peer's resend repeats."""
+        """Hand a passive flow whose handshake this segment completed to its listener
+        now, before the round that stores it (``_on_events`` finds it done; a restored
+        flow never comes here, nor one without an open listener), and let its handler
+        run first (``Flow.fresh``): a request that came with or right after the
+        handshake's ACK is read and answered in that round -- one commit and one round
+        per connection less. Early readers' reasoning holds: until the round is durable
+        nothing leaves, and a crash before it loses the handler's work along with the
+        handshake's completion, which the peer's resend repeats."""
         state = flow.conn.tcb.state
         if state is TcpState.SYN_RECEIVED or not state.synchronized():
             return

@@ -869,10 +869,9 @@ def process_text(c: Connection, payload: bytes | memoryview, off: int, now: floa
     c._rx_append(off, data)
     new_off = off + plen
     reasm = c.reasm
-    filled = False
-    if reasm:
+    filled = bool(reasm)
+    if filled:
         # Fills (part of) a gap: ACK immediately (RFC 5681 §4.2).
-        filled = True
         c.ack_now = not aoc
         for chunk in reasm.pop_from(new_off):
             c._rx_append(new_off, chunk)
