@@ -953,6 +953,50 @@ def acked_bytes_lost(c: Connection, seg: TcpSegment, now: float) -> bool:
     return True
 
 
+def test_window_above_gap(c: Connection, seg: TcpSegment, now: float) -> None:
+    """A segment without data above the restored RCV.NXT on a watched connection
+    (``acked_bytes_lost``) may be the peer's zero-window probe, <SEQ=SND.UNA-1>: the old
+    process filled our window and acknowledged bytes the store never got. Such a peer
+    sends no data the proof could use, and ignores our ACKs (older than its SND.UNA, so
+    it never sees the window open) -- it probes for as long as each probe is answered.
+
+    Once the lowest such SEG.SEQ comes again ``LOST_ACK_PROOF`` or more after it first
+    came, with no data above the gap meanwhile, it is answered with an ACK of SEG.SEQ + 1
+    (the peer's SND.UNA if it probes) at SEG.ACK (its RCV.NXT): acceptable to the peer,
+    it opens the window, and the peer sends from SND.UNA -- data above the gap, which
+    ``acked_bytes_lost`` proves lost at its retransmission. Then no more tests.
+
+    A peer that does not probe sends such segments as pure ACKs, <SEQ=SND.NXT>, with
+    bytes from the gap on in flight; an ACK of SND.NXT + 1 is beyond what it sent, and
+    it drops it (RFC 9293 §3.10.7.4). Unless it sent new data in between: then the ACK
+    would cover bytes we never got. Hence the conditions: the same SND.NXT a
+    retransmission timeout apart, nothing above the gap since the restore (a peer
+    sending new data shows it at once) -- a peer whose timer runs resends from the gap
+    instead, which ends the watch. The lowest SEG.SEQ, because a probing peer also
+    answers our own window probes, at its SND.NXT, between its probes."""
+    tcb = c.tcb
+    watch = c.lost_ack_watch
+    if watch is None or tcb.rcv_nxt_offset != watch or not tcb.state.can_recv():
+        return
+    if c.gap_start is not None or seg.flags & (SYN | RST | FIN) or not seg.flags & ACK:
+        return
+    off = watch + seq_diff(Seq(seg.seq), tcb.rcv_nxt)
+    if off <= watch:
+        return
+    lowest = c.probe_off
+    if lowest is None or off < lowest:
+        c.probe_off = off
+        c.probe_since = now
+        return
+    if off != lowest or now - c.probe_since < LOST_ACK_PROOF:
+        return
+    if now - c.window_test_at < LOST_ACK_PROOF:
+        return
+    c.window_test_at = now
+    c.count("lost_ack_window_test")
+    _output.send_window_test(c, Seq(seg.ack), seq_add(Seq(seg.seq), 1), now)
+
+
 def check_fin(c: Connection, fin_off: int, now: float) -> None:
     """Eighth: FIN at stream offset ``fin_off`` (RFC 9293 step 8)."""
     tcb = c.tcb

@@ -244,6 +244,15 @@ def send_rst(c: Connection, seq: Seq, *, with_ack: bool, now: float) -> None:
         c._out.append(OutSegment(seq, 0, RST, 0, NO_OPTIONS, b"", 0))
 
 
+def send_window_test(c: Connection, seq: Seq, ack: Seq, now: float) -> None:
+    """An ACK <SEQ=seq><ACK=ack> with our window and timestamps, for a peer whose
+    SND.UNA may be above our RCV.NXT (``_arrive.test_window_above_gap``); it settles
+    nothing of ours (no pending ACK, no timer)."""
+    c._out.append(
+        _new(OutSegment, (seq, ack, ACK, advertise_window(c), _options(c, now), b"", c.rx_needs, 0))
+    )
+
+
 def send_syn(c: Connection, now: float, *, retransmit: bool = False) -> None:
     """SYN (SYN-SENT) or SYN,ACK (otherwise) with our SYN options; arms the timer."""
     tcb = c.tcb

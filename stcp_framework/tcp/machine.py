@@ -183,6 +183,8 @@ class Connection:
         "offer_wscale",
         "pending_fin",
         "persist_backoff",
+        "probe_off",
+        "probe_since",
         "probes",
         "rcv_buf",
         "rcv_mss",
@@ -204,6 +206,7 @@ class Connection:
         "tx_needs",
         "txmap",
         "version",
+        "window_test_at",
     )
 
     def __init__(self, *, now: float, config: TcpConfig, iss: Seq, tsval_offset: int) -> None:
@@ -265,6 +268,11 @@ class Connection:
         self.lost_ack_watch: int | None = None
         self.gap_start: int | None = None
         self.gap_since = 0.0
+        # The lowest offset above it of a segment without data, when it first came, and
+        # the last ACK that tested the peer's window (_arrive.test_window_above_gap).
+        self.probe_off: int | None = None
+        self.probe_since = 0.0
+        self.window_test_at = -1e18
         self.challenge_count = 0
         self.last_rx_at = now
         self.counters: dict[str, int] = {}
@@ -666,6 +674,8 @@ class Connection:
         ):
             return  # reset: the RST and the events wait for drain()
         else:
+            if self.lost_ack_watch is not None and not seg.payload:
+                _arrive.test_window_above_gap(self, seg, now)
             _arrive.segment_arrives(self, seg, now)
         _output.transmit(self, now)
 

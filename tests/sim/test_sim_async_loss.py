@@ -4,7 +4,8 @@ the client sees, not in a connection that waits forever (``tcp/_arrive.acked_byt
 The server's store lags 50 ms behind (``LaggingStore``), so in async mode its ACKs run
 ahead of what the store holds, and a crash 10 ms after a burst loses bytes the client
 has already let go. The client is the stack's own, which retransmits from its SND.UNA
-and ignores ACKs older than it (RFC 9293), as Linux does.
+and ignores ACKs older than it (RFC 9293), as Linux does; with a full window it probes
+with <SEQ=SND.UNA-1> as Linux does (``tcp_xmit_probe_skb``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from stcp_framework.errors import ConnectionResetByPeer
 from stcp_framework.link.sim import SimNetwork
 from stcp_framework.store.base import FlowDelta
 from stcp_framework.store.memory import MemoryStore
+from stcp_framework.tcp.config import TcpConfig
 from stcp_framework.testing import CLIENT_ADDRESS, SERVER_ADDRESS, RestartableServer
 
 PORT = 5001
@@ -86,5 +88,80 @@ async def test_a_crash_that_lost_acknowledged_bytes_resets_the_client(
                 else:
                     await _finish(stream)
                 await stream.aclose()
+            nursery.cancel_scope.cancel()
+    await client_link.aclose()
+
+
+class FreezingStore(MemoryStore):
+    """A ``MemoryStore`` whose commits hang once ``frozen`` is set (until the crash)."""
+
+    frozen = False
+
+    async def commit(self, batch: Sequence[FlowDelta]) -> None:
+        if self.frozen:
+            await trio.sleep_forever()
+        await super().commit(batch)
+
+
+RESTORED: list[Stream] = []
+
+
+async def _reads_only_after_a_restart(stack: Stack) -> None:
+    async def handler(stream: Stream) -> None:
+        if not stream.recovered:
+            await trio.sleep_forever()  # the window fills
+        RESTORED.append(stream)
+        while await stream.receive_some(1 << 16):
+            pass
+
+    await stack.serve(handler, PORT)
+
+
+async def test_a_client_that_only_probes_a_window_lost_in_a_crash_is_reset(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The server's window was full when it died, and its store had none of the bytes
+    it acknowledged: the client has nothing to resend and only probes the window, at
+    <SEQ=SND.UNA-1> above the restored RCV.NXT. The restored server answers a probe
+    with an ACK of its SND.UNA (``_arrive.test_window_above_gap``); the client sends
+    from there, and its retransmission proves the loss: a reset, not a wait for ever."""
+    RESTORED.clear()
+    seed_trio_scheduler(8)
+    network = SimNetwork(8)
+    store = FreezingStore()
+    config = TcpConfig(recv_buffer_size=256 << 10)
+    server = RestartableServer(
+        network, SERVER_ADDRESS, _reads_only_after_a_restart, store=store, durability="async",
+        config=config,
+    )  # fmt: skip
+    client_link = network.attach(CLIENT_ADDRESS)
+    with trio.fail_after(BUDGET):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            async with open_stack(client_link, [CLIENT_ADDRESS]) as client:
+                stream = await client.connect(SERVER_ADDRESS, PORT)
+                await trio.sleep(0.1)  # the handshake is stored
+                store.frozen = True
+                sender = trio.CancelScope()
+
+                async def send() -> None:
+                    with sender:
+                        await stream.send_all(b"x" * (1 << 20))
+
+                nursery.start_soon(send)
+                await trio.sleep(5.0)  # window full: acknowledged, never stored; probes
+                conn = stream._flow.conn
+                assert conn.tcb.snd_wnd == 0 and conn.counters["zero_window_probe"] >= 2
+                server.crash()
+                store.frozen = False
+                started = trio.current_time()
+                with pytest.raises(trio.BrokenResourceError) as info:
+                    await stream.receive_some(10)
+                assert isinstance(info.value.__cause__, ConnectionResetByPeer)
+                assert trio.current_time() - started < 10.0
+                assert server.stack.runtime.stats["acked_bytes_lost"] == 1
+                (restored,) = RESTORED
+                assert restored.tcp_info.counters["lost_ack_window_test"] >= 1
+                sender.cancel()
             nursery.cancel_scope.cancel()
     await client_link.aclose()

@@ -140,3 +140,68 @@ def test_the_reset_takes_its_sequence_number_from_the_peers_ack() -> None:
     conn.on_segment(r(seq=sq(REMOTE_SEQ, 3000), ack=ahead, payload=b"c" * 1000), RESTORED_AT + 1)
     step = conn.drain()
     assert [(seg.seq, seg.flags) for seg in step.segments] == [(ahead, RST | ACK)]
+
+
+def _probe(conn: Connection, peer_snd_una: int, now: float, *, ack: int = 0) -> None:
+    """The peer's zero-window probe (Linux ``tcp_xmit_probe_skb``): <SEQ=SND.UNA-1>,
+    no data."""
+    conn.on_segment(r(seq=sq(REMOTE_SEQ, peer_snd_una - 1), ack=sq(LOCAL_SEQ, ack)), now)
+
+
+def _tests(conn: Connection) -> list[tuple[int, int, int]]:
+    """The window tests among what the connection sends now: (SEQ, ACK, window)."""
+    return [
+        (seg.seq, seg.ack, seg.window)
+        for seg in conn.drain().segments
+        if seg.ack != sq(REMOTE_SEQ, 1000)  # (the rest acknowledge RCV.NXT)
+    ]
+
+
+def test_a_probe_above_the_gap_is_answered_with_an_ack_of_the_peers_snd_una() -> None:
+    """The old process filled the window and acknowledged bytes the store lacks: the
+    peer only probes. Its probe, come again a retransmission timeout later, gets an ACK
+    of SEG.SEQ + 1 (its SND.UNA), at SEG.ACK (its RCV.NXT), with our window open: it
+    sends from there, above the gap, and its retransmission of that proves the loss."""
+    conn = _restored(acked_may_be_lost=True)
+    t = RESTORED_AT + 0.01
+    _probe(conn, 3000, t, ack=200)
+    assert _tests(conn) == []  # once is no pattern yet
+    conn.on_segment(r(seq=sq(REMOTE_SEQ, 3000), ack=sq(LOCAL_SEQ, 200)), t + 0.1)  # SND.NXT
+    _probe(conn, 3000, t + LOST_ACK_PROOF / 2, ack=200)
+    assert _tests(conn) == []
+    _probe(conn, 3000, t + LOST_ACK_PROOF, ack=200)
+    ((seq, ack, window),) = _tests(conn)
+    assert (seq, ack) == (sq(LOCAL_SEQ, 200), sq(REMOTE_SEQ, 3000)) and window > 0
+    assert conn.tcb.rcv_nxt == sq(REMOTE_SEQ, 1000)  # nothing of ours moved
+    assert conn.counters["lost_ack_window_test"] == 1
+    _probe(conn, 3000, t + 1.5 * LOST_ACK_PROOF, ack=200)  # too soon for another
+    assert _tests(conn) == []
+    # the window open, the peer sends from its SND.UNA, then resends it at its timer
+    _peer_sends(conn, 3000, 1000, t + 2 * LOST_ACK_PROOF)
+    conn.drain()
+    _probe(conn, 3000, t + 2.5 * LOST_ACK_PROOF, ack=200)  # data came: no more tests
+    assert _tests(conn) == []
+    _peer_sends(conn, 3000, 1000, t + 3.5 * LOST_ACK_PROOF)
+    step = conn.drain()
+    assert conn.tcb.state is TcpState.CLOSED
+    assert [seg.flags for seg in step.segments] == [RST | ACK]
+
+
+def test_pure_acks_at_the_restore_point_or_with_data_between_get_no_window_test() -> None:
+    """<SEQ=RCV.NXT> without data is what a healthy peer sends (its SND.NXT is our
+    RCV.NXT); a peer that sends new data above the gap shows that an ACK of SEG.SEQ + 1
+    might cover bytes we never got; a connection without the watch tests nothing."""
+    conn = _restored(acked_may_be_lost=True)
+    for at in (0.01, 0.01 + LOST_ACK_PROOF):
+        conn.on_segment(r(seq=sq(REMOTE_SEQ, 1000)), RESTORED_AT + at)
+        assert _tests(conn) == []
+    busy = _restored(acked_may_be_lost=True)
+    _peer_sends(busy, 2500, 500, RESTORED_AT + 0.01)  # new data above the gap
+    for at in (0.02, 0.02 + LOST_ACK_PROOF):
+        busy.on_segment(r(seq=sq(REMOTE_SEQ, 3000)), RESTORED_AT + at)
+        assert _tests(busy) == []
+    plain = _restored(acked_may_be_lost=False)
+    for at in (0.01, 0.01 + LOST_ACK_PROOF):
+        _probe(plain, 3000, RESTORED_AT + at)
+        assert _tests(plain) == []
+    assert "lost_ack_window_test" not in plain.counters
