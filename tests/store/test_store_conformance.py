@@ -30,16 +30,19 @@ C = CHUNK_SIZE
 _services = itertools.count()
 
 
-@pytest.fixture(params=["memory", "redis", "redis62"])
+@pytest.fixture(params=["memory", "redis", "redis62", "redis-thread"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    """``redis-thread``: the blocking redis-py calls in worker threads, as for a client
+    the trio-driven connection cannot speak for (TLS)."""
     s: Store
     if request.param == "memory":
         s = MemoryStore()
     else:
         server = request.getfixturevalue(
-            "redis7_server" if request.param == "redis" else "redis62_server"
+            "redis62_server" if request.param == "redis62" else "redis7_server"
         )
-        s = RedisStore.from_url(server.url, service=f"conf{next(_services)}")
+        trio_io = request.param != "redis-thread"
+        s = RedisStore.from_url(server.url, service=f"conf{next(_services)}", trio_io=trio_io)
     yield s
     await s.aclose()
 
