@@ -12,6 +12,13 @@ echo connections, ``--concurrency`` at a time, each as a Linux client does it (S
 the handshake ACK and the 100-byte request; FIN once the echo is back; the ACK of the
 server's FIN), and the stack's CPU time per connection.
 
+Mode ``scale`` is ``bench/run.py``'s scaling phase the same way: ``--levels`` of
+concurrent echo connections that stay open, ``--rounds`` timed rounds of one 100-byte
+request on every connection, each echo acknowledged at once; it prints the stack's CPU
+per round and per connection at each level, and the per-connection cost against the
+first level's. Without the kernel, the client and the TUN device, this is the stack's
+own growth with the number of connections.
+
 The peer's own work (building and parsing packets, copying payloads) is timed
 separately and subtracted: ``stack us/MB`` is process CPU time minus the peer's, per
 MB moved. Compare with ``bench/run.py``'s "Server CPU per unit of work" to see how much
@@ -28,6 +35,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import statistics
 import struct
 import sys
 import time
@@ -76,7 +84,7 @@ class _PeerDevice:
         self.go = trio.Event()  # set once the services listen
         self._wakeup = trio.Event()
 
-    def _next_packets(self) -> list[memoryview]:
+    def _next_packets(self, max_packets: int) -> list[memoryview]:
         raise NotImplementedError
 
     def _on_server_segment(self, head: bytes | bytearray | memoryview, plen: int) -> None:
@@ -86,7 +94,7 @@ class _PeerDevice:
         await self.go.wait()
         while True:
             t0 = time.process_time()
-            out = self._next_packets()
+            out = self._next_packets(max_packets)
             self.peer_cpu += time.process_time() - t0
             if out:
                 self.packets_in += len(out)
@@ -219,7 +227,7 @@ class ScriptedPeer(_PeerDevice):
             self.state = "done"
             self.done.set()
 
-    def _next_packets(self) -> list[memoryview]:
+    def _next_packets(self, max_packets: int) -> list[memoryview]:
         return self._outgoing() if self.state != "done" or self.ack_due else []
 
 
@@ -278,16 +286,26 @@ class ConnsPeer(_PeerDevice):
         if self.finished == self.count:
             self.done.set()
 
-    def _on_server_segment(self, head: bytes | bytearray | memoryview, plen: int) -> None:
+    def _client_of(self, head: bytes | bytearray | memoryview) -> tuple[_Client, int, int] | None:
+        """The client a server segment is for (its timestamp noted), with the
+        segment's SEQ and flags; None for a client that is gone."""
         ihl = (head[0] & 0x0F) * 4
         seq, _, doff, flags, _ = _TCP_FIELDS.unpack_from(head, ihl + 4)
         c = self.clients.get((head[ihl + 2] << 8) | head[ihl + 3])
         if c is None:
-            return
+            return None
         opts = bytes(head[ihl + 20 : ihl + (doff >> 4) * 4])
         ts_at = opts.find(b"\x08\x0a")
         if ts_at >= 0:
             c.ts_recent = _TS.unpack_from(opts, ts_at + 2)[0]
+        return c, seq, flags
+
+    def _on_server_segment(self, head: bytes | bytearray | memoryview, plen: int) -> None:
+        found = self._client_of(head)
+        if found is not None:
+            self._on_client_segment(*found, plen)
+
+    def _on_client_segment(self, c: _Client, seq: int, flags: int, plen: int) -> None:
         if flags & RST:
             self.resets += 1
             self._finish(c)
@@ -308,9 +326,91 @@ class ConnsPeer(_PeerDevice):
             self._send(c, ACK)
             self._finish(c)
 
-    def _next_packets(self) -> list[memoryview]:
+    def _next_packets(self, max_packets: int) -> list[memoryview]:
         self._open_more()
         out, self._out = self._out, []
+        return out
+
+
+class ScalePeer(ConnsPeer):
+    """``bench/run.py``'s scaling phase: ``levels`` of concurrent echo connections
+    that stay open; at each level a warm-up round and ``rounds`` timed rounds of one
+    100-byte request on every connection, its echo acknowledged at once (as the bench
+    client's ``TCP_QUICKACK``): three segments per connection and round at every level.
+    ``round_cpu[level]`` is the process CPU time of each timed round minus the peer's."""
+
+    def __init__(self, levels: Sequence[int], rounds: int) -> None:
+        super().__init__(0, 0)
+        self.levels = list(levels)
+        self.rounds = rounds
+        self.round_cpu: dict[int, list[float]] = {n: [] for n in self.levels}
+        self._level = 0  # index into levels
+        self._round = -1  # -1: opening; 0: warm-up; 1..rounds: timed
+        self._pending = 0  # echoes (or handshakes) still awaited this round
+        self._round_start = (0.0, 0.0)  # (process time, peer cpu)
+        self._queued: list[memoryview] = []
+
+    def _open_more(self) -> None:
+        target = self.levels[self._level]
+        # At most 512 handshakes at a time: the stack's SYN backlog drops more, and this
+        # peer does not retransmit.
+        while len(self.clients) < target and self._pending < 512:
+            c = _Client(self._next_port)
+            self._next_port += 1
+            self.clients[c.port] = c
+            self._pending += 1
+            syn = TcpOptions(mss=MSS, wscale=PEER_WSCALE, sack_permitted=True, timestamps=(1, 0))
+            self._send(c, SYN, options=syn)
+
+    def _start_round(self) -> None:
+        self._round += 1
+        self._round_start = (time.process_time(), self.peer_cpu)
+        self._pending = len(self.clients)
+        for c in self.clients.values():
+            c.received = 0
+            self._send(c, ACK | PSH, MESSAGE)
+
+    def _end_round(self) -> None:
+        level = self.levels[self._level]
+        if self._round >= 1:
+            cpu, peer = self._round_start
+            self.round_cpu[level].append(time.process_time() - cpu - (self.peer_cpu - peer))
+        if self._round < self.rounds:
+            self._start_round()
+            return
+        self._level += 1
+        self._round = -1
+        if self._level == len(self.levels):
+            self.done.set()
+        else:
+            self._open_more()
+
+    def _on_client_segment(self, c: _Client, seq: int, flags: int, plen: int) -> None:
+        if flags & RST:
+            raise RuntimeError(f"RST to client port {c.port}")
+        if flags & SYN:  # SYN-ACK: complete the handshake
+            c.rcv_nxt = (seq + 1) & _MASK
+            self._send(c, ACK)
+            self._pending -= 1
+        elif plen and seq == c.rcv_nxt:
+            c.rcv_nxt = (c.rcv_nxt + plen) & _MASK
+            c.received += plen
+            self._send(c, ACK)  # at once, as TCP_QUICKACK
+            if c.received >= len(MESSAGE):
+                self._pending -= 1
+        if self._round == -1 and flags & SYN:
+            self._open_more()
+        if self._pending == 0:
+            if self._round == -1:
+                self._start_round()  # the warm-up round
+            else:
+                self._end_round()
+
+    def _next_packets(self, max_packets: int) -> list[memoryview]:
+        if self._out:
+            self._queued.extend(self._out)
+            self._out = []
+        out, self._queued = self._queued[:max_packets], self._queued[max_packets:]
         return out
 
 
@@ -332,6 +432,38 @@ async def run_one(mode: str, total: int, burst: int) -> tuple[float, ScriptedPee
     return cpu, peer
 
 
+async def run_scale(levels: Sequence[int], rounds: int) -> ScalePeer:
+    peer = ScalePeer(levels, rounds)
+    async with (
+        open_stack(peer, ["198.18.0.2"], store=MemoryStore(), sources=SOURCES) as stack,
+        trio.open_nursery() as nursery,
+    ):
+        await nursery.start(stack.serve, SERVICES["echo"], DEFAULT_PORTS["echo"])
+        peer._open_more()
+        peer.go.set()
+        with trio.fail_after(300):
+            await peer.done.wait()
+        nursery.cancel_scope.cancel()
+    return peer
+
+
+def scale_table(levels: Sequence[int], rounds: int, repeat: int) -> None:
+    """Median stack CPU per round at each level (best run of ``repeat``) and the
+    ratio of each level's per-connection cost to the first's."""
+    best: dict[int, float] = {}
+    for _ in range(repeat):
+        peer = trio.run(run_scale, levels, rounds)
+        for level, cpus in peer.round_cpu.items():
+            med = statistics.median(cpus)
+            best[level] = min(best.get(level, med), med)
+    first = levels[0]
+    print(f"{'conns':>7} {'stack ms/round':>15} {'us/conn':>8} {'x per conn':>11}")
+    for level in levels:
+        per = best[level] / level
+        print(f"{level:7d} {best[level] * 1e3:15.2f} {per * 1e6:8.1f} "
+              f"{per / (best[first] / first):11.2f}")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--modes", default="upload,download,echo,conns")
@@ -341,8 +473,18 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8, help="clients at a time (conns)")
     ap.add_argument("--repeat", type=int, default=3, help="best of N")
     ap.add_argument("--profile", action="store_true", help="cProfile one run of each mode")
+    ap.add_argument("--levels", default="100,1000,10000", help="connections (scale)")
+    ap.add_argument("--rounds", type=int, default=5, help="timed rounds per level (scale)")
     args = ap.parse_args()
     tune_heap()
+    if args.modes == "scale":
+        levels = [int(n) for n in args.levels.split(",")]
+        if args.profile:
+            cProfile.runctx("trio.run(run_scale, levels, args.rounds)", globals(), locals(),
+                            sort="tottime")  # fmt: skip
+        else:
+            scale_table(levels, args.rounds, args.repeat)
+        return
     print(f"{'mode':10} {'unit':>5} {'stack us/unit':>14} {'peer us/unit':>13} "
           f"{'pkts in/unit':>13} {'pkts out/unit':>14}")  # fmt: skip
     for mode in args.modes.split(","):

@@ -101,7 +101,7 @@ Theory of operation:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple, NoReturn
 
@@ -1524,59 +1524,59 @@ class RedisStore:
         resp = self._resp
         if resp is None:
             return await trio.to_thread.run_sync(self.forget_many_sync, items)
-        fenced: list[str] = []
-        todo = [(flow_id, epoch, _NO_CHUNKS, _NO_CHUNKS) for flow_id, epoch in items]
-        for _ in range(_KEY_RETRIES):
-            if not todo:
-                break
-            calls = [self._forget_call(*item) for item in todo]
-            with _store_errors("forget"):
-                replies = await self._evalsha_each_trio(resp, self._forget, calls)
-                todo = self._forgotten(todo, replies, fenced)
-        return self._forget_rest(todo, fenced)
+        steps = self._forget_steps(items)
+        try:
+            calls = next(steps)
+            while True:
+                with _store_errors("forget"):
+                    calls = steps.send(await self._evalsha_each_trio(resp, self._forget, calls))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
 
     def forget_many_sync(self, items: Sequence[tuple[str, int]]) -> list[str]:
-        """``forget`` of many flows, one pipelined round trip of FORGET scripts: each
-        declares no chunk keys first (a closed flow has usually read and been
-        acknowledged everything, and its buffers are trimmed), and a flow with live
-        chunks is sent again with the ranges its script named. Returns the fenced flow
-        ids.
+        """``forget`` of many flows, one pipelined round trip of FORGET scripts
+        (``_forget_steps``). Returns the fenced flow ids.
 
         Raises:
             StoreUnavailable: Redis unreachable.
+        """
+        steps = self._forget_steps(items)
+        try:
+            calls = next(steps)
+            while True:
+                with _store_errors("forget"):
+                    calls = steps.send(self._evalsha_each(self._forget, calls))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    def _forget_steps(
+        self, items: Sequence[tuple[str, int]]
+    ) -> Generator[list[tuple[list[str], list[Any]]], list[Any], list[str]]:
+        """The FORGET exchanges of ``forget_many``, without I/O: yields the script calls
+        of a round trip, takes their replies, returns the fenced flow ids.
+
+        Each call first declares no chunk keys (a closed flow has usually read and been
+        acknowledged everything, and its buffers are trimmed); a flow with live chunks
+        gets a ``KEYS`` reply naming them and is sent again with them.
         """
         fenced: list[str] = []
         todo = [(flow_id, epoch, _NO_CHUNKS, _NO_CHUNKS) for flow_id, epoch in items]
         for _ in range(_KEY_RETRIES):
             if not todo:
-                break
-            calls = [self._forget_call(*item) for item in todo]
-            with _store_errors("forget"):
-                replies = self._evalsha_each(self._forget, calls)
-                todo = self._forgotten(todo, replies, fenced)
-        return self._forget_rest(todo, fenced)
-
-    def _forgotten(
-        self, todo: list[_ForgetItem], replies: Sequence[Any], fenced: list[str]
-    ) -> list[_ForgetItem]:
-        """Settle the FORGET replies of ``todo``: forgotten flows leave the caches,
-        fenced ones join ``fenced``; returned, those to send again with the chunk ranges
-        their scripts asked for."""
-        again: list[_ForgetItem] = []
-        for (flow_id, epoch, _, _), reply in zip(todo, replies, strict=True):
-            if isinstance(reply, Exception):
-                raise reply
-            if reply[0] == b"OK":
-                self._drop_caches(flow_id)
-            elif reply[0] == b"FENCED":
-                fenced.append(flow_id)
-            else:  # KEYS: its live chunks, to declare
-                rx, tx = (int(reply[1]), int(reply[2])), (int(reply[3]), int(reply[4]))
-                again.append((flow_id, epoch, rx, tx))
-        return again
-
-    @staticmethod
-    def _forget_rest(todo: list[_ForgetItem], fenced: list[str]) -> list[str]:
+                return fenced
+            replies = yield [self._forget_call(*item) for item in todo]
+            again: list[_ForgetItem] = []
+            for (flow_id, epoch, _, _), reply in zip(todo, replies, strict=True):
+                if isinstance(reply, Exception):
+                    raise reply
+                if reply[0] == b"OK":
+                    self._drop_caches(flow_id)
+                elif reply[0] == b"FENCED":
+                    fenced.append(flow_id)
+                else:  # KEYS: its live chunks, to declare
+                    rx, tx = (int(reply[1]), int(reply[2])), (int(reply[3]), int(reply[4]))
+                    again.append((flow_id, epoch, rx, tx))
+            todo = again
         if todo:
             raise StoreError(f"forget: the buffers of {len(todo)} flows kept changing; retry later")
         return fenced

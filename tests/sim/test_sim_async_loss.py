@@ -10,7 +10,8 @@ with <SEQ=SND.UNA-1> as Linux does (``tcp_xmit_probe_skb``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -46,6 +47,34 @@ async def _sink(stack: Stack) -> None:
     await stack.serve(handler, PORT)
 
 
+@asynccontextmanager
+async def _connected(
+    seed: int,
+    app: Callable[[Stack], Awaitable[None]],
+    store: MemoryStore,
+    *,
+    durability: str,
+    config: TcpConfig | None = None,
+) -> AsyncIterator[tuple[RestartableServer, Stream, trio.Nursery]]:
+    """A restartable server running ``app`` and a client stream connected to it; the
+    whole block within ``BUDGET`` virtual seconds."""
+    seed_trio_scheduler(seed)
+    network = SimNetwork(seed)
+    server = RestartableServer(
+        network, SERVER_ADDRESS, app, store=store, durability=durability, config=config
+    )
+    client_link = network.attach(CLIENT_ADDRESS)
+    with trio.fail_after(BUDGET):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            async with open_stack(client_link, [CLIENT_ADDRESS]) as client:
+                stream = await client.connect(SERVER_ADDRESS, PORT)
+                yield server, stream, nursery
+                await stream.aclose()
+            nursery.cancel_scope.cancel()
+    await client_link.aclose()
+
+
 async def _finish(stream: Stream) -> None:
     """Send 4 MiB more, half-close, and wait for the server's FIN."""
     await stream.send_all(b"y" * (4 << 20))
@@ -60,36 +89,25 @@ async def test_a_crash_that_lost_acknowledged_bytes_resets_the_client(
     """async: the restored server resets the connection once the client's
     retransmission proves the loss; strict (the control): nothing acknowledged was
     lost, and the same steps end byte-exact."""
-    seed_trio_scheduler(7)
-    network = SimNetwork(7)
     store = LaggingStore()
-    server = RestartableServer(network, SERVER_ADDRESS, _sink, store=store, durability=durability)
-    client_link = network.attach(CLIENT_ADDRESS)
-    with trio.fail_after(BUDGET):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.run)
-            async with open_stack(client_link, [CLIENT_ADDRESS]) as client:
-                stream = await client.connect(SERVER_ADDRESS, PORT)
-                await stream.send_all(b"x" * (1 << 20))
-                await trio.sleep(4 * LAG)  # all of it acknowledged and stored
-                await stream.send_all(b"x" * (1 << 20))
-                await trio.sleep(LAG / 5)  # acknowledged, not yet in the store
-                server.crash()
-                started = trio.current_time()
-                if durability == "async":
-                    with pytest.raises(trio.BrokenResourceError) as info:
-                        await _finish(stream)
-                    assert isinstance(info.value.__cause__, ConnectionResetByPeer)
-                    # the proof is the client's retransmission timer, not a long wait
-                    assert trio.current_time() - started < 10.0
-                    assert server.stack.runtime.stats["acked_bytes_lost"] == 1
-                    (restart,) = server.restarts
-                    assert len(restart.restored) == 1  # the flow came back, behind
-                else:
-                    await _finish(stream)
-                await stream.aclose()
-            nursery.cancel_scope.cancel()
-    await client_link.aclose()
+    async with _connected(7, _sink, store, durability=durability) as (server, stream, _):
+        await stream.send_all(b"x" * (1 << 20))
+        await trio.sleep(4 * LAG)  # all of it acknowledged and stored
+        await stream.send_all(b"x" * (1 << 20))
+        await trio.sleep(LAG / 5)  # acknowledged, not yet in the store
+        server.crash()
+        started = trio.current_time()
+        if durability == "async":
+            with pytest.raises(trio.BrokenResourceError) as info:
+                await _finish(stream)
+            assert isinstance(info.value.__cause__, ConnectionResetByPeer)
+            # the proof is the client's retransmission timer, not a long wait
+            assert trio.current_time() - started < 10.0
+            assert server.stack.runtime.stats["acked_bytes_lost"] == 1
+            (restart,) = server.restarts
+            assert len(restart.restored) == 1  # the flow came back, behind
+        else:
+            await _finish(stream)
 
 
 class FreezingStore(MemoryStore):
@@ -126,42 +144,34 @@ async def test_a_client_that_only_probes_a_window_lost_in_a_crash_is_reset(
     with an ACK of its SND.UNA (``_arrive.test_window_above_gap``); the client sends
     from there, and its retransmission proves the loss: a reset, not a wait for ever."""
     RESTORED.clear()
-    seed_trio_scheduler(8)
-    network = SimNetwork(8)
     store = FreezingStore()
     config = TcpConfig(recv_buffer_size=256 << 10)
-    server = RestartableServer(
-        network, SERVER_ADDRESS, _reads_only_after_a_restart, store=store, durability="async",
-        config=config,
-    )  # fmt: skip
-    client_link = network.attach(CLIENT_ADDRESS)
-    with trio.fail_after(BUDGET):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.run)
-            async with open_stack(client_link, [CLIENT_ADDRESS]) as client:
-                stream = await client.connect(SERVER_ADDRESS, PORT)
-                await trio.sleep(0.1)  # the handshake is stored
-                store.frozen = True
-                sender = trio.CancelScope()
+    app = _reads_only_after_a_restart
+    async with _connected(8, app, store, durability="async", config=config) as (
+        server,
+        stream,
+        nursery,
+    ):
+        await trio.sleep(0.1)  # the handshake is stored
+        store.frozen = True
+        sender = trio.CancelScope()
 
-                async def send() -> None:
-                    with sender:
-                        await stream.send_all(b"x" * (1 << 20))
+        async def send() -> None:
+            with sender:
+                await stream.send_all(b"x" * (1 << 20))
 
-                nursery.start_soon(send)
-                await trio.sleep(5.0)  # window full: acknowledged, never stored; probes
-                conn = stream._flow.conn
-                assert conn.tcb.snd_wnd == 0 and conn.counters["zero_window_probe"] >= 2
-                server.crash()
-                store.frozen = False
-                started = trio.current_time()
-                with pytest.raises(trio.BrokenResourceError) as info:
-                    await stream.receive_some(10)
-                assert isinstance(info.value.__cause__, ConnectionResetByPeer)
-                assert trio.current_time() - started < 10.0
-                assert server.stack.runtime.stats["acked_bytes_lost"] == 1
-                (restored,) = RESTORED
-                assert restored.tcp_info.counters["lost_ack_window_test"] >= 1
-                sender.cancel()
-            nursery.cancel_scope.cancel()
-    await client_link.aclose()
+        nursery.start_soon(send)
+        await trio.sleep(5.0)  # window full: acknowledged, never stored; probes
+        conn = stream._flow.conn
+        assert conn.tcb.snd_wnd == 0 and conn.counters["zero_window_probe"] >= 2
+        server.crash()
+        store.frozen = False
+        started = trio.current_time()
+        with pytest.raises(trio.BrokenResourceError) as info:
+            await stream.receive_some(10)
+        assert isinstance(info.value.__cause__, ConnectionResetByPeer)
+        assert trio.current_time() - started < 10.0
+        assert server.stack.runtime.stats["acked_bytes_lost"] == 1
+        (restored,) = RESTORED
+        assert restored.tcp_info.counters["lost_ack_window_test"] >= 1
+        sender.cancel()
