@@ -1598,12 +1598,17 @@ class RedisStore:
         connection; the replies in order, error replies in their place. After
         ``NOSCRIPT`` the script is loaded and every call sent again: only for scripts
         that are harmless to repeat."""
+        reloaded = False
         while True:
             packed = [pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
                       for keys, args in calls]  # fmt: skip
             replies = self._send_packed(packed, errors_in_place=True)
-            if not any(isinstance(reply, NoScriptError) for reply in replies):
+            missing = next((r for r in replies if isinstance(r, NoScriptError)), None)
+            if missing is None:
                 return replies
+            if reloaded:
+                raise missing  # (a proxy that loads scripts on another server, say)
+            reloaded = True
             script.sha = self._client.script_load(script.script)
 
     async def _evalsha_each_trio(

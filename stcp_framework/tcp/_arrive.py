@@ -935,6 +935,13 @@ def acked_bytes_lost(c: Connection, seg: TcpSegment, now: float) -> bool:
         c.gap_start = off
         c.gap_since = now
         return False
+    if off == c.window_test_off and start < off:
+        # A window test at SEG.SEQ + 1 that the peer took after it had sent new data
+        # from SEG.SEQ moved its SND.UNA there (test_window_above_gap).
+        c.gap_start = off
+        c.gap_since = now
+        c.window_test_off = None
+        return False
     if off != start or now - c.gap_since < LOST_ACK_PROOF:
         return False
     c.count("acked_bytes_lost")
@@ -953,6 +960,14 @@ def acked_bytes_lost(c: Connection, seg: TcpSegment, now: float) -> bool:
     return True
 
 
+PROBE_REPEAT = 1.5
+"""Seconds between the first and a later arrival of the same lowest SEQ above the
+restored RCV.NXT on a segment without data before ``test_window_above_gap`` takes it
+for the peer's zero-window probe: longer than a peer that is still sending normally
+(not in its Loss state after a timeout) waits to retransmit lost data -- its
+retransmission timeout, 200 ms and up on Linux, ~1 s only without RTT samples."""
+
+
 def test_window_above_gap(c: Connection, seg: TcpSegment, now: float) -> None:
     """A segment without data above the restored RCV.NXT on a watched connection
     (``acked_bytes_lost``) may be the peer's zero-window probe, <SEQ=SND.UNA-1>: the old
@@ -960,20 +975,25 @@ def test_window_above_gap(c: Connection, seg: TcpSegment, now: float) -> None:
     sends no data the proof could use, and ignores our ACKs (older than its SND.UNA, so
     it never sees the window open) -- it probes for as long as each probe is answered.
 
-    Once the lowest such SEG.SEQ comes again ``LOST_ACK_PROOF`` or more after it first
+    Once the lowest such SEG.SEQ comes again ``PROBE_REPEAT`` or more after it first
     came, with no data above the gap meanwhile, it is answered with an ACK of SEG.SEQ + 1
     (the peer's SND.UNA if it probes) at SEG.ACK (its RCV.NXT): acceptable to the peer,
     it opens the window, and the peer sends from SND.UNA -- data above the gap, which
     ``acked_bytes_lost`` proves lost at its retransmission. Then no more tests.
 
-    A peer that does not probe sends such segments as pure ACKs, <SEQ=SND.NXT>, with
-    bytes from the gap on in flight; an ACK of SND.NXT + 1 is beyond what it sent, and
-    it drops it (RFC 9293 §3.10.7.4). Unless it sent new data in between: then the ACK
-    would cover bytes we never got. Hence the conditions: the same SND.NXT a
-    retransmission timeout apart, nothing above the gap since the restore (a peer
-    sending new data shows it at once) -- a peer whose timer runs resends from the gap
-    instead, which ends the watch. The lowest SEG.SEQ, because a probing peer also
-    answers our own window probes, at its SND.NXT, between its probes."""
+    A healthy peer sends such segments only as pure ACKs, <SEQ=SND.NXT>, with bytes from
+    the gap on in flight; an ACK of SND.NXT + 1 is beyond what it sent, and it drops it
+    (RFC 9293 §3.10.7.4). Unless it sent new data in the round trip before our ACK came:
+    then it takes the ACK, and the bytes from the gap to SEG.SEQ + 1 with it, which we
+    never got. The conditions make that unlikely -- a peer that can still send new data
+    (not in its Loss state after a timeout, where Linux sends only retransmissions)
+    resends lost data within its retransmission timeout, well before ``PROBE_REPEAT``,
+    and that ends the watch; one that sends new data shows it above the gap at once --
+    and should it happen anyway, the peer's resends then start at SEG.SEQ + 1, which
+    ``acked_bytes_lost`` takes as the gap's end (``window_test_off``): the connection
+    resets, as any async connection whose acknowledged bytes are gone, and does not
+    hang. The lowest SEG.SEQ, because a probing peer also answers our own window probes
+    and retransmissions, at its SND.NXT, between its probes."""
     tcb = c.tcb
     watch = c.lost_ack_watch
     if watch is None or tcb.rcv_nxt_offset != watch or not tcb.state.can_recv():
@@ -988,11 +1008,12 @@ def test_window_above_gap(c: Connection, seg: TcpSegment, now: float) -> None:
         c.probe_off = off
         c.probe_since = now
         return
-    if off != lowest or now - c.probe_since < LOST_ACK_PROOF:
+    if off != lowest or now - c.probe_since < PROBE_REPEAT:
         return
-    if now - c.window_test_at < LOST_ACK_PROOF:
+    if now - c.window_test_at < PROBE_REPEAT:
         return
     c.window_test_at = now
+    c.window_test_off = off + 1
     c.count("lost_ack_window_test")
     _output.send_window_test(c, Seq(seg.ack), seq_add(Seq(seg.seq), 1), now)
 

@@ -207,6 +207,7 @@ class Connection:
         "txmap",
         "version",
         "window_test_at",
+        "window_test_off",
     )
 
     def __init__(self, *, now: float, config: TcpConfig, iss: Seq, tsval_offset: int) -> None:
@@ -273,6 +274,7 @@ class Connection:
         self.probe_off: int | None = None
         self.probe_since = 0.0
         self.window_test_at = -1e18
+        self.window_test_off: int | None = None  # the offset its ACK named
         self.challenge_count = 0
         self.last_rx_at = now
         self.counters: dict[str, int] = {}

@@ -17,7 +17,7 @@ from tcp_helpers import CONFIG, LOCAL_SEQ, REMOTE_SEQ, r, sq
 from test_tcp_properties import Mirror
 from test_tcp_restore import mirrored_established, restore_from
 
-from stcp_framework.tcp._arrive import LOST_ACK_PROOF
+from stcp_framework.tcp._arrive import LOST_ACK_PROOF, PROBE_REPEAT
 from stcp_framework.tcp.events import Aborted, Closed
 from stcp_framework.tcp.machine import Connection
 from stcp_framework.tcp.state import TcpState
@@ -159,29 +159,51 @@ def _tests(conn: Connection) -> list[tuple[int, int, int]]:
 
 def test_a_probe_above_the_gap_is_answered_with_an_ack_of_the_peers_snd_una() -> None:
     """The old process filled the window and acknowledged bytes the store lacks: the
-    peer only probes. Its probe, come again a retransmission timeout later, gets an ACK
-    of SEG.SEQ + 1 (its SND.UNA), at SEG.ACK (its RCV.NXT), with our window open: it
-    sends from there, above the gap, and its retransmission of that proves the loss."""
+    peer only probes. Its probe, come again ``PROBE_REPEAT`` later, gets an ACK of
+    SEG.SEQ + 1 (its SND.UNA), at SEG.ACK (its RCV.NXT), with our window open: it sends
+    from there, above the gap, and its retransmission of that proves the loss."""
     conn = _restored(acked_may_be_lost=True)
     t = RESTORED_AT + 0.01
     _probe(conn, 3000, t, ack=200)
     assert _tests(conn) == []  # once is no pattern yet
     conn.on_segment(r(seq=sq(REMOTE_SEQ, 3000), ack=sq(LOCAL_SEQ, 200)), t + 0.1)  # SND.NXT
-    _probe(conn, 3000, t + LOST_ACK_PROOF / 2, ack=200)
+    _probe(conn, 3000, t + PROBE_REPEAT / 2, ack=200)
     assert _tests(conn) == []
-    _probe(conn, 3000, t + LOST_ACK_PROOF, ack=200)
+    _probe(conn, 3000, t + PROBE_REPEAT, ack=200)
     ((seq, ack, window),) = _tests(conn)
     assert (seq, ack) == (sq(LOCAL_SEQ, 200), sq(REMOTE_SEQ, 3000)) and window > 0
     assert conn.tcb.rcv_nxt == sq(REMOTE_SEQ, 1000)  # nothing of ours moved
     assert conn.counters["lost_ack_window_test"] == 1
-    _probe(conn, 3000, t + 1.5 * LOST_ACK_PROOF, ack=200)  # too soon for another
+    _probe(conn, 3000, t + 1.5 * PROBE_REPEAT, ack=200)  # too soon for another
     assert _tests(conn) == []
     # the window open, the peer sends from its SND.UNA, then resends it at its timer
-    _peer_sends(conn, 3000, 1000, t + 2 * LOST_ACK_PROOF)
+    t += 2 * PROBE_REPEAT
+    _peer_sends(conn, 3000, 1000, t)
     conn.drain()
-    _probe(conn, 3000, t + 2.5 * LOST_ACK_PROOF, ack=200)  # data came: no more tests
+    _probe(conn, 3000, t + PROBE_REPEAT, ack=200)  # data came: no more tests
     assert _tests(conn) == []
-    _peer_sends(conn, 3000, 1000, t + 3.5 * LOST_ACK_PROOF)
+    _peer_sends(conn, 3000, 1000, t + PROBE_REPEAT + LOST_ACK_PROOF)
+    step = conn.drain()
+    assert conn.tcb.state is TcpState.CLOSED
+    assert [seg.flags for seg in step.segments] == [RST | ACK]
+
+
+def test_a_healthy_peer_that_took_a_window_test_is_reset_not_left_hanging() -> None:
+    """The race the conditions make unlikely: a healthy peer's pure ACK <SEQ=SND.NXT>
+    (3,000) twice, a window test of 3,001, but the peer had sent new data from 3,000
+    just before it came: it takes the ACK, and with it the bytes from 1,000 we never
+    got. Its resends now start at 3,001 -- which the proof takes as the gap's end."""
+    conn = _restored(acked_may_be_lost=True, lost=0)  # nothing acknowledged was lost
+    t = RESTORED_AT + 0.01
+    conn.on_segment(r(seq=sq(REMOTE_SEQ, 3000)), t)  # (1,000-3,000 lost in the network)
+    conn.on_segment(r(seq=sq(REMOTE_SEQ, 3000)), t + PROBE_REPEAT)
+    assert [ack for _, ack, _ in _tests(conn)] == [sq(REMOTE_SEQ, 3001)]
+    _peer_sends(conn, 3000, 1000, t + PROBE_REPEAT + 0.001)  # sent before our ACK came
+    conn.drain()
+    _peer_sends(conn, 3001, 999, t + PROBE_REPEAT + 0.3)  # its timer: from its SND.UNA
+    conn.drain()
+    assert conn.tcb.state is TcpState.ESTABLISHED
+    _peer_sends(conn, 3001, 999, t + PROBE_REPEAT + 0.3 + 1.5 * LOST_ACK_PROOF)
     step = conn.drain()
     assert conn.tcb.state is TcpState.CLOSED
     assert [seg.flags for seg in step.segments] == [RST | ACK]
@@ -192,16 +214,16 @@ def test_pure_acks_at_the_restore_point_or_with_data_between_get_no_window_test(
     RCV.NXT); a peer that sends new data above the gap shows that an ACK of SEG.SEQ + 1
     might cover bytes we never got; a connection without the watch tests nothing."""
     conn = _restored(acked_may_be_lost=True)
-    for at in (0.01, 0.01 + LOST_ACK_PROOF):
+    for at in (0.01, 0.01 + PROBE_REPEAT):
         conn.on_segment(r(seq=sq(REMOTE_SEQ, 1000)), RESTORED_AT + at)
         assert _tests(conn) == []
     busy = _restored(acked_may_be_lost=True)
     _peer_sends(busy, 2500, 500, RESTORED_AT + 0.01)  # new data above the gap
-    for at in (0.02, 0.02 + LOST_ACK_PROOF):
+    for at in (0.02, 0.02 + PROBE_REPEAT):
         busy.on_segment(r(seq=sq(REMOTE_SEQ, 3000)), RESTORED_AT + at)
         assert _tests(busy) == []
     plain = _restored(acked_may_be_lost=False)
-    for at in (0.01, 0.01 + LOST_ACK_PROOF):
+    for at in (0.01, 0.01 + PROBE_REPEAT):
         _probe(plain, 3000, RESTORED_AT + at)
         assert _tests(plain) == []
     assert "lost_ack_window_test" not in plain.counters
