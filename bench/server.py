@@ -154,6 +154,7 @@ async def serve_stcp(
             counters = {
                 "stats": dict(stack.runtime.stats),
                 "drops": {str(k): v for k, v in stack.runtime.drops.items()},
+                "tcp": dict(stack.runtime.tcp_totals()),
                 "tun": {
                     k: getattr(device.counters, k)
                     for k in ("rx_packets", "tx_packets", "tx_errors", "tx_blocked")

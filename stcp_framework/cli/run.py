@@ -217,7 +217,7 @@ async def _serve(args: argparse.Namespace) -> None:
             print(
                 f"stcp: serving {args.service} on {where} via {args.dev} "
                 f"(instance {instance}, epoch {stack.runtime.epoch}, "
-                f"{restored} connections restored)",
+                f"{restored} connection{'' if restored == 1 else 's'} restored)",
                 flush=True,
             )
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -226,10 +226,12 @@ async def _serve(args: argparse.Namespace) -> None:
             nursery.cancel_scope.cancel()
         stats = stack.runtime.stats
         drops = stack.runtime.drops
+        tcp = stack.runtime.tcp_totals()
         line = (
             "stcp: stopped; "
             + ", ".join(f"{k}={v}" for k, v in sorted(stats.items()))
             + ("; drops: " + ", ".join(f"{r.value}={n}" for r, n in drops.items()) if drops else "")
+            + ("; tcp: " + ", ".join(f"{k}={v}" for k, v in sorted(tcp.items())) if tcp else "")
         )
         say(line)
     await device.aclose()

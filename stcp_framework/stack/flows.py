@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections import Counter
 from typing import TYPE_CHECKING
 
 import trio
@@ -208,9 +209,9 @@ class Flow:
             self.time_wait = None
         return conn
 
-    def freeze(self) -> bool:
+    def freeze(self, totals: Counter[str]) -> bool:
         """Keep a quiet TIME-WAIT connection as its compact record; False if it is not
-        one (``Connection.freeze_time_wait``)."""
+        one (``Connection.freeze_time_wait``). Its event counters go to ``totals``."""
         conn = self._conn
         if conn is None:
             return True
@@ -219,7 +220,14 @@ class Flow:
             return False
         self.time_wait = record
         self._conn = None
+        totals.update(conn.counters)
         return True
+
+    def count_into(self, totals: Counter[str]) -> None:
+        """Add the connection's event counters to ``totals`` (a flow that ends)."""
+        conn = self._conn
+        if conn is not None:
+            totals.update(conn.counters)
 
     def __repr__(self) -> str:
         frozen = " (frozen TIME-WAIT)" if self.time_wait is not None else ""

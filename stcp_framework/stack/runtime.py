@@ -246,6 +246,9 @@ class Runtime:
         self.listeners: dict[int, Listener] = {}
         self.stats: Counter[str] = Counter()
         self.drops: Counter[DropReason] = Counter()
+        # The event counters of connections that ended or froze (tcp_totals adds the
+        # live ones): what `netstat -s` is to the kernel's TCP.
+        self._ended_counters: Counter[str] = Counter()
         self._dirty: list[Flow] = []
         self._time_wait: list[Flow] = []  # TIME-WAIT flows to freeze (_freeze_time_wait)
         # RSTs answering segments of unknown flows (they carry no delta)
@@ -854,7 +857,7 @@ class Runtime:
                 continue
             if flow.durable_version < conn.version or flow.lot or flow.rx_lot:
                 waiting.append(flow)
-            elif flow.freeze():
+            elif flow.freeze(self._ended_counters):
                 self.stats["time_wait_frozen"] += 1
         self._time_wait = waiting
 
@@ -1059,10 +1062,19 @@ class Runtime:
             elif kind is Closed:
                 self._remove_flow(flow)
 
+    def tcp_totals(self) -> Counter[str]:
+        """Every connection's event counters (``TcpInfo.counters``: retransmissions,
+        challenge ACKs, probes, ...) summed over this process's life."""
+        totals = Counter(self._ended_counters)
+        for flow in self.flows.values():
+            flow.count_into(totals)
+        return totals
+
     def _remove_flow(self, flow: Flow) -> None:
         if flow.closed:
             return
         flow.closed = True
+        flow.count_into(self._ended_counters)
         if flow.forgettable and flow.durable_version > 0:
             self._closed_flows.append(flow)
         flow.deadline_at = None

@@ -425,3 +425,17 @@ async def test_tcp_info_reports_the_connection_numbers(
             assert server.tcp_info.counters.get("sack_ack_sent", 0) > 0
             info.counters["retransmit"] = -1  # a snapshot: the connection's own is untouched
             assert client.tcp_info.counters["retransmit"] > 0
+            # the stack's totals (`netstat -s`): the live connection's, then the ended
+            # one's (the server closes last: its flow ends without TIME-WAIT)
+            resent = client.tcp_info.counters["retransmit"]
+            assert pair.client.runtime.tcp_totals()["retransmit"] == resent
+            sacked = server.tcp_info.counters["sack_ack_sent"]
+            await client.aclose()
+            assert await server.receive_some(10) == b""  # the client's FIN first
+            await server.aclose()
+            for _ in range(500):  # (bounded: 5 virtual seconds)
+                if not pair.server.runtime.flows:
+                    break
+                await trio.sleep(0.01)
+            assert not pair.server.runtime.flows
+            assert pair.server.runtime.tcp_totals()["sack_ack_sent"] >= sacked

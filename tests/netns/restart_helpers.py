@@ -336,15 +336,19 @@ def parse_counters(stderr: str) -> dict[str, int]:
 
 
 def all_counters(stderr: str) -> list[dict[str, int]]:
-    """Every ``stcp: stopped; ...`` line, in order (one per worker of ``--workers``)."""
+    """Every ``stcp: stopped; ...`` line, in order (one per worker of ``--workers``);
+    the connections' own counters (its ``; tcp:`` part) as ``tcp.NAME``."""
     out: list[dict[str, int]] = []
     for line in stderr.splitlines():
         if line.startswith("stcp: stopped; "):
             counters: dict[str, int] = {}
-            for part in line[len("stcp: stopped; ") :].replace("; drops: ", ", ").split(", "):
+            head, _, tcp = line[len("stcp: stopped; ") :].partition("; tcp: ")
+            parts = [(p, "") for p in head.replace("; drops: ", ", ").split(", ")]
+            parts += [(p, "tcp.") for p in tcp.split(", ")] if tcp else []
+            for part, prefix in parts:
                 name, sep, value = part.partition("=")
                 if sep:
-                    counters[name] = int(value)
+                    counters[prefix + name] = int(value)
             out.append(counters)
     return out
 

@@ -146,3 +146,4 @@ async def test_a_linux_client_probing_a_window_lost_in_a_crash_is_reset(
         ],
     )
     assert counters.get("acked_bytes_lost", 0) == 1, counters
+    assert counters.get("tcp.lost_ack_window_test", 0) >= 1, counters  # not a data resend
