@@ -1561,25 +1561,29 @@ class RedisStore:
         """
         fenced: list[str] = []
         todo = [(flow_id, epoch, _NO_CHUNKS, _NO_CHUNKS) for flow_id, epoch in items]
-        for _ in range(_KEY_RETRIES):
-            if not todo:
-                return fenced
-            replies = yield [self._forget_call(*item) for item in todo]
-            again: list[_ForgetItem] = []
-            for (flow_id, epoch, _, _), reply in zip(todo, replies, strict=True):
-                if isinstance(reply, Exception):
-                    raise reply
-                if reply[0] == b"OK":
-                    self._drop_caches(flow_id)
-                elif reply[0] == b"FENCED":
-                    fenced.append(flow_id)
-                else:  # KEYS: its live chunks, to declare
-                    rx, tx = (int(reply[1]), int(reply[2])), (int(reply[3]), int(reply[4]))
-                    again.append((flow_id, epoch, rx, tx))
-            todo = again
-        if todo:
-            raise StoreError(f"forget: the buffers of {len(todo)} flows kept changing; retry later")
-        return fenced
+        try:
+            for _ in range(_KEY_RETRIES):
+                if not todo:
+                    return fenced
+                replies = yield [self._forget_call(*item) for item in todo]
+                again: list[_ForgetItem] = []
+                for (flow_id, epoch, _, _), reply in zip(todo, replies, strict=True):
+                    if isinstance(reply, Exception):
+                        raise reply
+                    if reply[0] == b"FENCED":
+                        fenced.append(flow_id)
+                    elif reply[0] != b"OK":  # KEYS: its live chunks, to declare
+                        rx, tx = (int(reply[1]), int(reply[2])), (int(reply[3]), int(reply[4]))
+                        again.append((flow_id, epoch, rx, tx))
+                todo = again
+            if todo:
+                raise StoreError(
+                    f"forget: the buffers of {len(todo)} flows kept changing; retry later"
+                )
+            return fenced
+        finally:  # closed flows, whatever happened: their key names are not needed again
+            for flow_id, _ in items:
+                self._drop_caches(flow_id)
 
     def forget_sync(self, flow_id: str, epoch: int) -> None:
         """Delete every key of a closed flow and drop it from the index.
