@@ -1604,8 +1604,7 @@ class RedisStore:
         that are harmless to repeat."""
         reloaded = False
         while True:
-            packed = [pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
-                      for keys, args in calls]  # fmt: skip
+            packed = [b for keys, args in calls for b in _pack_evalsha(script.sha, keys, args, ())]
             replies = self._send_packed(packed, errors_in_place=True)
             missing = next((r for r in replies if isinstance(r, NoScriptError)), None)
             if missing is None:
@@ -1622,10 +1621,9 @@ class RedisStore:
         once (the same rule: only for scripts harmless to repeat)."""
         reloaded = retried = False
         while True:
-            packed = [pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
-                      for keys, args in calls]  # fmt: skip
+            packed = [b for keys, args in calls for b in _pack_evalsha(script.sha, keys, args, ())]
             try:
-                replies = await resp.call(packed, len(packed))
+                replies = await resp.call(packed, len(calls))
             except (RedisConnectionError, RedisTimeoutError):
                 if retried:
                     raise
