@@ -11,6 +11,7 @@ benchmarks compare the stacks, not the services.
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Callable
 
@@ -104,6 +105,7 @@ class ChargenSource:
     stream offset *n* is ``chargen_bytes(n, 1)``, so the store never holds it."""
 
     name = "chargen"
+    size = math.inf  # endless: a send of it may be recorded ahead (``Stream.send_from``)
 
     def read(self, offset: int, size: int) -> bytes:
         start = offset % len(CHARGEN_CYCLE)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import operator
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -273,9 +274,23 @@ class Stream(trio.abc.HalfCloseableStream):
         once every extent is durable (G2). A ``FileSource`` is found again by itself;
         any other source must be passed to ``open_stack(sources=[...])`` by every
         incarnation, or its connections are reset on restore.
+
+        When the end is known -- ``count``, or the source's ``size`` (``math.inf``
+        for an endless one) -- the store records the extent ahead of the bytes queued
+        (``tcp/txmap.py``: a reservation), so they leave without waiting for a commit
+        per round; a restart then continues at the end of what was recorded
+        (``send_offset``).
         """
         name = source.name  # read once: a source that renames itself is not one
         sent = 0
+        size = getattr(source, "size", None)
+        src_end: int | None = None
+        if count is not None:
+            src_end = offset + count
+            if size is not None and size < src_end:
+                src_end = int(size)
+        elif size is not None:
+            src_end = int(size) if size != math.inf else 1 << 62
         with self._send_conflict:
             self._check_usable()
             if self._eof_sent:
@@ -283,25 +298,31 @@ class Stream(trio.abc.HalfCloseableStream):
             await trio.lowlevel.checkpoint_if_cancelled()
             flow = self._flow
             runtime = self._runtime
-            while count is None or sent < count:
-                want = block_size if count is None else min(block_size, count - sent)
-                data = source.read(offset + sent, want)
-                if not data:
-                    break
-                view: bytes | memoryview = data
-                at = offset + sent
-                while view:
-                    self._check_usable()
-                    if flow.closed or not flow.conn.state.can_send():
-                        raise trio.BrokenResourceError("the connection is closed")
-                    n = flow.conn.app_send_ref(view, name, at, runtime.now())
-                    if n:
-                        runtime.touch(flow)
-                        view = memoryview(view)[n:]
-                        at += n
-                    if view:
-                        await flow.lot.park()
-                sent += len(data)
+            try:
+                while count is None or sent < count:
+                    want = block_size if count is None else min(block_size, count - sent)
+                    data = source.read(offset + sent, want)
+                    if not data:
+                        break
+                    view: bytes | memoryview = data
+                    at = offset + sent
+                    while view:
+                        self._check_usable()
+                        if flow.closed or not flow.conn.state.can_send():
+                            raise trio.BrokenResourceError("the connection is closed")
+                        n = flow.conn.app_send_ref(view, name, at, runtime.now(), src_end)
+                        if n:  # (maybe not all that fits: up to a recorded end first)
+                            runtime.touch(flow)
+                            view = memoryview(view)[n:]
+                            at += n
+                        else:
+                            await flow.lot.park()
+                    sent += len(data)
+            finally:
+                # Ended early (the source did, or a cancellation): nothing unsent stays
+                # recorded. (A connection that closed meanwhile has no use for it.)
+                if not flow.closed and flow.conn.end_reservation():
+                    runtime.touch(flow)
             await runtime.wait_durable(flow)
             self._check_usable()
         return sent

@@ -95,7 +95,8 @@ def _endpoints(flow_id: str) -> tuple[str, str, tuple[Any, ...]]:
 
 
 def _from_sources(tcb: dict[str, Any], acked: int | None) -> int | None:
-    """Unacknowledged bytes of the flow's regenerable extents (``tcp/txmap.py``)."""
+    """Unacknowledged bytes of the flow's regenerable extents (``tcp/txmap.py``), as
+    recorded: a reservation counts (a restart would queue those bytes again)."""
     from ..tcp.txmap import TxMap
 
     try:

@@ -132,6 +132,26 @@ class Listener:
         self.deliver: Callable[[Flow], None] | None = None
 
 
+def _durable_already(
+    outs: list[tuple[Flow, OutSegment]],
+) -> tuple[list[tuple[Flow, OutSegment]], list[tuple[Flow, OutSegment]]]:
+    """``outs`` split into what may leave now -- each flow's segments up to its first
+    that needs a version not durable yet (G1, G2) -- and the rest, in order. (A flow's
+    segments keep their order on the wire: no reordering for the peer to mistake for
+    loss.)"""
+    ready: list[tuple[Flow, OutSegment]] = []
+    rest: list[tuple[Flow, OutSegment]] = []
+    held: set[int] = set()
+    for item in outs:
+        flow, out = item
+        if out.needs_version <= flow.durable_version and (not held or id(flow) not in held):
+            ready.append(item)
+        else:
+            held.add(id(flow))
+            rest.append(item)
+    return ready, rest
+
+
 def _news_for_reader(conn: Connection, events: Sequence[Event]) -> bool:
     """Whether a round's ``events`` give a waiting reader something to do: bytes to read,
     or news other than data and send space (EOF, reset, close). ``DataReadable`` for bytes
@@ -771,7 +791,9 @@ class Runtime:
         """Drain every marked flow, group-commit the deltas, then transmit and wake.
 
         In strict mode a segment leaves only once the version it ``needs_version`` is
-        durable (G1, G2): while the store is unreachable (G7) such segments are withheld
+        durable (G1, G2) -- those an earlier commit covers before this round's commit,
+        the others after it (``_durable_already``) -- and while the store is
+        unreachable (G7) the others are withheld
         -- the peer retransmits and nothing is acknowledged -- and the deltas are retried,
         in order, with backoff. In async mode segments leave before the commit.
         """
@@ -826,6 +848,13 @@ class Runtime:
                 await self._commit_done.wait()
         else:
             if items:
+                ready, outs = _durable_already(outs)
+                if ready or raw:
+                    # Segments whose state an earlier commit stored (a regenerable
+                    # send recorded ahead, tcp/txmap.py) need not wait for this one.
+                    self.stats["segments_before_commit"] += len(ready)
+                    await self._transmit(raw, ready, check_durable=False)
+                    raw = []
                 woken.extend(await self._commit(items))
             await self._transmit(raw, outs, check_durable=True)
         for flow in woken:

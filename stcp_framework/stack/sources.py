@@ -10,6 +10,11 @@ in this process and in the next one:
   modification time), and a restart refuses a file that changed.
 * anything else with a ``name`` and ``read(offset, size)``: register it with
   ``open_stack(..., sources=[...])`` in every incarnation (chargen's pattern is one).
+
+A source may also have a ``size``: the offset where it ends (``FileSource``), or
+``math.inf`` when it never does (chargen). ``Stream.send_from`` then knows how far the
+application will send, and records the extent ahead of the bytes queued, so they leave
+without a commit per round (``tcp/txmap.py``, reservation).
 """
 
 from __future__ import annotations

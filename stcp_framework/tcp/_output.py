@@ -370,6 +370,10 @@ def send_data(c: Connection, now: float, *, force: bool) -> None:
     needs = c.rx_needs
     if c.tx_needs > needs:
         needs = c.tx_needs
+    # Bytes below tx_low_end need an older version than those after them (a
+    # regenerable send recorded ahead, Connection._tx_needs_from).
+    low_end = c.tx_low_end
+    low_needs = c.tx_low_needs if c.tx_low_needs > c.rx_needs else c.rx_needs
     out = c._out
     window = -1  # the header fields, computed at the first segment
     ack: int = 0
@@ -418,10 +422,12 @@ def send_data(c: Connection, now: float, *, force: bool) -> None:
             ack = c.ack_point() if tcb.ack_on_commit else tcb.rcv_nxt
         new_ptr = ptr + n
         flags = ACK
+        seg_needs = needs if new_ptr > low_end else low_needs
         if new_ptr == end:
             flags = ACK | PSH
             if fin_queued:
                 flags = ACK | PSH | FIN
+                seg_needs = needs
         out.append(
             _new(
                 OutSegment,
@@ -432,7 +438,7 @@ def send_data(c: Connection, now: float, *, force: bool) -> None:
                     window,
                     opts,
                     buf.view(ptr, n),
-                    needs,
+                    seg_needs,
                     gso_size if n > mss else 0,
                 ),
             )

@@ -203,6 +203,8 @@ class Connection:
         "tcb",
         "timers",
         "ts_options",
+        "tx_low_end",
+        "tx_low_needs",
         "tx_needs",
         "txmap",
         "version",
@@ -244,6 +246,10 @@ class Connection:
         self.version = 0  # last version returned by drain()
         self.rx_needs = 0  # version that recorded the current rcv_nxt and commit point
         self.tx_needs = 0  # version that recorded the newest accepted bytes
+        # Bytes below stream offset tx_low_end need only version tx_low_needs (what
+        # tx_needs was before the bytes after them raised it): _output.transmit.
+        self.tx_low_end = 0
+        self.tx_low_needs = 0
         # Runtime (rebuilt on restore, never persisted).
         self.ack_now = False  # send an ACK in this call's output
         self.ack_deferred_at: float | None = None  # ack_now set at this time; drain() sends
@@ -748,15 +754,17 @@ class Connection:
         Raises:
             LocalProtocolError: The send side is closed (shutdown, close, reset).
         """
+        txmap = self.txmap
+        if txmap.reserved:
+            self._cut_reservation()  # these bytes come after what was queued
         accepted = self._accept(data)
         if accepted is None:
             return 0
         chunk, offset = accepted
-        txmap = self.txmap
+        self._tx_needs_from(offset, self.version + 1)
         if txmap.refs or txmap.ref_base:
             offset = txmap.literal(offset)  # the store holds literal bytes only
         self._tx_ops.append((offset, chunk))
-        self.tx_needs = self.version + 1
         _output.transmit(self, now)
         return len(chunk)
 
@@ -776,24 +784,90 @@ class Connection:
         chunk = data if (type(data) is bytes and n == len(data)) else bytes(data[:n])
         return chunk, self.snd_buf.append(chunk)
 
-    def app_send_ref(self, data: bytes | memoryview, name: str, src_offset: int, now: float) -> int:
+    def app_send_ref(
+        self,
+        data: bytes | memoryview,
+        name: str,
+        src_offset: int,
+        now: float,
+        src_end: int | None = None,
+    ) -> int:
         """Queue ``data``, which is source ``name``'s bytes from ``src_offset``: a
         regenerable send (``txmap.py``). The store records the extent, not the bytes;
         a restore reads them from the source again. Returns the bytes accepted.
 
+        ``src_end``: the application will go on sending this source, contiguously, up
+        to source offset ``src_end``. The extent is then recorded ahead, up to half a
+        send buffer past what is queued (a *reservation*, ``txmap.py``), so the bytes
+        that follow leave without waiting for a commit of their own; a restore
+        regenerates the whole recorded extent. Anything else sent, a FIN or
+        ``end_reservation`` cuts it back to what was queued.
+
         Raises:
             LocalProtocolError: The send side is closed (shutdown, close, reset).
         """
+        txmap = self.txmap
+        if txmap.reserved:
+            start = self.snd_buf.end_offset
+            if not txmap.within_reservation(start, 0, name, src_offset):
+                self._cut_reservation()  # another source, or not where the extent goes on
+            else:
+                # Up to the end of a record (the durable one first, then its
+                # extension) per call: the bytes up to it need only that version.
+                for stop in (txmap.prior_reserved, txmap.reserved):
+                    if start < stop < start + len(data):
+                        data = memoryview(data)[: stop - start]
+                        break
         accepted = self._accept(data)
         if accepted is None:
             return 0
         chunk, offset = accepted
         n = len(chunk)
-        self.txmap.add(offset, n, name, src_offset)
-        self._set("tx_refs", self.txmap.encode())
-        self.tx_needs = self.version + 1  # the extent is durable before its bytes leave
+        end = offset + n
+        if txmap.within_reservation(offset, n, name, src_offset):
+            txmap.add(offset, n, name, src_offset)  # already recorded: no new field value
+            self._tx_needs_from(offset, txmap.version_for(end))
+            changed = False
+        else:
+            txmap.add(offset, n, name, src_offset)
+            # the extent is durable before its bytes leave
+            self._tx_needs_from(offset, self.version + 1)
+            changed = True
+        if src_end is not None:
+            ahead = self.config.send_buffer_size >> 1
+            want = min(end + (src_end - src_offset - n), end + ahead)
+            if want > end and txmap.reserved - end < ahead >> 1:
+                txmap.reserve(want, self.version + 1)  # the bytes up to end need no more
+                self.count("tx_reserve")
+                changed = True
+        if changed:
+            self._set("tx_refs", txmap.encode())
         _output.transmit(self, now)
         return n
+
+    def end_reservation(self) -> bool:
+        """The application sends no more of the reserved extent (``app_send_ref``): the
+        record goes back to what was queued, so nothing unsent is regenerated. True if
+        that changed the record (a delta to drain)."""
+        return self._cut_reservation() if self.txmap.reserved else False
+
+    def _cut_reservation(self) -> bool:
+        txmap = self.txmap
+        recorded_beyond = txmap.reserved > self.snd_buf.end_offset
+        txmap.unreserve()
+        if recorded_beyond:
+            self._set("tx_refs", txmap.encode())
+            # What is sent after the extent's end needs the shorter record durable.
+            self._tx_needs_from(self.snd_buf.end_offset, self.version + 1)
+        return recorded_beyond
+
+    def _tx_needs_from(self, offset: int, version: int) -> None:
+        """What is sent from stream offset ``offset`` on (and a FIN) needs ``version``
+        durable; the bytes before it keep needing what they did."""
+        if version > self.tx_needs:
+            self.tx_low_end = offset
+            self.tx_low_needs = self.tx_needs
+            self.tx_needs = version
 
     def app_receive(self, max_bytes: int, now: float) -> bytes:
         """Take up to ``max_bytes`` received bytes (b"" when none are buffered).
@@ -879,7 +953,13 @@ class Connection:
                 self.rx_needs = self.version + 1
 
     def app_shutdown(self, now: float) -> None:
-        """Half-close (RFC 9293 §3.10.4 CLOSE of the send side): FIN after queued data."""
+        """Half-close (RFC 9293 §3.10.4 CLOSE of the send side): FIN after queued data.
+
+        The FIN needs the state change durable before it leaves (like data, G2): a
+        restore must not find a connection that may still send after its FIN.
+        """
+        if self.txmap.reserved:
+            self._cut_reservation()  # the FIN follows the bytes queued, not those recorded
         state = self.tcb.state
         if state is TcpState.SYN_SENT:
             self._set_state(TcpState.CLOSED, "app_shutdown in SYN-SENT")
@@ -889,6 +969,7 @@ class Connection:
             self._set_state(TcpState.LAST_ACK, "app_shutdown")
         else:
             return
+        self._tx_needs_from(self.snd_buf.end_offset, self.version + 1)
         _output.transmit(self, now)
 
     def app_close(self, now: float) -> None:

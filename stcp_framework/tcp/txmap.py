@@ -10,6 +10,16 @@ two offsets are equal, so the store layout does not change for ordinary flows.
 
 The map is persisted in two TCB fields: ``tx_refs`` (the extents not yet wholly
 acknowledged, JSON) and ``tx_ref_base`` (the ref bytes of extents already dropped).
+
+*Reservation*: the last extent may be recorded longer than what was queued so far, up
+to ``reserved`` (a stream offset), when the application has said it will send that
+much more of the source (``Stream.send_from`` with a count, or from a source with a
+known end). The bytes it then queues inside the reservation need no new durable
+version before they leave -- the store already says what they are -- so a bulk
+regenerable send is not held for a commit per round. A restore takes the recorded
+extent as queued: it regenerates the whole reservation, and the application continues
+at its end (``Stream.send_offset``). Anything else sent on the stream (literal bytes,
+another source, a FIN) first *cuts* the reservation back to what was queued.
 """
 
 from __future__ import annotations
@@ -38,6 +48,12 @@ class TxMap:
 
     refs: list[RefExtent]
     ref_base: int = 0  # length of the extents dropped (wholly acknowledged)
+    reserved: int = 0  # stream offset the last extent is recorded up to (if beyond its end)
+    # Not persisted: the delta versions that record the reservation up to ``reserved``
+    # and, before its last extension, up to ``prior_reserved``.
+    reserved_version: int = 0
+    prior_reserved: int = 0
+    prior_version: int = 0
 
     @classmethod
     def decode(cls, refs: str, ref_base: int) -> TxMap:
@@ -57,10 +73,37 @@ class TxMap:
             raise ValueError(f"bad tx_refs field {refs[:80]!r}") from exc
 
     def encode(self) -> str:
-        if not self.refs:
+        """The ``tx_refs`` field: the extents, the last one as long as its reservation."""
+        refs = self.refs
+        if not refs:
             return ""
-        return json.dumps(
-            [[r.start, r.length, r.src_offset, r.name] for r in self.refs], separators=(",", ":")
+        items = [[r.start, r.length, r.src_offset, r.name] for r in refs]
+        last = refs[-1]
+        if self.reserved > last.end:
+            items[-1][1] = self.reserved - last.start
+        return json.dumps(items, separators=(",", ":"))
+
+    def reserve(self, end: int, version: int) -> None:
+        """Record the last extent up to stream offset ``end`` in delta ``version``."""
+        self.prior_reserved, self.prior_version = self.reserved, self.reserved_version
+        self.reserved, self.reserved_version = end, version
+
+    def version_for(self, end: int) -> int:
+        """The delta version that records the reservation of bytes up to ``end``."""
+        return self.prior_version if end <= self.prior_reserved else self.reserved_version
+
+    def unreserve(self) -> None:
+        """The reservation is over (cut, or used up)."""
+        self.reserved = self.reserved_version = self.prior_reserved = self.prior_version = 0
+
+    def within_reservation(self, start: int, length: int, name: str, src_offset: int) -> bool:
+        """Whether a ref send ``[start, start + length)`` of ``name`` from ``src_offset``
+        continues the last extent inside its reservation (its bytes are recorded)."""
+        if start + length > self.reserved or not self.refs:
+            return False
+        last = self.refs[-1]
+        return (
+            last.end == start and last.src_offset + last.length == src_offset and last.name == name
         )
 
     def stream_end(self, literal_end: int) -> int:
@@ -96,10 +139,14 @@ class TxMap:
         refs.append(RefExtent(start, length, src_offset, name))
 
     def trim(self, below: int) -> bool:
-        """Forget extents wholly below ``below`` (acknowledged); True if any went."""
+        """Forget extents wholly below ``below`` (acknowledged); True if any went. The
+        last extent stays while it is reserved beyond its end (more of it will come)."""
         refs = self.refs
+        n = len(refs)
+        if n and self.reserved > refs[-1].end:
+            n -= 1
         i = 0
-        while i < len(refs) and refs[i].end <= below:
+        while i < n and refs[i].end <= below:
             self.ref_base += refs[i].length
             i += 1
         if i:

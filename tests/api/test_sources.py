@@ -4,18 +4,23 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
+from api_helpers import OutageStore
 
 from stcp_framework import FileSource, SourceError, open_stack
 from stcp_framework.api import Stack, Stream
 from stcp_framework.link.sim import SimNetwork
 from stcp_framework.services import CHARGEN_SOURCE, chargen_bytes
 from stcp_framework.stack.sources import SourceRegistry
+from stcp_framework.store.base import FlowDelta
 from stcp_framework.store.memory import MemoryStore
+from stcp_framework.tcp.config import TcpConfig
+from stcp_framework.tcp.txmap import TxMap
 from stcp_framework.testing import CLIENT_ADDRESS, SERVER_ADDRESS, RestartableServer
 
 
@@ -99,3 +104,126 @@ async def test_send_from_a_file_survives_a_restart(
     assert bytes(got) == data
     assert len(server.restarts) == 1
     assert max_tx == 0  # no byte of the file went to the store
+
+
+async def test_a_recorded_download_flows_without_commits_up_to_the_record_end(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """A ``send_from`` whose end is known records its extent ahead of the bytes
+    (``tcp/txmap.py``), so they need no commit of their own: while the store refuses
+    every commit (G7), the file keeps flowing up to the recorded end -- half a send
+    buffer past what was queued when the store went -- and no further."""
+    data = os.urandom(3_000_000)
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    store = OutageStore()
+    got = bytearray()
+    config = TcpConfig(send_buffer_size=256 * 1024)
+
+    async def handler(stream: Stream) -> None:
+        with FileSource(path) as source:
+            await stream.send_from(source, 0, block_size=50_000)
+        await stream.send_eof()
+
+    network = SimNetwork(9)
+    async with (
+        open_stack(network.attach(CLIENT_ADDRESS), [CLIENT_ADDRESS]) as client,
+        open_stack(
+            network.attach(SERVER_ADDRESS), [SERVER_ADDRESS], store=store, config=config
+        ) as server,
+        trio.open_nursery() as nursery,
+    ):
+        await nursery.start(lambda task_status: server.serve(handler, 80, task_status=task_status))
+        stream = await client.connect(SERVER_ADDRESS, 80)
+        while len(got) < 500_000:
+            got += await stream.receive_some(65536)
+        store.down = True
+        (flow,) = store._flows.values()
+        refs = TxMap.decode(str(flow.tcb["tx_refs"]), 0).refs
+        recorded = refs[-1].end  # what the store says the stream holds
+        ((_, conn),) = [(f, f.conn) for f in server.runtime.flows.values()]
+        queued = conn.snd_buf.end_offset  # what the server had queued
+        with trio.move_on_after(5):
+            while chunk := await stream.receive_some(65536):
+                got += chunk
+        # Everything queued then came, and what was queued since up to the record's
+        # end -- no byte past it (those need the record's extension, not durable).
+        assert len(got) == recorded > queued
+        store.down = False
+        with trio.fail_after(30):
+            while chunk := await stream.receive_some(65536):
+                got += chunk
+        stats = server.runtime.stats
+        nursery.cancel_scope.cancel()
+    assert bytes(got) == data
+    assert stats["store_unavailable"] >= 1
+
+
+class _Pattern:
+    """A regenerable source over ``data``; it says its ``size`` only if ``sized``."""
+
+    name = "pattern"
+
+    def __init__(self, data: bytes, *, sized: bool) -> None:
+        self.data = data
+        if sized:
+            self.size = len(data)
+
+    def read(self, offset: int, size: int) -> bytes:
+        return self.data[offset : offset + size]
+
+
+class _SlowStore(MemoryStore):
+    """A store whose every commit takes ``COMMIT_LATENCY`` (a Redis across a network)."""
+
+    async def commit(self, batch: Sequence[FlowDelta]) -> None:
+        await trio.sleep(COMMIT_LATENCY)
+        await super().commit(batch)
+
+
+COMMIT_LATENCY = 0.001  # as the network's one-way delay
+
+
+async def _download_time(data: bytes, *, sized: bool) -> tuple[float, int]:
+    network = SimNetwork(11)
+    source = _Pattern(data, sized=sized)
+    got = bytearray()
+
+    async def handler(stream: Stream) -> None:
+        await stream.send_from(source, 0, block_size=100_000)
+        await stream.send_eof()
+
+    async with (
+        open_stack(network.attach(CLIENT_ADDRESS), [CLIENT_ADDRESS]) as client,
+        open_stack(
+            network.attach(SERVER_ADDRESS), [SERVER_ADDRESS], store=_SlowStore(),
+            sources=[source], config=TcpConfig(send_buffer_size=256 * 1024),
+        ) as server,
+        trio.open_nursery() as nursery,
+    ):  # fmt: skip
+        await nursery.start(lambda task_status: server.serve(handler, 80, task_status=task_status))
+        stream = await client.connect(SERVER_ADDRESS, 80)
+        start = trio.current_time()
+        while chunk := await stream.receive_some(65536):
+            got += chunk
+        elapsed = trio.current_time() - start
+        early = server.runtime.stats["segments_before_commit"]
+        nursery.cancel_scope.cancel()
+    assert bytes(got) == data
+    return elapsed, early
+
+
+async def test_a_recorded_download_is_not_paced_by_the_store(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Where the send buffer bounds what is in flight, each byte is queued in the round
+    that sends it. Unrecorded, those segments wait for that round's commit (they need
+    the extent it stores), so every window's worth waits for the store once more;
+    recorded ahead, they leave before the commit (``Runtime._round``,
+    ``_durable_already``). With commits as slow as the network's one-way delay: 1.46x
+    faster here (0.310 -> 0.213 virtual seconds for 20 MB)."""
+    data = os.urandom(20_000_000)
+    paced, paced_early = await _download_time(data, sized=False)
+    recorded, recorded_early = await _download_time(data, sized=True)
+    assert recorded_early > 10 * paced_early  # most segments now leave before the commit
+    assert recorded < 0.8 * paced

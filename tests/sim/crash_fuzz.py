@@ -81,6 +81,7 @@ class Scenario:
     downtime: float
     small_buffers: bool
     regenerable: bool  # level1: the download is a send_from source
+    sized_source: bool  # ... with a size: its extent is recorded ahead (reservation)
     crash_after: tuple[int, ...]  # network send numbers
     outages: tuple[tuple[float, float], ...]  # (start, seconds) the store refuses commits
     ipv6: bool = False  # level2: every stack on 2001:db8::/32
@@ -90,7 +91,8 @@ class Scenario:
             f"seed={self.seed} {self.kind}/{self.app} {self.size} B {self.durability}"
             f" loss={self.loss} reorder={self.reorder} dup={self.duplicate}"
             f" down={self.downtime}s{' small-buffers' if self.small_buffers else ''}"
-            f"{' regenerable' if self.regenerable else ''} crash_after={list(self.crash_after)}"
+            f"{' regenerable' if self.regenerable else ''}{' sized' if self.sized_source else ''}"
+            f" crash_after={list(self.crash_after)}"
             f"{f' outages={list(self.outages)}' if self.outages else ''}"
             f"{' ipv6' if self.ipv6 else ''}"
         )
@@ -114,7 +116,10 @@ def draw(seed: int) -> Scenario:
         duplicate=r.choice([0.0, 0.0, 0.02]),
         downtime=r.choice([0.0, 0.05, 0.5]),
         small_buffers=small,
-        regenerable=kind == "level1" and r.random() < 0.3,
+        # (one draw for both, as before there was a sized source: old seeds keep their
+        # scenarios, half of their regenerable ones now sized)
+        regenerable=(regen := r.random() if kind == "level1" else 1.0) < 0.3,
+        sized_source=regen < 0.15,
         crash_after=tuple(sorted(r.sample(range(1, span), r.choice([1, 2, 3, 6])))),
         outages=tuple(
             (round(r.uniform(0.0, 0.3), 3), r.choice([0.05, 0.3, 2.0]))
@@ -165,6 +170,7 @@ async def _level1(sc: Scenario) -> None:
         duplicate=sc.duplicate,
         config=SMALL_BUFFERS if sc.small_buffers else None,
         regenerable=sc.regenerable,
+        sized_source=sc.sized_source,
         store=OutageStore(sc.outages),
         reordered=sc.reorder > 0.0 or sc.duplicate > 0.0,
     )

@@ -359,12 +359,15 @@ class Sink:
 
 
 class BytesSource:
-    """A regenerable source over bytes the test owns (``Stream.send_from``)."""
+    """A regenerable source over bytes the test owns (``Stream.send_from``). ``sized``:
+    it says where it ends (``size``), so sends of it are recorded ahead (a reservation,
+    ``tcp/txmap.py``)."""
 
     name = "download"
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, *, sized: bool = False) -> None:
         self.data = data
+        self.size: int | None = len(data) if sized else None
 
     def read(self, offset: int, size: int) -> bytes:
         return self.data[offset : offset + size]
@@ -376,6 +379,7 @@ def make_app(
     sink: Sink,
     download: bytes,
     regenerable: bool = False,
+    sized_source: bool = False,
 ) -> Callable[[Stack], Any]:
     """The level-1 server app: sink for the upload, pattern source for the download.
 
@@ -396,7 +400,9 @@ def make_app(
             start = stream.send_offset
             if start < len(download):
                 if regenerable:
-                    await stream.send_from(BytesSource(download), start, block_size=40_000)
+                    await stream.send_from(
+                        BytesSource(download, sized=sized_source), start, block_size=40_000
+                    )
                 else:
                     await stream.send_all(download[start:])
             await stream.send_eof()
@@ -506,6 +512,7 @@ async def crash_transfer(
     reordered: bool = False,
     config: TcpConfig | None = None,
     regenerable: bool = False,
+    sized_source: bool = False,
     store: MemoryStore | None = None,
 ) -> CrashRun:
     """Move ``size`` bytes each way while the server is crashed after chosen packets.
@@ -519,6 +526,8 @@ async def crash_transfer(
         config: TCP settings of both stacks.
         regenerable: The download is a regenerable send (``send_from``) of a source
             every incarnation registers, instead of stored bytes.
+        sized_source: That source has a ``size``: its extent is recorded ahead of the
+            bytes queued (a reservation), so they leave without a commit per round.
         store: The server's store (a fresh ``MemoryStore`` by default).
     """
     upload = payload(seed, size)
@@ -530,7 +539,7 @@ async def crash_transfer(
     server = RestartableServer(
         network,
         SERVER_ADDRESS,
-        make_app(server_ref, store, sink, download, regenerable),
+        make_app(server_ref, store, sink, download, regenerable, sized_source),
         store=store,
         seed=seed,
         downtime=downtime,

@@ -3,13 +3,17 @@ literal bytes keep dense offsets in the store; a restore reads the extents again
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
-from tcp_helpers import LOCAL_SEQ, conn_established, r, sq
+from tcp_helpers import CONFIG, LOCAL_SEQ, MSS, conn_established, r, sq, tcb_fields
 
 from stcp_framework.tcp.delta import TcbSet, TxAppend, TxTrim
 from stcp_framework.tcp.machine import Connection
+from stcp_framework.tcp.step import Step
 from stcp_framework.tcp.tcb import Tcb
 from stcp_framework.tcp.txmap import RefExtent, TxMap
+from stcp_framework.wire.seq import Seq, seq_diff
 
 SOURCE = bytes(range(256)) * 64  # 16 KiB "file"
 
@@ -133,3 +137,129 @@ def test_restore_reads_unacknowledged_ref_bytes_again() -> None:
             version=conn.version,
             regenerate=lambda name, offset, size: b"",
         )
+
+
+# ------------------------------------------------------------ reservation (recorded ahead)
+
+AHEAD_CONFIG = replace(CONFIG, send_buffer_size=8000)  # records up to 4,000 bytes ahead
+
+
+def tx_refs_of(step: Step) -> str | None:
+    """The ``tx_refs`` value the step's delta records, if it records one."""
+    fields = tcb_fields(step)
+    value = fields.get("tx_refs")
+    return None if value is None else str(value)
+
+
+def test_the_last_extent_is_kept_while_reserved_beyond_its_end() -> None:
+    m = TxMap([])
+    m.add(0, 100, "a", 0)
+    m.reserve(500, 1)
+    assert m.encode() == '[[0,500,0,"a"]]'  # recorded as far as reserved
+    assert not m.trim(100) and m.refs == [RefExtent(0, 100, 0, "a")]  # more of it comes
+    assert m.within_reservation(100, 400, "a", 100)
+    assert not m.within_reservation(100, 401, "a", 100)  # past the reservation
+    assert not m.within_reservation(100, 10, "a", 7)  # not where the source goes on
+    assert not m.within_reservation(100, 10, "b", 100)
+    m.unreserve()
+    assert m.encode() == '[[0,100,0,"a"]]'
+    assert m.trim(100) and m.refs == [] and m.ref_base == 100
+
+
+def test_a_sized_ref_send_is_recorded_ahead_so_the_next_bytes_need_no_new_version() -> None:
+    conn = conn_established(AHEAD_CONFIG)
+    conn.app_send_ref(SOURCE[:1000], "src", 0, 1.0, src_end=10_000)
+    first = conn.drain()
+    assert first.delta is not None
+    v1 = first.delta.version
+    # Recorded up to half a send buffer past what is queued: [0, 1000 + 4000).
+    assert tx_refs_of(first) == '[[0,5000,0,"src"]]'
+    assert [seg.needs_version for seg in first.segments] == [v1]
+    assert conn.counters["tx_reserve"] == 1
+
+    conn.app_send_ref(SOURCE[1000:2000], "src", 1000, 1.1, src_end=10_000)
+    second = conn.drain()
+    assert tx_refs_of(second) is None  # inside the record: nothing new to store
+    assert second.segments and all(seg.needs_version == v1 for seg in second.segments)
+
+    # Within half a send buffer of the record's end it is extended, in the next
+    # version; the bytes queued now are inside the old record and need only that.
+    conn.app_send_ref(SOURCE[2000:3500], "src", 2000, 1.2, src_end=10_000)
+    third = conn.drain()
+    assert third.delta is not None
+    v3 = third.delta.version
+    assert tx_refs_of(third) == '[[0,7500,0,"src"]]'
+    assert third.segments and all(seg.needs_version == v1 for seg in third.segments)
+    # Bytes past the old record's end need the extension (and, close to its end
+    # again, extend it once more: up to the 10,000 the application said).
+    # A call takes bytes up to the end of one record at a time (the old one first).
+    conn.on_segment(r(ack=sq(LOCAL_SEQ, 3500)), 1.25)
+    conn.drain()
+    assert conn.app_send_ref(SOURCE[3500:6000], "src", 3500, 1.3, src_end=10_000) == 1500
+    assert conn.app_send_ref(SOURCE[5000:6000], "src", 5000, 1.3, src_end=10_000) == 1000
+    fourth = conn.drain()
+    assert tx_refs_of(fourth) == '[[0,10000,0,"src"]]'
+    ends = [seq_diff(Seq(seg.seq), LOCAL_SEQ) + len(seg.payload) for seg in fourth.segments]
+    assert ends == [3500 + MSS, 5000, 6000]
+    assert [seg.needs_version for seg in fourth.segments] == [v1, v1, v3]
+    assert conn.counters["tx_reserve"] == 3
+
+
+def test_the_record_stops_at_the_end_the_application_gave() -> None:
+    conn = conn_established(AHEAD_CONFIG)
+    conn.app_send_ref(SOURCE[100:600], "src", 100, 1.0, src_end=1100)
+    assert tx_refs_of(conn.drain()) == '[[0,1000,100,"src"]]'  # not 4,000 ahead: 1,000 left
+    conn.app_send_ref(SOURCE[600:1100], "src", 600, 1.1, src_end=1100)
+    step = conn.drain()
+    assert tx_refs_of(step) is None and step.segments
+
+
+@pytest.mark.parametrize("then", ["literal", "other source", "shutdown", "end_reservation"])
+def test_anything_else_sent_cuts_the_record_back_to_what_was_queued(then: str) -> None:
+    conn = conn_established(AHEAD_CONFIG)
+    conn.app_send_ref(SOURCE[:1000], "src", 0, 1.0, src_end=10_000)
+    assert tx_refs_of(conn.drain()) == '[[0,5000,0,"src"]]'
+    if then == "literal":
+        conn.app_send(b"END", 1.1)
+        expected = '[[0,1000,0,"src"]]'
+    elif then == "other source":
+        conn.app_send_ref(b"xyz", "other", 0, 1.1)
+        expected = '[[0,1000,0,"src"],[1000,3,0,"other"]]'
+    elif then == "shutdown":
+        conn.app_shutdown(1.1)
+        expected = '[[0,1000,0,"src"]]'
+    else:
+        assert conn.end_reservation()
+        assert not conn.end_reservation()  # nothing left to cut
+        expected = '[[0,1000,0,"src"]]'
+    step = conn.drain()
+    assert step.delta is not None
+    assert tx_refs_of(step) == expected
+    # What follows the extent (bytes, FIN) needs the shorter record durable first.
+    assert conn.tx_needs == step.delta.version
+    assert all(seg.needs_version == step.delta.version for seg in step.segments)
+    assert bool(step.segments) is (then != "end_reservation")
+
+
+def test_a_restore_regenerates_the_whole_record_and_the_app_goes_on_after_it() -> None:
+    conn = conn_established(AHEAD_CONFIG)
+    conn.app_send_ref(SOURCE[:1000], "src", 0, 1.0, src_end=10_000)
+    record = conn.tcb.to_record()
+    record.update(tcb_fields(conn.drain()))
+    restored = Connection.restore(
+        Tcb.from_record(record),
+        rx=b"",
+        rx_offset=0,
+        tx=b"",
+        tx_offset=0,
+        now=5.0,
+        config=conn.config,
+        version=conn.version,
+        regenerate=regenerate,
+    )
+    buf = restored.snd_buf
+    # Bytes up to the record's end may have left before the crash: they are queued
+    # again, and the application continues at 5,000 (Stream.send_offset).
+    assert (buf.base_offset, buf.end_offset) == (0, 5000)
+    assert bytes(buf.view(0, 5000)) == SOURCE[:5000]
+    assert restored.maybe_sent_end == 5000
