@@ -89,6 +89,13 @@ def advertise_window(c: Connection) -> int:
     if new_wnd != rcv_wnd:
         tcb.rcv_wnd = new_wnd
         c._dirty["rcv_wnd"] = new_wnd
+        if new_wnd > cur:
+            # The right edge moves right: the segment needs it recorded. A restore
+            # from an older edge could otherwise round its first window down to the
+            # scale unit, left of what the peer saw (RFC 7323 §2.4; crash fuzz seeds
+            # 1185928 and 1186023, once segments durable already left before their
+            # round's commit, which had recorded it on the way).
+            c.rx_needs = c.version + 1
     if tcb.rcv_wup != rcv_nxt:
         tcb.rcv_wup = rcv_nxt
         c._dirty["rcv_wup"] = rcv_nxt
@@ -420,6 +427,10 @@ def send_data(c: Connection, now: float, *, force: bool) -> None:
             window = advertise_window(c)
             opts = _options(c, now)
             ack = c.ack_point() if tcb.ack_on_commit else tcb.rcv_nxt
+            if c.rx_needs > needs:  # the window's edge moved (advertise_window)
+                needs = c.rx_needs
+            if c.rx_needs > low_needs:
+                low_needs = c.rx_needs
         new_ptr = ptr + n
         flags = ACK
         seg_needs = needs if new_ptr > low_end else low_needs

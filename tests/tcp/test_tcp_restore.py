@@ -22,6 +22,7 @@ from tcp_helpers import (
     r,
     sq,
     syn_options,
+    tcb_fields,
 )
 from tcp_peer import drive, likely_segment
 from test_tcp_properties import Mirror
@@ -29,8 +30,9 @@ from test_tcp_properties import Mirror
 from stcp_framework.tcp.config import TcpConfig
 from stcp_framework.tcp.machine import Connection
 from stcp_framework.tcp.state import TcpState
+from stcp_framework.tcp.step import OutSegment
 from stcp_framework.tcp.tcb import TCB_FIELDS, Tcb
-from stcp_framework.wire.seq import seq_add, seq_diff, seq_le
+from stcp_framework.wire.seq import Seq, seq_add, seq_diff, seq_le
 from stcp_framework.wire.tcp import ACK, FIN, SYN
 
 
@@ -326,3 +328,30 @@ def test_the_record_has_every_field_in_order_and_reads_back() -> None:
         want = tcb.state.value if name == "state" else getattr(tcb, name)
         assert record[name] == want, name
     assert Tcb.from_record(record) == tcb
+
+
+def _edge(seg: OutSegment, ws: int) -> Seq:
+    return seq_add(Seq(seg.ack), seg.window << ws)
+
+
+SCALED = replace(CONFIG, window_scaling=True, recv_buffer_size=4 * 1024 * 1024)  # shift 7
+
+
+def test_a_segment_that_moves_the_right_edge_needs_the_edge_recorded() -> None:
+    """RFC 7323 §2.4 across a restart (crash fuzz seeds 1185928, 1186023): a restore
+    starts from the stored edge, and rounds its first window down to the scale unit
+    if the edge the peer saw is not there. So a segment that moves the edge -- even a
+    pure ACK that needs nothing else -- waits for the version that records it."""
+    conn = conn_established(SCALED, syn_options(wscale=7))
+    assert conn.tcb.rcv_wnd == 0xFFFF  # the SYN-ACK's (unscaled), stored with the handshake
+    durable = conn.version
+    conn.on_segment(r(seq=sq(REMOTE_SEQ, -1000), payload=bytes(10)), 1.0)  # an old duplicate
+    step = conn.drain()
+    (ack,) = step.segments
+    assert step.delta is not None and step.delta.version == durable + 1
+    assert seq_diff(_edge(ack, 7), REMOTE_SEQ) == SCALED.recv_buffer_size  # moved right
+    assert tcb_fields(step)["rcv_wnd"] == SCALED.recv_buffer_size
+    assert ack.needs_version == durable + 1  # not `durable`: it would leave first
+    conn.on_segment(r(seq=sq(REMOTE_SEQ, -1000), payload=bytes(10)), 1.1)
+    (again,) = conn.drain().segments
+    assert _edge(again, 7) == _edge(ack, 7) and again.needs_version == durable + 1
