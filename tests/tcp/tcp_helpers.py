@@ -7,8 +7,9 @@
 from __future__ import annotations
 
 from stcp_framework.tcp.config import TcpConfig
-from stcp_framework.tcp.machine import Connection
+from stcp_framework.tcp.machine import Connection, Regenerate
 from stcp_framework.tcp.step import OutSegment, Step
+from stcp_framework.tcp.tcb import Tcb
 from stcp_framework.wire.seq import Seq, seq_add
 from stcp_framework.wire.tcp import ACK, NO_OPTIONS, PSH, SYN, TcpOptions, TcpSegment
 
@@ -191,3 +192,29 @@ def conn_last_ack() -> Connection:
     conn.app_shutdown(0.0)
     conn.drain()
     return conn
+
+
+def restore_record(
+    record: dict[str, object],
+    conn: Connection,
+    *,
+    rx: bytes = b"",
+    rx_offset: int = 0,
+    tx: bytes = b"",
+    tx_offset: int = 0,
+    now: float = 5.0,
+    regenerate: Regenerate | None = None,
+) -> Connection:
+    """``Connection.restore`` of a stored ``record`` of ``conn`` (its config and delta
+    version), with the stored buffers given (none by default)."""
+    return Connection.restore(
+        Tcb.from_record(record),
+        rx=rx,
+        rx_offset=rx_offset,
+        tx=tx,
+        tx_offset=tx_offset,
+        now=now,
+        config=conn.config,
+        version=conn.version,
+        regenerate=regenerate,
+    )

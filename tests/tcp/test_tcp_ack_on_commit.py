@@ -17,6 +17,7 @@ from tcp_helpers import (
     conn_established,
     conn_syn_received,
     r,
+    restore_record,
     s,
     send,
     sq,
@@ -214,16 +215,7 @@ def test_restore_resumes_at_the_commit_point_and_acknowledges_it() -> None:
         if isinstance(op, TcbSet):
             record.update(op.fields)
     assert record["rcv_nxt_offset"] == 3000 and record["commit_offset"] == 1000
-    restored = Connection.restore(
-        Tcb.from_record(record),
-        rx=b"",
-        rx_offset=0,
-        tx=b"",
-        tx_offset=0,
-        now=5.0,
-        config=AOC,
-        version=conn.version,
-    )
+    restored = restore_record(record, conn)
     assert restored.tcb.rcv_nxt == sq(REMOTE_SEQ, 1000)
     assert restored.recv_available == 0
     kick = restored.drain()

@@ -6,7 +6,16 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from tcp_helpers import CONFIG, LOCAL_SEQ, MSS, conn_established, r, sq, tcb_fields
+from tcp_helpers import (
+    CONFIG,
+    LOCAL_SEQ,
+    MSS,
+    conn_established,
+    r,
+    restore_record,
+    sq,
+    tcb_fields,
+)
 
 from stcp_framework.tcp.delta import TcbSet, TxAppend, TxTrim
 from stcp_framework.tcp.machine import Connection
@@ -100,17 +109,7 @@ def test_restore_reads_unacknowledged_ref_bytes_again() -> None:
         elif isinstance(op, TxTrim):
             literal = literal[op.below :]
             base = op.below
-    restored = Connection.restore(
-        Tcb.from_record(record),
-        rx=b"",
-        rx_offset=0,
-        tx=literal,
-        tx_offset=base,
-        now=5.0,
-        config=conn.config,
-        version=conn.version,
-        regenerate=regenerate,
-    )
+    restored = restore_record(record, conn, tx=literal, tx_offset=base, regenerate=regenerate)
     buf = restored.snd_buf
     assert (buf.base_offset, buf.end_offset) == (1004, 3007)
     assert bytes(buf.view(1004, 2003)) == SOURCE[1000:3000] + b"END"
@@ -246,17 +245,7 @@ def test_a_restore_regenerates_the_whole_record_and_the_app_goes_on_after_it() -
     conn.app_send_ref(SOURCE[:1000], "src", 0, 1.0, src_end=10_000)
     record = conn.tcb.to_record()
     record.update(tcb_fields(conn.drain()))
-    restored = Connection.restore(
-        Tcb.from_record(record),
-        rx=b"",
-        rx_offset=0,
-        tx=b"",
-        tx_offset=0,
-        now=5.0,
-        config=conn.config,
-        version=conn.version,
-        regenerate=regenerate,
-    )
+    restored = restore_record(record, conn, regenerate=regenerate)
     buf = restored.snd_buf
     # Bytes up to the record's end may have left before the crash: they are queued
     # again, and the application continues at 5,000 (Stream.send_offset).
