@@ -275,22 +275,23 @@ class Stream(trio.abc.HalfCloseableStream):
         any other source must be passed to ``open_stack(sources=[...])`` by every
         incarnation, or its connections are reset on restore.
 
-        When the end is known -- ``count``, or the source's ``size`` (``math.inf``
-        for an endless one) -- the store records the extent ahead of the bytes queued
-        (``tcp/txmap.py``: a reservation), so they leave without waiting for a commit
-        per round; a restart then continues at the end of what was recorded
-        (``send_offset``).
+        When the source says where it ends (``size``: ``FileSource`` does, ``math.inf``
+        for an endless one), the store records the extent ahead of the bytes queued, up
+        to that end or ``offset + count`` (``tcp/txmap.py``: a reservation), so they
+        leave without waiting for a commit per round; a restart then continues at the
+        end of what was recorded (``send_offset``), which may hold up to half a send
+        buffer more than was queued.
         """
         name = source.name  # read once: a source that renames itself is not one
         sent = 0
+        # Recorded ahead only as far as the source is known to go: a count alone may
+        # run past a source's end, and bytes recorded there could not be read again.
         size = getattr(source, "size", None)
         src_end: int | None = None
-        if count is not None:
-            src_end = offset + count
-            if size is not None and size < src_end:
-                src_end = int(size)
-        elif size is not None:
+        if size is not None:
             src_end = int(size) if size != math.inf else 1 << 62
+            if count is not None and offset + count < src_end:
+                src_end = offset + count
         with self._send_conflict:
             self._check_usable()
             if self._eof_sent:

@@ -244,8 +244,10 @@ def send_rst(c: Connection, seq: Seq, *, with_ack: bool, now: float) -> None:
     RST,ACK <SEQ=SND.NXT>), without for a reply to an unacceptable ACK (<SEQ=SEG.ACK>)."""
     c.count("rst_sent")
     if with_ack:
+        # An abort: the move to CLOSED that follows it in the same call is recorded
+        # before it leaves, or a crash would restore a connection the peer has reset.
         c._out.append(
-            OutSegment(seq, c.ack_point(), RST | ACK, 0, _options(c, now), b"", c.rx_needs)
+            OutSegment(seq, c.ack_point(), RST | ACK, 0, _options(c, now), b"", c.version + 1)
         )
     else:
         c._out.append(OutSegment(seq, 0, RST, 0, NO_OPTIONS, b"", 0))

@@ -836,7 +836,7 @@ class Connection:
         if src_end is not None:
             ahead = self.config.send_buffer_size >> 1
             want = min(end + (src_end - src_offset - n), end + ahead)
-            if want > end and txmap.reserved - end < ahead >> 1:
+            if want > txmap.reserved and txmap.reserved - end < ahead >> 1:
                 txmap.reserve(want, self.version + 1)  # the bytes up to end need no more
                 self.count("tx_reserve")
                 changed = True

@@ -13,8 +13,8 @@ acknowledged, JSON) and ``tx_ref_base`` (the ref bytes of extents already droppe
 
 *Reservation*: the last extent may be recorded longer than what was queued so far, up
 to ``reserved`` (a stream offset), when the application has said it will send that
-much more of the source (``Stream.send_from`` with a count, or from a source with a
-known end). The bytes it then queues inside the reservation need no new durable
+much more of the source (``Stream.send_from`` of a source with a known end, up to it
+or the count). The bytes it then queues inside the reservation need no new durable
 version before they leave -- the store already says what they are -- so a bulk
 regenerable send is not held for a commit per round. A restore takes the recorded
 extent as queued: it regenerates the whole reservation, and the application continues

@@ -227,3 +227,49 @@ async def test_a_recorded_download_is_not_paced_by_the_store(
     recorded, recorded_early = await _download_time(data, sized=True)
     assert recorded_early > 10 * paced_early  # most segments now leave before the commit
     assert recorded < 0.8 * paced
+
+
+async def test_a_count_past_the_end_of_a_source_without_size_survives_a_restart(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A count may run past a source's end (``send_from`` returns fewer bytes). The
+    extent is then not recorded ahead: a record past the end could not be read again,
+    and a crash while it stood would reset the connection (a review found it: the
+    first version took the end from the count)."""
+    data = (bytes(range(251)) * 700)[:170_003]
+    network = SimNetwork(5)
+    store = MemoryStore()
+    source = _Pattern(data, sized=False)
+
+    async def app(stack: Stack) -> None:
+        async def handler(stream: Stream) -> None:
+            start = stream.send_offset
+            if start < len(data):
+                await stream.send_from(source, start, 1_000_000 - start, block_size=16_384)
+            await stream.send_eof()
+
+        await stack.serve(handler, 80)
+
+    server = RestartableServer(
+        network, SERVER_ADDRESS, app, store=store, downtime=0.05, sources=[source],
+        config=TcpConfig(send_buffer_size=64 * 1024),
+    )  # fmt: skip
+    got = bytearray()
+    crashed = False
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        async with open_stack(network.attach(CLIENT_ADDRESS), [CLIENT_ADDRESS]) as client:
+            stream = await client.connect(SERVER_ADDRESS, 80)
+            with trio.fail_after(20):
+                while chunk := await stream.receive_some(4096):
+                    got += chunk
+                    if len(got) >= 150_000 and not crashed:
+                        (flow,) = store._flows.values()
+                        refs = TxMap.decode(str(flow.tcb["tx_refs"]), 0).refs
+                        assert refs[-1].end <= len(data)  # nothing recorded past the end
+                        server.crash()
+                        crashed = True
+            await stream.aclose()
+        nursery.cancel_scope.cancel()
+    assert bytes(got) == data
+    assert len(server.restarts) == 1

@@ -231,3 +231,18 @@ def test_abort_sends_rst() -> None:
     conn.app_abort(1.0)
     expect(conn, [s(flags=RST | ACK, window=0)])
     assert conn.state is TcpState.CLOSED
+
+
+def test_an_abort_s_rst_needs_the_closed_state_recorded() -> None:
+    """The RST of an abort leaves once CLOSED is stored (it may leave before its
+    round's commit, Runtime._round): a crash in between must not restore a connection
+    the peer has already reset."""
+    conn = conn_established()
+    durable = conn.version
+    conn.app_abort(1.0)
+    step = conn.drain()
+    (rst,) = step.segments
+    assert rst.flags == RST | ACK
+    assert step.delta is not None and step.delta.version == durable + 1
+    assert tcb_fields(step)["state"] == "CLOSED"
+    assert rst.needs_version == durable + 1

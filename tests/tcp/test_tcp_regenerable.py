@@ -10,6 +10,7 @@ from tcp_helpers import (
     CONFIG,
     LOCAL_SEQ,
     MSS,
+    REMOTE_SEQ,
     conn_established,
     r,
     restore_record,
@@ -22,7 +23,7 @@ from stcp_framework.tcp.machine import Connection
 from stcp_framework.tcp.step import Step
 from stcp_framework.tcp.tcb import Tcb
 from stcp_framework.tcp.txmap import RefExtent, TxMap
-from stcp_framework.wire.seq import Seq, seq_diff
+from stcp_framework.wire.seq import Seq, seq_add, seq_diff, seq_lt
 
 SOURCE = bytes(range(256)) * 64  # 16 KiB "file"
 
@@ -252,3 +253,52 @@ def test_a_restore_regenerates_the_whole_record_and_the_app_goes_on_after_it() -
     assert (buf.base_offset, buf.end_offset) == (0, 5000)
     assert bytes(buf.view(0, 5000)) == SOURCE[:5000]
     assert restored.maybe_sent_end == 5000
+
+
+def test_near_the_end_the_record_is_not_written_again() -> None:
+    """Once the record reaches the end the application gave, the bytes up to it need
+    the version that recorded them: no same-value rewrite per call (review)."""
+    conn = conn_established(AHEAD_CONFIG)
+    conn.app_send_ref(SOURCE[:1000], "src", 0, 1.0, src_end=5000)
+    first = conn.drain()
+    assert first.delta is not None and tx_refs_of(first) == '[[0,5000,0,"src"]]'
+    v1 = first.delta.version
+    for at, stop in ((1000, 3500), (3500, 5000)):
+        conn.on_segment(r(ack=sq(LOCAL_SEQ, at)), 1.0 + at / 1e5)
+        conn.drain()
+        assert conn.app_send_ref(SOURCE[at:stop], "src", at, 1.1, src_end=5000) == stop - at
+        step = conn.drain()
+        assert tx_refs_of(step) is None
+        assert step.segments and all(seg.needs_version <= v1 for seg in step.segments)
+    assert conn.counters["tx_reserve"] == 1
+
+
+def test_ack_on_commit_a_commit_inside_spilled_bytes_moves_the_edge_with_its_version() -> None:
+    """Ack-on-commit: committing bytes already spilled (stored and ACKed) moves the
+    window's right edge but not the ACK. A recorded-ahead data segment, which needs
+    only an old version, carries that edge: it must wait for the version that records
+    the commit, or a crash restores the older commit and a window left of the one the
+    peer saw (G3; a review's scratch test of the first version)."""
+    aoc = replace(CONFIG, ack_on_commit=True, manual_commit=True, send_buffer_size=8000)
+    conn = conn_established(aoc)
+    conn.on_segment(r(window=500), 0.01)
+    conn.drain()
+    conn.app_send_ref(SOURCE[:500], "src", 0, 0.02, src_end=10_000)
+    conn.drain()
+    for i in range(6):  # 3,000 bytes the app does not commit in time: spilled
+        conn.on_segment(r(seq=sq(REMOTE_SEQ, 500 * i), payload=b"x" * 500, window=500), 0.03)
+    conn.on_timer(0.03 + aoc.commit_wait + 0.001)
+    conn.drain()
+    assert conn.rx_stored == 3000
+    conn.on_segment(r(seq=sq(REMOTE_SEQ, 3000), ack=sq(LOCAL_SEQ, 500), window=8000), 0.1)
+    durable = conn.drain()
+    assert durable.delta is not None
+    assert conn.app_receive(1000, 0.2) == b"x" * 1000
+    conn.app_commit(1000, None, 0.2)
+    conn.app_send_ref(SOURCE[500:1500], "src", 500, 0.2, src_end=10_000)
+    step = conn.drain()
+    assert step.delta is not None and step.segments
+    old_edge = seq_add(REMOTE_SEQ, aoc.recv_buffer_size)  # commit 0 + buffer
+    moved = [seg for seg in step.segments if seq_lt(old_edge, seq_add(Seq(seg.ack), seg.window))]
+    assert moved  # commit 1,000 + buffer
+    assert all(seg.needs_version == step.delta.version for seg in moved)  # the commit's
