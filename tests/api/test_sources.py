@@ -273,3 +273,65 @@ async def test_a_count_past_the_end_of_a_source_without_size_survives_a_restart(
         nursery.cancel_scope.cancel()
     assert bytes(got) == data
     assert len(server.restarts) == 1
+
+
+async def test_a_cancelled_recorded_send_then_literal_bytes_and_fin_survive_a_restart(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """``send_from`` cancelled midway cuts its record back to what was queued; the
+    literal bytes and the FIN sent next follow that point, and a crash right after
+    they are durable restores exactly that stream: the file's first bytes, the
+    trailer, the FIN -- nothing of the record's unqueued part (review)."""
+    data = os.urandom(2_000_000)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    network = SimNetwork(7)
+    store = MemoryStore()
+    queued: list[int] = []
+    reserved: list[int] = []
+    durable = trio.Event()
+
+    async def app(stack: Stack) -> None:
+        async def handler(stream: Stream) -> None:
+            if stream.recovered:
+                await trio.sleep_forever()  # the restored stream finishes by itself
+            with FileSource(path) as source:
+                with trio.move_on_after(0.003):
+                    await stream.send_from(source, 0, block_size=50_000)
+            queued.append(stream.send_offset)
+            await stream.send_all(b"TRAILER")
+            await stream.send_eof()
+            await stream.commit()  # (a round after the FIN's: it is durable too)
+            reserved.append(stream._flow.conn.counters.get("tx_reserve", 0))
+            durable.set()
+            await trio.sleep_forever()
+
+        await stack.serve(handler, 80)
+
+    server = RestartableServer(
+        network, SERVER_ADDRESS, app, store=store, downtime=0.05,
+        config=TcpConfig(send_buffer_size=256 * 1024),
+    )  # fmt: skip
+    got = bytearray()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        async with open_stack(network.attach(CLIENT_ADDRESS), [CLIENT_ADDRESS]) as client:
+            stream = await client.connect(SERVER_ADDRESS, 80)
+            got += await stream.receive_some(1000)
+            with trio.fail_after(10):
+                await durable.wait()
+            (flow,) = store._flows.values()
+            refs = TxMap.decode(str(flow.tcb["tx_refs"]), 0).refs
+            stored_extent_end = refs[-1].end if refs else None
+            server.crash()
+            with trio.fail_after(30):
+                while chunk := await stream.receive_some(65536):
+                    got += chunk
+            await stream.aclose()
+        nursery.cancel_scope.cancel()
+    (k,) = queued
+    assert 0 < k < len(data)  # cut midway
+    assert reserved[0] >= 1  # it had been recorded ahead ...
+    assert stored_extent_end == k, (stored_extent_end, k)  # ... and was cut back to k
+    assert bytes(got) == data[:k] + b"TRAILER"
+    assert len(server.restarts) == 1
