@@ -239,6 +239,30 @@ async def test_crash_in_the_handshake_with_an_instant_restart(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("stride", [50, 37], ids=["every50", "every37"])
+async def test_two_megabytes_recorded_ahead_with_a_crash_every_nth_packet(
+    autojump_clock: trio.testing.MockClock, stride: int
+) -> None:
+    """The download from a sized source with a 64 KiB send buffer: its record is
+    extended every 16 KiB and most segments leave before their round's commit; crashes
+    every ``stride`` packets land between a record and the bytes it covers, and the
+    oracle checks G1-G3 on every segment."""
+    seed_trio_scheduler(LARGE_SEED)
+    with trio.fail_after(BUDGET):
+        run = await crash_transfer(
+            seed=LARGE_SEED,
+            size=LARGE,
+            crash_after=every_nth_live_packet(stride, 4000),
+            regenerable=True,
+            sized_source=True,
+            config=TcpConfig(send_buffer_size=64 * KB),
+        )
+    check_run(run)
+    assert run.oracle.max_tx_stored == 0  # no byte of the download was ever stored
+    assert run.server.restarts
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("stride", "downtime", "loss"),
     [(50, 0.0, 0.0), (50, DOWNTIME, 0.0), (37, 0.0, 0.0), (50, 0.0, 0.01)],
