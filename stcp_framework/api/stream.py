@@ -97,7 +97,8 @@ class Stream(trio.abc.HalfCloseableStream):
         """Stream offset of the next byte ``send_all`` will accept (bytes accepted so far).
 
         Accepted bytes are durable (G2), so after a restart a sender that regenerates its
-        data (chargen, a file) continues from here.
+        data (chargen, a file) continues from here. (After a restart it also counts the
+        bytes a ``send_from`` had recorded ahead of what it queued: they are queued again.)
         """
         return self._flow.conn.snd_buf.end_offset
 
