@@ -411,12 +411,17 @@ class Connection:
                 and tcb.snd_wnd - (c.snd_nxt_offset() - tcb.snd_una_offset) < tcb.mss
             ):
                 # Data waits on a closed window: the peer's window update may have died
-                # with the old process, and it never repeats one. A probe with an old
-                # sequence number makes it answer with its window now (Linux
-                # tcp_xmit_probe_skb), instead of at our persist timer (1 s after a
-                # restore, as the RTT estimate starts over).
+                # with the old process, and it never repeats one. A probe makes it
+                # answer with its window now, instead of at our persist timer (1 s after
+                # a restore, as the RTT estimate starts over): the byte at SND.UNA,
+                # which it takes if its window is open, or answers as a duplicate or a
+                # zero-window probe. Not a zero-length <SEQ=SND.UNA-1>: Linux answers
+                # those at most once per 500 ms (tcp_oow_rate_limited, exempting only
+                # segments with data), so a second restart that soon after the first
+                # stalled for the persist timer (1 s, a kill-9 netns test 2 in 15).
                 c.count("restore_window_probe")
-                _output.make_segment(c, seq_add(tcb.snd_una, -1), ACK, b"", now)
+                una = tcb.snd_una_offset
+                _output.make_segment(c, tcb.snd_una, ACK, c.snd_buf.view(una, 1), now)
             if tcb.ack_on_commit and tcb.snd_una_offset >= 0 and state.can_recv():
                 # What the peer sent past the ACK point died with the old process, and
                 # it is waiting on its retransmission timer, backed off while we were

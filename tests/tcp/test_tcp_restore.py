@@ -291,8 +291,10 @@ def test_restore_takes_an_ack_of_stored_bytes_and_the_fin_after_them() -> None:
 
 def test_restore_with_data_waiting_on_a_closed_window_probes_at_once() -> None:
     """The peer's window update may have been lost while we were down: the kick adds a
-    probe <SEQ=SND.UNA-1> that the peer must answer with its window (RFC 9293
-    §3.10.7.4 first step: an unacceptable segment gets an ACK)."""
+    probe, the byte at SND.UNA, that the peer answers with its window whether it takes
+    it, holds it already or has no room (RFC 9293 §3.8.6.1). A zero-length probe
+    <SEQ=SND.UNA-1> would do as an unacceptable segment, but Linux answers those at
+    most once per 500 ms (``tcp_oow_rate_limited``; segments with data are exempt)."""
     conn = conn_established()
     conn.on_segment(r(window=0), 0.5)  # the peer's window closes
     conn.app_send(b"x" * 5000, 1.0)
@@ -310,11 +312,16 @@ def test_restore_with_data_waiting_on_a_closed_window_probes_at_once() -> None:
         version=conn.version,
     )
     kick = restored.drain()
-    assert [(seg.seq, seg.flags, len(seg.payload)) for seg in kick.segments] == [
-        (LOCAL_SEQ, ACK, 0),
-        (sq(LOCAL_SEQ, -1), ACK, 0),
+    assert [(seg.seq, seg.flags, bytes(seg.payload)) for seg in kick.segments] == [
+        (LOCAL_SEQ, ACK, b""),
+        (LOCAL_SEQ, ACK, b"x"),
     ]
     assert restored.counters["restore_window_probe"] == 1
+    # The peer's window was open after all: it takes the byte and says so.
+    restored.on_segment(r(ack=sq(LOCAL_SEQ, 1), window=64000), 5.01)
+    step = restored.drain()
+    assert restored.tcb.snd_una == sq(LOCAL_SEQ, 1)
+    assert step.segments and step.segments[0].seq == sq(LOCAL_SEQ, 1)  # sending resumes
 
 
 def test_the_record_has_every_field_in_order_and_reads_back() -> None:
