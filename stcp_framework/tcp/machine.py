@@ -829,15 +829,11 @@ class Connection:
         chunk, offset = accepted
         n = len(chunk)
         end = offset + n
-        if txmap.within_reservation(offset, n, name, src_offset):
-            txmap.add(offset, n, name, src_offset)  # already recorded: no new field value
-            self._tx_needs_from(offset, txmap.version_for(end))
-            changed = False
-        else:
-            txmap.add(offset, n, name, src_offset)
-            # the extent is durable before its bytes leave
-            self._tx_needs_from(offset, self.version + 1)
-            changed = True
+        # Inside the record, the bytes need the version that recorded them; otherwise
+        # the extent grows and is durable before its bytes leave.
+        changed = not txmap.within_reservation(offset, n, name, src_offset)
+        txmap.add(offset, n, name, src_offset)
+        self._tx_needs_from(offset, self.version + 1 if changed else txmap.version_for(end))
         if src_end is not None:
             ahead = self.config.send_buffer_size >> 1
             want = min(end + (src_end - src_offset - n), end + ahead)
