@@ -152,7 +152,7 @@ def _open(args: argparse.Namespace) -> tuple[RedisStore, str]:
     from redis.exceptions import RedisError
 
     from ..store import embedded
-    from ..store.redis import RedisStore
+    from ..store.redis import RedisStore, refusal
 
     if args.store == "embedded":
         url = embedded.socket_url(args.store_dir)
@@ -176,6 +176,9 @@ def _open(args: argparse.Namespace) -> tuple[RedisStore, str]:
         store.client.ping()
     except (RedisError, OSError) as exc:
         store.client.close()
+        refused = refusal(exc)
+        if refused is not None:
+            raise StcpConfigError(f"store at {_redact(url)}: {refused}") from exc
         if args.store == "embedded":
             raise StcpConfigError(down) from exc
         raise StcpConfigError(f"{down}: {exc}") from exc

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from .._version import __version__
 from ..errors import StcpConfigError
-from ..store.base import StoreError
+from ..store.base import StoreError, StoreRefused
 
 DESCRIPTION = """\
 stcp: stateless TCP servers. A user-space TCP stack on trio over a Linux TUN device.
@@ -99,6 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         if isinstance(cause, StcpConfigError):
             print(f"stcp: error: {cause}", file=sys.stderr)
+            return 2
+        if isinstance(cause, StoreRefused):  # credentials, certificate: a setting
+            print(f"stcp: error: store: {cause}", file=sys.stderr)
             return 2
         # Unavailable is waited out (G7); what reaches here is a refusal to act on.
         print(f"stcp: error: store: {cause}", file=sys.stderr)

@@ -344,8 +344,8 @@ async def _keep(worker: _Worker, done: trio.Event, outcome: list[int]) -> None:
     standing by, let that one take over (and start another standby).
 
     A worker that fails to start again is retried with a growing pause, unless it
-    exits with status 2 (``StcpConfigError``: a setting that will not fix itself),
-    which stops the whole server.
+    exits with status 2 (``StcpConfigError``, or ``StoreRefused``: a setting that will
+    not fix itself), which stops the whole server.
     """
     pause = 0.0
     if worker.standby:

@@ -17,6 +17,13 @@ class StoreUnavailable(StoreError):
     """Transient: the store cannot be reached. Stop ACKing, keep the flow (G7)."""
 
 
+class StoreRefused(StoreError):
+    """The store refuses this client as configured -- its credentials, or its TLS
+    certificate does not verify: no retry cures it, so it is not waited out like
+    ``StoreUnavailable``; ``stcp`` exits with one line and status 2, as for a bad
+    setting."""
+
+
 class FencedOut(StoreError):
     """Fatal for the flow on this instance: another owner holds a newer epoch (G5).
 

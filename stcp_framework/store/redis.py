@@ -101,6 +101,7 @@ Theory of operation:
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple, NoReturn
@@ -110,8 +111,8 @@ import trio
 from hiredis import pack_command
 from redis.backoff import NoBackoff
 from redis.commands.core import Script
+from redis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
@@ -124,6 +125,7 @@ from .base import (
     FlowLost,
     FlowRecord,
     StoreError,
+    StoreRefused,
     StoreUnavailable,
 )
 from .codec import ALIASES, decode_name, decode_value, encode_name, encode_value
@@ -804,12 +806,45 @@ def _summary(items: Sequence[str], sep: str = "; ", limit: int = 5) -> str:
     return text if len(items) <= limit else f"{text} (and {len(items) - limit} more)"
 
 
+def refusal(exc: BaseException) -> str | None:
+    """What to fix, in one line, when connecting failed for a reason no retry cures:
+    credentials Redis refuses (``requirepass``, ACL users), or a TLS certificate that
+    does not verify. ``None`` for anything else (unreachable, timed out: transient).
+
+    redis-py raises both as ``ConnectionError`` (``AuthenticationError`` is one), which
+    a server would otherwise wait out as an outage (G7), warning every 2 s forever.
+    """
+    if isinstance(exc, AuthenticationError):
+        text = str(exc)
+        if "Authentication required" in text or text.startswith("HELLO must be called"):
+            text = "it requires a password"  # (redis-py's HELLO says so at length)
+        return (
+            f"Redis refused the credentials ({text.rstrip('.')}): give the right ones in "
+            "the store URL, redis://[USER]:PASSWORD@HOST:PORT or unix://[USER]:PASSWORD@/PATH"
+        )
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return (
+                f"Redis's TLS certificate did not verify ({cause.verify_message}): name "
+                "the CA that signed it, rediss://HOST:PORT?ssl_ca_certs=/PATH/ca.pem"
+            )
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 @contextmanager
 def _store_errors(what: str) -> Iterator[None]:
-    """Map redis-py exceptions to the store's (G7: transient means StoreUnavailable)."""
+    """Map redis-py exceptions to the store's (G7: transient means StoreUnavailable;
+    credentials or a certificate Redis refuses are not: ``refusal``)."""
     try:
         yield
     except (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError) as exc:
+        refused = refusal(exc)
+        if refused is not None:
+            raise StoreRefused(f"{what}: {refused}") from exc
         raise StoreUnavailable(f"{what}: Redis unreachable: {exc}") from exc
     except ResponseError as exc:
         text = str(exc)

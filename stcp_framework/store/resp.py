@@ -9,8 +9,9 @@ way against ~0.3 ms of script time inside Redis (bench/README.md, "Strict mode a
 Redis's own ceiling"). Here the trio thread packs the command, writes it and goes on
 parsing packets; the reply wakes it through the same epoll as the TUN device.
 
-What it speaks: plain TCP or a Unix socket, ``AUTH`` (user and password) and ``SELECT``
-at connect -- the settings of the redis-py client it is made from. A TLS client
+What it speaks: plain TCP or a Unix socket, ``AUTH`` (user and password; without a
+password a ``PING``, so that a server that wants one says so at once) and ``SELECT`` at
+connect -- the settings of the redis-py client it is made from. A TLS client
 (``rediss://``) or another connection class keeps the thread path (``for_client``
 returns None).
 
@@ -81,6 +82,10 @@ class RespConnection:
         if password is not None:
             username = settings.get("username")
             hello.append(("AUTH", username, password) if username else ("AUTH", password))
+        else:
+            # A server that wants a password answers NOAUTH to this; without it the
+            # first large commit got "unauthenticated multibulk length" and a close.
+            hello.append(("PING",))
         if settings.get("db"):
             hello.append(("SELECT", settings["db"]))
         if hello:

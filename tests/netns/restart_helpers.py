@@ -25,7 +25,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,11 +52,19 @@ def stcp_command(*args: str) -> list[str]:
 
 
 class RedisServer:
-    """One private ``redis-server`` (Redis 7 from ``PATH``) on ``<directory>/redis.sock``."""
+    """One private ``redis-server`` (Redis 7 from ``PATH``) on ``<directory>/redis.sock``.
 
-    def __init__(self, directory: Path) -> None:
+    ``extra_args`` go to ``redis-server`` after the defaults (a TLS port, say);
+    ``password``, if the server wants one (``--requirepass``), is what ``client()``
+    and the start-up PING authenticate with."""
+
+    def __init__(
+        self, directory: Path, extra_args: Sequence[str] = (), password: str | None = None
+    ) -> None:
         self.directory = directory
         self.socket = directory / "redis.sock"
+        self.extra_args = tuple(extra_args)
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
         self.paused = False
 
@@ -70,7 +78,9 @@ class RedisServer:
         return self.proc.pid
 
     def client(self) -> redis.Redis:
-        return redis.Redis(unix_socket_path=str(self.socket), socket_timeout=5.0)
+        return redis.Redis(
+            unix_socket_path=str(self.socket), socket_timeout=5.0, password=self.password
+        )
 
     def start(self) -> None:
         """Start (or restart: the AOF in ``directory`` is loaded) and wait for PING."""
@@ -80,7 +90,7 @@ class RedisServer:
             [binary, "--port", "0", "--unixsocket", str(self.socket),
              "--unixsocketperm", "700", "--dir", str(self.directory), "--appendonly", "yes",
              "--appendfsync", "everysec", "--save", "", "--daemonize", "no",
-             "--logfile", str(self.directory / "redis.log")],
+             "--logfile", str(self.directory / "redis.log"), *self.extra_args],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         deadline = time.monotonic() + REDIS_START_TIMEOUT

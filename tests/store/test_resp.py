@@ -20,7 +20,7 @@ import redis
 import trio
 from store_helpers import RedisServer
 
-from stcp_framework.store.base import FlowDelta, StoreUnavailable
+from stcp_framework.store.base import FlowDelta, StoreRefused, StoreUnavailable
 from stcp_framework.store.redis import RedisStore
 from stcp_framework.store.resp import UNIX_SEND_BUFFER, RespPool
 from stcp_framework.tcp.delta import RxAppend, StateDelta
@@ -65,8 +65,8 @@ async def test_the_clients_password_and_database_are_used(own_redis: RedisServer
     in_db0 = redis.Redis(unix_socket_path=str(own_redis.socket), password="s3cret", db=0)
     assert in_db3.dbsize() > 0 and in_db0.dbsize() == 0
     wrong = store_at(f"{own_redis.url}?password=wrong")
-    with pytest.raises(StoreUnavailable, match="commit"):
-        await wrong.commit([d("g", 1, 1, b"abc", 0)])
+    with pytest.raises(StoreRefused, match="commit: Redis refused the credentials"):
+        await wrong.commit([d("g", 1, 1, b"abc", 0)])  # a setting, not an outage
     for client in (in_db3, in_db0):
         client.close()
     await store.aclose()

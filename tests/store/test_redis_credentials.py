@@ -1,0 +1,126 @@
+"""A Redis that wants credentials (``requirepass``, an ACL user): ``RedisStore`` works
+with the right ones on both of its paths (the trio-driven connection and redis-py in a
+worker thread), and the wrong or missing ones are a refusal (``StoreRefused``), never
+an outage to wait out (``StoreUnavailable``, G7). TLS is tested against a real
+``rediss://`` server in tests/netns/test_store_secured.py."""
+
+from __future__ import annotations
+
+import itertools
+import ssl
+from collections.abc import Iterator
+
+import pytest
+import redis
+from store_helpers import RedisServer, system_redis_binary
+
+from stcp_framework.store.base import FlowDelta, StoreRefused
+from stcp_framework.store.keys import CHUNK_SIZE
+from stcp_framework.store.redis import RedisStore, refusal
+from stcp_framework.tcp.delta import RxAppend, StateDelta, TcbSet
+
+PASSWORD = "default-user-secret"
+USER, USER_PASSWORD = "stcp-app", "app-user-secret"
+_services = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def password_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(
+        system_redis_binary(),
+        tmp_path_factory.mktemp("redis-auth"),
+        extra_args=["--requirepass", PASSWORD],
+        password=PASSWORD,
+    )
+    server.start()
+    client = server.client()
+    try:
+        client.acl_setuser(
+            USER,
+            enabled=True,
+            passwords=[f"+{USER_PASSWORD}"],
+            keys=["*"],
+            channels=["*"],
+            commands=["+@all"],
+        )
+    finally:
+        client.close()
+    yield server
+    server.stop()
+
+
+def store_as(server: RedisServer, credentials: str, trio_io: bool) -> RedisStore:
+    at = f"{credentials}@" if credentials else ""
+    return RedisStore.from_url(
+        f"unix://{at}{server.socket}", service=f"auth{next(_services)}", trio_io=trio_io
+    )
+
+
+def delta(version: int, data: bytes) -> FlowDelta:
+    ops = (TcbSet({"state": "ESTABLISHED"}), RxAppend(0, data))
+    return FlowDelta("f", 1, StateDelta(version, ops))
+
+
+PATHS = pytest.mark.parametrize("trio_io", [True, False], ids=["trio", "thread"])
+# two whole chunks and a part: staged chunks, a part in ARGV (the big commit a NOAUTH
+# server had cut short with "unauthenticated multibulk length" before the PING)
+PAYLOAD = bytes(range(256)) * ((2 * CHUNK_SIZE + 1000) // 256)
+
+
+@PATHS
+@pytest.mark.parametrize("credentials", [f":{PASSWORD}", f"{USER}:{USER_PASSWORD}"])
+async def test_the_right_credentials_commit_and_load(
+    password_redis: RedisServer, credentials: str, trio_io: bool
+) -> None:
+    store = store_as(password_redis, credentials, trio_io)
+    try:
+        epoch = await store.next_epoch("i")
+        await store.claim("f", 1)
+        await store.commit([delta(1, PAYLOAD)])
+        record = await store.load("f")
+    finally:
+        await store.aclose()
+    assert epoch >= 1
+    assert record is not None and record.rx == PAYLOAD
+
+
+@PATHS
+@pytest.mark.parametrize(
+    ("credentials", "says"),
+    [
+        ("", "requires a password"),
+        (":wrong-secret", "refused the credentials"),
+        (f"{USER}:wrong-secret", "refused the credentials"),
+        (f"nobody:{USER_PASSWORD}", "refused the credentials"),
+    ],
+)
+async def test_wrong_or_missing_credentials_are_refused_not_waited_out(
+    password_redis: RedisServer, credentials: str, says: str, trio_io: bool
+) -> None:
+    store = store_as(password_redis, credentials, trio_io)
+    try:
+        with pytest.raises(StoreRefused, match=says) as first:
+            await store.next_epoch("i")
+        with pytest.raises(StoreRefused, match=says) as second:
+            await store.commit([delta(1, PAYLOAD)])
+    finally:
+        await store.aclose()
+    for raised in (first.value, second.value):
+        assert "wrong-secret" not in str(raised) and USER_PASSWORD not in str(raised)
+
+
+def test_a_certificate_that_does_not_verify_is_a_refusal() -> None:
+    """redis-py wraps the TLS error in a ``ConnectionError``; ``refusal`` finds it."""
+    verify = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    verify.verify_message = "self-signed certificate in certificate chain"
+    try:
+        try:
+            raise verify
+        except OSError as exc:
+            raise redis.exceptions.ConnectionError("Error 1 connecting to host:6380") from exc
+    except redis.exceptions.ConnectionError as wrapped:
+        said = refusal(wrapped)
+    assert said is not None
+    assert "self-signed certificate in certificate chain" in said and "ssl_ca_certs=" in said
+    assert refusal(redis.exceptions.ConnectionError("Connection refused")) is None
+    assert refusal(redis.exceptions.TimeoutError("Timeout reading from socket")) is None
