@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..tcp.delta import AppCommit, RxAppend, RxTrim, TcbSet, TxAppend, TxTrim
-from .base import FencedOut, FlowDelta, FlowInfo, FlowRecord
+from .base import FencedOut, FlowDelta, FlowInfo, FlowLost, FlowRecord
 
 _NO_CHUNKS: deque[bytes | memoryview] = deque()  # shared while empty: never appended to
 
@@ -134,21 +134,37 @@ class MemoryStore:
 
     def commit_sync(self, batch: Sequence[FlowDelta]) -> None:
         """Apply a group commit. Fencing is checked for the whole batch first, then
-        gaps (``_check_gaps``); nothing is written unless every item passes."""
+        that each delta follows its flow's version (as the Redis script does: else
+        ``FlowLost``; here it catches a stack that skipped a version), then gaps
+        (``_check_gaps``); nothing is written unless every item passes."""
         flows = self._flows
         fenced: list[str] = []
+        skipped: list[str] = []
+        running: dict[str, int] = {}  # flow -> version after the batch's deltas so far
         appends = False  # only appends can leave a gap
         for item in batch:
             flow = flows.get(item.flow_id)
             if flow is not None and item.epoch < flow.epoch:
                 fenced.append(item.flow_id)
-            elif not appends:
+                continue
+            if flow is not None and flow.version:
+                version = item.delta.version
+                stored = running.get(item.flow_id, flow.version)
+                if version > stored + 1:
+                    skipped.append(item.flow_id)
+                elif version > stored:
+                    running[item.flow_id] = version
+            if not appends:
                 for op in item.delta.ops:
                     if type(op) is RxAppend or type(op) is TxAppend:
                         appends = True
                         break
         if fenced:
             raise FencedOut(f"stale epoch for {', '.join(fenced[:5])}", fenced)
+        if skipped:
+            raise FlowLost(
+                list(dict.fromkeys(skipped)), "a delta does not follow the stored version"
+            )
         if appends:
             self._check_gaps(batch)
         for item in batch:

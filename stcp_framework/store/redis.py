@@ -57,10 +57,12 @@ Theory of operation:
     the flows. ``claim`` raises the owner epoch (compare-and-set in a script).
 
     Lost state: a non-initial delta (version > 1) for a flow without a TCB hash, a TCB
-    without an owner, or a chunk shorter than the stream geometry says, means Redis lost
-    the flow (eviction, ``FLUSHALL``, a failover that lost writes): the batch is refused
-    and ``FlowLost`` names the flows, so the stack resets exactly those and retries the
-    rest. ``load`` of a flow with no keys returns ``None``; a flow whose chunks are
+    without an owner, a delta that does not follow the stored version (each delta's is
+    the one before plus one: Redis went back to an older state), or a chunk shorter than
+    the stream geometry says, means Redis lost the flow or some of its writes (eviction,
+    ``FLUSHALL``, a restart from an older AOF, a failover that lost writes): the batch is
+    refused and ``FlowLost`` names the flows, so the stack resets exactly those and
+    retries the rest. ``load`` of a flow with no keys returns ``None``; a flow whose chunks are
     missing raises ``FlowLost``.
 
     Chunk keys in ``KEYS``: a script may only touch keys it was given (the Redis
@@ -253,6 +255,11 @@ for i = 1, nitems do
     fail = {'LOST', i, 'no TCB for a non-initial delta', 0}
   elseif fs.have_tcb and not fs.owner then
     fail = {'LOST', i, 'no owner epoch', 0}
+  elseif fs.have_tcb and version > fs.version + 1 then
+    -- each delta follows the one before: Redis lost writes it had acknowledged (a
+    -- restart from an older AOF or snapshot, a failover to a replica that missed them)
+    fail = {'LOST', i, 'version ' .. fmt(version) .. ' does not follow the stored ' ..
+            fmt(fs.version) .. ' (Redis lost writes it had acknowledged)', 0}
   elseif version > fs.version then
     plan.skip = false
     plan.id, plan.tcb, plan.owner_k = id, tcb, owner_k

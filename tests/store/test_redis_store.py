@@ -18,7 +18,7 @@ from store_helpers import RedisServer
 
 from stcp_framework.store import codec
 from stcp_framework.store.base import FencedOut, FlowDelta, StoreUnavailable
-from stcp_framework.store.keys import CHUNK_SIZE, flow_tag, validate_service
+from stcp_framework.store.keys import CHUNK_SIZE, META_FIELD, flow_tag, tcb_key, validate_service
 from stcp_framework.store.redis import FlowLost, RedisStore, _decode_tcb_flat
 from stcp_framework.tcp.delta import (
     AppCommit,
@@ -208,6 +208,31 @@ async def test_a_vanished_flow_is_reported_and_others_are_untouched(
     await store.commit([d("a", 1, 2, RxAppend(1, b"2"))])  # the stack drops b, retries
     rec = await store.load("a")
     assert rec is not None and rec.rx == b"a2"
+    await store.aclose()
+
+
+async def test_a_flow_that_redis_rolled_back_is_reported_not_patched(
+    redis7_server: RedisServer,
+) -> None:
+    """Redis lost writes it had acknowledged (restarted from an older AOF, a failover
+    to a replica that missed them): the next delta does not follow the stored version,
+    so the flow is lost -- applied, it would have mixed its fields into an older
+    state -- and its batch writes nothing; a retried delta (<= stored) stays harmless."""
+    store = new_store(redis7_server)
+    await store.commit([d("a", 1, 1, RxAppend(0, b"a")), d("b", 1, 1, RxAppend(0, b"b"))])
+    await store.commit([d("a", 1, 2, RxAppend(1, b"2")), d("b", 1, 2, RxAppend(1, b"2"))])
+    await store.commit([d("a", 1, 1, RxAppend(0, b"a"))])  # a retry: skipped, no error
+    # b back at version 1, as the older copy of Redis had it
+    tcb = tcb_key(flow_tag(store.service, "b"))
+    meta = store.client.hget(tcb, META_FIELD)
+    assert meta is not None and meta.split()[0] == b"2"
+    store.client.hset(tcb, META_FIELD, b"1" + meta[1:])
+    with pytest.raises(FlowLost, match="does not follow the stored 1") as info:
+        await store.commit([d("a", 1, 3, RxAppend(2, b"3")), d("b", 1, 3, RxAppend(2, b"3"))])
+    assert info.value.flow_ids == ("b",)
+    rec = await store.load("a")
+    assert rec is not None and rec.rx == b"a2"  # the refused batch wrote nothing
+    await store.commit([d("a", 1, 3, RxAppend(2, b"3"))])
     await store.aclose()
 
 

@@ -11,7 +11,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stcp_framework.store.base import FencedOut, FlowDelta, FlowInfo, FlowRecord, Store
+from stcp_framework.store.base import (
+    FencedOut,
+    FlowDelta,
+    FlowInfo,
+    FlowLost,
+    FlowRecord,
+    Store,
+)
 from stcp_framework.store.keys import CHUNK_SIZE
 from stcp_framework.store.memory import MemoryStore
 from stcp_framework.store.redis import RedisStore
@@ -334,6 +341,23 @@ async def test_stale_version_in_a_mixed_batch_is_skipped(store: Store) -> None:
     ra, rb = await store.load("a"), await store.load("b")
     assert ra is not None and rb is not None
     assert (ra.rx, ra.version, rb.rx, rb.version) == (b"a1", 1, b"b1", 1)
+
+
+async def test_a_delta_that_skips_a_version_loses_the_flow(store: Store) -> None:
+    """Each delta of a flow is the one before plus one. One that is further ahead of
+    the stored version means the store went back to an older state (Redis restarted
+    from an older AOF) -- or a stack that skipped one: the flow is lost (``FlowLost``,
+    the stack resets it), its batch writes nothing, and a delta in order still lands."""
+    await store.commit([d("a", 1, 1, RxAppend(0, b"a")), d("b", 1, 1, RxAppend(0, b"b"))])
+    with pytest.raises(FlowLost) as info:
+        await store.commit([d("a", 1, 2, RxAppend(1, b"2")), d("b", 1, 3, RxAppend(1, b"3"))])
+    assert info.value.flow_ids == ("b",)
+    ra, rb = await store.load("a"), await store.load("b")
+    assert ra is not None and rb is not None
+    assert (ra.rx, ra.version, rb.rx, rb.version) == (b"a", 1, b"b", 1)
+    await store.commit([d("a", 1, 2, RxAppend(1, b"2")), d("a", 1, 3, RxAppend(2, b"3"))])
+    ra = await store.load("a")
+    assert ra is not None and (ra.rx, ra.version) == (b"a23", 3)
 
 
 async def test_forget_unknown_flow_is_harmless(store: Store) -> None:

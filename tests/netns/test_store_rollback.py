@@ -1,0 +1,110 @@
+"""Redis goes back to an older state under a running server: killed and started again
+from an older copy of its AOF, as after a power loss with ``appendfsync everysec`` or a
+failover to a replica that missed the last writes.
+
+A connection whose stored state is older than what the server has committed cannot be
+continued safely (its stored bytes and geometry are gone too), and applying the next
+delta on top of the old state would mix fields of two versions into one TCB. The
+server must notice (the delta does not follow the stored version: ``FlowLost``), reset
+just that connection, and go on serving: the client sees a reset, not a hang and not a
+wrong byte, and a new connection works.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+import trio
+from netns_fixtures import TunNet
+from restart_helpers import MB, Peer, RedisServer, server_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.netns, pytest.mark.timeout(90)]
+
+ECHO_PORT = 7
+SIZE = 400 * MB
+COPY_AT = 20 * MB  # client offset at which the AOF is copied (the "older state")
+ROLLBACK_AT = 60 * MB  # client offset at which Redis dies and comes back from the copy
+
+
+@pytest.fixture
+def rollback_redis(tmp_path: Path) -> RedisServer:
+    # no AOF rewrite during the test: the copy is then a prefix of one append-only file
+    server = RedisServer(tmp_path / "redis", extra_args=["--auto-aof-rewrite-percentage", "0"])
+    server.start()
+    return server
+
+
+def echo_once(host: str, port: int) -> bytes:
+    with socket.create_connection((host, port), timeout=5.0) as sock:
+        sock.sendall(b"still serving")
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(100):
+            answer += chunk
+        return answer
+
+
+@pytest.mark.parametrize("tun_net", [65000], indirect=True)
+async def test_a_connection_redis_rolled_back_is_reset_and_the_server_serves_on(
+    tun_net: TunNet, rollback_redis: RedisServer, tmp_path: Path
+) -> None:
+    store = rollback_redis
+    copy = tmp_path / "older-redis"
+    server = server_for("echo", ECHO_PORT, tun_net, store, tmp_path)
+    try:
+        async with server.session():
+            async with trio.open_nursery() as nursery:
+                peer = await Peer.start(
+                    nursery, "echo", tun_net.stack_addr, ECHO_PORT, SIZE, progress=MB
+                )
+                with trio.fail_after(60):
+                    await peer.wait_offset(COPY_AT)
+                    await trio.to_thread.run_sync(
+                        lambda: shutil.copytree(store.directory, copy, ignore=_sockets)
+                    )
+                    await peer.wait_offset(ROLLBACK_AT)
+                    assert store.proc is not None
+                    store.proc.kill()  # SIGKILL: no AOF flush (the copy is older anyway)
+                    store.proc.wait()
+                    store.proc = None
+                    await trio.to_thread.run_sync(_replace, store.directory, copy)
+                    await trio.to_thread.run_sync(store.start)
+                    result = await peer.result()
+                    answer = await trio.to_thread.run_sync(echo_once, tun_net.stack_addr, ECHO_PORT)
+            counters = await server.stop()
+    finally:
+        store.stop()
+    # (whichever of the client's reading and sending threads met the RST first gets
+    # ECONNRESET; the other then sees the connection ended)
+    errors = [result["error"] or "", *result["sender_errors"]]
+    assert any("reset" in error.lower() for error in errors), (result, server.stderr_tail())
+    assert result["mismatch_at"] is None, result
+    assert ROLLBACK_AT <= result["received"] < SIZE, result
+    assert answer == b"still serving"
+    assert counters.get("flows_lost") == 1, counters
+    log = server.stderr_tail()
+    assert "does not follow the stored" in log, log
+
+
+def _sockets(_directory: str, names: list[str]) -> list[str]:
+    return [name for name in names if name.endswith(".sock")]
+
+
+def _replace(directory: Path, older: Path) -> None:
+    """``directory``'s data files become ``older``'s (the socket is recreated)."""
+    for entry in directory.iterdir():
+        if entry.name.endswith(".sock"):
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    for entry in older.iterdir():
+        target = directory / entry.name
+        if entry.is_dir():
+            shutil.copytree(entry, target)
+        else:
+            shutil.copy2(entry, target)
