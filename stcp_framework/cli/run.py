@@ -220,6 +220,8 @@ async def _serve(args: argparse.Namespace) -> None:
                 f"{restored} connection{'' if restored == 1 else 's'} restored)",
                 flush=True,
             )
+            if index == 0:  # (once, not once per worker)
+                nursery.start_soon(_warn_about_store, store)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for _ in signals:
                     break
@@ -264,6 +266,15 @@ async def _stand_by(
     if handed is not None:
         return TunDevice.adopt(handed, dev, queue=queue, claim=claim), store
     return await TunDevice.open(dev, queue=queue, claim=claim), store
+
+
+async def _warn_about_store(store: Store) -> None:
+    """A warning line for each store setting that weakens the guarantees (after the
+    banner: not on the way to serving restored connections)."""
+    check = getattr(store, "settings_warnings", None)  # (RedisStore)
+    if check is not None:
+        for line in await check():
+            logger.warning("store: %s", line)
 
 
 def _report(line: str) -> None:

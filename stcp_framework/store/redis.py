@@ -1705,6 +1705,43 @@ class RedisStore:
             members = self._client.smembers(self._index)
         return sorted(m.decode() if isinstance(m, bytes) else m for m in members)
 
+    async def settings_warnings(self) -> list[str]:
+        return await trio.to_thread.run_sync(self.settings_warnings_sync)
+
+    def settings_warnings_sync(self) -> list[str]:
+        """Redis's own settings that weaken what stcp promises, one line each: no AOF
+        (a restart of Redis goes back to its last snapshot, or to nothing, and resets
+        the connections whose state it lost), or a ``maxmemory-policy`` that evicts any
+        key (a connection whose state is evicted is reset; with ``noeviction`` a full
+        Redis refuses writes, which the stack waits out, G7). Empty if all is well or
+        ``CONFIG GET`` is not allowed (managed Redis, an ACL user without it)."""
+        try:
+            config: dict[Any, Any] = {}
+            for name in ("appendonly", "maxmemory-policy"):  # (6.2: one name per call)
+                config.update(self._client.config_get(name))
+        except (RedisError, OSError) as exc:
+            logger.debug("could not read Redis's settings: %s", exc)
+            return []
+        settings = {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in config.items()
+        }
+        out: list[str] = []
+        if settings.get("appendonly") == "no":
+            out.append(
+                "Redis runs without AOF (appendonly no): if it restarts, it comes back with "
+                "its last snapshot or nothing, and every connection whose state it lost is "
+                "reset; set appendonly yes (the embedded store has it)"
+            )
+        policy = settings.get("maxmemory-policy", "noeviction")
+        if policy.startswith("allkeys"):
+            out.append(
+                f"Redis evicts keys when full (maxmemory-policy {policy}): a connection "
+                "whose state is evicted is reset; with noeviction a full Redis only holds "
+                "new data back until there is room"
+            )
+        return out
+
     # -- tools -----------------------------------------------------------------------
 
     def flow_keys_sync(self, flow_id: str) -> list[str]:

@@ -11,6 +11,7 @@ import pytest
 import trio
 from kernel_peer import run_kernel_peer
 from netns_fixtures import TunNet
+from restart_helpers import RedisServer, StcpServer
 
 MB = 1 << 20
 PORT = 7
@@ -106,3 +107,34 @@ async def test_stcp_run_without_privilege_says_one_line(tun_net: TunNet) -> None
     assert len(lines) == 1, lines
     assert lines[0].startswith("stcp: error: ") and "needs root or CAP_NET_ADMIN" in lines[0]
     assert done.stdout == b""
+
+
+async def test_stcp_run_warns_about_a_redis_without_aof(tun_net: TunNet, tmp_path: Path) -> None:
+    """After its banner, one warning per store setting that weakens the guarantees
+    (``RedisStore.settings_warnings``); the server serves all the same."""
+    redis_server = RedisServer(tmp_path / "redis", extra_args=["--appendonly", "no"])
+    redis_server.start()
+    server = StcpServer(
+        service="echo",
+        dev=tun_net.dev,
+        listen=f"{tun_net.stack_addr}:{PORT}",
+        store_url=redis_server.url,
+        workdir=tmp_path / "stcp",
+    )
+    try:
+        async with server.session():
+            with trio.fail_after(START_TIMEOUT):
+                for _ in range(200):  # the warning follows the banner (its own task)
+                    if "appendonly" in server.current.stderr_path.read_text():
+                        break
+                    await trio.sleep(0.05)
+                result = await run_kernel_peer("echo", tun_net.stack_addr, PORT, MB)
+            await server.stop()
+    finally:
+        redis_server.stop()
+    assert result["error"] is None and result["received"] == MB
+    warnings = [
+        line for line in server.current.stderr_path.read_text().splitlines() if "WARNING" in line
+    ]
+    assert len(warnings) == 1, warnings
+    assert "store: Redis runs without AOF (appendonly no)" in warnings[0]

@@ -61,6 +61,7 @@ def test_up_status_down_end_to_end(store_dir: Path, capsys: pytest.CaptureFixtur
     assert oct((store_dir / "redis.sock").stat().st_mode & 0o777) == "0o700"
 
     store = RedisStore.from_url(url, service="web")
+    assert store.settings_warnings_sync() == []  # AOF on, nothing evicted
     store.commit_sync([FlowDelta("f", 1, StateDelta(1, (RxAppend(0, b"kept"),)))])
     store.client.close()
     # --store-dir, as `stcp run` and `stcp flows` spell it, names the same directory

@@ -225,7 +225,7 @@ async def test_a_flow_that_redis_rolled_back_is_reported_not_patched(
     # b back at version 1, as the older copy of Redis had it
     tcb = tcb_key(flow_tag(store.service, "b"))
     meta = store.client.hget(tcb, META_FIELD)
-    assert meta is not None and meta.split()[0] == b"2"
+    assert isinstance(meta, bytes) and meta.split()[0] == b"2"
     store.client.hset(tcb, META_FIELD, b"1" + meta[1:])
     with pytest.raises(FlowLost, match="does not follow the stored 1") as info:
         await store.commit([d("a", 1, 3, RxAppend(2, b"3")), d("b", 1, 3, RxAppend(2, b"3"))])
