@@ -76,22 +76,11 @@ def secured_redis(tmp_path: Path) -> Iterator[SecuredRedis]:
             "--tls-cert-file", str(tls / "cert.pem"), "--tls-key-file", str(tls / "key.pem"),
             "--tls-ca-cert-file", str(tls / "ca.pem"), "--tls-auth-clients", "no",
             "--requirepass", PASSWORD,
+            "--user", USER, "on", f">{USER_PASSWORD}", "~*", "&*", "+@all",
         ],
         password=PASSWORD,
     )  # fmt: skip
     server.start()
-    client = server.client()
-    try:
-        client.acl_setuser(
-            USER,
-            enabled=True,
-            passwords=[f"+{USER_PASSWORD}"],
-            keys=["*"],
-            channels=["*"],
-            commands=["+@all"],
-        )
-    finally:
-        client.close()
     yield SecuredRedis(server, port, tls / "ca.pem")
     server.stop()
 

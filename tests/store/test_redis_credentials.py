@@ -29,22 +29,13 @@ def password_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSe
     server = RedisServer(
         system_redis_binary(),
         tmp_path_factory.mktemp("redis-auth"),
-        extra_args=["--requirepass", PASSWORD],
+        extra_args=[
+            *("--requirepass", PASSWORD),
+            *("--user", USER, "on", f">{USER_PASSWORD}", "~*", "&*", "+@all"),  # (ACL)
+        ],
         password=PASSWORD,
     )
     server.start()
-    client = server.client()
-    try:
-        client.acl_setuser(
-            USER,
-            enabled=True,
-            passwords=[f"+{USER_PASSWORD}"],
-            keys=["*"],
-            channels=["*"],
-            commands=["+@all"],
-        )
-    finally:
-        client.close()
     yield server
     server.stop()
 
