@@ -41,7 +41,8 @@ REFUSAL_TIMEOUT = 15.0  # seconds for `stcp run` to give up (it must not retry)
 @dataclass
 class SecuredRedis:
     server: RedisServer
-    port: int
+    port: int  # TLS
+    plain_port: int  # plain TCP (the trio-driven connection's way, resp.py)
     ca_path: Path
 
     def url(self, credentials: str = "", *, ca: bool = True) -> str:
@@ -50,6 +51,9 @@ class SecuredRedis:
         at = f"{credentials}@" if credentials else ""
         query = f"?ssl_ca_certs={self.ca_path}" if ca else ""
         return f"rediss://{at}127.0.0.1:{self.port}{query}"
+
+    def plain_url(self, credentials: str) -> str:
+        return f"redis://{credentials}@127.0.0.1:{self.plain_port}"
 
 
 def _free_port() -> int:
@@ -68,11 +72,11 @@ def secured_redis(tmp_path: Path) -> Iterator[SecuredRedis]:
     ca.cert_pem.write_to_path(str(tls / "ca.pem"))
     cert.private_key_pem.write_to_path(str(tls / "key.pem"))
     cert.cert_chain_pems[0].write_to_path(str(tls / "cert.pem"))
-    port = _free_port()
+    port, plain_port = _free_port(), _free_port()
     server = RedisServer(
         tmp_path / "redis",
         extra_args=[
-            "--bind", "127.0.0.1", "--tls-port", str(port),
+            "--bind", "127.0.0.1", "--tls-port", str(port), "--port", str(plain_port),
             "--tls-cert-file", str(tls / "cert.pem"), "--tls-key-file", str(tls / "key.pem"),
             "--tls-ca-cert-file", str(tls / "ca.pem"), "--tls-auth-clients", "no",
             "--requirepass", PASSWORD,
@@ -81,18 +85,26 @@ def secured_redis(tmp_path: Path) -> Iterator[SecuredRedis]:
         password=PASSWORD,
     )  # fmt: skip
     server.start()
-    yield SecuredRedis(server, port, tls / "ca.pem")
+    yield SecuredRedis(server, port, plain_port, tls / "ca.pem")
     server.stop()
 
 
 @pytest.mark.parametrize("tun_net", [65000], indirect=True)
+@pytest.mark.parametrize("transport", ["tls", "tcp"])
 @pytest.mark.timeout(120)
-async def test_echo_through_a_tls_store_with_an_acl_user_survives_kill9(
-    tun_net: TunNet, secured_redis: SecuredRedis, tmp_path: Path
+async def test_echo_through_a_store_with_an_acl_user_survives_kill9(
+    tun_net: TunNet, secured_redis: SecuredRedis, tmp_path: Path, transport: str
 ) -> None:
+    """``rediss://`` (redis-py in a worker thread) and ``redis://`` over TCP (the
+    trio-driven connection, resp.py), each with an ACL user's credentials."""
     rng = random.Random(6379)
     size = 40 * MB
-    url = secured_redis.url(f"{USER}:{USER_PASSWORD}")
+    credentials = f"{USER}:{USER_PASSWORD}"
+    url = (
+        secured_redis.url(credentials)
+        if transport == "tls"
+        else secured_redis.plain_url(credentials)
+    )
     server = StcpServer(
         service="echo",
         dev=tun_net.dev,
