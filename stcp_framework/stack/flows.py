@@ -150,6 +150,7 @@ class Flow:
         "eof",
         "error",
         "flow_id",
+        "forget_pending",
         "forgettable",
         "fresh",
         "heap_at",
@@ -197,6 +198,7 @@ class Flow:
         self.recovered = recovered  # restored from the store after a restart
         self.app_state = app_state  # stored with the last commit (level 2)
         self.forgettable = True  # remove the store record once CLOSED
+        self.forget_pending = False  # CLOSED, forgotten once its last deltas are stored
         self.backlog: Listener | None = None  # counted in this listener's SYN backlog
 
     @property
@@ -208,6 +210,12 @@ class Flow:
             conn = self._conn = Connection.thaw_time_wait(record)
             self.time_wait = None
         return conn
+
+    def undurable(self) -> bool:
+        """Whether deltas of this flow are not stored yet (a frozen TIME-WAIT flow's
+        all are: it froze only once they were)."""
+        conn = self._conn
+        return conn is not None and self.durable_version < conn.version
 
     def freeze(self, totals: Counter[str]) -> bool:
         """Keep a quiet TIME-WAIT connection as its compact record; False if it is not

@@ -47,6 +47,7 @@ from ..store.base import (
     FlowLost,
     Store,
     StoreError,
+    StoreRefused,
     StoreUnavailable,
     new_flow_delta,
     payload_bytes,
@@ -742,6 +743,8 @@ class Runtime:
             if items:
                 for flow in await self._commit(items):
                     flow.lot.unpark_all()
+                if self._closed_flows:
+                    self._forget_closed()  # (flows whose last deltas just landed)
                 if self.store_error is not None:
                     self._backlog += taken  # put back, in front of the newer ones
             done, self._commit_done = self._commit_done, trio.Event()
@@ -909,7 +912,10 @@ class Runtime:
             # in version order: the store applies them in order in the one commit.
             try:
                 await self.store.commit([delta for _, delta in items])
-            except StoreUnavailable as exc:
+            except (StoreUnavailable, StoreRefused) as exc:
+                # (refused credentials or certificate stop a start -- a setting to fix
+                # -- but a serving stack waits them out as an outage: its connections
+                # go on, without a restart, once Redis takes it again)
                 if self.store_error is None:
                     logger.warning("store unavailable, holding ACKs and retrying: %s", exc)
                 self.store_error = exc
@@ -935,6 +941,9 @@ class Runtime:
                     flow.durable_version = delta.delta.version
                     if flow.lot:
                         moved.append(flow)  # (twice if twice in items: the 2nd is a no-op)
+                    if flow.forget_pending and not flow.undurable():
+                        flow.forget_pending = False  # closed, and now all stored
+                        self._closed_flows.append(flow)
                 if self._withheld:
                     self._resend_withheld()
                 return moved
@@ -961,9 +970,17 @@ class Runtime:
         reset: bool,
     ) -> list[tuple[Flow, FlowDelta]]:
         failed = set(flow_ids) or {flow.flow_id for flow, _ in items}
+        reasons = exc.reasons if isinstance(exc, FlowLost) else {}
         for flow, _ in items:
-            if flow.flow_id in failed and not flow.closed:
-                logger.warning("[%s] %s", flow.flow_id, exc)
+            if flow.flow_id not in failed:
+                continue
+            # Fenced: the store is not ours to clean up. Lost: what it still holds of
+            # the flow (an older state, a part of one) is ours and of no use -- the
+            # forget, epoch-checked, removes it, so that no later start restores it.
+            forget = reset and flow.forgettable
+            flow.forgettable = flow.forget_pending = False  # (and once per flow)
+            if not flow.closed:
+                logger.warning("[%s] %s", flow.flow_id, reasons.get(flow.flow_id, exc))
                 if reset:
                     self.stats["flows_lost"] += 1
                     self._send_reset(flow)
@@ -974,8 +991,9 @@ class Runtime:
                     if len(fenced) > FENCED_MEMORY:
                         del fenced[next(iter(fenced))]
                 flow.error = exc
-                flow.forgettable = False  # the store is not ours to clean up
                 self._remove_flow(flow)
+            if forget:
+                self._closed_flows.append(flow)
         return [item for item in items if item[0].flow_id not in failed]
 
     def _send_reset(self, flow: Flow) -> None:
@@ -1104,8 +1122,14 @@ class Runtime:
             return
         flow.closed = True
         flow.count_into(self._ended_counters)
-        if flow.forgettable and flow.durable_version > 0:
-            self._closed_flows.append(flow)
+        if flow.forgettable:
+            if flow.undurable():
+                # Its last deltas are still on their way (async durability, an outage):
+                # forgotten once they land (_commit), or a forget sent now would come
+                # before them, and they would make the record again.
+                flow.forget_pending = True
+            elif flow.durable_version > 0:
+                self._closed_flows.append(flow)
         flow.deadline_at = None
         if self.flows.get(flow.key) is flow:
             del self.flows[flow.key]

@@ -41,10 +41,17 @@ class FlowLost(StoreError):
 
     Attributes:
         flow_ids: The flows whose state is gone.
+        reasons: One line per flow, for those the store said why.
     """
 
-    def __init__(self, flow_ids: Sequence[str], detail: str) -> None:
+    def __init__(
+        self, flow_ids: Sequence[str], detail: str, reasons: dict[str, str] | None = None
+    ) -> None:
         self.flow_ids = tuple(flow_ids)
+        self.reasons = {
+            flow_id: f"store lost the state of {flow_id}: {why}"
+            for flow_id, why in (reasons or {}).items()
+        }
         shown = ", ".join(self.flow_ids[:5]) + (", ..." if len(self.flow_ids) > 5 else "")
         super().__init__(f"store lost the state of {shown}: {detail}")
 

@@ -147,13 +147,12 @@ class MemoryStore:
             if flow is not None and item.epoch < flow.epoch:
                 fenced.append(item.flow_id)
                 continue
-            if flow is not None and flow.version:
-                version = item.delta.version
-                stored = running.get(item.flow_id, flow.version)
-                if version > stored + 1:
-                    skipped.append(item.flow_id)
-                elif version > stored:
-                    running[item.flow_id] = version
+            version = item.delta.version
+            stored = running.get(item.flow_id, flow.version if flow is not None else 0)
+            if version > stored + 1:
+                skipped.append(item.flow_id)  # (Redis: "no TCB" for a first one, same)
+            elif version > stored:
+                running[item.flow_id] = version
             if not appends:
                 for op in item.delta.ops:
                     if type(op) is RxAppend or type(op) is TxAppend:

@@ -236,8 +236,9 @@ for i = 1, nitems do
     local m = {}
     if meta then m = {string.match(meta, META)} end
     fs = {stored_owner = owner, owner = owner, have_tcb = meta ~= false,
-          version = tonumber(m[1]) or 0, rx = stream(m[2], m[3], m[4]),
-          tx = stream(m[5], m[6], m[7]), co = tonumber(m[8]) or 0, failed = false}
+          version = tonumber(m[1]) or 0, stored = tonumber(m[1]) or 0,
+          rx = stream(m[2], m[3], m[4]), tx = stream(m[5], m[6], m[7]),
+          co = tonumber(m[8]) or 0, failed = false}
     fs.rx_first, fs.tx_first = floor(fs.rx.h / C), floor(fs.tx.h / C)
     flows[tcb] = fs
   end
@@ -258,8 +259,12 @@ for i = 1, nitems do
   elseif fs.have_tcb and version > fs.version + 1 then
     -- each delta follows the one before: Redis lost writes it had acknowledged (a
     -- restart from an older AOF or snapshot, a failover to a replica that missed them)
-    fail = {'LOST', i, 'version ' .. fmt(version) .. ' does not follow the stored ' ..
-            fmt(fs.version) .. ' (Redis lost writes it had acknowledged)', 0}
+    local after = 'the stored ' .. fmt(fs.version) ..
+                  ' (Redis lost writes it had acknowledged?)'
+    if fs.version ~= fs.stored then
+      after = "this batch's previous delta of the flow, " .. fmt(fs.version) .. ' (skipped)'
+    end
+    fail = {'LOST', i, 'version ' .. fmt(version) .. ' does not follow ' .. after, 0}
   elseif version > fs.version then
     plan.skip = false
     plan.id, plan.tcb, plan.owner_k = id, tcb, owner_k
@@ -834,10 +839,12 @@ def refusal(exc: BaseException) -> str | None:
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
         if isinstance(cause, ssl.SSLCertVerificationError):
-            return (
-                f"Redis's TLS certificate did not verify ({cause.verify_message}): name "
-                "the CA that signed it, rediss://HOST:PORT?ssl_ca_certs=/PATH/ca.pem"
-            )
+            why = str(cause.verify_message or cause)
+            if "self-signed" in why or "issuer" in why:
+                fix = "name the CA that signed it, rediss://HOST:PORT?ssl_ca_certs=/PATH/ca.pem"
+            else:  # (a host name that does not match, an expired certificate, ...)
+                fix = "check the certificate Redis presents and the host in the store URL"
+            return f"Redis's TLS certificate did not verify ({why}): {fix}"
         cause = cause.__cause__ or cause.__context__
     return None
 
@@ -1132,7 +1139,7 @@ class RedisStore:
         fenced_ids: list[str] = []
         lost: list[str] = []
         gaps: list[str] = []
-        lost_why = ""
+        lost_why: dict[str, str] = {}
         for j in range(1, len(reply), 4):
             kind, i, x, y = reply[j : j + 4]
             item = batch[int(i) - 1]
@@ -1141,7 +1148,7 @@ class RedisStore:
                 fenced_ids.append(item.flow_id)
             elif kind == b"LOST":
                 lost.append(item.flow_id)
-                lost_why = x.decode() if isinstance(x, bytes) else str(x)
+                lost_why[item.flow_id] = x.decode() if isinstance(x, bytes) else str(x)
             elif kind == b"GAP":
                 gaps.append(f"{item.flow_id}: append at {int(x)}, have up to {int(y)}")
             elif kind == b"KEYS":  # declare from these chunks on
@@ -1150,7 +1157,8 @@ class RedisStore:
         if fenced:
             raise FencedOut(_summary(fenced), fenced_ids)
         if lost:
-            raise FlowLost(lost, lost_why)
+            why = sorted(set(lost_why.values()))
+            raise FlowLost(lost, why[0] if len(why) == 1 else "; ".join(why), lost_why)
         if gaps:
             raise ValueError("gap in stream: " + _summary(gaps))
 
@@ -1712,12 +1720,13 @@ class RedisStore:
         """Redis's own settings that weaken what stcp promises, one line each: no AOF
         (a restart of Redis goes back to its last snapshot, or to nothing, and resets
         the connections whose state it lost), or a ``maxmemory-policy`` that evicts any
-        key (a connection whose state is evicted is reset; with ``noeviction`` a full
-        Redis refuses writes, which the stack waits out, G7). Empty if all is well or
-        ``CONFIG GET`` is not allowed (managed Redis, an ACL user without it)."""
+        key once ``maxmemory`` is reached (a connection whose state is evicted is reset;
+        with ``noeviction`` a full Redis refuses writes, which the stack waits out, G7).
+        Empty if all is well or ``CONFIG GET`` is not allowed (managed Redis, an ACL
+        user without it)."""
         try:
             config: dict[Any, Any] = {}
-            for name in ("appendonly", "maxmemory-policy"):  # (6.2: one name per call)
+            for name in ("appendonly", "maxmemory", "maxmemory-policy"):  # (6.2: one a call)
                 config.update(self._client.config_get(name))
         except (RedisError, OSError) as exc:
             logger.debug("could not read Redis's settings: %s", exc)
@@ -1734,7 +1743,7 @@ class RedisStore:
                 "reset; set appendonly yes (the embedded store has it)"
             )
         policy = settings.get("maxmemory-policy", "noeviction")
-        if policy.startswith("allkeys"):
+        if policy.startswith("allkeys") and settings.get("maxmemory", "0") != "0":
             out.append(
                 f"Redis evicts keys when full (maxmemory-policy {policy}): a connection "
                 "whose state is evicted is reset; with noeviction a full Redis only holds "

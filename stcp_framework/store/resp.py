@@ -12,8 +12,8 @@ parsing packets; the reply wakes it through the same epoll as the TUN device.
 What it speaks: plain TCP or a Unix socket, ``AUTH`` (user and password; without a
 password a ``PING``, so that a server that wants one says so at once) and ``SELECT`` at
 connect -- the settings of the redis-py client it is made from. A TLS client
-(``rediss://``) or another connection class keeps the thread path (``for_client``
-returns None).
+(``rediss://``), a ``credential_provider`` or another connection class keeps the thread
+path (``for_client`` returns None).
 
 Errors come out as redis-py's own exceptions, so callers map them as before: a broken
 or timed-out connection raises ``ConnectionError`` / ``TimeoutError`` and is closed
@@ -197,6 +197,8 @@ class RespPool:
         settings = dict(pool.connection_kwargs)
         if settings.get("protocol") not in (None, 2, "2"):
             return None  # RESP3: the replies would differ
+        if settings.get("credential_provider") is not None:
+            return None  # credentials from a provider: redis-py asks it, we would not
         return RespPool(settings)
 
     async def call(self, packed: Sequence[Any], replies: int) -> list[Any]:

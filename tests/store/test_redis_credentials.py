@@ -100,18 +100,53 @@ async def test_wrong_or_missing_credentials_are_refused_not_waited_out(
         assert "wrong-secret" not in str(raised) and USER_PASSWORD not in str(raised)
 
 
-def test_a_certificate_that_does_not_verify_is_a_refusal() -> None:
-    """redis-py wraps the TLS error in a ``ConnectionError``; ``refusal`` finds it."""
+def wrapped_verify_error(message: str) -> redis.exceptions.ConnectionError:
+    """A certificate error as redis-py raises it: inside a ``ConnectionError``."""
     verify = ssl.SSLCertVerificationError(1, "certificate verify failed")
-    verify.verify_message = "self-signed certificate in certificate chain"
+    verify.verify_message = message
     try:
         try:
             raise verify
         except OSError as exc:
             raise redis.exceptions.ConnectionError("Error 1 connecting to host:6380") from exc
     except redis.exceptions.ConnectionError as wrapped:
-        said = refusal(wrapped)
-    assert said is not None
-    assert "self-signed certificate in certificate chain" in said and "ssl_ca_certs=" in said
+        return wrapped
+
+
+@pytest.mark.parametrize(
+    ("message", "advice"),
+    [
+        ("self-signed certificate in certificate chain", "ssl_ca_certs="),
+        ("unable to get local issuer certificate", "ssl_ca_certs="),
+        ("Hostname mismatch, certificate is not valid for 'redis.example'.", "host"),
+        ("certificate has expired", "host"),
+    ],
+)
+def test_a_certificate_that_does_not_verify_is_a_refusal(message: str, advice: str) -> None:
+    """``refusal`` finds the TLS error redis-py wraps; a CA is the advice only where a
+    CA is what is missing."""
+    said = refusal(wrapped_verify_error(message))
+    assert said is not None and message in said and advice in said
+    assert ("ssl_ca_certs=" in said) == (advice == "ssl_ca_certs=")
+
+
+def test_unreachable_or_slow_is_no_refusal() -> None:
     assert refusal(redis.exceptions.ConnectionError("Connection refused")) is None
     assert refusal(redis.exceptions.TimeoutError("Timeout reading from socket")) is None
+
+
+async def test_credentials_from_a_provider_keep_the_thread_path(
+    password_redis: RedisServer,
+) -> None:
+    """redis-py asks a ``credential_provider`` for them; the trio-driven connection
+    would not, and would connect without any (``RespPool.for_client``)."""
+    provider = redis.UsernamePasswordCredentialProvider(USER, USER_PASSWORD)
+    client = redis.Redis(unix_socket_path=str(password_redis.socket), credential_provider=provider)
+    store = RedisStore(client, service=f"auth{next(_services)}")
+    try:
+        await store.claim("f", 1)
+        await store.commit([delta(1, PAYLOAD)])
+        record = await store.load("f")
+    finally:
+        await store.aclose()
+    assert record is not None and record.rx == PAYLOAD

@@ -22,7 +22,10 @@ def lax_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(
         system_redis_binary(),
         tmp_path / "redis",
-        extra_args=["--appendonly", "no", "--maxmemory-policy", "allkeys-lru"],
+        extra_args=[
+            *("--appendonly", "no", "--maxmemory-policy", "allkeys-lru"),
+            *("--maxmemory", "1gb"),
+        ],
     )
     server.start()
     yield server
@@ -51,6 +54,20 @@ async def test_a_redis_with_aof_that_evicts_nothing_gets_no_warning(
     try:
         assert await store.settings_warnings() == []
     finally:
+        await store.aclose()
+
+
+async def test_an_eviction_policy_without_a_memory_limit_evicts_nothing(
+    redis7_server: RedisServer,
+) -> None:
+    admin = redis7_server.client()
+    admin.config_set("maxmemory-policy", "allkeys-lru")  # maxmemory 0: no limit
+    store = store_at(redis7_server.url)
+    try:
+        assert await store.settings_warnings() == []
+    finally:
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.close()
         await store.aclose()
 
 

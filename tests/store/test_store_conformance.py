@@ -358,6 +358,13 @@ async def test_a_delta_that_skips_a_version_loses_the_flow(store: Store) -> None
     await store.commit([d("a", 1, 2, RxAppend(1, b"2")), d("a", 1, 3, RxAppend(2, b"3"))])
     ra = await store.load("a")
     assert ra is not None and (ra.rx, ra.version) == (b"a23", 3)
+    # a new flow too: within one batch, and a first delta that is not version 1
+    with pytest.raises(FlowLost) as info:
+        await store.commit([d("c", 1, 1, RxAppend(0, b"c")), d("c", 1, 3, RxAppend(1, b"3"))])
+    assert info.value.flow_ids == ("c",)
+    with pytest.raises(FlowLost):
+        await store.commit([d("e", 1, 2, RxAppend(0, b"e"))])
+    assert await store.load("c") is None and await store.load("e") is None
 
 
 async def test_forget_unknown_flow_is_harmless(store: Store) -> None:
