@@ -534,12 +534,16 @@ class Transaction:
         flow = stream._flow
         conn = flow.conn
         now = runtime.now()
-        accepted = conn.app_send(view, now)
-        assert accepted == len(view), "send space was checked"
         if offset is None:
             offset = conn.rcv_buf.read_offset
+        # The commit first: a bad offset raises before anything is sent, and with
+        # ACK-on-commit the answer carries the ACK the commit moves (sent after it, the
+        # answer had the older one, and the new ACK waited for the delayed-ACK timer:
+        # ~20 ms a round for a client whose Nagle waits for it).
         conn.app_commit(offset, state, now)
         flow.app_state = state
+        accepted = conn.app_send(view, now)
+        assert accepted == len(view), "send space was checked"
         runtime.touch(flow)
         if wait_durable:
             await runtime.wait_durable(flow)
@@ -563,15 +567,19 @@ class Transaction:
         await trio.lowlevel.checkpoint_if_cancelled()
         # -- no checkpoint from here to the touches: one round takes all of it --
         now = self._runtime.now()
+        commits = [
+            (stream._flow, stream.read_offset if offset is None else offset, state)
+            for stream, offset, state in self._commits
+        ]
+        for flow, offset, _ in commits:
+            flow.conn.check_commit(offset)  # all or nothing: raises before any change
+        # Commits before sends, as in _apply_one (an answer carries the ACK they move).
+        for flow, offset, state in commits:
+            flow.conn.app_commit(offset, state, now)
+            flow.app_state = state
         for stream, view in sends:
             accepted = stream._flow.conn.app_send(view, now)
             assert accepted == len(view), "send space was checked"
-        for stream, offset, state in self._commits:
-            flow = stream._flow
-            if offset is None:
-                offset = stream.read_offset
-            flow.conn.app_commit(offset, state, now)
-            flow.app_state = state
         runtime = self._runtime
         for stream in streams.values():
             runtime.touch(stream._flow)

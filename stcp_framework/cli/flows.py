@@ -243,7 +243,9 @@ def summary(rows: list[FlowRow], instances: list[str]) -> str:
     rx = sum(row.rx_buffered or 0 for row in rows)
     tx = sum(row.tx_buffered or 0 for row in rows)
     app = sum(row.app_state_size or 0 for row in rows)
-    if len(instances) == 1:
+    if not instances:
+        where = "no instance"  # (--all on a store that holds none)
+    elif len(instances) == 1:
         where = "instance " + instances[0]
     elif all(name.startswith(instances[0] + ".w") for name in instances[1:]):
         workers = len(instances) - 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import sys
 from collections.abc import Sequence
@@ -22,24 +21,6 @@ Typical session (as root, inside a private network namespace, e.g. `unshare -n`)
   stcp net down --dev stcp0
 Or simply: stcp demo
 """
-
-
-def parse_endpoint(text: str) -> tuple[str, int]:
-    """``198.18.0.2:7`` or ``[2001:db8::2]:7`` -> (address, port)."""
-    if text.startswith("["):
-        host, sep, port = text[1:].partition("]:")
-    else:
-        host, sep, port = text.rpartition(":")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"{text!r} is not ADDRESS:PORT (e.g. 198.18.0.2:7)")
-    try:
-        ipaddress.ip_address(host)
-        port_number = int(port)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not ADDRESS:PORT (e.g. 198.18.0.2:7)")
-    if not 0 < port_number < 65536:
-        raise argparse.ArgumentTypeError(f"port {port_number} is not in 1..65535")
-    return host, port_number
 
 
 def build_parser() -> argparse.ArgumentParser:

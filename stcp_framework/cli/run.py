@@ -23,7 +23,9 @@ from ..services import COMMIT_MODES, DEFAULT_PORTS, SERVICES, SOURCES, discard
 from ..stack.clock import MonotonicClock
 from ..stack.siblings import Siblings
 from ..store.base import Store
+from ..store.keys import validate_service
 from ..store.memory import MemoryStore
+from .endpoint import device_interfaces, format_endpoint, listen_problems, parse_endpoint
 from .heap import collect_garbage_less_often, keep_freed_memory
 from .workers import pin_worker, say, worker_instance
 
@@ -33,8 +35,6 @@ MAX_WORKERS = 64
 
 
 def add_run_parser(sub: Any) -> None:
-    from .main import parse_endpoint
-
     p = sub.add_parser(
         "run",
         help="serve echo, discard or chargen on the user-space stack",
@@ -50,9 +50,10 @@ def add_run_parser(sub: Any) -> None:
         "--listen",
         action="append",
         type=parse_endpoint,
-        metavar="ADDR:PORT",
-        help="stack address and port to serve on, e.g. 198.18.0.2:7 or [2001:db8::2]:7; "
-        "repeatable (default port: the service's well-known port)",
+        metavar="ADDR[:PORT]",
+        help="stack address and port to serve on, e.g. 198.18.0.2:7 or [2001:db8::2]:7 "
+        "(without a port: the service's well-known one, 7, 9 or 19); repeatable: the "
+        "stack answers on every address given, with every port given on each",
     )
     p.add_argument(
         "--store",
@@ -135,7 +136,13 @@ def open_store(spec: str, *, instance: str, store_dir: str | None) -> Store:
 
 def run_command(args: argparse.Namespace) -> int:
     if not args.listen:
-        raise StcpConfigError("give the stack's address to serve on: --listen 198.18.0.2:PORT")
+        raise StcpConfigError("give the stack's address to serve on: --listen 198.18.0.2[:PORT]")
+    try:
+        validate_service(args.instance)  # (it names the flows' store keys)
+    except ValueError:
+        raise StcpConfigError(
+            f"--instance {args.instance!r}: use a non-empty name without braces or spaces"
+        ) from None
     if not 1 <= args.workers <= MAX_WORKERS:
         raise StcpConfigError(f"--workers {args.workers}: use 1 to {MAX_WORKERS}")
     if args.worker is not None and not 0 <= args.worker < args.workers:
@@ -161,7 +168,7 @@ def run_command(args: argparse.Namespace) -> int:
 async def _serve(args: argparse.Namespace) -> None:
     handler = SERVICES[args.service]
     addresses = sorted({host for host, _ in args.listen})
-    ports = sorted({port for _, port in args.listen} or {DEFAULT_PORTS[args.service]})
+    ports = sorted({port or DEFAULT_PORTS[args.service] for _, port in args.listen})
     # The device first: a missing device or privilege is the likeliest mistake, and its
     # one-line error should not wait for (or depend on) the store.
     index = args.worker or 0
@@ -185,10 +192,20 @@ async def _serve(args: argparse.Namespace) -> None:
         waiting.close()  # (only checked: nobody waits)
         tun = await TunDevice.open(args.dev, queue=index)
         store = await trio.to_thread.run_sync(open_our_store)
+    errors, warnings = listen_problems(addresses, device_interfaces(args.dev))
+    if errors:
+        await tun.aclose()
+        raise StcpConfigError(errors[0])
+    for line in warnings if index == 0 else ():
+        logger.warning("%s", line)
     device: PacketDevice = tun
     siblings = Siblings(args.dev, index, args.workers) if args.workers > 1 else None
     if args.pcap:
-        device = PcapDevice(device, args.pcap)
+        try:
+            device = PcapDevice(device, args.pcap)
+        except OSError as exc:
+            await tun.aclose()
+            raise StcpConfigError(f"--pcap {args.pcap}: {exc.strerror or exc}") from exc
     async with open_stack(
         device,
         addresses,
@@ -212,7 +229,7 @@ async def _serve(args: argparse.Namespace) -> None:
                     handler,
                     port,
                 )
-            where = ", ".join(f"{a}:{p}" for a in addresses for p in ports)
+            where = ", ".join(format_endpoint(a, p) for a in addresses for p in ports)
             restored = stack.runtime.restored
             print(
                 f"stcp: serving {args.service} on {where} via {args.dev} "
@@ -230,7 +247,8 @@ async def _serve(args: argparse.Namespace) -> None:
         drops = stack.runtime.drops
         tcp = stack.runtime.tcp_totals()
         line = (
-            "stcp: stopped; "
+            "stcp: stopped"
+            + ("; " if stats else "")
             + ", ".join(f"{k}={v}" for k, v in sorted(stats.items()))
             + ("; drops: " + ", ".join(f"{r.value}={n}" for r, n in drops.items()) if drops else "")
             + ("; tcp: " + ", ".join(f"{k}={v}" for k, v in sorted(tcp.items())) if tcp else "")

@@ -7,6 +7,7 @@ starting it when needed; these commands manage it explicitly.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 __all__ = ["add_store_parser"]
@@ -23,9 +24,17 @@ _DIR_HELP = (
 def _cmd_up(args: argparse.Namespace) -> int:
     from ..store import embedded  # lazy: keep `stcp --help` free of redis imports
 
-    url = embedded.start(args.dir, appendfsync=args.appendfsync)
-    pid = embedded.status(args.dir).pid
-    print(f"store is up: {url} (pid {pid}, appendfsync {args.appendfsync})")
+    asked = args.appendfsync
+    url = embedded.start(args.dir, appendfsync=asked or "everysec")
+    report = embedded.status(args.dir)
+    fsync = report.appendfsync or asked or "everysec"
+    print(f"store is up: {url} (pid {report.pid}, appendfsync {fsync})")
+    if asked is not None and fsync != asked:  # (up already: start() left it as it was)
+        print(
+            f"stcp: note: the store was running already, with appendfsync {fsync}; to "
+            f"change it: stcp store down, then stcp store up --appendfsync {asked}",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -83,8 +92,9 @@ def add_store_parser(subparsers: Any) -> None:
     up.add_argument(
         "--appendfsync",
         choices=FSYNC_POLICIES,
-        default="everysec",
-        help="when the AOF is fsynced: everysec (default) or always",
+        default=None,
+        help="when the AOF is fsynced: everysec (default) or always; a store already "
+        "running keeps its own",
     )
     up.set_defaults(func=_cmd_up)
 

@@ -34,6 +34,7 @@ import sys
 import trio
 
 from ..errors import StcpConfigError
+from .endpoint import format_endpoint
 from .netns import ip_json
 
 __all__ = ["die_with_parent", "pin_worker", "say", "supervise", "worker_instance"]
@@ -269,7 +270,7 @@ def _worker_command(args: argparse.Namespace, store: str, index: int) -> list[st
     if args.store_dir:
         command += ["--store-dir", args.store_dir]
     for host, port in args.listen:
-        command += ["--listen", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+        command += ["--listen", format_endpoint(host, port)]
     return command
 
 

@@ -279,11 +279,15 @@ def _device_error(name: str, exc: OSError) -> StcpConfigError:
     if exc.errno in (errno.ENODEV, errno.ENXIO):
         return missing_device_error(name)
     if exc.errno == errno.EINVAL:
-        return StcpConfigError(
-            f"device {name} is not a TUN device: pick another name or remove it with "
-            f"`stcp net down --dev {name}`"
-        )
+        return StcpConfigError(f"device {name} is not a TUN device: pick another name")
     return StcpConfigError(f"TUN device {name}: {os.strerror(exc.errno or 0)}")
+
+
+def _exists_error(name: str) -> StcpConfigError:
+    return StcpConfigError(
+        f"device {name} already exists: pick another name, or, if it is a TUN device "
+        f"you made, remove it with `stcp net down --dev {name}`"
+    )
 
 
 def missing_device_error(name: str) -> StcpConfigError:
@@ -306,10 +310,7 @@ def create_persistent_tun(name: str, *, multi_queue: bool = True, tun_path: str 
     """
     ifname = _ifreq_name(name)
     if device_exists(name):
-        raise StcpConfigError(
-            f"device {name} already exists: remove it with `stcp net down --dev {name}` "
-            "or pick another name"
-        )
+        raise _exists_error(name)
     fd = _open_tun_fd(tun_path)
     try:
         try:
@@ -324,10 +325,7 @@ def create_persistent_tun(name: str, *, multi_queue: bool = True, tun_path: str 
             fcntl.ioctl(fd, TUNSETPERSIST, 1)
         except OSError as exc:
             if exc.errno == errno.EBUSY:
-                raise StcpConfigError(
-                    f"device {name} already exists: remove it with `stcp net down --dev "
-                    f"{name}` or pick another name"
-                ) from exc
+                raise _exists_error(name) from exc
             raise _device_error(name, exc) from exc
     finally:
         os.close(fd)
@@ -611,6 +609,13 @@ class TunDevice:
             except OSError as exc:
                 if exc.errno == errno.EBADF and self._closed:
                     raise trio.ClosedResourceError("TUN device was closed") from None
+                if exc.errno in (errno.EBADFD, errno.ENODEV, errno.ENXIO):
+                    # (what a read gets once `ip link del` / `stcp net down` removed it)
+                    raise StcpConfigError(
+                        f"TUN device {self._name} was removed while serving (stcp net "
+                        "down?): its connections stay in the store; `stcp net up` it "
+                        "again and start the server"
+                    ) from exc
                 raise
             if out:
                 if not waited:

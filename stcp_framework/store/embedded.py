@@ -268,7 +268,8 @@ def start(
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise StcpConfigError(
-            f"cannot create store directory {path}: {exc.strerror}; pass a writable --dir"
+            f"cannot create store directory {path}: {exc.strerror}; pass a writable "
+            "--dir (--store-dir to stcp run and stcp flows)"
         )
     url = f"unix://{path / SOCKET_NAME}"
     with _locked(path):

@@ -894,14 +894,19 @@ class Connection:
         Raises:
             ValueError: ``offset`` is below the last commit or beyond what was read.
         """
+        self.check_commit(offset)
+        self._app_commit = AppCommit(offset, state)
+        self._commit_to(offset, now)
+
+    def check_commit(self, offset: int) -> None:
+        """Raise ``ValueError`` unless ``app_commit(offset)`` may be called: ``offset``
+        in ``[commit_offset, read_offset]``, committed .. read."""
         buf = self.rcv_buf
         if not buf.commit_offset <= offset <= buf.read_offset:
             raise ValueError(
                 f"commit offset {offset} outside [{buf.commit_offset}, {buf.read_offset}]"
                 " (committed .. read)"
             )
-        self._app_commit = AppCommit(offset, state)
-        self._commit_to(offset, now)
 
     def _commit_to(self, offset: int, now: float) -> None:
         buf = self.rcv_buf

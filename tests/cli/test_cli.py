@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import subprocess
@@ -73,10 +74,48 @@ def test_run_without_listen_address_prints_one_line() -> None:
     assert "--listen" in line
 
 
+@pytest.mark.parametrize("name", ["", "a b", "a{b}"])
+def test_a_bad_instance_name_is_named_as_such(name: str) -> None:
+    line = one_error_line(
+        run("run", "echo", "--listen", "198.18.0.2:7", "--store", "memory", "--instance", name)
+    )
+    assert line.startswith(f"stcp: error: --instance {name!r}: "), line
+
+
 def test_bad_listen_address_is_a_usage_error() -> None:
     result = run("run", "echo", "--listen", "not-an-address")
     assert result.returncode == 2
-    assert "ADDRESS:PORT" in result.stderr
+    assert "ADDRESS[:PORT]" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "endpoint"),
+    [
+        ("198.18.0.2:7", ("198.18.0.2", 7)),
+        ("198.18.0.2", ("198.18.0.2", None)),  # the service's own port
+        ("[2001:db8::2]:7", ("2001:db8::2", 7)),
+        ("[2001:db8::2]", ("2001:db8::2", None)),
+        ("2001:db8::2", ("2001:db8::2", None)),
+        ("2001:db8::2:7", ("2001:db8::2:7", None)),  # an address: a port needs brackets
+    ],
+)
+def test_listen_endpoints_parse_and_format_back(
+    text: str, endpoint: tuple[str, int | None]
+) -> None:
+    from stcp_framework.cli.endpoint import format_endpoint, parse_endpoint
+
+    assert parse_endpoint(text) == endpoint
+    assert parse_endpoint(format_endpoint(*endpoint)) == endpoint
+
+
+@pytest.mark.parametrize("text", ["198.18.0.2:0", "198.18.0.2:x", "2001:db8::zz:7", "host:7"])
+def test_bad_listen_endpoints_are_refused(text: str) -> None:
+    import argparse
+
+    from stcp_framework.cli.endpoint import parse_endpoint
+
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_endpoint(text)
 
 
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) missing")
@@ -111,3 +150,33 @@ def test_a_store_error_inside_trio_s_exception_groups_is_one_line(
     assert capsys.readouterr().err.splitlines() == [
         "stcp: error: store: next_epoch: ERR unknown command"
     ]
+
+
+def _interfaces(*texts: str) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
+    return [ipaddress.ip_interface(text) for text in texts]
+
+
+@pytest.mark.parametrize(
+    ("address", "errors", "warnings"),
+    [
+        ("198.18.0.2", [], []),
+        ("198.18.0.1", ["kernel side's own address", "e.g. 198.18.0.2"], []),
+        ("198.18.0.0", [], ["network or broadcast"]),
+        ("198.18.0.255", [], ["network or broadcast"]),
+        ("10.1.1.1", [], ["outside the device's subnet (198.18.0.0/24)"]),
+        ("2001:db8::2", [], []),
+        ("2001:db8::1", ["kernel side's own address"], []),
+        ("2001:db8:1::2", [], ["outside the device's subnet (fe80::/64, 2001:db8::/64)"]),
+    ],
+)
+def test_listen_addresses_are_checked_against_the_kernel_side(
+    address: str, errors: list[str], warnings: list[str]
+) -> None:
+    from stcp_framework.cli.endpoint import listen_problems
+
+    kernel_side = _interfaces("198.18.0.1/24", "fe80::1/64", "2001:db8::1/64")
+    got_errors, got_warnings = listen_problems([address], kernel_side)
+    assert len(got_errors) == (1 if errors else 0) and len(got_warnings) == len(warnings)
+    assert all(part in got_errors[0] for part in errors), got_errors  # (parts of one line)
+    for expected, got in zip(warnings, got_warnings, strict=True):
+        assert expected in got, got

@@ -150,6 +150,21 @@ def test_all_lists_every_instance_with_its_name(
     assert lines[-1].startswith("5 flows (2 instances; 5 ESTABLISHED); buffered: 67 B received")
 
 
+def test_all_on_a_store_without_flows_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """(It raised IndexError.)"""
+    empty = RedisServer(system_redis_binary(), tmp_path / "redis")
+    empty.start()
+    try:
+        lines = _run(capsys, "--store", empty.url, "--all")
+    finally:
+        empty.stop()
+    assert lines[-1] == (
+        "0 flows (no instance); buffered: 0 B received, 0 B to send, 0 B app state"
+    )
+
+
 def test_json_has_every_field_of_each_flow(
     server: RedisServer,
     committed: dict[str, list[DrivenFlow]],

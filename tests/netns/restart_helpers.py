@@ -350,7 +350,7 @@ def all_counters(stderr: str) -> list[dict[str, int]]:
     the connections' own counters (its ``; tcp:`` part) as ``tcp.NAME``."""
     out: list[dict[str, int]] = []
     for line in stderr.splitlines():
-        if line.startswith("stcp: stopped; "):
+        if line == "stcp: stopped" or line.startswith("stcp: stopped; "):
             counters: dict[str, int] = {}
             head, _, tcp = line[len("stcp: stopped; ") :].partition("; tcp: ")
             parts = [(p, "") for p in head.replace("; drops: ", ", ").split(", ")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import signal
 import subprocess
 import sys
@@ -12,6 +13,8 @@ import trio
 from kernel_peer import run_kernel_peer
 from netns_fixtures import TunNet
 from restart_helpers import RedisServer, StcpServer
+
+from stcp_framework.cli.net import net_down
 
 MB = 1 << 20
 PORT = 7
@@ -138,3 +141,58 @@ async def test_stcp_run_warns_about_a_redis_without_aof(tun_net: TunNet, tmp_pat
     ]
     assert len(warnings) == 1, warnings
     assert "store: Redis runs without AOF (appendonly no)" in warnings[0]
+
+
+async def test_a_device_removed_under_the_server_ends_it_with_one_line(
+    tun_net: TunNet, tmp_path: Path
+) -> None:
+    """`stcp net down` while a server holds the device: the server says so in one line
+    (it was a page of exception groups), status 2 -- a supervisor that restarts it
+    would only meet a missing device."""
+    command = stcp_command(
+        "run", "echo", "--dev", tun_net.dev, "--listen", tun_net.stack_addr,  # (port 7)
+        "--store", "memory",
+    )  # fmt: skip
+    process = await trio.lowlevel.open_process(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None and process.stderr is not None
+        with trio.fail_after(START_TIMEOUT):
+            banner = await read_line(process.stdout)
+        assert banner.startswith(f"stcp: serving echo on {tun_net.stack_addr}:7 ".encode())
+        await trio.to_thread.run_sync(net_down, tun_net.dev)
+        with trio.fail_after(STOP_TIMEOUT):
+            returncode = await process.wait()
+            errors = b""
+            while chunk := await process.stderr.receive_some():
+                errors += chunk
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    lines = errors.decode().splitlines()
+    assert returncode == 2, errors
+    assert len(lines) == 1 and lines[0].startswith("stcp: error: TUN device "), lines
+    assert "was removed while serving" in lines[0]
+
+
+async def test_stcp_run_refuses_the_kernel_side_s_own_address(tun_net: TunNet) -> None:
+    """Packets to the kernel's own address stay in the kernel: serving it would never
+    see one. (``device_interfaces`` reads the device's addresses for the check.)"""
+    from stcp_framework.cli.endpoint import device_interfaces
+
+    kernel_side = device_interfaces(tun_net.dev)
+    assert ipaddress.ip_interface(f"{tun_net.kernel_addr}/{tun_net.prefix_len}") in kernel_side
+    assert ipaddress.ip_interface(f"{tun_net.kernel_addr6}/{tun_net.prefix_len6}") in kernel_side
+    with trio.fail_after(START_TIMEOUT):
+        done = await trio.run_process(
+            stcp_command("run", "echo", "--dev", tun_net.dev, "--listen", tun_net.kernel_addr,
+                         "--store", "memory"),
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )  # fmt: skip
+    lines = done.stderr.decode().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, lines
+    assert "kernel side's own address" in lines[0] and tun_net.stack_addr in lines[0]

@@ -86,6 +86,14 @@ def test_up_status_down_end_to_end(store_dir: Path, capsys: pytest.CaptureFixtur
     assert rec is not None and rec.rx == b"kept"
     assert store.client.config_get("appendfsync") == {"appendfsync": "always"}
     store.client.close()
+    capsys.readouterr()
+    # up again: the running store keeps its policy, and says so when asked for another
+    assert stcp("store", "up", "--dir", str(store_dir)) == 0
+    out, err = capsys.readouterr()
+    assert "appendfsync always" in out and err == ""
+    assert stcp("store", "up", "--dir", str(store_dir), "--appendfsync", "everysec") == 0
+    out, err = capsys.readouterr()
+    assert "appendfsync always" in out and "running already, with appendfsync always" in err
 
 
 def test_ensure_running_starts_once(store_dir: Path) -> None:
