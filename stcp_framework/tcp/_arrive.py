@@ -370,13 +370,26 @@ def check_syn(c: Connection, now: float) -> None:
     _output.challenge_ack(c, now)
 
 
+_FIN_QUEUED = (TcpState.FIN_WAIT_1, TcpState.CLOSING, TcpState.LAST_ACK)
+
+
 def _accept_earlier_send(c: Connection, ack: Seq, d_una: int) -> Seq:
     """Restored: an ACK past SND.NXT of bytes the incarnation before us sent, whose
     SND.NXT never reached the store (``Connection.restore``, ``maybe_sent_end``). The
-    peer has them: SND.NXT moves up to its ACK. An ACK of the FIN that followed them
-    counts up to the bytes only (returned): the app closes again, the FIN goes again
-    and the peer acknowledges it again."""
-    end = c.tcb.snd_una_offset + d_una
+    peer has them: SND.NXT moves up to its ACK. An ACK of the FIN that followed them:
+    if the restored state has our FIN queued (FIN-WAIT-1, CLOSING, LAST-ACK:
+    ``fin_maybe_sent``), the FIN left too and the peer has it -- taken whole, or every
+    ACK of the peer, all past SND.NXT, would be dropped and the connection hang;
+    otherwise it counts up to the bytes only (returned): the app closes again, the FIN
+    goes again and the peer acknowledges it again."""
+    tcb = c.tcb
+    end = tcb.snd_una_offset + d_una
+    if c.fin_maybe_sent and end == c.snd_buf.end_offset + 1 and tcb.state in _FIN_QUEUED:
+        c.count("ack_of_earlier_fin")
+        c.fin_maybe_sent = False
+        c._advance_snd_nxt(end)
+        c._set("fin_sent", True)
+        return ack
     if end == c.maybe_sent_end + 1:
         end -= 1
         ack = seq_add(ack, -1)
@@ -411,7 +424,7 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
     # seq_diff(ack, SND.UNA) and seq_diff(ack, SND.NXT), inlined.
     d_una = ((ack - tcb.snd_una + _HALF) & SEQ_MASK) - _HALF
     d_nxt = ((ack - tcb.snd_nxt + _HALF) & SEQ_MASK) - _HALF
-    if d_nxt > 0 and c.maybe_sent_end:
+    if d_nxt > 0 and (c.maybe_sent_end or c.fin_maybe_sent):
         ack = _accept_earlier_send(c, ack, d_una)
         d_una = ((ack - tcb.snd_una + _HALF) & SEQ_MASK) - _HALF
         d_nxt = ((ack - tcb.snd_nxt + _HALF) & SEQ_MASK) - _HALF

@@ -428,7 +428,12 @@ def send_data(c: Connection, now: float, *, force: bool) -> None:
         if window < 0:
             window = advertise_window(c)
             opts = _options(c, now)
-            ack = c.ack_point() if tcb.ack_on_commit else tcb.rcv_nxt
+            if tcb.ack_on_commit:
+                ack = c.ack_point()
+                if ack != tcb.rcv_nxt:
+                    c.ack_lagged = True  # (its commit then ACKs at once: _commit_to)
+            else:
+                ack = tcb.rcv_nxt
             if c.rx_needs > needs:  # the window's edge moved (advertise_window)
                 needs = c.rx_needs
             if c.rx_needs > low_needs:

@@ -164,6 +164,7 @@ class Connection:
         "_tx_ops",
         "_tx_trim",
         "ack_deferred_at",
+        "ack_lagged",
         "ack_now",
         "cc",
         "challenge_count",
@@ -172,6 +173,7 @@ class Connection:
         "counters",
         "dsack",
         "dupacks",
+        "fin_maybe_sent",
         "gap_since",
         "gap_start",
         "invalid_ack_at",
@@ -252,6 +254,7 @@ class Connection:
         self.tx_low_needs = 0
         # Runtime (rebuilt on restore, never persisted).
         self.ack_now = False  # send an ACK in this call's output
+        self.ack_lagged = False  # ack-on-commit: data left with an ACK behind RCV.NXT
         self.ack_deferred_at: float | None = None  # ack_now set at this time; drain() sends
         self.pending_fin = False  # ack-on-commit: FIN received in order, data uncommitted
         self.rcv_unacked = 0  # bytes received since our last ACK (delayed ACK)
@@ -268,6 +271,7 @@ class Connection:
         self.challenge_window_at = -1e18
         self.invalid_ack_at = -1e18  # the last ACK to an unacceptable segment without data
         self.maybe_sent_end = 0  # restored: a past incarnation may have sent up to here
+        self.fin_maybe_sent = False  # restored with our FIN queued: it may have left too
         # Restored after a crash that may have lost acknowledged bytes (async durability):
         # the restored RCV.NXT offset until the peer shows it has the bytes after it,
         # and the lowest offset above it the peer has sent since, and when it first came
@@ -389,6 +393,14 @@ class Connection:
             # data (which RFC 9293 §3.10.7.4 drops): see _arrive.check_ack.
             c.maybe_sent_end = c.snd_buf.end_offset
         state = tcb.state
+        if not tcb.fin_sent and state in (
+            TcpState.FIN_WAIT_1,
+            TcpState.CLOSING,
+            TcpState.LAST_ACK,
+        ):
+            # The FIN needs its state change durable, not the SND.NXT its sending
+            # moved: the incarnation before us may have sent it (_arrive.check_ack).
+            c.fin_maybe_sent = True
         if acked_may_be_lost and state.can_recv() and tcb.rcv_nxt_offset >= 0:
             c.lost_ack_watch = tcb.rcv_nxt_offset
         if state is TcpState.TIME_WAIT:
@@ -929,6 +941,15 @@ class Connection:
                     # the delayed-ACK rule counts committed bytes (RFC 5681 §4.2).
                     self.rx_needs = self.version + 1
                     _arrive.delayed_ack_rule(self, advanced, now)
+                    if self.ack_lagged:
+                        # Not delayed: what it would wait for, an answer to carry it,
+                        # left already, with the older ACK (an app that answers, then
+                        # commits what it answered), and a client whose Nagle waits
+                        # for this one would wait a delayed-ACK timeout a round. (An
+                        # answer sent after the commit in this step still carries it:
+                        # drain() sends it alone only if nothing did.)
+                        self.ack_lagged = False
+                        self.ack_now = True
                 if self.pending_fin and self.ack_offset() == buf.end_offset:
                     _arrive.check_fin(self, offset, now)
                 if self.ack_now:

@@ -26,6 +26,13 @@ async def echo(stream: Stream) -> None:
         await stream.send_all_and_commit(data)
 
 
+async def echo_then_commit(stream: Stream) -> None:
+    """A level-2 app's natural order: answer, then commit what it answered."""
+    while data := await stream.receive_some():
+        await stream.send_all(data, wait_durable=False)
+        await stream.commit()
+
+
 async def echo_by_transaction(stream: Stream, stack: Stack) -> None:
     while data := await stream.receive_some():
         txn = stack.transaction()
@@ -35,15 +42,17 @@ async def echo_by_transaction(stream: Stream, stack: Stack) -> None:
 
 
 @pytest.mark.parametrize("durability", ["ack-on-commit", "strict"])
-@pytest.mark.parametrize("how", ["send_all_and_commit", "transaction"])
+@pytest.mark.parametrize("how", ["send_all_and_commit", "transaction", "send_then_commit"])
 async def test_the_answer_acknowledges_its_request(
     autojump_clock: trio.testing.MockClock, durability: str, how: str
 ) -> None:
     answers: list[tuple[int, int]] = []  # (SEG.SEQ, SEG.ACK) of the server's data
+    acks: list[int] = []  # SEG.ACK of every server segment
 
     def tap(event: TapEvent) -> None:
         if event.phase == "send" and event.src == SERVER:
             seg = parse_packet_untrusted(event.packet).tcp
+            acks.append(seg.ack)
             if seg.payload:
                 answers.append((seg.seq, seg.ack))
 
@@ -65,7 +74,7 @@ async def test_the_answer_acknowledges_its_request(
                 await echo_by_transaction(stream, server)
 
         else:
-            handler = echo
+            handler = echo if how == "send_all_and_commit" else echo_then_commit
         await nursery.start(lambda task_status: server.serve(
             handler, PORT, commit="manual", task_status=task_status
         ))  # fmt: skip
@@ -80,7 +89,9 @@ async def test_the_answer_acknowledges_its_request(
             assert got == REQUEST
             assert trio.current_time() - started < 0.005, "an answer waited for a timer"
             acked = seq_add(Seq(sent_from), (round_ + 1) * len(REQUEST))
-            assert answers[-1][1] == acked, (round_, answers)
+            assert acks[-1] == acked, (round_, acks)  # sent with the answer, not after a timer
+            if how != "send_then_commit" or durability == "strict":
+                assert answers[-1][1] == acked, (round_, answers)  # the answer carried it
         nursery.cancel_scope.cancel()
 
 

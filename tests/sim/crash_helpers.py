@@ -60,14 +60,14 @@ from stcp_framework.testing._sim_pair import stack_iss_secret, stack_rng
 from stcp_framework.wire.drop import MalformedPacket
 from stcp_framework.wire.fmt import format_packet
 from stcp_framework.wire.packet import parse_packet_untrusted
-from stcp_framework.wire.seq import Seq, seq_add, seq_diff, seq_lt
+from stcp_framework.wire.seq import SEQ_MASK, Seq, seq_add, seq_diff, seq_lt
 from stcp_framework.wire.tcp import ACK, FIN, RST, SYN
 
 PORT = 5001
 RECEIVE_SIZE = 64 * 1024
 SETTLE = 2.0  # virtual seconds after both ends are done: the last FIN/ACKs land
 TRACE_LEN = 12  # packets of context shown with a violation
-AFTER_CLOSE = " after the server's flow had closed and left the store"
+AFTER_CLOSE = " after the server's flow had closed (and left the store, or waits to)"
 """Marks a RST that answered a segment for a flow the server had finished."""
 _RESUMING_STATES = frozenset(
     {
@@ -163,6 +163,10 @@ class Oracle:
         self.first_delivery: dict[int, tuple[float, float]] = {}  # incarnation: (at, rto)
         # (time, stream offset): the client first received download bytes up to offset.
         self.client_progress: list[tuple[float, int]] = []
+        # The close as the server saw it (``_finished``): each FIN's end, and its ACK.
+        self.srv_fin_end: int | None = None
+        self.cli_fin_end: int | None = None
+        self.srv_fin_acked = self.cli_fin_acked = False
 
     def __call__(self, event: TapEvent) -> None:
         try:
@@ -179,6 +183,8 @@ class Oracle:
             self.cli_offered_wscale = opts.wscale is not None
         elif event.phase == "deliver" and event.src == server:
             self._on_client_receive(event, pkt)
+        elif event.phase == "deliver":
+            self._on_server_receive(pkt)
 
     def _violation(self, now: float, what: str) -> None:
         context = "\n    ".join(
@@ -199,11 +205,15 @@ class Oracle:
         self._in_flight.append((event.packet, incarnation))
         iss = seg.seq if seg.flags & SYN else self.srv_iss
         if seg.flags & RST:
-            gone = iss is not None and durable_view(self.store, self._flow_id(pkt, iss)) is None
+            gone = iss is not None and self._finished(self._flow_id(pkt, iss))
             self._violation(now, f"the server sent a RST{AFTER_CLOSE if gone else ''}")
             return
         if seg.flags & SYN:
             self.srv_wscale = seg.options.wscale or 0
+        if seg.flags & FIN:
+            self.srv_fin_end = (seg.seq + len(seg.payload) + 1) & SEQ_MASK
+        if seg.flags & ACK and seg.ack == self.cli_fin_end:
+            self.cli_fin_acked = True
         if self.reordered:
             self._check_window(now, seg)
         if iss is None:
@@ -250,6 +260,22 @@ class Oracle:
             if bytes(seg.payload) != self.download[offset : offset + n]:
                 self._violation(now, f"G3: bytes at offset {offset} differ from the source")
 
+    def _finished(self, flow_id: str) -> bool:
+        """The server had finished the flow: it left the store, or both FINs were sent
+        and acknowledged as far as the server saw -- it closed, and only its last deltas
+        wait for the store (an outage: it is forgotten once they land)."""
+        if durable_view(self.store, flow_id) is None:
+            return True
+        return self.srv_fin_acked and self.cli_fin_acked
+
+    def _on_server_receive(self, pkt: Any) -> None:
+        """Client segments the server got: its FIN, and the ACK of the server's FIN."""
+        seg = pkt.tcp
+        if seg.flags & FIN:
+            self.cli_fin_end = (seg.seq + len(seg.payload) + 1) & SEQ_MASK
+        if seg.flags & ACK and seg.ack == self.srv_fin_end:
+            self.srv_fin_acked = True
+
     def _flow_id(self, pkt: Any, iss: int) -> str:
         seg = pkt.tcp
         key = (pkt.dst, seg.dst_port, pkt.src, seg.src_port, iss)
@@ -266,7 +292,7 @@ class Oracle:
             self.first_delivery[incarnation] = (now, self._client_rto())
         if seg.flags & RST:
             iss = self.srv_iss
-            gone = iss is not None and durable_view(self.store, self._flow_id(pkt, iss)) is None
+            gone = iss is not None and self._finished(self._flow_id(pkt, iss))
             self._violation(now, f"the client received a RST{AFTER_CLOSE if gone else ''}")
             return
         if seg.flags & SYN:

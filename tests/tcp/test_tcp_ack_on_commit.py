@@ -159,6 +159,37 @@ def test_manual_commit_acknowledges_only_what_is_committed() -> None:
     assert [seg.ack for seg in step.segments] == [sq(REMOTE_SEQ, 4000)]
 
 
+def test_a_commit_after_the_answer_is_acknowledged_at_once() -> None:
+    """A request/response app answers, then commits what it answered: the answer left
+    with the older ACK, so the commit's ACK goes at once, not at the delayed-ACK timer
+    (a client whose Nagle waits for it would wait that long every round)."""
+    conn = conn_established(AOC_MANUAL)
+    send(conn, r(payload=b"ping"), at=1.0)
+    conn.drain()
+    assert conn.app_receive(100, 1.1) == b"ping"
+    conn.app_send(b"pong", 1.1)
+    answer = conn.drain().segments
+    assert [(seg.ack, bytes(seg.payload)) for seg in answer] == [(REMOTE_SEQ, b"pong")]
+    conn.app_commit(4, None, 1.1)
+    step = conn.drain()
+    assert [(seg.ack, bytes(seg.payload)) for seg in step.segments] == [(sq(REMOTE_SEQ, 4), b"")]
+
+
+def test_a_commit_before_the_answer_rides_on_it() -> None:
+    """Committed first (``send_all_and_commit``), the answer carries the ACK: one
+    segment, as with the delayed ACK a reply carries (RFC 9293 §3.8.6.3)."""
+    conn = conn_established(AOC_MANUAL)
+    send(conn, r(payload=b"ping"), at=1.0)
+    conn.drain()
+    assert conn.app_receive(100, 1.1) == b"ping"
+    conn.app_commit(4, None, 1.1)
+    conn.app_send(b"pong", 1.1)
+    step = conn.drain()
+    assert [(seg.ack, bytes(seg.payload)) for seg in step.segments] == [
+        (sq(REMOTE_SEQ, 4), b"pong")
+    ]
+
+
 def test_out_of_order_data_gets_a_duplicate_ack_only_when_it_names_the_hole() -> None:
     conn = conn_established(AOC)
     send(conn, r(seq=sq(REMOTE_SEQ, 100), payload=b"z" * 10), at=1.0)

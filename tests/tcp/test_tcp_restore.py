@@ -289,6 +289,42 @@ def test_restore_takes_an_ack_of_stored_bytes_and_the_fin_after_them() -> None:
     assert restored.state is TcpState.FIN_WAIT_2
 
 
+def test_restore_with_its_fin_queued_takes_the_peer_s_ack_of_that_fin() -> None:
+    """The store holds FIN-WAIT-1 (a FIN needs its state change durable) with every
+    byte counted as sent, but not the SND.NXT that sending the FIN moved. The
+    incarnation before sent it, and the peer acknowledged it: its ACK, one past the
+    restored SND.NXT, is the ACK of our FIN -- taken, not dropped as an ACK of unsent
+    data. (Dropped, every segment of the peer was: the restored side never took its
+    data or its FIN, and the peer's LAST-ACK timed out. Crash fuzz seed 1501240.)"""
+    conn = conn_established()
+    conn.app_send(b"x" * 3000, 1.0)
+    conn.app_shutdown(1.0)
+    step = conn.drain()
+    assert step.segments[-1].flags & FIN  # the bytes and the FIN left
+    stale = conn.tcb.to_record()  # FIN-WAIT-1, stored with the state change...
+    stale["snd_nxt"] = sq(LOCAL_SEQ, 3000)  # ...but not the SND.NXT the FIN moved
+    stale["fin_sent"] = False
+    stale["snd_wnd"] = MSS  # (the restore's kick resends one segment, not the FIN)
+    restored = Connection.restore(
+        Tcb.from_record(stale),
+        rx=b"",
+        rx_offset=0,
+        tx=b"x" * 3000,
+        tx_offset=0,
+        now=5.0,
+        config=CONFIG,
+        version=conn.version,
+    )
+    assert not any(seg.flags & FIN for seg in restored.drain().segments)
+    # The peer's ACK of the FIN, with data of its own (it answered and closed too).
+    restored.on_segment(r(ack=sq(LOCAL_SEQ, 3001), payload=b"bye", flags=ACK | FIN), 5.1)
+    assert "ack_too_new" not in restored.counters
+    assert restored.state is TcpState.TIME_WAIT  # FIN acknowledged, the peer's FIN taken
+    assert restored.app_receive(10, 5.2) == b"bye"
+    (ack,) = restored.drain().segments
+    assert ack.seq == sq(LOCAL_SEQ, 3001) and ack.ack == sq(REMOTE_SEQ, 4)
+
+
 def test_restore_with_data_waiting_on_a_closed_window_probes_at_once() -> None:
     """The peer's window update may have been lost while we were down: the kick adds a
     probe, the byte at SND.UNA, that the peer answers with its window whether it takes
