@@ -20,6 +20,7 @@ from tcp_helpers import (
     conn_established,
     conn_syn_received,
     r,
+    restore_record,
     sq,
     syn_options,
     tcb_fields,
@@ -245,16 +246,7 @@ def test_restore_counts_every_stored_byte_as_possibly_sent() -> None:
     conn.app_send(b"x" * 3000, 1.0)
     assert len(conn.drain().segments) == 3  # left, while their SND.NXT was not stored
     stale["snd_wnd"] = MSS  # and the peer's window then let one segment out at a time
-    restored = Connection.restore(
-        Tcb.from_record(stale),
-        rx=b"",
-        rx_offset=0,
-        tx=b"x" * 3000,
-        tx_offset=0,
-        now=5.0,
-        config=CONFIG,
-        version=conn.version,
-    )
+    restored = restore_record(stale, conn, tx=b"x" * 3000)
     kick = restored.drain()
     assert [len(seg.payload) for seg in kick.segments][:1] == [MSS]  # again from SND.UNA
     restored.on_segment(r(ack=sq(LOCAL_SEQ, 3000)), 5.1)  # the peer had them all
@@ -269,16 +261,7 @@ def test_restore_takes_an_ack_of_stored_bytes_and_the_fin_after_them() -> None:
     conn = conn_established()
     stale = conn.tcb.to_record()
     stale["snd_wnd"] = MSS
-    restored = Connection.restore(
-        Tcb.from_record(stale),
-        rx=b"",
-        rx_offset=0,
-        tx=b"x" * 3000,
-        tx_offset=0,
-        now=5.0,
-        config=CONFIG,
-        version=conn.version,
-    )
+    restored = restore_record(stale, conn, tx=b"x" * 3000)
     restored.drain()
     restored.on_segment(r(ack=sq(LOCAL_SEQ, 3001)), 5.1)
     assert restored.unacked == 0 and restored.state is TcpState.ESTABLISHED
@@ -305,16 +288,7 @@ def test_restore_with_its_fin_queued_takes_the_peer_s_ack_of_that_fin() -> None:
     stale["snd_nxt"] = sq(LOCAL_SEQ, 3000)  # ...but not the SND.NXT the FIN moved
     stale["fin_sent"] = False
     stale["snd_wnd"] = MSS  # (the restore's kick resends one segment, not the FIN)
-    restored = Connection.restore(
-        Tcb.from_record(stale),
-        rx=b"",
-        rx_offset=0,
-        tx=b"x" * 3000,
-        tx_offset=0,
-        now=5.0,
-        config=CONFIG,
-        version=conn.version,
-    )
+    restored = restore_record(stale, conn, tx=b"x" * 3000)
     assert not any(seg.flags & FIN for seg in restored.drain().segments)
     # The peer's ACK of the FIN, with data of its own (it answered and closed too).
     restored.on_segment(r(ack=sq(LOCAL_SEQ, 3001), payload=b"bye", flags=ACK | FIN), 5.1)
