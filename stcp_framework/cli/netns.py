@@ -174,6 +174,11 @@ def validate_test_address(
         iface = ipaddress.ip_interface(text)
     except ValueError as exc:
         raise StcpConfigError(f"bad address {text!r}: {exc}") from exc
+    if iface.network.num_addresses < 2:
+        raise StcpConfigError(
+            f"address {text} leaves no other address in its subnet for the stack: use a "
+            "shorter prefix, e.g. /24 (/64 for IPv6)"
+        )
     if version == 4:
         if not isinstance(iface, ipaddress.IPv4Interface) or not iface.network.subnet_of(TEST_NET4):
             raise StcpConfigError(

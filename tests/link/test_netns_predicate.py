@@ -136,6 +136,8 @@ def test_test_range_addresses_are_accepted(text: str, version: int) -> None:
         ("fd00::1/64", 6, "use one inside 2001:db8::/32"),
         ("2001:db8::1/31", 6, "use one inside 2001:db8::/32"),
         ("198.18.0.1/24", 6, "use one inside 2001:db8::/32"),
+        ("198.18.0.1/32", 4, "leaves no other address"),
+        ("2001:db8::1/128", 6, "leaves no other address"),
     ],
 )
 def test_addresses_outside_the_test_ranges_are_refused(
