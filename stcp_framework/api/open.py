@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from ..errors import StcpConfigError
 from ..link.base import PacketDevice
 from ..stack.runtime import Runtime
 from ..store.base import Store, StoreError
@@ -107,10 +108,15 @@ class Stack:
         """Open a connection (active open) and wait until it is established.
 
         Raises:
-            OSError subclasses from ``stcp_framework.errors`` chained in
-            ``trio.BrokenResourceError`` semantics are not used here: a refused or
-            timed-out connect raises ``ConnectionRefused`` / ``ConnectionTimedOut``.
+            ConnectionRefused: The peer answered the SYN with a RST.
+            ConnectionTimedOut: The peer did not answer (the SYN's retransmissions were
+                exhausted). Both are ``stcp_framework.errors.StcpError``s, not
+                ``OSError``s.
+            StcpConfigError: ``port`` is not in 1..65535, or this stack has no address
+                of ``host``'s family.
         """
+        if not 0 < port < 65536:
+            raise StcpConfigError(f"port {port} is not in 1..65535")
         runtime = self._runtime
         flow = runtime.open_flow(host, port, manual_commit=_manual(commit))
         try:
@@ -150,6 +156,10 @@ async def _run_handler(handler: Handler, stream: Stream) -> None:
         stream._close_now(abort=False)
 
 
+FLUSH_ON_EXIT = 0.5
+"""Seconds ``open_stack`` waits, at most, for a last round when its block ends."""
+
+
 @asynccontextmanager
 async def open_stack(
     device: PacketDevice,
@@ -183,5 +193,10 @@ async def open_stack(
         stack = Stack(runtime, nursery)
         try:
             yield stack
+            # What the block's last calls left goes out before the stack stops -- a
+            # stream's aclose() returns before its FIN leaves, as a socket's close()
+            # does; a kernel would send it after the program ended, this stack cannot.
+            with trio.move_on_after(FLUSH_ON_EXIT):
+                await runtime.flush()
         finally:
             nursery.cancel_scope.cancel()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import logging
 import math
 import operator
@@ -22,6 +24,16 @@ if TYPE_CHECKING:
 DEFAULT_RECEIVE_SIZE = 256 * 1024
 
 logger = logging.getLogger("stcp.api")
+
+
+class KeepState(enum.Enum):
+    """The type of ``KEEP_STATE``."""
+
+    KEEP = "keep"
+
+
+KEEP_STATE = KeepState.KEEP
+"""A commit's ``state`` left out: the stream's state stays as it is (``None`` clears it)."""
 
 
 class _ConflictDetector:
@@ -133,25 +145,31 @@ class Stream(trio.abc.HalfCloseableStream):
 
     # ------------------------------------------------------------- level 2
 
-    async def commit(self, offset: int | None = None, *, state: bytes | None = None) -> None:
+    async def commit(
+        self, offset: int | None = None, *, state: bytes | KeepState | None = KEEP_STATE
+    ) -> None:
         """Level 2: the app has durably processed the inbound stream up to ``offset``.
 
         ``offset`` (default: ``read_offset``, everything read so far) and ``state`` are
         written to the store in one atomic step; this returns once they are durable.
         After a restart ``self.state`` is ``state`` and reading resumes at ``offset``.
-        Only streams served or connected with ``commit="manual"`` keep uncommitted bytes
-        for replay; in the default ``"auto"`` mode every read commits.
+        ``state`` left out keeps the state as it is (``None`` clears it). Only streams
+        served or connected with ``commit="manual"`` keep uncommitted bytes for replay;
+        in the default ``"auto"`` mode every read commits.
 
         Raises:
             ValueError: ``offset`` is below ``commit_offset`` or beyond ``read_offset``.
+            trio.ClosedResourceError: This stream was closed.
+            trio.BrokenResourceError: The connection was reset or aborted.
         """
-        if self._closed:
-            raise trio.ClosedResourceError("this stream was closed")
+        self._check_usable()
         await trio.lowlevel.checkpoint_if_cancelled()
         self._record_commit(offset, state)
         await self._runtime.wait_durable(self._flow)
 
-    def commit_nowait(self, offset: int | None = None, *, state: bytes | None = None) -> None:
+    def commit_nowait(
+        self, offset: int | None = None, *, state: bytes | KeepState | None = KEEP_STATE
+    ) -> None:
         """``commit`` without waiting for the store: the commit goes out with the next
         group commit and this returns at once, so the app reads on meanwhile.
 
@@ -165,15 +183,17 @@ class Stream(trio.abc.HalfCloseableStream):
         Raises:
             ValueError: ``offset`` is below ``commit_offset`` or beyond ``read_offset``.
             trio.ClosedResourceError: This stream was closed.
+            trio.BrokenResourceError: The connection was reset or aborted.
         """
-        if self._closed:
-            raise trio.ClosedResourceError("this stream was closed")
+        self._check_usable()
         self._record_commit(offset, state)
 
-    def _record_commit(self, offset: int | None, state: bytes | None) -> None:
+    def _record_commit(self, offset: int | None, state: bytes | KeepState | None) -> None:
         flow = self._flow
         if offset is None:
             offset = self.read_offset
+        if state is KEEP_STATE:
+            state = flow.app_state
         if not flow.closed:
             flow.conn.app_commit(offset, state, self._runtime.now())
             flow.app_state = state
@@ -184,7 +204,7 @@ class Stream(trio.abc.HalfCloseableStream):
         data: bytes | bytearray | memoryview,
         *,
         offset: int | None = None,
-        state: bytes | None = None,
+        state: bytes | KeepState | None = KEEP_STATE,
         wait_durable: bool = True,
     ) -> None:
         """Send ``data`` and commit this stream's inbound side, as one atomic store write.
@@ -491,36 +511,68 @@ class Transaction:
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
         self._sends: list[tuple[Stream, bytes | bytearray | memoryview]] = []  # as given
-        self._commits: list[tuple[Stream, int | None, bytes | None]] = []
+        self._commits: list[tuple[Stream, int | None, bytes | KeepState | None]] = []
+        self._applied = False
 
     def send(self, stream: Stream, data: bytes | bytearray | memoryview) -> None:
+        self._check_stream(stream)
         self._sends.append((stream, data))
 
     def commit(
-        self, stream: Stream, offset: int | None = None, *, state: bytes | None = None
+        self,
+        stream: Stream,
+        offset: int | None = None,
+        *,
+        state: bytes | KeepState | None = KEEP_STATE,
     ) -> None:
+        """As ``Stream.commit``: ``state`` left out keeps the stream's state."""
+        self._check_stream(stream)
         self._commits.append((stream, offset, state))
+
+    def _check_stream(self, stream: Stream) -> None:
+        if self._applied:
+            raise RuntimeError("this transaction was applied already: make a new one")
+        if stream._runtime is not self._runtime:
+            raise ValueError(
+                f"stream {stream.flow_id} belongs to another stack: a transaction spans "
+                "the streams of the stack that made it"
+            )
 
     async def apply(self, *, wait_durable: bool = True) -> None:
         """Wait for send space, then send and commit everything atomically; returns once
         it is durable (strict mode), or with ``wait_durable=False`` once it is recorded
-        for the next group commit."""
+        for the next group commit.
+
+        Raises:
+            trio.BusyResourceError: Another task is sending on one of its streams.
+            RuntimeError: This transaction was applied already.
+        """
+        if self._applied:
+            raise RuntimeError("this transaction was applied already: make a new one")
+        self._applied = True
         sends, commits = self._sends, self._commits
+        if not sends and not commits:
+            await trio.lowlevel.checkpoint()
+            return
         if len(sends) == 1 and len(commits) == 1 and sends[0][0] is commits[0][0]:
             # One stream's answer and commit (``send_all_and_commit``): the same calls,
             # without the bookkeeping for several streams.
             stream, data = sends[0]
             _, offset, state = commits[0]
-            await self._apply_one(stream, data, offset, state, wait_durable)
+            with stream._send_conflict:  # (one sender at a time, as send_all)
+                await self._apply_one(stream, data, offset, state, wait_durable)
             return
-        await self._apply_general(wait_durable)
+        with contextlib.ExitStack() as senders:
+            for stream in {id(s): s for s, _ in sends}.values():
+                senders.enter_context(stream._send_conflict)
+            await self._apply_general(wait_durable)
 
     async def _apply_one(
         self,
         stream: Stream,
         data: bytes | bytearray | memoryview,
         offset: int | None,
-        state: bytes | None,
+        state: bytes | KeepState | None,
         wait_durable: bool = True,
     ) -> None:
         """``_apply_general`` for one send and one commit on the same stream."""
@@ -536,6 +588,8 @@ class Transaction:
         now = runtime.now()
         if offset is None:
             offset = conn.rcv_buf.read_offset
+        if state is KEEP_STATE:
+            state = flow.app_state
         # The commit first: a bad offset raises before anything is sent, and with
         # ACK-on-commit the answer carries the ACK the commit moves (sent after it, the
         # answer had the older one, and the new ACK waited for the delayed-ACK timer:
@@ -568,7 +622,11 @@ class Transaction:
         # -- no checkpoint from here to the touches: one round takes all of it --
         now = self._runtime.now()
         commits = [
-            (stream._flow, stream.read_offset if offset is None else offset, state)
+            (
+                stream._flow,
+                stream.read_offset if offset is None else offset,
+                stream._flow.app_state if state is KEEP_STATE else state,
+            )
             for stream, offset, state in self._commits
         ]
         for flow, offset, _ in commits:

@@ -118,8 +118,11 @@ def _restore_one(
         )
     except (ValueError, SourceError) as exc:
         # Bytes the peer has not acknowledged cannot be produced again: the connection
-        # cannot continue byte-exact (G3). Forgotten, its next segment meets a RST.
+        # cannot continue byte-exact (G3). Reset now -- a peer that has acknowledged
+        # everything sends nothing more that could meet a RST -- and forgotten.
         logger.warning("[%s] cannot restore, resetting it: %s", flow_id, exc)
+        if tcb.state.synchronized():
+            runtime.send_reset_at(key, tcb.snd_nxt)
         return _Outcome.FORGET
     flow = Flow(key=key, flow_id=flow_id, conn=conn, recovered=True, app_state=record.app_state)
     flow.durable_version = record.version

@@ -95,6 +95,8 @@ arrivals let in, 54-88 MB with four steps, 36-45 MB with arrivals held too, and 
 ASYNC_BACKLOG_MAX = 1 << 20
 """Async durability: payload bytes queued for the store beyond which rounds wait for
 the commit task (back-pressure instead of an unbounded queue)."""
+FLUSH_POLLS, FLUSH_POLL_INTERVAL = 1000, 0.002
+"""``Runtime.flush`` checks this often whether the round ran (bounded: 2 s)."""
 STORE_RETRY_MIN, STORE_RETRY_MAX = 0.05, 0.25
 """Backoff between tries of a commit the store refused or timed out (G7), doubling: a
 store back from an outage sees the held deltas within STORE_RETRY_MAX, and then every
@@ -998,8 +1000,13 @@ class Runtime:
 
     def _send_reset(self, flow: Flow) -> None:
         """RST a flow we cannot continue (RFC 9293 §3.10.7.4: <SEQ=SND.NXT><CTL=RST>)."""
-        remote, rport, local, lport = flow.key
-        seq = flow.conn.tcb.snd_nxt
+        self.send_reset_at(flow.key, flow.conn.tcb.snd_nxt)
+
+    def send_reset_at(self, key: FlowKey, seq: Seq) -> None:
+        """RST the connection ``key`` at ``seq`` with the next round (recovery: one that
+        cannot be restored, from its stored SND.NXT -- if that is behind the peer's
+        RCV.NXT, the peer's challenge ACK meets no flow here and its RST is exact)."""
+        remote, rport, local, lport = key
         self._pending_raw.append(
             build_packet(
                 local,
@@ -1099,9 +1106,15 @@ class Runtime:
                 flow.eof = True
             elif isinstance(event, Reset):  # (narrows the type for .refused)
                 flow.reset = True
-                flow.error = ConnectionRefused() if event.refused else ConnectionResetByPeer()
+                flow.error = (
+                    ConnectionRefused(f"{_peer(flow)} refused the connection (RST)")
+                    if event.refused
+                    else ConnectionResetByPeer(f"{_peer(flow)} reset the connection")
+                )
             elif kind is TimedOut:
-                flow.error = ConnectionTimedOut()
+                flow.error = ConnectionTimedOut(
+                    f"{_peer(flow)} stopped answering (retransmissions exhausted)"
+                )
             elif isinstance(event, Aborted):
                 logger.warning("[%s] reset: %s", flow.flow_id, event.reason)
                 self.stats["acked_bytes_lost"] += 1
@@ -1178,6 +1191,20 @@ class Runtime:
             self._offer(flow)
 
     # ------------------------------------------------------------ app support
+
+    async def flush(self) -> None:
+        """Until one more round drained, committed and sent what the app's last calls
+        left -- an ``aclose()``'s FIN, say. ``open_stack`` calls it, within a time limit
+        (a store that does not answer holds the round), when its block ends."""
+        if not (self._dirty or self._pending_raw):
+            await trio.lowlevel.checkpoint()
+            return
+        target = self._rounds_started + 1
+        self._tx_wakeup.set()
+        for _ in range(FLUSH_POLLS):  # (a round takes a scheduler step or a commit)
+            if self._rounds_done >= target:
+                return
+            await trio.sleep(FLUSH_POLL_INTERVAL)
 
     def touch(self, flow: Flow) -> None:
         """An application call changed ``flow``'s machine: transmit what it produced."""
@@ -1308,3 +1335,9 @@ class Runtime:
         self.stats["active_opens"] += 1
         self._mark(flow)
         return flow
+
+
+def _peer(flow: Flow) -> str:
+    """``host:port`` of the flow's peer (``[host]:port`` for IPv6), for messages."""
+    host, port = flow.remote
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

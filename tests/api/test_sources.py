@@ -106,6 +106,41 @@ async def test_send_from_a_file_survives_a_restart(
     assert max_tx == 0  # no byte of the file went to the store
 
 
+async def test_a_file_changed_across_a_restart_resets_the_download_at_once(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """The bytes the client still needs cannot be read again (G3): the restarted server
+    resets the connection as it restores it. Only forgotten, it left a client that had
+    acknowledged everything waiting for ever: it sends nothing that could meet a RST."""
+    path = tmp_path / "big.bin"
+    path.write_bytes(os.urandom(300_000))
+    network = SimNetwork(5)
+
+    async def app(stack: Stack) -> None:
+        async def handler(stream: Stream) -> None:
+            with FileSource(path) as source:
+                await stream.send_from(source, stream.send_offset, block_size=50_000)
+            await stream.send_eof()
+
+        await stack.serve(handler, 80)
+
+    server = RestartableServer(network, SERVER_ADDRESS, app, store=MemoryStore(), downtime=0.05)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        async with open_stack(network.attach(CLIENT_ADDRESS), [CLIENT_ADDRESS]) as client:
+            stream = await client.connect(SERVER_ADDRESS, 80)
+            got = 0
+            while got <= 100_000:
+                got += len(await stream.receive_some(65536))
+            server.crash()
+            path.write_bytes(os.urandom(300_000))  # changed while the server is down
+            with trio.fail_after(1), pytest.raises(trio.BrokenResourceError):
+                while await stream.receive_some(65536):
+                    pass
+        nursery.cancel_scope.cancel()
+    assert len(server.restarts) == 1
+
+
 async def test_a_recorded_download_flows_without_commits_up_to_the_record_end(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
