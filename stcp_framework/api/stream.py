@@ -108,9 +108,11 @@ class Stream(trio.abc.HalfCloseableStream):
     def send_offset(self) -> int:
         """Stream offset of the next byte ``send_all`` will accept (bytes accepted so far).
 
-        Accepted bytes are durable (G2), so after a restart a sender that regenerates its
-        data (chargen, a file) continues from here. (After a restart it also counts the
-        bytes a ``send_from`` had recorded ahead of what it queued: they are queued again.)
+        Bytes ``send_all`` returned for are durable (G2; with ``wait_durable=False``
+        once the next group commit lands), so after a restart a sender that regenerates
+        its data (chargen, a file) continues from here. (After a restart it also counts
+        the bytes a ``send_from`` had recorded ahead of what it queued: they are queued
+        again.)
         """
         return self._flow.conn.snd_buf.end_offset
 
@@ -228,6 +230,8 @@ class Stream(trio.abc.HalfCloseableStream):
 
     @property
     def flow_id(self) -> str:
+        """This connection's id in the store, ``local:port-remote:port/ISS`` (what
+        ``stcp flows`` lists, and what ``Stack.reattach`` takes after a restart)."""
         return self._flow.flow_id
 
     # --------------------------------------------------------------- sending
