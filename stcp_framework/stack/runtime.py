@@ -1184,9 +1184,15 @@ class Runtime:
         return self._config4 if len(key[0]) == 4 else self._config6
 
     def adopt(self, flow: Flow, *, offer: bool) -> None:
-        """Take in a restored flow: kick it at the first round, offer its stream."""
+        """Take in a restored flow: kick it at the first round, offer its stream -- an
+        inbound one to its port's listener, an outbound one to ``reattach`` only (kept
+        under port 0, which no listener has: a listener on a port that happens to be
+        an outbound connection's local one took that stream, as if inbound)."""
         self._mark(flow)
         if offer:
+            if flow.conn.tcb.active_open:
+                self._unclaimed.setdefault(0, []).append(flow)
+                return
             flow.listener_port = flow.key[3]
             self._offer(flow)
 

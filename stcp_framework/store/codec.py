@@ -58,6 +58,7 @@ ALIASES: dict[str, str] = {
     "ack_on_commit": "ak",
     "tx_refs": "xr",
     "tx_ref_base": "xb",
+    "active_open": "ao",
     "schema": "sc",
 }
 """Stored name of each known TCB field (a stable part of the layout)."""

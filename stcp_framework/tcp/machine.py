@@ -301,6 +301,7 @@ class Connection:
         tcb.rcv_wscale = choose_rcv_wscale(config.recv_buffer_size) if c.offer_wscale else 0
         tcb.timestamps = config.timestamps
         tcb.mss = max(MIN_MSS, min(DEFAULT_MSS, config.mss))
+        tcb.active_open = True
         c._dirty.update(tcb.to_record())
         c._set_state(TcpState.SYN_SENT, "open_active")
         _output.send_syn(c, now)

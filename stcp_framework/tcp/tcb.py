@@ -50,8 +50,14 @@ TCB_FIELDS: tuple[str, ...] = (
     "ack_on_commit",
     "tx_refs",
     "tx_ref_base",
+    "active_open",
 )
-_DEFAULTS: dict[str, Any] = {"ack_on_commit": False, "tx_refs": "", "tx_ref_base": 0}
+_DEFAULTS: dict[str, Any] = {
+    "ack_on_commit": False,
+    "tx_refs": "",
+    "tx_ref_base": 0,
+    "active_open": False,
+}
 """Fields added after schema 1, with the value older records mean."""
 
 
@@ -92,6 +98,8 @@ class Tcb:
             the commit point, and ``Connection.restore`` moves it back there.
         tx_refs, tx_ref_base: Regenerable sends (``txmap.TxMap``): the source extents of
             the unacknowledged send stream, and the ref bytes before them.
+        active_open: We sent the first SYN (``connect``): a restored stream of it goes
+            back to the app by ``Stack.reattach`` only, never to a listener.
     """
 
     __slots__ = TCB_FIELDS
@@ -126,6 +134,7 @@ class Tcb:
     ack_on_commit: bool
     tx_refs: str
     tx_ref_base: int
+    active_open: bool
 
     def __init__(self, *, iss: Seq, tsval_offset: int, mss: int) -> None:
         self.state = TcpState.CLOSED
@@ -158,6 +167,7 @@ class Tcb:
         self.tx_refs = ""
         self.tx_ref_base = 0
         self.app_closed = False
+        self.active_open = False
 
     def to_record(self) -> dict[str, Any]:
         """Every field as plain values (``TCB_FIELDS`` order), plus ``"schema"``.
@@ -197,6 +207,7 @@ class Tcb:
             "ack_on_commit": self.ack_on_commit,
             "tx_refs": self.tx_refs,
             "tx_ref_base": self.tx_ref_base,
+            "active_open": self.active_open,
             "schema": SCHEMA_VERSION,
         }
 

@@ -19,8 +19,9 @@ import trio.testing
 from stcp_framework import MemoryStore, Stack, Stream, TcpConfig, open_stack
 from stcp_framework.errors import ConnectionRefused, StcpConfigError
 from stcp_framework.link.sim import SimNetwork
+from stcp_framework.testing import RestartableServer
 
-CLIENT, SERVER, PORT = "198.18.0.1", "198.18.0.2", 7
+CLIENT, SERVER, BACKEND, PORT = "198.18.0.1", "198.18.0.2", "198.18.0.3", 7
 SMALL = TcpConfig(send_buffer_size=64 * 1024, recv_buffer_size=64 * 1024)
 
 
@@ -159,3 +160,53 @@ async def test_connect_checks_the_port_and_names_who_refused(
                 await client.connect(SERVER, port)
         with pytest.raises(ConnectionRefused, match=r"198\.18\.0\.2:9 refused"):
             await client.connect(SERVER, 9)  # no listener there
+
+
+async def test_a_restored_outbound_stream_goes_to_reattach_not_to_a_listener(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A listener on a port that is also an outbound connection's local port took that
+    connection's restored stream as if it were inbound (the record now says who sent
+    the first SYN: ``Tcb.active_open``)."""
+    net = SimNetwork(6)
+    flow_ids: list[str] = []
+    local_ports: list[int] = []
+    outcome: dict[str, object] = {}
+    connected, done = trio.Event(), trio.Event()
+
+    async def app(stack: Stack) -> None:
+        if not flow_ids:  # the first incarnation: connects out, then waits
+            upstream = await stack.connect(BACKEND, PORT, commit="manual")
+            flow_ids.append(upstream.flow_id)
+            local_ports.append(upstream.local_address[1])
+            await upstream.send_all(b"x")
+            connected.set()
+            await trio.sleep_forever()
+        listener = stack.listen(local_ports[0], commit="manual")
+        with trio.move_on_after(0.2):
+            outcome["listener took"] = await listener.accept()
+        outcome["reattached"] = stack.reattach(flow_ids[0])
+        done.set()
+        await trio.sleep_forever()
+
+    async def echo_backend(stream: Stream) -> None:
+        while data := await stream.receive_some():
+            await stream.send_all(data)
+
+    server = RestartableServer(net, SERVER, app, store=MemoryStore(), downtime=0.05)
+    async with (
+        open_stack(net.attach(BACKEND), [BACKEND], rng=random.Random(5)) as backend,
+        trio.open_nursery() as nursery,
+    ):
+        await nursery.start(backend.serve, echo_backend, PORT)
+        await nursery.start(server.run)
+        await connected.wait()
+        await trio.sleep(0.1)
+        server.crash()
+        with trio.fail_after(2):
+            await done.wait()
+        nursery.cancel_scope.cancel()
+    assert "listener took" not in outcome
+    reattached = outcome["reattached"]
+    assert isinstance(reattached, Stream) and reattached.recovered
+    assert reattached.flow_id == flow_ids[0]
