@@ -41,13 +41,18 @@ async def connected() -> AsyncIterator[tuple[Stack, Stack, Stream, Stream]]:
         yield client, server, ours, theirs
 
 
+async def exchange(ours: Stream, theirs: Stream, data: bytes) -> None:
+    """``data`` from the client's stream, read at the server's."""
+    await ours.send_all(data)
+    assert await theirs.receive_some() == data
+
+
 async def test_a_transaction_waits_its_turn_behind_a_send_all(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """(Its bytes landed in the middle of the other task's.)"""
     async with connected() as (_, server, ours, theirs):
-        await ours.send_all(b"q")
-        assert await theirs.receive_some() == b"q"
+        await exchange(ours, theirs, b"q")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(theirs.send_all, b"A" * 300_000)  # blocks on the window
             await trio.sleep(0.05)
@@ -99,8 +104,7 @@ async def test_a_commit_without_state_keeps_the_state(
     """As a relay does: its upstream's flow_id stored once, then commits that only move
     the offset -- through ``commit``, ``commit_nowait`` and transactions."""
     async with connected() as (_, server, ours, theirs):
-        await ours.send_all(b"abcdef")
-        assert await theirs.receive_some() == b"abcdef"
+        await exchange(ours, theirs, b"abcdef")
         await theirs.commit(2, state=b"upstream-id")
         await theirs.commit(3)
         theirs.commit_nowait(4)
@@ -120,8 +124,7 @@ async def test_a_commit_on_a_reset_connection_raises(
 ) -> None:
     """Like every other call on it (it returned as if durable)."""
     async with connected() as (_, _server, ours, theirs):
-        await ours.send_all(b"abc")
-        assert await theirs.receive_some() == b"abc"
+        await exchange(ours, theirs, b"abc")
         ours._flow.conn.app_abort(ours._runtime.now())  # the client resets
         ours._runtime.touch(ours._flow)
         await trio.sleep(0.1)

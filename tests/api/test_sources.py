@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -63,6 +63,21 @@ def test_chargen_source_reads_any_phase() -> None:
             assert CHARGEN_SOURCE.read(offset, size) == chargen_bytes(offset, size)
 
 
+def file_server(path: Path) -> Callable[[Stack], Awaitable[None]]:
+    """A ``RestartableServer`` app sending ``path`` on port 80 from each stream's
+    ``send_offset`` (a restored one continues where its record ends)."""
+
+    async def app(stack: Stack) -> None:
+        async def handler(stream: Stream) -> None:
+            with FileSource(path) as source:
+                await stream.send_from(source, stream.send_offset, block_size=50_000)
+            await stream.send_eof()
+
+        await stack.serve(handler, 80)
+
+    return app
+
+
 async def test_send_from_a_file_survives_a_restart(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
@@ -76,14 +91,7 @@ async def test_send_from_a_file_survives_a_restart(
     store = MemoryStore()
     max_tx = 0
 
-    async def app(stack: Stack) -> None:
-        async def handler(stream: Stream) -> None:
-            with FileSource(path) as source:
-                await stream.send_from(source, stream.send_offset, block_size=50_000)
-            await stream.send_eof()
-
-        await stack.serve(handler, 80)
-
+    app = file_server(path)
     server = RestartableServer(network, SERVER_ADDRESS, app, store=store, downtime=0.05)
     link = network.attach(CLIENT_ADDRESS)
     async with trio.open_nursery() as nursery:
@@ -116,14 +124,7 @@ async def test_a_file_changed_across_a_restart_resets_the_download_at_once(
     path.write_bytes(os.urandom(300_000))
     network = SimNetwork(5)
 
-    async def app(stack: Stack) -> None:
-        async def handler(stream: Stream) -> None:
-            with FileSource(path) as source:
-                await stream.send_from(source, stream.send_offset, block_size=50_000)
-            await stream.send_eof()
-
-        await stack.serve(handler, 80)
-
+    app = file_server(path)
     server = RestartableServer(network, SERVER_ADDRESS, app, store=MemoryStore(), downtime=0.05)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)
