@@ -9,6 +9,8 @@ import socket
 import struct
 from collections.abc import Sequence
 
+from ..wire.fmt import endpoint_text
+
 SIOCGIFADDR = 0x8915
 SIOCGIFNETMASK = 0x891B
 
@@ -46,8 +48,9 @@ def parse_endpoint(text: str) -> tuple[str, int | None]:
 
 def format_endpoint(host: str, port: int | None) -> str:
     """The inverse of ``parse_endpoint``: ``[2001:db8::2]:7`` for IPv6."""
-    shown = f"[{host}]" if ":" in host else host
-    return shown if port is None else f"{shown}:{port}"
+    if port is None:
+        return f"[{host}]" if ":" in host else host
+    return endpoint_text(host, port)
 
 
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from ..tcp.machine import Connection
+from ..wire.fmt import endpoint_text
 
 if TYPE_CHECKING:
     from ..tcp.timewait import TimeWaitRecord
@@ -38,12 +39,9 @@ def flow_id_of(key: FlowKey, iss: int) -> str:
     if len(local) == 4:  # IPv4, the common case, in one format
         ntop = socket.inet_ntop
         return f"{ntop(_AF_INET, local)}:{lport}-{ntop(_AF_INET, remote)}:{rport}/{iss:08x}"
-
-    def part(addr: bytes, port: int) -> str:
-        text = format_addr(addr)
-        return f"[{text}]:{port}" if len(addr) == 16 else f"{text}:{port}"
-
-    return f"{part(local, lport)}-{part(remote, rport)}/{iss:08x}"
+    here = endpoint_text(format_addr(local), lport)
+    there = endpoint_text(format_addr(remote), rport)
+    return f"{here}-{there}/{iss:08x}"
 
 
 def flow_key_of(flow_id: str) -> FlowKey:

@@ -70,6 +70,7 @@ from ..tcp.state import TcpState
 from ..tcp.step import OutSegment
 from ..tcp.timewait import new_syn_acceptable
 from ..wire.drop import DropReason, MalformedPacket
+from ..wire.fmt import endpoint_text
 from ..wire.icmp import parse_too_big_untrusted
 from ..wire.packet import build_packet, parse_packet_untrusted
 from ..wire.seq import Seq, seq_le, seq_lt
@@ -1106,14 +1107,16 @@ class Runtime:
                 flow.eof = True
             elif isinstance(event, Reset):  # (narrows the type for .refused)
                 flow.reset = True
+                peer = endpoint_text(*flow.remote)
                 flow.error = (
-                    ConnectionRefused(f"{_peer(flow)} refused the connection (RST)")
+                    ConnectionRefused(f"{peer} refused the connection (RST)")
                     if event.refused
-                    else ConnectionResetByPeer(f"{_peer(flow)} reset the connection")
+                    else ConnectionResetByPeer(f"{peer} reset the connection")
                 )
             elif kind is TimedOut:
+                peer = endpoint_text(*flow.remote)
                 flow.error = ConnectionTimedOut(
-                    f"{_peer(flow)} stopped answering (retransmissions exhausted)"
+                    f"{peer} stopped answering (retransmissions exhausted)"
                 )
             elif isinstance(event, Aborted):
                 logger.warning("[%s] reset: %s", flow.flow_id, event.reason)
@@ -1341,9 +1344,3 @@ class Runtime:
         self.stats["active_opens"] += 1
         self._mark(flow)
         return flow
-
-
-def _peer(flow: Flow) -> str:
-    """``host:port`` of the flow's peer (``[host]:port`` for IPv6), for messages."""
-    host, port = flow.remote
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

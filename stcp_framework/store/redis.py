@@ -1724,17 +1724,13 @@ class RedisStore:
         with ``noeviction`` a full Redis refuses writes, which the stack waits out, G7).
         Empty if all is well or ``CONFIG GET`` is not allowed (managed Redis, an ACL
         user without it)."""
+        settings: dict[str | None, str | None] = {}  # (redis-py decodes names and values)
         try:
-            config: dict[Any, Any] = {}
             for name in ("appendonly", "maxmemory", "maxmemory-policy"):  # (6.2: one a call)
-                config.update(self._client.config_get(name))
+                settings.update(self._client.config_get(name))
         except (RedisError, OSError) as exc:
             logger.debug("could not read Redis's settings: %s", exc)
             return []
-        settings = {
-            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-            for k, v in config.items()
-        }
         out: list[str] = []
         if settings.get("appendonly") == "no":
             out.append(
@@ -1742,7 +1738,7 @@ class RedisStore:
                 "its last snapshot or nothing, and every connection whose state it lost is "
                 "reset; set appendonly yes (the embedded store has it)"
             )
-        policy = settings.get("maxmemory-policy", "noeviction")
+        policy = settings.get("maxmemory-policy") or "noeviction"
         if policy.startswith("allkeys") and settings.get("maxmemory", "0") != "0":
             out.append(
                 f"Redis evicts keys when full (maxmemory-policy {policy}): a connection "

@@ -23,7 +23,7 @@ from ..wire.seq import SEQ_MASK, Seq, seq_add, seq_diff, seq_le, seq_lt
 from ..wire.tcp import ACK, FIN, PSH, RST, SYN, TcpSegment
 from . import _output, sack
 from .events import Aborted, Connected, DataReadable, EofReceived, Reset
-from .state import TcpState
+from .state import FIN_QUEUED, TcpState
 
 if TYPE_CHECKING:
     from .machine import Connection
@@ -370,9 +370,6 @@ def check_syn(c: Connection, now: float) -> None:
     _output.challenge_ack(c, now)
 
 
-_FIN_QUEUED = (TcpState.FIN_WAIT_1, TcpState.CLOSING, TcpState.LAST_ACK)
-
-
 def _accept_earlier_send(c: Connection, ack: Seq, d_una: int) -> Seq:
     """Restored: an ACK past SND.NXT of bytes the incarnation before us sent, whose
     SND.NXT never reached the store (``Connection.restore``, ``maybe_sent_end``). The
@@ -384,7 +381,7 @@ def _accept_earlier_send(c: Connection, ack: Seq, d_una: int) -> Seq:
     goes again and the peer acknowledges it again."""
     tcb = c.tcb
     end = tcb.snd_una_offset + d_una
-    if c.fin_maybe_sent and end == c.snd_buf.end_offset + 1 and tcb.state in _FIN_QUEUED:
+    if c.fin_maybe_sent and end == c.snd_buf.end_offset + 1 and tcb.state in FIN_QUEUED:
         c.count("ack_of_earlier_fin")
         c.fin_maybe_sent = False
         c._advance_snd_nxt(end)

@@ -15,7 +15,7 @@ from ..wire.seq import SEQ_MASK, Seq, seq_add
 from ..wire.tcp import ACK, FIN, NO_OPTIONS, PSH, RST, SYN, TcpOptions, TcpSegment
 from . import sack
 from .events import TimedOut
-from .state import TcpState
+from .state import FIN_QUEUED, TcpState
 from .step import OutSegment
 
 if TYPE_CHECKING:
@@ -29,7 +29,6 @@ _DATA_STATES = (
     TcpState.CLOSING,
     TcpState.LAST_ACK,
 )
-_FIN_STATES = (TcpState.FIN_WAIT_1, TcpState.CLOSING, TcpState.LAST_ACK)
 CHALLENGE_ACK_INTERVAL = 1.0  # RFC 5961 §7: limit per interval (config.challenge_ack_limit)
 INVALID_ACK_INTERVAL = 0.5  # Linux net.ipv4.tcp_invalid_ratelimit (500 ms)
 MAX_WINDOW = 0xFFFF
@@ -354,7 +353,7 @@ def send_data(c: Connection, now: float, *, force: bool) -> None:
     ptr = c.snd_ptr
     if ptr < una_off:
         ptr = una_off
-    fin_queued = tcb.state in _FIN_STATES
+    fin_queued = tcb.state in FIN_QUEUED
     t = c.timers
     if ptr >= end and not fin_queued:
         # Nothing to send (a receiver's common case): only the timer bookkeeping below.

@@ -61,7 +61,7 @@ from .errors import LocalProtocolError
 from .events import Closed, DataReadable, Event, SendSpace
 from .rtt import RttEstimator
 from .sack import Scoreboard
-from .state import TcpState
+from .state import FIN_QUEUED, TcpState
 from .step import EMPTY_STEP, OutSegment, Step
 from .tcb import TCB_FIELDS, Tcb
 from .timers import Timers
@@ -394,11 +394,7 @@ class Connection:
             # data (which RFC 9293 §3.10.7.4 drops): see _arrive.check_ack.
             c.maybe_sent_end = c.snd_buf.end_offset
         state = tcb.state
-        if not tcb.fin_sent and state in (
-            TcpState.FIN_WAIT_1,
-            TcpState.CLOSING,
-            TcpState.LAST_ACK,
-        ):
+        if not tcb.fin_sent and state in FIN_QUEUED:
             # The FIN needs its state change durable, not the SND.NXT its sending
             # moved: the incarnation before us may have sent it (_arrive.check_ack).
             c.fin_maybe_sent = True

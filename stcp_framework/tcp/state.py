@@ -36,6 +36,8 @@ class TcpState(enum.Enum):
 
 # Tuples, not sets: membership tests identity first, where a set would call the
 # (Python-level) Enum.__hash__; these predicates run on every app call.
+FIN_QUEUED = (TcpState.FIN_WAIT_1, TcpState.CLOSING, TcpState.LAST_ACK)
+"""States with our FIN queued and not yet acknowledged (sent, or to send next)."""
 _UNSYNCHRONIZED = (TcpState.CLOSED, TcpState.LISTEN, TcpState.SYN_SENT)
 _CAN_SEND = (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT, TcpState.SYN_SENT, TcpState.SYN_RECEIVED)
 _CAN_RECV = (

@@ -96,11 +96,14 @@ def format_segment(seg: TcpSegment) -> str:
     return text
 
 
+def endpoint_text(host: str, port: int) -> str:
+    """``host:port``, or ``[host]:port`` for an IPv6 address (RFC 3986 §3.2.2)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def format_address(addr: bytes, port: int) -> str:
     """``198.18.0.1:80`` or ``[2001:db8::1]:80`` from a packed address and a port."""
-    if len(addr) == 4:
-        return f"{ipaddress.IPv4Address(addr)}:{port}"
-    return f"[{ipaddress.IPv6Address(addr)}]:{port}"
+    return endpoint_text(str(ipaddress.ip_address(addr)), port)
 
 
 def format_packet(pkt: Packet) -> str:
