@@ -52,9 +52,25 @@ def _raise_nofile_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
+_congestion: bytes | None = None  # --cc: every socket's TCP_CONGESTION (None: the default)
+
+
+def _new_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if _congestion is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, _congestion)
+    return sock
+
+
 def _connect(host: str, port: int) -> socket.socket:
-    sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock = _new_socket()
+    try:
+        sock.settimeout(CONNECT_TIMEOUT)
+        sock.connect((host, port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except BaseException:
+        sock.close()
+        raise
     return sock
 
 
@@ -197,7 +213,7 @@ def bulk_echo(host: str, port: int, size: int, deadline_s: float) -> Result:
 def _one_request(host: str, port: int) -> None:
     # Lean on purpose (this loop is what limits a Python client): a numeric address
     # (no getaddrinfo) and kernel timeouts instead of Python's poll-based ones.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = _new_socket()
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _TIMEVAL)  # bounds connect too
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL)
@@ -390,7 +406,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="timed echo rounds (scale)")
     parser.add_argument("--server-pid", type=int, default=0, help="whose VmRSS (scale)")
     parser.add_argument("--deadline", type=float, default=60.0, help="seconds for the work")
+    parser.add_argument(
+        "--cc", default=None, help="TCP congestion control of every socket (default: the system's)"
+    )
     args = parser.parse_args(argv)
+    global _congestion
+    _congestion = args.cc.encode() if args.cc else None
     usage_before = resource.getrusage(resource.RUSAGE_SELF)
     result: Result
     if args.mode == "upload":

@@ -476,6 +476,11 @@ class Plan:
     levels: tuple[int, ...]
     rounds: int
     repeat: int
+    client_cc: str | None = None  # the clients' congestion control; None: the system's
+
+    @property
+    def client_args(self) -> tuple[str, ...]:
+        return ("--cc", self.client_cc) if self.client_cc else ()
 
     @property
     def bulk_deadline(self) -> float:
@@ -488,6 +493,17 @@ class Plan:
     @property
     def scale_deadline(self) -> float:
         return 30.0 + max(self.levels) / 20.0
+
+
+def client_congestion_control(plan: Plan) -> str:
+    """The congestion control the clients use: ``--cc``, else this namespace's default."""
+    if plan.client_cc:
+        return plan.client_cc
+    try:
+        default = Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
+    except OSError:
+        return "the system's default"
+    return f"{default} (the system's default)"
 
 
 def measure(
@@ -511,10 +527,13 @@ def measure(
                 str(plan.rounds),
                 "--server-pid",
                 str(server.pid),
+                *plan.client_args,
             )
     if "conns" in phases:
         for concurrency, name in ((1, "conns_seq"), (8, "conns_c8")):
-            conns_args = ("--count", str(plan.conns), "--concurrency", str(concurrency))
+            conns_args = (
+                "--count", str(plan.conns), "--concurrency", str(concurrency), *plan.client_args
+            )  # fmt: skip
             runs = _interleaved(
                 name,
                 live,
@@ -531,7 +550,9 @@ def measure(
             mode,
             live,
             plan.repeat,
-            functools.partial(_run_mode, mode, plan.bulk_deadline, ("--size", size)),
+            functools.partial(
+                _run_mode, mode, plan.bulk_deadline, ("--size", size, *plan.client_args)
+            ),
             say,
         )
         results[mode] = {key: _median_cell(cell, "mb_s") for key, cell in runs.items()}
@@ -694,7 +715,8 @@ def summarize(
                 rows,
                 f"target: stcp >= {TARGET_BULK_RATIO:.0%} of kernel-veth. upload = client -> "
                 "discard, download = chargen -> client, echo = both ways at once (MB/s of "
-                "one direction). MB = 10^6 bytes.",
+                f"one direction). MB = 10^6 bytes. Clients' congestion control: "
+                f"{client_congestion_control(plan)}.",
             )
         )
         table = _durability_table(servers, results)
@@ -925,6 +947,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--phases", default=",".join(PHASES), help=f"comma-separated subset of {PHASES}"
     )
+    parser.add_argument(
+        "--cc",
+        default=None,
+        help="the clients' TCP congestion control, e.g. cubic (default: the system's; see "
+        "bench/README.md: a BBR client's pacing shapes stcp's upload on this host)",
+    )
     parser.add_argument("--no-json", action="store_true", help="do not write bench/results/")
     return parser.parse_args(argv)
 
@@ -942,6 +970,7 @@ def main(argv: list[str] | None = None) -> int:
         levels=tuple(sorted(int(x) for x in args.levels.split(",") if x)),
         rounds=max(1, args.rounds),
         repeat=max(1, args.repeat),
+        client_cc=args.cc,
     )
     if len(plan.levels) != 2 or plan.levels[0] < 1:
         print("--levels wants two positive counts, e.g. 100,1000", file=sys.stderr)
@@ -1019,6 +1048,7 @@ def main(argv: list[str] | None = None) -> int:
                 "rounds": plan.rounds,
                 "repeat": plan.repeat,
                 "phases": phases,
+                "client_cc": client_congestion_control(plan),
             },
             "servers": [
                 {
