@@ -643,8 +643,7 @@ class Transaction:
             accepted = stream._flow.conn.app_send(view, now)
             assert accepted == len(view), "send space was checked"
         runtime = self._runtime
-        for stream in streams.values():
-            runtime.touch(stream._flow)
+        runtime.touch_together(s._flow for s in streams.values())
         if not wait_durable:
             await trio.lowlevel.cancel_shielded_checkpoint()
             return

@@ -59,7 +59,8 @@ class _Outcome(enum.Enum):
 
 
 async def restore_flows(runtime: Runtime) -> int:
-    """Claim, load and rebuild every flow of ``runtime.instance``; returns how many."""
+    """Claim, load and rebuild every flow of the store (a ``RedisStore``'s service);
+    returns how many."""
     store = runtime.store
     keys: dict[str, FlowKey] = {}
     for flow_id in await store.list_flows():
@@ -84,7 +85,7 @@ async def restore_flows(runtime: Runtime) -> int:
             for flow_id in stale:
                 await _forget(runtime, flow_id)
     if restored:
-        logger.info("restored %d flows (epoch %d)", restored, runtime.epoch)
+        logger.info("%s: restored %d flows (epoch %d)", runtime.instance, restored, runtime.epoch)
     return restored
 
 

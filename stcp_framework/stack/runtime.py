@@ -179,8 +179,10 @@ class Runtime:
         addresses: The local IPv4/IPv6 addresses this stack answers for.
         config: Per-connection settings; ``mss`` is derived from the device MTU
             unless set explicitly (``None``).
-        instance: Whose flows these are: on start the runtime takes a new fencing epoch
-            for this name (G5) and restores every flow the store holds for it.
+        instance: This server's name in its log lines. What it restores on start is every
+            flow of ``store`` (a ``RedisStore``'s service), claimed with a new fencing
+            epoch of the store's (G5): a newer stack on the same store -- restarted,
+            upgraded, renamed -- takes the flows over.
         durability: ``"strict"`` (default): a segment leaves only after the state it
             depends on is durable (G1, G2). ``"async"``: segments leave at once and the
             store catches up (the paper's offloader); a crash may lose what was
@@ -259,7 +261,7 @@ class Runtime:
             for ipv6, cfg in ((False, self._config4), (True, self._config6))
             for manual in (False, True)
         }
-        self.epoch = 0  # set by run() from store.next_epoch(instance)
+        self.epoch = 0  # set by run() from store.next_epoch()
         self.restored = 0
         self._skew = 0.0  # trio clock - machine clock (clock.machine_clock_skew)
         self._rng = rng or random.Random()
@@ -349,7 +351,7 @@ class Runtime:
         delay = STORE_RETRY_MIN
         while True:
             try:
-                self.epoch = await self.store.next_epoch(self.instance)
+                self.epoch = await self.store.next_epoch()
                 self.restored = await restore_flows(self)
                 return
             except StoreUnavailable as exc:
@@ -1218,6 +1220,17 @@ class Runtime:
     def touch(self, flow: Flow) -> None:
         """An application call changed ``flow``'s machine: transmit what it produced."""
         self._mark(flow)
+
+    def touch_together(self, flows: Iterable[Flow]) -> None:
+        """``touch`` for the flows of one transaction: the next round drains all of them,
+        one its reader holds (``hold``) too -- left for a later round, it put the
+        transaction's deltas into two group commits, and a crash between them lost what
+        a relay had forwarded (G4). The reader's ``release`` then finds nothing to do."""
+        for flow in flows:
+            if flow.held:
+                flow.held = False
+                self._tx_wakeup.set()
+            self._mark(flow)
 
     def hold(self, flow: Flow) -> None:
         """``touch`` for an app call that yields right after; ``release`` once it resumes.

@@ -138,8 +138,11 @@ class FlowInfo:
 class Store(Protocol):
     """What the stack needs from a store. ``MemoryStore`` and ``RedisStore`` conform."""
 
-    async def next_epoch(self, scope: str) -> int:
-        """A fencing epoch for ``scope`` (an instance) larger than any handed out before."""
+    async def next_epoch(self) -> int:
+        """A fencing epoch for this store's flows (a ``RedisStore``'s service), larger than
+        any handed out before. The flows a stack restores (``list_flows``) and the epoch
+        it claims them with have the one scope: a newer stack on the store -- restarted,
+        upgraded, renamed -- takes them over (G5)."""
 
     async def claim(self, flow_id: str, epoch: int) -> None:
         """Take ownership of a flow with ``epoch``; raises ``FencedOut`` if stale."""

@@ -109,7 +109,7 @@ INDEX_PATTERN = f"{PREFIX}:{{*}}:flows"
 
 
 def epoch_key(service: str) -> str:
-    """The counter behind ``next_epoch`` for one service (instance)."""
+    """The counter behind ``next_epoch`` for one service's flows."""
     return f"stcp:{{{service}}}:epoch"
 
 

@@ -110,12 +110,12 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._flows: dict[str, _Flow] = {}
-        self._epochs: dict[str, int] = {}
+        self._epoch = 0
         self.commits = 0  # group commits served (for tests and benchmarks)
 
-    async def next_epoch(self, scope: str) -> int:
-        self._epochs[scope] = epoch = self._epochs.get(scope, 0) + 1
-        return epoch
+    async def next_epoch(self) -> int:
+        self._epoch += 1
+        return self._epoch
 
     async def claim(self, flow_id: str, epoch: int) -> None:
         self.claim_sync(flow_id, epoch)

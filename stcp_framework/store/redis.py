@@ -1026,13 +1026,13 @@ class RedisStore:
     async def claim(self, flow_id: str, epoch: int) -> None:
         await trio.to_thread.run_sync(self.claim_sync, flow_id, epoch)
 
-    async def next_epoch(self, scope: str) -> int:
-        return await trio.to_thread.run_sync(self.next_epoch_sync, scope)
+    async def next_epoch(self) -> int:
+        return await trio.to_thread.run_sync(self.next_epoch_sync)
 
-    def next_epoch_sync(self, scope: str) -> int:
-        """``INCR`` of the scope's epoch counter: larger than every epoch handed out."""
+    def next_epoch_sync(self) -> int:
+        """``INCR`` of the service's epoch counter: larger than every epoch handed out."""
         with _store_errors("next_epoch"):
-            return int(self._client.incr(K.epoch_key(K.validate_service(scope))))
+            return int(self._client.incr(K.epoch_key(self.service)))
 
     def claim_sync(self, flow_id: str, epoch: int) -> None:
         """Raise the owner epoch of ``flow_id`` to ``epoch`` (G5).

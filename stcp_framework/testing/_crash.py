@@ -80,9 +80,9 @@ class _GatedStore:
         if not self._server.alive(self._incarnation):
             await trio.sleep_forever()  # the scope is cancelled: raises Cancelled now
 
-    async def next_epoch(self, scope: str) -> int:
+    async def next_epoch(self) -> int:
         await self._gate()
-        return await self._inner.next_epoch(scope)
+        return await self._inner.next_epoch()
 
     async def claim(self, flow_id: str, epoch: int) -> None:
         await self._gate()

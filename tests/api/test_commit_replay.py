@@ -28,6 +28,7 @@ async def server_incarnation(
     store: MemoryStore,
     handler: Callable[[Stream], Awaitable[object]],
     seed: int,
+    instance: str = "srv",
 ) -> AsyncIterator[Stack]:
     """One life of the server: crash it by leaving the block (only the store survives)."""
     link = net.attach(SERVER)
@@ -37,7 +38,7 @@ async def server_incarnation(
                 link,
                 [SERVER],
                 store=store,
-                instance="srv",
+                instance=instance,
                 rng=random.Random(seed),
                 iss_secret=b"server",
             ) as stack,
@@ -561,9 +562,9 @@ class StartOutageStore(MemoryStore):
             self.refusals -= 1
             raise StoreUnavailable("down for the test")
 
-    async def next_epoch(self, scope: str) -> int:
+    async def next_epoch(self) -> int:
         self._refuse()
-        return await super().next_epoch(scope)
+        return await super().next_epoch()
 
     async def load_many(self, flow_ids: Sequence[str]) -> dict[str, FlowRecord | None]:
         self._refuse()
@@ -591,6 +592,28 @@ async def test_a_server_restarted_during_a_store_outage_waits_for_the_store(
     assert b"".join(collect.got) == b"before after"
 
 
+async def test_a_server_restarted_under_another_name_takes_its_flows_over(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """G5 on an upgrade: a stack restores every flow of its store, so its fencing epoch
+    is the store's too, not its ``instance`` name's. A server restarted under a new name
+    -- a new release's -- carries the old one's connections on. (Each name had its own
+    epoch counter: the renamed server's first epoch, below the one the old name had
+    reached, was fenced off by every flow, which it left unrestored: they hung.)"""
+    net = SimNetwork(8)
+    store = MemoryStore()
+    collect = Collector()
+    async with open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(2)) as client:
+        stream = await connect_and_crash(net, store, collect, client)  # an epoch of "srv"
+        async with server_incarnation(net, store, collect, seed=4):  # and another one
+            await trio.sleep(0.5)
+        async with server_incarnation(net, store, collect, seed=5, instance="srv-2") as stack:
+            assert stack.runtime.restored == 1
+            await stream.send_all(b" after")
+            await trio.sleep(1.0)
+    assert b"".join(collect.got) == b"before after"
+
+
 async def test_a_fenced_flow_s_late_segments_get_no_rst(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -608,7 +631,7 @@ async def test_a_fenced_flow_s_late_segments_get_no_rst(
         await stream.send_all(b"one")
         await trio.sleep(1.0)
         (flow_id,) = await store.list_flows()
-        epoch = await store.next_epoch("srv")
+        epoch = await store.next_epoch()
         assert await store.claim_many([flow_id], epoch) == [flow_id]
         await stream.send_all(b"two")  # the server's write of it is refused
         await trio.sleep(5.0)  # the client resends it: no such flow here any more

@@ -65,7 +65,7 @@ async def test_the_right_credentials_commit_and_load(
 ) -> None:
     store = store_as(password_redis, credentials, trio_io)
     try:
-        epoch = await store.next_epoch("i")
+        epoch = await store.next_epoch()
         await store.claim("f", 1)
         await store.commit([delta(1, PAYLOAD)])
         record = await store.load("f")
@@ -91,7 +91,7 @@ async def test_wrong_or_missing_credentials_are_refused_not_waited_out(
     store = store_as(password_redis, credentials, trio_io)
     try:
         with pytest.raises(StoreRefused, match=says) as first:
-            await store.next_epoch("i")
+            await store.next_epoch()
         with pytest.raises(StoreRefused, match=says) as second:
             await store.commit([delta(1, PAYLOAD)])
     finally:

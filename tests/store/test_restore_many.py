@@ -59,7 +59,7 @@ async def test_restore_keeps_live_flows_forgets_dead_ones_and_skips_fenced_ones(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(recovery, "RESTORE_BATCH", 2)  # several batches of a few flows
-    old_epoch = await store.next_epoch("default")
+    old_epoch = await store.next_epoch()
     flows = {
         name: drive_established(
             local,
@@ -147,7 +147,7 @@ async def test_ten_thousand_idle_flows_restore_through_a_runtime(
     listener, and kicks its peer once. Not timed: the figures are printed (pytest -s)."""
     service = f"restore{next(_services)}"
     writer = RedisStore.from_url(redis7_server.url, service=service)
-    flows = idle_established_flows(10_000, epoch=await writer.next_epoch(service))
+    flows = idle_established_flows(10_000, epoch=await writer.next_epoch())
     await commit_all(writer, flows)
     await writer.aclose()
 

@@ -181,6 +181,18 @@ async def test_stale_epoch_is_fenced_and_writes_nothing(store: Store) -> None:
     assert rec is not None and rec.tcb == {} and rec.epoch == 2
 
 
+async def test_each_epoch_is_larger_than_every_one_before_and_fences_them(
+    store: Store,
+) -> None:
+    """One counter for the store's flows (G5): a newer stack takes over every flow an
+    older one owned, whatever either called itself."""
+    epochs = [await store.next_epoch() for _ in range(3)]
+    assert epochs == sorted(set(epochs)) and epochs[0] >= 1
+    await store.claim("f", epochs[1])
+    assert await store.claim_many(["f"], epochs[0]) == []  # an older one: fenced
+    assert await store.claim_many(["f"], epochs[2]) == ["f"]
+
+
 async def test_group_commit_is_all_or_nothing_on_fencing(store: Store) -> None:
     await store.claim("a", 1)
     await store.claim("b", 3)

@@ -1,0 +1,136 @@
+"""A transaction is durable as a whole (G4): a relay that forwards what it read from its
+upstream and commits the upstream in one transaction must never find, at any durable
+point, an upstream commit whose bytes are not in the downstream's send buffer -- a crash
+there loses them: the upstream will not send them again and nobody else has them.
+
+Found by a review (nineteenth session): a reader of the downstream stream that had just
+taken bytes held that flow out of the next round (``Runtime.hold``, so that its answer
+joins the round), and a transaction applied meanwhile went out in two group commits, the
+upstream's commit first. Over a simulated network, on trio's fake clock; the store checks
+the relay's invariant after every group commit.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import pytest
+import trio
+import trio.testing
+
+from stcp_framework import MemoryStore, Stream, open_stack
+from stcp_framework.link.sim import SimNetwork
+from stcp_framework.store.base import FlowDelta
+
+CLIENT, SERVER, PORT = "198.18.0.1", "198.18.0.2", 7
+
+
+class RelayCheckingStore(MemoryStore):
+    """After every group commit: what the upstream committed as consumed was forwarded,
+    all of it, into the downstream's stored send stream (``broken`` lists the misses)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.relay: tuple[str, str] | None = None  # (upstream, downstream) flow ids
+        self.broken: list[tuple[int, int]] = []
+
+    async def commit(self, batch: Sequence[FlowDelta]) -> None:
+        await super().commit(batch)
+        if self.relay is None:
+            return
+        upstream, downstream = (self.load_sync(flow_id) for flow_id in self.relay)
+        consumed = upstream.commit_offset if upstream is not None else 0
+        forwarded = downstream.tx_offset + len(downstream.tx) if downstream is not None else 0
+        if consumed != forwarded:
+            self.broken.append((consumed, forwarded))
+
+
+async def relay_while_the_downstream_is_read(seed: int, transactions: int) -> RelayCheckingStore:
+    """The server forwards ``transactions`` reads of its upstream connection to its
+    downstream one, while another task reads (and commits) what the downstream's peer
+    sends: that task's reads hold the downstream flow now and then."""
+    store = RelayCheckingStore()
+    net = SimNetwork(seed, delay=0.001)
+    async with (
+        open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(seed)) as client,
+        open_stack(
+            net.attach(SERVER), [SERVER], store=store, rng=random.Random(seed + 1)
+        ) as server,
+        trio.open_nursery() as nursery,
+    ):
+        listener = server.listen(PORT, commit="manual")
+        up_client = await client.connect(SERVER, PORT)
+        upstream = await listener.accept()
+        down_client = await client.connect(SERVER, PORT)
+        downstream = await listener.accept()
+        store.relay = (upstream.flow_id, downstream.flow_id)
+
+        async def feed(stream: Stream) -> None:
+            for _ in range(400):
+                await stream.send_all(b"x" * 50)
+
+        async def drain(stream: Stream) -> None:
+            while await stream.receive_some(65536):
+                pass
+
+        async def read_and_commit(stream: Stream) -> None:
+            while await stream.receive_some(7):
+                await stream.commit()
+
+        nursery.start_soon(feed, up_client)
+        nursery.start_soon(feed, down_client)
+        nursery.start_soon(drain, down_client)
+        nursery.start_soon(read_and_commit, downstream)
+        for _ in range(transactions):
+            data = await upstream.receive_some(100)
+            txn = server.transaction()
+            txn.send(downstream, data)
+            txn.commit(upstream)
+            await txn.apply()
+        nursery.cancel_scope.cancel()
+    return store
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+async def test_a_relay_s_transactions_are_never_split_by_a_reader_of_the_downstream(
+    seed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    store = await relay_while_the_downstream_is_read(seed, transactions=150)
+    assert store.commits > 150
+    assert store.broken == []
+
+
+async def test_a_transaction_takes_a_held_flow_into_its_round(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The same, step by step: the downstream is held -- as a reader's ``receive_some``
+    holds it between taking bytes and resuming -- when the transaction applies; the
+    round takes both flows, and the transaction returns (before, the round left the held
+    flow for the next one, and ``apply`` waited for it as long as the hold lasted)."""
+    store = RelayCheckingStore()
+    net = SimNetwork(5, delay=0.001)
+    async with (
+        open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(5)) as client,
+        open_stack(net.attach(SERVER), [SERVER], store=store, rng=random.Random(6)) as server,
+    ):
+        listener = server.listen(PORT, commit="manual")
+        up_client = await client.connect(SERVER, PORT)
+        upstream = await listener.accept()
+        await client.connect(SERVER, PORT)
+        downstream = await listener.accept()
+        store.relay = (upstream.flow_id, downstream.flow_id)
+        await up_client.send_all(b"forward me")
+        data = await upstream.receive_some()
+        runtime = server.runtime
+        flow = downstream._flow
+        runtime.hold(flow)  # (what receive_some does; its release comes after the round)
+        txn = server.transaction()
+        txn.send(downstream, data)
+        txn.commit(upstream)
+        with trio.fail_after(1):
+            await txn.apply()
+        runtime.release(flow)
+        record = store.load_sync(downstream.flow_id)
+        assert record is not None and record.tx == b"forward me"
+    assert store.broken == []
