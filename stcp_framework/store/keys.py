@@ -14,8 +14,9 @@ slot and one Lua script can touch all of it atomically::
                                             by the owner of <epoch> (see below)
     stcp:{<service>}:flows                  set: every flow id of the service (the index)
 
-``<flow hash>`` is 16 hex digits of BLAKE2b over the flow id (the readable 4-tuple
-``local:port-remote:port``), so key names have a fixed length whatever the addresses.
+``<flow hash>`` is 16 hex digits of BLAKE2b over the flow id (the readable 4-tuple and
+the connection's ISS, ``local:port-remote:port/ISS``: a new connection on the same ports
+is a new flow), so key names have a fixed length whatever the addresses.
 
 Chunks: chunk ``n`` covers stream offsets ``[n * CHUNK_SIZE, (n + 1) * CHUNK_SIZE)``, so
 appending, reading a range and trimming are each O(chunk), and offsets never wrap (they

@@ -2,7 +2,7 @@
 
 Theory of operation:
     Key layout: see ``keys.py`` (one hash tag per flow; the TCB hash also holds the
-    flow's meta fields; buffers in fixed 64 KiB chunks indexed by stream offset).
+    flow's meta fields; buffers in fixed chunks of 65,520 bytes indexed by stream offset).
 
     Group commit: ``commit(batch)`` sends *one* ``EVALSHA`` of the commit script for the
     whole batch, so all deltas of a packet batch cost one round trip, and the batch is
@@ -17,8 +17,11 @@ Theory of operation:
     ``SETRANGE`` at ``offset mod chunk`` (appends: absolute and idempotent), ``DEL`` of
     whole chunks (trims) and ``SET``/``DEL`` of the app state, then stores the new
     version and stream geometry.
-    The blocking redis-py call runs in a worker thread (``trio.to_thread.run_sync``), so
-    the trio thread parses batch k+1 while batch k commits. hiredis packs the command,
+    The commit goes out on a connection trio drives itself (``resp.py``: RESP on a
+    non-blocking socket), so the trio thread parses batch k+1 while batch k commits;
+    the blocking redis-py call in a worker thread (``trio.to_thread.run_sync``) is kept
+    for what ``resp.py`` does not speak (TLS, a ``credential_provider``, RESP3). hiredis
+    packs the command,
     except payloads of ``_ZERO_COPY_LEN`` bytes or more: they go to the socket as the
     caller's own buffers (``_pack_evalsha``), so a large append is never copied in
     Python and the worker holds the GIL only while packing the small arguments.
