@@ -36,6 +36,10 @@ _ACK_PSH = ACK | PSH
 _DATA_READABLE = DataReadable()
 
 
+PAWS_IDLE_LIMIT = 24 * 86400.0
+"""RFC 7323 §5.5: a TS.Recent older than this (24 days) is invalid -- the peer's clock may
+have run half its 32-bit range on since -- so PAWS does not judge by it (Linux
+TCP_PAWS_24DAYS)."""
 KEEP_VIEW_MIN = 1 << 15  # the store's zero-copy size (store/redis.py _ZERO_COPY_LEN)
 
 
@@ -95,7 +99,12 @@ def header_prediction(c: Connection, seg: TcpSegment, now: float) -> bool:
     plen = len(payload)
     if plen:
         rcv_wnd = ((tcb.rcv_wup + tcb.rcv_wnd - rcv_nxt + _HALF) & SEQ_MASK) - _HALF
-        if plen > rcv_wnd or c.reasm or tcb.app_closed:
+        if (
+            plen > rcv_wnd
+            or c.reasm
+            or tcb.app_closed
+            or tcb.rcv_nxt_offset + plen > c.rcv_buf.commit_offset + c.config.recv_buffer_size
+        ):
             return False
     ack: Seq = seg.ack  # type: ignore[assignment]
     snd_una = tcb.snd_una
@@ -124,6 +133,7 @@ def header_prediction(c: Connection, seg: TcpSegment, now: float) -> bool:
     ):
         tcb.ts_recent = tsval  # RFC 7323 §4.3 (2): SEG.SEQ <= Last.ACK.sent
         d["ts_recent"] = tsval
+        c.ts_recent_at = now
     # Step 5 (check_ack).
     if d_una:
         new_una_off = tcb.snd_una_offset + d_una
@@ -222,8 +232,13 @@ def segment_arrives(c: Connection, seg: TcpSegment, now: float) -> None:
     ts = seg.options.timestamps
     use_ts = ts is not None and tcb.timestamps and not flags & RST
     # (seq_lt(a, b) inlined below as ``(a - b) & SEQ_MASK >= _HALF``.)
-    if use_ts and (ts[0] - tcb.ts_recent) & SEQ_MASK >= _HALF:  # type: ignore[index]
-        # RFC 7323 §5.3 R1 (PAWS): an older TSval than TS.Recent is a duplicate.
+    if (
+        use_ts
+        and (ts[0] - tcb.ts_recent) & SEQ_MASK >= _HALF  # type: ignore[index]
+        and not (c.ts_recent_at >= 0.0 and now - c.ts_recent_at > PAWS_IDLE_LIMIT)
+    ):
+        # RFC 7323 §5.3 R1 (PAWS): an older TSval than TS.Recent is a duplicate. (A
+        # TS.Recent idle for 24 days is invalid, §5.5: the segment goes on.)
         c.count("paws_drop")
         c.ack_now = True
         return
@@ -231,11 +246,6 @@ def segment_arrives(c: Connection, seg: TcpSegment, now: float) -> None:
     if accepted is None:
         return
     payload, off, fin = accepted
-    if use_ts:
-        # RFC 7323 §4.3 (2): remember TSval if SEG.SEQ <= Last.ACK.sent (rcv_wup).
-        tsval = ts[0]  # type: ignore[index]
-        if tsval != tcb.ts_recent and seq_le(Seq(seg.seq), tcb.rcv_wup):
-            c._set("ts_recent", tsval)
     if flags & RST:
         check_rst(c, seg, now)
         return
@@ -246,6 +256,15 @@ def segment_arrives(c: Connection, seg: TcpSegment, now: float) -> None:
         return  # RFC 9293 step 5: "if the ACK bit is off, drop the segment"
     if not check_ack(c, seg, now):
         return
+    if use_ts:
+        # RFC 7323 §4.3 (2): remember TSval if SEG.SEQ <= Last.ACK.sent (rcv_wup) -- only
+        # from a segment found acceptable, its ACK included (a blind injection in the
+        # window with a TSval 2**31 - 1 ahead, dropped for its ACK, would otherwise set
+        # it, and PAWS would then drop the real peer's every segment; Linux bd090dfc634d).
+        tsval = ts[0]  # type: ignore[index]
+        if tsval != tcb.ts_recent and seq_le(Seq(seg.seq), tcb.rcv_wup):
+            c._set("ts_recent", tsval)
+            c.ts_recent_at = now
     if payload:
         process_text(c, payload, off, now)
     if fin and tcb.state is not TcpState.CLOSED:
@@ -336,9 +355,17 @@ def check_sequence(
             c.dsack = ((rcv_nxt - cut) & SEQ_MASK, rcv_nxt)  # RFC 2883: the part we had
             c.ack_now = True
     limit = tcb.rcv_nxt_offset + wnd
+    # ... and to the buffer (G6): the window's edge is rounded up to the scale unit
+    # (_output.advertise_window), so it may offer up to 2**ws - 1 bytes more than
+    # the buffer holds; a peer that sends less than a unit per ACK would find it never
+    # shrinking, and fill without limit a buffer nobody reads.
+    room = c.rcv_buf.commit_offset + c.config.recv_buffer_size
+    if room < limit:
+        limit = room
     if off + len(payload) > limit:
         payload = payload[: max(0, limit - off)]
         fin = False
+        c.ack_now = True  # the window, as it really is
     elif fin and off + len(payload) + 1 > limit:
         fin = False
     return payload, off, fin
@@ -875,6 +902,13 @@ def process_text(c: Connection, payload: bytes | memoryview, off: int, now: floa
         if not aoc or c.ack_point() == tcb.rcv_nxt:
             c.ack_now = True
         return
+    fin_at = c.reasm.fin_offset
+    if fin_at is not None and off + plen > fin_at:
+        # Past an out-of-order FIN: the stream ends there (a broken peer's bytes).
+        payload = payload[: max(0, fin_at - off)]
+        plen = len(payload)
+        if not plen:
+            return
     data = keep_payload(payload)
     c._rx_append(off, data)
     new_off = off + plen
@@ -1038,7 +1072,7 @@ def check_fin(c: Connection, fin_off: int, now: float) -> None:
             c.ack_now = True
         return
     if fin_off != tcb.rcv_nxt_offset:
-        c.reasm.fin_offset = fin_off  # out of order: processed when the gap fills
+        c.reasm.set_fin(fin_off)  # out of order: processed when the gap fills
         c.ack_now = not tcb.ack_on_commit or c.ack_point() == tcb.rcv_nxt
         return
     if tcb.ack_on_commit:

@@ -208,6 +208,16 @@ class RecvBuffer:
         return out
 
 
+PIECE_OVERHEAD = 256
+"""What ``Reassembly`` charges per piece held beside its bytes: its tuple, offset and
+``bytes`` header (~120 bytes in CPython), rounded up. A window of full-sized segments
+(1,460 bytes) is charged 1.18x its bytes; one of single bytes, 257x."""
+
+
+def _range_start(r: tuple[int, bytes]) -> int:
+    return r[0]
+
+
 class Reassembly:
     """Out-of-order inbound ranges (RFC 9293 §3.10.7.4 step 7 "queue for later").
 
@@ -215,12 +225,13 @@ class Reassembly:
     already held. ``fin_offset`` remembers an out-of-order FIN.
     """
 
-    __slots__ = ("_ranges", "fin_offset", "size")
+    __slots__ = ("_ranges", "fin_offset", "max_charge", "size")
 
-    def __init__(self) -> None:
+    def __init__(self, max_charge: int = 1 << 62) -> None:
         self._ranges: list[tuple[int, bytes]] = []
         self.fin_offset: int | None = None
         self.size = 0
+        self.max_charge = max_charge
 
     def __bool__(self) -> bool:
         return bool(self._ranges) or self.fin_offset is not None
@@ -228,30 +239,66 @@ class Reassembly:
     def ranges(self) -> list[tuple[int, int]]:
         return [(s, s + len(d)) for s, d in self._ranges]
 
+    def set_fin(self, offset: int) -> None:
+        """An out-of-order FIN at ``offset``: the stream ends there, so what is held past
+        it goes, and nothing past it is taken later (the first FIN stands: a broken
+        peer's second one, elsewhere, changes nothing)."""
+        if self.fin_offset is not None:
+            return
+        self.fin_offset = offset
+        kept: list[tuple[int, bytes]] = []
+        for s, d in self._ranges:
+            if s + len(d) <= offset:
+                kept.append((s, d))
+            else:
+                if s < offset:
+                    kept.append((s, d[: offset - s]))
+                self.size -= len(d) - max(0, offset - s)
+        self._ranges = kept
+
     def insert(self, offset: int, data: bytes | memoryview) -> None:
-        """Hold ``data`` at ``offset``; only parts not already held are copied."""
+        """Hold ``data`` at ``offset``; only parts not already held are copied, and none
+        past an out-of-order FIN. Each piece held is charged its bytes plus
+        ``PIECE_OVERHEAD`` (its objects), as Linux charges an skb's truesize; past
+        ``max_charge`` the highest pieces go (RFC 2018 §8 lets a receiver drop what it
+        SACKed; Linux prunes its out-of-order queue so, tcp_prune_ofo_queue). The window
+        bounds the bytes, not the pieces: a peer sending single bytes at every other
+        offset made each a piece of ~120 bytes of objects, 30x the window's memory."""
         end = offset + len(data)
+        fin = self.fin_offset
+        if fin is not None and end > fin:
+            end = fin
+        if end <= offset:
+            return
+        ranges = self._ranges
+        # The ranges before the last one starting at or below ``offset`` end below it.
+        i = bisect_right(ranges, offset, key=_range_start) - 1
+        if i < 0:
+            i = 0
         new: list[tuple[int, bytes]] = []
         pos = offset
-        for s, d in self._ranges:
+        j = i
+        while j < len(ranges):
+            s, d = ranges[j]
             e = s + len(d)
-            if e <= pos:
-                continue
             if s >= end:
                 break
             if s > pos:
                 new.append((pos, bytes(data[pos - offset : s - offset])))
-            pos = max(pos, e)
+            if e > pos:
+                pos = e
+            j += 1
             if pos >= end:
                 break
         if pos < end:
-            new.append((pos, bytes(data[pos - offset :])))
+            new.append((pos, bytes(data[pos - offset : end - offset])))
         if not new:
             return
-        merged = self._ranges + new
-        merged.sort(key=lambda r: r[0])
-        self._ranges = merged
+        ranges[i:j] = sorted(ranges[i:j] + new, key=_range_start)
         self.size += sum(len(d) for _, d in new)
+        if self.size + PIECE_OVERHEAD * len(ranges) > self.max_charge:
+            while ranges and self.size + PIECE_OVERHEAD * len(ranges) > self.max_charge:
+                self.size -= len(ranges.pop()[1])
 
     def pop_from(self, offset: int) -> list[bytes]:
         """Remove and return the chunks that continue the stream at ``offset``.

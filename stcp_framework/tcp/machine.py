@@ -205,6 +205,7 @@ class Connection:
         "tcb",
         "timers",
         "ts_options",
+        "ts_recent_at",
         "tx_low_end",
         "tx_low_needs",
         "tx_needs",
@@ -228,7 +229,9 @@ class Connection:
         self.txmap = TxMap([])  # regenerable sends (txmap.py); mirrors tcb.tx_refs
         self.rcv_buf = RecvBuffer(0, keep_read=config.ack_on_commit and config.manual_commit)
         self.rx_stored = 0  # ack-on-commit: inbound bytes below this are spilled (stored)
-        self.reasm = Reassembly()
+        # Out-of-order pieces may take twice the buffer with their overhead (a window
+        # of full-sized segments takes 1.18x): Linux's receive memory is ~2x its window.
+        self.reasm = Reassembly(2 * config.recv_buffer_size)
         self.sack_recent: list[int] = []  # recent out-of-order arrivals (sack.note_arrival)
         self.mss_max = 0  # the MSS before a path MTU reduction (0: none)
         self.dsack: tuple[int, int] | None = None  # a duplicate to report (RFC 2883)
@@ -268,6 +271,7 @@ class Connection:
         self.rtt_sent_at = 0.0
         self.offer_wscale = config.window_scaling
         self.ts_options = NO_OPTIONS  # the last timestamps option built (_output._options)
+        self.ts_recent_at = -1.0  # when TS.Recent was last set (-1: not since start/restore)
         self.challenge_window_at = -1e18
         self.invalid_ack_at = -1e18  # the last ACK to an unacceptable segment without data
         self.maybe_sent_end = 0  # restored: a past incarnation may have sent up to here

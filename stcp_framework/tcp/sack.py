@@ -32,6 +32,10 @@ DUP_THRESH = 3  # RFC 5681 §3.2 duplicate ACKs, RFC 6675 DupThresh
 MAX_BLOCKS = 4  # 2 + 8*4 = 34 option bytes; beside timestamps (12) only 3 fit in 40
 MAX_BLOCKS_WITH_TS = 3
 RECENT = 4  # recent out-of-order arrivals remembered for block order
+SCOREBOARD_MAX_RANGES = 1024
+"""SACKed ranges the sender keeps at most (``Scoreboard.update``): a receiver that SACKs
+single bytes could otherwise split it without limit -- the CPU cost of Linux's
+CVE-2019-11477/11478 -- and every ACK walks it."""
 _INF = float("inf")
 
 
@@ -117,7 +121,12 @@ class Scoreboard:
             end = min(end, nxt)
             if start < end:
                 added.append((start, end))
-        self.ranges = merge_ranges(added)
+        merged = merge_ranges(added)
+        if len(merged) > SCOREBOARD_MAX_RANGES:
+            # The lowest ones count for the holes to resend first; SACK information
+            # is advisory (RFC 2018 §8), and what is left out is at most resent.
+            del merged[SCOREBOARD_MAX_RANGES:]
+        self.ranges = merged
         return self.sacked_bytes() > before
 
     def trim(self, una: int) -> None:
