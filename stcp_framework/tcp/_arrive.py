@@ -36,6 +36,10 @@ _ACK_PSH = ACK | PSH
 _DATA_READABLE = DataReadable()
 
 
+RECV_OVERFILL = 1 << 16
+"""Bytes past the receive buffer that text may take (``check_sequence``): the slack of a
+scaled window's rounding up, which a peer sending sub-unit segments could otherwise
+grow without limit (Linux bounds the same by its receive memory, ~2x the window)."""
 PAWS_IDLE_LIMIT = 24 * 86400.0
 """RFC 7323 §5.5: a TS.Recent older than this (24 days) is invalid -- the peer's clock may
 have run half its 32-bit range on since -- so PAWS does not judge by it (Linux
@@ -103,7 +107,8 @@ def header_prediction(c: Connection, seg: TcpSegment, now: float) -> bool:
             plen > rcv_wnd
             or c.reasm
             or tcb.app_closed
-            or tcb.rcv_nxt_offset + plen > c.rcv_buf.commit_offset + c.config.recv_buffer_size
+            or tcb.rcv_nxt_offset + plen
+            > c.rcv_buf.commit_offset + c.config.recv_buffer_size + RECV_OVERFILL
         ):
             return False
     ack: Seq = seg.ack  # type: ignore[assignment]
@@ -355,11 +360,13 @@ def check_sequence(
             c.dsack = ((rcv_nxt - cut) & SEQ_MASK, rcv_nxt)  # RFC 2883: the part we had
             c.ack_now = True
     limit = tcb.rcv_nxt_offset + wnd
-    # ... and to the buffer (G6): the window's edge is rounded up to the scale unit
-    # (_output.advertise_window), so it may offer up to 2**ws - 1 bytes more than
-    # the buffer holds; a peer that sends less than a unit per ACK would find it never
-    # shrinking, and fill without limit a buffer nobody reads.
-    room = c.rcv_buf.commit_offset + c.config.recv_buffer_size
+    # ... and to the buffer (G6), with ``RECV_OVERFILL`` to spare: the window's edge is
+    # rounded up to the scale unit (_output.advertise_window), so it may offer up to
+    # 2**ws - 1 bytes more than the buffer holds, and again after each ACK: a peer
+    # that sends less than a unit per ACK would find it never shrinking, and fill
+    # without limit a buffer nobody reads. (Not at the buffer's very end: a window
+    # that offers what is then refused never closes, and the peer never probes.)
+    room = c.rcv_buf.commit_offset + c.config.recv_buffer_size + RECV_OVERFILL
     if room < limit:
         limit = room
     if off + len(payload) > limit:

@@ -19,6 +19,7 @@ from tcp_helpers import (
     syn_options,
 )
 
+from stcp_framework.tcp._arrive import RECV_OVERFILL
 from stcp_framework.tcp.buffers import PIECE_OVERHEAD
 from stcp_framework.tcp.machine import Connection
 from stcp_framework.tcp.sack import SCOREBOARD_MAX_RANGES
@@ -83,7 +84,8 @@ def test_small_segments_cannot_fill_more_than_the_receive_buffer() -> None:
     never moves left (RFC 7323 §2.4). A peer that sends fewer than 2**Rcv.Wind.Shift
     bytes per ACK then never sees the window shrink at all: every ACK rounds the edge
     up again, past the free space, and the application that reads nothing ends up
-    holding as much as the peer cares to send (here: the buffer plus 256 KiB)."""
+    holding as much as the peer cares to send (here: the buffer plus 256 KiB). Text
+    past the buffer and ``RECV_OVERFILL`` is trimmed."""
     size = 1 << 20
     conn = conn_established(
         replace(CONFIG, recv_buffer_size=size, window_scaling=True), options=syn_options(wscale=0)
@@ -110,7 +112,15 @@ def test_small_segments_cannot_fill_more_than_the_receive_buffer() -> None:
         conn.drain()
         _ack_at_once(conn, now)
     over = conn.recv_available - size
-    assert over <= 0, f"{over} bytes held beyond the buffer, window still {_rcv_window(conn)}"
+    assert 0 < over <= RECV_OVERFILL, f"{over} bytes held beyond the buffer"
+    # The window, full from here, still offers a little: what arrives past the slack
+    # is refused (trimmed, and the ACK says so), however long the peer goes on.
+    before = conn.recv_available
+    for _ in range(50):
+        now += 0.001
+        conn.on_segment(r(seq=conn.tcb.rcv_nxt, payload=b"y" * (unit - 1)), now)
+        conn.drain()
+    assert conn.recv_available == before
 
 
 # ------------------------------------------------------------ out-of-order data, SACK
