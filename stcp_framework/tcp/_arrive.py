@@ -240,12 +240,19 @@ def segment_arrives(c: Connection, seg: TcpSegment, now: float) -> None:
     if (
         use_ts
         and (ts[0] - tcb.ts_recent) & SEQ_MASK >= _HALF  # type: ignore[index]
-        and not (c.ts_recent_at >= 0.0 and now - c.ts_recent_at > PAWS_IDLE_LIMIT)
+        and not _ts_recent_expired(c, now)
+        and not _disordered_ack(c, seg, ts[0])  # type: ignore[index]
     ):
         # RFC 7323 §5.3 R1 (PAWS): an older TSval than TS.Recent is a duplicate. (A
         # TS.Recent idle for 24 days is invalid, §5.5: the segment goes on.)
         c.count("paws_drop")
-        c.ack_now = True
+        if seg.payload or flags & (SYN | FIN):
+            c.ack_now = True
+        else:
+            # A pure ACK is answered at most once per interval, as every unacceptable
+            # ACK (Linux tcp_oow_rate_limited): one whose TSval went back would
+            # otherwise get an ACK for each of its own.
+            _output.invalid_segment_ack(c, now)
         return
     accepted = check_sequence(c, seg, now)
     if accepted is None:
@@ -267,13 +274,44 @@ def segment_arrives(c: Connection, seg: TcpSegment, now: float) -> None:
         # window with a TSval 2**31 - 1 ahead, dropped for its ACK, would otherwise set
         # it, and PAWS would then drop the real peer's every segment; Linux bd090dfc634d).
         tsval = ts[0]  # type: ignore[index]
-        if tsval != tcb.ts_recent and seq_le(Seq(seg.seq), tcb.rcv_wup):
+        if (
+            tsval != tcb.ts_recent
+            and (
+                (tsval - tcb.ts_recent) & SEQ_MASK < _HALF  # (not a disordered ACK's)
+                or _ts_recent_expired(c, now)
+            )
+            and seq_le(Seq(seg.seq), tcb.rcv_wup)
+        ):
             c._set("ts_recent", tsval)
             c.ts_recent_at = now
     if payload:
         process_text(c, payload, off, now)
     if fin and tcb.state is not TcpState.CLOSED:
         check_fin(c, off + len(payload), now)
+
+
+def _ts_recent_expired(c: Connection, now: float) -> bool:
+    """TS.Recent was set more than 24 days ago (RFC 7323 §5.5): no longer valid."""
+    at = c.ts_recent_at
+    return at >= 0.0 and now - at > PAWS_IDLE_LIMIT
+
+
+def _disordered_ack(c: Connection, seg: TcpSegment, tsval: int) -> bool:
+    """A pure duplicate ACK overtaken by a later segment (Linux tcp_disordered_ack): at
+    RCV.NXT, acknowledging SND.UNA, no window update, and a TSval at most an RTO older
+    than TS.Recent. PAWS lets it through: it tells the sender of a duplicate ACK."""
+    tcb = c.tcb
+    if seg.payload or seg.flags & (SYN | FIN) or not seg.flags & ACK:
+        return False
+    seq = seg.seq
+    if seq != tcb.rcv_nxt or seg.ack != tcb.snd_una:
+        return False
+    wl1 = tcb.snd_wl1
+    if (wl1 - seq) & SEQ_MASK >= _HALF and wl1 != seq:
+        return False  # SND.WL1 < SEG.SEQ: it may update the window
+    if wl1 == seq and seg.window << tcb.snd_wscale > tcb.snd_wnd:
+        return False
+    return (tcb.ts_recent - tsval) & SEQ_MASK <= int(c.rtt.rto * 1000)
 
 
 def receive_window(c: Connection) -> int:

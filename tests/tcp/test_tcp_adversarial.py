@@ -219,6 +219,39 @@ def test_sack_blocks_cannot_split_the_scoreboard_without_limit() -> None:
 # ------------------------------------------------------------------------- PAWS
 
 
+def test_paws_drops_of_pure_acks_are_rate_limited() -> None:
+    """A pure ACK that fails PAWS (RFC 7323 §5.3 R1) is answered with an ACK -- but
+    like every other unacceptable ACK (``invalid_segment_ack``; Linux
+    tcp_oow_rate_limited, LINUX_MIB_TCPACKSKIPPEDPAWS) at most once per 500 ms: a
+    peer whose TSval went back got an ACK for every one of its ACKs."""
+    conn = ts_conn()
+    send(conn, r(payload=b"new", options=TcpOptions(timestamps=(100_000, 5))), at=1.0)
+    conn.drain()
+    answers = 0
+    for _ in range(5):  # 50 s older than TS.Recent: no reordering explains it
+        send(conn, r(seq=sq(REMOTE_SEQ, 3), options=TcpOptions(timestamps=(50_000, 5))), at=1.1)
+        answers += len(conn.drain().segments)
+    assert conn.counters["paws_drop"] == 5
+    assert answers == 1
+
+
+def test_a_disordered_duplicate_ack_passes_paws() -> None:
+    """A pure duplicate ACK overtaken by a later segment carries an older TSval; PAWS
+    lets it through when it is at most an RTO older (Linux tcp_disordered_ack): it is
+    the duplicate ACK it looks like, and TS.Recent does not go back."""
+    conn = ts_conn()
+    send(conn, r(window=0xFFFF, options=TcpOptions(timestamps=(1005, 0))), at=0.5)
+    conn.app_send(b"d" * 3 * MSS, 1.0)
+    conn.drain()
+    send(conn, r(window=0xFFFF, options=TcpOptions(timestamps=(1020, 5))), at=1.1)
+    late = r(window=0xFFFF, options=TcpOptions(timestamps=(1010, 5)))  # sent before
+    send(conn, late, at=1.1)
+    conn.drain()
+    assert conn.counters.get("paws_drop", 0) == 0
+    assert conn.dupacks == 2
+    assert conn.tcb.ts_recent == 1020
+
+
 def test_ts_recent_older_than_24_days_is_invalid() -> None:
     """RFC 7323 §5.5: after 24 days idle TS.Recent is no longer valid -- a 1 ms TSval
     clock has moved 2**31 on, and PAWS would drop every segment of the peer as "old"
