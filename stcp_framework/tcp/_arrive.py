@@ -292,8 +292,7 @@ def segment_arrives(c: Connection, seg: TcpSegment, now: float) -> None:
 
 def _ts_recent_expired(c: Connection, now: float) -> bool:
     """TS.Recent was set more than 24 days ago (RFC 7323 §5.5): no longer valid."""
-    at = c.ts_recent_at
-    return at >= 0.0 and now - at > PAWS_IDLE_LIMIT
+    return now - c.ts_recent_at > PAWS_IDLE_LIMIT
 
 
 def _disordered_ack(c: Connection, seg: TcpSegment, tsval: int) -> bool:
@@ -928,8 +927,7 @@ def process_text(c: Connection, payload: bytes | memoryview, off: int, now: floa
         # Out of order: queue, and send an immediate duplicate ACK (RFC 5681 §4.2) --
         # with ack-on-commit only while it names the hole.
         reasm = c.reasm
-        held = reasm.size
-        reasm.insert(off, payload)
+        took = reasm.insert(off, payload)
         if tcb.sack_permitted:
             if aoc:
                 # Make it name the hole: store and acknowledge the uncommitted bytes
@@ -940,8 +938,9 @@ def process_text(c: Connection, payload: bytes | memoryview, off: int, now: floa
                 # lost tail at these blocks (RACK), not at its backed-off timer.
                 c._spill()
             sack.note_arrival(c.sack_recent, off)  # its block is reported first
-            if reasm.size == held and payload:
-                # all of it was held already: a D-SACK block for it (RFC 2883 §4.1.3)
+            if not took and payload:
+                # all of it was held already: a D-SACK block for it (RFC 2883 §4.1.3) --
+                # not for a piece the charge pruned at once, which is not held at all
                 start = (tcb.rcv_nxt + off - rcv_off) & SEQ_MASK
                 c.dsack = (start, (start + len(payload)) & SEQ_MASK)
         if not aoc or c.ack_point() == tcb.rcv_nxt:

@@ -256,20 +256,22 @@ class Reassembly:
                 self.size -= len(d) - max(0, offset - s)
         self._ranges = kept
 
-    def insert(self, offset: int, data: bytes | memoryview) -> None:
+    def insert(self, offset: int, data: bytes | memoryview) -> bool:
         """Hold ``data`` at ``offset``; only parts not already held are copied, and none
         past an out-of-order FIN. Each piece held is charged its bytes plus
         ``PIECE_OVERHEAD`` (its objects), as Linux charges an skb's truesize; past
         ``max_charge`` the highest pieces go (RFC 2018 §8 lets a receiver drop what it
         SACKed; Linux prunes its out-of-order queue so, tcp_prune_ofo_queue). The window
         bounds the bytes, not the pieces: a peer sending single bytes at every other
-        offset made each a piece of ~120 bytes of objects, 30x the window's memory."""
+        offset made each a piece of ~120 bytes of objects, 30x the window's memory.
+
+        Returns whether any byte was new (pruned at once or not: not a duplicate)."""
         end = offset + len(data)
         fin = self.fin_offset
         if fin is not None and end > fin:
             end = fin
         if end <= offset:
-            return
+            return False
         ranges = self._ranges
         # The ranges before the last one starting at or below ``offset`` end below it.
         i = bisect_right(ranges, offset, key=_range_start) - 1
@@ -293,12 +295,13 @@ class Reassembly:
         if pos < end:
             new.append((pos, bytes(data[pos - offset : end - offset])))
         if not new:
-            return
+            return False
         ranges[i:j] = sorted(ranges[i:j] + new, key=_range_start)
         self.size += sum(len(d) for _, d in new)
         if self.size + PIECE_OVERHEAD * len(ranges) > self.max_charge:
             while ranges and self.size + PIECE_OVERHEAD * len(ranges) > self.max_charge:
                 self.size -= len(ranges.pop()[1])
+        return True
 
     def pop_from(self, offset: int) -> list[bytes]:
         """Remove and return the chunks that continue the stream at ``offset``.

@@ -271,7 +271,8 @@ class Connection:
         self.rtt_sent_at = 0.0
         self.offer_wscale = config.window_scaling
         self.ts_options = NO_OPTIONS  # the last timestamps option built (_output._options)
-        self.ts_recent_at = -1.0  # when TS.Recent was last set (-1: not since start/restore)
+        # When TS.Recent was last set, or this connection made or restored (RFC 7323 §5.5)
+        self.ts_recent_at = now
         self.challenge_window_at = -1e18
         self.invalid_ack_at = -1e18  # the last ACK to an unacceptable segment without data
         self.maybe_sent_end = 0  # restored: a past incarnation may have sent up to here

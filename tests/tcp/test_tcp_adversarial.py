@@ -14,6 +14,7 @@ from tcp_helpers import (
     REMOTE_SEQ,
     conn_established,
     r,
+    restore_record,
     send,
     sq,
     syn_options,
@@ -24,7 +25,7 @@ from stcp_framework.tcp.buffers import PIECE_OVERHEAD
 from stcp_framework.tcp.machine import Connection
 from stcp_framework.tcp.sack import SCOREBOARD_MAX_RANGES
 from stcp_framework.tcp.state import TcpState
-from stcp_framework.wire.seq import seq_add, seq_diff
+from stcp_framework.wire.seq import Seq, seq_add, seq_diff
 from stcp_framework.wire.tcp import ACK, FIN, SYN, TcpOptions
 
 
@@ -169,6 +170,24 @@ def test_out_of_order_pieces_cost_at_most_twice_the_buffer() -> None:
     assert out.segments[-1].ack == sq(REMOTE_SEQ, 3)
 
 
+def test_a_pruned_new_piece_is_not_reported_as_a_duplicate() -> None:
+    """A piece the charge prunes at once (it is the highest) was reported in a D-SACK
+    block as "held already": a first block above the ACK reads as an ordinary SACK
+    (RFC 2883), and the sender would not resend those bytes before its timeout."""
+    conn = conn_established(SACK, options=SACK_SYN)
+    _interleaved_bytes(conn, 2 * BUF // (PIECE_OVERHEAD + 1) + 5, at=1.0)
+    new_off = conn.reasm.ranges()[-1][1] + 1  # above everything held
+    conn.on_segment(r(seq=sq(REMOTE_SEQ, new_off), payload=b"q"), 1.0)
+    out = conn.drain()
+    assert all(not s <= new_off < e for s, e in conn.reasm.ranges())  # pruned
+    blocks = [
+        (seq_diff(Seq(left), REMOTE_SEQ), seq_diff(Seq(right), REMOTE_SEQ))
+        for seg in out.segments
+        for left, right in seg.options.sack_blocks
+    ]
+    assert blocks and all(not s <= new_off < e for s, e in blocks)
+
+
 def test_a_window_of_full_sized_segments_out_of_order_is_all_kept() -> None:
     """The charge leaves room for what a lossy path queues: every segment of a full
     window behind one lost segment stays (pruning them would make the sender resend
@@ -292,3 +311,34 @@ def test_data_beyond_an_out_of_order_fin_does_not_hide_it() -> None:
     assert conn.app_receive(100, 1.3) == b"A" * 10
     assert conn.at_eof
     assert conn.state is TcpState.CLOSE_WAIT
+
+
+def test_a_ts_recent_from_the_handshake_idle_24_days_is_invalid_too() -> None:
+    """The same when the handshake set TS.Recent last: a peer that says nothing for 25
+    days after the connection opened is not PAWS-dropped for ever."""
+    conn = ts_conn()
+    days = 25 * 86400.0
+    tsval = (1000 + int(days * 1000)) & 0xFFFFFFFF
+    late = r(seq=REMOTE_SEQ, payload=b"b", options=TcpOptions(timestamps=(tsval, 5)))
+    conn.on_segment(late, 1.0 + days)
+    conn.drain()
+    assert conn.counters.get("paws_drop", 0) == 0
+    assert conn.recv_available == 1
+
+
+def test_a_restored_ts_recent_idle_24_days_is_invalid_too() -> None:
+    """... and when a restore brought TS.Recent back and the connection then idled."""
+    conn = ts_conn()
+    send(conn, r(payload=b"a", options=TcpOptions(timestamps=(1010, 5))), at=1.0)
+    conn.drain()
+    conn.on_timer(2.0)
+    conn.drain()
+    restored = restore_record(conn.tcb.to_record(), conn, rx=b"a", now=3.0)
+    restored.drain()
+    days = 25 * 86400.0
+    tsval = (1010 + int(days * 1000)) & 0xFFFFFFFF
+    late = r(seq=sq(REMOTE_SEQ, 1), payload=b"b", options=TcpOptions(timestamps=(tsval, 5)))
+    restored.on_segment(late, 3.0 + days)
+    restored.drain()
+    assert restored.counters.get("paws_drop", 0) == 0
+    assert restored.tcb.ts_recent == tsval
