@@ -1,10 +1,15 @@
 """stcp: stateless TCP servers on trio (see README.md).
 
 Public names: ``open_stack``, ``Stack``, ``Stream``, ``TcpInfo``, ``Listener``, ``TcpConfig``,
-``MemoryStore`` and the exceptions of ``stcp_framework.errors``.
+``MemoryStore``, ``RedisStore``, ``TunDevice``, ``FileSource``, ``Source`` and the exceptions
+of ``stcp_framework.errors``. ``RedisStore`` and ``TunDevice`` are imported on first use
+(redis-py's import is most of a server's start-up otherwise).
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 from ._core import select_core
 
@@ -27,3 +32,19 @@ from .stack.sources import Source as Source
 from .stack.sources import SourceError as SourceError
 from .store.memory import MemoryStore as MemoryStore
 from .tcp.config import TcpConfig as TcpConfig
+
+if TYPE_CHECKING:
+    from .link.tun import TunDevice as TunDevice
+    from .store.redis import RedisStore as RedisStore
+
+_LAZY = {"RedisStore": ".store.redis", "TunDevice": ".link.tun"}
+
+
+def __getattr__(name: str) -> object:
+    """``RedisStore`` and ``TunDevice``, imported when first asked for."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
