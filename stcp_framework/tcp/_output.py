@@ -164,7 +164,7 @@ def _sack_options(c: Connection, now: float) -> TcpOptions:
     c.dsack = None  # reported once
     if dsack is not None:
         limit -= 1
-    blocks = sack.report_blocks(c.reasm.ranges(), c.sack_recent, limit) if c.reasm.size else []
+    blocks = sack.report_merged(c.reasm.blocks, c.sack_recent, limit) if c.reasm.size else []
     base_off = tcb.rcv_nxt_offset
     rcv_nxt = tcb.rcv_nxt
     seqs = tuple(

@@ -61,14 +61,25 @@ def report_blocks(
         recent: Offsets of recent out-of-order arrivals, most recent first.
         max_blocks: How many fit beside the other options.
     """
-    blocks = merge_ranges(held)
+    return report_merged(merge_ranges(held), recent, max_blocks)
+
+
+def _start(block: tuple[int, int]) -> int:
+    return block[0]
+
+
+def report_merged(
+    blocks: list[tuple[int, int]], recent: list[int], max_blocks: int
+) -> list[tuple[int, int]]:
+    """``report_blocks`` for ranges merged already (sorted, disjoint, not touching:
+    ``Reassembly.blocks``), in O(log n) per recent arrival."""
     chosen: list[tuple[int, int]] = []
     for offset in recent:
-        for block in blocks:
-            if block[0] <= offset < block[1]:
-                if block not in chosen:
-                    chosen.append(block)
-                break
+        i = bisect_right(blocks, offset, key=_start) - 1
+        if i >= 0 and offset < blocks[i][1]:
+            block = blocks[i]
+            if block not in chosen:
+                chosen.append(block)
     for block in reversed(blocks):
         if len(chosen) >= max_blocks:
             break

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
+from itertools import pairwise
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tcp_helpers import (
     BUF,
     CONFIG,
@@ -21,9 +24,9 @@ from tcp_helpers import (
 )
 
 from stcp_framework.tcp._arrive import RECV_OVERFILL
-from stcp_framework.tcp.buffers import PIECE_OVERHEAD
+from stcp_framework.tcp.buffers import PIECE_OVERHEAD, Reassembly
 from stcp_framework.tcp.machine import Connection
-from stcp_framework.tcp.sack import SCOREBOARD_MAX_RANGES
+from stcp_framework.tcp.sack import SCOREBOARD_MAX_RANGES, merge_ranges
 from stcp_framework.tcp.state import TcpState
 from stcp_framework.wire.seq import Seq, seq_add, seq_diff
 from stcp_framework.wire.tcp import ACK, FIN, SYN, TcpOptions
@@ -342,3 +345,49 @@ def test_a_restored_ts_recent_idle_24_days_is_invalid_too() -> None:
     restored.drain()
     assert restored.counters.get("paws_drop", 0) == 0
     assert restored.tcb.ts_recent == tsval
+
+
+# ----------------------------------------------------- the reassembly queue's invariants
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ops=st.lists(
+        st.one_of(
+            st.tuples(st.just("insert"), st.integers(0, 400), st.integers(1, 60)),
+            st.tuples(st.just("pop"), st.integers(0, 40), st.just(0)),
+            st.tuples(st.just("fin"), st.integers(0, 500), st.just(0)),
+        ),
+        max_size=60,
+    ),
+    charge=st.sampled_from([1 << 62, 2000, 600]),
+)
+def test_reassembly_keeps_its_bytes_its_size_and_its_blocks(
+    ops: list[tuple[str, int, int]], charge: int
+) -> None:
+    """Against a model of the stream's bytes: whatever is inserted, popped, cut at a FIN
+    or pruned, the pieces are sorted and disjoint with the right bytes, ``size`` is
+    their sum, and ``blocks`` -- the SACK blocks, kept up to date -- is their union."""
+    stream = bytes((i * 7 + 3) % 251 for i in range(1000))
+    reasm = Reassembly(charge)
+    next_offset = 0
+    for op, a, b in ops:
+        if op == "insert":
+            start = next_offset + a
+            took = reasm.insert(start, memoryview(stream)[start : start + b])
+            assert isinstance(took, bool)
+        elif op == "pop":
+            next_offset += a
+            for chunk in reasm.pop_from(next_offset):
+                assert chunk == stream[next_offset : next_offset + len(chunk)]
+                next_offset += len(chunk)
+        else:
+            reasm.set_fin(next_offset + a)
+        pieces = reasm._ranges
+        assert all(s + len(d) <= s2 for (s, d), (s2, _) in pairwise(pieces))
+        assert all(d == stream[s : s + len(d)] and d for s, d in pieces)
+        assert reasm.size == sum(len(d) for _, d in pieces)
+        assert reasm.size + PIECE_OVERHEAD * len(pieces) <= charge or not pieces
+        assert reasm.blocks == merge_ranges(reasm.ranges())
+        fin = reasm.fin_offset
+        assert fin is None or all(s + len(d) <= fin for s, d in pieces)
