@@ -131,17 +131,40 @@ def draw(seed: int) -> Scenario:
 
 class OutageStore(MemoryStore):
     """A ``MemoryStore`` that refuses commits during the scenario's outages (G7: the
-    stack holds its ACKs and retries; nothing is lost, nothing reset)."""
+    stack holds its ACKs and retries; nothing is lost, nothing reset).
 
-    def __init__(self, outages: tuple[tuple[float, float], ...]) -> None:
+    With ``relay``, it also checks after every group commit that each relayed pair is
+    exactly-once at that durable point (G4): an inbound stream's state names its
+    upstream flow, and what either has committed as read is what the other has stored
+    as sent -- a crash at any point restores both as they are here."""
+
+    def __init__(self, outages: tuple[tuple[float, float], ...], *, relay: bool = False) -> None:
         super().__init__()
         self.outages = outages
+        self.relay = relay
+        self.relay_checks = 0  # durable points a relayed pair was checked at
 
     async def commit(self, batch: Sequence[FlowDelta]) -> None:
         now = trio.current_time()
         if any(start <= now < start + length for start, length in self.outages):
             raise StoreUnavailable("a scripted outage")
         await super().commit(batch)
+        if self.relay:
+            self._check_relayed()
+
+    def _check_relayed(self) -> None:
+        flows = self._flows
+        for inbound in flows.values():
+            upstream = flows.get(inbound.app_state.decode()) if inbound.app_state else None
+            if upstream is None:
+                continue
+            self.relay_checks += 1
+            pair = (inbound.commit_offset, upstream.tx.end, upstream.commit_offset)
+            assert pair[0] == pair[1] and pair[2] == inbound.tx.end, (
+                f"relay not exactly-once at a durable point: inbound read {pair[0]} / "
+                f"upstream sent {pair[1]}, upstream read {pair[2]} / inbound sent "
+                f"{inbound.tx.end}"
+            )
 
 
 def run(scenario: Scenario) -> None:
@@ -201,11 +224,12 @@ async def _level2(sc: Scenario) -> None:
         handler = echo if sc.app == "echo" else discard_and_report
         await stack.serve(handler, port, commit="manual")
 
+    store = OutageStore(sc.outages, relay=sc.app == "relay")
     server = RestartableServer(
         network,
         server_address,
         app,
-        store=OutageStore(sc.outages),
+        store=store,
         config=config,
         seed=sc.seed,
         downtime=sc.downtime,
@@ -237,6 +261,8 @@ async def _level2(sc: Scenario) -> None:
                     received += data
             await stream.aclose()
         nursery.cancel_scope.cancel()
+    if sc.app == "relay":
+        assert store.relay_checks, "no durable point held a relayed pair to check"
     if sc.app in ("echo", "relay"):
         if bytes(received) != payload:
             first = next(
