@@ -28,6 +28,7 @@ Two kinds of scenario:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import random
 import signal
@@ -62,6 +63,7 @@ from stcp_framework.testing._sim_pair import stack_iss_secret, stack_rng
 BUDGET = 2000.0  # virtual seconds per run: a stall shows as trio.TooSlowError
 SMALL_BUFFERS = TcpConfig(recv_buffer_size=16 * 1024, send_buffer_size=16 * 1024)
 ECHO_PORT, DISCARD_PORT, RELAY_PORT = 7, 9, 2222
+RELAY_READS_FROM = 2_100_000  # seeds from here draw the relay's read size too
 # The relay's upstream: an echo server that never crashes.
 BACKEND_ADDRESS, BACKEND_ADDRESS6 = "198.18.0.3", "2001:db8::3"
 
@@ -85,6 +87,8 @@ class Scenario:
     crash_after: tuple[int, ...]  # network send numbers
     outages: tuple[tuple[float, float], ...]  # (start, seconds) the store refuses commits
     ipv6: bool = False  # level2: every stack on 2001:db8::/32
+    relay_read: int = 65536  # the relay's receive_some size (small: a reader with bytes
+    # waiting takes them at once, holding its flow -- where a transaction split, G4)
 
     def __str__(self) -> str:
         return (
@@ -95,6 +99,7 @@ class Scenario:
             f" crash_after={list(self.crash_after)}"
             f"{f' outages={list(self.outages)}' if self.outages else ''}"
             f"{' ipv6' if self.ipv6 else ''}"
+            f"{f' relay-read={self.relay_read}' if self.relay_read != 65536 else ''}"
         )
 
 
@@ -105,7 +110,7 @@ def draw(seed: int) -> Scenario:
     small = r.random() < 0.3
     # Crash points spread over roughly the packets a run of this size sends.
     span = {16_000: 60, 64_000: 150, 200_000: 400}[size] * (3 if small else 1)
-    return Scenario(
+    scenario = Scenario(
         seed=seed,
         kind=kind,
         app="transfer" if kind == "level1" else r.choice(["echo", "discard", "relay"]),
@@ -127,6 +132,10 @@ def draw(seed: int) -> Scenario:
         ),
         ipv6=kind == "level2" and r.random() < 0.3,
     )
+    if scenario.app == "relay" and seed >= RELAY_READS_FROM:
+        # (drawn last, and only for newer seeds: older ones keep their scenarios)
+        scenario = dataclasses.replace(scenario, relay_read=r.choice([65536, 1000, 4096]))
+    return scenario
 
 
 class OutageStore(MemoryStore):
@@ -219,7 +228,9 @@ async def _level2(sc: Scenario) -> None:
     async def app(stack: Stack) -> None:
         if sc.app == "relay":
             await stack.serve(
-                lambda inbound: relay(stack, inbound, backend_address), port, commit="manual"
+                lambda inbound: relay(stack, inbound, backend_address, sc.relay_read),
+                port,
+                commit="manual",
             )
         handler = echo if sc.app == "echo" else discard_and_report
         await stack.serve(handler, port, commit="manual")
@@ -277,7 +288,7 @@ async def _level2(sc: Scenario) -> None:
         assert reports[-1:] == [want], f"discard reported {reports}, want {want!r}"
 
 
-async def relay(stack: Stack, inbound: Stream, upstream: str) -> None:
+async def relay(stack: Stack, inbound: Stream, upstream: str, read_size: int = 65536) -> None:
     """Forward both ways between ``inbound`` and an upstream connection, every byte
     exactly once across crashes: each piece is sent on one stream and committed on the
     other in one transaction. The upstream's ``flow_id`` is the inbound commit state,
@@ -290,7 +301,7 @@ async def relay(stack: Stack, inbound: Stream, upstream: str) -> None:
     state = inbound.state
 
     async def pump(src: Stream, dst: Stream, src_state: bytes | None) -> None:
-        while data := await src.receive_some(65536):
+        while data := await src.receive_some(read_size):
             txn = stack.transaction()
             txn.send(dst, data)
             txn.commit(src, state=src_state)
