@@ -16,12 +16,9 @@ from collections.abc import Callable
 
 import trio
 
-try:
-    # zlib-ng's CRC-32 folds with PCLMULQDQ: the same values as the stdlib's zlib (the
-    # system's zlib 1.2, ~240 us per MB here), at ~18 us per MB.
-    from zlib_ng.zlib_ng import crc32
-except ImportError:  # pragma: no cover - a platform without a zlib-ng wheel
-    from zlib import crc32
+# zlib-ng's CRC-32 folds with PCLMULQDQ: the same values as the stdlib's zlib (the
+# system's zlib 1.2, ~240 us per MB here), at ~18 us per MB.
+from zlib_ng.zlib_ng import crc32
 
 CHARGEN_LINE = 72
 _PRINTABLE = bytes(range(32, 127))  # the 95 printable ASCII characters

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import deque
+from operator import itemgetter
 
 from ..wire.seq import Seq, seq_add, seq_diff
 
@@ -214,12 +215,7 @@ PIECE_OVERHEAD = 256
 (1,460 bytes) is charged 1.18x its bytes; one of single bytes, 257x."""
 
 
-def _range_start(r: tuple[int, bytes]) -> int:
-    return r[0]
-
-
-def _block_start(b: tuple[int, int]) -> int:
-    return b[0]
+_start = itemgetter(0)  # a range's or block's start: the bisection key
 
 
 class Reassembly:
@@ -276,10 +272,10 @@ class Reassembly:
     def _add_block(self, start: int, end: int) -> None:
         """``blocks`` |= [start, end)."""
         blocks = self.blocks
-        i = bisect_right(blocks, start, key=_block_start) - 1
+        i = bisect_right(blocks, start, key=_start) - 1
         if i < 0 or blocks[i][1] < start:
             i += 1  # the block before ends short of ``start``: not joined
-        j = bisect_right(blocks, end, key=_block_start)  # those starting at or below end
+        j = bisect_right(blocks, end, key=_start)  # those starting at or below end
         if i < j:
             start = min(start, blocks[i][0])
             end = max(end, blocks[j - 1][1])
@@ -303,7 +299,7 @@ class Reassembly:
             return False
         ranges = self._ranges
         # The ranges before the last one starting at or below ``offset`` end below it.
-        i = bisect_right(ranges, offset, key=_range_start) - 1
+        i = bisect_right(ranges, offset, key=_start) - 1
         if i < 0:
             i = 0
         new: list[tuple[int, bytes]] = []
@@ -325,15 +321,16 @@ class Reassembly:
             new.append((pos, bytes(data[pos - offset : end - offset])))
         if not new:
             return False
-        ranges[i:j] = sorted(ranges[i:j] + new, key=_range_start)
+        ranges[i:j] = sorted(ranges[i:j] + new, key=_start)
         self.size += sum(len(d) for _, d in new)
         self._add_block(offset, end)
         if self.size + PIECE_OVERHEAD * len(ranges) > self.max_charge:
             while ranges and self.size + PIECE_OVERHEAD * len(ranges) > self.max_charge:
                 self.size -= len(ranges.pop()[1])
-            last = ranges[-1] if ranges else None
-            self._blocks_below(last[0] + len(last[1]) if last is not None else offset)
-            if not ranges:
+            if ranges:
+                top, data = ranges[-1]
+                self._blocks_below(top + len(data))
+            else:
                 self.blocks = []
         return True
 
@@ -358,6 +355,6 @@ class Reassembly:
         if i:
             del ranges[:i]
             blocks = self.blocks
-            k = bisect_right(blocks, offset, key=_block_start)  # consumed or dropped
+            k = bisect_right(blocks, offset, key=_start)  # consumed or dropped
             del blocks[:k]
         return out

@@ -27,7 +27,9 @@ second in a row clears it (RFC 2018 §8: the receiver may have reneged).
 from __future__ import annotations
 
 from bisect import bisect_right
+from operator import itemgetter
 
+_start = itemgetter(0)  # a block's start: the bisection key
 DUP_THRESH = 3  # RFC 5681 §3.2 duplicate ACKs, RFC 6675 DupThresh
 MAX_BLOCKS = 4  # 2 + 8*4 = 34 option bytes; beside timestamps (12) only 3 fit in 40
 MAX_BLOCKS_WITH_TS = 3
@@ -62,10 +64,6 @@ def report_blocks(
         max_blocks: How many fit beside the other options.
     """
     return report_merged(merge_ranges(held), recent, max_blocks)
-
-
-def _start(block: tuple[int, int]) -> int:
-    return block[0]
 
 
 def report_merged(

@@ -274,6 +274,14 @@ def test_a_disordered_duplicate_ack_passes_paws() -> None:
     assert conn.tcb.ts_recent == 1020
 
 
+IDLE = 25 * 86400.0  # seconds: past RFC 7323 §5.5's 24 days
+
+
+def _tsval_after(tsval: int) -> int:
+    """The peer's 1 ms TSval clock ``IDLE`` later: wrapped more than half way round."""
+    return (tsval + int(IDLE * 1000)) & 0xFFFFFFFF
+
+
 def test_ts_recent_older_than_24_days_is_invalid() -> None:
     """RFC 7323 §5.5: after 24 days idle TS.Recent is no longer valid -- a 1 ms TSval
     clock has moved 2**31 on, and PAWS would drop every segment of the peer as "old"
@@ -284,10 +292,9 @@ def test_ts_recent_older_than_24_days_is_invalid() -> None:
     conn.drain()
     conn.on_timer(2.0)  # its delayed ACK: Last.ACK.sent is past it
     assert conn.drain().segments
-    days = 25 * 86400.0
-    tsval = (1010 + int(days * 1000)) & 0xFFFFFFFF  # the peer's 1 ms clock, wrapped by half
+    tsval = _tsval_after(1010)
     late = r(seq=sq(REMOTE_SEQ, 1), payload=b"b", options=TcpOptions(timestamps=(tsval, 5)))
-    send(conn, late, at=1.0 + days)
+    send(conn, late, at=1.0 + IDLE)
     conn.drain()
     assert conn.counters.get("paws_drop", 0) == 0
     assert conn.recv_available == 2
@@ -320,10 +327,9 @@ def test_a_ts_recent_from_the_handshake_idle_24_days_is_invalid_too() -> None:
     """The same when the handshake set TS.Recent last: a peer that says nothing for 25
     days after the connection opened is not PAWS-dropped for ever."""
     conn = ts_conn()
-    days = 25 * 86400.0
-    tsval = (1000 + int(days * 1000)) & 0xFFFFFFFF
+    tsval = _tsval_after(1000)
     late = r(seq=REMOTE_SEQ, payload=b"b", options=TcpOptions(timestamps=(tsval, 5)))
-    conn.on_segment(late, 1.0 + days)
+    conn.on_segment(late, 1.0 + IDLE)
     conn.drain()
     assert conn.counters.get("paws_drop", 0) == 0
     assert conn.recv_available == 1
@@ -338,10 +344,9 @@ def test_a_restored_ts_recent_idle_24_days_is_invalid_too() -> None:
     conn.drain()
     restored = restore_record(conn.tcb.to_record(), conn, rx=b"a", now=3.0)
     restored.drain()
-    days = 25 * 86400.0
-    tsval = (1010 + int(days * 1000)) & 0xFFFFFFFF
+    tsval = _tsval_after(1010)
     late = r(seq=sq(REMOTE_SEQ, 1), payload=b"b", options=TcpOptions(timestamps=(tsval, 5)))
-    restored.on_segment(late, 3.0 + days)
+    restored.on_segment(late, 3.0 + IDLE)
     restored.drain()
     assert restored.counters.get("paws_drop", 0) == 0
     assert restored.tcb.ts_recent == tsval
