@@ -549,6 +549,10 @@ class Transaction:
 
         Raises:
             trio.BusyResourceError: Another task is sending on one of its streams.
+            trio.BrokenResourceError: A stream broke before its part was durable: the
+                store fenced its flow off (another instance owns it, G5 -- then the
+                whole transaction is refused, and its other flows are let go too) or
+                lost its state (that flow is reset; the others' parts land).
             RuntimeError: This transaction was applied already.
         """
         if self._applied:
@@ -605,6 +609,7 @@ class Transaction:
         runtime.touch(flow)
         if wait_durable:
             await runtime.wait_durable(flow)
+            stream._check_usable()
         else:
             await trio.lowlevel.cancel_shielded_checkpoint()
 
@@ -652,3 +657,5 @@ class Transaction:
         targets = [(s._flow, runtime.durable_target(s._flow)) for s in streams.values()]
         for flow, target in targets:
             await runtime.wait_durable(flow, target)
+        for stream in streams.values():
+            stream._check_usable()  # a flow let go (fenced, lost) lost its part

@@ -293,6 +293,12 @@ class Runtime:
         self._rounds_done = 0
         self.durability = durability
         self._uncommitted: list[tuple[Flow, FlowDelta]] = []
+        # Transactions over several flows (touch_together): those no round has drained
+        # yet, then those drained, each member with the delta version that holds its
+        # part, until all of them are durable. A flow the store fences off takes the
+        # others of its transactions with it (_drop_failed).
+        self._links_pending: list[tuple[Flow, ...]] = []
+        self._links: list[tuple[tuple[Flow, int], ...]] = []
         self._commit_wakeup = trio.Event()  # async durability: deltas are queued
         self._commit_done = trio.Event()  # async durability: a commit attempt ended
         self._backlog = 0  # async durability: payload bytes queued in _uncommitted
@@ -838,6 +844,8 @@ class Runtime:
                 self._schedule(flow, conn.next_deadline())
                 if conn.tcb.state is TcpState.TIME_WAIT:
                     self._time_wait.append(flow)
+        if self._links_pending:
+            self._link_drained()
         if self.durability == "async":
             # Write-behind: the segments leave now; the deltas queue for the commit
             # task, which runs while the next rounds drain and transmit.
@@ -876,6 +884,34 @@ class Runtime:
         self._rounds_done += 1
         if self._closed_flows:
             self._forget_closed()
+
+    def _link_drained(self) -> None:
+        """The transactions this round drained: each member's part is in its newest delta
+        (touch_together queued every member, held or not, so the drain took them all)."""
+        pending, self._links_pending = self._links_pending, []
+        for members in pending:
+            self._links.append(tuple((flow, flow.conn.version) for flow in members))
+
+    def _unlink_durable(self) -> None:
+        """Forget the transactions whose every part is durable (or whose flows are gone)."""
+        self._links = [
+            link
+            for link in self._links
+            if any(flow.durable_version < version and not flow.closed for flow, version in link)
+        ]
+
+    def _linked_to(self, failed: set[str]) -> set[str]:
+        """``failed`` and, transitively, the flows that share a transaction not yet
+        durable with one of them."""
+        grown = True
+        while grown:
+            grown = False
+            for link in self._links:
+                ids = {flow.flow_id for flow, _ in link}
+                if not ids <= failed and not ids.isdisjoint(failed):
+                    failed |= ids
+                    grown = True
+        return failed
 
     def _freeze_time_wait(self) -> None:
         """Keep the quiet TIME-WAIT connections of the last rounds as compact records
@@ -949,6 +985,8 @@ class Runtime:
                     if flow.forget_pending and not flow.undurable():
                         flow.forget_pending = False  # closed, and now all stored
                         self._closed_flows.append(flow)
+                if self._links:
+                    self._unlink_durable()
                 if self._withheld:
                     self._resend_withheld()
                 return moved
@@ -975,17 +1013,34 @@ class Runtime:
         reset: bool,
     ) -> list[tuple[Flow, FlowDelta]]:
         failed = set(flow_ids) or {flow.flow_id for flow, _ in items}
+        named = set(failed)
+        if not reset and self._links:
+            # A transaction lands whole or not at all (G4): the new owner of a fenced
+            # flow replays it from its stored state, so the other flows' parts of the
+            # same transactions must not land either -- a relay would forward its
+            # upstream's bytes twice. Their machines are ahead of the store now; they
+            # are let go as fenced too (the new owner claims them from the store). A
+            # flow whose state was lost is reset instead, and never replayed: the rest
+            # of its transactions land.
+            failed = self._linked_to(failed)
         reasons = exc.reasons if isinstance(exc, FlowLost) else {}
         for flow, _ in items:
             if flow.flow_id not in failed:
                 continue
+            error = exc
+            if flow.flow_id not in named:
+                error = FencedOut(
+                    f"{flow.flow_id}: let go with a flow of one of its transactions, "
+                    f"which another instance owns ({', '.join(sorted(named)[:3])})",
+                    [flow.flow_id],
+                )
             # Fenced: the store is not ours to clean up. Lost: what it still holds of
             # the flow (an older state, a part of one) is ours and of no use -- the
             # forget, epoch-checked, removes it, so that no later start restores it.
             forget = reset and flow.forgettable
             flow.forgettable = flow.forget_pending = False  # (and once per flow)
             if not flow.closed:
-                logger.warning("[%s] %s", flow.flow_id, reasons.get(flow.flow_id, exc))
+                logger.warning("[%s] %s", flow.flow_id, reasons.get(flow.flow_id, error))
                 if reset:
                     self.stats["flows_lost"] += 1
                     self._send_reset(flow)
@@ -995,7 +1050,7 @@ class Runtime:
                     fenced[flow.key] = None
                     if len(fenced) > FENCED_MEMORY:
                         del fenced[next(iter(fenced))]
-                flow.error = exc
+                flow.error = error
                 self._remove_flow(flow)
             if forget:
                 self._closed_flows.append(flow)
@@ -1226,11 +1281,14 @@ class Runtime:
         one its reader holds (``hold``) too -- left for a later round, it put the
         transaction's deltas into two group commits, and a crash between them lost what
         a relay had forwarded (G4). The reader's ``release`` then finds nothing to do."""
-        for flow in flows:
+        members = tuple(flows)
+        for flow in members:
             if flow.held:
                 flow.held = False
                 self._tx_wakeup.set()
             self._mark(flow)
+        if len(members) > 1:
+            self._links_pending.append(members)
 
     def hold(self, flow: Flow) -> None:
         """``touch`` for an app call that yields right after; ``release`` once it resumes.

@@ -133,4 +133,77 @@ async def test_a_transaction_takes_a_held_flow_into_its_round(
         runtime.release(flow)
         record = store.load_sync(downstream.flow_id)
         assert record is not None and record.tx == b"forward me"
+        assert runtime._links == [] and runtime._links_pending == []  # durable: forgotten
     assert store.broken == []
+
+
+async def test_a_transaction_with_a_fenced_flow_lands_nowhere(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """G4 with G5: another instance has claimed the upstream (a newer epoch) when a
+    relay's transaction forwards from it. The store refuses the upstream's delta; the
+    downstream's must not land alone -- the new owner replays the upstream from its
+    stored commit and would forward the same bytes a second time. The downstream goes
+    with it, fenced off too (the new owner claims it next); before, the batch was
+    retried without the upstream and the downstream's send became durable."""
+    store = RelayCheckingStore()
+    net = SimNetwork(5, delay=0.001)
+    async with (
+        open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(5)) as client,
+        open_stack(net.attach(SERVER), [SERVER], store=store, rng=random.Random(6)) as server,
+    ):
+        listener = server.listen(PORT, commit="manual")
+        up_client = await client.connect(SERVER, PORT)
+        upstream = await listener.accept()
+        await client.connect(SERVER, PORT)
+        downstream = await listener.accept()
+        store.relay = (upstream.flow_id, downstream.flow_id)
+        await up_client.send_all(b"forward me")
+        data = await upstream.receive_some()
+        epoch = await store.next_epoch()  # another instance, claiming the upstream first
+        assert await store.claim_many([upstream.flow_id], epoch) == [upstream.flow_id]
+        txn = server.transaction()
+        txn.send(downstream, data)
+        txn.commit(upstream)
+        with pytest.raises(trio.BrokenResourceError), trio.fail_after(1):
+            await txn.apply()
+        stats = server.runtime.stats
+        assert stats["flows_fenced"] == 2
+        record = store.load_sync(downstream.flow_id)
+        assert record is not None and record.tx == b""
+    assert store.broken == []
+
+
+async def test_a_transaction_with_a_lost_flow_lands_the_rest(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The store lost the upstream's state (Redis went back to an older version of it):
+    the upstream is reset and never replayed, so nothing can be forwarded twice; the
+    downstream's part of the transaction lands, and the downstream goes on."""
+    store = RelayCheckingStore()
+    net = SimNetwork(5, delay=0.001)
+    async with (
+        open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(5)) as client,
+        open_stack(net.attach(SERVER), [SERVER], store=store, rng=random.Random(6)) as server,
+    ):
+        listener = server.listen(PORT, commit="manual")
+        up_client = await client.connect(SERVER, PORT)
+        upstream = await listener.accept()
+        down_client = await client.connect(SERVER, PORT)
+        downstream = await listener.accept()
+        await up_client.send_all(b"forward me")
+        data = await upstream.receive_some()
+        store._flows[upstream.flow_id].version -= 1  # the store lost its last delta
+        txn = server.transaction()
+        txn.send(downstream, data)
+        txn.commit(upstream)
+        with pytest.raises(trio.BrokenResourceError), trio.fail_after(1):
+            await txn.apply()
+        stats = server.runtime.stats
+        assert stats["flows_lost"] == 1 and stats["flows_fenced"] == 0
+        record = store.load_sync(downstream.flow_id)
+        assert record is not None and record.tx == b"forward me"
+        with trio.fail_after(1):
+            assert await down_client.receive_some() == b"forward me"
+        await downstream.send_all(b"still here")
+        assert server.runtime._links == []
