@@ -609,7 +609,6 @@ class Transaction:
         runtime.touch(flow)
         if wait_durable:
             await runtime.wait_durable(flow)
-            stream._check_usable()
         else:
             await trio.lowlevel.cancel_shielded_checkpoint()
 
@@ -657,5 +656,3 @@ class Transaction:
         targets = [(s._flow, runtime.durable_target(s._flow)) for s in streams.values()]
         for flow, target in targets:
             await runtime.wait_durable(flow, target)
-        for stream in streams.values():
-            stream._check_usable()  # a flow let go (fenced, lost) lost its part

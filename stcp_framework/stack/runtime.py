@@ -1338,6 +1338,10 @@ class Runtime:
         Call it right after the app call (``app_send``/``app_commit``) and ``touch``,
         with no schedule point in between, or pass the ``target`` that
         ``durable_target`` gave then. In async durability mode this returns at once.
+
+        Raises:
+            trio.BrokenResourceError: The flow ended before it was durable -- reset, or
+                let go because the store fenced it off or lost its state.
         """
         if self.durability == "async":
             await trio.lowlevel.checkpoint()
@@ -1346,9 +1350,15 @@ class Runtime:
             target = self.durable_target(flow)
         if flow.durable_version >= target or flow.closed:
             await trio.lowlevel.checkpoint()
-            return
-        while flow.durable_version < target and not flow.closed:
-            await flow.lot.park()
+        else:
+            while flow.durable_version < target and not flow.closed:
+                await flow.lot.park()
+        if flow.durable_version < target:
+            error = flow.error
+            why = str(error) or type(error).__name__ if error is not None else "it was reset"
+            raise trio.BrokenResourceError(
+                f"the connection ended before this was durable: {why}"
+            ) from error
 
     def listen(
         self, port: int, backlog: int | None = None, *, manual_commit: bool = False

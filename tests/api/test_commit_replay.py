@@ -614,6 +614,38 @@ async def test_a_server_restarted_under_another_name_takes_its_flows_over(
     assert b"".join(collect.got) == b"before after"
 
 
+async def test_a_commit_the_store_refuses_raises(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """G2 from the app's side: another instance claimed the flow while its commit was on
+    the way, so the store refused it -- ``commit`` raises instead of returning as if the
+    offset were durable (before the twentieth session it returned: the flow was gone,
+    and ``wait_durable`` took that for done)."""
+    net = SimNetwork(7)
+    store = MemoryStore()
+    streams: list[Stream] = []
+
+    async def keep(stream: Stream) -> None:
+        streams.append(stream)
+        await trio.sleep_forever()
+
+    async with (
+        open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(2)) as client,
+        server_incarnation(net, store, keep, seed=3),
+    ):
+        stream = await client.connect(SERVER, PORT)
+        await stream.send_all(b"one")
+        await trio.sleep(1.0)
+        (served,) = streams
+        assert await served.receive_some() == b"one"
+        (flow_id,) = await store.list_flows()
+        assert await store.claim_many([flow_id], await store.next_epoch()) == [flow_id]
+        with pytest.raises(trio.BrokenResourceError, match="before this was durable"):
+            await served.commit()
+        record = store.load_sync(flow_id)
+        assert record is not None and record.commit_offset == 0
+
+
 async def test_a_fenced_flow_s_late_segments_get_no_rst(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
