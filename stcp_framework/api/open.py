@@ -141,12 +141,18 @@ def _manual(commit: str) -> bool:
 async def _run_handler(handler: Handler, stream: Stream) -> None:
     try:
         await handler(stream)
-    except Exception:
+    except Exception as exc:
         flow = stream._flow
         if flow.closed and isinstance(flow.error, StoreError):
             # Fenced off (another instance owns the flow now) or lost by the store: the
             # runtime has let the flow go already; the handler's error is only the news.
             logger.warning("[%s] handler ended: %s", stream.flow_id, flow.error)
+            return
+        if isinstance(exc, trio.BrokenResourceError) and flow.error is not None:
+            # The connection broke under the handler (reset by the peer, timed out,
+            # aborted): news about the peer, not a fault of the handler -- one line.
+            logger.info("[%s] handler ended: %s", stream.flow_id, flow.error)
+            await stream.abort()
             return
         logger.exception("[%s] handler failed; resetting the connection", stream.flow_id)
         await stream.abort()

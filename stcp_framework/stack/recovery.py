@@ -113,9 +113,11 @@ def _restore_one(
             config=runtime.config_for(key),
             version=record.version,
             regenerate=runtime.sources.read,
-            # async: the crashed process may have acknowledged bytes its last commit
-            # did not hold; the connection resets itself once the peer proves it
-            acked_may_be_lost=runtime.durability == "async",
+            # The crashed process may have acknowledged bytes the record lacks (async:
+            # its last commit did not hold them; any mode: the store went back to an
+            # older state meanwhile); the connection resets itself once the peer
+            # proves it, instead of waiting for bytes the peer has discarded.
+            acked_may_be_lost=True,
         )
     except (ValueError, SourceError) as exc:
         # Bytes the peer has not acknowledged cannot be produced again: the connection

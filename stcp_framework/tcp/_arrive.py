@@ -467,6 +467,43 @@ def _accept_earlier_send(c: Connection, ack: Seq, d_una: int) -> Seq:
     return ack
 
 
+def sent_bytes_lost(c: Connection, seg: TcpSegment, d_nxt: int, now: float) -> bool:
+    """Whether this ACK, ``d_nxt`` past SND.NXT on a restored connection that has seen
+    no ACK of new data yet (``sent_lost_watch``), proves that the peer has bytes we
+    sent which the store no longer holds; if so the connection is reset (RST,
+    ``Aborted``) and True returned.
+
+    The peer's ACK names its RCV.NXT. Past everything the restored record holds
+    (``_accept_earlier_send`` took what the record may have sent), it means the crash
+    lost sent bytes whose delta had not landed (async durability), or the store went
+    back to an older state of the flow (Redis restarted from an older AOF, a failover
+    that lost writes) -- in strict mode a segment leaves only once its bytes are
+    stored. The peer can never go back: every ACK it sends is past SND.NXT and dropped
+    (RFC 9293 §3.10.7.4), our retransmissions are old data to it, and the connection
+    would hang until our retransmissions gave up. The proof is such an ACK coming
+    again ``LOST_ACK_PROOF`` or more after the first (our restore's retransmission and
+    ACK make the peer answer): a forged or stray one is not repeated. The RST takes
+    <SEQ=SEG.ACK>, the peer's RCV.NXT: our SND.NXT is below its window (RFC 5961 §3.2).
+    """
+    since = c.sent_lost_since
+    if since < 0.0:
+        c.sent_lost_since = now
+        return False
+    if now - since < LOST_ACK_PROOF:
+        return False
+    c.count("sent_bytes_lost")
+    _output.send_rst(c, Seq(seg.ack), with_ack=True, now=now)
+    c.emit(
+        Aborted(
+            f"the peer acknowledges {d_nxt} bytes past what the store held: bytes sent "
+            "before a crash were lost (async durability, or the store went back to an "
+            "older state)"
+        )
+    )
+    c._set_state(TcpState.CLOSED, "sent bytes lost in a crash")
+    return True
+
+
 def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
     """Fifth: the ACK field. Returns False if the segment must be dropped."""
     tcb = c.tcb
@@ -498,6 +535,8 @@ def check_ack(c: Connection, seg: TcpSegment, now: float) -> bool:
         d_nxt = ((ack - tcb.snd_nxt + _HALF) & SEQ_MASK) - _HALF
     if d_nxt > 0:
         # RFC 9293 / RFC 5961 §5.2: acknowledges something not yet sent: ACK, drop.
+        if c.sent_lost_watch and sent_bytes_lost(c, seg, d_nxt, now):
+            return False
         c.count("ack_too_new")
         if seg.payload:
             c.ack_now = True
@@ -1041,7 +1080,8 @@ def acked_bytes_lost(c: Connection, seg: TcpSegment, now: float) -> bool:
     c.emit(
         Aborted(
             f"the peer resends from {start - watch} bytes past what the store held: "
-            "bytes acknowledged before a crash were lost (async durability)"
+            "bytes acknowledged before a crash were lost (async durability, or the "
+            "store went back to an older state)"
         )
     )
     c._set_state(TcpState.CLOSED, "acknowledged bytes lost in a crash")

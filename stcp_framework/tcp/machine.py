@@ -200,6 +200,8 @@ class Connection:
         "rx_stored",
         "sack_recent",
         "scoreboard",
+        "sent_lost_since",
+        "sent_lost_watch",
         "snd_buf",
         "snd_ptr",
         "tcb",
@@ -290,6 +292,11 @@ class Connection:
         self.probe_since = 0.0
         self.window_test_at = -1e18
         self.window_test_off: int | None = None  # the offset its ACK named
+        # Restored with sent bytes: until the peer acknowledges new data, an ACK past
+        # everything the store held (and when the first came) may prove that the crash,
+        # or a store gone back to an older state, lost bytes it has (_arrive.check_ack).
+        self.sent_lost_watch = False
+        self.sent_lost_since = -1.0
         self.challenge_count = 0
         self.last_rx_at = now
         self.counters: dict[str, int] = {}
@@ -362,9 +369,11 @@ class Connection:
             regenerate: ``(name, src_offset, length) -> bytes`` reads a regenerable
                 send's bytes again (``app_send_ref``); needed when ``tcb.tx_refs``.
             acked_may_be_lost: The record may be older than what the crashed process
-                acknowledged (async durability). The connection then watches for the
-                proof that it was (``_arrive.acked_bytes_lost``) and resets itself
-                rather than wait forever for bytes the peer has discarded.
+                acknowledged (async durability; or a store that went back to an older
+                state). The connection then watches for the proof that it was
+                (``_arrive.acked_bytes_lost``) and resets itself rather than wait
+                forever for bytes the peer has discarded. (Sent bytes the record lacks
+                are proved lost by the peer's ACKs in any case: ``sent_bytes_lost``.)
 
         Raises:
             ValueError: Regenerable bytes cannot be read again (no ``regenerate``, or it
@@ -405,6 +414,8 @@ class Connection:
             c.fin_maybe_sent = True
         if acked_may_be_lost and state.can_recv() and tcb.rcv_nxt_offset >= 0:
             c.lost_ack_watch = tcb.rcv_nxt_offset
+        if tcb.snd_una_offset >= 0 and state.synchronized():
+            c.sent_lost_watch = True
         if state is TcpState.TIME_WAIT:
             c.timers.time_wait_at = now + config.time_wait_timeout
         elif state is TcpState.SYN_SENT:
@@ -1182,6 +1193,7 @@ class Connection:
 
     def _ack_sent_data(self, ack: Seq, new_una_offset: int) -> None:
         """``snd_una`` advances to ``ack``; trims acknowledged data (``TxTrim``)."""
+        self.sent_lost_watch = False  # restored in step with the peer (sent_bytes_lost)
         tcb = self.tcb
         tcb.snd_una = ack
         tcb.snd_una_offset = new_una_offset

@@ -24,6 +24,7 @@ from restart_helpers import MB, Peer, RedisServer, server_for
 pytestmark = [pytest.mark.slow, pytest.mark.netns, pytest.mark.timeout(90)]
 
 ECHO_PORT = 7
+CHARGEN_PORT = 19
 SIZE = 400 * MB
 COPY_AT = 20 * MB  # client offset at which the AOF is copied (the "older state")
 ROLLBACK_AFTER = 40 * MB  # bytes echoed after the copy, before Redis dies and comes back
@@ -93,6 +94,65 @@ async def test_a_connection_redis_rolled_back_is_reset_and_the_server_serves_on(
     assert not [flow for flow in flows_left if f"-{host}:{port}/" in flow], flows_left
     log = server.stderr_tail()
     assert "does not follow the stored" in log, log
+
+
+@pytest.mark.parametrize("tun_net", [65000], indirect=True)
+@pytest.mark.parametrize(
+    ("service", "port", "proof"),
+    [("echo", ECHO_PORT, "acked_bytes_lost"), ("chargen", CHARGEN_PORT, "sent_bytes_lost")],
+)
+async def test_a_server_restarted_on_a_rolled_back_redis_resets_the_connection(
+    tun_net: TunNet,
+    rollback_redis: RedisServer,
+    tmp_path: Path,
+    service: str,
+    port: int,
+    proof: str,
+) -> None:
+    """The same rollback while the server is down too (a power loss takes both): the
+    restore finds the connection's older state. The client already has bytes past the
+    stored SND.NXT, and (echo) the server acknowledged bytes past the stored RCV.NXT.
+    Continued, the connection would hang -- the client's ACKs are of data never sent,
+    its data starts above the gap, and its socket timed out after 20 s. The restored
+    connection resets itself once the client proves the loss: its resend above the gap
+    (echo, ``acked_bytes_lost``), or its ACK past the record coming again (a download
+    only ACKs, ``sent_bytes_lost``)."""
+    store = rollback_redis
+    copy = tmp_path / "older-redis"
+    server = server_for(service, port, tun_net, store, tmp_path)
+    mode = "echo" if service == "echo" else "chargen"
+    try:
+        async with server.session():
+            async with trio.open_nursery() as nursery:
+                peer = await Peer.start(nursery, mode, tun_net.stack_addr, port, SIZE, progress=MB)
+                with trio.fail_after(60):
+                    await peer.wait_offset(COPY_AT)
+                    await trio.to_thread.run_sync(
+                        lambda: shutil.copytree(store.directory, copy, ignore=_sockets)
+                    )
+                    await peer.wait_offset(peer.offset + ROLLBACK_AFTER)
+                    await server.kill()  # both die: first the server, then Redis
+                    assert store.proc is not None
+                    store.proc.kill()
+                    store.proc.wait()
+                    store.proc = None
+                    await trio.to_thread.run_sync(_replace, store.directory, copy)
+                    await trio.to_thread.run_sync(store.start)
+                    life = await server.start()
+                    assert life.restored == 1
+                    result = await peer.result()
+            counters = await server.stop()
+        flows_left = store.flow_ids(server.instance)
+    finally:
+        store.stop()
+    errors = [result["error"] or "", *result.get("sender_errors", [])]
+    assert any("reset" in error.lower() for error in errors), (result, server.stderr_tail())
+    assert result["mismatch_at"] is None, result
+    assert counters.get(f"tcp.{proof}") == 1, counters
+    host, client_port = result["local"]
+    assert not [flow for flow in flows_left if f"-{host}:{client_port}/" in flow], flows_left
+    log = server.stderr_tail(4000)
+    assert "Traceback" not in log, log  # the handler's end is one line, not a failure
 
 
 def _sockets(_directory: str, names: list[str]) -> list[str]:

@@ -26,11 +26,15 @@ from stcp_framework.wire.tcp import ACK, RST
 RESTORED_AT = 100.0
 
 
-def _restored(*, acked_may_be_lost: bool, lost: int = 2000) -> Connection:
+def _restored(*, acked_may_be_lost: bool, lost: int = 2000, sent: int = 0) -> Connection:
     """Restored from the store's view (1,000 bytes), after the live connection had
-    acknowledged ``lost`` more (read as they came, never stored)."""
+    acknowledged ``lost`` more (read as they came, never stored); ``sent`` bytes of its
+    own are stored (the peer may have them: the ACK it sends is then past them)."""
     mirror = Mirror()
     live = mirrored_established(mirror, at=0.05)
+    if sent:
+        live.app_send(b"s" * sent, 0.05)
+        mirror.apply(live, live.drain())
     live.on_segment(r(payload=b"a" * 1000), 0.1)
     mirror.apply(live, live.drain())  # stored
     live.app_receive(1000, 0.1)
@@ -162,7 +166,7 @@ def test_a_probe_above_the_gap_is_answered_with_an_ack_of_the_peers_snd_una() ->
     peer only probes. Its probe, come again ``PROBE_REPEAT`` later, gets an ACK of
     SEG.SEQ + 1 (its SND.UNA), at SEG.ACK (its RCV.NXT), with our window open: it sends
     from there, above the gap, and its retransmission of that proves the loss."""
-    conn = _restored(acked_may_be_lost=True)
+    conn = _restored(acked_may_be_lost=True, sent=200)
     t = RESTORED_AT + 0.01
     _probe(conn, 3000, t, ack=200)
     assert _tests(conn) == []  # once is no pattern yet
