@@ -118,6 +118,7 @@ def _restore_one(
             # older state meanwhile); the connection resets itself once the peer
             # proves it, instead of waiting for bytes the peer has discarded.
             acked_may_be_lost=True,
+            window_tests=runtime.durability == "async",
         )
     except (ValueError, SourceError) as exc:
         # Bytes the peer has not acknowledged cannot be produced again: the connection

@@ -36,6 +36,7 @@ strict mode (``RxAppend``) and then acknowledged (``rx_stored``).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any, overload
 
@@ -353,6 +354,7 @@ class Connection:
         version: int = 0,
         regenerate: Regenerate | None = None,
         acked_may_be_lost: bool = False,
+        window_tests: bool = True,
     ) -> Connection:
         """Rebuild a connection from its persisted record and buffers (STYLE.md §4.5).
 
@@ -374,6 +376,12 @@ class Connection:
                 (``_arrive.acked_bytes_lost``) and resets itself rather than wait
                 forever for bytes the peer has discarded. (Sent bytes the record lacks
                 are proved lost by the peer's ACKs in any case: ``sent_bytes_lost``.)
+            window_tests: With ``acked_may_be_lost``: a peer that only probes is
+                answered with a window test (``_arrive.test_window_above_gap``), which
+                a healthy peer may, rarely, take for an ACK of bytes it sent meanwhile
+                (then the connection resets). Worth it where a crash loses acknowledged
+                bytes as a matter of course (async durability), not where only a store
+                gone back to an older state does (strict).
 
         Raises:
             ValueError: Regenerable bytes cannot be read again (no ``regenerate``, or it
@@ -414,6 +422,8 @@ class Connection:
             c.fin_maybe_sent = True
         if acked_may_be_lost and state.can_recv() and tcb.rcv_nxt_offset >= 0:
             c.lost_ack_watch = tcb.rcv_nxt_offset
+            if not window_tests:
+                c.window_test_at = math.inf  # "the last test was just now", for ever
         if tcb.snd_una_offset >= 0 and state.synchronized():
             c.sent_lost_watch = True
         if state is TcpState.TIME_WAIT:

@@ -26,7 +26,9 @@ from stcp_framework.wire.tcp import ACK, RST
 RESTORED_AT = 100.0
 
 
-def _restored(*, acked_may_be_lost: bool, lost: int = 2000, sent: int = 0) -> Connection:
+def _restored(
+    *, acked_may_be_lost: bool, lost: int = 2000, sent: int = 0, window_tests: bool = True
+) -> Connection:
     """Restored from the store's view (1,000 bytes), after the live connection had
     acknowledged ``lost`` more (read as they came, never stored); ``sent`` bytes of its
     own are stored (the peer may have them: the ACK it sends is then past them)."""
@@ -44,7 +46,13 @@ def _restored(*, acked_may_be_lost: bool, lost: int = 2000, sent: int = 0) -> Co
         live.drain()  # acknowledged (async: the segment left), never stored: the crash
         live.app_receive(1000, 0.2)
     assert live.tcb.rcv_nxt == sq(REMOTE_SEQ, 1000 + lost)
-    conn = restore_from(mirror, RESTORED_AT, CONFIG, acked_may_be_lost=acked_may_be_lost)
+    conn = restore_from(
+        mirror,
+        RESTORED_AT,
+        CONFIG,
+        acked_may_be_lost=acked_may_be_lost,
+        window_tests=window_tests,
+    )
     assert conn.tcb.rcv_nxt == sq(REMOTE_SEQ, 1000)
     conn.drain()  # the kick
     return conn
@@ -187,6 +195,25 @@ def test_a_probe_above_the_gap_is_answered_with_an_ack_of_the_peers_snd_una() ->
     _probe(conn, 3000, t + PROBE_REPEAT, ack=200)  # data came: no more tests
     assert _tests(conn) == []
     _peer_sends(conn, 3000, 1000, t + PROBE_REPEAT + LOST_ACK_PROOF)
+    step = conn.drain()
+    assert conn.tcb.state is TcpState.CLOSED
+    assert [seg.flags for seg in step.segments] == [RST | ACK]
+
+
+def test_without_window_tests_a_probe_is_not_tested_but_a_resend_still_proves() -> None:
+    """Strict durability: a crash loses no acknowledged byte, only a store gone back to
+    an older state does -- the probe goes unanswered by a window test (a healthy peer
+    might take one for an ACK), while a resend above the gap still proves the loss."""
+    conn = _restored(acked_may_be_lost=True, sent=200, window_tests=False)
+    t = RESTORED_AT + 0.01
+    for at in (0.0, PROBE_REPEAT, 2 * PROBE_REPEAT, 4 * PROBE_REPEAT):
+        _probe(conn, 3000, t + at, ack=200)
+        assert _tests(conn) == []
+    assert "lost_ack_window_test" not in conn.counters
+    t += 5 * PROBE_REPEAT
+    _peer_sends(conn, 3000, 1000, t)
+    conn.drain()
+    _peer_sends(conn, 3000, 1000, t + LOST_ACK_PROOF)
     step = conn.drain()
     assert conn.tcb.state is TcpState.CLOSED
     assert [seg.flags for seg in step.segments] == [RST | ACK]

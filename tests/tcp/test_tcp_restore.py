@@ -85,7 +85,12 @@ def test_restore_from_deltas_equals_live_and_kicks() -> None:
 
 
 def restore_from(
-    mirror: Mirror, now: float, config: TcpConfig, *, acked_may_be_lost: bool = False
+    mirror: Mirror,
+    now: float,
+    config: TcpConfig,
+    *,
+    acked_may_be_lost: bool = False,
+    window_tests: bool = True,
 ) -> Connection:
     """The connection ``Connection.restore`` rebuilds from what ``mirror`` stored."""
     tcb = Tcb.from_record(mirror.tcb)
@@ -99,6 +104,7 @@ def restore_from(
         config=config,
         version=mirror.version,
         acked_may_be_lost=acked_may_be_lost,
+        window_tests=window_tests,
     )
 
 
