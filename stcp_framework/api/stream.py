@@ -159,10 +159,15 @@ class Stream(trio.abc.HalfCloseableStream):
         served or connected with ``commit="manual"`` keep uncommitted bytes for replay;
         in the default ``"auto"`` mode every read commits.
 
+        Cancelled while it waits for the store, the commit is still made: it was
+        recorded before the wait and lands with the next group commit (as bytes that a
+        cancelled ``send_all`` had handed over still leave).
+
         Raises:
             ValueError: ``offset`` is below ``commit_offset`` or beyond ``read_offset``.
             trio.ClosedResourceError: This stream was closed.
-            trio.BrokenResourceError: The connection was reset or aborted.
+            trio.BrokenResourceError: The connection was reset or aborted, or it ended
+                before the commit was durable (the store fenced the flow off or lost it).
         """
         self._check_usable()
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -243,6 +248,20 @@ class Stream(trio.abc.HalfCloseableStream):
         if error is not None:
             raise trio.BrokenResourceError(str(error) or type(error).__name__) from error
 
+    def _closed_error(self) -> trio.BrokenResourceError:
+        """The connection can send no more: the error, with its cause -- which may still
+        wait in the machine's events (a RST that came in one batch with data closed
+        the connection before the round that records it in ``flow.error``)."""
+        flow = self._flow
+        cause: BaseException | None = flow.error
+        if cause is None and not flow.closed:
+            cause = self._runtime.pending_error(flow)
+        if cause is None:
+            return trio.BrokenResourceError("the connection is closed")
+        error = trio.BrokenResourceError(str(cause) or type(cause).__name__)
+        error.__cause__ = cause
+        return error
+
     async def send_all(
         self, data: bytes | bytearray | memoryview, *, wait_durable: bool = True
     ) -> None:
@@ -269,7 +288,7 @@ class Stream(trio.abc.HalfCloseableStream):
             while view:
                 self._check_usable()
                 if flow.closed or not flow.conn.state.can_send():
-                    raise trio.BrokenResourceError("the connection is closed")
+                    raise self._closed_error()
                 n = flow.conn.app_send(view, self._runtime.now())
                 if n:
                     runtime.touch(flow)
@@ -335,7 +354,7 @@ class Stream(trio.abc.HalfCloseableStream):
                     while view:
                         self._check_usable()
                         if flow.closed or not flow.conn.state.can_send():
-                            raise trio.BrokenResourceError("the connection is closed")
+                            raise self._closed_error()
                         n = flow.conn.app_send_ref(view, name, at, runtime.now(), src_end)
                         if n:  # (maybe not all that fits: up to a recorded end first)
                             runtime.touch(flow)
@@ -490,7 +509,7 @@ class Stream(trio.abc.HalfCloseableStream):
             if self._eof_sent:
                 raise trio.ClosedResourceError("cannot send after send_eof()")
             if flow.closed or not flow.conn.state.can_send():
-                raise trio.BrokenResourceError("the connection is closed")
+                raise self._closed_error()
             if flow.conn.send_space >= size:
                 return
             await flow.lot.park()

@@ -39,6 +39,7 @@ from ..errors import (
     ConnectionResetByPeer,
     ConnectionTimedOut,
     StcpConfigError,
+    StcpError,
 )
 from ..link.base import OutPacket, PacketDevice
 from ..store.base import (
@@ -1162,25 +1163,24 @@ class Runtime:
                     self._offer(flow)
             elif kind is EofReceived:
                 flow.eof = True
-            elif isinstance(event, Reset):  # (narrows the type for .refused)
-                flow.reset = True
-                peer = endpoint_text(*flow.remote)
-                flow.error = (
-                    ConnectionRefused(f"{peer} refused the connection (RST)")
-                    if event.refused
-                    else ConnectionResetByPeer(f"{peer} reset the connection")
-                )
-            elif kind is TimedOut:
-                peer = endpoint_text(*flow.remote)
-                flow.error = ConnectionTimedOut(
-                    f"{peer} stopped answering (retransmissions exhausted)"
-                )
-            elif isinstance(event, Aborted):
-                logger.warning("[%s] reset: %s", flow.flow_id, event.reason)
-                self.stats["acked_bytes_lost"] += 1
-                flow.error = ConnectionAborted(event.reason)
+            elif kind is Reset or kind is TimedOut or kind is Aborted:
+                flow.reset = kind is Reset
+                flow.error = _error_of(flow, event)
+                if kind is Aborted:
+                    logger.warning("[%s] reset: %s", flow.flow_id, flow.error)
+                    self.stats["reset_after_loss"] += 1
             elif kind is Closed:
                 self._remove_flow(flow)
+
+    def pending_error(self, flow: Flow) -> StcpError | None:
+        """The error the next round gives ``flow`` (``flow.error``) from the events its
+        machine has not reported yet: a RST that came in one batch with data closes the
+        connection at once, and a send meets the closed state before the round."""
+        for event in flow.conn.pending_events():
+            error = _error_of(flow, event)
+            if error is not None:
+                return error
+        return None
 
     def tcp_totals(self) -> Counter[str]:
         """Every connection's event counters (``TcpInfo.counters``: retransmissions,
@@ -1425,3 +1425,18 @@ class Runtime:
         self.stats["active_opens"] += 1
         self._mark(flow)
         return flow
+
+
+def _error_of(flow: Flow, event: object) -> StcpError | None:
+    """The application's error for a machine event that ends the connection, else None."""
+    if isinstance(event, Reset):
+        peer = endpoint_text(*flow.remote)
+        if event.refused:
+            return ConnectionRefused(f"{peer} refused the connection (RST)")
+        return ConnectionResetByPeer(f"{peer} reset the connection")
+    if isinstance(event, TimedOut):
+        peer = endpoint_text(*flow.remote)
+        return ConnectionTimedOut(f"{peer} stopped answering (retransmissions exhausted)")
+    if isinstance(event, Aborted):
+        return ConnectionAborted(event.reason)
+    return None

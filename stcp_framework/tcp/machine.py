@@ -1248,6 +1248,11 @@ class Connection:
     def emit(self, event: Event) -> None:
         self._events.append(event)
 
+    def pending_events(self) -> list[Event]:
+        """The events the next ``drain()`` reports (read only: a look ahead, e.g. for
+        the cause of a state the application meets before that drain)."""
+        return self._events
+
     def emit_segment(self, seg: OutSegment) -> None:
         self._out.append(seg)
 

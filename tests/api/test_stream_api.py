@@ -34,6 +34,7 @@ from stcp_framework.testing import (
     send_space,
 )
 from stcp_framework.wire.drop import DropReason
+from stcp_framework.wire.tcp import NO_OPTIONS, RST, TcpSegment
 
 PORT = 7
 BUDGET = 600.0  # virtual seconds; a hang fails instead of spinning forever
@@ -192,6 +193,38 @@ async def test_peer_reset_is_broken_resource_error_caused_by_reset(
                 await client.receive_some(10)
 
 
+async def test_a_reset_that_came_with_data_is_the_cause_before_its_round(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The peer's data and RST arrive in one batch: the machine is CLOSED before the
+    round that records the reset as ``flow.error``, and a send meets the closed state
+    first -- its error carries the cause all the same (it said only "the connection is
+    closed", the next call had the cause)."""
+    with trio.fail_after(BUDGET):
+        async with open_sim_pair(19) as pair:
+            client, server = await pair.stream_pair(pair.server.listen(PORT))
+            conn = server._flow.conn
+            tcb = conn.tcb
+            rst = TcpSegment(
+                src_port=0,  # (the machine is past demultiplexing)
+                dst_port=0,
+                seq=tcb.rcv_nxt,
+                ack=0,
+                flags=RST,
+                window=0,
+                urgent=0,
+                options=NO_OPTIONS,
+                payload=b"",
+            )
+            conn.on_segment(rst, pair.server.runtime.now())  # no round in between
+            assert server.tcp_state is TcpState.CLOSED and server._flow.error is None
+            with pytest.raises(trio.BrokenResourceError) as info:
+                await server.send_all(b"x")
+            assert isinstance(info.value.__cause__, ConnectionResetByPeer)
+            assert "reset the connection" in str(info.value)
+            await client.aclose()
+
+
 async def test_a_connection_the_stack_aborted_is_broken_with_the_reason(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -207,7 +240,7 @@ async def test_a_connection_the_stack_aborted_is_broken_with_the_reason(
                 await server.receive_some(10)
             assert isinstance(info.value.__cause__, ConnectionAborted)
             assert str(info.value) == "acknowledged bytes were lost"
-            assert runtime.stats["acked_bytes_lost"] == 1
+            assert runtime.stats["reset_after_loss"] == 1
             await client.aclose()
 
 

@@ -145,5 +145,5 @@ async def test_a_linux_client_probing_a_window_lost_in_a_crash_is_reset(
             "counters: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items())),
         ],
     )
-    assert counters.get("acked_bytes_lost", 0) == 1, counters
+    assert counters.get("reset_after_loss", 0) == 1, counters
     assert counters.get("tcp.lost_ack_window_test", 0) >= 1, counters  # not a data resend

@@ -103,7 +103,7 @@ async def test_a_crash_that_lost_acknowledged_bytes_resets_the_client(
             assert isinstance(info.value.__cause__, ConnectionResetByPeer)
             # the proof is the client's retransmission timer, not a long wait
             assert trio.current_time() - started < 10.0
-            assert server.stack.runtime.stats["acked_bytes_lost"] == 1
+            assert server.stack.runtime.stats["reset_after_loss"] == 1
             (restart,) = server.restarts
             assert len(restart.restored) == 1  # the flow came back, behind
         else:
@@ -171,7 +171,7 @@ async def test_a_client_that_only_probes_a_window_lost_in_a_crash_is_reset(
             await stream.receive_some(10)
         assert isinstance(info.value.__cause__, ConnectionResetByPeer)
         assert trio.current_time() - started < 10.0
-        assert server.stack.runtime.stats["acked_bytes_lost"] == 1
+        assert server.stack.runtime.stats["reset_after_loss"] == 1
         (restored,) = RESTORED
         assert restored.tcp_info.counters["lost_ack_window_test"] >= 1
         sender.cancel()
