@@ -13,13 +13,14 @@ the relay's invariant after every group commit.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
 import trio.testing
 
-from stcp_framework import MemoryStore, Stream, open_stack
+from stcp_framework import MemoryStore, Stack, Stream, open_stack
 from stcp_framework.link.sim import SimNetwork
 from stcp_framework.store.base import FlowDelta
 
@@ -101,14 +102,13 @@ async def test_a_relay_s_transactions_are_never_split_by_a_reader_of_the_downstr
     assert store.broken == []
 
 
-async def test_a_transaction_takes_a_held_flow_into_its_round(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    """The same, step by step: the downstream is held -- as a reader's ``receive_some``
-    holds it between taking bytes and resuming -- when the transaction applies; the
-    round takes both flows, and the transaction returns (before, the round left the held
-    flow for the next one, and ``apply`` waited for it as long as the hold lasted)."""
-    store = RelayCheckingStore()
+@asynccontextmanager
+async def relay_pair(
+    store: RelayCheckingStore,
+) -> AsyncIterator[tuple[Stack, Stream, Stream, Stream]]:
+    """A relay's two streams on one server, ``b"forward me"`` waiting on the upstream:
+    yields the server, its upstream and downstream streams, and the downstream's client
+    end. The store checks the relay's invariant after every group commit."""
     net = SimNetwork(5, delay=0.001)
     async with (
         open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(5)) as client,
@@ -117,10 +117,22 @@ async def test_a_transaction_takes_a_held_flow_into_its_round(
         listener = server.listen(PORT, commit="manual")
         up_client = await client.connect(SERVER, PORT)
         upstream = await listener.accept()
-        await client.connect(SERVER, PORT)
+        down_client = await client.connect(SERVER, PORT)
         downstream = await listener.accept()
         store.relay = (upstream.flow_id, downstream.flow_id)
         await up_client.send_all(b"forward me")
+        yield server, upstream, downstream, down_client
+
+
+async def test_a_transaction_takes_a_held_flow_into_its_round(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The same, step by step: the downstream is held -- as a reader's ``receive_some``
+    holds it between taking bytes and resuming -- when the transaction applies; the
+    round takes both flows, and the transaction returns (before, the round left the held
+    flow for the next one, and ``apply`` waited for it as long as the hold lasted)."""
+    store = RelayCheckingStore()
+    async with relay_pair(store) as (server, upstream, downstream, _):
         data = await upstream.receive_some()
         runtime = server.runtime
         flow = downstream._flow
@@ -147,18 +159,7 @@ async def test_a_transaction_with_a_fenced_flow_lands_nowhere(
     with it, fenced off too (the new owner claims it next); before, the batch was
     retried without the upstream and the downstream's send became durable."""
     store = RelayCheckingStore()
-    net = SimNetwork(5, delay=0.001)
-    async with (
-        open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(5)) as client,
-        open_stack(net.attach(SERVER), [SERVER], store=store, rng=random.Random(6)) as server,
-    ):
-        listener = server.listen(PORT, commit="manual")
-        up_client = await client.connect(SERVER, PORT)
-        upstream = await listener.accept()
-        await client.connect(SERVER, PORT)
-        downstream = await listener.accept()
-        store.relay = (upstream.flow_id, downstream.flow_id)
-        await up_client.send_all(b"forward me")
+    async with relay_pair(store) as (server, upstream, downstream, _):
         data = await upstream.receive_some()
         epoch = await store.next_epoch()  # another instance, claiming the upstream first
         assert await store.claim_many([upstream.flow_id], epoch) == [upstream.flow_id]
@@ -181,17 +182,7 @@ async def test_a_transaction_with_a_lost_flow_lands_the_rest(
     the upstream is reset and never replayed, so nothing can be forwarded twice; the
     downstream's part of the transaction lands, and the downstream goes on."""
     store = RelayCheckingStore()
-    net = SimNetwork(5, delay=0.001)
-    async with (
-        open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(5)) as client,
-        open_stack(net.attach(SERVER), [SERVER], store=store, rng=random.Random(6)) as server,
-    ):
-        listener = server.listen(PORT, commit="manual")
-        up_client = await client.connect(SERVER, PORT)
-        upstream = await listener.accept()
-        down_client = await client.connect(SERVER, PORT)
-        downstream = await listener.accept()
-        await up_client.send_all(b"forward me")
+    async with relay_pair(store) as (server, upstream, downstream, down_client):
         data = await upstream.receive_some()
         store._flows[upstream.flow_id].version -= 1  # the store lost its last delta
         txn = server.transaction()
