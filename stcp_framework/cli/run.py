@@ -247,7 +247,7 @@ async def _serve(args: argparse.Namespace) -> None:
         drops = stack.runtime.drops
         tcp = stack.runtime.tcp_totals()
         line = (
-            "stcp: stopped"
+            (f"stcp: worker {index}: stopped" if args.workers > 1 else "stcp: stopped")
             + ("; " if stats else "")
             + ", ".join(f"{k}={v}" for k, v in sorted(stats.items()))
             + ("; drops: " + ", ".join(f"{r.value}={n}" for r, n in drops.items()) if drops else "")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -345,14 +346,19 @@ def parse_counters(stderr: str) -> dict[str, int]:
     return every[-1]
 
 
+STOPPED_LINE = re.compile(r"stcp: (?:worker \d+: )?stopped(?:; |$)")
+
+
 def all_counters(stderr: str) -> list[dict[str, int]]:
-    """Every ``stcp: stopped; ...`` line, in order (one per worker of ``--workers``);
-    the connections' own counters (its ``; tcp:`` part) as ``tcp.NAME``."""
+    """Every ``stcp: stopped; ...`` line, in order (``stcp: worker N: stopped; ...``,
+    one per worker, with ``--workers``); the connections' own counters (its ``; tcp:``
+    part) as ``tcp.NAME``."""
     out: list[dict[str, int]] = []
     for line in stderr.splitlines():
-        if line == "stcp: stopped" or line.startswith("stcp: stopped; "):
+        stopped = STOPPED_LINE.match(line)
+        if stopped:
             counters: dict[str, int] = {}
-            head, _, tcp = line[len("stcp: stopped; ") :].partition("; tcp: ")
+            head, _, tcp = line[stopped.end() :].partition("; tcp: ")
             parts = [(p, "") for p in head.replace("; drops: ", ", ").split(", ")]
             parts += [(p, "tcp.") for p in tcp.split(", ")] if tcp else []
             for part, prefix in parts:

@@ -375,6 +375,8 @@ async def test_two_workers_share_connections_and_survive_a_worker_kill(
     assert "stcp: worker 0 did not start (killed by SIGKILL): retrying" in stderr
     assert stderr.count("restarting") == 1, stderr[-2000:]  # no other worker died
     assert len(counters) == 2, stderr[-2000:]
+    for index in (0, 1):  # each worker's counters say whose they are
+        assert f"stcp: worker {index}: stopped; " in stderr, stderr[-2000:]
     forwarded = sum(c.get("forwarded", 0) for c in counters)
     forwarded_in = sum(c.get("forwarded_in", 0) for c in counters)
     report(
