@@ -97,8 +97,6 @@ arrivals let in, 54-88 MB with four steps, 36-45 MB with arrivals held too, and 
 ASYNC_BACKLOG_MAX = 1 << 20
 """Async durability: payload bytes queued for the store beyond which rounds wait for
 the commit task (back-pressure instead of an unbounded queue)."""
-FLUSH_POLLS, FLUSH_POLL_INTERVAL = 1000, 0.002
-"""``Runtime.flush`` checks this often whether the round ran (bounded: 2 s)."""
 STORE_RETRY_MIN, STORE_RETRY_MAX = 0.05, 0.25
 """Backoff between tries of a commit the store refused or timed out (G7), doubling: a
 store back from an outage sees the held deltas within STORE_RETRY_MAX, and then every
@@ -292,6 +290,7 @@ class Runtime:
         self._timer_scope: trio.CancelScope | None = None
         self._rounds_started = 0
         self._rounds_done = 0
+        self._round_waiters: list[tuple[int, trio.Event]] = []  # (round number, flush)
         self.durability = durability
         self._uncommitted: list[tuple[Flow, FlowDelta]] = []
         # Transactions over several flows (touch_together): those no round has drained
@@ -883,8 +882,20 @@ class Runtime:
         if self._time_wait:
             self._freeze_time_wait()
         self._rounds_done += 1
+        if self._round_waiters:
+            self._wake_round_waiters()
         if self._closed_flows:
             self._forget_closed()
+
+    def _wake_round_waiters(self) -> None:
+        done = self._rounds_done
+        waiting = []
+        for target, event in self._round_waiters:
+            if done >= target:
+                event.set()
+            else:
+                waiting.append((target, event))
+        self._round_waiters = waiting
 
     def _link_drained(self) -> None:
         """The transactions this round drained: each member's part is in its newest delta
@@ -1261,16 +1272,15 @@ class Runtime:
     async def flush(self) -> None:
         """Until one more round drained, committed and sent what the app's last calls
         left -- an ``aclose()``'s FIN, say. ``open_stack`` calls it, within a time limit
-        (a store that does not answer holds the round), when its block ends."""
+        (a store that does not answer holds the round), when its block ends; the caller
+        bounds the wait."""
         if not (self._dirty or self._pending_raw):
             await trio.lowlevel.checkpoint()
             return
-        target = self._rounds_started + 1
+        done = trio.Event()
+        self._round_waiters.append((self._rounds_started + 1, done))
         self._tx_wakeup.set()
-        for _ in range(FLUSH_POLLS):  # (a round takes a scheduler step or a commit)
-            if self._rounds_done >= target:
-                return
-            await trio.sleep(FLUSH_POLL_INTERVAL)
+        await done.wait()
 
     def touch(self, flow: Flow) -> None:
         """An application call changed ``flow``'s machine: transmit what it produced."""

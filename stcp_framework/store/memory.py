@@ -133,39 +133,52 @@ class MemoryStore:
         self.commit_sync(batch)
 
     def commit_sync(self, batch: Sequence[FlowDelta]) -> None:
-        """Apply a group commit. Fencing is checked for the whole batch first, then
-        that each delta follows its flow's version (as the Redis script does: else
-        ``FlowLost``; here it catches a stack that skipped a version), then gaps
-        (``_check_gaps``); nothing is written unless every item passes."""
+        """Apply a group commit. Every item is checked first, following each flow's
+        version and stream ends through the batch in order, as the Redis script does:
+        fencing, then that each delta follows its flow's version (else ``FlowLost``;
+        here it catches a stack that skipped a version), then that no append leaves a
+        gap (``ValueError``); nothing is written unless every item passes."""
         flows = self._flows
         fenced: list[str] = []
         skipped: list[str] = []
-        running: dict[str, int] = {}  # flow -> version after the batch's deltas so far
-        appends = False  # only appends can leave a gap
+        gap: str | None = None
+        running: dict[str, list[int]] = {}  # flow -> [version, rx end, tx end] so far
         for item in batch:
             flow = flows.get(item.flow_id)
             if flow is not None and item.epoch < flow.epoch:
                 fenced.append(item.flow_id)
                 continue
+            state = running.get(item.flow_id)
+            if state is None:
+                state = running[item.flow_id] = (
+                    [flow.version, flow.rx.end, flow.tx.end] if flow else [0, 0, 0]
+                )
             version = item.delta.version
-            stored = running.get(item.flow_id, flow.version if flow is not None else 0)
-            if version > stored + 1:
+            if version > state[0] + 1:
                 skipped.append(item.flow_id)  # (Redis: "no TCB" for a first one, same)
-            elif version > stored:
-                running[item.flow_id] = version
-            if not appends:
-                for op in item.delta.ops:
-                    if type(op) is RxAppend or type(op) is TxAppend:
-                        appends = True
-                        break
+                continue
+            if version <= state[0]:
+                continue  # already applied (a retried batch)
+            state[0] = version
+            for op in item.delta.ops:
+                kind = type(op)
+                if kind is RxTrim or kind is TxTrim:
+                    side = 1 if kind is RxTrim else 2
+                    state[side] = max(state[side], op.below)  # type: ignore[union-attr]
+                elif kind is RxAppend or kind is TxAppend:
+                    side = 1 if kind is RxAppend else 2
+                    offset, size = op.offset, len(op.data)  # type: ignore[union-attr]
+                    if offset > state[side] and gap is None:
+                        gap = f"gap in stream: append at {offset}, have up to {state[side]}"
+                    state[side] = max(state[side], offset + size)
         if fenced:
             raise FencedOut(f"stale epoch for {', '.join(fenced[:5])}", fenced)
         if skipped:
             raise FlowLost(
                 list(dict.fromkeys(skipped)), "a delta does not follow the stored version"
             )
-        if appends:
-            self._check_gaps(batch)
+        if gap is not None:
+            raise ValueError(gap)
         for item in batch:
             flow = flows.get(item.flow_id)
             if flow is None:
@@ -190,37 +203,6 @@ class MemoryStore:
                     flow.app_state = op.state  # type: ignore[union-attr]
             flow.version = delta.version
         self.commits += 1
-
-    def _check_gaps(self, batch: Sequence[FlowDelta]) -> None:
-        """Refuse the whole batch if an append would leave a gap (nothing is written),
-        following each flow's stream ends and version through the batch in order, as
-        the Redis script does."""
-        running: dict[str, list[int]] = {}  # flow -> [rx end, tx end, version]
-        for item in batch:
-            state = running.get(item.flow_id)
-            if state is None:
-                flow = self._flows.get(item.flow_id)
-                state = running[item.flow_id] = (
-                    [flow.rx.end, flow.tx.end, flow.version] if flow else [0, 0, 0]
-                )
-            delta = item.delta
-            if delta.version <= state[2]:
-                continue
-            for op in delta.ops:
-                kind = type(op)
-                if kind is RxTrim or kind is TxTrim:
-                    side = 0 if kind is RxTrim else 1
-                    state[side] = max(state[side], op.below)  # type: ignore[union-attr]
-                    continue
-                side = 0 if kind is RxAppend else 1 if kind is TxAppend else -1
-                if side >= 0:
-                    offset, size = op.offset, len(op.data)  # type: ignore[union-attr]
-                    if offset > state[side]:
-                        raise ValueError(
-                            f"gap in stream: append at {offset}, have up to {state[side]}"
-                        )
-                    state[side] = max(state[side], offset + size)
-            state[2] = delta.version
 
     async def claim_many(self, flow_ids: Sequence[str], epoch: int) -> list[str]:
         claimed = []
