@@ -69,13 +69,22 @@ from ..tcp.isn import IssGenerator
 from ..tcp.machine import Connection
 from ..tcp.state import TcpState
 from ..tcp.step import OutSegment
+from ..tcp.syncookie import (
+    COOKIE_PERIOD,
+    MAX_COOKIE_AGE,
+    SynCookies,
+    cookie_tsval,
+    options_from_tsecr,
+    tsval_at,
+    tuple_bytes,
+)
 from ..tcp.timewait import new_syn_acceptable
 from ..wire.drop import DropReason, MalformedPacket
 from ..wire.fmt import endpoint_text
 from ..wire.icmp import parse_too_big_untrusted
 from ..wire.packet import build_packet, parse_packet_untrusted
-from ..wire.seq import Seq, seq_le, seq_lt
-from ..wire.tcp import ACK, NO_OPTIONS, RST, SYN, Packet, TcpSegment
+from ..wire.seq import SEQ_MASK, Seq, seq_le, seq_lt
+from ..wire.tcp import ACK, NO_OPTIONS, RST, SYN, Packet, TcpOptions, TcpSegment
 from .clock import machine_clock_skew
 from .flows import Flow, FlowKey, flow_id_of
 from .recovery import restore_flows
@@ -193,7 +202,11 @@ class Runtime:
         sources: The sources of regenerable sends (``Stream.send_from``) other than
             files, so a restore can read their unacknowledged bytes again.
         rng: Source of ephemeral ports (injected so tests are deterministic).
-        iss_secret: Key of the RFC 6528 ISS function.
+        iss_secret: Key of the RFC 6528 ISS function (and of the SYN cookies).
+        syn_backlog: Half-open plus not yet accepted connections per listener.
+        syn_cookies: Answer SYNs with a SYN cookie (``tcp/syncookie.py``) when a
+            listener's backlog is full, as Linux's ``tcp_syncookies = 1`` does, instead
+            of dropping them: a SYN flood then keeps nothing and holds no one out.
         unclaimed_grace: Seconds a restored stream waits to be taken -- by a listener
             on its port, or by ``Stack.reattach`` -- before it is reset, so a stream
             no app takes back does not hold its peer and the store for ever.
@@ -212,6 +225,7 @@ class Runtime:
         rng: random.Random | None = None,
         iss_secret: bytes | None = None,
         syn_backlog: int = DEFAULT_SYN_BACKLOG,
+        syn_cookies: bool = True,
         durability: str = "strict",
         instance: str = "default",
         sources: Iterable[Source] = (),
@@ -267,6 +281,8 @@ class Runtime:
         self._iss_secret = iss_secret if iss_secret is not None else os.urandom(16)
         self._iss_of = IssGenerator(self._iss_secret)
         self._syn_backlog = syn_backlog
+        self._cookies = SynCookies(self._iss_secret) if syn_cookies else None
+        self._cookies_until = -math.inf  # cookie ACKs are looked at until then
         self.flows: dict[FlowKey, Flow] = {}
         self.listeners: dict[int, Listener] = {}
         self.stats: Counter[str] = Counter()
@@ -607,7 +623,10 @@ class Runtime:
         listener = self.listeners.get(seg.dst_port)
         if seg.flags & (SYN | ACK | RST) == SYN and listener is not None and not listener.closed:
             if listener.half_open + len(listener.queue) >= listener.backlog:
-                self.drops[DropReason.BACKLOG_FULL] += 1
+                if self._cookies is not None and len(listener.queue) < listener.backlog:
+                    self._answer_with_cookie(pkt, key, listener, now)
+                else:
+                    self.drops[DropReason.BACKLOG_FULL] += 1
                 return
             config = self._configs[pkt.version == 6, listener.manual_commit]
             conn = Connection.open_passive(
@@ -628,6 +647,14 @@ class Runtime:
             self.flows[key] = flow
             self.stats["passive_opens"] += 1
             self._mark(flow)
+            return
+        if (
+            now < self._cookies_until
+            and seg.flags & (SYN | ACK | RST) == ACK
+            and listener is not None
+            and not listener.closed
+            and self._open_from_cookie(pkt, key, listener, now)
+        ):
             return
         if self._pass_on(buf, hops):
             return
@@ -657,6 +684,97 @@ class Runtime:
         self.stats["rst_sent"] += 1
         self._pending_raw.append(packet)
         self._tx_wakeup.set()
+
+    def _answer_with_cookie(
+        self, pkt: Packet, key: FlowKey, listener: Listener, now: float
+    ) -> None:
+        """SYN-ACK a SYN that the full backlog has no room for, with a SYN cookie for its
+        ISS and its options in our TSval (``tcp/syncookie.py``); nothing is kept. Without
+        timestamps the cookie cannot carry window scaling and SACK: not offered then."""
+        assert self._cookies is not None
+        seg = pkt.tcp
+        remote, rport, local, lport = key
+        config = self._configs[pkt.version == 6, listener.manual_commit]
+        opts = seg.options
+        iss, mss = self._cookies.make(
+            now, tuple_bytes(local, lport, remote, rport), seg.seq, opts.mss
+        )
+        offset = self._rng.getrandbits(32)
+        if opts.timestamps is not None and config.timestamps:
+            wscale = opts.wscale if config.window_scaling else None
+            tsval = cookie_tsval(tsval_at(now, offset), wscale, opts.sack_permitted and config.sack)
+            offset = (tsval - tsval_at(now, 0)) & SEQ_MASK
+            syn = seg._replace(options=opts._replace(mss=mss))
+        else:
+            syn = seg._replace(options=TcpOptions(mss=mss))
+        conn = Connection.open_passive(syn, now=now, config=config, iss=iss, tsval_offset=offset)
+        for out in conn.drain().segments:  # the SYN-ACK
+            self._pending_raw.append(
+                build_packet(
+                    local,
+                    remote,
+                    lport,
+                    rport,
+                    out.seq,
+                    out.ack,
+                    out.flags,
+                    out.window,
+                    out.options,
+                    b"",
+                    offload_checksum=self._offload_checksum,
+                )
+            )
+        self.stats["syn_cookies_sent"] += 1
+        self._cookies_until = now + COOKIE_PERIOD * MAX_COOKIE_AGE
+        self._tx_wakeup.set()
+
+    def _open_from_cookie(self, pkt: Packet, key: FlowKey, listener: Listener, now: float) -> bool:
+        """An ACK for no flow, while cookies were sent lately: if it returns one of our
+        cookies, the connection it completes (``Connection.from_syn_cookie``), handed
+        to the listener; True if it did, or if the accept queue had no room for it
+        (dropped: the peer sends it again)."""
+        assert self._cookies is not None
+        seg = pkt.tcp
+        remote, rport, local, lport = key
+        irs = (seg.seq - 1) & SEQ_MASK
+        iss = (seg.ack - 1) & SEQ_MASK
+        mss = self._cookies.check(now, tuple_bytes(local, lport, remote, rport), irs, iss)
+        if mss is None:
+            return False
+        ts = seg.options.timestamps
+        if ts is not None:
+            wscale, sack = options_from_tsecr(ts[1])
+            offset = (ts[1] - tsval_at(now, 0)) & SEQ_MASK
+        else:
+            wscale, sack, offset = None, False, self._rng.getrandbits(32)
+        if len(listener.queue) >= listener.backlog:
+            self.drops[DropReason.BACKLOG_FULL] += 1
+            return True
+        syn = seg._replace(
+            seq=irs,
+            ack=0,
+            flags=SYN,
+            payload=b"",
+            options=TcpOptions(
+                mss=mss,
+                wscale=wscale,
+                sack_permitted=sack,
+                timestamps=None if ts is None else (ts[0], 0),
+            ),
+        )
+        config = self._configs[pkt.version == 6, listener.manual_commit]
+        conn = Connection.from_syn_cookie(
+            syn, seg, now=now, config=config, iss=Seq(iss), tsval_offset=offset
+        )
+        if conn.tcb.state is TcpState.SYN_RECEIVED:
+            return False  # the ACK was not acceptable after all: as for no flow
+        flow = Flow(key=key, flow_id=flow_id_of(key, conn.tcb.iss), conn=conn, listener_port=lport)
+        self.flows[key] = flow
+        self.stats["passive_opens"] += 1
+        self.stats["syn_cookies_accepted"] += 1
+        self._mark(flow)
+        self._accept_early(flow)
+        return True
 
     def _iss(self, now: float, key: FlowKey) -> Seq:
         remote, rport, local, lport = key

@@ -341,6 +341,34 @@ class Connection:
         return c
 
     @classmethod
+    def from_syn_cookie(
+        cls,
+        syn: TcpSegment,
+        ack: TcpSegment,
+        *,
+        now: float,
+        config: TcpConfig,
+        iss: Seq,
+        tsval_offset: int,
+    ) -> Connection:
+        """The ACK of a SYN-ACK we sent with a SYN cookie (``tcp/syncookie.py``): the
+        connection as if ``syn`` -- rebuilt from the cookie, its options from the ACK's
+        TSecr -- had been kept in SYN-RECEIVED, then ``ack`` arriving; ESTABLISHED if
+        the ACK is acceptable. Its first delta is the whole record, as after a SYN.
+
+        Args:
+            iss: The cookie (SEG.ACK - 1 of ``ack``).
+            tsval_offset: So that our TSval now is the one the SYN-ACK carried, which
+                the peer echoes in TSecr: our timestamps go on from there.
+        """
+        c = cls(now=now, config=config, iss=iss, tsval_offset=tsval_offset)
+        _listen.accept_syn(c, syn, now)
+        c._out.clear()  # that SYN-ACK left long ago, statelessly, with the cookie
+        c.rtt_offset = None  # (its send time is unknown: no RTT sample from it)
+        c.on_segment(ack, now)
+        return c
+
+    @classmethod
     def restore(
         cls,
         tcb: Tcb,

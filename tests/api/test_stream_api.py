@@ -305,9 +305,11 @@ async def test_cancelled_connect_leaves_no_flow(autojump_clock: trio.testing.Moc
 async def test_listener_backlog_drops_and_counts_extra_syns(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """SYNs beyond the backlog are dropped (Linux), the clients get in on retransmission."""
+    """SYNs beyond the backlog are dropped (Linux), the clients get in on retransmission
+    -- with SYN cookies off (``syn_cookies=False``; ``test_syn_cookies.py`` has them)."""
     with trio.fail_after(BUDGET):
         async with open_sim_pair(21) as pair:
+            pair.server.runtime._cookies = None
             listener = pair.server.listen(PORT, backlog=2)
             streams: list[Stream] = []
 

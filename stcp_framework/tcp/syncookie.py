@@ -1,0 +1,138 @@
+"""SYN cookies (RFC 4987 §3.6): a SYN-ACK whose ISS carries what the connection needs,
+so that a listener whose SYN backlog is full still answers every SYN and keeps nothing
+for it; the peer's ACK brings the connection back.
+
+The layout is Linux's (``net/ipv4/syncookies.c``)::
+
+    ISS = H1(4-tuple) + SEG.SEQ + (count << 24) + ((H2(4-tuple, count) + mss_index) mod 2^24)
+
+``count`` is the time in ``COOKIE_PERIOD`` steps, ``H1``/``H2`` are keyed hashes (BLAKE2s
+with the stack's secret, as the RFC 6528 ISS), and ``mss_index`` picks the largest entry
+of ``MSS_TABLE`` that the peer's MSS allows. A cookie is good for ``MAX_COOKIE_AGE``
+periods. The other SYN options ride in the low bits of our SYN-ACK's TSval, which the
+peer echoes in TSecr (RFC 7323 §4.3): window scale (4 bits, 15 = none) and
+SACK-permitted (1 bit). A peer without timestamps gets neither: the cookie cannot carry
+them (Linux does the same).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import NamedTuple
+
+from ..wire.seq import SEQ_MASK, Seq
+from ._listen import DEFAULT_MSS
+
+COOKIE_PERIOD = 64.0
+"""Seconds per ``count`` step (Linux: 64 s, ``tcp_cookie_time``)."""
+MAX_COOKIE_AGE = 2
+"""Steps a cookie stays good: one to two periods (Linux ``MAX_SYNCOOKIE_AGE``)."""
+COUNT_BITS = 8
+COOKIE_BITS = 24
+COOKIE_MASK = (1 << COOKIE_BITS) - 1
+MSS_TABLE = (536, 1220, 1300, 1440, 1460, 8940, 16384, 64940)
+"""The MSS values a cookie can name (3 bits): Linux's common Ethernet and tunnel values,
+and jumbo and large-MTU ones -- a TUN device at MTU 65000 (IPv4 MSS 64960, IPv6 64940)
+keeps its large segments. A peer's MSS between two entries gets the lower one."""
+TS_OPTION_BITS = 6
+TS_OPTION_MASK = (1 << TS_OPTION_BITS) - 1
+NO_WSCALE = 0xF
+SACK_BIT = 0x10
+
+
+class CookieOptions(NamedTuple):
+    """What a valid cookie gives back of the peer's SYN."""
+
+    mss: int
+    wscale: int | None
+    sack_permitted: bool
+    timestamps: bool
+
+
+class SynCookies:
+    """Makes and checks SYN cookies with one secret (the stack's)."""
+
+    def __init__(self, secret: bytes) -> None:
+        key = secret if len(secret) <= 32 else hashlib.blake2s(secret).digest()
+        self._h1 = hashlib.blake2s(key=key, digest_size=4, person=b"stcpck1")
+        self._h2 = hashlib.blake2s(key=key, digest_size=4, person=b"stcpck2")
+
+    def _hash(self, proto: hashlib.blake2s, four_tuple: bytes, count: int | None) -> int:
+        h = proto.copy()
+        h.update(four_tuple)
+        if count is not None:
+            h.update(count.to_bytes(1, "big"))
+        return int.from_bytes(h.digest(), "big")
+
+    def make(
+        self, now: float, four_tuple: bytes, irs: int, peer_mss: int | None
+    ) -> tuple[Seq, int]:
+        """The cookie ISS for a SYN with sequence number ``irs`` and MSS ``peer_mss``.
+
+        Args:
+            now: The stack's clock, in seconds.
+            four_tuple: ``tuple_bytes(...)`` of the connection.
+            irs: The SYN's SEG.SEQ.
+            peer_mss: The MSS the SYN offered; ``None``: it sent none (536, RFC 9293).
+
+        Returns:
+            ``(iss, mss)``: the cookie, and the MSS it encodes (at most ``peer_mss``).
+        """
+        if peer_mss is None:
+            peer_mss = DEFAULT_MSS
+        index = 0
+        for i, value in enumerate(MSS_TABLE):
+            if value <= peer_mss:
+                index = i
+        count = _count(now)
+        low = (self._hash(self._h2, four_tuple, count) + index) & COOKIE_MASK
+        iss = self._hash(self._h1, four_tuple, None) + irs + (count << COOKIE_BITS) + low
+        return Seq(iss & SEQ_MASK), MSS_TABLE[index]
+
+    def check(self, now: float, four_tuple: bytes, irs: int, cookie: int) -> int | None:
+        """The MSS a cookie encodes, or ``None`` if it is not one of ours, or too old.
+
+        Args:
+            irs: The ACK's SEG.SEQ - 1 (the SYN's sequence number).
+            cookie: The ACK's SEG.ACK - 1 (our ISS).
+        """
+        rest = (cookie - self._hash(self._h1, four_tuple, None) - irs) & SEQ_MASK
+        count = _count(now)
+        age = (count - (rest >> COOKIE_BITS)) & ((1 << COUNT_BITS) - 1)
+        if age >= MAX_COOKIE_AGE:
+            return None
+        made = (count - age) & ((1 << COUNT_BITS) - 1)
+        index = (rest - self._hash(self._h2, four_tuple, made)) & COOKIE_MASK
+        return MSS_TABLE[index] if index < len(MSS_TABLE) else None
+
+
+def _count(now: float) -> int:
+    return int(now // COOKIE_PERIOD) & ((1 << COUNT_BITS) - 1)
+
+
+def tuple_bytes(local: bytes, local_port: int, remote: bytes, remote_port: int) -> bytes:
+    """The 4-tuple as the cookie hashes see it (packed addresses, big-endian ports)."""
+    return local + local_port.to_bytes(2, "big") + remote + remote_port.to_bytes(2, "big")
+
+
+def tsval_at(now: float, tsval_offset: int) -> int:
+    """Our TSval at ``now`` with a connection's ``tsval_offset`` (``Connection.tsval``)."""
+    return (int(now * 1000) + tsval_offset) & SEQ_MASK
+
+
+def cookie_tsval(tsval: int, wscale: int | None, sack_permitted: bool) -> int:
+    """Our SYN-ACK's TSval with the options in its low bits: ``tsval`` rounded down, so
+    that our TSvals never go back (the next segments use the clock again)."""
+    options = (NO_WSCALE if wscale is None else wscale) | (SACK_BIT if sack_permitted else 0)
+    value = (tsval & ~TS_OPTION_MASK) | options
+    if value > tsval & SEQ_MASK:
+        value -= 1 << TS_OPTION_BITS  # (from the period before: never ahead of the clock)
+    return value & SEQ_MASK
+
+
+def options_from_tsecr(tsecr: int) -> tuple[int | None, bool]:
+    """``(wscale, sack_permitted)`` from the TSecr of the ACK that returns a cookie (a
+    shift above 14 is clamped there, RFC 7323 §2.3, as from a SYN)."""
+    bits = tsecr & TS_OPTION_MASK
+    wscale = bits & 0xF
+    return (None if wscale == NO_WSCALE else wscale), bool(bits & SACK_BIT)
