@@ -691,22 +691,9 @@ class Runtime:
         """SYN-ACK a SYN that the full backlog has no room for, with a SYN cookie for its
         ISS and its options in our TSval (``tcp/syncookie.py``); nothing is kept. Without
         timestamps the cookie cannot carry window scaling and SACK: not offered then."""
-        assert self._cookies is not None
-        seg = pkt.tcp
         remote, rport, local, lport = key
         config = self._configs[pkt.version == 6, listener.manual_commit]
-        opts = seg.options
-        iss, mss = self._cookies.make(
-            now, tuple_bytes(local, lport, remote, rport), seg.seq, opts.mss
-        )
-        offset = self._rng.getrandbits(32)
-        if opts.timestamps is not None and config.timestamps:
-            wscale = opts.wscale if config.window_scaling else None
-            tsval = cookie_tsval(tsval_at(now, offset), wscale, opts.sack_permitted and config.sack)
-            offset = (tsval - tsval_at(now, 0)) & SEQ_MASK
-            syn = seg._replace(options=opts._replace(mss=mss))
-        else:
-            syn = seg._replace(options=TcpOptions(mss=mss))
+        syn, iss, offset = self._cookie_for(pkt, key, config, now)
         conn = Connection.open_passive(syn, now=now, config=config, iss=iss, tsval_offset=offset)
         for out in conn.drain().segments:  # the SYN-ACK
             self._pending_raw.append(
@@ -727,6 +714,28 @@ class Runtime:
         self.stats["syn_cookies_sent"] += 1
         self._cookies_until = now + COOKIE_PERIOD * MAX_COOKIE_AGE
         self._tx_wakeup.set()
+
+    def _cookie_for(
+        self, pkt: Packet, key: FlowKey, config: TcpConfig, now: float
+    ) -> tuple[TcpSegment, Seq, int]:
+        """A SYN cookie for the SYN ``pkt``: the SYN as the cookie can give it back (its
+        MSS a table value; without timestamps no window scale and no SACK), the ISS,
+        and the TSval offset that puts the options in our SYN-ACK's TSval."""
+        assert self._cookies is not None
+        seg = pkt.tcp
+        remote, rport, local, lport = key
+        opts = seg.options
+        iss, mss = self._cookies.make(
+            now, tuple_bytes(local, lport, remote, rport), seg.seq, opts.mss
+        )
+        offset = self._rng.getrandbits(32)
+        if opts.timestamps is not None and config.timestamps:
+            wscale = opts.wscale if config.window_scaling else None
+            sack = opts.sack_permitted and config.sack
+            tsval = cookie_tsval(tsval_at(now, offset), wscale, sack)
+            offset = (tsval - tsval_at(now, 0)) & SEQ_MASK
+            return seg._replace(options=opts._replace(mss=mss)), iss, offset
+        return seg._replace(options=TcpOptions(mss=mss)), iss, offset
 
     def _open_from_cookie(self, pkt: Packet, key: FlowKey, listener: Listener, now: float) -> bool:
         """An ACK for no flow, while cookies were sent lately: if it returns one of our
@@ -1154,22 +1163,29 @@ class Runtime:
             # of its transactions land.
             failed = self._linked_to(failed)
         reasons = exc.reasons if isinstance(exc, FlowLost) else {}
-        for flow, _ in items:
+        for flow, item in items:
             if flow.flow_id not in failed:
                 continue
-            error = exc
-            if flow.flow_id not in named:
-                error = FencedOut(
-                    f"{flow.flow_id}: let go with a flow of one of its transactions, "
-                    f"which another instance owns ({', '.join(sorted(named)[:3])})",
-                    [flow.flow_id],
-                )
             # Fenced: the store is not ours to clean up. Lost: what it still holds of
             # the flow (an older state, a part of one) is ours and of no use -- the
             # forget, epoch-checked, removes it, so that no later start restores it.
             forget = reset and flow.forgettable
             flow.forgettable = flow.forget_pending = False  # (and once per flow)
-            if not flow.closed:
+            if flow.closed:
+                # A delta of a connection that had ended -- a commit on a finished
+                # stream, say a relay's last forward, after its record was forgotten:
+                # nothing for it to land on, and no restart will ask for it. Moot: its
+                # waiters return as for a stored one (they raised, or waited for ever).
+                flow.durable_version = max(flow.durable_version, item.delta.version)
+                flow.lot.unpark_all()
+            else:
+                error = exc
+                if flow.flow_id not in named:
+                    error = FencedOut(
+                        f"{flow.flow_id}: let go with a flow of one of its transactions, "
+                        f"which another instance owns ({', '.join(sorted(named)[:3])})",
+                        [flow.flow_id],
+                    )
                 logger.warning("[%s] %s", flow.flow_id, reasons.get(flow.flow_id, error))
                 if reset:
                     self.stats["flows_lost"] += 1
@@ -1476,10 +1492,10 @@ class Runtime:
             return
         if target is None:
             target = self.durable_target(flow)
-        if flow.durable_version >= target or flow.closed:
+        if flow.durable_version >= target or self._settled(flow):
             await trio.lowlevel.checkpoint()
         else:
-            while flow.durable_version < target and not flow.closed:
+            while flow.durable_version < target and not self._settled(flow):
                 await flow.lot.park()
         if flow.durable_version < target:
             error = flow.error
@@ -1487,6 +1503,14 @@ class Runtime:
             raise trio.BrokenResourceError(
                 f"the connection ended before this was durable: {why}"
             ) from error
+
+    @staticmethod
+    def _settled(flow: Flow) -> bool:
+        """Whether ``flow`` will get no more durable versions: it is gone, and no delta
+        of it is on its way to the store -- a connection that closed in the round that
+        drained its last delta is still committed by it (``_commit`` moves its durable
+        version and wakes its waiters); one the store refused (fenced, lost) never is."""
+        return flow.closed and (isinstance(flow.error, StoreError) or not flow.undurable())
 
     def listen(
         self, port: int, backlog: int | None = None, *, manual_commit: bool = False

@@ -2,17 +2,25 @@
 so that a listener whose SYN backlog is full still answers every SYN and keeps nothing
 for it; the peer's ACK brings the connection back.
 
-The layout is Linux's (``net/ipv4/syncookies.c``)::
+The layout is Linux's (``net/ipv4/syncookies.c``), but for where the SYN's SEG.SEQ goes::
 
-    ISS = H1(4-tuple) + SEG.SEQ + (count << 24) + ((H2(4-tuple, count) + mss_index) mod 2^24)
+    ISS = H1(4-tuple) + (count << 24) + ((H2(4-tuple, count, SEG.SEQ) + mss_index * 2^21) mod 2^24)
 
 ``count`` is the time in ``COOKIE_PERIOD`` steps, ``H1``/``H2`` are keyed hashes (BLAKE2s
 with the stack's secret, as the RFC 6528 ISS), and ``mss_index`` picks the largest entry
-of ``MSS_TABLE`` that the peer's MSS allows. A cookie is good for ``MAX_COOKIE_AGE``
-periods. The other SYN options ride in the low bits of our SYN-ACK's TSval, which the
-peer echoes in TSecr (RFC 7323 §4.3): window scale (4 bits, 15 = none) and
-SACK-permitted (1 bit). A peer without timestamps gets neither: the cookie cannot carry
-them (Linux does the same).
+of ``MSS_TABLE`` that the peer's MSS allows. Linux adds SEG.SEQ to the sum, so only
+SEG.ACK - SEG.SEQ of the returning ACK is checked: any later segment of the same
+connection whose two numbers moved alike -- an echo's, which answers byte for byte --
+passes too. Here a segment for no flow is common (a connection reset for a lost store
+record, one forgotten after its close), and such a segment must not become a connection
+that starts in the middle of a stream: SEG.SEQ goes through the hash, so only the
+segment right after the SYN, SEG.SEQ = ISN + 1, can return the cookie; and the MSS index
+is spread over the top bits of the low part (Linux adds it as is), so that a SEG.ACK a few
+bytes past the cookie -- a server that had sent something -- does not pass as another
+index. A cookie is good for ``MAX_COOKIE_AGE`` periods. The other SYN options ride in
+the low bits of our SYN-ACK's TSval, which the peer echoes in TSecr (RFC 7323 §4.3):
+window scale (4 bits, 15 = none) and SACK-permitted (1 bit). A peer without timestamps
+gets neither: the cookie cannot carry them (Linux does the same).
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ MAX_COOKIE_AGE = 2
 COUNT_BITS = 8
 COOKIE_BITS = 24
 COOKIE_MASK = (1 << COOKIE_BITS) - 1
+INDEX_STRIDE = 1 << (COOKIE_BITS - 3)  # 8 MSS indexes over the 24 low bits
 MSS_TABLE = (536, 1220, 1300, 1440, 1460, 8940, 16384, 64940)
 """The MSS values a cookie can name (3 bits): Linux's common Ethernet and tunnel values,
 and jumbo and large-MTU ones -- a TUN device at MTU 65000 (IPv4 MSS 64960, IPv6 64940)
@@ -57,11 +66,13 @@ class SynCookies:
         self._h1 = hashlib.blake2s(key=key, digest_size=4, person=b"stcpck1")
         self._h2 = hashlib.blake2s(key=key, digest_size=4, person=b"stcpck2")
 
-    def _hash(self, proto: hashlib.blake2s, four_tuple: bytes, count: int | None) -> int:
+    def _hash(
+        self, proto: hashlib.blake2s, four_tuple: bytes, count: int = -1, irs: int = 0
+    ) -> int:
         h = proto.copy()
         h.update(four_tuple)
-        if count is not None:
-            h.update(count.to_bytes(1, "big"))
+        if count >= 0:
+            h.update(count.to_bytes(1, "big") + irs.to_bytes(4, "big"))
         return int.from_bytes(h.digest(), "big")
 
     def make(
@@ -85,8 +96,8 @@ class SynCookies:
             if value <= peer_mss:
                 index = i
         count = _count(now)
-        low = (self._hash(self._h2, four_tuple, count) + index) & COOKIE_MASK
-        iss = self._hash(self._h1, four_tuple, None) + irs + (count << COOKIE_BITS) + low
+        low = (self._hash(self._h2, four_tuple, count, irs) + index * INDEX_STRIDE) & COOKIE_MASK
+        iss = self._hash(self._h1, four_tuple) + (count << COOKIE_BITS) + low
         return Seq(iss & SEQ_MASK), MSS_TABLE[index]
 
     def check(self, now: float, four_tuple: bytes, irs: int, cookie: int) -> int | None:
@@ -96,14 +107,15 @@ class SynCookies:
             irs: The ACK's SEG.SEQ - 1 (the SYN's sequence number).
             cookie: The ACK's SEG.ACK - 1 (our ISS).
         """
-        rest = (cookie - self._hash(self._h1, four_tuple, None) - irs) & SEQ_MASK
+        rest = (cookie - self._hash(self._h1, four_tuple)) & SEQ_MASK
         count = _count(now)
         age = (count - (rest >> COOKIE_BITS)) & ((1 << COUNT_BITS) - 1)
         if age >= MAX_COOKIE_AGE:
             return None
         made = (count - age) & ((1 << COUNT_BITS) - 1)
-        index = (rest - self._hash(self._h2, four_tuple, made)) & COOKIE_MASK
-        return MSS_TABLE[index] if index < len(MSS_TABLE) else None
+        spread = (rest - self._hash(self._h2, four_tuple, made, irs & SEQ_MASK)) & COOKIE_MASK
+        index, off = divmod(spread, INDEX_STRIDE)
+        return MSS_TABLE[index] if off == 0 and index < len(MSS_TABLE) else None
 
 
 def _count(now: float) -> int:

@@ -85,6 +85,16 @@ async def test_a_client_gets_through_a_syn_flood_with_cookies(
             assert await stream.receive_some() == b"answer"
         record = server.runtime.store.load_sync(served.flow_id)  # type: ignore[attr-defined]
         assert record is not None  # stored, as any connection, once established
+        # The flow gone (as after a lost store record): the client's next segment is
+        # for no flow, while cookies are still recent -- it must get a RST, not come
+        # back as a connection from the middle of its stream (both its numbers moved
+        # alike, which a cookie summed as Linux's would take).
+        runtime._remove_flow(served._flow)
+        await stream.send_all(b"more")
+        with pytest.raises(trio.BrokenResourceError), trio.fail_after(5):
+            await stream.receive_some()
+        assert runtime.stats["syn_cookies_accepted"] == 1
+        assert runtime.stats["rst_sent"] >= 1
 
 
 async def test_a_burst_past_the_backlog_gets_cookies_and_every_client_is_served(

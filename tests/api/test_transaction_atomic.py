@@ -23,6 +23,7 @@ import trio.testing
 from stcp_framework import MemoryStore, Stack, Stream, open_stack
 from stcp_framework.link.sim import SimNetwork
 from stcp_framework.store.base import FlowDelta
+from stcp_framework.tcp.state import TcpState
 
 CLIENT, SERVER, PORT = "198.18.0.1", "198.18.0.2", 7
 
@@ -198,3 +199,42 @@ async def test_a_transaction_with_a_lost_flow_lands_the_rest(
             assert await down_client.receive_some() == b"forward me"
         await downstream.send_all(b"still here")
         assert server.runtime._links == []
+
+
+async def test_a_transaction_that_commits_a_finished_stream_returns(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A relay forwards the last bytes of a stream whose connection has ended by then --
+    both FINs exchanged, CLOSED, its record forgotten -- and commits them: that commit
+    has nothing to land on, and no restart will ask for it. ``apply`` returns and the
+    forward lands (found by the crash fuzz, seeds 2481073, 2488877, 2492354: the commit
+    raised, or waited for ever, and the relay reset its client)."""
+    store = MemoryStore()
+    net = SimNetwork(9, delay=0.001)
+    async with (
+        open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(9)) as client,
+        open_stack(net.attach(SERVER), [SERVER], store=store, rng=random.Random(10)) as server,
+    ):
+        listener = server.listen(PORT, commit="manual")
+        up_client = await client.connect(SERVER, PORT)
+        upstream = await listener.accept()
+        down_client = await client.connect(SERVER, PORT)
+        downstream = await listener.accept()
+        await down_client.send_all(b"the tail")
+        await down_client.send_eof()
+        data = b""
+        while chunk := await downstream.receive_some():
+            data += chunk
+        await downstream.send_eof()  # its FIN: the peer closes too
+        await down_client.aclose()
+        await trio.sleep(1)
+        assert downstream.tcp_state is TcpState.CLOSED
+        assert downstream.flow_id not in await store.list_flows()  # forgotten
+        txn = server.transaction()
+        txn.send(upstream, data)
+        txn.commit(downstream)
+        with trio.fail_after(1):
+            await txn.apply()
+        assert await up_client.receive_some() == b"the tail"
+        record = store.load_sync(upstream.flow_id)
+        assert record is not None and record.tx == b"the tail"

@@ -52,15 +52,22 @@ def test_a_cookie_is_good_for_one_to_two_periods() -> None:
 
 
 def test_a_cookie_is_bound_to_its_connection_and_secret() -> None:
-    """(As in Linux, SEG.SEQ and the cookie enter as a sum: a few units off either
-    only moves the MSS index -- a peer that saw the SYN-ACK could do no more with that
-    than with the cookie itself. Anything further off, or another 4-tuple or secret,
-    leaves the 24 hash bits of the low part wrong.)"""
     iss, _ = COOKIES.make(NOW, FOUR, IRS, 1460)
     assert COOKIES.check(NOW, OTHER, IRS, iss) is None
     assert COOKIES.check(NOW, FOUR, IRS + 1000, iss) is None
     assert COOKIES.check(NOW, FOUR, IRS, (iss + 1000) % 2**32) is None
     assert SynCookies(b"another secret").check(NOW, FOUR, IRS, iss) is None
+
+
+def test_a_later_segment_of_the_connection_does_not_return_the_cookie() -> None:
+    """Linux adds SEG.SEQ to the cookie: then SEG.ACK - 1 and SEG.SEQ - 1 of any segment
+    whose numbers both moved by the same count pass -- an echo connection's, which
+    answers byte for byte, when its flow is gone (reset, forgotten). Here SEG.SEQ is
+    hashed: only the segment right after the SYN returns the cookie."""
+    iss, _ = COOKIES.make(NOW, FOUR, IRS, 1460)
+    for moved in (1, 4, 100, 65536):
+        assert COOKIES.check(NOW, FOUR, IRS + moved, (iss + moved) % 2**32) is None
+        assert COOKIES.check(NOW, FOUR, IRS, (iss + moved) % 2**32) is None
 
 
 def test_cookies_of_different_connections_differ() -> None:
