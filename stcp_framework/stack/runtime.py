@@ -691,29 +691,13 @@ class Runtime:
         """SYN-ACK a SYN that the full backlog has no room for, with a SYN cookie for its
         ISS and its options in our TSval (``tcp/syncookie.py``); nothing is kept. Without
         timestamps the cookie cannot carry window scaling and SACK: not offered then."""
-        remote, rport, local, lport = key
         config = self._configs[pkt.version == 6, listener.manual_commit]
         syn, iss, offset = self._cookie_for(pkt, key, config, now)
         conn = Connection.open_passive(syn, now=now, config=config, iss=iss, tsval_offset=offset)
         for out in conn.drain().segments:  # the SYN-ACK
-            self._pending_raw.append(
-                build_packet(
-                    local,
-                    remote,
-                    lport,
-                    rport,
-                    out.seq,
-                    out.ack,
-                    out.flags,
-                    out.window,
-                    out.options,
-                    b"",
-                    offload_checksum=self._offload_checksum,
-                )
-            )
+            self._send_raw(key, out.seq, out.ack, out.flags, out.window, out.options)
         self.stats["syn_cookies_sent"] += 1
         self._cookies_until = now + COOKIE_PERIOD * MAX_COOKIE_AGE
-        self._tx_wakeup.set()
 
     def _cookie_for(
         self, pkt: Packet, key: FlowKey, config: TcpConfig, now: float
@@ -1210,6 +1194,13 @@ class Runtime:
         """RST the connection ``key`` at ``seq`` with the next round (recovery: one that
         cannot be restored, from its stored SND.NXT -- if that is behind the peer's
         RCV.NXT, the peer's challenge ACK meets no flow here and its RST is exact)."""
+        self._send_raw(key, seq, 0, RST, 0, NO_OPTIONS)
+
+    def _send_raw(
+        self, key: FlowKey, seq: int, ack: int, flags: int, window: int, options: TcpOptions
+    ) -> None:
+        """A segment of no connection on ``key`` (a RST, a cookie's SYN-ACK), with the
+        next round."""
         remote, rport, local, lport = key
         self._pending_raw.append(
             build_packet(
@@ -1218,10 +1209,10 @@ class Runtime:
                 lport,
                 rport,
                 seq,
-                0,
-                RST,
-                0,
-                NO_OPTIONS,
+                ack,
+                flags,
+                window,
+                options,
                 b"",
                 offload_checksum=self._offload_checksum,
             )
