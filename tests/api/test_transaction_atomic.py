@@ -125,6 +125,14 @@ async def relay_pair(
         yield server, upstream, downstream, up_client, down_client
 
 
+async def forward(server: Stack, upstream: Stream, downstream: Stream, data: bytes) -> None:
+    """What a relay does with what it read: send it on and commit it, in one transaction."""
+    txn = server.transaction()
+    txn.send(downstream, data)
+    txn.commit(upstream)
+    await txn.apply()
+
+
 async def test_a_transaction_takes_a_held_flow_into_its_round(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -164,11 +172,8 @@ async def test_a_transaction_with_a_fenced_flow_lands_nowhere(
         data = await upstream.receive_some()
         epoch = await store.next_epoch()  # another instance, claiming the upstream first
         assert await store.claim_many([upstream.flow_id], epoch) == [upstream.flow_id]
-        txn = server.transaction()
-        txn.send(downstream, data)
-        txn.commit(upstream)
         with pytest.raises(trio.BrokenResourceError), trio.fail_after(1):
-            await txn.apply()
+            await forward(server, upstream, downstream, data)
         stats = server.runtime.stats
         assert stats["flows_fenced"] == 2
         record = store.load_sync(downstream.flow_id)
@@ -186,11 +191,8 @@ async def test_a_transaction_with_a_lost_flow_lands_the_rest(
     async with relay_pair(store) as (server, upstream, downstream, _, down_client):
         data = await upstream.receive_some()
         store._flows[upstream.flow_id].version -= 1  # the store lost its last delta
-        txn = server.transaction()
-        txn.send(downstream, data)
-        txn.commit(upstream)
         with pytest.raises(trio.BrokenResourceError), trio.fail_after(1):
-            await txn.apply()
+            await forward(server, upstream, downstream, data)
         stats = server.runtime.stats
         assert stats["flows_lost"] == 1 and stats["flows_fenced"] == 0
         record = store.load_sync(downstream.flow_id)
