@@ -148,10 +148,11 @@ async def _run_handler(handler: Handler, stream: Stream) -> None:
             # runtime has let the flow go already; the handler's error is only the news.
             logger.warning("[%s] handler ended: %s", stream.flow_id, flow.error)
             return
-        if isinstance(exc, trio.BrokenResourceError) and flow.error is not None:
+        cause = flow.error or (None if flow.closed else stream._runtime.pending_error(flow))
+        if isinstance(exc, trio.BrokenResourceError) and cause is not None:
             # The connection broke under the handler (reset by the peer, timed out,
             # aborted): news about the peer, not a fault of the handler -- one line.
-            logger.info("[%s] handler ended: %s", stream.flow_id, flow.error)
+            logger.info("[%s] handler ended: %s", stream.flow_id, cause)
             await stream.abort()
             return
         logger.exception("[%s] handler failed; resetting the connection", stream.flow_id)

@@ -209,6 +209,11 @@ class Flow:
             self.time_wait = None
         return conn
 
+    def pending(self) -> bool:
+        """``undurable``, or its machine has changes no drain has taken yet."""
+        conn = self._conn
+        return conn is not None and (self.durable_version < conn.version or conn.delta_pending())
+
     def undurable(self) -> bool:
         """Whether deltas of this flow are not stored yet (a frozen TIME-WAIT flow's
         all are: it froze only once they were)."""

@@ -725,7 +725,8 @@ class Runtime:
         """An ACK for no flow, while cookies were sent lately: if it returns one of our
         cookies, the connection it completes (``Connection.from_syn_cookie``), handed
         to the listener; True if it did, or if the accept queue had no room for it
-        (dropped: the peer sends it again)."""
+        (dropped, as Linux does: the peer's next segment -- its request, a resend --
+        brings the cookie again; a peer that only waits to read stalls until then)."""
         assert self._cookies is not None
         seg = pkt.tcp
         remote, rport, local, lport = key
@@ -1147,6 +1148,9 @@ class Runtime:
             # of its transactions land.
             failed = self._linked_to(failed)
         reasons = exc.reasons if isinstance(exc, FlowLost) else {}
+        # (closed before this refusal: a flow this loop lets go is closed by it, and its
+        # second delta -- two, after an outage -- is no moot commit)
+        ended = {flow.flow_id for flow, _ in items if flow.closed and flow.error is None}
         for flow, item in items:
             if flow.flow_id not in failed:
                 continue
@@ -1155,14 +1159,14 @@ class Runtime:
             # forget, epoch-checked, removes it, so that no later start restores it.
             forget = reset and flow.forgettable
             flow.forgettable = flow.forget_pending = False  # (and once per flow)
-            if flow.closed:
+            if flow.flow_id in ended:
                 # A delta of a connection that had ended -- a commit on a finished
                 # stream, say a relay's last forward, after its record was forgotten:
                 # nothing for it to land on, and no restart will ask for it. Moot: its
                 # waiters return as for a stored one (they raised, or waited for ever).
                 flow.durable_version = max(flow.durable_version, item.delta.version)
                 flow.lot.unpark_all()
-            else:
+            elif not flow.closed:  # (let go already by its earlier delta in the batch)
                 error = exc
                 if flow.flow_id not in named:
                     error = FencedOut(
@@ -1500,8 +1504,10 @@ class Runtime:
         """Whether ``flow`` will get no more durable versions: it is gone, and no delta
         of it is on its way to the store -- a connection that closed in the round that
         drained its last delta is still committed by it (``_commit`` moves its durable
-        version and wakes its waiters); one the store refused (fenced, lost) never is."""
-        return flow.closed and (isinstance(flow.error, StoreError) or not flow.undurable())
+        version and wakes its waiters), and a change made after its close (a commit on a
+        finished stream) is drained by the next round; one the store refused (fenced,
+        lost) never is."""
+        return flow.closed and (isinstance(flow.error, StoreError) or not flow.pending())
 
     def listen(
         self, port: int, backlog: int | None = None, *, manual_commit: bool = False

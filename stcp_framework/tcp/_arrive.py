@@ -485,9 +485,13 @@ def sent_bytes_lost(c: Connection, seg: TcpSegment, d_nxt: int, now: float) -> b
     ACK make the peer answer): a forged or stray one is not repeated. The RST takes
     <SEQ=SEG.ACK>, the peer's RCV.NXT: our SND.NXT is below its window (RFC 5961 §3.2).
     """
+    if now > c.loss_watch_until:
+        c.sent_lost_watch = False  # (strict: a loss shows at once after the restore)
+        return False
     since = c.sent_lost_since
-    if since < 0.0:
-        c.sent_lost_since = now
+    if since < 0.0 or seg.ack != c.sent_lost_ack:
+        c.sent_lost_since = now  # the peer's RCV.NXT: the same in every answer
+        c.sent_lost_ack = seg.ack
         return False
     if now - since < LOST_ACK_PROOF:
         return False
@@ -1023,6 +1027,9 @@ def process_text(c: Connection, payload: bytes | memoryview, off: int, now: floa
     delayed_ack_rule(c, plen, now)
 
 
+LOSS_WATCH = 30.0
+"""Seconds after a strict restore during which the loss proofs may come (a store gone
+back shows at once: the peer answers the restore's kick)."""
 LOST_ACK_PROOF = 0.2
 """Seconds between the first and a later arrival of the same lowest offset above the
 restored RCV.NXT before they prove a resend from there (``acked_bytes_lost``): longer
@@ -1053,6 +1060,12 @@ def acked_bytes_lost(c: Connection, seg: TcpSegment, now: float) -> bool:
         c.lost_ack_watch = c.gap_start = None  # RCV.NXT moved: the peer had the bytes
         return False
     if seg.flags & (SYN | RST):
+        return False
+    if now > c.loss_watch_until:
+        # Strict: only just after the restore (a store gone back shows at once), so that
+        # two blind segments cannot reset a healthy connection later. (No ACK check: the
+        # same loss may have taken bytes we sent, so the peer's ACK is past ours too.)
+        c.lost_ack_watch = c.gap_start = None
         return False
     off = watch + seq_diff(Seq(seg.seq), tcb.rcv_nxt)
     if off <= watch:

@@ -179,6 +179,7 @@ class Connection:
         "gap_start",
         "invalid_ack_at",
         "last_rx_at",
+        "loss_watch_until",
         "lost_ack_watch",
         "maybe_sent_end",
         "mss_max",
@@ -201,6 +202,7 @@ class Connection:
         "rx_stored",
         "sack_recent",
         "scoreboard",
+        "sent_lost_ack",
         "sent_lost_since",
         "sent_lost_watch",
         "snd_buf",
@@ -298,6 +300,10 @@ class Connection:
         # or a store gone back to an older state, lost bytes it has (_arrive.check_ack).
         self.sent_lost_watch = False
         self.sent_lost_since = -1.0
+        self.sent_lost_ack = 0  # the peer's first ACK past the record
+        # Restored: how long the loss proofs may come (both end sooner in step with
+        # the peer); +inf for the async lost-ACK watch, which waits for its proof.
+        self.loss_watch_until = math.inf
         self.challenge_count = 0
         self.last_rx_at = now
         self.counters: dict[str, int] = {}
@@ -364,8 +370,11 @@ class Connection:
         c = cls(now=now, config=config, iss=iss, tsval_offset=tsval_offset)
         _listen.accept_syn(c, syn, now)
         c._out.clear()  # that SYN-ACK left long ago, statelessly, with the cookie
-        c.rtt_offset = None  # (its send time is unknown: no RTT sample from it)
         c.on_segment(ack, now)
+        # Its send time is unknown: the TSecr sample the ACK gave is 0 (our clock was
+        # set to it), which would pin the RTO to its minimum whatever the path.
+        c.rtt = RttEstimator(config.initial_rto, config.min_rto, config.max_rto)
+        c.rtt_offset = None
         return c
 
     @classmethod
@@ -452,6 +461,11 @@ class Connection:
             c.lost_ack_watch = tcb.rcv_nxt_offset
             if not window_tests:
                 c.window_test_at = math.inf  # "the last test was just now", for ever
+        if not window_tests:
+            # Where a crash loses nothing (strict), only a store gone back does, and the
+            # peer shows it at once (it answers the kick): a watch left open for ever
+            # would let two blind segments reset a healthy connection.
+            c.loss_watch_until = now + _arrive.LOSS_WATCH
         if tcb.snd_una_offset >= 0 and state.synchronized():
             c.sent_lost_watch = True
         if state is TcpState.TIME_WAIT:

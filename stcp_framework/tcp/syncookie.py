@@ -6,7 +6,8 @@ The layout is Linux's (``net/ipv4/syncookies.c``), but for where the SYN's SEG.S
 
     ISS = H1(4-tuple) + (count << 24) + ((H2(4-tuple, count, SEG.SEQ) + mss_index * 2^21) mod 2^24)
 
-``count`` is the time in ``COOKIE_PERIOD`` steps, ``H1``/``H2`` are keyed hashes (BLAKE2s
+``count`` is the time in ``COOKIE_PERIOD`` steps (its low 8 bits in the ISS, all of it in
+``H2``: a cookie never comes round again), ``H1``/``H2`` are keyed hashes (BLAKE2s
 with the stack's secret, as the RFC 6528 ISS), and ``mss_index`` picks the largest entry
 of ``MSS_TABLE`` that the peer's MSS allows. Linux adds SEG.SEQ to the sum, so only
 SEG.ACK - SEG.SEQ of the returning ACK is checked: any later segment of the same
@@ -36,6 +37,7 @@ COOKIE_PERIOD = 64.0
 MAX_COOKIE_AGE = 2
 """Steps a cookie stays good: one to two periods (Linux ``MAX_SYNCOOKIE_AGE``)."""
 COUNT_BITS = 8
+COUNT_MASK = (1 << COUNT_BITS) - 1  # the ISS holds the period's low 8 bits; H2 all of it
 COOKIE_BITS = 24
 COOKIE_MASK = (1 << COOKIE_BITS) - 1
 INDEX_STRIDE = 1 << (COOKIE_BITS - 3)  # 8 MSS indexes over the 24 low bits
@@ -72,7 +74,7 @@ class SynCookies:
         h = proto.copy()
         h.update(four_tuple)
         if count >= 0:
-            h.update(count.to_bytes(1, "big") + irs.to_bytes(4, "big"))
+            h.update(count.to_bytes(8, "big") + irs.to_bytes(4, "big"))
         return int.from_bytes(h.digest(), "big")
 
     def make(
@@ -95,9 +97,9 @@ class SynCookies:
         for i, value in enumerate(MSS_TABLE):
             if value <= peer_mss:
                 index = i
-        count = _count(now)
-        low = (self._hash(self._h2, four_tuple, count, irs) + index * INDEX_STRIDE) & COOKIE_MASK
-        iss = self._hash(self._h1, four_tuple) + (count << COOKIE_BITS) + low
+        period = _period(now)
+        low = (self._hash(self._h2, four_tuple, period, irs) + index * INDEX_STRIDE) & COOKIE_MASK
+        iss = self._hash(self._h1, four_tuple) + ((period & COUNT_MASK) << COOKIE_BITS) + low
         return Seq(iss & SEQ_MASK), MSS_TABLE[index]
 
     def check(self, now: float, four_tuple: bytes, irs: int, cookie: int) -> int | None:
@@ -108,18 +110,18 @@ class SynCookies:
             cookie: The ACK's SEG.ACK - 1 (our ISS).
         """
         rest = (cookie - self._hash(self._h1, four_tuple)) & SEQ_MASK
-        count = _count(now)
-        age = (count - (rest >> COOKIE_BITS)) & ((1 << COUNT_BITS) - 1)
+        period = _period(now)
+        age = (period - (rest >> COOKIE_BITS)) & COUNT_MASK
         if age >= MAX_COOKIE_AGE:
             return None
-        made = (count - age) & ((1 << COUNT_BITS) - 1)
+        made = period - age  # the whole period number: a cookie never comes round again
         spread = (rest - self._hash(self._h2, four_tuple, made, irs & SEQ_MASK)) & COOKIE_MASK
         index, off = divmod(spread, INDEX_STRIDE)
         return MSS_TABLE[index] if off == 0 and index < len(MSS_TABLE) else None
 
 
-def _count(now: float) -> int:
-    return int(now // COOKIE_PERIOD) & ((1 << COUNT_BITS) - 1)
+def _period(now: float) -> int:
+    return max(int(now // COOKIE_PERIOD), 0)
 
 
 def tuple_bytes(local: bytes, local_port: int, remote: bytes, remote_port: int) -> bytes:

@@ -646,6 +646,56 @@ async def test_a_commit_the_store_refuses_raises(
         assert record is not None and record.commit_offset == 0
 
 
+async def test_a_commit_held_through_an_outage_and_then_fenced_raises(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """During an outage the stack keeps the flow's deltas, two or more of them; when the
+    store is back another instance owns the flow and refuses them. The commit waiting
+    on them raises: the first refused delta lets the flow go, and the second must not
+    pass for a moot commit of a finished stream (a review found it reported durable)."""
+    net = SimNetwork(7)
+    store = OutageStore()
+    streams: list[Stream] = []
+
+    async def keep(stream: Stream) -> None:
+        streams.append(stream)
+        await trio.sleep_forever()
+
+    async with (
+        open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(2)) as client,
+        server_incarnation(net, store, keep, seed=3),
+        trio.open_nursery() as nursery,
+    ):
+        stream = await client.connect(SERVER, PORT)
+        await stream.send_all(b"one")
+        await trio.sleep(1.0)
+        (served,) = streams
+        assert await served.receive_some() == b"one"
+        store.down = True
+        outcome: list[str] = []
+        ended = trio.Event()
+
+        async def commit() -> None:
+            try:
+                await served.commit()
+                outcome.append("durable")
+            except trio.BrokenResourceError:
+                outcome.append("broken")
+            ended.set()
+
+        nursery.start_soon(commit)
+        await trio.sleep(0.5)
+        await stream.send_all(b"two")  # a second delta of the flow, held too
+        await trio.sleep(0.5)
+        (flow_id,) = await store.list_flows()
+        assert await store.claim_many([flow_id], await store.next_epoch()) == [flow_id]
+        store.down = False
+        with trio.fail_after(10):
+            await ended.wait()
+        assert outcome == ["broken"]
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_fenced_flow_s_late_segments_get_no_rst(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:

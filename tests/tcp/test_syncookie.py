@@ -131,3 +131,22 @@ def test_an_ack_that_does_not_acknowledge_the_cookie_leaves_it_half_open() -> No
 
 def test_the_table_is_sorted_and_fits_three_bits() -> None:
     assert list(MSS_TABLE) == sorted(MSS_TABLE) and len(MSS_TABLE) <= 8
+
+
+def test_a_cookie_never_comes_round_again() -> None:
+    """The ISS holds the period's low 8 bits only; the hash takes all of it, so the
+    cookie of a SYN does not return 256 periods (4.5 hours) later, when a captured
+    first segment could otherwise be replayed as a new connection."""
+    start = 300 * COOKIE_PERIOD
+    iss, _ = COOKIES.make(start, FOUR, IRS, 1460)
+    assert COOKIES.check(start + 256 * COOKIE_PERIOD, FOUR, IRS, iss) is None
+    again, _ = COOKIES.make(start + 256 * COOKIE_PERIOD, FOUR, IRS, 1460)
+    assert again != iss
+
+
+def test_a_cookie_connection_has_no_rtt_sample_from_its_syn_ack() -> None:
+    """Our clock was set to the SYN-ACK's TSval, so the ACK's TSecr would give an RTT of
+    0 and pin the RTO to its minimum; the estimator starts afresh."""
+    conn = _cookie_connection()
+    assert conn.rtt.srtt is None
+    assert conn.rtt.rto == FULL.initial_rto

@@ -17,7 +17,7 @@ from tcp_helpers import CONFIG, LOCAL_SEQ, REMOTE_SEQ, r, sq
 from test_tcp_properties import Mirror
 from test_tcp_restore import mirrored_established, restore_from
 
-from stcp_framework.tcp._arrive import LOST_ACK_PROOF, PROBE_REPEAT
+from stcp_framework.tcp._arrive import LOSS_WATCH, LOST_ACK_PROOF, PROBE_REPEAT
 from stcp_framework.tcp.events import Aborted, Closed
 from stcp_framework.tcp.machine import Connection
 from stcp_framework.tcp.state import TcpState
@@ -258,3 +258,15 @@ def test_pure_acks_at_the_restore_point_or_with_data_between_get_no_window_test(
         _probe(plain, 3000, RESTORED_AT + at)
         assert _tests(plain) == []
     assert "lost_ack_window_test" not in plain.counters
+
+
+def test_without_window_tests_a_late_resend_proves_nothing() -> None:
+    """Strict: the proof must come within ``LOSS_WATCH`` of the restore (a store gone
+    back shows at once) -- else two blind segments far above RCV.NXT, any SEQ, could
+    reset a healthy restored connection at any time later."""
+    late = _restored(acked_may_be_lost=True, window_tests=False)
+    t = RESTORED_AT + LOSS_WATCH + 1
+    _peer_sends(late, 3000, 1000, t)
+    _peer_sends(late, 3000, 1000, t + LOST_ACK_PROOF)
+    late.drain()
+    assert late.tcb.state is TcpState.ESTABLISHED

@@ -18,7 +18,7 @@ from tcp_helpers import CONFIG, LOCAL_SEQ, REMOTE_SEQ, r, sq
 from test_tcp_properties import Mirror
 from test_tcp_restore import mirrored_established, restore_from
 
-from stcp_framework.tcp._arrive import LOST_ACK_PROOF
+from stcp_framework.tcp._arrive import LOSS_WATCH, LOST_ACK_PROOF
 from stcp_framework.tcp.events import Aborted, Closed
 from stcp_framework.tcp.machine import Connection
 from stcp_framework.tcp.state import TcpState
@@ -27,7 +27,7 @@ from stcp_framework.wire.tcp import ACK, RST
 RESTORED_AT = 100.0
 
 
-def _restored(*, lost: int = 2000) -> Connection:
+def _restored(*, lost: int = 2000, window_tests: bool = True) -> Connection:
     """Restored from the store's view (1,000 bytes sent and stored), after the live
     connection had sent ``lost`` more that never reached the store."""
     mirror = Mirror()
@@ -37,7 +37,7 @@ def _restored(*, lost: int = 2000) -> Connection:
     live.app_send(b"b" * lost, 0.2)
     step = live.drain()  # left (async), never stored: the crash
     assert sum(len(seg.payload) for seg in step.segments) == lost
-    conn = restore_from(mirror, RESTORED_AT, CONFIG)
+    conn = restore_from(mirror, RESTORED_AT, CONFIG, window_tests=window_tests)
     assert conn.tcb.snd_nxt == sq(LOCAL_SEQ, 1000)
     conn.drain()  # the kick: an ACK and the resend of the unacknowledged 1,000 bytes
     return conn
@@ -109,3 +109,33 @@ def test_an_ack_of_bytes_the_record_holds_is_taken_not_a_proof() -> None:
     conn.drain()
     assert conn.tcb.state is TcpState.ESTABLISHED
     assert conn.tcb.snd_una == sq(LOCAL_SEQ, 3000)
+
+
+def test_only_the_same_ack_again_proves() -> None:
+    """The stuck peer's every ACK names its RCV.NXT: two different ones past the record
+    (a forged one among them) prove nothing."""
+    conn = _restored()
+    _peer_acks(conn, 3000, RESTORED_AT + 0.01)
+    _peer_acks(conn, 5000, RESTORED_AT + 1.0)
+    conn.drain()
+    assert conn.tcb.state is TcpState.ESTABLISHED
+    _peer_acks(conn, 5000, RESTORED_AT + 1.0 + LOST_ACK_PROOF)  # now the same again
+    conn.drain()
+    assert conn.tcb.state is TcpState.CLOSED
+
+
+def test_strict_restores_watch_for_a_while_only() -> None:
+    """Strict (no window tests): a store gone back shows as soon as the peer answers the
+    restore's kick; long after, two ACKs past the record -- blind ones -- reset nothing."""
+    conn = _restored(window_tests=False)
+    later = RESTORED_AT + LOSS_WATCH + 1
+    _peer_acks(conn, 3000, later)
+    _peer_acks(conn, 3000, later + 1)
+    conn.drain()
+    assert conn.tcb.state is TcpState.ESTABLISHED
+    assert not conn.sent_lost_watch
+    prompt = _restored(window_tests=False)
+    _peer_acks(prompt, 3000, RESTORED_AT + 0.01)
+    _peer_acks(prompt, 3000, RESTORED_AT + 0.01 + LOST_ACK_PROOF)
+    prompt.drain()
+    assert prompt.tcb.state is TcpState.CLOSED
