@@ -614,15 +614,11 @@ async def test_a_server_restarted_under_another_name_takes_its_flows_over(
     assert b"".join(collect.got) == b"before after"
 
 
-async def test_a_commit_the_store_refuses_raises(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    """G2 from the app's side: another instance claimed the flow while its commit was on
-    the way, so the store refused it -- ``commit`` raises instead of returning as if the
-    offset were durable (before the twentieth session it returned: the flow was gone,
-    and ``wait_durable`` took that for done)."""
+@asynccontextmanager
+async def one_served(store: MemoryStore) -> AsyncIterator[tuple[Stream, Stream]]:
+    """A client connection and the server's stream of it, ``b"one"`` read by the server
+    (its handler keeps the stream and does nothing): yields (client end, server end)."""
     net = SimNetwork(7)
-    store = MemoryStore()
     streams: list[Stream] = []
 
     async def keep(stream: Stream) -> None:
@@ -638,6 +634,18 @@ async def test_a_commit_the_store_refuses_raises(
         await trio.sleep(1.0)
         (served,) = streams
         assert await served.receive_some() == b"one"
+        yield stream, served
+
+
+async def test_a_commit_the_store_refuses_raises(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """G2 from the app's side: another instance claimed the flow while its commit was on
+    the way, so the store refused it -- ``commit`` raises instead of returning as if the
+    offset were durable (before the twentieth session it returned: the flow was gone,
+    and ``wait_durable`` took that for done)."""
+    store = MemoryStore()
+    async with one_served(store) as (_, served):
         (flow_id,) = await store.list_flows()
         assert await store.claim_many([flow_id], await store.next_epoch()) == [flow_id]
         with pytest.raises(trio.BrokenResourceError, match="before this was durable"):
@@ -653,24 +661,8 @@ async def test_a_commit_held_through_an_outage_and_then_fenced_raises(
     store is back another instance owns the flow and refuses them. The commit waiting
     on them raises: the first refused delta lets the flow go, and the second must not
     pass for a moot commit of a finished stream (a review found it reported durable)."""
-    net = SimNetwork(7)
     store = OutageStore()
-    streams: list[Stream] = []
-
-    async def keep(stream: Stream) -> None:
-        streams.append(stream)
-        await trio.sleep_forever()
-
-    async with (
-        open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(2)) as client,
-        server_incarnation(net, store, keep, seed=3),
-        trio.open_nursery() as nursery,
-    ):
-        stream = await client.connect(SERVER, PORT)
-        await stream.send_all(b"one")
-        await trio.sleep(1.0)
-        (served,) = streams
-        assert await served.receive_some() == b"one"
+    async with one_served(store) as (stream, served), trio.open_nursery() as nursery:
         store.down = True
         outcome: list[str] = []
         ended = trio.Event()
