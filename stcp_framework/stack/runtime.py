@@ -1304,7 +1304,8 @@ class Runtime:
             elif kind is EofReceived:
                 flow.eof = True
             elif kind is Reset or kind is TimedOut or kind is Aborted:
-                flow.reset = kind is Reset
+                if kind is Reset:
+                    flow.reset = True
                 flow.error = _error_of(flow, event)
                 if kind is Aborted:
                     logger.warning("[%s] reset: %s", flow.flow_id, flow.error)
@@ -1494,7 +1495,7 @@ class Runtime:
                 await flow.lot.park()
         if flow.durable_version < target:
             error = flow.error
-            why = str(error) or type(error).__name__ if error is not None else "it was reset"
+            why = (str(error) or type(error).__name__) if error is not None else "it was reset"
             raise trio.BrokenResourceError(
                 f"the connection ended before this was durable: {why}"
             ) from error

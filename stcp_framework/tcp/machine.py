@@ -418,7 +418,8 @@ class Connection:
                 a healthy peer may, rarely, take for an ACK of bytes it sent meanwhile
                 (then the connection resets). Worth it where a crash loses acknowledged
                 bytes as a matter of course (async durability), not where only a store
-                gone back to an older state does (strict).
+                gone back to an older state does (strict). ``False`` also bounds both
+                loss proofs to ``_arrive.LOSS_WATCH`` after the restore.
 
         Raises:
             ValueError: Regenerable bytes cannot be read again (no ``regenerate``, or it
