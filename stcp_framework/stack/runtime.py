@@ -43,6 +43,7 @@ from ..errors import (
 )
 from ..link.base import OutPacket, PacketDevice
 from ..store.base import (
+    SECRET_BYTES,
     FencedOut,
     FlowDelta,
     FlowLost,
@@ -202,7 +203,10 @@ class Runtime:
         sources: The sources of regenerable sends (``Stream.send_from``) other than
             files, so a restore can read their unacknowledged bytes again.
         rng: Source of ephemeral ports (injected so tests are deterministic).
-        iss_secret: Key of the RFC 6528 ISS function (and of the SYN cookies).
+        iss_secret: Key of the RFC 6528 ISS function and of the SYN cookies; by default
+            the store's ``stack_secret``, so that a restarted stack's new connections
+            keep to its predecessor's sequence spaces and it takes the cookies its
+            predecessor sent.
         syn_backlog: Half-open plus not yet accepted connections per listener.
         syn_cookies: Answer SYNs with a SYN cookie (``tcp/syncookie.py``) when a
             listener's backlog is full, as Linux's ``tcp_syncookies = 1`` does, instead
@@ -278,10 +282,12 @@ class Runtime:
         self.restored = 0
         self._skew = 0.0  # trio clock - machine clock (clock.machine_clock_skew)
         self._rng = rng or random.Random()
-        self._iss_secret = iss_secret if iss_secret is not None else os.urandom(16)
-        self._iss_of = IssGenerator(self._iss_secret)
+        self._secret_given = iss_secret is not None
         self._syn_backlog = syn_backlog
-        self._cookies = SynCookies(self._iss_secret) if syn_cookies else None
+        self._syn_cookies = syn_cookies
+        self._iss_of: IssGenerator
+        self._cookies: SynCookies | None
+        self._use_secret(iss_secret if iss_secret is not None else os.urandom(SECRET_BYTES))
         self._cookies_until = -math.inf  # cookie ACKs are looked at until then
         self.flows: dict[FlowKey, Flow] = {}
         self.listeners: dict[int, Listener] = {}
@@ -374,7 +380,14 @@ class Runtime:
         while True:
             try:
                 self.epoch = await self.store.next_epoch()
+                if not self._secret_given:
+                    self._use_secret(await self.store.stack_secret())
                 self.restored = await restore_flows(self)
+                if self._cookies is not None:
+                    # The stack before this one may have sent cookies (they leave
+                    # nothing behind to tell): their ACKs are looked at for as long
+                    # as one of them can still be good.
+                    self._cookies_until = self.now() + COOKIE_PERIOD * MAX_COOKIE_AGE
                 return
             except StoreUnavailable as exc:
                 self.flows.clear()
@@ -389,6 +402,10 @@ class Runtime:
                 )
                 await trio.sleep(delay)
                 delay = min(delay * 2, START_RETRY_MAX)
+
+    def _use_secret(self, secret: bytes) -> None:
+        self._iss_of = IssGenerator(secret)
+        self._cookies = SynCookies(secret) if self._syn_cookies else None
 
     async def _reset_unclaimed_later(self) -> None:
         """Reset the restored streams still untaken after the grace period."""

@@ -8,6 +8,9 @@ from typing import Protocol
 
 from ..tcp.delta import RxAppend, StateDelta, TxAppend, slot_setter
 
+SECRET_BYTES = 16
+"""Length of a new ``Store.stack_secret``."""
+
 
 class StoreError(Exception):
     """Base class of store failures."""
@@ -143,6 +146,12 @@ class Store(Protocol):
         any handed out before. The flows a stack restores (``list_flows``) and the epoch
         it claims them with have the one scope: a newer stack on the store -- restarted,
         upgraded, renamed -- takes them over (G5)."""
+
+    async def stack_secret(self) -> bytes:
+        """The secret key of this store's stacks (a ``RedisStore``'s service): random,
+        made by the first call and the same for every later one, also from another
+        process. It keys the ISS function (RFC 6528) and the SYN cookies, so a restarted
+        stack takes the cookies its predecessor sent (RFC 4987 keeps no state for them)."""
 
     async def claim(self, flow_id: str, epoch: int) -> None:
         """Take ownership of a flow with ``epoch``; raises ``FencedOut`` if stale."""

@@ -13,6 +13,8 @@ slot and one Lua script can touch all of it atomically::
                                             string: all of chunk n in transit, staged
                                             by the owner of <epoch> (see below)
     stcp:{<service>}:flows                  set: every flow id of the service (the index)
+    stcp:{<service>}:epoch                  string: the last fencing epoch handed out
+    stcp:{<service>}:secret                 string: the stacks' ISS and SYN cookie key
 
 ``<flow hash>`` is 16 hex digits of BLAKE2b over the flow id (the readable 4-tuple and
 the connection's ISS, ``local:port-remote:port/ISS``: a new connection on the same ports
@@ -112,6 +114,11 @@ INDEX_PATTERN = f"{PREFIX}:{{*}}:flows"
 def epoch_key(service: str) -> str:
     """The counter behind ``next_epoch`` for one service's flows."""
     return f"stcp:{{{service}}}:epoch"
+
+
+def secret_key(service: str) -> str:
+    """The random key behind ``stack_secret`` (ISS and SYN cookies) of one service."""
+    return f"stcp:{{{service}}}:secret"
 
 
 def validate_service(service: str) -> str:

@@ -7,12 +7,13 @@ the store of unit and simulation tests and of benchmarks of the stack alone.
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..tcp.delta import AppCommit, RxAppend, RxTrim, TcbSet, TxAppend, TxTrim
-from .base import FencedOut, FlowDelta, FlowInfo, FlowLost, FlowRecord
+from .base import SECRET_BYTES, FencedOut, FlowDelta, FlowInfo, FlowLost, FlowRecord
 
 _NO_CHUNKS: deque[bytes | memoryview] = deque()  # shared while empty: never appended to
 
@@ -111,7 +112,13 @@ class MemoryStore:
     def __init__(self) -> None:
         self._flows: dict[str, _Flow] = {}
         self._epoch = 0
+        self._secret: bytes | None = None
         self.commits = 0  # group commits served (for tests and benchmarks)
+
+    async def stack_secret(self) -> bytes:
+        if self._secret is None:
+            self._secret = os.urandom(SECRET_BYTES)
+        return self._secret
 
     async def next_epoch(self) -> int:
         self._epoch += 1

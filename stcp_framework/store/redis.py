@@ -106,6 +106,7 @@ Theory of operation:
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -124,6 +125,7 @@ from redis.retry import Retry
 from ..tcp.delta import AppCommit, RxAppend, RxTrim, TcbSet, TxAppend, TxTrim
 from . import keys as K
 from .base import (
+    SECRET_BYTES,
     FencedOut,
     FlowDelta,
     FlowInfo,
@@ -1031,6 +1033,22 @@ class RedisStore:
 
     async def next_epoch(self) -> int:
         return await trio.to_thread.run_sync(self.next_epoch_sync)
+
+    async def stack_secret(self) -> bytes:
+        return await trio.to_thread.run_sync(self.stack_secret_sync)
+
+    def stack_secret_sync(self) -> bytes:
+        """The service's secret: ``SET NX`` of a random one, then ``GET`` of whichever
+        the first writer stored (it never changes once set)."""
+        key = K.secret_key(self.service)
+        with _store_errors("stack_secret"):
+            pipe = self._client.pipeline(transaction=False)
+            pipe.set(key, os.urandom(SECRET_BYTES), nx=True)
+            pipe.get(key)
+            secret = pipe.execute()[1]
+        if not isinstance(secret, bytes) or not secret:
+            raise StoreError(f"{key} holds no secret ({secret!r}): delete the key to make one")
+        return secret
 
     def next_epoch_sync(self) -> int:
         """``INCR`` of the service's epoch counter: larger than every epoch handed out."""

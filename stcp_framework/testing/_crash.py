@@ -84,6 +84,10 @@ class _GatedStore:
         await self._gate()
         return await self._inner.next_epoch()
 
+    async def stack_secret(self) -> bytes:
+        await self._gate()
+        return await self._inner.stack_secret()
+
     async def claim(self, flow_id: str, epoch: int) -> None:
         await self._gate()
         await self._inner.claim(flow_id, epoch)

@@ -12,11 +12,11 @@ import pytest
 import trio
 import trio.testing
 
-from stcp_framework import open_stack
+from stcp_framework import MemoryStore, open_stack
 from stcp_framework.link.sim import SimLink, SimNetwork
 from stcp_framework.tcp.state import TcpState
-from stcp_framework.wire.packet import build_packet
-from stcp_framework.wire.tcp import SYN, TcpOptions
+from stcp_framework.wire.packet import build_packet, parse_packet_untrusted
+from stcp_framework.wire.tcp import ACK, SYN, TcpOptions
 
 CLIENT, SERVER, FLOODER, PORT = "198.18.0.1", "198.18.0.2", "198.18.0.66", 7
 BACKLOG = 4
@@ -131,3 +131,55 @@ async def test_a_burst_past_the_backlog_gets_cookies_and_every_client_is_served(
     assert answers == {i: b"answer to request %d" % i for i in range(5)}
     assert server.runtime.stats["syn_cookies_sent"] == 3
     assert server.runtime.stats["syn_cookies_accepted"] == 3
+
+
+async def test_a_cookie_sent_before_a_crash_is_taken_by_the_restarted_server(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The cookie key is the store's ``stack_secret``, not the process's: a server
+    started again on the same store takes the ACK of a cookie its predecessor sent
+    (a cookie leaves nothing behind to restore), where a new key would answer the
+    client's first data with a RST. A scripted client on a raw link."""
+    net = SimNetwork(5, delay=0.001)
+    store = MemoryStore()
+    flooder = net.attach(FLOODER)
+    raw = net.attach(CLIENT)
+    src, dst = (ipaddress.ip_address(a).packed for a in (CLIENT, SERVER))
+    irs = 77_000
+
+    def packet(seq: int, ack: int, flags: int, options: TcpOptions, data: bytes = b"") -> bytes:
+        return bytes(build_packet(src, dst, 40000, PORT, seq, ack, flags, 65535, options, data))
+
+    async def next_segment() -> tuple[int, int, int, tuple[int, int] | None, bytes]:
+        with trio.fail_after(1):
+            seg = parse_packet_untrusted((await raw.recv_batch(1))[0]).tcp
+        return seg.seq, seg.ack, seg.flags, seg.options.timestamps, bytes(seg.payload)
+
+    first_link = net.attach(SERVER)
+    async with open_stack(first_link, [SERVER], store=store, rng=random.Random(2)) as first:
+        first.listen(PORT, backlog=1)
+        await flood(flooder, 1)  # the backlog is full: the next SYN gets a cookie
+        await trio.sleep(0.1)
+        syn_options = TcpOptions(mss=1460, wscale=7, sack_permitted=True, timestamps=(500, 0))
+        await raw.send_batch([packet(irs, 0, SYN, syn_options)])
+        iss_plus_1, ack, flags, ts, _ = await next_segment()
+        iss_plus_1 = (iss_plus_1 + 1) & 0xFFFFFFFF
+        assert (flags, ack) == (SYN | ACK, irs + 1)
+        assert first.runtime.stats["syn_cookies_sent"] == 1
+        assert ts is not None
+    await first_link.aclose()  # the server is gone: nothing of the cookie was kept
+
+    async with open_stack(
+        net.attach(SERVER), [SERVER], store=store, rng=random.Random(3)
+    ) as second:
+        listener = second.listen(PORT, backlog=1)
+        await trio.sleep(1)  # the client's ACK comes late, after the restart
+        data_options = TcpOptions(timestamps=(501, ts[0]))
+        await raw.send_batch([packet(irs + 1, iss_plus_1, ACK, data_options, b"hello")])
+        with trio.fail_after(1):
+            served = await listener.accept()
+            assert await served.receive_some() == b"hello"
+        seq, ack, flags, _, _ = await next_segment()
+        assert (seq, ack, flags) == (iss_plus_1, irs + 6, ACK)  # no RST
+        assert second.runtime.stats["syn_cookies_accepted"] == 1
+        assert served.tcp_state is TcpState.ESTABLISHED

@@ -180,6 +180,27 @@ async def test_a_second_client_with_a_newer_epoch_fences_the_first(
     await new.aclose()
 
 
+async def test_every_client_of_a_service_gets_its_one_secret(redis7_server: RedisServer) -> None:
+    """The first of racing clients makes the service's secret; the others, and clients
+    that come later, read that one; another service has its own."""
+    stores = [new_store(redis7_server, "secret") for _ in range(4)]
+    secrets: list[bytes] = []
+
+    async def ask(store: RedisStore) -> None:
+        secrets.append(await store.stack_secret())
+
+    async with trio.open_nursery() as nursery:
+        for store in stores:
+            nursery.start_soon(ask, store)
+    later = new_store(redis7_server, "secret")
+    other = new_store(redis7_server, "other-secret")
+    assert len(set(secrets)) == 1
+    assert await later.stack_secret() == secrets[0]
+    assert await other.stack_secret() != secrets[0]
+    for store in [*stores, later, other]:
+        await store.aclose()
+
+
 async def test_fenced_out_names_every_fenced_flow(redis7_server: RedisServer) -> None:
     store = new_store(redis7_server)
     for flow in ("a", "b", "c"):

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stcp_framework.store.base import (
+    SECRET_BYTES,
     FencedOut,
     FlowDelta,
     FlowInfo,
@@ -56,6 +57,12 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
 
 def d(flow: str, epoch: int, version: int, *ops: object) -> FlowDelta:
     return FlowDelta(flow, epoch, StateDelta(version, tuple(ops)))  # type: ignore[arg-type]
+
+
+async def test_the_stack_secret_is_made_once_and_kept(store: Store) -> None:
+    secret = await store.stack_secret()
+    assert len(secret) == SECRET_BYTES
+    assert await store.stack_secret() == secret
 
 
 async def test_unknown_flow_loads_none(store: Store) -> None:
