@@ -186,7 +186,9 @@ async def open_stack(
         config: TCP settings; MSS is derived from the device MTU.
         runtime_options: Passed to ``Runtime``: ``instance``, ``durability``,
             ``sources``, ``unclaimed_grace`` (seconds a restored stream waits for a
-            listener or ``reattach`` before it is reset; 60), ``rng``, ``iss_secret``.
+            listener or ``reattach`` before it is reset; 60), ``rng``, ``iss_secret``,
+            ``md5_keys`` (TCP MD5 signature keys by peer address or network, RFC 2385:
+            ``{"198.18.0.1": b"secret"}``; a BGP peer's ``password``).
     """
     runtime = Runtime(
         device,

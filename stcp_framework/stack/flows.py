@@ -156,6 +156,7 @@ class Flow:
         "key",
         "listener_port",
         "lot",
+        "md5_key",
         "reader_woken",
         "recovered",
         "reset",
@@ -197,6 +198,7 @@ class Flow:
         self.app_state = app_state  # stored with the last commit (level 2)
         self.forgettable = True  # remove the store record once CLOSED
         self.forget_pending = False  # CLOSED, forgotten once its last deltas are stored
+        self.md5_key: bytes | None = None  # its peer's TCP MD5 key (stack/signatures.py)
         self.backlog: Listener | None = None  # counted in this listener's SYN backlog
 
     @property

@@ -28,7 +28,7 @@ import math
 import os
 import random
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 
 import trio
@@ -90,6 +90,7 @@ from .clock import machine_clock_skew
 from .flows import Flow, FlowKey, flow_id_of
 from .recovery import restore_flows
 from .siblings import Siblings
+from .signatures import Md5Keys
 from .sources import Source, SourceRegistry
 
 logger = logging.getLogger("stcp.stack")
@@ -217,6 +218,9 @@ class Runtime:
         siblings: This stack is one worker of several on a multi-queue device
             (``stack/siblings.py``): a segment of a flow it does not hold goes to the
             next worker instead of being answered with RST.
+        md5_keys: TCP MD5 signature keys (RFC 2385, as BGP peers use them) by peer
+            address or network (``stack/signatures.py``): every segment to and from
+            those peers is signed, and one without the right signature is dropped.
     """
 
     def __init__(
@@ -235,6 +239,7 @@ class Runtime:
         sources: Iterable[Source] = (),
         unclaimed_grace: float = UNCLAIMED_GRACE,
         siblings: Siblings | None = None,
+        md5_keys: Mapping[str, bytes | str] | None = None,
     ) -> None:
         if durability not in DURABILITY_MODES:
             raise StcpConfigError(
@@ -277,6 +282,12 @@ class Runtime:
             (ipv6, manual): replace(cfg, manual_commit=manual)
             for ipv6, cfg in ((False, self._config4), (True, self._config6))
             for manual in (False, True)
+        }
+        self._md5 = Md5Keys(md5_keys) if md5_keys else None
+        # Signed connections (TcpConfig.md5): no timestamps and no super-segments.
+        self._signed_configs = {
+            flags: replace(cfg, md5=True, timestamps=False, gso_max=0)
+            for flags, cfg in self._configs.items()
         }
         self.epoch = 0  # set by run() from store.next_epoch()
         self.restored = 0
@@ -453,6 +464,7 @@ class Runtime:
         """Hand each packet of ``batch`` to its flow (``hops``: workers it has passed)."""
         flows = self.flows
         verify = self._verify_checksum
+        md5 = self._md5
         now = self.now()
         self.stats["packets_in"] += len(batch)
         readers: list[Flow] = []
@@ -465,6 +477,14 @@ class Runtime:
                     self.drops[exc.reason] += 1
                 continue
             seg = pkt.tcp
+            if md5 is not None:
+                refusal = md5.refusal(pkt, buf)
+                if refusal is not None:
+                    self.stats[refusal] += 1  # (RFC 2385: dropped, never answered)
+                    continue
+            elif seg.options.md5 is not None:
+                self.stats["md5_unexpected"] += 1
+                continue
             flow = flows.get((pkt.src, seg.src_port, pkt.dst, seg.dst_port))
             if flow is None or (seg.flags & SYN and self._syn_replaces(flow, pkt)):
                 self._on_unknown_flow(pkt, now, buf, hops)
@@ -645,7 +665,8 @@ class Runtime:
                 else:
                     self.drops[DropReason.BACKLOG_FULL] += 1
                 return
-            config = self._configs[pkt.version == 6, listener.manual_commit]
+            md5_key = self.md5_key_for(pkt.src)
+            config = self._config(pkt.version == 6, listener.manual_commit, md5_key)
             conn = Connection.open_passive(
                 seg,
                 now=now,
@@ -659,6 +680,7 @@ class Runtime:
                 conn=conn,
                 listener_port=seg.dst_port,
             )
+            flow.md5_key = md5_key
             listener.half_open += 1
             flow.backlog = listener
             self.flows[key] = flow
@@ -697,6 +719,7 @@ class Runtime:
             NO_OPTIONS,
             b"",
             offload_checksum=self._offload_checksum,
+            md5_key=self.md5_key_for(pkt.src),
         )
         self.stats["rst_sent"] += 1
         self._pending_raw.append(packet)
@@ -708,7 +731,7 @@ class Runtime:
         """SYN-ACK a SYN that the full backlog has no room for, with a SYN cookie for its
         ISS and its options in our TSval (``tcp/syncookie.py``); nothing is kept. Without
         timestamps the cookie cannot carry window scaling and SACK: not offered then."""
-        config = self._configs[pkt.version == 6, listener.manual_commit]
+        config = self._config(pkt.version == 6, listener.manual_commit, self.md5_key_for(pkt.src))
         syn, iss, offset = self._cookie_for(pkt, key, config, now)
         conn = Connection.open_passive(syn, now=now, config=config, iss=iss, tsval_offset=offset)
         for out in conn.drain().segments:  # the SYN-ACK
@@ -773,13 +796,15 @@ class Runtime:
                 timestamps=None if ts is None else (ts[0], 0),
             ),
         )
-        config = self._configs[pkt.version == 6, listener.manual_commit]
+        md5_key = self.md5_key_for(pkt.src)
+        config = self._config(pkt.version == 6, listener.manual_commit, md5_key)
         conn = Connection.from_syn_cookie(
             syn, seg, now=now, config=config, iss=Seq(iss), tsval_offset=offset
         )
         if conn.tcb.state is TcpState.SYN_RECEIVED:
             return False  # the ACK was not acceptable after all: as for no flow
         flow = Flow(key=key, flow_id=flow_id_of(key, conn.tcb.iss), conn=conn, listener_port=lport)
+        flow.md5_key = md5_key
         self.flows[key] = flow
         self.stats["passive_opens"] += 1
         self.stats["syn_cookies_accepted"] += 1
@@ -1236,6 +1261,7 @@ class Runtime:
                 options,
                 b"",
                 offload_checksum=self._offload_checksum,
+                md5_key=self.md5_key_for(remote),
             )
         )
         self._tx_wakeup.set()
@@ -1262,6 +1288,7 @@ class Runtime:
             head = build_packet(
                 local, remote, lport, rport, out.seq, out.ack, out.flags, out.window,
                 out.options, payload, offload_checksum=offload, header_only=split,
+                md5_key=flow.md5_key,
             )  # fmt: skip
             # The payload is a view of an immutable send-buffer chunk: safe to hand over.
             if split:
@@ -1399,13 +1426,25 @@ class Runtime:
         return frozenset(self._addrs)
 
     def config_for(self, key: FlowKey) -> TcpConfig:
+        """The configuration of a restored connection on ``key`` (signed if its peer
+        has an MD5 key: the keys are configuration, given to every start alike)."""
+        if self.md5_key_for(key[0]) is not None:
+            return self._signed_configs[len(key[0]) == 16, False]
         return self._config4 if len(key[0]) == 4 else self._config6
+
+    def md5_key_for(self, remote: bytes) -> bytes | None:
+        """The TCP MD5 key of the peer at packed address ``remote``, if it has one."""
+        return None if self._md5 is None else self._md5.key_for(remote)
+
+    def _config(self, ipv6: bool, manual: bool, md5_key: bytes | None) -> TcpConfig:
+        return (self._configs if md5_key is None else self._signed_configs)[ipv6, manual]
 
     def adopt(self, flow: Flow, *, offer: bool) -> None:
         """Take in a restored flow: kick it at the first round, offer its stream -- an
         inbound one to its port's listener, an outbound one to ``reattach`` only (kept
         under port 0, which no listener has: a listener on a port that happens to be
         an outbound connection's local one took that stream, as if inbound)."""
+        flow.md5_key = self.md5_key_for(flow.key[0])
         self._mark(flow)
         if offer:
             if flow.conn.tcb.active_open:
@@ -1583,11 +1622,13 @@ class Runtime:
         else:
             raise StcpConfigError("no free ephemeral port")
         now = self.now()
-        config = self._configs[len(raddr) == 16, manual_commit]
+        md5_key = self.md5_key_for(raddr)
+        config = self._config(len(raddr) == 16, manual_commit, md5_key)
         conn = Connection.open_active(
             now=now, config=config, iss=self._iss(now, key), tsval_offset=self._rng.getrandbits(32)
         )
         flow = Flow(key=key, flow_id=flow_id_of(key, conn.tcb.iss), conn=conn)
+        flow.md5_key = md5_key
         self.flows[key] = flow
         self.stats["active_opens"] += 1
         self._mark(flow)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING
 
+from ..wire.options import MD5_OPTION_LEN
 from ..wire.seq import Seq, seq_add, seq_gt, seq_le
 from ..wire.tcp import ACK, FIN, RST, SYN, TcpOptions, TcpSegment
 from . import _arrive, _output
@@ -20,6 +21,13 @@ if TYPE_CHECKING:
     from .machine import Connection
 
 TS_OPTION_LEN = 12  # RFC 7323 §3: 10 bytes + 2 NOPs, deducted from every segment
+
+
+def option_overhead(timestamps: bool, md5: bool) -> int:
+    """Option bytes every segment of a connection carries (deducted from its MSS)."""
+    return (TS_OPTION_LEN if timestamps else 0) + (MD5_OPTION_LEN if md5 else 0)
+
+
 DEFAULT_MSS = 536  # RFC 9293 §3.7.1: send MSS when the peer sent no MSS option (IPv4)
 MIN_MSS = 48  # Linux tcp_min_snd_mss: never build smaller segments than this
 MAX_WSCALE = 14  # RFC 7323 §2.3
@@ -48,7 +56,7 @@ def negotiate(c: Connection, opts: TcpOptions) -> None:
         snd_wscale = rcv_wscale = 0
         c.offer_wscale = False
     peer_mss = opts.mss if opts.mss else DEFAULT_MSS
-    mss = max(MIN_MSS, min(peer_mss, config.mss) - (TS_OPTION_LEN if ts_ok else 0))
+    mss = max(MIN_MSS, min(peer_mss, config.mss) - option_overhead(ts_ok, config.md5))
     fields = {
         "timestamps": ts_ok,
         "snd_wscale": snd_wscale,

@@ -138,7 +138,9 @@ def _options(c: Connection, now: float) -> TcpOptions:
     opts = c.ts_options
     ts = opts.timestamps
     if ts is None or ts[0] != tsval or ts[1] != tcb.ts_recent:
-        opts = c.ts_options = _new(TcpOptions, (None, None, False, (tsval, tcb.ts_recent), ()))
+        opts = c.ts_options = _new(
+            TcpOptions, (None, None, False, (tsval, tcb.ts_recent), (), None)
+        )
     return opts
 
 
@@ -273,7 +275,7 @@ def send_syn(c: Connection, now: float, *, retransmit: bool = False) -> None:
         ts = (c.tsval(now), 0 if active else tcb.ts_recent)
     # SACK-permitted (RFC 2018 §2): offered in our SYN, and in a SYN,ACK if the peer did
     sack = config.sack if active else tcb.sack_permitted
-    opts = _new(TcpOptions, (config.mss, ws, sack, ts, ()))
+    opts = _new(TcpOptions, (config.mss, ws, sack, ts, (), None))
     window = _free_space(c)
     if window > MAX_WINDOW:
         window = MAX_WINDOW  # RFC 7323 §2.2: never scaled in a SYN

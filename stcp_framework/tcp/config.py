@@ -81,6 +81,11 @@ class TcpConfig:
     are never written to the store. The peer's FIN is acknowledged (and the state
     moves to CLOSE-WAIT & co.) once every byte before it is committed; the
     application sees EOF as soon as it has read them. Persisted in the TCB."""
+    md5: bool = False
+    """Every segment carries an RFC 2385 MD5 signature, which the runtime adds and
+    checks (``wire/tcp_md5.py``): 20 bytes of option space less for data. Linux then
+    offers no timestamps, which would leave no room for SACK blocks; the runtime's
+    signed configurations do the same, and send no super-segments (each is signed)."""
     commit_wait: float = 0.02
     """ACK-on-commit: how long received bytes may wait for a commit before they are
     stored and acknowledged as in the strict mode (a *spill*), so that an application

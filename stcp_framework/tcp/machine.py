@@ -43,7 +43,7 @@ from typing import Any, overload
 from ..wire.seq import Seq, seq_add, seq_diff, seq_le, seq_lt
 from ..wire.tcp import ACK, NO_OPTIONS, TcpSegment
 from . import _arrive, _listen, _output
-from ._listen import DEFAULT_MSS, MIN_MSS, TS_OPTION_LEN, choose_rcv_wscale
+from ._listen import DEFAULT_MSS, MIN_MSS, choose_rcv_wscale, option_overhead
 from .buffers import Reassembly, RecvBuffer, SendBuffer
 from .config import TcpConfig
 from .congestion import NewReno
@@ -718,7 +718,7 @@ class Connection:
         if not (seq_le(tcb.snd_una, Seq(seq)) and seq_lt(Seq(seq), tcb.snd_nxt)):
             self.count("icmp_too_big_out_of_window")
             return False
-        mss = max(MIN_MSS, path_mss - (TS_OPTION_LEN if tcb.timestamps else 0))
+        mss = max(MIN_MSS, path_mss - option_overhead(tcb.timestamps, self.config.md5))
         if mss >= tcb.mss:
             return False
         if not self.mss_max:

@@ -25,7 +25,8 @@ skip the per-byte work entirely.
 Sequence numbers are 32-bit and wrap: compare them only with ``seq.py``.
 
 Not implemented: IP fragment reassembly (fragments are dropped), IPv4 options
-(skipped by IHL, not interpreted), IPv6 jumbograms, TCP-AO/MD5, MPTCP, urgent data
+(skipped by IHL, not interpreted), IPv6 jumbograms, TCP-AO (MD5 signatures, RFC
+2385, are in ``tcp_md5.py``), MPTCP, urgent data
 semantics (the pointer is carried, nothing more), ECN negotiation (flags carried).
 """
 

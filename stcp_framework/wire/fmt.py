@@ -70,6 +70,8 @@ def _format_options(seg: TcpSegment) -> str:
                 for j in range(0, len(body), 8)
             )
             parts.append(f"sack {len(body) // 8} {blocks}")
+        elif kind == 19:
+            parts.append(f"md5 {body.hex()}")
         i += length
     return ",".join(parts)
 

@@ -17,10 +17,12 @@ kind   length  meaning                                       RFC
 4      2       SACK-Permitted                                2018 §2
 5      2+8n    SACK blocks, n >= 1                           2018 §3
 8      10      Timestamps (TSval, TSecr)                     7323 §3.2
+19     18      MD5 signature                                 2385 §3.0
 =====  ======  ============================================  =====================
 
 Emission follows Linux ``tcp_options_write`` byte for byte, so our segments look like
-the kernel's on the wire: MSS; SACK-Permitted fused with Timestamps (or NOP NOP before
+the kernel's on the wire: NOP NOP MD5 signature (its 16 bytes filled in by
+``build_packet``); MSS; SACK-Permitted fused with Timestamps (or NOP NOP before
 Timestamps, or NOP NOP before a lone SACK-Permitted); NOP Window Scale; NOP NOP SACK
 blocks. Everything is a multiple of 4 bytes and at most 40; SACK blocks that do not fit
 are left out (RFC 2018 §3: "the first block MUST specify the most recent" one, so we
@@ -47,6 +49,10 @@ KIND_WSCALE = 3
 KIND_SACK_PERMITTED = 4
 KIND_SACK = 5
 KIND_TIMESTAMPS = 8
+KIND_MD5 = 19
+MD5_DIGEST_LEN = 16
+MD5_OPTION_LEN = 20
+"""NOP NOP kind length digest: what the signature takes of the option space."""
 
 _II = struct.Struct("!II")
 _NOP_NOP_TS = struct.Struct("!BBBBII")
@@ -55,6 +61,7 @@ _MSS = struct.Struct("!BBH")
 _SACKPERM_TS = b"\x04\x02\x08\x0a"
 _NOP_WS = b"\x01\x03\x03"
 _NOP_NOP_SACKPERM = b"\x01\x01\x04\x02"
+_NOP_NOP_MD5 = b"\x01\x01\x13\x12"
 
 
 def _bad(detail: str) -> MalformedPacket:
@@ -79,12 +86,13 @@ def parse_options_untrusted(buf: bytes | bytearray | memoryview) -> TcpOptions:
     if n == 12 and buf[:4] == _NOP_NOP_TS_PREFIX:
         # Fast path: every data segment of a timestamp-enabled connection (RFC 7323
         # Appendix A layout), as Linux's tcp_fast_parse_options does.
-        return TcpOptions(None, None, False, _II.unpack_from(buf, 4), ())
+        return TcpOptions(None, None, False, _II.unpack_from(buf, 4), (), None)
     mss: int | None = None
     wscale: int | None = None
     sack_permitted = False
     timestamps: tuple[int, int] | None = None
     sack_blocks: tuple[tuple[int, int], ...] = ()
+    md5: bytes | None = None
     i = 0
     while i < n:  # bounded: i grows by >= 1 each round
         kind = buf[i]
@@ -120,8 +128,12 @@ def parse_options_untrusted(buf: bytes | bytearray | memoryview) -> TcpOptions:
             if length < 10 or (length - 2) % 8:
                 raise _bad(f"SACK length {length}")
             sack_blocks = tuple(_II.unpack_from(buf, j) for j in range(i + 2, i + length, 8))
+        elif kind == KIND_MD5:
+            if length != 2 + MD5_DIGEST_LEN:
+                raise _bad(f"MD5 signature length {length}")
+            md5 = bytes(buf[i + 2 : i + length])
         i += length
-    return TcpOptions(mss, wscale, sack_permitted, timestamps, sack_blocks)
+    return TcpOptions(mss, wscale, sack_permitted, timestamps, sack_blocks, md5)
 
 
 def emit_options(opts: TcpOptions) -> bytes:
@@ -133,13 +145,15 @@ def emit_options(opts: TcpOptions) -> bytes:
 
     Returns:
         Option bytes, a multiple of 4 long and at most 40; empty for no options.
-        SACK blocks beyond the space left are omitted, last ones first.
+        SACK blocks beyond the space left are omitted, last ones first. An ``md5``
+        comes first, as given (``build_packet`` emits zeros, then signs).
     """
     if opts is NO_OPTIONS:
         return b""
-    mss, wscale, sack_permitted, timestamps, sack_blocks = opts
+    mss, wscale, sack_permitted, timestamps, sack_blocks, md5 = opts
     if (
         timestamps is not None
+        and md5 is None
         and mss is None
         and wscale is None
         and not sack_permitted
@@ -147,6 +161,11 @@ def emit_options(opts: TcpOptions) -> bytes:
     ):
         return _NOP_NOP_TS.pack(1, 1, 8, 10, timestamps[0], timestamps[1])
     out = bytearray()
+    if md5 is not None:
+        if len(md5) != MD5_DIGEST_LEN:
+            raise ValueError(f"an MD5 signature is {MD5_DIGEST_LEN} bytes, not {len(md5)}")
+        out += _NOP_NOP_MD5
+        out += md5
     if mss is not None:
         out += _MSS.pack(KIND_MSS, 4, mss)
     if timestamps is not None:

@@ -24,8 +24,9 @@ import struct
 
 from .checksum import _fold, _le_sum
 from .drop import DropReason, MalformedPacket
-from .options import emit_options, parse_options_untrusted
+from .options import MD5_DIGEST_LEN, emit_options, parse_options_untrusted
 from .tcp import NO_OPTIONS, SYN, Packet, TcpOptions, TcpSegment
+from .tcp_md5 import md5_digest
 
 IPPROTO_TCP = 6
 IPV4_HEADER_LEN = 20
@@ -181,7 +182,7 @@ def parse_packet_untrusted(
     ):
         # Fast path: NOP NOP TS, the options of every data segment of a timestamp
         # connection (RFC 7323 Appendix A), as Linux's tcp_fast_parse_options does.
-        options = _new(TcpOptions, (None, None, False, (ts[1], ts[2]), ()))
+        options = _new(TcpOptions, (None, None, False, (ts[1], ts[2]), (), None))
     else:
         options = parse_options_untrusted(buf[off + TCP_HEADER_LEN : off + doff])
     # NamedTuples built positionally with tuple.__new__ (no argument parsing: one per
@@ -189,6 +190,19 @@ def parse_packet_untrusted(
     payload = buf[off + doff : end]
     seg = _new(TcpSegment, (src_port, dst_port, seq, ack, flags, window, urgent, options, payload))
     return _new(Packet, (version, src, dst, ttl, seg))
+
+
+def tcp_header_of(buf: memoryview) -> memoryview:
+    """The TCP header (with its options) of a packet ``parse_packet_untrusted`` took,
+    e.g. to check its MD5 signature (``tcp_md5.md5_valid``)."""
+    if buf[0] >> 4 == 4:
+        off = (buf[0] & 0x0F) << 2
+    else:
+        off, _ = _skip_ipv6_extension_headers(buf, IPV6_HEADER_LEN, len(buf), buf[6])
+    return buf[off : off + ((buf[off + 12] >> 4) << 2)]
+
+
+_MD5_PLACEHOLDER = bytes(MD5_DIGEST_LEN)
 
 
 def _skip_ipv6_extension_headers(
@@ -239,6 +253,7 @@ def build_packet(
     urgent: int = 0,
     offload_checksum: bool = False,
     header_only: bool = False,
+    md5_key: bytes | None = None,
 ) -> bytearray:
     """Build an IPv4 (``len(src) == 4``) or IPv6 packet carrying one TCP segment.
 
@@ -265,11 +280,15 @@ def build_packet(
         header_only: Return only the IP and TCP headers (lengths and checksums still
             cover ``payload``): the caller writes ``payload`` right after them (a
             ``writev``), so a 64 KB payload is never copied in Python.
+        md5_key: Sign the segment with this key (RFC 2385, ``tcp_md5.py``): the MD5
+            signature option goes first, before ``options`` (whose ``md5`` is ignored).
 
     Returns:
         The packet bytes (or its headers, with ``header_only``).
     """
-    if (
+    if md5_key is not None:
+        options = options._replace(md5=_MD5_PLACEHOLDER)
+    elif (
         offload_checksum
         and options is not NO_OPTIONS
         and options[3] is not None  # timestamps only: every segment after the SYNs
@@ -277,6 +296,7 @@ def build_packet(
         and options[1] is None
         and not options[2]
         and not options[4]
+        and options[5] is None
         and len(src) == 4
         and not urgent
     ):
@@ -286,7 +306,7 @@ def build_packet(
         )  # fmt: skip
     return _build_general(
         src, dst, src_port, dst_port, seq, ack, flags, window, options, payload,
-        ttl, urgent, offload_checksum, header_only,
+        ttl, urgent, offload_checksum, header_only, md5_key,
     )  # fmt: skip
 
 
@@ -345,6 +365,7 @@ def _build_general(
     urgent: int,
     offload_checksum: bool,
     header_only: bool,
+    md5_key: bytes | None = None,
 ) -> bytearray:
     opt = b"" if options is NO_OPTIONS else emit_options(options)
     thl = TCP_HEADER_LEN + len(opt)
@@ -368,6 +389,12 @@ def _build_general(
     data_at = off + thl
     if opt:
         buf[off + TCP_HEADER_LEN : data_at] = opt
+    if md5_key is not None:
+        # (the signature option comes first: NOP NOP 19 18, then its 16 bytes)
+        at = off + TCP_HEADER_LEN + 4
+        buf[at : at + MD5_DIGEST_LEN] = md5_digest(
+            src, dst, view[off : off + TCP_HEADER_LEN], payload, md5_key
+        )
     if payload and not header_only:
         buf[data_at:] = payload
     # Pseudo-header (addresses read back from the packet), then the TCP header;

@@ -38,6 +38,8 @@ class TcpOptions(NamedTuple):
         sack_permitted: SACK-permitted (kind 4, RFC 2018), SYN only.
         timestamps: ``(tsval, tsecr)`` (kind 8, RFC 7323 §3).
         sack_blocks: ``((left, right), ...)`` sequence numbers (kind 5, RFC 2018).
+        md5: The 16-byte MD5 signature (kind 19, RFC 2385) of a received segment;
+            ``build_packet(md5_key=...)`` signs a segment we send.
     """
 
     mss: int | None = None
@@ -45,6 +47,7 @@ class TcpOptions(NamedTuple):
     sack_permitted: bool = False
     timestamps: tuple[int, int] | None = None
     sack_blocks: tuple[tuple[int, int], ...] = ()
+    md5: bytes | None = None
 
 
 NO_OPTIONS = TcpOptions()

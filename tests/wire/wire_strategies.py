@@ -34,6 +34,7 @@ tcp_options = st.builds(
     sack_permitted=st.booleans(),
     timestamps=st.none() | st.tuples(u32, u32),
     sack_blocks=st.lists(st.tuples(u32, u32), max_size=4).map(tuple),
+    md5=st.none() | st.binary(min_size=16, max_size=16),
 )
 
 
