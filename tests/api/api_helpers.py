@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 import trio
 
@@ -44,6 +46,32 @@ async def served_pair(
         )
         yield client
         nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def server_life(
+    net: SimNetwork,
+    store: MemoryStore,
+    handler: Callable[[Stream], Awaitable[object]],
+    *,
+    seed: int,
+    port: int,
+    commit: str = "auto",
+    **options: Any,
+) -> AsyncIterator[Stack]:
+    """One life of a server at ``SERVER`` serving ``handler`` on ``port`` (``options``
+    go to ``open_stack``): leaving the block crashes it -- only the store survives."""
+    link = net.attach(SERVER)
+    try:
+        async with (
+            open_stack(link, [SERVER], store=store, rng=random.Random(seed), **options) as stack,
+            trio.open_nursery() as nursery,
+        ):
+            await nursery.start(functools.partial(stack.serve, handler, port, commit=commit))
+            yield stack
+            nursery.cancel_scope.cancel()
+    finally:
+        await link.aclose()
 
 
 class OutageStore(MemoryStore):

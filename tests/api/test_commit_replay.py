@@ -5,13 +5,13 @@ from __future__ import annotations
 import random
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
-from api_helpers import OutageStore, served_pair
+from api_helpers import OutageStore, served_pair, server_life
 
 from stcp_framework import MemoryStore, Stack, Stream, open_stack
 from stcp_framework.link.sim import SimNetwork
@@ -22,37 +22,18 @@ from stcp_framework.tcp.state import TcpState
 CLIENT, SERVER, PORT = "198.18.0.1", "198.18.0.2", 7
 
 
-@asynccontextmanager
-async def server_incarnation(
+def server_incarnation(
     net: SimNetwork,
     store: MemoryStore,
     handler: Callable[[Stream], Awaitable[object]],
     seed: int,
     instance: str = "srv",
-) -> AsyncIterator[Stack]:
+) -> AbstractAsyncContextManager[Stack]:
     """One life of the server: crash it by leaving the block (only the store survives)."""
-    link = net.attach(SERVER)
-    try:
-        async with (
-            open_stack(
-                link,
-                [SERVER],
-                store=store,
-                instance=instance,
-                rng=random.Random(seed),
-                iss_secret=b"server",
-            ) as stack,
-            trio.open_nursery() as nursery,
-        ):
-            await nursery.start(
-                lambda task_status: stack.serve(
-                    handler, PORT, commit="manual", task_status=task_status
-                )
-            )
-            yield stack
-            nursery.cancel_scope.cancel()
-    finally:
-        await link.aclose()
+    return server_life(
+        net, store, handler, seed=seed, port=PORT, commit="manual", instance=instance,
+        iss_secret=b"server",
+    )  # fmt: skip
 
 
 async def test_replay_resumes_at_the_commit_offset_with_its_state(

@@ -8,12 +8,12 @@ Against Linux's own TCP_MD5SIG: tests/netns/test_stack_md5.py."""
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 
 import pytest
 import trio
 import trio.testing
+from api_helpers import server_life
 
 from stcp_framework import MemoryStore, Stack, Stream, open_stack
 from stcp_framework.errors import StcpConfigError
@@ -44,26 +44,11 @@ class Wire:
             self.seen.append((event.src, signed, seg.options.timestamps is not None, seg.flags))
 
 
-@asynccontextmanager
-async def server(
+def server(
     net: SimNetwork, keys: dict[str, bytes | str] | None, store: MemoryStore, seed: int = 3
-) -> AsyncIterator[Stack]:
+) -> AbstractAsyncContextManager[Stack]:
     """One life of an echo server (leaving the block crashes it: the store survives)."""
-    link = net.attach(SERVER)
-    try:
-        async with (
-            open_stack(
-                link, [SERVER], store=store, rng=random.Random(seed), md5_keys=keys
-            ) as stack,
-            trio.open_nursery() as nursery,
-        ):
-            await nursery.start(
-                lambda task_status: stack.serve(echo, PORT, task_status=task_status)
-            )
-            yield stack
-            nursery.cancel_scope.cancel()
-    finally:
-        await link.aclose()
+    return server_life(net, store, echo, seed=seed, port=PORT, md5_keys=keys)
 
 
 async def test_a_signed_connection_signs_every_segment_both_ways(
