@@ -689,6 +689,7 @@ class Runtime:
             return
         if (
             now < self._cookies_until
+            and self._cookies is not None
             and seg.flags & (SYN | ACK | RST) == ACK
             and listener is not None
             and not listener.closed

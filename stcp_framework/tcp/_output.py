@@ -161,7 +161,11 @@ def _sack_options(c: Connection, now: float) -> TcpOptions:
     after a D-SACK block for a duplicate that just arrived (RFC 2883 §4: first)."""
     tcb = c.tcb
     opts = _options(c, now)
-    limit = sack.MAX_BLOCKS_WITH_TS if tcb.timestamps else sack.MAX_BLOCKS
+    if c.config.md5:
+        # 40 - 20 for the signature: room for two blocks, none beside timestamps
+        limit = 0 if tcb.timestamps else sack.MAX_BLOCKS_WITH_MD5
+    else:
+        limit = sack.MAX_BLOCKS_WITH_TS if tcb.timestamps else sack.MAX_BLOCKS
     dsack = c.dsack
     c.dsack = None  # reported once
     if dsack is not None:

@@ -33,6 +33,7 @@ _start = itemgetter(0)  # a block's start: the bisection key
 DUP_THRESH = 3  # RFC 5681 §3.2 duplicate ACKs, RFC 6675 DupThresh
 MAX_BLOCKS = 4  # 2 + 8*4 = 34 option bytes; beside timestamps (12) only 3 fit in 40
 MAX_BLOCKS_WITH_TS = 3
+MAX_BLOCKS_WITH_MD5 = 2  # beside an MD5 signature (20), and none beside it and timestamps
 RECENT = 4  # recent out-of-order arrivals remembered for block order
 SCOREBOARD_MAX_RANGES = 1024
 """SACKed ranges the sender keeps at most (``Scoreboard.update``): a receiver that SACKs

@@ -4,7 +4,8 @@ Parsing (RFC 9293 §3.1 "Options", §3.2): kinds 0 (End of Option List) and 1 (N
 are one byte; every other kind has a length byte that counts kind and length. Unknown
 kinds are skipped by their length (RFC 9293 §3.1, MUST-6/MUST-7 "be prepared to handle
 an illegal option length"). A length of 0 or 1, a length running past the option area,
-or a wrong fixed length for a kind we know raises ``MalformedPacket(BAD_OPTION)``; the
+or a wrong fixed length for a kind we know (but MD5's: such an option is no signature,
+as for Linux, and skipped) raises ``MalformedPacket(BAD_OPTION)``; the
 segment is then dropped, as Linux does in ``tcp_parse_options`` for a truncated option.
 
 Understood kinds:
@@ -128,9 +129,9 @@ def parse_options_untrusted(buf: bytes | bytearray | memoryview) -> TcpOptions:
             if length < 10 or (length - 2) % 8:
                 raise _bad(f"SACK length {length}")
             sack_blocks = tuple(_II.unpack_from(buf, j) for j in range(i + 2, i + length, 8))
-        elif kind == KIND_MD5:
-            if length != 2 + MD5_DIGEST_LEN:
-                raise _bad(f"MD5 signature length {length}")
+        elif kind == KIND_MD5 and length == 2 + MD5_DIGEST_LEN:
+            # (another length is no signature, as for Linux: skipped; a stack that
+            # expects one drops the segment as unsigned)
             md5 = bytes(buf[i + 2 : i + length])
         i += length
     return TcpOptions(mss, wscale, sack_permitted, timestamps, sack_blocks, md5)

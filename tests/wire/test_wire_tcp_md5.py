@@ -96,3 +96,10 @@ def test_the_signature_goes_first_and_leaves_no_room_for_sack_blocks_after_times
     assert parse_options_untrusted(wire) == signed._replace(sack_blocks=())
     alone = TcpOptions(md5=bytes(16), sack_blocks=((5, 6), (7, 8)))
     assert parse_options_untrusted(emit_options(alone)) == alone
+
+
+def test_an_md5_option_of_another_length_is_no_signature_and_is_skipped() -> None:
+    """As Linux's ``tcp_parse_md5sig_option``: no error (a stack without keys takes the
+    segment), no signature (a stack with a key for the peer drops it as unsigned)."""
+    wire = bytes.fromhex("130a" + "00" * 8) + bytes.fromhex("020405b4")
+    assert parse_options_untrusted(wire) == TcpOptions(mss=1460)
