@@ -125,6 +125,12 @@ late segments silently rather than answer them with RST (``Runtime._fenced``).""
 FORGET_QUEUE = 65536  # closed flows waiting to be removed from the store
 FORGET_BATCH = 512  # closed flows removed per store call
 UNCLAIMED_GRACE = 60.0  # seconds a restored flow waits for listen() or reattach()
+PARTNER_GRACE = 5.0
+"""Seconds after a transaction's partners were let go with a fenced flow (G4 with G5)
+before the store is asked whether a newer instance took them: one that started before
+they existed never lists them, and no one would carry them on (``_settle_partners``).
+Longer than a restore of 10,000 flows takes (~1 s), so an owner that did list them has
+claimed them by then."""
 IPV4_MIN_PMTU = 552  # Linux net.ipv4.route.min_pmtu: a smaller reported MTU counts as this
 IPV6_MIN_MTU = 1280  # RFC 8200 §5
 SPLIT_PAYLOAD = 4096  # below this, one copy into the packet is cheaper than a 3-part writev
@@ -317,6 +323,8 @@ class Runtime:
         self._readers_woken = 0  # readers woken with new bytes that have not run yet
         self._fresh: list[Flow] = []  # accepted before their round (_accept_early)
         self._fenced: dict[FlowKey, None] = {}  # newest last; at most FENCED_MEMORY
+        self._partners: list[Flow] = []  # let go with a fenced flow, not fenced themselves
+        self._nursery: trio.Nursery | None = None  # run()'s, for tasks started on demand
         self._withheld: set[Flow] = set()  # flows with segments held back (store outage)
         self._timer_heap: list[tuple[float, int, Flow]] = []
         self._timer_seq = 0
@@ -370,6 +378,7 @@ class Runtime:
         self._skew = machine_clock_skew()
         await self._claim_and_restore()
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self._transmit_loop)
             nursery.start_soon(self._forget_loop)
             if self.durability == "async":
@@ -1227,11 +1236,53 @@ class Runtime:
                     fenced[flow.key] = None
                     if len(fenced) > FENCED_MEMORY:
                         del fenced[next(iter(fenced))]
+                    if flow.flow_id not in named:
+                        if not self._partners and self._nursery is not None:
+                            self._nursery.start_soon(self._settle_partners)
+                        self._partners.append(flow)
                 flow.error = error
                 self._remove_flow(flow)
             if forget:
                 self._closed_flows.append(flow)
         return [item for item in items if item[0].flow_id not in failed]
+
+    async def _settle_partners(self) -> None:
+        """Reset the partners nobody took over (G4 with G5, ``_drop_failed``).
+
+        A flow let go because a transaction shared it with a fenced one is carried on by
+        the newer instance if that instance listed it at its start -- or hangs, with its
+        peer, when it began after that listing (both instances served meanwhile). So,
+        ``PARTNER_GRACE`` later, the store is asked: a partner whose owner epoch is still
+        ours was taken by no one. It gets a RST from what its machine sent (if that is
+        not the peer's RCV.NXT, the peer's challenge ACK finds no flow here and gets one
+        at its own SEG.ACK: the flow is no longer treated as fenced), and its record is
+        removed. Nothing of it is replayed, so nothing is forwarded twice; the peer
+        learns now instead of at its timeouts.
+        """
+        while self._partners:  # (started by the first partner let go; ends with the last)
+            await trio.sleep(PARTNER_GRACE)
+            partners = list(self._partners)
+            by_id = {flow.flow_id: flow for flow in partners}
+            try:
+                ours = await self.store.claim_many(list(by_id), self.epoch)
+            except StoreError as exc:
+                logger.info("could not ask the store about %d partners: %s", len(by_id), exc)
+                continue  # (asked again with those let go meanwhile)
+            del self._partners[: len(partners)]
+            for flow_id in ours:
+                flow = by_id[flow_id]
+                logger.warning(
+                    "[%s] reset: let go with a fenced transaction partner, and taken over "
+                    "by no instance",
+                    flow_id,
+                )
+                self.stats["partners_reset"] += 1
+                self._fenced.pop(flow.key, None)
+                self._send_reset(flow)
+                try:
+                    self._forget_send.send_nowait((flow_id, self.epoch))
+                except trio.WouldBlock:
+                    self.stats["forget_backlog_full"] += 1  # recovery will clean it up
 
     def _send_reset(self, flow: Flow) -> None:
         """RST a flow we cannot continue (RFC 9293 §3.10.7.4: <SEQ=SND.NXT><CTL=RST>)."""

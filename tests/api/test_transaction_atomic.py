@@ -22,6 +22,7 @@ import trio.testing
 
 from stcp_framework import MemoryStore, Stack, Stream, open_stack
 from stcp_framework.link.sim import SimNetwork
+from stcp_framework.stack.runtime import PARTNER_GRACE
 from stcp_framework.store.base import FlowDelta
 from stcp_framework.tcp.state import TcpState
 
@@ -178,6 +179,34 @@ async def test_a_transaction_with_a_fenced_flow_lands_nowhere(
         assert stats["flows_fenced"] == 2
         record = store.load_sync(downstream.flow_id)
         assert record is not None and record.tx == b""
+        # The other instance (it listed both) takes the downstream too: it is its now.
+        assert await store.claim_many([downstream.flow_id], epoch) == [downstream.flow_id]
+        await trio.sleep(PARTNER_GRACE + 1)
+        assert stats["partners_reset"] == 0
+        assert store.load_sync(downstream.flow_id) is not None
+    assert store.broken == []
+
+
+async def test_a_partner_no_instance_took_over_is_reset_not_left_hanging(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The same, but the other instance started before the downstream existed: it never
+    listed it, so no one would carry it on -- its peer would wait until its own timeouts.
+    After ``PARTNER_GRACE`` the store still names us its owner: it is reset (from what it
+    sent; the peer's challenge ACK, if any, meets no flow and gets an exact RST) and its
+    record removed. Nothing of it was replayed: nothing is forwarded twice."""
+    store = RelayCheckingStore()
+    async with relay_pair(store) as (server, upstream, downstream, _, down_client):
+        data = await upstream.receive_some()
+        epoch = await store.next_epoch()
+        assert await store.claim_many([upstream.flow_id], epoch) == [upstream.flow_id]
+        with pytest.raises(trio.BrokenResourceError), trio.fail_after(1):
+            await forward(server, upstream, downstream, data)
+        with pytest.raises(trio.BrokenResourceError), trio.fail_after(PARTNER_GRACE + 5):
+            await down_client.receive_some()  # reset, without a byte of the forward
+        assert server.runtime.stats["partners_reset"] == 1
+        assert store.load_sync(downstream.flow_id) is None
+        assert store.load_sync(upstream.flow_id) is not None  # the other instance's
     assert store.broken == []
 
 
