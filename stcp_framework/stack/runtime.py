@@ -708,9 +708,12 @@ class Runtime:
         if self._pass_on(buf, hops):
             return
         # RFC 9293 §3.10.7.1: a segment for a CLOSED (non-existent) connection gets a RST,
-        # unless it is itself a RST.
+        # unless it is itself a RST. To a LISTEN port (§3.10.7.2) only one with an ACK
+        # does; any other (a FIN, text without ACK) is dropped.
         self.drops[DropReason.NO_FLOW] += 1
-        if seg.flags & RST:
+        if seg.flags & RST or (
+            not seg.flags & ACK and listener is not None and not listener.closed
+        ):
             return
         if seg.flags & ACK:
             rst_seq, rst_ack, flags = seg.ack, 0, RST

@@ -231,8 +231,14 @@ def segment_arrives(c: Connection, seg: TcpSegment, now: float) -> None:
                 _output.send_syn(c, now, retransmit=True)
             return
         # Simultaneous open: the peer's SYN,ACK; its SYN is already accepted, so only
-        # its ACK is news (RFC 9293 figure 8).
-        seg = seg._replace(seq=seq_add(Seq(seg.seq), 1), flags=flags & ~SYN)
+        # its ACK is news (RFC 9293 figure 8). Its window is not scaled (RFC 7323 §2.2,
+        # a MUST), but check_ack scales what it reads: give it the window scaled down,
+        # rounded down -- at most 2^snd_wscale - 1 bytes short, never more than offered.
+        seg = seg._replace(
+            seq=seq_add(Seq(seg.seq), 1),
+            flags=flags & ~SYN,
+            window=seg.window >> tcb.snd_wscale,
+        )
         flags = seg.flags
     ts = seg.options.timestamps
     use_ts = ts is not None and tcb.timestamps and not flags & RST
@@ -246,7 +252,9 @@ def segment_arrives(c: Connection, seg: TcpSegment, now: float) -> None:
         # RFC 7323 §5.3 R1 (PAWS): an older TSval than TS.Recent is a duplicate. (A
         # TS.Recent idle for 24 days is invalid, §5.5: the segment goes on.)
         c.count("paws_drop")
-        if seg.payload or flags & (SYN | FIN):
+        if flags & SYN:
+            _output.challenge_ack(c, now)  # (RFC 5961 §7: rate-limited, as Linux)
+        elif seg.payload or flags & FIN:
             c.ack_now = True
         else:
             # A pure ACK is answered at most once per interval, as every unacceptable
@@ -350,9 +358,10 @@ def check_sequence(
             ok = True
     elif wnd == 0:
         ok = False
-        if d == 0 and plen and not syn:
+        if d == 0 and (plen or fin) and not syn:
             # "Special allowance ... to accept valid ACKs, URGs, and RSTs": process the
-            # control information, drop the text, and tell the peer the window is zero.
+            # control information, drop the text (and a FIN: it comes again once the
+            # window opens), and tell the peer the window is zero.
             c.ack_now = True
             return b"", tcb.rcv_nxt_offset, False
     else:

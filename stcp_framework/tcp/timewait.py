@@ -59,7 +59,8 @@ def new_syn_acceptable(tcb: Tcb, seg: TcpSegment) -> bool:
     """RFC 6191: may this SYN open a new incarnation of a flow in TIME-WAIT?
 
     With timestamps on both incarnations the SYN's TSval must be newer than
-    ``ts_recent``; otherwise its seq must be above ``rcv_nxt``. The stack then drops
+    ``ts_recent``, or equal to it with a seq above ``rcv_nxt`` (a client that reconnects
+    within one TS tick); otherwise its seq must be above ``rcv_nxt``. The stack then drops
     the old connection and opens a new one with the SYN (its ISS from RFC 6528 is then
     normally above ``tcb.snd_nxt``, as RFC 6191 wants). Needs the ``Tcb`` only, so a
     frozen connection answers without a rebuild.
@@ -67,6 +68,6 @@ def new_syn_acceptable(tcb: Tcb, seg: TcpSegment) -> bool:
     if tcb.state is not TcpState.TIME_WAIT or seg.flags & (SYN | ACK | RST) != SYN:
         return False
     ts = seg.options.timestamps
-    if tcb.timestamps and ts is not None:
+    if tcb.timestamps and ts is not None and ts[0] != tcb.ts_recent:
         return seq_gt(Seq(ts[0]), Seq(tcb.ts_recent))
     return seq_gt(Seq(seg.seq), tcb.rcv_nxt)

@@ -6,6 +6,7 @@ Every test runs two stacks from ``stcp_framework.testing.open_sim_pair`` on trio
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 
 import pytest
@@ -34,7 +35,8 @@ from stcp_framework.testing import (
     send_space,
 )
 from stcp_framework.wire.drop import DropReason
-from stcp_framework.wire.tcp import NO_OPTIONS, RST, TcpSegment
+from stcp_framework.wire.packet import build_packet, parse_packet_untrusted
+from stcp_framework.wire.tcp import ACK, FIN, NO_OPTIONS, PSH, RST, TcpSegment
 
 PORT = 7
 BUDGET = 600.0  # virtual seconds; a hang fails instead of spinning forever
@@ -300,6 +302,42 @@ async def test_cancelled_connect_leaves_no_flow(autojump_clock: trio.testing.Moc
 
 
 # ------------------------------------------------------------------ listener
+
+
+@pytest.mark.parametrize(
+    ("flags", "payload", "answer"),
+    [
+        (FIN, b"", None),  # other control without ACK: dropped (RFC 9293 §3.10.7.2)
+        (PSH, b"text", None),  # text without ACK: dropped
+        (FIN | PSH, b"x", None),
+        (ACK, b"", (5555, 0, RST)),  # an ACK: <SEQ=SEG.ACK><CTL=RST>
+    ],
+)
+async def test_a_listening_port_answers_only_an_ack_with_a_rst(
+    flags: int,
+    payload: bytes,
+    answer: tuple[int, int, int] | None,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_sim_pair(1) as pair:
+        pair.server.listen(PORT)
+        raw = pair.network.attach("198.18.0.3")
+        src, dst = (ipaddress.ip_address(a).packed for a in ("198.18.0.3", pair.server_address))
+        await raw.send_batch(
+            [
+                bytes(
+                    build_packet(
+                        src, dst, 40000, PORT, 1000, 5555, flags, 1000, NO_OPTIONS, payload
+                    )
+                )
+            ]
+        )
+        got = []
+        with trio.move_on_after(1):
+            for buf in await raw.recv_batch(10):
+                seg = parse_packet_untrusted(buf).tcp
+                got.append((seg.seq, seg.ack, seg.flags))
+        assert got == ([] if answer is None else [answer])
 
 
 async def test_listener_backlog_drops_and_counts_extra_syns(

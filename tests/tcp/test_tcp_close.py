@@ -31,7 +31,8 @@ from tcp_helpers import (
 
 from stcp_framework.tcp.events import Closed, DataReadable, EofReceived
 from stcp_framework.tcp.state import TcpState
-from stcp_framework.wire.tcp import ACK, FIN, PSH, RST, SYN
+from stcp_framework.tcp.timewait import new_syn_acceptable
+from stcp_framework.wire.tcp import ACK, FIN, PSH, RST, SYN, TcpOptions, TcpSegment
 
 TW = CONFIG.time_wait_timeout
 
@@ -246,3 +247,21 @@ def test_an_abort_s_rst_needs_the_closed_state_recorded() -> None:
     assert step.delta is not None and step.delta.version == durable + 1
     assert tcb_fields(step)["state"] == "CLOSED"
     assert rst.needs_version == durable + 1
+
+
+def test_time_wait_takes_a_syn_with_an_equal_tsval_and_a_higher_seq() -> None:
+    """RFC 6191 §2: a client that reconnects within one timestamp tick sends the same
+    TSval; a SEQ above RCV.NXT still lets its SYN in (as Linux: PAWS passes an equal
+    TSval). An older TSval does not, whatever the SEQ; a newer one does."""
+    tcb = conn_time_wait().tcb
+    tcb.timestamps, tcb.ts_recent = True, 1001
+
+    def syn(seq_off: int, tsval: int) -> TcpSegment:
+        return r(
+            seq=sq(REMOTE_SEQ, seq_off), ack=0, flags=SYN, options=TcpOptions(timestamps=(tsval, 0))
+        )
+
+    assert new_syn_acceptable(tcb, syn(100000, 1001))
+    assert not new_syn_acceptable(tcb, syn(-100, 1001))
+    assert not new_syn_acceptable(tcb, syn(100000, 1000))
+    assert new_syn_acceptable(tcb, syn(-100, 1002))

@@ -273,3 +273,19 @@ def test_a_view_of_a_reusable_buffer_or_a_small_view_is_copied() -> None:
     expected = bytes(pool[1000:41000]) + small[:50]
     pool[1000:41000] = bytes(40000)  # the device reuses its buffer
     assert conn.app_receive(1 << 16, 1.0) == expected
+
+
+def test_a_bare_fin_at_a_zero_window_still_delivers_its_ack() -> None:
+    """RFC 9293 §3.10.7.4: with RCV.WND zero, "special allowance should be made to accept
+    valid ACKs": a bare FIN at RCV.NXT acknowledging our data moves SND.UNA (the FIN
+    itself comes again once the window opens), as a data segment there does."""
+    conn = conn_established()
+    send(conn, r(payload=b"a" * BUF), at=0.0)  # never read: the window is zero
+    conn.drain()
+    conn.app_send(b"z" * 100, 0.0)
+    conn.drain()
+    send(conn, r(seq=sq(REMOTE_SEQ, BUF), ack=sq(LOCAL_SEQ, 100), flags=ACK | 1), at=0.1)
+    step = conn.drain()
+    assert conn.tcb.snd_una_offset == 100
+    assert conn.timers.retransmit_at is None
+    assert [seg.window for seg in step.segments] == [0]  # the zero window, told again

@@ -211,3 +211,24 @@ def test_active_open_wscale_negotiated() -> None:
     assert conn.tcb.snd_wscale == 14
     assert conn.tcb.rcv_nxt == REMOTE_SEQ
     assert CONFIG.recv_buffer_size == BUF
+
+
+def test_simultaneous_open_never_scales_the_syn_ack_window() -> None:
+    """RFC 7323 §2.2: the window of a segment with SYN is not scaled -- also the peer's
+    SYN,ACK that completes a simultaneous open, whose SYN flag the machine sets aside.
+    (Scaled, a window of 1000 offered 128,000 bytes, and we sent 14,600 at once.)"""
+    config = replace(CONFIG, window_scaling=True, recv_buffer_size=1 << 20)
+    conn = conn_syn_sent(config)
+    syn_opts = TcpOptions(mss=MSS, wscale=7)
+    send(conn, r(seq=REMOTE_ISS, ack=0, flags=SYN, window=1000, options=syn_opts), at=0.1)
+    conn.drain()
+    send(
+        conn,
+        r(seq=REMOTE_ISS, ack=LOCAL_SEQ, flags=SYN | ACK, window=1000, options=syn_opts),
+        at=0.2,
+    )
+    assert conn.state is TcpState.ESTABLISHED
+    assert conn.tcb.snd_wnd <= 1000
+    conn.drain()
+    conn.app_send(b"x" * 20000, 0.3)
+    assert sum(len(seg.payload) for seg in conn.drain().segments) <= 1000

@@ -159,3 +159,21 @@ def test_iss_rfc6528() -> None:
     # M advances with a 4 µs clock.
     assert (iss_rfc6528(2.0, a, 80, b, 40000, secret) - iss1) % 2**32 == 250_000
     assert 0 <= iss_rfc6528(1e6, a, 80, b, 40000, b"x" * 64) < 2**32
+
+
+def test_syns_that_fail_paws_get_rate_limited_challenge_acks() -> None:
+    """RFC 5961 §7 and RFC 7323: a SYN in a synchronized state gets a challenge ACK,
+    within the rate limit -- also when its old TSval fails PAWS (Linux's syn_challenge).
+    It got an ACK each, past the limit."""
+    conn = ts_conn()
+    send(conn, r(payload=b"new", options=TcpOptions(timestamps=(2000, 5))), at=1.0)
+    conn.drain()
+    for _ in range(50):
+        send(
+            conn,
+            r(seq=sq(REMOTE_SEQ, 3), ack=0, flags=SYN, options=TcpOptions(timestamps=(1500, 5))),
+            at=1.01,
+        )
+    assert len(conn.drain().segments) == CONFIG.challenge_ack_limit
+    assert conn.counters["paws_drop"] == 50
+    assert conn.state is TcpState.ESTABLISHED
