@@ -217,6 +217,7 @@ end
 local HEADER = '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$'
 local META = '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$'
 local staged = {}  -- every staged key of the batch: none may outlive this call
+local dirty = {}  -- chunk keys this batch wrote or deleted other than by a part's MOVE
 for i = 1, nitems do
   local id = ARGV[a]
   local epoch, version, rx_lo, rx_n, tx_lo, tx_n, nargs, nstaged =
@@ -315,6 +316,7 @@ for i = 1, nitems do
         if p ~= offset or take ~= #data then
           piece = string.sub(data, p - offset + 1, p - offset + take)
         end
+        dirty[key] = true
         if p == start then
           acts[#acts + 1] = {'SET', key, piece}  -- a fresh chunk, allocated exactly
         else
@@ -348,14 +350,17 @@ for i = 1, nitems do
       if s.h > start then start = s.h end
       if not holds_until_end(s, key, start) then return end
       -- the stored bytes [start, s.e) are the same stream bytes: replace the chunk
+      dirty[key] = true
       acts[#acts + 1] = {'MOVE', stage, key, start - offset}
       s.e = stop
     end
     -- the part [offset, offset + len) of one chunk, from the staged key `stage`: the
     -- chunk's earlier bytes and the part (see _Staged). When the chunk holds exactly the
     -- bytes before the part, as the copy did, the staged key replaces it without its
-    -- bytes entering Lua; otherwise (an earlier item of the batch skipped as held
-    -- already, bytes of it sent in ARGV) only the part is taken from its tail.
+    -- bytes entering Lua; otherwise -- an earlier item of the batch skipped as held
+    -- already, bytes of it sent in ARGV, or the chunk written or deleted by this batch
+    -- (a trim that emptied the stream, then a small append: the copy holds the old
+    -- bytes, and its size may match by chance) -- only the part is taken from its tail.
     local function append_part(s, offset, len, stage)
       if offset > s.e then
         fail = {'GAP', i, fmt(offset), fmt(s.e)}
@@ -371,12 +376,12 @@ for i = 1, nitems do
       local n = floor(offset / C)
       local start = n * C
       if s.h > start then start = s.h end
-      if offset ~= s.e or size ~= stop - start then
+      local key = key_of(s, n)
+      if not key then need_keys = true; return end
+      if dirty[key] or offset ~= s.e or size ~= stop - start then
         append(s, offset, redis.call('GETRANGE', stage, size - len, -1))
         return
       end
-      local key = key_of(s, n)
-      if not key then need_keys = true; return end
       if not holds_until_end(s, key, start) then return end
       acts[#acts + 1] = {'MOVE', stage, key, 0}
       if stop == (n + 1) * C then
@@ -408,6 +413,7 @@ for i = 1, nitems do
       for n = first, last do
         local key = key_of(s, n)
         if not key then need_keys = true; return end
+        dirty[key] = true
         acts[#acts + 1] = {'DEL', key}
       end
       s.b = below
@@ -1274,7 +1280,12 @@ class RedisStore:
                             args += (chunk_op, n)
                         elif hi - lo >= _STAGE_PART_MIN:
                             chain = (flow_id, stream, n)
-                            key = f"{K.stage_key(flow_names.tag, stream, n, item.epoch)}:{lo}"
+                            # (numbered: a delta repeated in the batch stages
+                            # the same part again, on top of its first staging)
+                            key = (
+                                f"{K.stage_key(flow_names.tag, stream, n, item.epoch)}"
+                                f":{lo}:{len(staged)}"
+                            )
                             source = partial.get(chain) or f"{flow_names.tag}:{stream}:{n}"
                             partial[chain] = key
                             staged.append(_Staged(key, [piece for _, piece in part], source))
