@@ -123,3 +123,9 @@ class RedisServer:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         self.proc = None
+
+
+def pattern(offset: int, size: int, salt: int = 3) -> bytes:
+    """Stream bytes that name their offset (a misplaced copy shows); ``salt`` tells two
+    streams apart."""
+    return bytes((o * 7 + salt) % 251 for o in range(offset, offset + size))

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from store_helpers import pattern
 
 from stcp_framework.store.base import (
     SECRET_BYTES,
@@ -637,11 +638,6 @@ async def test_a_repeated_version_later_in_the_batch_is_skipped(store: Store) ->
     assert rec is not None
     assert (rec.version, rec.tcb, rec.rx, rec.rx_offset) == (3, {"x": 2}, b"bcde", 1)
     assert (rec.commit_offset, rec.app_state) == (0, None)
-
-
-def pattern(offset: int, size: int) -> bytes:
-    """Bytes that name their stream offset (a misplaced copy shows)."""
-    return bytes((o * 7 + 3) % 251 for o in range(offset, offset + size))
 
 
 @pytest.mark.parametrize("stream", ["rx", "tx"])

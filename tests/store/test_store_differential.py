@@ -19,7 +19,7 @@ import os
 import random
 
 import pytest
-from store_helpers import RedisServer
+from store_helpers import RedisServer, pattern
 
 from stcp_framework.store.base import FencedOut, FlowDelta, Store
 from stcp_framework.store.keys import CHUNK_SIZE as C
@@ -39,12 +39,6 @@ from stcp_framework.tcp.delta import (
 SEEDS = int(os.environ.get("STCP_STORE_DIFF_SEEDS", "12"))
 SIZES = (1, 2, 99, 100, 16383, 16384, 16385, 20000, C - 1, C, C + 1, 2 * C, 2 * C + 7)
 _services = itertools.count()
-
-
-def pattern(stream: str, offset: int, size: int) -> bytes:
-    """Bytes that name their stream and offset (a misplaced copy shows)."""
-    salt = 3 if stream == "rx" else 5
-    return bytes((o * 7 + salt) % 251 for o in range(offset, offset + size))
 
 
 class FlowScript:
@@ -75,7 +69,7 @@ class FlowScript:
             size = self._size(offset)
             self.end[stream] = max(end, offset + size)
             append = RxAppend if stream == "rx" else TxAppend
-            return append(offset, pattern(stream, offset, size))
+            return append(offset, pattern(offset, size, 3 if stream == "rx" else 5))
         if kind < 0.75:
             choice = rnd.random()
             if choice < 0.3:
