@@ -201,7 +201,8 @@ class Stream(trio.abc.HalfCloseableStream):
             offset = self.read_offset
         if state is KEEP_STATE:
             state = flow.app_state
-        if not flow.closed:
+        if not flow.closed or flow.kept:
+            # (a kept closed flow: its record waits for these commits, G4)
             flow.conn.app_commit(offset, state, self._runtime.now())
             flow.app_state = state
             self._runtime.touch(flow)
@@ -496,6 +497,8 @@ class Stream(trio.abc.HalfCloseableStream):
                 conn = flow.conn
                 (conn.app_abort if abort else conn.app_close)(self._runtime.now())
                 self._runtime.touch(flow)
+            elif flow.kept:
+                self._runtime.release_kept(flow)  # the app is done with what it got
             flow.lot.unpark_all()
             flow.rx_lot.unpark_all()
 

@@ -153,6 +153,7 @@ class Flow:
         "fresh",
         "heap_at",
         "held",
+        "kept",
         "key",
         "listener_port",
         "lot",
@@ -199,6 +200,9 @@ class Flow:
         self.forgettable = True  # remove the store record once CLOSED
         self.forget_pending = False  # CLOSED, forgotten once its last deltas are stored
         self.md5_key: bytes | None = None  # its peer's TCP MD5 key (stack/signatures.py)
+        # CLOSED, but its record stays: its app has not committed all it received
+        # (Runtime._remove_flow, G4)
+        self.kept = False
         self.backlog: Listener | None = None  # counted in this listener's SYN backlog
 
     @property
@@ -253,3 +257,18 @@ class Flow:
     @property
     def local(self) -> tuple[str, int]:
         return format_addr(self.key[2]), self.key[3]
+
+
+def holds_uncommitted(flow: Flow) -> bool:
+    """Whether ``flow``'s level-2 app holds its stream (or may, after a restore) with
+    received bytes it has not committed: its store record must not go (G4)."""
+    if flow.time_wait is not None:
+        return False  # (frozen only once all it received was committed)
+    conn = flow.conn
+    tcb = conn.tcb
+    return (
+        tcb.manual_commit
+        and not tcb.app_closed
+        and (flow.accepted or flow.recovered or tcb.active_open)
+        and tcb.commit_offset < conn.rcv_buf.end_offset
+    )

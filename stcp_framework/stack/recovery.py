@@ -25,7 +25,7 @@ from ..store.base import FlowRecord, StoreError
 from ..tcp.machine import Connection
 from ..tcp.state import TcpState
 from ..tcp.tcb import Tcb
-from .flows import Flow, FlowKey, flow_key_of
+from .flows import Flow, FlowKey, flow_key_of, holds_uncommitted
 from .sources import SourceError
 
 if TYPE_CHECKING:
@@ -100,7 +100,10 @@ def _restore_one(
     except ValueError as exc:
         logger.warning("[%s] cannot restore: %s", flow_id, exc)
         return _Outcome.KEEP
-    if tcb.state is TcpState.CLOSED or key[2] not in runtime.local_addresses:
+    if key[2] not in runtime.local_addresses:
+        return _Outcome.FORGET
+    closed = tcb.state is TcpState.CLOSED
+    if closed and not (tcb.manual_commit and not tcb.app_closed):
         return _Outcome.FORGET
     try:
         conn = Connection.restore(
@@ -130,6 +133,15 @@ def _restore_one(
         return _Outcome.FORGET
     flow = Flow(key=key, flow_id=flow_id, conn=conn, recovered=True, app_state=record.app_state)
     flow.durable_version = record.version
+    if closed:
+        # Kept for its app's commits (Runtime._remove_flow, G4): a stream to replay,
+        # at EOF after the bytes not committed; no connection (the machine sends
+        # nothing from CLOSED), so not in the flow table.
+        if not holds_uncommitted(flow):
+            return _Outcome.FORGET
+        flow.closed = flow.kept = flow.connected = True
+        runtime.adopt(flow, offer=True)
+        return _Outcome.RESTORED
     flow.connected = tcb.state.synchronized()
     if tcb.state is TcpState.SYN_RECEIVED:
         flow.listener_port = key[3]  # accepted once the handshake completes

@@ -87,7 +87,7 @@ from ..wire.packet import build_packet, parse_packet_untrusted
 from ..wire.seq import SEQ_MASK, Seq, seq_le, seq_lt
 from ..wire.tcp import ACK, NO_OPTIONS, RST, SYN, Packet, TcpOptions, TcpSegment
 from .clock import machine_clock_skew
-from .flows import Flow, FlowKey, flow_id_of
+from .flows import Flow, FlowKey, flow_id_of, holds_uncommitted
 from .recovery import restore_flows
 from .siblings import Siblings
 from .signatures import Md5Keys
@@ -434,6 +434,7 @@ class Runtime:
         for flows in unclaimed.values():
             for flow in flows:
                 if flow.closed:
+                    self.release_kept(flow)  # (a closed one kept for an app that never came)
                     continue
                 logger.warning(
                     "[%s] restored, but no listener or reattach() took it in %g s: reset",
@@ -1161,6 +1162,8 @@ class Runtime:
                     flow.durable_version = delta.delta.version
                     if flow.lot:
                         moved.append(flow)  # (twice if twice in items: the 2nd is a no-op)
+                    if flow.kept and not holds_uncommitted(flow):
+                        self.release_kept(flow)
                     if flow.forget_pending and not flow.undurable():
                         flow.forget_pending = False  # closed, and now all stored
                         self._closed_flows.append(flow)
@@ -1435,7 +1438,12 @@ class Runtime:
             return
         flow.closed = True
         flow.count_into(self._ended_counters)
-        if flow.forgettable:
+        if flow.forgettable and holds_uncommitted(flow):
+            # TCP is done with it (a RST in TIME-WAIT, LAST-ACK's last ACK), its app is
+            # not: bytes it received and has not committed are replayed after a crash
+            # only from this record (G4). Kept until the app commits them or closes.
+            flow.kept = True
+        elif flow.forgettable:
             if flow.undurable():
                 # Its last deltas are still on their way (async durability, an outage):
                 # forgotten once they land (_commit), or a forget sent now would come
@@ -1449,6 +1457,18 @@ class Runtime:
         self._leave_backlog(flow)
         flow.lot.unpark_all()
         flow.rx_lot.unpark_all()
+
+    def release_kept(self, flow: Flow) -> None:
+        """A kept closed flow (``_remove_flow``) whose app committed all it received, or
+        closed its stream: its record goes (once its last deltas are stored)."""
+        if not flow.kept:
+            return
+        flow.kept = False
+        if flow.undurable():
+            flow.forget_pending = True
+        elif flow.durable_version > 0:
+            self._closed_flows.append(flow)
+            self._tx_wakeup.set()
 
     def _leave_backlog(self, flow: Flow) -> None:
         listener = flow.backlog
@@ -1631,7 +1651,7 @@ class Runtime:
         listener = Listener(port, backlog or self._syn_backlog, manual_commit=manual_commit)
         self.listeners[port] = listener
         for flow in self._unclaimed.pop(port, []):
-            if not flow.closed:
+            if not flow.closed or flow.kept:
                 self._offer(flow)  # restored streams go to the app first (recovered=True)
         return listener
 
@@ -1653,7 +1673,7 @@ class Runtime:
                     flows.remove(flow)
                     if not flows:
                         del self._unclaimed[port]
-                    if flow.closed:
+                    if flow.closed and not flow.kept:
                         break
                     flow.accepted = True
                     return flow

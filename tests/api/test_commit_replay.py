@@ -697,3 +697,54 @@ async def test_a_fenced_flow_s_late_segments_get_no_rst(
         await stream.send_all(b"three")  # the connection is not reset
     # The handler's end is news, not a failure: one line, no traceback.
     assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+
+
+async def test_bytes_a_closed_connection_left_uncommitted_are_replayed_after_a_crash(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """G4 when TCP finishes before the app: the client sends 10 KB and its FIN, the
+    server's app reads and commits 1 KB, half-closes, and the client's ACK of that FIN
+    ends the connection (LAST-ACK -> CLOSED) -- 9 KB received, never committed. Its
+    store record stays until the app commits them or closes the stream: after a crash
+    they are replayed, then EOF. (The record went at once, and the crash lost them:
+    crash fuzz seed 3,018,688, a relay whose upstream a RST ended in TIME-WAIT.)"""
+    net = SimNetwork(1)
+    store = MemoryStore()
+    payload = bytes(range(256)) * 40  # 10,240 bytes
+    first_done = trio.Event()
+    replay: list[tuple[bool, int, bytes]] = []
+    replayed = trio.Event()
+
+    async def first_life(stream: Stream) -> None:
+        data = await stream.receive_some(1024)
+        await stream.commit(len(data))
+        await trio.sleep(1)  # the rest and the client's FIN arrive meanwhile
+        await stream.send_eof()
+        first_done.set()
+        await trio.sleep_forever()  # the app has not got to the rest when it crashes
+
+    async def second_life(stream: Stream) -> None:
+        got = bytearray()
+        while data := await stream.receive_some():
+            got += data
+        await stream.commit()
+        replay.append((stream.recovered, stream.commit_offset, bytes(got)))
+        replayed.set()
+
+    async with open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(2)) as client:
+        async with server_incarnation(net, store, first_life, seed=3) as server:
+            stream = await client.connect(SERVER, PORT)
+            await stream.send_all(payload)
+            await stream.send_eof()
+            with trio.fail_after(10):
+                await first_done.wait()
+                assert await stream.receive_some() == b""  # the server's FIN
+            await trio.sleep(1)  # the ACK of that FIN: the server's side is CLOSED
+            assert server.runtime.flows == {}
+            assert len(await store.list_flows()) == 1  # kept for the app
+        async with server_incarnation(net, store, second_life, seed=4):
+            with trio.fail_after(10):
+                await replayed.wait()
+            await trio.sleep(1)
+            assert await store.list_flows() == []  # all committed, the stream closed: gone
+    assert replay == [(True, len(payload), payload[1024:])]

@@ -236,10 +236,11 @@ async def test_a_transaction_that_commits_a_finished_stream_returns(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """A relay forwards the last bytes of a stream whose connection has ended by then --
-    both FINs exchanged, CLOSED, its record forgotten -- and commits them: that commit
-    has nothing to land on, and no restart will ask for it. ``apply`` returns and the
-    forward lands (found by the crash fuzz, seeds 2481073, 2488877, 2492354: the commit
-    raised, or waited for ever, and the relay reset its client)."""
+    both FINs exchanged, CLOSED -- and commits them. ``apply`` returns and the forward
+    lands (found by the crash fuzz, seeds 2481073, 2488877, 2492354: the commit raised,
+    or waited for ever, and the relay reset its client). The ended stream's record
+    stays until that commit (G4: a crash before it replays the tail; seed 3018688),
+    and goes with it."""
     store = RelayCheckingStore()
     async with relay_pair(store) as (server, upstream, downstream, up_client, down_client):
         store.relay = None  # (this forward runs the other way: no invariant to check)
@@ -252,8 +253,8 @@ async def test_a_transaction_that_commits_a_finished_stream_returns(
         await down_client.aclose()
         await trio.sleep(1)
         assert downstream.tcp_state is TcpState.CLOSED
-        assert downstream.flow_id not in await store.list_flows()  # forgotten
-        txn = server.transaction()
+        assert downstream.flow_id in await store.list_flows()  # kept: "the tail" is not
+        txn = server.transaction()  # committed yet
         txn.send(upstream, data)
         txn.commit(downstream)
         with trio.fail_after(1):
@@ -261,3 +262,5 @@ async def test_a_transaction_that_commits_a_finished_stream_returns(
         assert await up_client.receive_some() == b"the tail"
         record = store.load_sync(upstream.flow_id)
         assert record is not None and record.tx == b"the tail"
+        await trio.sleep(1)
+        assert downstream.flow_id not in await store.list_flows()  # committed: gone
