@@ -267,7 +267,8 @@ def holds_uncommitted(flow: Flow) -> bool:
     conn = flow.conn
     tcb = conn.tcb
     return (
-        tcb.manual_commit
+        flow.error is None  # (a reset or timed-out stream is not one to replay)
+        and tcb.manual_commit
         and not tcb.app_closed
         and (flow.accepted or flow.recovered or tcb.active_open)
         and tcb.commit_offset < conn.rcv_buf.end_offset

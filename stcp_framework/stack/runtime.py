@@ -1208,7 +1208,11 @@ class Runtime:
         reasons = exc.reasons if isinstance(exc, FlowLost) else {}
         # (closed before this refusal: a flow this loop lets go is closed by it, and its
         # second delta -- two, after an outage -- is no moot commit)
-        ended = {flow.flow_id for flow, _ in items if flow.closed and flow.error is None}
+        ended = {
+            flow.flow_id
+            for flow, _ in items
+            if flow.closed and not flow.kept and flow.error is None
+        }
         for flow, item in items:
             if flow.flow_id not in failed:
                 continue
@@ -1216,7 +1220,7 @@ class Runtime:
             # the flow (an older state, a part of one) is ours and of no use -- the
             # forget, epoch-checked, removes it, so that no later start restores it.
             forget = reset and flow.forgettable
-            flow.forgettable = flow.forget_pending = False  # (and once per flow)
+            flow.forgettable = flow.forget_pending = flow.kept = False  # (once per flow)
             if flow.flow_id in ended:
                 # A delta of a connection that had ended -- a commit on a finished
                 # stream, say a relay's last forward, after its record was forgotten:

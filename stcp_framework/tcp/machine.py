@@ -1098,6 +1098,8 @@ class Connection:
         state = tcb.state
         if state is TcpState.CLOSED:
             return
+        if not tcb.app_closed:
+            self._set("app_closed", True)  # (the app dropped what it did not commit)
         if state in _ABORT_RST_STATES:
             _output.send_rst(self, tcb.snd_nxt, with_ack=True, now=now)
         self._set_state(TcpState.CLOSED, "app_abort")

@@ -748,3 +748,38 @@ async def test_bytes_a_closed_connection_left_uncommitted_are_replayed_after_a_c
             await trio.sleep(1)
             assert await store.list_flows() == []  # all committed, the stream closed: gone
     assert replay == [(True, len(payload), payload[1024:])]
+
+
+@pytest.mark.parametrize("close", ["abort", "aclose"])
+async def test_a_stream_its_app_dropped_is_not_kept_for_replay(
+    close: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The other side of the test above: an app that aborts, or closes with bytes
+    unread (a RST), has dropped what it did not commit -- its record goes, and no
+    restart hands the connection back (a review of the fix found it kept and replayed)."""
+    net = SimNetwork(1)
+    store = MemoryStore()
+    dropped = trio.Event()
+    second_life: list[Stream] = []
+
+    async def first_life(stream: Stream) -> None:
+        data = await stream.receive_some(1024)
+        await stream.commit(len(data))
+        await trio.sleep(1)  # the rest arrives, unread
+        await (stream.abort() if close == "abort" else stream.aclose())
+        dropped.set()
+
+    async def collect(stream: Stream) -> None:
+        second_life.append(stream)
+
+    async with open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(2)) as client:
+        async with server_incarnation(net, store, first_life, seed=3):
+            stream = await client.connect(SERVER, PORT)
+            await stream.send_all(bytes(10240))
+            with trio.fail_after(10):
+                await dropped.wait()
+            await trio.sleep(1)
+            assert await store.list_flows() == []
+        async with server_incarnation(net, store, collect, seed=4):
+            await trio.sleep(2)
+    assert second_life == []
