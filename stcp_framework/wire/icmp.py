@@ -18,7 +18,8 @@ from typing import NamedTuple
 
 from .checksum import internet_checksum, pseudo_header_sum
 from .drop import DropReason, MalformedPacket
-from .packet import _IPV4, _IPV6, IPPROTO_TCP
+from .packet import _IPV4, _IPV6
+from .tcp import IPPROTO_TCP
 
 IPPROTO_ICMP = 1
 IPPROTO_ICMPV6 = 58

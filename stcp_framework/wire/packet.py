@@ -25,10 +25,9 @@ import struct
 from .checksum import _fold, _le_sum
 from .drop import DropReason, MalformedPacket
 from .options import MD5_DIGEST_LEN, emit_options, parse_options_untrusted
-from .tcp import NO_OPTIONS, SYN, Packet, TcpOptions, TcpSegment
+from .tcp import IPPROTO_TCP, NO_OPTIONS, SYN, Packet, TcpOptions, TcpSegment
 from .tcp_md5 import md5_digest
 
-IPPROTO_TCP = 6
 IPV4_HEADER_LEN = 20
 IPV6_HEADER_LEN = 40
 TCP_HEADER_LEN = 20

@@ -9,6 +9,9 @@ from __future__ import annotations
 import enum
 from typing import NamedTuple
 
+IPPROTO_TCP = 6
+"""TCP's IP protocol number (IPv4 protocol, IPv6 next header)."""
+
 
 class TcpFlags(enum.IntFlag):
     FIN = 0x01

@@ -22,14 +22,13 @@ import hashlib
 import hmac
 import struct
 
-from .tcp import Packet
+from .tcp import IPPROTO_TCP, Packet
 
 __all__ = ["MAX_KEY_LEN", "md5_digest", "md5_valid"]
 
 MAX_KEY_LEN = 80
 """Longest key Linux accepts (``TCP_MD5SIG_MAXKEYLEN``); BGP peers share its limit."""
 
-IPPROTO_TCP = 6
 _V4_PSEUDO = struct.Struct("!4s4sBBH")
 _V6_PSEUDO = struct.Struct("!16s16sI3xB")
 
