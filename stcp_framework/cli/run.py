@@ -17,7 +17,7 @@ from ..errors import StcpConfigError
 from ..link.base import PacketDevice
 from ..link.claim import claim_name
 from ..link.handover import handover_name, offer, standby_name, take
-from ..link.pcap import PcapDevice
+from ..link.pcap import HEADERS_SNAPLEN, PcapDevice
 from ..link.tun import TunDevice, device_exists, missing_device_error, wait_for_queue
 from ..services import COMMIT_MODES, DEFAULT_PORTS, SERVICES, SOURCES, discard
 from ..stack.clock import MonotonicClock
@@ -32,6 +32,17 @@ from .workers import pin_worker, say, worker_instance
 logger = logging.getLogger("stcp.cli")
 
 MAX_WORKERS = 64
+
+
+def _snaplen(text: str) -> int:
+    """``--pcap-snaplen``: a positive byte count."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"not a positive number of bytes: {text!r}")
+    return value
 
 
 def add_run_parser(sub: Any) -> None:
@@ -86,6 +97,14 @@ def add_run_parser(sub: Any) -> None:
         "client resends the rest after a crash)",
     )
     p.add_argument("--pcap", metavar="FILE", help="write every packet to this libpcap file")
+    p.add_argument(
+        "--pcap-snaplen",
+        type=_snaplen,
+        default=None,
+        metavar="BYTES",
+        help="with --pcap: keep only the first BYTES of each packet, as tcpdump -s "
+        f"({HEADERS_SNAPLEN} holds every IP and TCP header; default: whole packets)",
+    )
     p.add_argument(
         "--workers",
         type=int,
@@ -143,6 +162,8 @@ def run_command(args: argparse.Namespace) -> int:
         raise StcpConfigError(
             f"--instance {args.instance!r}: use a non-empty name without braces or spaces"
         ) from None
+    if args.pcap_snaplen is not None and not args.pcap:
+        raise StcpConfigError("--pcap-snaplen goes with --pcap FILE")
     if not 1 <= args.workers <= MAX_WORKERS:
         raise StcpConfigError(f"--workers {args.workers}: use 1 to {MAX_WORKERS}")
     if args.worker is not None and not 0 <= args.worker < args.workers:
@@ -202,7 +223,10 @@ async def _serve(args: argparse.Namespace) -> None:
     siblings = Siblings(args.dev, index, args.workers) if args.workers > 1 else None
     if args.pcap:
         try:
-            device = PcapDevice(device, args.pcap)
+            if args.pcap_snaplen is None:
+                device = PcapDevice(device, args.pcap)
+            else:
+                device = PcapDevice(device, args.pcap, snaplen=args.pcap_snaplen)
         except OSError as exc:
             await tun.aclose()
             raise StcpConfigError(f"--pcap {args.pcap}: {exc.strerror or exc}") from exc

@@ -64,15 +64,32 @@ class PcapWriter:
 
     def write(self, packet: bytes | bytearray | memoryview) -> None:
         """Append one packet record, timestamped by the clock."""
+        self._record(len(packet), packet, b"")
+
+    def write_parts(
+        self, head: bytes | bytearray | memoryview, payload: bytes | bytearray | memoryview
+    ) -> None:
+        """Append one packet given as its headers and its payload (a zero-copy send):
+        only the bytes the snaplen keeps are copied."""
+        self._record(len(head) + len(payload), head, payload)
+
+    def _record(
+        self,
+        orig_len: int,
+        head: bytes | bytearray | memoryview,
+        rest: bytes | bytearray | memoryview,
+    ) -> None:
         if self._file.closed:
             return
-        ts = self._clock()
-        ts_usec_total = max(0, round(ts * 1_000_000))
+        ts_usec_total = max(0, round(self._clock() * 1_000_000))
         ts_sec, ts_usec = divmod(ts_usec_total, 1_000_000)
-        orig_len = len(packet)
         incl_len = min(orig_len, self._snaplen)
-        self._file.write(_RECORD_HEADER.pack(ts_sec & 0xFFFFFFFF, ts_usec, incl_len, orig_len))
-        self._file.write(packet[:incl_len])
+        write = self._file.write
+        write(_RECORD_HEADER.pack(ts_sec & 0xFFFFFFFF, ts_usec, incl_len, orig_len))
+        kept = head[:incl_len]
+        write(kept)
+        if len(kept) < incl_len:
+            write(rest[: incl_len - len(kept)])
         self.packets_written += 1
 
     def flush(self) -> None:
@@ -126,11 +143,14 @@ class PcapDevice:
         return bool(getattr(self.inner, "tx_checksum_offload", False))
 
     async def recv_batch(self, max_packets: int) -> list[memoryview]:
-        """Receive from the inner device and record each packet."""
+        """Receive from the inner device and record each packet (the batch is flushed to
+        the file before the stack sees it: a process killed with SIGKILL leaves a
+        capture up to its last batch)."""
         packets = await self.inner.recv_batch(max_packets)
         write = self.writer.write
         for pkt in packets:
             write(pkt)
+        self.writer.flush()
         return packets
 
     @property
@@ -144,10 +164,14 @@ class PcapDevice:
         return bool(getattr(self.inner, "accepts_split_packets", False))
 
     async def send_batch(self, packets: Sequence[OutPacket]) -> None:
-        """Record each packet, then send the batch on the inner device."""
-        write = self.writer.write
+        """Record each packet and flush, then send the batch on the inner device."""
+        writer = self.writer
         for pkt in packets:
-            write(b"".join(pkt[:2]) if isinstance(pkt, tuple) else pkt)
+            if isinstance(pkt, tuple):
+                writer.write_parts(pkt[0], pkt[1])
+            else:
+                writer.write(pkt)
+        writer.flush()
         await self.inner.send_batch(packets)
 
     async def aclose(self) -> None:

@@ -38,7 +38,17 @@ def test_top_level_help_lists_every_command() -> None:
         (["net", "down", "--help"], ["--dev"]),
         (
             ["run", "--help"],
-            ["echo", "discard", "chargen", "--dev", "--listen", "--store", "--pcap", "--standby"],
+            [
+                "echo",
+                "discard",
+                "chargen",
+                "--dev",
+                "--listen",
+                "--store",
+                "--pcap",
+                "--pcap-snaplen",
+                "--standby",
+            ],
         ),
         (["demo", "--help"], ["--size", "root"]),
         (["store", "--help"], ["up", "down", "status"]),
@@ -80,6 +90,22 @@ def test_a_bad_instance_name_is_named_as_such(name: str) -> None:
         run("run", "echo", "--listen", "198.18.0.2:7", "--store", "memory", "--instance", name)
     )
     assert line.startswith(f"stcp: error: --instance {name!r}: "), line
+
+
+def test_a_pcap_snaplen_without_a_pcap_file_is_named() -> None:
+    line = one_error_line(
+        run("run", "echo", "--listen", "198.18.0.2:7", "--store", "memory",
+            "--pcap-snaplen", "128")
+    )  # fmt: skip
+    assert line == "stcp: error: --pcap-snaplen goes with --pcap FILE", line
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "lots"])
+def test_a_pcap_snaplen_that_is_no_positive_number_is_a_usage_error(value: str) -> None:
+    result = run("run", "echo", "--listen", "198.18.0.2:7", "--pcap", "/dev/null",
+                 "--pcap-snaplen", value)  # fmt: skip
+    assert result.returncode == 2
+    assert f"not a positive number of bytes: {value!r}" in result.stderr
 
 
 def test_bad_listen_address_is_a_usage_error() -> None:

@@ -75,3 +75,42 @@ async def test_offload_flags_are_the_inner_devices(tmp_path: Path) -> None:
     finally:
         plain.writer.close()
         offloading.writer.close()
+
+
+class _Splitting:
+    """A device that takes ``(headers, payload[, gso_size])`` packets and keeps them."""
+
+    mtu = 65000
+    accepts_split_packets = True
+    tx_checksum_offload = True
+    tx_gso_max = 65000
+
+    def __init__(self) -> None:
+        self.sent: list[object] = []
+
+    async def send_batch(self, packets: list[object]) -> None:
+        self.sent.extend(packets)
+
+
+@pytest.mark.parametrize("snaplen", [HEADERS_SNAPLEN, 20, 262144])
+async def test_split_and_gso_packets_are_recorded_whole_up_to_the_snaplen(
+    tmp_path: Path, snaplen: int
+) -> None:
+    """A zero-copy send is one record of its headers and payload; only what the
+    snaplen keeps is copied, and each batch is in the file when ``send_batch``
+    returns (a server killed with SIGKILL leaves its capture up to its last batch)."""
+    inner = _Splitting()
+    dev = PcapDevice(inner, tmp_path / "g.pcap", snaplen=snaplen)  # type: ignore[arg-type]
+    whole = ip4(bytes(range(200)) * 30)
+    head, payload = bytearray(whole[:60]), memoryview(whole)[60:]
+    small = ip4(b"tiny")
+    await dev.send_batch([(head, payload), (head, payload, 1000), small])
+    assert inner.sent == [(head, payload), (head, payload, 1000), small]
+    _, recs = records(tmp_path / "g.pcap")  # before any close: flushed
+    keep = min(snaplen, len(whole))
+    assert recs == [
+        (keep, len(whole), whole[:keep]),
+        (keep, len(whole), whole[:keep]),
+        (min(snaplen, len(small)), len(small), small[:snaplen]),
+    ]
+    dev.writer.close()

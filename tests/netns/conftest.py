@@ -11,12 +11,16 @@ Fixtures:
         (``@pytest.mark.parametrize("tun_net", [65000], indirect=True)``).
     ``pcap_path``: ``pcaps/<test>.pcap`` for ``PcapDevice``; deleted if the test passed,
         kept (and its path printed) if it failed.
+    (no fixture) the captures ``stcp run`` processes wrote under a failing test's
+        ``tmp_path`` (``restart_helpers.StcpServer`` gives each one ``--pcap``) are
+        copied to ``pcaps/<test>/`` and named in its report.
     ``redis_server``: a private ``redis-server`` for one test (``restart_helpers.py``).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
@@ -51,7 +55,27 @@ def pytest_runtest_makereport(
     path = item.stash.get(_PCAP, None)
     if path is not None and report.when == "call" and report.failed:
         report.sections.append(("stcp pcap", f"packet capture kept: {path}"))
+    if report.when == "call" and report.failed:
+        kept = _keep_server_captures(item)
+        if kept is not None:
+            report.sections.append(("stcp pcap", f"server packet captures kept: {kept}"))
     return report
+
+
+def _keep_server_captures(item: pytest.Item) -> Path | None:
+    """Copy the pcaps under the failed test's ``tmp_path`` to ``pcaps/<test>/``."""
+    tmp_path = getattr(item, "funcargs", {}).get("tmp_path")
+    if not isinstance(tmp_path, Path):
+        return None
+    captures = sorted(tmp_path.rglob("*.pcap"))
+    if not captures:
+        return None
+    folder = pcap_path_for(item.config.rootpath, item.nodeid).with_suffix("")
+    folder.mkdir(parents=True, exist_ok=True)
+    for capture in captures:
+        relative = capture.relative_to(tmp_path)
+        shutil.copyfile(capture, folder / "-".join(relative.parts))
+    return folder
 
 
 @pytest.fixture(scope="session", autouse=True)

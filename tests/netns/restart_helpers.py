@@ -8,7 +8,9 @@ Three kinds of child process, each started and stopped by its PID:
 * ``StcpServer``: ``stcp run SERVICE --store unix://... --instance NAME`` on a fixture's
   TUN device; ``start()`` waits for its "serving" line and records how long that took,
   ``kill()`` is ``SIGKILL``, ``stop()`` is ``SIGTERM`` and returns the counters the server
-  prints on stderr (every incarnation's stderr is kept in its own file).
+  prints on stderr (every incarnation's stderr is kept in its own file, and its packets'
+  headers in a pcap beside it, flushed every batch: ``conftest.py`` keeps them in
+  ``pcaps/`` when the test fails).
 * ``Peer``: ``kernel_peer.py`` (the Linux kernel's TCP) with ``--progress``, so a test
   can act when the transfer reaches a byte offset; its JSON result includes the stalls
   (pauses between received chunks) that ``stall_after`` matches with kill instants.
@@ -38,6 +40,7 @@ import trio
 from netns_fixtures import TunNet
 
 MB = 1 << 20
+HEADERS = 128  # --pcap-snaplen of the servers' captures: every IP and TCP header
 GB = 1 << 30
 REDIS_START_TIMEOUT = 10.0
 STACK_START_TIMEOUT = 30.0  # seconds from exec to "serving" (1,000 flows to restore)
@@ -209,6 +212,7 @@ class StcpServer:
     instance: str = "t1"
     extra: tuple[str, ...] = ()  # more options of ``stcp run``
     log_level: str = "warning"
+    capture: bool = True  # each incarnation's packet headers in a pcap (``--pcap``)
     incarnations: list[Incarnation] = field(default_factory=list)
     _process: trio.Process | None = None
 
@@ -228,10 +232,15 @@ class StcpServer:
         number = len(self.incarnations)
         stderr_path = self.workdir / f"{self.service}-{self.instance}-{number}.stderr"
         self.workdir.mkdir(parents=True, exist_ok=True)
+        capture = (
+            ["--pcap", str(stderr_path.with_suffix(".pcap")), "--pcap-snaplen", str(HEADERS)]
+            if self.capture
+            else []
+        )
         command = stcp_command(
             "--log-level", self.log_level, "run", self.service, "--dev", self.dev,
             "--listen", self.listen, "--store", self.store_url, "--instance", self.instance,
-            *self.extra, *(["--standby"] if standby else []),
+            *self.extra, *capture, *(["--standby"] if standby else []),
         )  # fmt: skip
         with stderr_path.open("wb") as stderr:
             started_at = time.monotonic()
