@@ -192,16 +192,21 @@ def tx_gso_vnet_header(headers: Buffer, gso_size: int) -> bytes:
 
 
 def rx_tcp_checksum_bad(packet: memoryview) -> bool:
-    """Whether a received packet is TCP with a wrong checksum (RFC 9293 §3.1).
+    """Whether a received packet has a wrong checksum: TCP's (RFC 9293 §3.1) or, over
+    IPv4, its header's (RFC 791).
 
     For packets that arrive with neither ``NEEDS_CSUM`` nor ``DATA_VALID`` (e.g. from a
     raw socket, or forwarded from a device without receive checksum offload). Uses the
     stack's own parser, so "bad" means exactly what the stack would have dropped as
-    ``BAD_TCP_CHECKSUM``; any other defect (not TCP, truncated, ...) is left for the
-    stack to count.
+    ``BAD_TCP_CHECKSUM`` or ``BAD_IP_CHECKSUM``: the stack parses what this passes
+    without checking either (the device says it verified them), and the parser stops
+    at a bad header checksum before it looks at TCP's -- a frame written onto the
+    device with a packet socket skips the kernel's IP input, and came through with
+    both wrong. Any other defect (not TCP, truncated, ...) is left for the stack to
+    count.
     """
     try:
         parse_packet_untrusted(packet)
     except MalformedPacket as exc:
-        return exc.reason is DropReason.BAD_TCP_CHECKSUM
+        return exc.reason is DropReason.BAD_TCP_CHECKSUM or exc.reason is DropReason.BAD_IP_CHECKSUM
     return False

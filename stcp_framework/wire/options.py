@@ -6,7 +6,10 @@ kinds are skipped by their length (RFC 9293 §3.1, MUST-6/MUST-7 "be prepared to
 an illegal option length"). A length of 0 or 1, a length running past the option area,
 or a wrong fixed length for a kind we know (but MD5's: such an option is no signature,
 as for Linux, and skipped) raises ``MalformedPacket(BAD_OPTION)``; the
-segment is then dropped, as Linux does in ``tcp_parse_options`` for a truncated option.
+segment is then dropped and counted, as RFC 9293 MUST-7 allows and stcp's contract
+asks (bad option length: dropped, counted by reason). Linux is more lenient:
+``tcp_parse_options`` stops at such a length, or ignores a known kind of the wrong
+length, and takes the segment.
 
 Understood kinds:
 

@@ -210,7 +210,11 @@ def _skip_ipv6_extension_headers(
     """Walk the IPv6 extension headers (RFC 8200 §4) up to TCP.
 
     Hop-by-Hop (only first, RFC 8200 §4.1), Routing and Destination Options are
-    skipped by their length; a Fragment header means a fragment we do not
+    processed as a final destination that knows none of their options or routing
+    types does: a Routing header with segments left is dropped (§4.4: its packet is
+    not for us yet, and TCP's checksum covers the final destination), so is an option
+    whose type says "discard if unrecognized" (its two high bits not 00, §4.2); the
+    rest are skipped by their lengths. A Fragment header means a fragment we do not
     reassemble; anything else (no next header, ESP, UDP, ...) is not TCP.
 
     Returns:
@@ -225,15 +229,42 @@ def _skip_ipv6_extension_headers(
             raise _drop(DropReason.BAD_EXTENSION_HEADER, "hop-by-hop header not first")
         if next_header not in (_IPV6_HOP_BY_HOP, _IPV6_ROUTING, _IPV6_DEST_OPTS):
             raise _drop(DropReason.NOT_TCP, f"next header {next_header}")
-        if off + 2 > end:
+        if off + 8 > end:  # (every extension header is a multiple of 8 bytes)
             raise _drop(DropReason.BAD_EXTENSION_HEADER, f"header {next_header} truncated")
-        next_header = buf[off]
-        off += (buf[off + 1] + 1) << 3
-        if off > end:
+        stop = off + ((buf[off + 1] + 1) << 3)
+        if stop > end:
             raise _drop(DropReason.BAD_EXTENSION_HEADER, "extension header runs past payload")
+        if next_header == _IPV6_ROUTING:
+            if buf[off + 3]:
+                raise _drop(
+                    DropReason.BAD_EXTENSION_HEADER,
+                    f"routing header type {buf[off + 2]} with {buf[off + 3]} segments left",
+                )
+        else:
+            _check_ipv6_options(buf, off + 2, stop)
+        next_header = buf[off]
+        off = stop
     if next_header == IPPROTO_TCP:
         return off, next_header
     raise _drop(DropReason.BAD_EXTENSION_HEADER, "too many extension headers")
+
+
+def _check_ipv6_options(buf: memoryview, off: int, stop: int) -> None:
+    """The TLV options of a Hop-by-Hop or Destination Options header (RFC 8200 §4.2):
+    Pad1 and PadN, and any other whose type's two high bits are 00 ("skip over this
+    option"), pass; another type asks an unknowing node to discard the packet."""
+    while off < stop:
+        kind = buf[off]
+        if kind == 0:  # Pad1
+            off += 1
+            continue
+        if off + 2 > stop:
+            raise _drop(DropReason.BAD_EXTENSION_HEADER, f"option {kind} truncated")
+        if kind != 1 and kind >> 6:
+            raise _drop(DropReason.BAD_EXTENSION_HEADER, f"unrecognized option type {kind:#04x}")
+        off += 2 + buf[off + 1]
+        if off > stop:
+            raise _drop(DropReason.BAD_EXTENSION_HEADER, f"option {kind} runs past its header")
 
 
 def build_packet(

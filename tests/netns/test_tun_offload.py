@@ -111,10 +111,18 @@ def test_ipv4_options_move_csum_start() -> None:
     assert (hdr.flags, hdr.csum_start, hdr.csum_offset) == (VIRTIO_NET_HDR_F_NEEDS_CSUM, 24, 16)
 
 
-def test_rx_checksum_check_flags_only_bad_tcp() -> None:
+def test_rx_checksum_check_flags_only_bad_checksums() -> None:
     good = tcp_packet(A4, B4, b"data", offload=False)
     bad = bytearray(good)
     bad[-1] ^= 0xFF
+    # A bad IPv4 header checksum too: the parser stops there, before TCP's checksum,
+    # and the stack (told the device verified them) would check neither.
+    bad_header = bytearray(bad)
+    bad_header[8] -= 1  # the TTL, its header checksum not updated
+    assert rx_tcp_checksum_bad(memoryview(bad_header))
+    bad_header_only = bytearray(good)
+    bad_header_only[8] -= 1
+    assert rx_tcp_checksum_bad(memoryview(bad_header_only))
     not_tcp = bytearray(bad)
     not_tcp[9] = 17
     not_tcp[10:12] = b"\0\0"

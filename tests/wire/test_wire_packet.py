@@ -417,6 +417,51 @@ def test_drop_bad_extension_header() -> None:
     _case(DropReason.BAD_EXTENSION_HEADER, _ip6(60, chain))
 
 
+def _with_header(header: int, body: bytes) -> bytearray:
+    """An IPv6 SYN behind one extension header (``body``: the bytes after its next
+    header and length fields, a multiple of 8 less 2) with a valid TCP checksum."""
+    ext = bytes([6, (len(body) + 2) // 8 - 1]) + body
+    buf = _ip6(header, ext + TCP_SYN)
+    _fix_tcp(buf, 40 + len(ext), A6, B6)
+    return buf
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        bytes(6),  # Pad1 x 6
+        bytes([1, 4]) + bytes(4),  # PadN
+        bytes([0x05, 2, 0, 0]) + bytes([1, 0]),  # a type to skip if unknown (00xxxxxx)
+        bytes([0x3E, 0]) + bytes([1, 2, 0, 0]),
+    ],
+)
+def test_ipv6_options_an_unknowing_node_may_skip_pass(options: bytes) -> None:
+    for header in (0, 60):  # Hop-by-Hop, Destination Options
+        assert parse_packet_untrusted(_with_header(header, options)).tcp.seq == 1
+
+
+@pytest.mark.parametrize("kind", [0x40, 0x80, 0xC2, 0xFF])
+def test_ipv6_options_that_say_discard_if_unknown_drop_the_packet(kind: int) -> None:
+    """RFC 8200 §4.2: option types 01xxxxxx, 10xxxxxx, 11xxxxxx ask a node that does
+    not know them to discard the packet (they were skipped)."""
+    for header in (0, 60):
+        _case(DropReason.BAD_EXTENSION_HEADER, _with_header(header, bytes([kind, 4]) + bytes(4)))
+
+
+def test_ipv6_options_must_fit_their_header() -> None:
+    _case(DropReason.BAD_EXTENSION_HEADER, _with_header(60, bytes([1, 5]) + bytes(4)))
+    _case(DropReason.BAD_EXTENSION_HEADER, _with_header(60, bytes(5) + bytes([1])))
+
+
+def test_a_routing_header_with_segments_left_drops_the_packet() -> None:
+    """RFC 8200 §4.4: the packet is not at its final destination yet -- and TCP's
+    checksum covers that one, not the address in the IPv6 header -- and we know no
+    routing type: discarded. With none left it is skipped."""
+    _case(DropReason.BAD_EXTENSION_HEADER, _with_header(43, bytes([4, 1]) + bytes(20)))
+    _case(DropReason.BAD_EXTENSION_HEADER, _with_header(43, bytes([0, 1]) + bytes(4)))
+    assert parse_packet_untrusted(_with_header(43, bytes([4, 0]) + bytes(20))).tcp.seq == 1
+
+
 def test_drop_not_tcp() -> None:
     buf = _syn4()
     buf[9] = 17
