@@ -96,7 +96,13 @@ def add_run_parser(sub: Any) -> None:
         "what the service has committed, so received bytes never go to the store (the "
         "client resends the rest after a crash)",
     )
-    p.add_argument("--pcap", metavar="FILE", help="write every packet to this libpcap file")
+    p.add_argument(
+        "--pcap",
+        metavar="FILE",
+        help="write every packet to this libpcap file, flushed as packets pass; a "
+        "restarted server continues the capture in it; with --workers N, worker I "
+        "writes FILE.wI",
+    )
     p.add_argument(
         "--pcap-snaplen",
         type=_snaplen,
@@ -223,13 +229,14 @@ async def _serve(args: argparse.Namespace) -> None:
     siblings = Siblings(args.dev, index, args.workers) if args.workers > 1 else None
     if args.pcap:
         try:
-            if args.pcap_snaplen is None:
-                device = PcapDevice(device, args.pcap)
-            else:
-                device = PcapDevice(device, args.pcap, snaplen=args.pcap_snaplen)
+            snaplen = {} if args.pcap_snaplen is None else {"snaplen": args.pcap_snaplen}
+            device = PcapDevice(device, args.pcap, append=True, **snaplen)
         except OSError as exc:
             await tun.aclose()
             raise StcpConfigError(f"--pcap {args.pcap}: {exc.strerror or exc}") from exc
+        except ValueError as exc:
+            await tun.aclose()
+            raise StcpConfigError(f"--pcap: {exc}") from exc
     async with open_stack(
         device,
         addresses,

@@ -230,8 +230,6 @@ async def _stop(process: _Child) -> None:
 
 def supervise(args: argparse.Namespace, store: str) -> int:
     """Run ``args.workers`` workers of ``stcp run`` (``store``: a resolved store spec)."""
-    if args.pcap:
-        raise StcpConfigError("--pcap takes one process: use it without --workers")
     if single_queue_device(args.dev):
         raise StcpConfigError(
             f"TUN device {args.dev} has a single queue, so it takes one worker: recreate it "
@@ -269,6 +267,10 @@ def _worker_command(args: argparse.Namespace, store: str, index: int) -> list[st
     ]  # fmt: skip
     if args.store_dir:
         command += ["--store-dir", args.store_dir]
+    if args.pcap:
+        command += ["--pcap", f"{args.pcap}.w{index}"]
+        if args.pcap_snaplen is not None:
+            command += ["--pcap-snaplen", str(args.pcap_snaplen)]
     for host, port in args.listen:
         command += ["--listen", format_endpoint(host, port)]
     return command

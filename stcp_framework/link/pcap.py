@@ -48,13 +48,33 @@ class PcapWriter:
         *,
         clock: Callable[[], float] = time.time,
         snaplen: int = _SNAPLEN,
+        append: bool = False,
     ) -> None:
+        """``append``: continue the capture in ``path`` if it holds one with the same
+        header (a restarted server's), else start it; without, ``path`` is truncated.
+
+        Raises:
+            ValueError: A bad ``snaplen``, or ``append`` to a file that is not such a
+                capture.
+            OSError: ``path`` cannot be opened.
+        """
         if snaplen < 1:
             raise ValueError(f"snaplen must be >= 1, not {snaplen}")
         self._clock = clock
         self._snaplen = snaplen
-        self._file: BinaryIO = open(path, "wb")  # noqa: SIM115 -- closed by close()
-        self._file.write(_FILE_HEADER.pack(PCAP_MAGIC, 2, 4, 0, 0, snaplen, LINKTYPE_RAW))
+        header = _FILE_HEADER.pack(PCAP_MAGIC, 2, 4, 0, 0, snaplen, LINKTYPE_RAW)
+        self._file: BinaryIO = open(path, "ab" if append else "wb")  # noqa: SIM115 -- close()
+        if append and self._file.tell() > 0:
+            with open(path, "rb") as existing:
+                found = existing.read(len(header))
+            if found != header:
+                self._file.close()
+                raise ValueError(
+                    f"{os.fspath(path)} is not a capture to continue: not a pcap file "
+                    f"of raw IP packets with snaplen {snaplen}"
+                )
+        else:
+            self._file.write(header)
         self.packets_written = 0
 
     @property
@@ -113,6 +133,7 @@ class PcapDevice:
         clock: timestamp source in seconds (``time.time`` by default).
         snaplen: bytes kept of each packet (all of it by default; ``HEADERS_SNAPLEN``
             keeps the IP and TCP headers only).
+        append: continue the capture already in ``path`` (``PcapWriter``).
     """
 
     def __init__(
@@ -122,10 +143,11 @@ class PcapDevice:
         *,
         clock: Callable[[], float] = time.time,
         snaplen: int = _SNAPLEN,
+        append: bool = False,
     ) -> None:
         self.inner = inner
         self.path = os.fspath(path)
-        self.writer = PcapWriter(path, clock=clock, snaplen=snaplen)
+        self.writer = PcapWriter(path, clock=clock, snaplen=snaplen, append=append)
 
     @property
     def mtu(self) -> int:

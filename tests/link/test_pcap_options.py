@@ -114,3 +114,25 @@ async def test_split_and_gso_packets_are_recorded_whole_up_to_the_snaplen(
         (min(snaplen, len(small)), len(small), small[:snaplen]),
     ]
     dev.writer.close()
+
+
+async def test_append_continues_a_capture_and_refuses_another_file(tmp_path: Path) -> None:
+    """``append=True`` (``stcp run --pcap``): a restarted server's packets follow the
+    ones before in one capture; a file that is not such a capture is refused, not
+    overwritten."""
+    path = tmp_path / "run.pcap"
+    first, second = ip4(b"before the kill"), ip4(b"after the restart")
+    for packet in (first, second):
+        dev = PcapDevice(SimNetwork(1).attach(A), path, snaplen=HEADERS_SNAPLEN, append=True)
+        await dev.send_batch([packet])
+        dev.writer.close()  # (no aclose: a killed process closes nothing)
+    snaplen, recs = records(path)
+    assert snaplen == HEADERS_SNAPLEN
+    assert [data for _, _, data in recs] == [first, second]
+    with pytest.raises(ValueError, match="not a capture to continue"):
+        PcapDevice(SimNetwork(1).attach(A), path, append=True)  # another snaplen
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(b"not a capture at all, and longer than a pcap header")
+    with pytest.raises(ValueError, match="not a capture to continue"):
+        PcapDevice(SimNetwork(1).attach(A), notes, append=True)
+    assert notes.read_bytes().startswith(b"not a capture")

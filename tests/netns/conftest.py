@@ -67,7 +67,7 @@ def _keep_server_captures(item: pytest.Item) -> Path | None:
     tmp_path = getattr(item, "funcargs", {}).get("tmp_path")
     if not isinstance(tmp_path, Path):
         return None
-    captures = sorted(tmp_path.rglob("*.pcap"))
+    captures = sorted(tmp_path.rglob("*.pcap*"))
     if not captures:
         return None
     folder = pcap_path_for(item.config.rootpath, item.nodeid).with_suffix("")
