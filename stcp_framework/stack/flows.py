@@ -163,6 +163,7 @@ class Flow:
         "reset",
         "rx_lot",
         "time_wait",
+        "unclaimed_until",
     )
 
     def __init__(
@@ -204,6 +205,8 @@ class Flow:
         # (Runtime._remove_flow, G4)
         self.kept = False
         self.backlog: Listener | None = None  # counted in this listener's SYN backlog
+        # restored, and no listener or reattach() has taken it: reset at this time
+        self.unclaimed_until = 0.0
 
     @property
     def conn(self) -> Connection:

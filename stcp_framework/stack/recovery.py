@@ -102,8 +102,18 @@ def _restore_one(
         return _Outcome.KEEP
     if key[2] not in runtime.local_addresses:
         return _Outcome.FORGET
+    if tcb.state is TcpState.SYN_SENT:
+        # The app's connect() died with the process before it returned, so no app
+        # knows this flow (reattach takes a flow_id an app stored); restored, it would
+        # complete its handshake for nobody. Forgotten: a SYN-ACK the peer sends meets
+        # a RST (RFC 9293 §3.10.7.1), which ends its half of it.
+        return _Outcome.FORGET
     closed = tcb.state is TcpState.CLOSED
-    if closed and not (tcb.manual_commit and not tcb.app_closed):
+    if closed and not (tcb.manual_commit and not tcb.app_closed and tcb.fin_received):
+        # Only one that ended with the peer's FIN is kept for replay (Runtime.
+        # _remove_flow): its bytes then EOF are the whole stream. One that ended
+        # otherwise -- reset, timed out -- and left a record (its forget never got
+        # through) is no stream to replay: replayed, it would end in a clean EOF.
         return _Outcome.FORGET
     try:
         conn = Connection.restore(

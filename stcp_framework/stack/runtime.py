@@ -348,6 +348,7 @@ class Runtime:
         self._closed_flows: list[Flow] = []
         self._unclaimed: dict[int, list[Flow]] = {}  # restored flows waiting for listen()
         self._unclaimed_grace = unclaimed_grace
+        self._unclaimed_watched = False  # _reset_unclaimed_later runs
         self._siblings = siblings
         self.instance = instance
         self.sources = SourceRegistry(sources)  # regenerable sends, for restores
@@ -388,6 +389,7 @@ class Runtime:
             if self._siblings is not None:
                 nursery.start_soon(self._sibling_loop)
             if self._unclaimed:
+                self._unclaimed_watched = True
                 nursery.start_soon(self._reset_unclaimed_later)
             task_status.started()
 
@@ -414,6 +416,7 @@ class Runtime:
                 self._dirty.clear()
                 self._unclaimed.clear()
                 self._timer_heap.clear()
+                self._pending_raw.clear()  # (the next try makes its RSTs again)
                 self.stats["store_unavailable"] += 1
                 logger.warning(
                     "store unavailable at start, claiming and restoring again in %.2g s: %s",
@@ -427,23 +430,44 @@ class Runtime:
         self._iss_of = IssGenerator(secret)
         self._cookies = SynCookies(secret) if self._syn_cookies else None
 
+    def _leave_unclaimed(self, port: int, flow: Flow) -> None:
+        """Keep restored ``flow`` for a listener on ``port`` (0: for ``reattach``) for
+        the grace period; after it, ``_reset_unclaimed_later`` resets it. A flow
+        restored before its handshake was done comes here once it is done, any time."""
+        flow.unclaimed_until = self.now() + self._unclaimed_grace
+        self._unclaimed.setdefault(port, []).append(flow)
+        if not self._unclaimed_watched and self._nursery is not None:
+            self._unclaimed_watched = True
+            self._nursery.start_soon(self._reset_unclaimed_later)
+
     async def _reset_unclaimed_later(self) -> None:
-        """Reset the restored streams still untaken after the grace period."""
-        await trio.sleep(self._unclaimed_grace)
-        unclaimed, self._unclaimed = self._unclaimed, {}
-        for flows in unclaimed.values():
-            for flow in flows:
+        """Reset the restored streams still untaken after their grace period (at the
+        start, all of them at once), until none is left waiting."""
+        while self._unclaimed:
+            due = min(f.unclaimed_until for flows in self._unclaimed.values() for f in flows)
+            await trio.sleep_until(due + self._skew)
+            now = self.now()
+            expired: list[Flow] = []
+            for port, flows in list(self._unclaimed.items()):
+                waiting = [flow for flow in flows if flow.unclaimed_until > now]
+                expired += [flow for flow in flows if flow.unclaimed_until <= now]
+                if waiting:
+                    self._unclaimed[port] = waiting
+                else:
+                    del self._unclaimed[port]
+            for flow in expired:
                 if flow.closed:
                     self.release_kept(flow)  # (a closed one kept for an app that never came)
                     continue
                 logger.warning(
-                    "[%s] restored, but no listener or reattach() took it in %g s: reset",
+                    "[%s] no listener or reattach() took it in %g s: reset",
                     flow.flow_id,
                     self._unclaimed_grace,
                 )
                 self.stats["unclaimed_reset"] += 1
-                flow.conn.app_abort(self.now())
+                flow.conn.app_abort(now)
                 self._mark(flow)
+        self._unclaimed_watched = False
 
     async def _receive_loop(self) -> None:
         device = self.device
@@ -1206,13 +1230,24 @@ class Runtime:
             # of its transactions land.
             failed = self._linked_to(failed)
         reasons = exc.reasons if isinstance(exc, FlowLost) else {}
-        # (closed before this refusal: a flow this loop lets go is closed by it, and its
-        # second delta -- two, after an outage -- is no moot commit)
-        ended = {
-            flow.flow_id
-            for flow, _ in items
-            if flow.closed and not flow.kept and flow.error is None
-        }
+        # Moot: a lost delta of a connection that had ended -- a commit on a finished or
+        # reset stream, say a relay's last forward, after its record was forgotten:
+        # nothing for it to land on, and no restart will ask for it. Not a fenced one:
+        # another instance owns that flow, and nothing of this one may leave or count
+        # as stored (G5: not even a RST its app's abort made this very round); not a
+        # kept one (its record is what a restart replays: the app must learn it is
+        # gone); not one let go by an earlier refusal (its error is a StoreError), nor
+        # by this one (closed by this loop: its second delta -- two, after an outage --
+        # is not moot either; hence the set is made first).
+        moot = (
+            {
+                flow.flow_id
+                for flow, _ in items
+                if flow.closed and not flow.kept and not isinstance(flow.error, StoreError)
+            }
+            if reset
+            else set()
+        )
         for flow, item in items:
             if flow.flow_id not in failed:
                 continue
@@ -1221,14 +1256,12 @@ class Runtime:
             # forget, epoch-checked, removes it, so that no later start restores it.
             forget = reset and flow.forgettable
             flow.forgettable = flow.forget_pending = flow.kept = False  # (once per flow)
-            if flow.flow_id in ended:
-                # A delta of a connection that had ended -- a commit on a finished
-                # stream, say a relay's last forward, after its record was forgotten:
-                # nothing for it to land on, and no restart will ask for it. Moot: its
-                # waiters return as for a stored one (they raised, or waited for ever).
+            if flow.flow_id in moot:
                 flow.durable_version = max(flow.durable_version, item.delta.version)
-                flow.lot.unpark_all()
-            elif not flow.closed:  # (let go already by its earlier delta in the batch)
+                flow.lot.unpark_all()  # its waiters return as for a stored delta
+            elif not flow.closed or not isinstance(flow.error, StoreError):
+                # (not let go already: by its earlier delta in the batch, or an earlier
+                # refusal)
                 error = exc
                 if flow.flow_id not in named:
                     error = FencedOut(
@@ -1239,19 +1272,26 @@ class Runtime:
                 logger.warning("[%s] %s", flow.flow_id, reasons.get(flow.flow_id, error))
                 if reset:
                     self.stats["flows_lost"] += 1
-                    self._send_reset(flow)
+                    if not flow.closed:
+                        self._send_reset(flow)
                 else:
                     self.stats["flows_fenced"] += 1
                     fenced = self._fenced
                     fenced[flow.key] = None
                     if len(fenced) > FENCED_MEMORY:
                         del fenced[next(iter(fenced))]
-                    if flow.flow_id not in named:
+                    if flow.flow_id not in named and not flow.closed:
                         if not self._partners and self._nursery is not None:
                             self._nursery.start_soon(self._settle_partners)
                         self._partners.append(flow)
+                # A closed one -- a kept record, or a connection that ended this round
+                # -- has its waiters woken by the error, as a live one by its removal.
                 flow.error = error
-                self._remove_flow(flow)
+                if flow.closed:
+                    flow.lot.unpark_all()
+                    flow.rx_lot.unpark_all()
+                else:
+                    self._remove_flow(flow)
             if forget:
                 self._closed_flows.append(flow)
         return [item for item in items if item[0].flow_id not in failed]
@@ -1391,11 +1431,24 @@ class Runtime:
                     batch.append(receive.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-            try:
-                fenced = await self.store.forget_many(batch)
-            except StoreError as exc:
-                logger.info("could not forget %d closed flows: %s", len(batch), exc)
-                continue
+            # A store outage holds the batch and tries again, as commits do (G7): a
+            # record left behind would be restored by the next start, and some --
+            # a stream its peer reset, a kept one its app closed since -- say so
+            # nowhere in it.
+            delay = STORE_RETRY_MIN
+            while True:
+                try:
+                    fenced = await self.store.forget_many(batch)
+                except StoreUnavailable as exc:
+                    if delay == STORE_RETRY_MIN:
+                        logger.info("could not forget %d closed flows yet: %s", len(batch), exc)
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, STORE_RETRY_MAX)
+                    continue
+                except StoreError as exc:
+                    logger.warning("could not forget %d closed flows: %s", len(batch), exc)
+                    fenced = []
+                break
             for flow_id in fenced:
                 logger.info("[%s] not forgotten: a newer instance owns it", flow_id)
 
@@ -1484,8 +1537,8 @@ class Runtime:
         """Hand an established (or restored) flow to its port's listener."""
         listener = self.listeners.get(flow.key[3])
         if listener is None or listener.closed:
-            if flow.recovered:
-                self._unclaimed.setdefault(flow.key[3], []).append(flow)
+            # restored, or its handshake completed after its listener closed
+            self._leave_unclaimed(flow.key[3], flow)
             return
         flow.accepted = True
         if listener.deliver is not None:
@@ -1527,7 +1580,7 @@ class Runtime:
         self._mark(flow)
         if offer:
             if flow.conn.tcb.active_open:
-                self._unclaimed.setdefault(0, []).append(flow)
+                self._leave_unclaimed(0, flow)
                 return
             flow.listener_port = flow.key[3]
             self._offer(flow)
@@ -1660,9 +1713,19 @@ class Runtime:
         return listener
 
     def close_listener(self, listener: Listener) -> None:
+        """Close ``listener``. The connections it queued and no app took wait, as
+        restored ones do, for a listener on the port within the grace period -- the
+        app serving again, or the next process: a stack that stops closes its
+        listeners, and a stop must end no connection -- then are reset, as Linux
+        resets a closed listening socket's queue (they were left open for good)."""
         listener.closed = True
         if self.listeners.get(listener.port) is listener:
             del self.listeners[listener.port]
+        queue = listener.queue
+        while queue:
+            flow = queue.popleft()
+            if not flow.closed or flow.kept:
+                self._leave_unclaimed(listener.port, flow)
         listener.lot.unpark_all()
 
     def reattach(self, flow_id: str) -> Flow:

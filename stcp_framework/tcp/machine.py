@@ -482,6 +482,11 @@ class Connection:
                     c.timers.retransmit_at = now + c.rtt.rto
                 if state is TcpState.ESTABLISHED or state is TcpState.CLOSE_WAIT:
                     _output.arm_keepalive(c, now)
+                elif state is TcpState.FIN_WAIT_2 and tcb.app_closed:
+                    # orphaned, as before the restart: its timer died with the old
+                    # process, and without one nothing ever ends it (a peer that never
+                    # closes kept it, and its record, for good)
+                    _output.arm_orphan_timer(c, now)
             _output.transmit(c, now)
             if (
                 tcb.snd_una_offset >= 0

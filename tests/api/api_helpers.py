@@ -75,11 +75,18 @@ async def server_life(
 
 
 class OutageStore(MemoryStore):
-    """A MemoryStore that refuses commits while ``down`` (G7: the stack holds them)."""
+    """A MemoryStore that refuses commits while ``down`` (G7: the stack holds them), and
+    forgets while ``forgets_down``."""
 
     down = False
+    forgets_down = False
 
     async def commit(self, batch: Sequence[FlowDelta]) -> None:
         if self.down:
             raise StoreUnavailable("down for the test")
         await super().commit(batch)
+
+    async def forget_many(self, items: Sequence[tuple[str, int]]) -> list[str]:
+        if self.forgets_down:
+            raise StoreUnavailable("down for the test")
+        return await super().forget_many(items)

@@ -14,7 +14,7 @@ import trio.testing
 from api_helpers import OutageStore, served_pair, server_life
 
 from stcp_framework import MemoryStore, Stack, Stream, open_stack
-from stcp_framework.link.sim import SimNetwork
+from stcp_framework.link.sim import SimNetwork, TapEvent, TapVerdict
 from stcp_framework.services import discard, echo
 from stcp_framework.store.base import FlowRecord, StoreUnavailable
 from stcp_framework.tcp.state import TcpState
@@ -783,3 +783,237 @@ async def test_a_stream_its_app_dropped_is_not_kept_for_replay(
         async with server_incarnation(net, store, collect, seed=4):
             await trio.sleep(2)
     assert second_life == []
+
+
+async def kept_stream(
+    net: SimNetwork, store: MemoryStore, client: Stack
+) -> AsyncIterator[tuple[Stack, Stream]]:
+    """A server life whose stream TCP has closed (the client sent 10 KB and its FIN,
+    the app committed 1 KB, half-closed, and the client's ACK of that FIN came): its
+    record is kept for the 9 KB not committed. Yields the server and that stream."""
+    streams: list[Stream] = []
+    closed_ours = trio.Event()
+
+    async def first_life(stream: Stream) -> None:
+        data = await stream.receive_some(1024)
+        await stream.commit(len(data))
+        await trio.sleep(1)  # the rest and the client's FIN arrive meanwhile
+        await stream.send_eof()
+        streams.append(stream)
+        closed_ours.set()
+        await trio.sleep_forever()
+
+    async with server_incarnation(net, store, first_life, seed=3) as server:
+        stream = await client.connect(SERVER, PORT)
+        await stream.send_all(bytes(range(256)) * 40)
+        await stream.send_eof()
+        with trio.fail_after(10):
+            await closed_ours.wait()
+            assert await stream.receive_some() == b""  # the server's FIN
+        await trio.sleep(1)  # the ACK of that FIN: the server's side is CLOSED
+        (served,) = streams
+        assert served.tcp_state is TcpState.CLOSED
+        assert await store.list_flows() == [served.flow_id]  # kept
+        yield server, served
+
+
+@pytest.mark.parametrize("taken", ["fenced", "lost"])
+async def test_a_commit_on_a_kept_stream_whose_record_is_gone_raises(
+    taken: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A kept stream (above) whose record another instance has claimed meanwhile, or
+    the store has lost: the app's commit of the rest raises instead of waiting for ever
+    (a review found it waiting: neither refusal woke a closed flow's waiters)."""
+    net = SimNetwork(1)
+    store = MemoryStore()
+    async with (
+        open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(2)) as client,
+        asynccontextmanager(kept_stream)(net, store, client) as (server, served),
+    ):
+        if taken == "fenced":
+            flows = await store.list_flows()
+            assert await store.claim_many(flows, await store.next_epoch()) == flows
+        else:
+            await store.forget(served.flow_id, 1 << 40)
+        while await served.receive_some():
+            pass
+        with trio.fail_after(30), pytest.raises(trio.BrokenResourceError, match="durable"):
+            await served.commit()
+        assert server.runtime.stats["flows_fenced" if taken == "fenced" else "flows_lost"] == 1
+
+
+@pytest.mark.parametrize("how", ["abort", "raise"])
+async def test_a_fenced_flow_s_abort_sends_no_rst(
+    how: str, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """G5: the app aborts (or its handler raises, which aborts) a stream whose flow a
+    newer instance has claimed meanwhile. The abort's delta is refused, and its RST must
+    not leave: it would reset the connection the new owner carries on (a review found it
+    sent -- the refused delta of a connection that ended in that round passed for a moot
+    one, durable)."""
+    net = SimNetwork(1)
+    store = MemoryStore()
+    go = trio.Event()
+
+    async def handler(stream: Stream) -> None:
+        await stream.receive_some(5)
+        await go.wait()
+        if how == "abort":
+            await stream.abort()
+        else:
+            raise RuntimeError("a handler's bug")
+
+    async with (
+        open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(2)) as client,
+        server_incarnation(net, store, handler, seed=3) as server,
+    ):
+        stream = await client.connect(SERVER, PORT)
+        await stream.send_all(b"hello")
+        await trio.sleep(0.5)
+        flows = await store.list_flows()
+        assert await store.claim_many(flows, await store.next_epoch()) == flows
+        go.set()
+        await trio.sleep(0.5)
+        assert server.runtime.stats["flows_fenced"] == 1
+        with trio.move_on_after(5):
+            await stream.receive_some()
+            pytest.fail("the client's connection heard from the fenced instance")
+        assert stream.tcp_state is TcpState.ESTABLISHED
+        assert await store.list_flows() == flows  # the new owner's
+
+
+@pytest.mark.parametrize("outage", ["brief", "until the crash"])
+async def test_a_stream_its_peer_reset_is_never_replayed(
+    outage: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A level-2 stream whose peer reset it mid-request: its app saw the reset, and its
+    record goes. A forget that meets a store outage is tried again until it lands
+    (it was dropped); and a record that outlives the process all the same (the crash
+    came first) is forgotten by the next start, not handed back as a stream -- which
+    would end in a clean EOF, a truncated request looking complete (a review found
+    both, twenty-second session)."""
+    net = SimNetwork(1)
+    store = OutageStore()
+    first: list[object] = []
+    second: list[Stream] = []
+
+    async def first_life(stream: Stream) -> None:
+        first.append(await stream.receive_some())
+        with pytest.raises(trio.BrokenResourceError):
+            await stream.receive_some()
+        first.append("reset")
+        await trio.sleep_forever()
+
+    async def second_life(stream: Stream) -> None:
+        second.append(stream)
+
+    async with open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(2)) as client:
+        async with server_incarnation(net, store, first_life, seed=3):
+            stream = await client.connect(SERVER, PORT)
+            await stream.send_all(b"PUT /x, 100 bytes: the first 25")
+            await trio.sleep(0.5)
+            store.forgets_down = True
+            await stream.abort()
+            await trio.sleep(1)
+            assert first == [b"PUT /x, 100 bytes: the first 25", "reset"]
+            assert len(await store.list_flows()) == 1  # not forgotten yet
+            if outage == "brief":
+                store.forgets_down = False
+                await trio.sleep(1)
+                assert await store.list_flows() == []
+        store.forgets_down = False
+        async with server_incarnation(net, store, second_life, seed=4):
+            await trio.sleep(2)
+            assert await store.list_flows() == []
+    assert second == []
+
+
+async def test_a_connection_restored_before_its_handshake_is_done_is_not_left_open(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The stack crashed while the handshake was under way: in SYN-SENT (an app's
+    ``connect`` that never returned, so no app knows the flow) its record is forgotten,
+    and the peer's half-open connection reset; in SYN-RECEIVED, once the handshake
+    completes after the restart on a port nobody listens on, it waits for the grace
+    period like any restored stream, then is reset (a review found both left open for
+    good, with their records: twenty-second session)."""
+    net = SimNetwork(3)
+    store = MemoryStore()
+    accepted: list[Stream] = []
+    syn_acks = {"dropped": 0}
+
+    def drop_syn_acks(event: TapEvent) -> TapVerdict | None:
+        if event.phase == "send" and event.src == BACKEND and syn_acks["dropped"] < 1:
+            syn_acks["dropped"] += 1
+            return TapVerdict.DROP
+        return None
+
+    async def keep(stream: Stream) -> None:
+        accepted.append(stream)
+        await trio.sleep_forever()
+
+    async with (
+        open_stack(net.attach(BACKEND), [BACKEND], rng=random.Random(1)) as upstream,
+        trio.open_nursery() as nursery,
+    ):
+        await nursery.start(upstream.serve, keep, 7)
+        net.tap = drop_syn_acks
+        async with client_incarnation(net, store, 10) as stack:
+
+            async def connect() -> None:
+                await stack.connect(BACKEND, 7, commit="manual")
+
+            nursery.start_soon(connect)  # (outlives the crash: no abort runs)
+            await trio.sleep(0.5)
+            assert [f.conn.state for f in stack.runtime.flows.values()] == [TcpState.SYN_SENT]
+            assert len(await store.list_flows()) == 1
+        net.tap = None
+        async with client_incarnation(net, store, 11, unclaimed_grace=3.0) as stack:
+            assert stack.runtime.restored == 0
+            await trio.sleep(10)
+            assert stack.runtime.flows == {} and await store.list_flows() == []
+            # the backend got the SYN, its SYN-ACK met a RST: nothing accepted there
+            assert accepted == [] and upstream.runtime.flows == {}
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_stream_restored_in_syn_received_nobody_takes_is_reset(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    net = SimNetwork(3)
+    store = MemoryStore()
+    sent = {"client": 0}
+
+    def only_the_syn(event: TapEvent) -> TapVerdict | None:
+        if event.phase == "send" and event.src == CLIENT:
+            sent["client"] += 1
+            if sent["client"] > 1:
+                return TapVerdict.DROP
+        return None
+
+    async with open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(2)) as client:
+        net.tap = only_the_syn  # the handshake's ACK and data are lost
+        async with server_life(
+            net, store, Collector(), seed=3, port=PORT, commit="manual", instance="srv"
+        ) as server:
+            stream = await client.connect(SERVER, PORT)
+            await stream.send_all(b"hello")
+            await trio.sleep(0.2)
+            states = [f.conn.state for f in server.runtime.flows.values()]
+            assert states == [TcpState.SYN_RECEIVED]
+        net.tap = None
+        link = net.attach(SERVER)
+        try:
+            async with open_stack(
+                link, [SERVER], store=store, rng=random.Random(4), instance="srv",
+                unclaimed_grace=3.0,
+            ) as server:  # fmt: skip
+                server.listen(9)  # the new version of the app serves another port only
+                await trio.sleep(2)
+                assert server.runtime.stats["unclaimed_reset"] == 0
+                await trio.sleep(10)
+                assert server.runtime.stats["unclaimed_reset"] == 1
+                assert server.runtime.flows == {} and await store.list_flows() == []
+                assert stream.tcp_state is TcpState.CLOSED
+        finally:
+            await link.aclose()

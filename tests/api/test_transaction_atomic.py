@@ -264,3 +264,26 @@ async def test_a_transaction_that_commits_a_finished_stream_returns(
         assert record is not None and record.tx == b"the tail"
         await trio.sleep(1)
         assert downstream.flow_id not in await store.list_flows()  # committed: gone
+
+
+async def test_a_transaction_that_commits_a_stream_its_peer_reset_returns(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A relay forwards what it read from a stream whose peer has reset it since: the
+    reset stream's record is gone, so its commit is moot, and ``apply`` returns with the
+    forward landed (it waited for ever: a review found it, twenty-second session)."""
+    store = RelayCheckingStore()
+    async with relay_pair(store) as (server, upstream, downstream, up_client, down_client):
+        store.relay = None  # (this forward runs the other way: no invariant to check)
+        await down_client.send_all(b"last words")
+        data = await downstream.receive_some()
+        await down_client.abort()  # a RST
+        await trio.sleep(1)
+        assert downstream.tcp_state is TcpState.CLOSED
+        assert downstream.flow_id not in await store.list_flows()
+        txn = server.transaction()
+        txn.send(upstream, data)
+        txn.commit(downstream)
+        with trio.fail_after(1):
+            await txn.apply()
+        assert await up_client.receive_some() == b"last words"

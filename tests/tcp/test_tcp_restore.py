@@ -378,3 +378,22 @@ def test_a_segment_that_moves_the_right_edge_needs_the_edge_recorded() -> None:
     conn.on_segment(r(seq=sq(REMOTE_SEQ, -1000), payload=bytes(10)), 1.1)
     (again,) = conn.drain().segments
     assert _edge(again, 7) == _edge(ack, 7) and again.needs_version == durable + 1
+
+
+def test_restore_of_an_orphaned_fin_wait_2_ends_it_at_its_timer() -> None:
+    """The app closed and our FIN was acknowledged: FIN-WAIT-2, orphaned, ended by its
+    timer (Linux ``tcp_fin_timeout``) if the peer never closes. Restored, it gets the
+    timer again -- it had none, and a peer that never closed kept it, and its store
+    record, for good (a review found it, twenty-second session)."""
+    conn = conn_established()
+    conn.app_close(1.0)
+    (fin,) = conn.drain().segments
+    assert fin.flags & FIN
+    conn.on_segment(r(ack=sq(LOCAL_SEQ, 1)), 1.1)
+    assert conn.state is TcpState.FIN_WAIT_2
+    restored = restore_record(conn.tcb.to_record(), conn, now=5.0)
+    restored.drain()
+    deadline = restored.next_deadline()
+    assert deadline == 5.0 + conn.config.time_wait_timeout
+    restored.on_timer(deadline)
+    assert restored.state is TcpState.CLOSED
