@@ -959,6 +959,28 @@ def _chunk_range(lo: int, hi: int) -> tuple[int, int]:
     return (lo, hi - lo + 1) if hi >= lo else (0, 0)
 
 
+def _take_wait_options(url: str) -> tuple[str, dict[str, Any]]:
+    """``url`` without its ``wait_replicas`` / ``wait_timeout`` query parameters (redis-py
+    refuses names it does not know), and their values for ``RedisStore``."""
+    base, sep, query = url.partition("?")
+    if not sep:
+        return url, {}
+    kept: list[str] = []
+    waits: dict[str, Any] = {}
+    for pair in query.split("&"):
+        name, _, value = pair.partition("=")
+        try:
+            if name == "wait_replicas":
+                waits["wait_replicas"] = int(value)
+            elif name == "wait_timeout":
+                waits["wait_timeout"] = float(value)
+            else:
+                kept.append(pair)
+        except ValueError:
+            raise ValueError(f"bad {name} in the store URL: {value!r} is not a number") from None
+    return (f"{base}?{'&'.join(kept)}" if kept else base), waits
+
+
 class RedisStore:
     """A ``Store`` in a standalone Redis (or Redis-compatible) server.
 
@@ -969,10 +991,39 @@ class RedisStore:
     """
 
     def __init__(
-        self, client: redis.Redis, *, service: str = "default", trio_io: bool = True
+        self,
+        client: redis.Redis,
+        *,
+        service: str = "default",
+        trio_io: bool = True,
+        wait_replicas: int = 0,
+        wait_timeout: float = 0.5,
     ) -> None:
+        """``wait_replicas``: a write counts as durable only once this many replicas of
+        the Redis server hold it too (Redis ``WAIT``, within ``wait_timeout`` seconds;
+        fewer in time is an outage, G7: nothing it covers is acknowledged, and it is
+        written again until they do). With a replica that holds every acknowledged
+        write, a failover to it loses none (DESIGN.md, "Where users outgrow one
+        machine"); without, Redis replicates behind the acknowledgement.
+
+        Raises:
+            ValueError: A bad service name, or ``wait_replicas`` / ``wait_timeout`` out
+                of range.
+        """
+        if wait_replicas < 0:
+            raise ValueError(f"wait_replicas must be >= 0, not {wait_replicas}")
+        if not 0 < wait_timeout <= 60:
+            raise ValueError(f"wait_timeout must be in (0, 60] seconds, not {wait_timeout}")
         self.service = K.validate_service(service)
         self._client = client
+        self.wait_replicas = wait_replicas
+        self._wait_ms = max(1, round(wait_timeout * 1000))
+        timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+        if wait_replicas and timeout is not None and wait_timeout >= timeout:
+            raise ValueError(
+                f"wait_timeout {wait_timeout} s must be shorter than the socket timeout "
+                f"({timeout} s), or a WAIT would time the connection out"
+            )
         # commits on a connection trio drives (resp.py); None: in a worker thread
         self._resp = RespPool.for_client(client) if trio_io else None
         self._index = K.index_key(service)
@@ -998,20 +1049,22 @@ class RedisStore:
         trio_io: bool = True,
     ) -> RedisStore:
         """Connect to ``redis://[:password@]host[:port][/db]``, ``rediss://...`` (TLS) or
-        ``unix:///path/to/redis.sock[?password=...]``.
+        ``unix:///path/to/redis.sock[?password=...]``. Two query parameters of the URL
+        are stcp's own: ``wait_replicas=N`` and ``wait_timeout=SECONDS`` (``__init__``).
 
         The connection is made lazily: a bad address surfaces as ``StoreUnavailable`` on
         the first call. One reconnect is attempted per call, without backoff (the stack
         retries on its own schedule).
 
         Raises:
-            ValueError: Not a Redis URL, or a bad service name.
+            ValueError: Not a Redis URL, a bad service name or a bad ``wait_*`` value.
         """
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(
                 f"bad store URL {url!r}: use redis://HOST:PORT, rediss://HOST:PORT or "
                 "unix:///PATH/redis.sock"
             )
+        url, waits = _take_wait_options(url)
         client = redis.Redis.from_url(
             url,
             socket_timeout=socket_timeout,
@@ -1019,7 +1072,7 @@ class RedisStore:
             retry=Retry(NoBackoff(), 1),
             decode_responses=False,
         )
-        return cls(client, service=service, trio_io=trio_io)
+        return cls(client, service=service, trio_io=trio_io, **waits)
 
     @property
     def client(self) -> redis.Redis:
@@ -1047,19 +1100,20 @@ class RedisStore:
         """The service's secret: ``SET NX`` of a random one, then ``GET`` of whichever
         the first writer stored (it never changes once set)."""
         key = K.secret_key(self.service)
-        with _store_errors("stack_secret"):
-            pipe = self._client.pipeline(transaction=False)
-            pipe.set(key, os.urandom(SECRET_BYTES), nx=True)
-            pipe.get(key)
-            secret = pipe.execute()[1]
+        pipe = self._client.pipeline(transaction=False)
+        pipe.set(key, os.urandom(SECRET_BYTES), nx=True)
+        pipe.get(key)
+        secret = self._pipeline_waiting("stack_secret", pipe)[1]
         if not isinstance(secret, bytes) or not secret:
             raise StoreError(f"{key} holds no secret ({secret!r}): delete the key to make one")
         return secret
 
     def next_epoch_sync(self) -> int:
         """``INCR`` of the service's epoch counter: larger than every epoch handed out."""
-        with _store_errors("next_epoch"):
-            return int(self._client.incr(K.epoch_key(self.service)))
+        pipe = self._client.pipeline(transaction=False)
+        pipe.incr(K.epoch_key(self.service))
+        # (with replicas: an epoch a failover lost could be handed out twice)
+        return int(self._pipeline_waiting("next_epoch", pipe)[0])
 
     def claim_sync(self, flow_id: str, epoch: int) -> None:
         """Raise the owner epoch of ``flow_id`` to ``epoch`` (G5).
@@ -1070,7 +1124,12 @@ class RedisStore:
         """
         tag = self._tag(flow_id)
         with _store_errors("claim"):
-            reply = self._claim(keys=[K.owner_key(tag), self._index], args=[epoch, flow_id])
+            reply = self._evalsha(
+                self._claim,
+                _ScriptCall([K.owner_key(tag), self._index], [epoch, flow_id]),
+                wait=self.wait_replicas,
+                what="claim",
+            )
         if reply[0] == b"FENCED":
             raise FencedOut(f"{flow_id}: epoch {epoch} < owner epoch {int(reply[1])}", [flow_id])
 
@@ -1092,7 +1151,12 @@ class RedisStore:
             batch = flow_ids[start : start + _CLAIM_BATCH]
             keys = [self._index, *(K.owner_key(self._tag(flow_id)) for flow_id in batch)]
             with _store_errors("claim_many"):
-                reply = self._evalsha(self._claim_many, _ScriptCall(keys, [epoch, *batch]))
+                reply = self._evalsha(
+                    self._claim_many,
+                    _ScriptCall(keys, [epoch, *batch]),
+                    wait=self.wait_replicas,
+                    what="claim_many",
+                )
             claimed += [
                 flow_id for flow_id, owner in zip(batch, reply, strict=True) if owner is None
             ]
@@ -1112,8 +1176,11 @@ class RedisStore:
         for _ in range(_KEY_RETRIES):
             call = self._encode(batch)
             with _store_errors("commit"):
-                reply = await self._evalsha_trio(resp, self._commit, call)
+                reply, held_by = await self._evalsha_trio(
+                    resp, self._commit, call, wait=self.wait_replicas
+                )
             if self._committed(batch, reply):
+                self._check_replicas("commit", held_by)
                 return
         self._gave_up(reply)
 
@@ -1131,10 +1198,36 @@ class RedisStore:
         for _ in range(_KEY_RETRIES):
             call = self._encode(batch)
             with _store_errors("commit"):
-                reply = self._evalsha(self._commit, call)
+                reply = self._evalsha(self._commit, call, wait=self.wait_replicas, what="commit")
             if self._committed(batch, reply):
                 return
         self._gave_up(reply)
+
+    def _pipeline_waiting(self, what: str, pipe: redis.client.Pipeline) -> list[Any]:
+        """Execute ``pipe`` with a Redis ``WAIT`` for ``wait_replicas`` at its end (a
+        pipeline is one connection, and ``WAIT`` counts that connection's writes);
+        returns the replies of the rest."""
+        if self.wait_replicas:
+            pipe.execute_command("WAIT", self.wait_replicas, self._wait_ms)  # type: ignore[no-untyped-call]
+        with _store_errors(what):
+            replies: list[Any] = pipe.execute()
+        if self.wait_replicas:
+            self._check_replicas(what, replies.pop())
+        return replies
+
+    def _wait_command(self, replicas: int) -> bytes:
+        """``WAIT replicas timeout``, packed."""
+        command: tuple[Any, ...] = ("WAIT", replicas, self._wait_ms)
+        packed: bytes = pack_command(command)
+        return packed
+
+    def _check_replicas(self, what: str, held_by: object) -> None:
+        """Raise ``StoreUnavailable`` unless ``WAIT`` said enough replicas hold it."""
+        if self.wait_replicas and not (isinstance(held_by, int) and held_by >= self.wait_replicas):
+            raise StoreUnavailable(
+                f"{what}: {held_by} of {self.wait_replicas} replicas acknowledged it within "
+                f"{self._wait_ms} ms (Redis WAIT); holding it until they do"
+            )
 
     def _committed(self, batch: Sequence[FlowDelta], reply: list[Any]) -> bool:
         """True if the script applied ``batch``; False if it asked for more chunk keys
@@ -1345,28 +1438,39 @@ class RedisStore:
                 keys.append(entry.key)
         return _ScriptCall(keys, args, big, staged)
 
-    def _evalsha(self, script: Script, call: _ScriptCall) -> Any:
+    def _evalsha(
+        self, script: Script, call: _ScriptCall, *, wait: int = 0, what: str = "write"
+    ) -> Any:
         """``EVALSHA`` packed by hiredis (``_ScriptCall.pack``) and sent on a pooled
         redis-py connection (blocking: call it in a worker thread).
 
         redis-py's own ``Script.__call__`` packs argument by argument in Python (about
         2 us each, and a 1000-flow batch has ~10,000); this reloads after ``NOSCRIPT``
-        and retries once after a broken connection (a retry is idempotent).
+        and retries once after a broken connection (a retry is idempotent). With
+        ``wait``, a Redis ``WAIT`` for that many replicas follows on the same
+        connection (``WAIT`` counts the writes of its own connection), and fewer in
+        time raise ``StoreUnavailable`` (``_check_replicas``).
         """
         pool = self._client.connection_pool
         reloaded = retried = False
         while True:
             packed, count = call.pack(script.sha)
+            if wait:
+                packed = [*packed, self._wait_command(wait)]
             conn = pool.get_connection()
             try:
                 conn.send_packed_command(packed, check_health=False)  # type: ignore[no-untyped-call]
                 replies: list[Any] = []
-                for _ in range(count):
+                for _ in range(count + (1 if wait else 0)):
                     try:
                         replies.append(conn.read_response())
                     except ResponseError as exc:  # (a refused command of a MULTI)
                         replies.append(exc)
-                return _script_reply(replies, staged=bool(call.staged))
+                held_by = replies.pop() if wait else None
+                reply = _script_reply(replies, staged=bool(call.staged))
+                if wait and (not isinstance(reply, list) or reply[:1] != [b"FAIL"]):
+                    self._check_replicas(what, held_by)  # (a refused batch wrote nothing)
+                return reply
             except NoScriptError:
                 if reloaded:
                     raise
@@ -1380,13 +1484,21 @@ class RedisStore:
             finally:
                 pool.release(conn)
 
-    async def _evalsha_trio(self, resp: RespPool, script: Script, call: _ScriptCall) -> Any:
-        """``_evalsha`` on a connection trio drives (``resp.py``): no worker thread."""
+    async def _evalsha_trio(
+        self, resp: RespPool, script: Script, call: _ScriptCall, *, wait: int = 0
+    ) -> tuple[Any, object]:
+        """``_evalsha`` on a connection trio drives (``resp.py``): no worker thread.
+        With ``wait``, a Redis ``WAIT`` for that many replicas follows in the same
+        exchange. Returns the script's reply and ``WAIT``'s (None without)."""
         reloaded = retried = False
         while True:
             packed, count = call.pack(script.sha)
+            if wait:
+                packed = [*packed, self._wait_command(wait)]
             try:
-                return _script_reply(await resp.call(packed, count), staged=bool(call.staged))
+                replies = await resp.call(packed, count + (1 if wait else 0))
+                held_by = replies.pop() if wait else None
+                return _script_reply(replies, staged=bool(call.staged)), held_by
             except NoScriptError:
                 if reloaded:
                     raise
@@ -1777,6 +1889,17 @@ class RedisStore:
                 "whose state is evicted is reset; with noeviction a full Redis only holds "
                 "new data back until there is room"
             )
+        if self.wait_replicas:
+            try:
+                replicas = int(self._client.info("replication").get("connected_slaves", 0))
+            except (RedisError, OSError, ValueError) as exc:
+                logger.debug("could not read Redis's replication state: %s", exc)
+            else:
+                if replicas < self.wait_replicas:
+                    out.append(
+                        f"wait_replicas={self.wait_replicas}, but Redis has {replicas} "
+                        "replicas connected: nothing is acknowledged until enough are"
+                    )
         return out
 
     # -- tools -----------------------------------------------------------------------
