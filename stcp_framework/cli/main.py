@@ -74,20 +74,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.func(args)
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # (an ExceptionGroup too)
-        cause = one_line_cause(exc)
-        if cause is None:
+    except BaseExceptionGroup as group:
+        # Ctrl-C inside trio's nurseries comes wrapped (a start-up waiting for its
+        # store, say): as quiet as a bare one. Anything else in the group is reported.
+        interrupted, rest = group.split(KeyboardInterrupt)
+        if interrupted is not None and rest is None:
+            return 130
+        status = _report(rest if rest is not None else group)
+        if status is None:
             raise
-        if isinstance(cause, StcpConfigError):
-            print(f"stcp: error: {cause}", file=sys.stderr)
-            return 2
-        if isinstance(cause, StoreRefused):  # credentials, certificate: a setting
-            print(f"stcp: error: store: {cause}", file=sys.stderr)
-            return 2
-        # Unavailable is waited out (G7); what reaches here is a refusal to act on.
-        print(f"stcp: error: store: {cause}", file=sys.stderr)
-        return 1
+        return status
+    except Exception as exc:
+        status = _report(exc)
+        if status is None:
+            raise
+        return status
     return result
+
+
+def _report(exc: BaseException) -> int | None:
+    """Print the one ``stcp: error:`` line for ``exc`` and return the exit status, or
+    None if it is no configuration or store error (the caller re-raises it)."""
+    cause = one_line_cause(exc)
+    if cause is None:
+        return None
+    if isinstance(cause, StcpConfigError):
+        print(f"stcp: error: {cause}", file=sys.stderr)
+        return 2
+    if isinstance(cause, StoreRefused):  # credentials, certificate: a setting
+        print(f"stcp: error: store: {cause}", file=sys.stderr)
+        return 2
+    # Unavailable is waited out (G7); what reaches here is a refusal to act on.
+    print(f"stcp: error: store: {cause}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import logging
 import signal
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -178,6 +179,7 @@ def run_command(args: argparse.Namespace) -> int:
         from ..store import embedded
         from .workers import supervise
 
+        _check_before_the_store(args)
         # One embedded store for all: started here, not raced by N workers.
         store = embedded.ensure_running(args.store_dir) if args.store == "embedded" else args.store
         return supervise(args, store)
@@ -190,6 +192,18 @@ def run_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _check_before_the_store(args: argparse.Namespace) -> None:
+    """What a ``--workers`` supervisor can check before it starts an embedded store
+    (which outlives it): a mistyped device or address must not leave a daemon behind."""
+    if not device_exists(args.dev):
+        raise missing_device_error(args.dev)
+    errors, _ = listen_problems(sorted({h for h, _ in args.listen}), device_interfaces(args.dev))
+    if errors:
+        raise StcpConfigError(errors[0])
+    if args.pcap and not Path(args.pcap).parent.is_dir():
+        raise StcpConfigError(f"--pcap {args.pcap}: no such directory")
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -213,12 +227,12 @@ async def _serve(args: argparse.Namespace) -> None:
             + (f" (queue {index})" if index else "")
             + ": it takes over when the serving process exits; stop it first"
         )
+    store: Store | None = None
     if args.standby:
         tun, store = await _stand_by(args.dev, index, instance, open_our_store, waiting)
     else:
         waiting.close()  # (only checked: nobody waits)
         tun = await TunDevice.open(args.dev, queue=index)
-        store = await trio.to_thread.run_sync(open_our_store)
     errors, warnings = listen_problems(addresses, device_interfaces(args.dev))
     if errors:
         await tun.aclose()
@@ -237,6 +251,10 @@ async def _serve(args: argparse.Namespace) -> None:
         except ValueError as exc:
             await tun.aclose()
             raise StcpConfigError(f"--pcap: {exc}") from exc
+    if store is None:
+        # (after the checks above: an embedded store started for a mistyped address
+        # would outlive this process)
+        store = await trio.to_thread.run_sync(open_our_store)
     async with open_stack(
         device,
         addresses,

@@ -53,7 +53,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     report = embedded.status(args.dir)
     print("\n".join(report.lines()))
-    return 0 if report.running else 3  # LSB: 3 = program is not running
+    if report.running:
+        return 0
+    # LSB: 3 = program is not running; 4 = status unknown (it runs, but does not answer)
+    return 4 if report.pid is not None else 3
 
 
 def add_store_parser(subparsers: Any) -> None:
@@ -116,7 +119,7 @@ def add_store_parser(subparsers: Any) -> None:
         description=(
             "Show whether the store daemon of --dir runs, and its pid, socket URL, server "
             "version, used memory, fsync policy and number of flows per service. Exits 0 "
-            "if it runs, 3 if not."
+            "if it runs, 3 if not, 4 if its server runs but does not answer."
         ),
     )
     status.add_argument("--dir", "--store-dir", dest="dir", help=_DIR_HELP)

@@ -284,13 +284,32 @@ async def _supervise(args: argparse.Namespace, store: str) -> int:
     status = 0
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            for worker in workers:
-                failed = await worker.start()
-                if failed is not None:
+            failed: int | None = None
+            interrupted = False
+            async with trio.open_nursery() as starting:
+
+                async def stop_starting() -> None:
+                    nonlocal interrupted
+                    async for _ in signals:  # (a worker may take a minute to start)
+                        interrupted = True
+                        starting.cancel_scope.cancel()
+                        return
+
+                starting.start_soon(stop_starting)
+                for worker in workers:
+                    failed = await worker.start()
+                    if failed is not None:
+                        break
+                starting.cancel_scope.cancel()
+            if failed is not None or interrupted:
+                with trio.CancelScope(shield=True):
                     for other in workers:
                         if other.process is not None:
                             await _stop(other.process)
-                    return failed if failed > 0 else 1
+                if interrupted:
+                    return 0
+                assert failed is not None
+                return failed if failed > 0 else 1
             pids = ", ".join(str(w.process.pid) for w in workers if w.process is not None)
             first = workers[0].banner.removeprefix("stcp: ")
             print(

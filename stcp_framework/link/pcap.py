@@ -39,6 +39,33 @@ _FILE_HEADER = struct.Struct(
 _RECORD_HEADER = struct.Struct("<IIII")  # ts_sec, ts_usec, incl_len, orig_len
 
 
+def _cut_partial_record(path: str | os.PathLike[str], header: bytes) -> None:
+    """Check that ``path`` starts with ``header``, and cut a last record that a killed
+    writer left unfinished (a reader stops at it, and would never see what follows).
+
+    Raises:
+        ValueError: ``path`` does not start with ``header``.
+    """
+    with open(path, "r+b") as existing:
+        if existing.read(len(header)) != header:
+            raise ValueError(
+                f"{os.fspath(path)} is not a capture to continue: not a pcap file of raw "
+                f"IP packets with snaplen {_FILE_HEADER.unpack(header)[5]}"
+            )
+        end = existing.seek(0, os.SEEK_END)
+        good = existing.seek(len(header))
+        while good < end:
+            record = existing.read(_RECORD_HEADER.size)
+            if len(record) < _RECORD_HEADER.size:
+                break
+            incl_len = _RECORD_HEADER.unpack(record)[2]
+            if good + _RECORD_HEADER.size + incl_len > end:
+                break
+            good = existing.seek(incl_len, os.SEEK_CUR)
+        if good < end:
+            existing.truncate(good)
+
+
 class PcapWriter:
     """Writes packets to a libpcap file; usable on its own or through ``PcapDevice``."""
 
@@ -65,14 +92,12 @@ class PcapWriter:
         header = _FILE_HEADER.pack(PCAP_MAGIC, 2, 4, 0, 0, snaplen, LINKTYPE_RAW)
         self._file: BinaryIO = open(path, "ab" if append else "wb")  # noqa: SIM115 -- close()
         if append and self._file.tell() > 0:
-            with open(path, "rb") as existing:
-                found = existing.read(len(header))
-            if found != header:
+            try:
+                _cut_partial_record(path, header)
+            except ValueError:
                 self._file.close()
-                raise ValueError(
-                    f"{os.fspath(path)} is not a capture to continue: not a pcap file "
-                    f"of raw IP packets with snaplen {snaplen}"
-                )
+                raise
+            self._file.seek(0, os.SEEK_END)
         else:
             self._file.write(header)
         self.packets_written = 0

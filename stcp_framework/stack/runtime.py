@@ -378,20 +378,23 @@ class Runtime:
         """
         self._skew = machine_clock_skew()
         await self._claim_and_restore()
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            nursery.start_soon(self._transmit_loop)
-            nursery.start_soon(self._forget_loop)
-            if self.durability == "async":
-                nursery.start_soon(self._async_commit_loop)
-            nursery.start_soon(self._timer_loop)
-            nursery.start_soon(self._receive_loop)
-            if self._siblings is not None:
-                nursery.start_soon(self._sibling_loop)
-            if self._unclaimed:
-                self._unclaimed_watched = True
-                nursery.start_soon(self._reset_unclaimed_later)
-            task_status.started()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._transmit_loop)
+                nursery.start_soon(self._forget_loop)
+                if self.durability == "async":
+                    nursery.start_soon(self._async_commit_loop)
+                nursery.start_soon(self._timer_loop)
+                nursery.start_soon(self._receive_loop)
+                if self._siblings is not None:
+                    nursery.start_soon(self._sibling_loop)
+                if self._unclaimed:
+                    self._unclaimed_watched = True
+                    nursery.start_soon(self._reset_unclaimed_later)
+                task_status.started()
+        finally:
+            self._nursery = None  # stopped: nothing starts tasks in it any more
 
     async def _claim_and_restore(self) -> None:
         """A new epoch and every flow of this instance, retried from scratch -- a fresh
@@ -1276,10 +1279,13 @@ class Runtime:
                         self._send_reset(flow)
                 else:
                     self.stats["flows_fenced"] += 1
-                    fenced = self._fenced
-                    fenced[flow.key] = None
-                    if len(fenced) > FENCED_MEMORY:
-                        del fenced[next(iter(fenced))]
+                    if not flow.closed or flow.flow_id in named:
+                        # (a closed partner's peer is done with it too: its late
+                        # segments get what any ended connection's do)
+                        fenced = self._fenced
+                        fenced[flow.key] = None
+                        if len(fenced) > FENCED_MEMORY:
+                            del fenced[next(iter(fenced))]
                     if flow.flow_id not in named and not flow.closed:
                         if not self._partners and self._nursery is not None:
                             self._nursery.start_soon(self._settle_partners)
@@ -1439,7 +1445,7 @@ class Runtime:
             while True:
                 try:
                     fenced = await self.store.forget_many(batch)
-                except StoreUnavailable as exc:
+                except (StoreUnavailable, StoreRefused) as exc:  # (as _commit waits them out)
                     if delay == STORE_RETRY_MIN:
                         logger.info("could not forget %d closed flows yet: %s", len(batch), exc)
                     await trio.sleep(delay)
@@ -1734,16 +1740,20 @@ class Runtime:
         Raises:
             LookupError: No restored flow ``flow_id`` waits here.
         """
+        taken = None
         for port, flows in self._unclaimed.items():
             for flow in flows:
                 if flow.flow_id == flow_id:
                     flows.remove(flow)
                     if not flows:
                         del self._unclaimed[port]
-                    if flow.closed and not flow.kept:
-                        break
-                    flow.accepted = True
-                    return flow
+                    taken = flow
+                    break
+            if taken is not None:
+                break
+        if taken is not None and (not taken.closed or taken.kept):
+            taken.accepted = True
+            return taken
         raise LookupError(
             f"no restored connection {flow_id} waits on this stack (closed, taken "
             "already, or not restored)"

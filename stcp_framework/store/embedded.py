@@ -150,6 +150,11 @@ class StoreStatus:
 
     def lines(self) -> list[str]:
         """Human-readable report, one fact a line."""
+        if not self.running and self.pid is not None:
+            return [
+                f"store: not answering (directory {self.directory}): its server, pid "
+                f"{self.pid}, runs but does not answer on {self.directory / SOCKET_NAME}"
+            ]
         if not self.running:
             return [f"store: not running (directory {self.directory})"]
         total = sum(self.flows.values())
@@ -206,18 +211,37 @@ def _is_server(pid: int) -> bool:
 
 
 def _running_pid(path: Path) -> int | None:
+    """The pid of this directory's server if it runs: a live Redis whose working
+    directory is ``path`` (Redis moves into its ``dir``), not merely the process a
+    stale pidfile names -- whose pid another program may hold by now."""
     pid = _read_pid(path)
-    return pid if pid is not None and _is_server(pid) else None
+    if pid is None or not _is_server(pid):
+        return None
+    try:
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return None
+    return pid if Path(cwd) == path.resolve() else None
 
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise _unwritable(path, exc) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)
+
+
+def _unwritable(path: Path, exc: OSError) -> StcpConfigError:
+    return StcpConfigError(
+        f"cannot write store directory {path}: {exc.strerror or exc}; pass a writable "
+        "--dir (--store-dir to stcp run and stcp flows)"
+    )
 
 
 def _config(path: Path, appendfsync: str) -> str:
@@ -273,10 +297,25 @@ def start(
         )
     url = f"unix://{path / SOCKET_NAME}"
     with _locked(path):
-        if _running_pid(path) is not None and _ping(path):
+        pid = _running_pid(path)
+        if pid is not None:
+            # Ours, running: one that does not answer yet may be loading its AOF; a
+            # second server in the same directory would write the same files.
+            deadline = time.monotonic() + timeout
+            while not _ping(path):
+                if time.monotonic() >= deadline or not _is_server(pid):
+                    raise StcpConfigError(
+                        f"the store server in {path} (pid {pid}) runs but does not answer "
+                        f"on {path / SOCKET_NAME}: {_log_tail(path)}; stop it with `stcp "
+                        f"store down --dir {path}` (or kill {pid})"
+                    )
+                time.sleep(_POLL_INTERVAL)
             return url
         binary = find_server()
-        (path / CONFIG_NAME).write_text(_config(path, appendfsync))
+        try:
+            (path / CONFIG_NAME).write_text(_config(path, appendfsync))
+        except OSError as exc:
+            raise _unwritable(path, exc) from None
         try:
             done = subprocess.run(
                 [binary, str(path / CONFIG_NAME)],
@@ -292,10 +331,15 @@ def start(
             why = done.stderr.decode(errors="replace").strip().splitlines() or [_log_tail(path)]
             raise StcpConfigError(f"{binary} failed to start: {why[-1]}")
         deadline = time.monotonic() + timeout
+        started = time.monotonic()
         while time.monotonic() < deadline:
             if _ping(path):
                 return url
+            if time.monotonic() - started > 1.0 and _running_pid(path) is None:
+                break  # it exited (a bad AOF, say): its log says why
             time.sleep(_POLL_INTERVAL)
+        if _running_pid(path) is None:
+            raise StcpConfigError(f"the store server in {path} exited: {_log_tail(path)}")
         raise StcpConfigError(
             f"store in {path} did not answer within {timeout:g} s: {_log_tail(path)}"
         )
@@ -326,10 +370,18 @@ def stop(
     try:
         client.shutdown()  # flushes the AOF, removes the pidfile, exits
     except (RedisError, OSError):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)  # the same graceful shutdown
+        pass
     finally:
         client.close()
+    # No answer on the socket (gone, or the server does not answer): SIGTERM by pid --
+    # ours, _running_pid checked -- is the same graceful shutdown. (redis-py's
+    # shutdown() swallows a connection error, so this is checked, not excepted.)
+    answer_by = time.monotonic() + 1.0
+    while _is_server(pid) and time.monotonic() < answer_by:
+        time.sleep(_POLL_INTERVAL)
+    if _is_server(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while _is_server(pid):
         if time.monotonic() >= deadline:

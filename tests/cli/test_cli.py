@@ -178,6 +178,22 @@ def test_a_store_error_inside_trio_s_exception_groups_is_one_line(
     ]
 
 
+def test_ctrl_c_inside_trio_s_exception_groups_is_quiet(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C while ``stcp run`` starts (waiting for its store, say) comes out of trio
+    wrapped in exception groups: exit 130 and nothing printed (it was a traceback)."""
+    from stcp_framework.cli import main as cli_main
+    from stcp_framework.cli import run as cli_run
+
+    def interrupted(args: object) -> int:
+        raise BaseExceptionGroup("run", [BaseExceptionGroup("nursery", [KeyboardInterrupt()])])
+
+    monkeypatch.setattr(cli_run, "run_command", interrupted)
+    assert cli_main.main(["run", "echo", "--listen", "198.18.0.2:7"]) == 130
+    assert capsys.readouterr().err == ""
+
+
 def _interfaces(*texts: str) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
     return [ipaddress.ip_interface(text) for text in texts]
 

@@ -136,3 +136,20 @@ async def test_append_continues_a_capture_and_refuses_another_file(tmp_path: Pat
     with pytest.raises(ValueError, match="not a capture to continue"):
         PcapDevice(SimNetwork(1).attach(A), notes, append=True)
     assert notes.read_bytes().startswith(b"not a capture")
+
+
+async def test_append_cuts_a_record_a_killed_writer_left_unfinished(tmp_path: Path) -> None:
+    """A SIGKILL in the middle of a batch's writes leaves half a record; appended behind
+    it, the restarted server's packets would be unreadable (a reader stops there)."""
+    path = tmp_path / "cut.pcap"
+    dev = PcapDevice(SimNetwork(1).attach(A), path, append=True)
+    kept, cut = ip4(b"whole"), ip4(b"cut short by the kill")
+    await dev.send_batch([kept, cut])
+    dev.writer.close()
+    path.write_bytes(path.read_bytes()[:-7])
+    dev = PcapDevice(SimNetwork(1).attach(A), path, append=True)
+    after = ip4(b"after the restart")
+    await dev.send_batch([after])
+    dev.writer.close()
+    _, recs = records(path)  # (asserts the records fill the file exactly)
+    assert [data for _, _, data in recs] == [kept, after]

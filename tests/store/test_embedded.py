@@ -141,3 +141,55 @@ def test_bad_directories_and_options_are_one_line_errors(tmp_path: Path) -> None
         embedded.start(tmp_path / "s", appendfsync="no")
     with pytest.raises(SystemExit):
         stcp("store", "up", "--appendfsync", "never")
+
+
+def test_a_server_that_does_not_answer_is_never_joined_by_a_second(
+    store_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its server frozen (SIGSTOP): ``status`` says it runs but does not answer (exit 4,
+    LSB "unknown"), ``up`` refuses in one line instead of starting a second server on
+    the same files (it did: two servers wrote one AOF), and ``down`` stops it by PID."""
+    embedded.start(store_dir)
+    pid = embedded._read_pid(store_dir)
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        assert stcp("store", "status", "--dir", str(store_dir)) == 4
+        assert f"pid {pid}, runs but does not answer" in capsys.readouterr().out
+        with pytest.raises(StcpConfigError, match=f"pid {pid}. runs but does not answer"):
+            embedded.start(store_dir, timeout=0.5)
+        assert embedded._read_pid(store_dir) == pid
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_down_stops_a_server_whose_socket_is_gone(store_dir: Path) -> None:
+    """(redis-py's shutdown() swallows the connection error: it waited its 10 s out.)"""
+    embedded.start(store_dir)
+    pid = embedded._read_pid(store_dir)
+    assert pid is not None
+    (store_dir / "redis.sock").unlink()
+    assert embedded.stop(store_dir, timeout=5) is True
+    assert not embedded._is_server(pid)
+
+
+def test_a_pidfile_naming_another_directory_s_server_is_stale(
+    store_dir: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "other"
+    embedded.start(other)
+    try:
+        store_dir.mkdir(parents=True)
+        (store_dir / "redis.pid").write_text((other / "redis.pid").read_text())
+        assert not embedded.status(store_dir).running
+        assert embedded.stop(store_dir) is False  # not ours to stop
+    finally:
+        embedded.stop(other)
+
+
+def test_an_unwritable_store_directory_is_a_one_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    path.mkdir()
+    (path / "redis.conf").mkdir()  # (root writes anywhere: a directory in the way)
+    with pytest.raises(StcpConfigError, match="cannot write store directory"):
+        embedded.start(path)
