@@ -108,6 +108,11 @@ arrivals let in, 54-88 MB with four steps, 36-45 MB with arrivals held too, and 
 ASYNC_BACKLOG_MAX = 1 << 20
 """Async durability: payload bytes queued for the store beyond which rounds wait for
 the commit task (back-pressure instead of an unbounded queue)."""
+ASYNC_DELTA_WEIGHT = 256
+"""What a queued delta counts against ``ASYNC_BACKLOG_MAX`` besides its payload: one
+without any (a reader that keeps up, a regenerable send) still holds ~0.8 KB and
+state a crash loses. Counted as nothing, a store outage let them queue without end
+(~100 a second per flow) while ACKs went on leaving (a review found it)."""
 STORE_RETRY_MIN, STORE_RETRY_MAX = 0.05, 0.25
 """Backoff between tries of a commit the store refused or timed out (G7), doubling: a
 store back from an outage sees the held deltas within STORE_RETRY_MAX, and then every
@@ -342,7 +347,7 @@ class Runtime:
         self._links: list[tuple[tuple[Flow, int], ...]] = []
         self._commit_wakeup = trio.Event()  # async durability: deltas are queued
         self._commit_done = trio.Event()  # async durability: a commit attempt ended
-        self._backlog = 0  # async durability: payload bytes queued in _uncommitted
+        self._backlog = 0  # async durability: what _uncommitted holds (ASYNC_DELTA_WEIGHT)
         self._store_retry_at = -math.inf
         self._store_backoff = 0.0
         self._closed_flows: list[Flow] = []
@@ -1046,7 +1051,9 @@ class Runtime:
             # task, which runs while the next rounds drain and transmit.
             self._uncommitted = items
             if items:
-                self._backlog += payload_bytes(item[1] for item in items[queued:])
+                fresh = items[queued:]
+                self._backlog += payload_bytes(item[1] for item in fresh)
+                self._backlog += ASYNC_DELTA_WEIGHT * len(fresh)
                 self._commit_wakeup.set()
             await self._transmit(raw, outs, check_durable=False)
             while self._backlog > ASYNC_BACKLOG_MAX:

@@ -380,6 +380,16 @@ def send_data(c: Connection, now: float, *, force: bool) -> None:
         cwnd += (c.dupacks if c.dupacks < 2 else 2) * mss
     wnd = tcb.snd_wnd if tcb.snd_wnd < cwnd else cwnd
     limit = una_off + wnd  # right edge of the usable window (offset)
+    if c.sent_lost_since >= 0.0 and c.sent_lost_watch and now <= c.loss_watch_until:
+        # A restored connection whose peer acknowledged bytes past our record
+        # (_arrive.sent_bytes_lost): it holds bytes the crash took from us. Until that
+        # is proven (a RST) or the watch ends, nothing may reach the peer's RCV.NXT: new
+        # bytes from there on would follow the lost ones, a stream spliced from two
+        # processes' sends; below it the peer drops them as duplicates, and answers
+        # with the ACK that completes the proof.
+        peer_nxt = una_off + (((c.sent_lost_ack - snd_una + _HALF) & SEQ_MASK) - _HALF)
+        if peer_nxt - 1 < limit:
+            limit = peer_nxt - 1
     half_max = tcb.max_window >> 1
     needs = c.rx_needs
     if c.tx_needs > needs:

@@ -69,3 +69,52 @@ async def test_the_queue_for_a_slow_store_stays_bounded(
     # (without the back-pressure: 2 commits here, the largest of 70 MB)
     assert max(store.sizes) <= ASYNC_BACKLOG_MAX + (4 << 20)  # the bound and one round
     assert waits > 0
+
+
+async def test_deltas_without_payload_count_against_the_queue_too(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A level-1 reader that keeps up makes deltas with no payload (the bytes it read
+    are not stored), each holding state a crash would lose. Through a store outage they
+    count ``ASYNC_DELTA_WEIGHT`` each, and the rounds come to wait: the queue stops
+    growing (it grew ~100 deltas a second for as long as the outage lasted, while ACKs
+    went on leaving: a review found it, twenty-second session)."""
+    from api_helpers import OutageStore
+
+    from stcp_framework.stack.runtime import ASYNC_DELTA_WEIGHT
+
+    net = SimNetwork(5)
+    store = OutageStore()
+
+    async def reader(stream: Stream) -> None:
+        while await stream.receive_some(65536):
+            pass
+
+    async with (
+        open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(2)) as client,
+        open_stack(
+            net.attach(SERVER), [SERVER], store=store, durability="async", rng=random.Random(3)
+        ) as server,
+        trio.open_nursery() as nursery,
+    ):
+        await nursery.start(server.serve, reader, PORT)
+        stream = await client.connect(SERVER, PORT)
+
+        async def pump() -> None:
+            while True:
+                await stream.send_all(bytes(1000))
+                await trio.sleep(0.01)
+
+        nursery.start_soon(pump)
+        await trio.sleep(0.5)
+        store.down = True
+        runtime = server.runtime
+        limit = ASYNC_BACKLOG_MAX // ASYNC_DELTA_WEIGHT
+        for _ in range(30):
+            await trio.sleep(5)
+            assert len(runtime._uncommitted) <= limit + 10
+        assert runtime.stats["async_backlog_waits"] >= 1
+        store.down = False
+        await trio.sleep(5)
+        assert runtime._uncommitted == []
+        nursery.cancel_scope.cancel()

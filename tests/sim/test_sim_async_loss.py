@@ -175,3 +175,52 @@ async def test_a_client_that_only_probes_a_window_lost_in_a_crash_is_reset(
         (restored,) = RESTORED
         assert restored.tcp_info.counters["lost_ack_window_test"] >= 1
         sender.cancel()
+
+
+async def _sends_again_after_a_restart(stack: Stack) -> None:
+    """Sends 10,000 ``A`` bytes; restored, waits a moment, then sends 20,000 ``B`` bytes
+    from where its record says it was (a restarted app's output need not repeat the
+    lost one's)."""
+
+    async def handler(stream: Stream) -> None:
+        if not stream.recovered:
+            await trio.sleep(0.2)
+            await stream.send_all(b"A" * 10000)
+        else:
+            await trio.sleep(1.0)
+            await stream.send_all(b"B" * 20000)
+        await trio.sleep_forever()
+
+    await stack.serve(handler, PORT)
+
+
+async def test_bytes_sent_after_a_loss_the_peer_showed_never_splice_the_stream(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The crash lost 10,000 bytes the client had received and acknowledged (async);
+    the restored app sends other bytes from the same offset. The client's first ACK past
+    the record shows the loss, and until the proof (the ACK again, ``LOST_ACK_PROOF``
+    on) nothing may reach the client's RCV.NXT: it gets a reset, and never the restored
+    sender's bytes after the lost ones (it got 10,000 A then 10,000 B: a review found
+    it, twenty-second session)."""
+    store = FreezingStore()
+    async with _connected(1, _sends_again_after_a_restart, store, durability="async") as (
+        server,
+        stream,
+        _,
+    ):
+        await trio.sleep(0.1)  # the handshake stored
+        store.frozen = True
+        got = bytearray()
+        with pytest.raises(trio.BrokenResourceError) as info:
+            with trio.move_on_after(0.5):
+                while data := await stream.receive_some(65536):
+                    got += data
+            assert bytes(got) == b"A" * 10000
+            server.crash()
+            store.frozen = False
+            while data := await stream.receive_some(65536):
+                got += data
+        assert isinstance(info.value.__cause__, ConnectionResetByPeer)
+        assert bytes(got) == b"A" * 10000
+        assert server.stack.runtime.stats["reset_after_loss"] == 1
