@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import random
 import zlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
 import trio
 import trio.testing
 
-from stcp_framework import MemoryStore, Stream, open_stack
+from stcp_framework import MemoryStore, Stack, Stream, open_stack
 from stcp_framework.link.sim import SimNetwork
 from stcp_framework.stack.runtime import ASYNC_BACKLOG_MAX
 from stcp_framework.store.base import FlowDelta, payload_bytes
@@ -33,6 +34,21 @@ class SlowStore(MemoryStore):
         await super().commit(batch)
 
 
+@asynccontextmanager
+async def async_pair(
+    net: SimNetwork, store: MemoryStore
+) -> AsyncIterator[tuple[Stack, Stack, trio.Nursery]]:
+    """A client stack and an async-durability server stack on ``net``, and a nursery."""
+    async with (
+        open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(2)) as client,
+        open_stack(
+            net.attach(SERVER), [SERVER], store=store, durability="async", rng=random.Random(3)
+        ) as server,
+        trio.open_nursery() as nursery,
+    ):
+        yield client, server, nursery
+
+
 async def test_the_queue_for_a_slow_store_stays_bounded(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -49,13 +65,7 @@ async def test_the_queue_for_a_slow_store_stays_bounded(
         await stream.send_eof()
         await trio.sleep_forever()
 
-    async with (
-        open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(2)) as client,
-        open_stack(
-            net.attach(SERVER), [SERVER], store=store, durability="async", rng=random.Random(3)
-        ) as server,
-        trio.open_nursery() as nursery,
-    ):
+    async with async_pair(net, store) as (client, server, nursery):
         await nursery.start(lambda task_status: server.serve(source, PORT, task_status=task_status))
         stream = await client.connect(SERVER, PORT)
         with trio.fail_after(600):
@@ -90,13 +100,7 @@ async def test_deltas_without_payload_count_against_the_queue_too(
         while await stream.receive_some(65536):
             pass
 
-    async with (
-        open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(2)) as client,
-        open_stack(
-            net.attach(SERVER), [SERVER], store=store, durability="async", rng=random.Random(3)
-        ) as server,
-        trio.open_nursery() as nursery,
-    ):
+    async with async_pair(net, store) as (client, server, nursery):
         await nursery.start(server.serve, reader, PORT)
         stream = await client.connect(SERVER, PORT)
 

@@ -424,13 +424,12 @@ async def test_a_stream_restored_in_time_wait_replays_what_was_not_committed(
     assert replayed == [b"request"]
 
 
-async def test_a_restored_stream_nobody_takes_is_reset_after_the_grace_period(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    """An outbound stream the restarted app never reattaches (it crashed before noting
-    the flow id, say) would hold its peer and its store record for ever."""
-    net = SimNetwork(3)
-    store = MemoryStore()
+@asynccontextmanager
+async def backend_keeping_streams(
+    net: SimNetwork,
+) -> AsyncIterator[tuple[Stack, list[Stream], trio.Nursery]]:
+    """A server at ``BACKEND`` on port 7 whose handler keeps each stream open: yields
+    it, the streams it accepted, and a nursery cancelled at the end."""
     accepted: list[Stream] = []
 
     async def keep(stream: Stream) -> None:
@@ -442,6 +441,18 @@ async def test_a_restored_stream_nobody_takes_is_reset_after_the_grace_period(
         trio.open_nursery() as nursery,
     ):
         await nursery.start(upstream.serve, keep, 7)
+        yield upstream, accepted, nursery
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_restored_stream_nobody_takes_is_reset_after_the_grace_period(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An outbound stream the restarted app never reattaches (it crashed before noting
+    the flow id, say) would hold its peer and its store record for ever."""
+    net = SimNetwork(3)
+    store = MemoryStore()
+    async with backend_keeping_streams(net) as (_, accepted, _nursery):
         async with client_incarnation(net, store, 10) as stack:
             flow_id = (await stack.connect(BACKEND, 7, commit="manual")).flow_id
         async with client_incarnation(net, store, 11, unclaimed_grace=3.0) as stack:
@@ -452,7 +463,6 @@ async def test_a_restored_stream_nobody_takes_is_reset_after_the_grace_period(
             assert stack.runtime.stats["unclaimed_reset"] == 1
             with pytest.raises(LookupError):
                 stack.reattach(flow_id)  # too late
-        nursery.cancel_scope.cancel()
 
 
 class Collector:
@@ -710,18 +720,8 @@ async def test_bytes_a_closed_connection_left_uncommitted_are_replayed_after_a_c
     crash fuzz seed 3,018,688, a relay whose upstream a RST ended in TIME-WAIT.)"""
     net = SimNetwork(1)
     store = MemoryStore()
-    payload = bytes(range(256)) * 40  # 10,240 bytes
-    first_done = trio.Event()
     replay: list[tuple[bool, int, bytes]] = []
     replayed = trio.Event()
-
-    async def first_life(stream: Stream) -> None:
-        data = await stream.receive_some(1024)
-        await stream.commit(len(data))
-        await trio.sleep(1)  # the rest and the client's FIN arrive meanwhile
-        await stream.send_eof()
-        first_done.set()
-        await trio.sleep_forever()  # the app has not got to the rest when it crashes
 
     async def second_life(stream: Stream) -> None:
         got = bytearray()
@@ -732,22 +732,14 @@ async def test_bytes_a_closed_connection_left_uncommitted_are_replayed_after_a_c
         replayed.set()
 
     async with open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(2)) as client:
-        async with server_incarnation(net, store, first_life, seed=3) as server:
-            stream = await client.connect(SERVER, PORT)
-            await stream.send_all(payload)
-            await stream.send_eof()
-            with trio.fail_after(10):
-                await first_done.wait()
-                assert await stream.receive_some() == b""  # the server's FIN
-            await trio.sleep(1)  # the ACK of that FIN: the server's side is CLOSED
-            assert server.runtime.flows == {}
-            assert len(await store.list_flows()) == 1  # kept for the app
+        async with kept_stream(net, store, client) as (server, _):
+            assert server.runtime.flows == {}  # (TCP is done with it)
         async with server_incarnation(net, store, second_life, seed=4):
             with trio.fail_after(10):
                 await replayed.wait()
             await trio.sleep(1)
             assert await store.list_flows() == []  # all committed, the stream closed: gone
-    assert replay == [(True, len(payload), payload[1024:])]
+    assert replay == [(True, len(KEPT_PAYLOAD), KEPT_PAYLOAD[1024:])]
 
 
 @pytest.mark.parametrize("close", ["abort", "aclose"])
@@ -785,6 +777,10 @@ async def test_a_stream_its_app_dropped_is_not_kept_for_replay(
     assert second_life == []
 
 
+KEPT_PAYLOAD = bytes(range(256)) * 40  # 10,240 bytes
+
+
+@asynccontextmanager
 async def kept_stream(
     net: SimNetwork, store: MemoryStore, client: Stack
 ) -> AsyncIterator[tuple[Stack, Stream]]:
@@ -805,7 +801,7 @@ async def kept_stream(
 
     async with server_incarnation(net, store, first_life, seed=3) as server:
         stream = await client.connect(SERVER, PORT)
-        await stream.send_all(bytes(range(256)) * 40)
+        await stream.send_all(KEPT_PAYLOAD)
         await stream.send_eof()
         with trio.fail_after(10):
             await closed_ours.wait()
@@ -828,7 +824,7 @@ async def test_a_commit_on_a_kept_stream_whose_record_is_gone_raises(
     store = MemoryStore()
     async with (
         open_stack(net.attach(CLIENT), [CLIENT], rng=random.Random(2)) as client,
-        asynccontextmanager(kept_stream)(net, store, client) as (server, served),
+        kept_stream(net, store, client) as (server, served),
     ):
         if taken == "fenced":
             flows = await store.list_flows()
@@ -939,7 +935,6 @@ async def test_a_connection_restored_before_its_handshake_is_done_is_not_left_op
     good, with their records: twenty-second session)."""
     net = SimNetwork(3)
     store = MemoryStore()
-    accepted: list[Stream] = []
     syn_acks = {"dropped": 0}
 
     def drop_syn_acks(event: TapEvent) -> TapVerdict | None:
@@ -948,15 +943,7 @@ async def test_a_connection_restored_before_its_handshake_is_done_is_not_left_op
             return TapVerdict.DROP
         return None
 
-    async def keep(stream: Stream) -> None:
-        accepted.append(stream)
-        await trio.sleep_forever()
-
-    async with (
-        open_stack(net.attach(BACKEND), [BACKEND], rng=random.Random(1)) as upstream,
-        trio.open_nursery() as nursery,
-    ):
-        await nursery.start(upstream.serve, keep, 7)
+    async with backend_keeping_streams(net) as (upstream, accepted, nursery):
         net.tap = drop_syn_acks
         async with client_incarnation(net, store, 10) as stack:
 
@@ -974,7 +961,6 @@ async def test_a_connection_restored_before_its_handshake_is_done_is_not_left_op
             assert stack.runtime.flows == {} and await store.list_flows() == []
             # the backend got the SYN, its SYN-ACK met a RST: nothing accepted there
             assert accepted == [] and upstream.runtime.flows == {}
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_stream_restored_in_syn_received_nobody_takes_is_reset(
