@@ -77,6 +77,9 @@ def demo_command(args: argparse.Namespace) -> int:
         raise StcpConfigError("--size must be at least 1 (MB)")
     if not 0 <= args.kills <= 20:
         raise StcpConfigError("--kills must be between 0 and 20")
+    from .net import validate_mtu  # (lazy, as _run_inside's net_up)
+
+    validate_mtu(args.mtu, ipv6=False)  # (before the timeline starts)
     if not args.inside:
         unshare = shutil.which("unshare")
         if unshare is None:

@@ -42,7 +42,8 @@ MAX_MTU = 65535  # linux drivers/net/tun.c MAX_MTU
 TX_QUEUE_LEN = 10_000  # packets the kernel queues for the stack (TUN default: 500)
 
 
-def _validate_mtu(mtu: int, *, ipv6: bool) -> None:
+def validate_mtu(mtu: int, *, ipv6: bool) -> None:
+    """Raise ``StcpConfigError`` for an MTU a TUN device (with IPv6: its IPv6) cannot have."""
     low = MIN_MTU_IPV6 if ipv6 else MIN_MTU
     if not low <= mtu <= MAX_MTU:
         why = " (IPv6 needs at least 1280)" if ipv6 else ""
@@ -79,7 +80,7 @@ def net_up(dev: str, addr: str, mtu: int = DEFAULT_MTU, addr6: str | None = None
     validate_device_name(dev)
     iface4 = validate_test_address(addr, version=4)
     iface6 = validate_test_address(addr6, version=6) if addr6 is not None else None
-    _validate_mtu(mtu, ipv6=iface6 is not None)
+    validate_mtu(mtu, ipv6=iface6 is not None)
     check_private_namespace("net up")
     create_persistent_tun(dev)
     try:

@@ -171,6 +171,8 @@ def run_command(args: argparse.Namespace) -> int:
         ) from None
     if args.pcap_snaplen is not None and not args.pcap:
         raise StcpConfigError("--pcap-snaplen goes with --pcap FILE")
+    if args.store_dir and args.store != "embedded":
+        raise StcpConfigError("--store-dir applies to the embedded store only")  # (as flows)
     if not 1 <= args.workers <= MAX_WORKERS:
         raise StcpConfigError(f"--workers {args.workers}: use 1 to {MAX_WORKERS}")
     if args.worker is not None and not 0 <= args.worker < args.workers:

@@ -265,8 +265,7 @@ def _worker_command(args: argparse.Namespace, store: str, index: int) -> list[st
         "--workers", str(args.workers), "--worker", str(index),
         "--cpu-affinity", args.cpu_affinity,
     ]  # fmt: skip
-    if args.store_dir:
-        command += ["--store-dir", args.store_dir]
+    # (no --store-dir: ``store`` is a URL, the embedded store's resolved already)
     if args.pcap:
         command += ["--pcap", f"{args.pcap}.w{index}"]
         if args.pcap_snaplen is not None:

@@ -108,6 +108,7 @@ from __future__ import annotations
 import logging
 import os
 import ssl
+import urllib.parse
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple, NoReturn
@@ -875,6 +876,11 @@ def _store_errors(what: str) -> Iterator[None]:
         text = str(exc)
         if text.startswith(_TRANSIENT_REPLIES):
             raise StoreUnavailable(f"{what}: Redis refused: {text}") from exc
+        if "DB index is out of range" in text:  # (SELECT at connect: a setting)
+            raise StoreRefused(
+                f"{what}: Redis has no such database: use one below its `databases` "
+                "setting (16 by default: redis://HOST:PORT/0 to /15)"
+            ) from exc
         raise StoreError(f"{what}: {text}") from exc
     except RedisError as exc:
         raise StoreError(f"{what}: {exc}") from exc
@@ -959,10 +965,24 @@ def _chunk_range(lo: int, hi: int) -> tuple[int, int]:
     return (lo, hi - lo + 1) if hi >= lo else (0, 0)
 
 
+_FILE_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+
+
 def _take_wait_options(url: str) -> tuple[str, dict[str, Any]]:
     """``url`` without its ``wait_replicas`` / ``wait_timeout`` query parameters (redis-py
-    refuses names it does not know), and their values for ``RedisStore``."""
+    refuses names it does not know), and their values for ``RedisStore``; checks what
+    redis-py would only find out at each connection -- and the stack would wait out as
+    an outage -- or silently ignore: a database that is no number, a TLS file that is
+    not there.
+
+    Raises:
+        ValueError: One of those, in one line.
+    """
     base, sep, query = url.partition("?")
+    if not base.startswith("unix://"):
+        database = urllib.parse.urlsplit(base).path.strip("/")
+        if database and not database.isdigit():
+            raise ValueError(f"bad database in the store URL: {database!r} is not a number")
     if not sep:
         return url, {}
     kept: list[str] = []
@@ -978,6 +998,9 @@ def _take_wait_options(url: str) -> tuple[str, dict[str, Any]]:
                 kept.append(pair)
         except ValueError:
             raise ValueError(f"bad {name} in the store URL: {value!r} is not a number") from None
+        path = urllib.parse.unquote(value)
+        if name in _FILE_OPTIONS and not os.path.isfile(path):
+            raise ValueError(f"{name}={path} in the store URL: no such file")
     return (f"{base}?{'&'.join(kept)}" if kept else base), waits
 
 

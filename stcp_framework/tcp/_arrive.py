@@ -1040,10 +1040,11 @@ LOSS_WATCH = 30.0
 """Seconds after a strict restore during which the loss proofs may come (a store gone
 back shows at once: the peer answers the restore's kick)."""
 LOST_ACK_PROOF = 0.2
-"""Seconds between the first and a later arrival of the same lowest offset above the
-restored RCV.NXT before they prove a resend from there (``acked_bytes_lost``): longer
-than a duplicated packet's lag, no longer than Linux's smallest retransmission timeout
-(200 ms), which is what makes the peer resend."""
+"""Seconds between arrivals of the same lowest offset above the restored RCV.NXT that
+count as resends from there (``acked_bytes_lost``; two prove it): longer than a
+duplicated packet's lag, no longer than Linux's smallest retransmission timeout
+(200 ms), which is what makes the peer resend. (``sent_bytes_lost`` takes the same
+interval between the peer's ACKs past our record.)"""
 
 
 def acked_bytes_lost(c: Connection, seg: TcpSegment, now: float) -> bool:
@@ -1059,9 +1060,12 @@ def acked_bytes_lost(c: Connection, seg: TcpSegment, now: float) -> bool:
     them), and its retransmission timer resends from its SND.UNA, above the gap,
     forever -- often beyond our window, where no segment gets past the acceptability
     test. So the proof is the lowest offset above the gap the peer has sent since the
-    restore arriving again ``LOST_ACK_PROOF`` or more after it first came. (A peer that
-    still had the gap would have resent it first: its retransmission starts at its
-    SND.UNA, our RCV.NXT.)
+    restore arriving again, twice, each ``LOST_ACK_PROOF`` or more after the one before.
+    (A peer that still had the gap resends it at its retransmission timeout: that
+    starts at its SND.UNA, our RCV.NXT. Before that, a tail loss probe -- RFC 8985 §7,
+    Linux too -- may resend its last segment, above the gap, once: one resend proves
+    nothing. It reset a healthy strict connection so, found by the crash fuzz, seed
+    3,603,348: a relay's upstream whose echoes died with the crash.)
     """
     tcb = c.tcb
     watch = c.lost_ack_watch
@@ -1083,15 +1087,21 @@ def acked_bytes_lost(c: Connection, seg: TcpSegment, now: float) -> bool:
     if start is None or off < start:
         c.gap_start = off
         c.gap_since = now
+        c.gap_resends = 0
         return False
     if off == c.window_test_off and start < off:
         # A window test at SEG.SEQ + 1 that the peer took after it had sent new data
         # from SEG.SEQ moved its SND.UNA there (test_window_above_gap).
         c.gap_start = off
         c.gap_since = now
+        c.gap_resends = 0
         c.window_test_off = None
         return False
     if off != start or now - c.gap_since < LOST_ACK_PROOF:
+        return False
+    c.gap_since = now
+    c.gap_resends += 1
+    if c.gap_resends < 2:
         return False
     c.count("acked_bytes_lost")
     # <SEQ=SEG.ACK>: what the peer expects from us. The crash may have lost bytes we

@@ -175,6 +175,7 @@ class Connection:
         "dsack",
         "dupacks",
         "fin_maybe_sent",
+        "gap_resends",
         "gap_since",
         "gap_start",
         "invalid_ack_at",
@@ -289,6 +290,7 @@ class Connection:
         self.lost_ack_watch: int | None = None
         self.gap_start: int | None = None
         self.gap_since = 0.0
+        self.gap_resends = 0  # its arrivals since, each LOST_ACK_PROOF after the last
         # The lowest offset above it of a segment without data, when it first came, and
         # the last ACK that tested the peer's window (_arrive.test_window_above_gap).
         self.probe_off: int | None = None

@@ -92,6 +92,21 @@ def test_a_bad_instance_name_is_named_as_such(name: str) -> None:
     assert line.startswith(f"stcp: error: --instance {name!r}: "), line
 
 
+def test_a_store_dir_with_another_store_is_named() -> None:
+    """(It was ignored, as `stcp flows` refused it.)"""
+    line = one_error_line(
+        run("run", "echo", "--listen", "198.18.0.2:7", "--store", "memory", "--store-dir", "/x")
+    )
+    assert line == "stcp: error: --store-dir applies to the embedded store only", line
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the demo checks for root first")
+def test_a_demo_mtu_no_device_can_have_is_one_line() -> None:
+    """(A timeline line came first.)"""
+    line = one_error_line(run("demo", "--mtu", "10"))
+    assert line == "stcp: error: bad MTU 10: use a value between 68 and 65535", line
+
+
 def test_a_pcap_snaplen_without_a_pcap_file_is_named() -> None:
     line = one_error_line(
         run("run", "echo", "--listen", "198.18.0.2:7", "--store", "memory",

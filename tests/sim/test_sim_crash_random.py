@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from crash_fuzz import draw, run
 
-SEEDS = [*range(60), 156879, 530030, 1185928, 1186023, 1501240, 1521855]
+SEEDS = [*range(60), 156879, 530030, 1185928, 1186023, 1501240, 1521855, 3603348]
 """60 seeds, and those that found a bug: 156879 (a duplicate ACK during a store outage
 advertised a window from a commit not yet durable; a crash then shrank it); 530030 (a
 relay's transaction waited for a delta version that never came: its upstream was
@@ -20,7 +20,11 @@ whose FIN had left but whose SND.NXT past it had not reached the store dropped e
 segment of the peer as an ACK of unsent data, until the peer's LAST-ACK timed out --
 ``fin_maybe_sent``); 1521855 (a RST for a flow closed during a store outage, its record
 kept until its last delta lands: the oracle takes a close both sides acknowledged as
-the end, not only the record's removal)."""
+the end, not only the record's removal); 3603348 (a strict relay's upstream reset as
+if the crash had lost acknowledged bytes: the backend's echoes died with the crash, and
+its tail loss probe resent its last segment, above the restored RCV.NXT, which the
+proof took for a resend from its SND.UNA -- ``_arrive.acked_bytes_lost`` now wants two
+resends)."""
 
 
 @pytest.mark.parametrize("seed", SEEDS)

@@ -150,3 +150,29 @@ async def test_credentials_from_a_provider_keep_the_thread_path(
     finally:
         await store.aclose()
     assert record is not None and record.rx == PAYLOAD
+
+
+async def test_a_database_redis_does_not_have_is_a_refusal(redis7_server: RedisServer) -> None:
+    """``/99`` (``?db=99`` on a socket): no retry cures it, so it is no outage to wait
+    out; it said "store: next_epoch: DB index is out of range" and exited 1."""
+    store = RedisStore.from_url(f"{redis7_server.url}?db=99", service="db99")
+    try:
+        with pytest.raises(StoreRefused, match="no such database"):
+            await store.next_epoch()
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://127.0.0.1:6379/abc", "bad database in the store URL: 'abc' is not a number"),
+        ("rediss://127.0.0.1:6390?ssl_ca_certs=/no/such/ca.pem", "ssl_ca_certs=/no/such/ca.pem"),
+        ("redis://127.0.0.1?wait_replicas=x", "bad wait_replicas in the store URL"),
+    ],
+)
+def test_store_url_mistakes_are_named_at_once(url: str, message: str) -> None:
+    """(A missing CA file was retried for ever as an unreachable Redis, and a database
+    that is no number silently meant database 0.)"""
+    with pytest.raises(ValueError, match=message.replace("?", r"\?")):
+        RedisStore.from_url(url)

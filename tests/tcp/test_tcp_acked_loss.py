@@ -73,8 +73,12 @@ def test_the_peer_resending_above_the_gap_resets_the_connection() -> None:
     _peer_sends(conn, 3000, 1000, RESTORED_AT + 0.01 + LOST_ACK_PROOF / 2)
     assert conn.tcb.state is TcpState.ESTABLISHED
     conn.drain()
-    # the peer's retransmission timer: it resends from its SND.UNA, 3,000
+    # the peer's retransmission timer: it resends from its SND.UNA, 3,000 -- once is
+    # what a tail loss probe also does (of its last segment), twice proves it
     _peer_sends(conn, 3000, 1000, RESTORED_AT + 0.01 + LOST_ACK_PROOF)
+    conn.drain()
+    assert conn.tcb.state is TcpState.ESTABLISHED
+    _peer_sends(conn, 3000, 1000, RESTORED_AT + 0.01 + 3 * LOST_ACK_PROOF)
     step = conn.drain()
     assert conn.tcb.state is TcpState.CLOSED
     assert [(seg.seq, seg.ack, seg.flags) for seg in step.segments] == [
@@ -123,6 +127,26 @@ def test_without_the_flag_the_same_segments_only_get_duplicate_acks() -> None:
     assert [(seg.ack, seg.flags) for seg in step.segments] == [(sq(REMOTE_SEQ, 1000), ACK)] * 2
 
 
+def test_a_tail_loss_probe_above_the_gap_proves_nothing() -> None:
+    """A healthy peer whose segments from the restored RCV.NXT on died with the crash
+    (never acknowledged): the first to arrive is above the gap, then its tail loss probe
+    (RFC 8985 §7) resends its last segment -- the same one, a probe timeout later --
+    and only then its retransmission timer resends from SND.UNA, filling the gap. One
+    resend above the gap is no proof (it was: crash fuzz seed 3,603,348 reset a strict
+    relay's upstream so)."""
+    conn = _restored(acked_may_be_lost=True, lost=0)  # nothing acknowledged was lost
+    _peer_sends(conn, 3000, 1000, RESTORED_AT + 0.01)  # (1,000-3,000 lost on the way)
+    conn.drain()
+    _peer_sends(conn, 3000, 1000, RESTORED_AT + 0.4)  # its tail loss probe
+    conn.drain()
+    assert conn.tcb.state is TcpState.ESTABLISHED
+    _peer_sends(conn, 1000, 2000, RESTORED_AT + 0.6)  # its timer: from SND.UNA
+    conn.drain()
+    assert conn.tcb.state is TcpState.ESTABLISHED
+    assert conn.tcb.rcv_nxt == sq(REMOTE_SEQ, 4000)
+    assert "acked_bytes_lost" not in conn.counters
+
+
 def test_resends_beyond_the_window_count_too() -> None:
     """More was lost than the window holds: every segment the peer can send is beyond
     RCV.NXT + RCV.WND, unacceptable (answered with an ACK, dropped), and still the
@@ -135,6 +159,8 @@ def test_resends_beyond_the_window_count_too() -> None:
     assert conn.tcb.state is TcpState.ESTABLISHED and not conn.reasm
     assert all(seg.flags == ACK for seg in step.segments)
     _peer_sends(conn, 21_000, 1000, RESTORED_AT + 0.01 + LOST_ACK_PROOF)
+    conn.drain()
+    _peer_sends(conn, 21_000, 1000, RESTORED_AT + 0.01 + 3 * LOST_ACK_PROOF)
     step = conn.drain()
     assert conn.tcb.state is TcpState.CLOSED
     assert [seg.flags for seg in step.segments] == [RST | ACK]
@@ -195,6 +221,8 @@ def test_a_probe_above_the_gap_is_answered_with_an_ack_of_the_peers_snd_una() ->
     _probe(conn, 3000, t + PROBE_REPEAT, ack=200)  # data came: no more tests
     assert _tests(conn) == []
     _peer_sends(conn, 3000, 1000, t + PROBE_REPEAT + LOST_ACK_PROOF)
+    conn.drain()
+    _peer_sends(conn, 3000, 1000, t + PROBE_REPEAT + 3 * LOST_ACK_PROOF)
     step = conn.drain()
     assert conn.tcb.state is TcpState.CLOSED
     assert [seg.flags for seg in step.segments] == [RST | ACK]
@@ -214,6 +242,8 @@ def test_without_window_tests_a_probe_is_not_tested_but_a_resend_still_proves() 
     _peer_sends(conn, 3000, 1000, t)
     conn.drain()
     _peer_sends(conn, 3000, 1000, t + LOST_ACK_PROOF)
+    conn.drain()
+    _peer_sends(conn, 3000, 1000, t + 3 * LOST_ACK_PROOF)
     step = conn.drain()
     assert conn.tcb.state is TcpState.CLOSED
     assert [seg.flags for seg in step.segments] == [RST | ACK]
@@ -235,6 +265,9 @@ def test_a_healthy_peer_that_took_a_window_test_is_reset_not_left_hanging() -> N
     conn.drain()
     assert conn.tcb.state is TcpState.ESTABLISHED
     _peer_sends(conn, 3001, 999, t + PROBE_REPEAT + 0.3 + 1.5 * LOST_ACK_PROOF)
+    conn.drain()
+    assert conn.tcb.state is TcpState.ESTABLISHED
+    _peer_sends(conn, 3001, 999, t + PROBE_REPEAT + 0.3 + 3 * LOST_ACK_PROOF)
     step = conn.drain()
     assert conn.tcb.state is TcpState.CLOSED
     assert [seg.flags for seg in step.segments] == [RST | ACK]
