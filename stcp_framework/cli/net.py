@@ -27,6 +27,7 @@ Theory of operation:
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 
 from ..errors import StcpConfigError
@@ -34,6 +35,8 @@ from ..link.tun import create_persistent_tun, device_exists, validate_device_nam
 from .netns import check_private_namespace, ip_json, run_ip, validate_test_address
 
 __all__ = ["DEFAULT_MTU", "add_net_parser", "net_down", "net_up"]
+
+logger = logging.getLogger("stcp.net")
 
 DEFAULT_MTU = 65000
 MIN_MTU = 68  # RFC 791: every IPv4 module must forward a 68-octet datagram
@@ -62,6 +65,25 @@ def _enable_ipv6(dev: str) -> None:
         f.write("0\n")
 
 
+UNIX_DGRAM_QLEN = 1024
+"""``net.unix.max_dgram_qlen`` in the namespace (``stcp net up``): the datagrams a Unix
+socket queues. The workers forward misdirected segments to each other over such
+sockets (``stack/siblings.py``), and the default, 10 in every new namespace, dropped
+all but ~11 of a burst whatever their socket buffers (a review found it)."""
+
+
+def _raise_unix_dgram_queue() -> None:
+    path = "/proc/sys/net/unix/max_dgram_qlen"
+    try:
+        with open(path) as f:
+            if int(f.read()) >= UNIX_DGRAM_QLEN:
+                return
+        with open(path, "w") as f:
+            f.write(str(UNIX_DGRAM_QLEN))
+    except (OSError, ValueError) as exc:  # (not fatal: forwards drop sooner)
+        logger.warning("could not raise %s to %d: %s", path, UNIX_DGRAM_QLEN, exc)
+
+
 def net_up(dev: str, addr: str, mtu: int = DEFAULT_MTU, addr6: str | None = None) -> None:
     """Create persistent TUN device ``dev`` with kernel-side addresses and bring it up.
 
@@ -85,6 +107,7 @@ def net_up(dev: str, addr: str, mtu: int = DEFAULT_MTU, addr6: str | None = None
     create_persistent_tun(dev)
     try:
         run_ip("link", "set", "dev", dev, "mtu", str(mtu), "txqueuelen", str(TX_QUEUE_LEN))
+        _raise_unix_dgram_queue()
         run_ip("-4", "addr", "add", str(iface4), "dev", dev)
         if iface6 is not None:
             _enable_ipv6(dev)

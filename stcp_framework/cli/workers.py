@@ -298,6 +298,11 @@ async def _supervise(args: argparse.Namespace, store: str) -> int:
                 for worker in workers:
                     failed = await worker.start()
                     if failed is not None:
+                        if failed != CONFIG_ERROR_STATUS:  # (that one said why itself)
+                            say(
+                                f"stcp: error: worker {worker.index} did not start within "
+                                f"{START_TIMEOUT:g} s ({_describe(failed)}); stopping"
+                            )
                         break
                 starting.cancel_scope.cancel()
             if failed is not None or interrupted:

@@ -532,8 +532,8 @@ class Runtime:
                 self._on_unknown_flow(pkt, now, buf, hops)
                 continue
             if (
-                flow.backlog is not None
-                and self._siblings is not None
+                self._siblings is not None
+                and (flow.backlog is not None or flow.recovered)
                 and self._answered_elsewhere(flow, seg, buf, hops)
             ):
                 continue
@@ -663,7 +663,9 @@ class Runtime:
         answer <SEQ=SEG.ACK><CTL=RST> -- exactly the peer's RCV.NXT, which resets the
         connection the sibling just completed. Instead the ACK goes round the ring to
         the worker whose SYN it acknowledges, and our half-open connection is dropped
-        without a word. The last worker of the ring answers as a lone stack would."""
+        without a word. The last worker of the ring answers as a lone stack would. A
+        half-open connection a restarted worker restored is one too (it has no
+        backlog: it was reset so, a review found)."""
         tcb = flow.conn.tcb
         if tcb.state is not TcpState.SYN_RECEIVED or seg.flags & (ACK | RST) != ACK:
             return False

@@ -931,7 +931,11 @@ def _detect_spurious(c: Connection, seg: TcpSegment) -> None:
     than our fast retransmission's, the original segment filled the hole, not the
     retransmission -- it was late, not lost (Eifel detection, RFC 3522; Linux
     ``tcp_packet_delayed``), and the window cut is undone (RFC 4015, ``NewReno.undo``).
-    Equal timestamps (the same millisecond) prove nothing."""
+    Equal timestamps (the same millisecond) prove nothing. (Linux's
+    ``tcp_try_undo_partial`` also waits while other resends are out -- holes SACKs
+    showed lost, which the first one's being late says nothing of. Refusing the undo
+    outright then cut every window of a reordering path: the 5 % reordering simulation
+    took 0.76 s instead of 0.04 s. A review's finding, left open.)"""
     cc = c.cc
     ts = seg.options.timestamps
     if ts is not None and ts[1] and ((ts[1] - cc.rxt_tsval) & SEQ_MASK) >= _HALF:

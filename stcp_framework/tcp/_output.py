@@ -370,6 +370,10 @@ def send_data(c: Connection, now: float, *, force: bool) -> None:
     snd_una = tcb.snd_una
     nxt_off = una_off + (((tcb.snd_nxt - snd_una + _HALF) & SEQ_MASK) - _HALF)
     old_nxt_off = nxt_off
+    if nxt_off == una_off and 0.0 <= c.last_data_at < now - c.rtt.rto:
+        # Nothing in flight, and nothing sent for longer than the RTO (RFC 5681 §4.1):
+        # a window grown before would now leave as one burst.
+        c.cc.restart_after_idle(c.config.initial_cwnd_segments)
     mss = tcb.mss
     gso_chunk = c.config.gso_max // mss * mss  # super-segment payload cap; <= mss: off
     cc = c.cc
@@ -494,6 +498,7 @@ def send_data(c: Connection, now: float, *, force: bool) -> None:
         ptr = new_ptr
         sent = True
     if sent:
+        c.last_data_at = now
         _ack_sent(c)  # once for the burst, as make_segment does per segment
         if nxt_off != old_nxt_off:
             c._advance_snd_nxt(nxt_off)

@@ -193,6 +193,14 @@ class NewReno:
             sndcnt = min(self.ssthresh - pipe, limit)
         return sndcnt if sndcnt > 0 else 0
 
+    def restart_after_idle(self, initial_segments: int) -> None:
+        """RFC 5681 §4.1: no data sent for longer than the retransmission timeout, so
+        the window no longer reflects the path: start again from the restart window,
+        min(IW, cwnd) (Linux ``tcp_cwnd_restart``, which also halves per RTO idle)."""
+        restart = max(1, initial_segments) * self.mss
+        if self.cwnd > restart and not self.in_recovery:
+            self.cwnd = restart
+
     def on_dupack_in_recovery(self) -> None:
         """RFC 5681 §3.2 step 4: inflate by one SMSS per further duplicate ACK."""
         self.cwnd += self.mss

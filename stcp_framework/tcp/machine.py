@@ -179,6 +179,7 @@ class Connection:
         "gap_since",
         "gap_start",
         "invalid_ack_at",
+        "last_data_at",
         "last_rx_at",
         "loss_watch_until",
         "lost_ack_watch",
@@ -291,6 +292,7 @@ class Connection:
         self.gap_start: int | None = None
         self.gap_since = 0.0
         self.gap_resends = 0  # its arrivals since, each LOST_ACK_PROOF after the last
+        self.last_data_at = -1.0  # when a data segment last left (_output.send_data)
         # The lowest offset above it of a segment without data, when it first came, and
         # the last ACK that tested the peer's window (_arrive.test_window_above_gap).
         self.probe_off: int | None = None

@@ -45,6 +45,9 @@ def test_net_up_creates_persistent_tun_with_addresses(cleanup_dev: str) -> None:
     assert ("198.18.200.1", 24) in addrs
     assert ("2001:db8:200::1", 64) in addrs
     assert current_namespace_problems() == []  # a TUN device keeps the namespace "private"
+    # workers forward misdirected segments over Unix datagram sockets: not 10 a burst
+    with open("/proc/sys/net/unix/max_dgram_qlen") as f:
+        assert int(f.read()) >= 1024
 
     net_down(cleanup_dev)
     assert not device_exists(cleanup_dev)

@@ -226,6 +226,83 @@ async def test_a_segment_for_a_worker_that_is_down_is_dropped_silently() -> None
         assert stack.runtime.stats["rst_sent"] == 0
 
 
+async def test_a_restored_half_open_connection_passes_a_sibling_s_ack_on() -> None:
+    """Worker 0 got a SYN and stored its SYN-RECEIVED, then died; the peer's
+    retransmitted SYN reached worker 1 meanwhile, and the peer completed the handshake
+    with worker 1's SYN-ACK. Worker 0, restarted, restores its half-open connection;
+    the peer's ACK -- of worker 1's SYN, not ours -- then reaches it. It goes round the
+    ring, never answered with the RST that is exactly the peer's RCV.NXT (a restored
+    flow has no backlog, and was answered so: a review found it)."""
+    store, net = MemoryStore(), SimNetwork(1)
+    peer, client, stack_addr = (
+        net.attach(PEER),
+        ipaddress.ip_address(PEER).packed,
+        ipaddress.ip_address(STACK).packed,
+    )
+    next_worker = Siblings("rtring6", 1, 2)
+    try:
+        iss = 0
+        for life in (1, 2):
+            link, siblings = net.attach(STACK), Siblings("rtring6", 0, 2)
+            try:
+                async with (
+                    open_stack(
+                        link, [STACK], store=store, siblings=siblings, instance="t.w0"
+                    ) as stack,
+                    trio.open_nursery() as nursery,
+                ):
+                    await nursery.start(stack.serve, echo, ECHO_PORT)
+                    if life == 1:
+                        syn = build_packet(
+                            client,
+                            stack_addr,
+                            40010,
+                            ECHO_PORT,
+                            7000,
+                            0,
+                            SYN,
+                            1000,
+                            NO_OPTIONS,
+                            b"",
+                        )
+                        await peer.send_batch([syn])
+                        with trio.fail_after(5):
+                            [synack] = await peer.recv_batch(8)
+                        iss = parse_packet_untrusted(synack).tcp.seq
+                        await trio.sleep(0.3)  # SYN-RECEIVED stored; then the crash
+                    else:
+                        assert stack.runtime.restored == 1
+                        with trio.move_on_after(0.3):
+                            while True:
+                                await peer.recv_batch(8)  # (the restore's SYN-ACK)
+                        siblings_ack = (iss + 1_000_000) & 0xFFFFFFFF  # worker 1's SYN + 1
+                        ack = build_packet(
+                            client,
+                            stack_addr,
+                            40010,
+                            ECHO_PORT,
+                            7001,
+                            siblings_ack,
+                            ACK,
+                            1000,
+                            NO_OPTIONS,
+                            b"",
+                        )
+                        await peer.send_batch([ack])
+                        with trio.fail_after(5):
+                            forwarded = await next_worker.receive(8)
+                        assert [bytes(p) for _, p in forwarded] == [bytes(ack)]
+                        await _nothing_arrives(peer)
+                        assert stack.runtime.stats["half_open_passed_on"] == 1
+                        assert stack.runtime.stats["rst_sent"] == 0
+                    nursery.cancel_scope.cancel()
+            finally:
+                siblings.close()
+                await link.aclose()
+    finally:
+        next_worker.close()
+
+
 async def test_every_worker_accepts_a_syn_itself() -> None:
     async with _worker_and_peer("rtring3", 0, 2) as (stack, peer):
         syn = build_packet(

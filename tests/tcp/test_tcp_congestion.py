@@ -63,3 +63,33 @@ def test_no_dsack_undo_after_a_timeout() -> None:
     cc.on_resend(0, MSS)
     cc.on_rto(10 * MSS, first=True)
     assert not cc.on_dsack(0, MSS)
+
+
+def test_after_an_idle_longer_than_the_rto_the_window_restarts() -> None:
+    """RFC 5681 §4.1: a window grown by 200 request/response round trips (each ACK
+    grew it, one segment in flight) is no measure of the path after a minute of
+    silence. The next write leaves as the restart window, min(IW, cwnd) -- not as
+    one burst of the 210 segments cwnd had reached (a review found that)."""
+    from dataclasses import replace
+
+    from tcp_helpers import CONFIG, LOCAL_SEQ, conn_established, r, sq, syn_options
+
+    config = replace(CONFIG, sack=True, send_buffer_size=4 << 20, window_scaling=True)
+    conn = conn_established(config, options=syn_options()._replace(sack_permitted=True, wscale=7))
+    mss = conn.tcb.mss
+    t, acked = 1.0, 0
+    for _ in range(200):
+        conn.app_send(bytes(mss), t)
+        conn.drain()
+        acked += mss
+        conn.on_segment(r(ack=sq(LOCAL_SEQ, acked), window=65535), t + 0.01)
+        conn.drain()
+        t += 0.02
+    assert conn.cc.cwnd > 100 * mss
+    conn.app_send(bytes(400 * mss), t + 60.0)
+    assert len(conn.drain().segments) == config.initial_cwnd_segments
+    # busy, no idle: the window is the one it has
+    conn2 = conn_established(config, options=syn_options()._replace(sack_permitted=True, wscale=7))
+    conn2.cc.cwnd = 50 * mss
+    conn2.app_send(bytes(400 * mss), 1.0)
+    assert len(conn2.drain().segments) == 50
