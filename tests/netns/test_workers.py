@@ -240,6 +240,12 @@ async def test_a_restored_half_open_connection_passes_a_sibling_s_ack_on() -> No
         ipaddress.ip_address(STACK).packed,
     )
     next_worker = Siblings("rtring6", 1, 2)
+
+    def from_peer(seq: int, ack: int, flags: int) -> bytearray:
+        return build_packet(
+            client, stack_addr, 40010, ECHO_PORT, seq, ack, flags, 1000, NO_OPTIONS, b""
+        )
+
     try:
         iss = 0
         for life in (1, 2):
@@ -253,18 +259,7 @@ async def test_a_restored_half_open_connection_passes_a_sibling_s_ack_on() -> No
                 ):
                     await nursery.start(stack.serve, echo, ECHO_PORT)
                     if life == 1:
-                        syn = build_packet(
-                            client,
-                            stack_addr,
-                            40010,
-                            ECHO_PORT,
-                            7000,
-                            0,
-                            SYN,
-                            1000,
-                            NO_OPTIONS,
-                            b"",
-                        )
+                        syn = from_peer(7000, 0, SYN)
                         await peer.send_batch([syn])
                         with trio.fail_after(5):
                             [synack] = await peer.recv_batch(8)
@@ -276,18 +271,7 @@ async def test_a_restored_half_open_connection_passes_a_sibling_s_ack_on() -> No
                             while True:
                                 await peer.recv_batch(8)  # (the restore's SYN-ACK)
                         siblings_ack = (iss + 1_000_000) & 0xFFFFFFFF  # worker 1's SYN + 1
-                        ack = build_packet(
-                            client,
-                            stack_addr,
-                            40010,
-                            ECHO_PORT,
-                            7001,
-                            siblings_ack,
-                            ACK,
-                            1000,
-                            NO_OPTIONS,
-                            b"",
-                        )
+                        ack = from_peer(7001, siblings_ack, ACK)
                         await peer.send_batch([ack])
                         with trio.fail_after(5):
                             forwarded = await next_worker.receive(8)
