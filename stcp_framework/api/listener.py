@@ -35,7 +35,7 @@ class Listener(trio.abc.Listener[Stream]):
                 raise trio.ClosedResourceError("this listener was closed")
             while inner.queue:
                 flow = inner.queue.popleft()
-                if not flow.closed or flow.kept:  # (kept: a stream to replay, G4)
+                if flow.takeable:
                     if not parked:
                         await trio.lowlevel.cancel_shielded_checkpoint()
                     return Stream(self._runtime, flow)
@@ -61,7 +61,7 @@ class Listener(trio.abc.Listener[Stream]):
 
         while inner.queue:
             flow = inner.queue.popleft()
-            if not flow.closed or flow.kept:
+            if flow.takeable:
                 deliver(flow)
         inner.deliver = deliver
 

@@ -201,8 +201,7 @@ class Stream(trio.abc.HalfCloseableStream):
             offset = self.read_offset
         if state is KEEP_STATE:
             state = flow.app_state
-        if not flow.closed or flow.kept:
-            # (a kept closed flow: its record waits for these commits, G4)
+        if flow.takeable:  # (a kept closed flow: its record waits for these commits)
             flow.conn.app_commit(offset, state, self._runtime.now())
             flow.app_state = state
             self._runtime.touch(flow)

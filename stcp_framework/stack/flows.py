@@ -209,6 +209,12 @@ class Flow:
         self.unclaimed_until = 0.0
 
     @property
+    def takeable(self) -> bool:
+        """Whether an app may still take (or go on with) its stream: a live connection,
+        or a closed one kept for the commits of bytes it left uncommitted (G4)."""
+        return not self.closed or self.kept
+
+    @property
     def conn(self) -> Connection:
         conn = self._conn
         if conn is None:

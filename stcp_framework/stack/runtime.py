@@ -1723,7 +1723,7 @@ class Runtime:
         listener = Listener(port, backlog or self._syn_backlog, manual_commit=manual_commit)
         self.listeners[port] = listener
         for flow in self._unclaimed.pop(port, []):
-            if not flow.closed or flow.kept:
+            if flow.takeable:
                 self._offer(flow)  # restored streams go to the app first (recovered=True)
         return listener
 
@@ -1739,7 +1739,7 @@ class Runtime:
         queue = listener.queue
         while queue:
             flow = queue.popleft()
-            if not flow.closed or flow.kept:
+            if flow.takeable:
                 self._leave_unclaimed(listener.port, flow)
         listener.lot.unpark_all()
 
@@ -1749,20 +1749,24 @@ class Runtime:
         Raises:
             LookupError: No restored flow ``flow_id`` waits here.
         """
-        taken = None
-        for port, flows in self._unclaimed.items():
-            for flow in flows:
-                if flow.flow_id == flow_id:
-                    flows.remove(flow)
-                    if not flows:
-                        del self._unclaimed[port]
-                    taken = flow
-                    break
-            if taken is not None:
-                break
-        if taken is not None and (not taken.closed or taken.kept):
-            taken.accepted = True
-            return taken
+        found = next(
+            (
+                (port, flow)
+                for port, flows in self._unclaimed.items()
+                for flow in flows
+                if flow.flow_id == flow_id
+            ),
+            None,
+        )
+        if found is not None:
+            port, flow = found
+            flows = self._unclaimed[port]
+            flows.remove(flow)
+            if not flows:
+                del self._unclaimed[port]
+            if flow.takeable:  # (else closed meanwhile: not restored any more)
+                flow.accepted = True
+                return flow
         raise LookupError(
             f"no restored connection {flow_id} waits on this stack (closed, taken "
             "already, or not restored)"

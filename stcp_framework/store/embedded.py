@@ -42,7 +42,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
@@ -237,11 +237,21 @@ def _locked(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _unwritable(path: Path, exc: OSError) -> StcpConfigError:
+def _unwritable(path: Path, exc: OSError, doing: str = "write") -> StcpConfigError:
     return StcpConfigError(
-        f"cannot write store directory {path}: {exc.strerror or exc}; pass a writable "
+        f"cannot {doing} store directory {path}: {exc.strerror or exc}; pass a writable "
         "--dir (--store-dir to stcp run and stcp flows)"
     )
+
+
+def _poll(done: Callable[[], bool], seconds: float) -> bool:
+    """Whether ``done()`` came true within ``seconds`` (asked every ``_POLL_INTERVAL``)."""
+    deadline = time.monotonic() + seconds
+    while not done():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_POLL_INTERVAL)
+    return True
 
 
 def _config(path: Path, appendfsync: str) -> str:
@@ -291,25 +301,20 @@ def start(
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
-        raise StcpConfigError(
-            f"cannot create store directory {path}: {exc.strerror}; pass a writable "
-            "--dir (--store-dir to stcp run and stcp flows)"
-        )
+        raise _unwritable(path, exc, "create") from None
     url = f"unix://{path / SOCKET_NAME}"
     with _locked(path):
         pid = _running_pid(path)
         if pid is not None:
             # Ours, running: one that does not answer yet may be loading its AOF; a
             # second server in the same directory would write the same files.
-            deadline = time.monotonic() + timeout
-            while not _ping(path):
-                if time.monotonic() >= deadline or not _is_server(pid):
-                    raise StcpConfigError(
-                        f"the store server in {path} (pid {pid}) runs but does not answer "
-                        f"on {path / SOCKET_NAME}: {_log_tail(path)}; stop it with `stcp "
-                        f"store down --dir {path}` (or kill {pid})"
-                    )
-                time.sleep(_POLL_INTERVAL)
+            _poll(lambda: _ping(path) or not _is_server(pid), timeout)
+            if not _ping(path):
+                raise StcpConfigError(
+                    f"the store server in {path} (pid {pid}) runs but does not answer "
+                    f"on {path / SOCKET_NAME}: {_log_tail(path)}; stop it with `stcp "
+                    f"store down --dir {path}` (or kill {pid})"
+                )
             return url
         binary = find_server()
         try:
@@ -330,14 +335,13 @@ def start(
         if done.returncode != 0:
             why = done.stderr.decode(errors="replace").strip().splitlines() or [_log_tail(path)]
             raise StcpConfigError(f"{binary} failed to start: {why[-1]}")
-        deadline = time.monotonic() + timeout
         started = time.monotonic()
-        while time.monotonic() < deadline:
-            if _ping(path):
-                return url
-            if time.monotonic() - started > 1.0 and _running_pid(path) is None:
-                break  # it exited (a bad AOF, say): its log says why
-            time.sleep(_POLL_INTERVAL)
+        if _poll(
+            # (or it exited -- a bad AOF, say: its log says why)
+            lambda: _ping(path) or (time.monotonic() - started > 1.0 and not _running_pid(path)),
+            timeout,
+        ) and _ping(path):
+            return url
         if _running_pid(path) is None:
             raise StcpConfigError(f"the store server in {path} exited: {_log_tail(path)}")
         raise StcpConfigError(
@@ -376,20 +380,13 @@ def stop(
     # No answer on the socket (gone, or the server does not answer): SIGTERM by pid --
     # ours, _running_pid checked -- is the same graceful shutdown. (redis-py's
     # shutdown() swallows a connection error, so this is checked, not excepted.)
-    answer_by = time.monotonic() + 1.0
-    while _is_server(pid) and time.monotonic() < answer_by:
-        time.sleep(_POLL_INTERVAL)
-    if _is_server(pid):
+    if not _poll(lambda: not _is_server(pid), 1.0):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _is_server(pid):
-        if time.monotonic() >= deadline:
-            raise StcpConfigError(
-                f"store server (pid {pid}) did not stop within "
-                f"{timeout:g} s: see {path / LOGFILE_NAME}"
-            )
-        time.sleep(_POLL_INTERVAL)
+    if not _poll(lambda: not _is_server(pid), timeout):
+        raise StcpConfigError(
+            f"store server (pid {pid}) did not stop within {timeout:g} s: see {path / LOGFILE_NAME}"
+        )
     return True
 
 
